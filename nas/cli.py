@@ -1,0 +1,123 @@
+"""The ``nas`` command. Each subcommand is one stage of the pipeline and can be run alone.
+
+Errors in user input (study files, config files, arguments) print one line naming the file, key and value, and exit
+with status 2; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from search_spaces import ArchConfig, ConfigError, SearchSpace, build_model
+from search_spaces.ops import MoEMlp, ShiftLinear
+
+console = Console()
+
+
+def _count_params(model) -> tuple[int, int, int]:
+    """(all parameters, dense linear weights, shift linear weights): the share of weights that need no multiplier."""
+    import torch.nn as nn
+
+    total = sum(p.numel() for p in model.parameters())
+    dense = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and not _is_router(m, model))
+    shift = sum(m.shift.numel() for m in model.modules() if isinstance(m, ShiftLinear))
+    return total, dense, shift
+
+
+def _is_router(linear, model) -> bool:
+    return any(linear is m.router or linear is m.noise for m in model.modules() if isinstance(m, MoEMlp))
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Draw architectures from a study's space, build each on the study's model and print its choices."""
+    space = SearchSpace.from_yaml(args.study)
+    rng = np.random.default_rng(args.seed)
+    dense_total = _count_params(build_model(ArchConfig.dense(space.model, space.depth)))[0]
+    console.print(
+        f"[bold]{args.study}[/]: {space.model.name} with {space.depth} blocks, "
+        f"{space.size():,} architectures in the space"
+    )
+    for n in range(args.num):
+        config = space.sample(rng)
+        model = build_model(config)
+        total, dense, shift = _count_params(model)
+        table = Table(title=f"architecture {config.id}", title_justify="left")
+        for column in ("block", "attention", "qkv", "proj", "mlp"):
+            table.add_column(column)
+        for i, block in enumerate(config.blocks):
+            mlp = block.describe().split("mlp=", 1)[1]
+            table.add_row(str(i), block.attention, block.qkv, block.proj, mlp)
+        console.print(table)
+        console.print(
+            f"parameters: {total:,} (dense model: {dense_total:,}); "
+            f"linear weights as shifts: {shift:,} of {shift + dense:,} ({100 * shift / max(1, shift + dense):.0f} %)"
+        )
+        if args.out:
+            path = config.save(args.out if args.num == 1 else f"{args.out.rsplit('.', 1)[0]}-{n}.yaml")
+            console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Validate an ArchConfig file and print it."""
+    config = ArchConfig.load(args.config)
+    console.print(f"[bold]{args.config}[/]: architecture {config.id} of {config.model.name}")
+    for line in config.describe():
+        console.print(f"  {line}")
+    return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas",
+        description=(
+            "Search which layers of a Vision Transformer use multiplication-free primitives "
+            "(additive attention, shift layers, MoE MLPs), guided by a TVM-measured latency model."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sample = add("sample", cmd_sample, "draw architectures from a study's search space and print their choices")
+    sample.add_argument("study", help="study file (YAML), e.g. studies/quickstart.yaml")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--num", type=positive_int, default=1, help="how many architectures to draw (default: 1)")
+    sample.add_argument("--out", help="write the drawn ArchConfig to this YAML file")
+
+    show = add("show", cmd_show, "validate an architecture (ArchConfig) file and print its per-block choices")
+    show.add_argument("config", help="ArchConfig file (YAML or JSON)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

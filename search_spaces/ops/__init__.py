@@ -1,0 +1,23 @@
+"""The multiplication-free primitives as torch modules."""
+
+from .attention import ATTENTION_KINDS, AdditiveAttention, LinearAttention, binarize_ste
+from .moe import EXPERT_KINDS, MoEMlp, RouterStats, balance_loss, cv_squared, moe_aux_loss, shift_mlp
+from .shift import ShiftLinear, shift_matmul_int, shift_range, to_fixed_point
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "AdditiveAttention",
+    "EXPERT_KINDS",
+    "LinearAttention",
+    "MoEMlp",
+    "RouterStats",
+    "ShiftLinear",
+    "balance_loss",
+    "binarize_ste",
+    "cv_squared",
+    "moe_aux_loss",
+    "shift_matmul_int",
+    "shift_mlp",
+    "shift_range",
+    "to_fixed_point",
+]

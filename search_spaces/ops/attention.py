@@ -1,0 +1,111 @@
+"""Attention variants that replace timm's ``Attention`` while keeping its ``qkv``/``proj`` weights and heads.
+
+- ``msa`` stays timm's own softmax attention (see :mod:`search_spaces.reparam`); only its projections may change.
+- :class:`LinearAttention`: kernelized attention with the positive feature map ``elu + 1``, O(N) in tokens.
+- :class:`AdditiveAttention`: ShiftAddViT's binary linear-angular attention. Queries and keys are L2-normalized per
+  head and binarized to {0, 1} codes (``q > mean(q)`` over the head dimension) with a straight-through clip, then
+  ``out = normalize(0.5·v + (1/π)·Q_b (K_bᵀ V)) + dwconv(v)``. The two products with a binary operand are sums of
+  selected rows (the ``matadd`` kernels): no multiplications.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_KINDS = ("msa", "linear", "additive")
+
+
+def binarize_ste(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """{0, 1} codes ``x > mean(x)`` along ``dim``; the backward pass is the identity, clipped to ``|x - mean| <= 1``."""
+    centered = x - x.mean(dim=dim, keepdim=True)
+    codes = (centered > 0).to(x.dtype)
+    clipped = centered.clamp(-1.0, 1.0)
+    return clipped + (codes - clipped).detach()
+
+
+class _ProjectedAttention(nn.Module):
+    """Shared frame of the replacement attentions: timm's projections, heads and norms around a token mixer."""
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__()
+        if getattr(source, "gate", None) is not None:
+            raise ValueError("gated attention (timm `gated=True`) cannot be reparameterized yet")
+        self.num_heads = source.num_heads
+        self.head_dim = source.head_dim
+        self.attn_dim = getattr(source, "attn_dim", source.num_heads * source.head_dim)
+        self.qkv = source.qkv
+        self.q_norm = source.q_norm
+        self.k_norm = source.k_norm
+        self.norm = getattr(source, "norm", nn.Identity())
+        self.proj = source.proj
+        self.proj_drop = source.proj_drop
+
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Token mixing on ``[B, H, N, D]`` tensors."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError(f"{type(self).__name__} does not support attention masks")
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = self.mix(q, k, v)
+        x = x.transpose(1, 2).reshape(b, n, self.attn_dim)
+        x = self.norm(x)
+        return self.proj_drop(self.proj(x))
+
+
+class LinearAttention(_ProjectedAttention):
+    """Linear attention ``φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K))`` with ``φ = elu + 1`` (Katharopoulos et al., 2020)."""
+
+    eps = 1e-6
+
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
+        kv = k.transpose(-2, -1) @ v  # [B, H, D, D]: cost linear in N
+        normalizer = q @ k.sum(dim=-2, keepdim=True).transpose(-2, -1)  # [B, H, N, 1]
+        return (q @ kv) / (normalizer + self.eps)
+
+
+class AdditiveAttention(_ProjectedAttention):
+    """ShiftAddViT's additive (binary linear-angular) attention.
+
+    The depthwise convolution over tokens (kernel ``res_kernel_size`` per head, as in Castling-ViT) starts at zero,
+    so the converted layer begins as the pure angular-kernel attention and learns the residual during fine-tuning.
+    """
+
+    eps = 1e-6
+
+    def __init__(self, source: nn.Module, res_kernel_size: int = 9) -> None:
+        super().__init__(source)
+        self.dconv = nn.Conv2d(
+            self.num_heads,
+            self.num_heads,
+            kernel_size=(res_kernel_size, 1),
+            padding=(res_kernel_size // 2, 0),
+            groups=self.num_heads,
+            bias=False,
+        )
+        nn.init.zeros_(self.dconv.weight)
+        self.dconv.to(next(source.parameters()).device)
+        self.last_codes: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def codes(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary {0, 1} query and key codes (with straight-through gradients)."""
+        q = q / (q.norm(dim=-1, keepdim=True) + self.eps)
+        k = k / (k.norm(dim=-1, keepdim=True) + self.eps)
+        return binarize_ste(q), binarize_ste(k)
+
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q_b, k_b = self.codes(q, k)
+        self.last_codes = (q_b.detach(), k_b.detach())
+        kv = k_b.transpose(-2, -1) @ v  # binary x real: masked row sums (matadd)
+        x = 0.5 * v + (q_b @ kv) / math.pi  # binary x real again
+        x = x / (x.norm(dim=-1, keepdim=True) + self.eps)
+        return x + self.dconv(v)

@@ -1,0 +1,181 @@
+"""Mixture-of-experts MLP whose experts are a multiplication MLP and a shift MLP, with a latency-aware router loss.
+
+The router is a linear layer with noisy top-k gating (Shazeer et al., 2017). The load-balancing loss is
+``cv²(importance ⊙ lat) + cv²(load ⊙ lat)``, where ``lat`` is a per-expert latency vector given from outside (the
+latency predictor supplies it). With ``lat = 1`` it is the standard balance loss; with a slower expert weighted more,
+balancing the *weighted* load sends more tokens to the faster expert.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions.normal import Normal
+
+from .shift import ShiftLinear
+
+EXPERT_KINDS = ("dense", "shift")
+
+
+def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Squared coefficient of variation ``var(x) / mean(x)**2``: zero when all entries are equal."""
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    x = x.float()
+    return x.var() / (x.mean() ** 2 + eps)
+
+
+def balance_loss(importance: torch.Tensor, load: torch.Tensor, latency: torch.Tensor) -> torch.Tensor:
+    """The latency-aware load-balancing loss ``cv²(importance ⊙ lat) + cv²(load ⊙ lat)``."""
+    latency = latency.to(importance)
+    return cv_squared(importance * latency) + cv_squared(load * latency)
+
+
+def shift_mlp(mlp: nn.Module) -> nn.Module:
+    """A copy of a timm ``Mlp`` whose ``fc1`` and ``fc2`` are converted to :class:`ShiftLinear`."""
+    out = copy.deepcopy(mlp)
+    out.fc1 = ShiftLinear.from_dense(mlp.fc1)
+    out.fc2 = ShiftLinear.from_dense(mlp.fc2)
+    return out
+
+
+@dataclass(frozen=True)
+class RouterStats:
+    """What the router did in the last forward pass (detached, per expert)."""
+
+    fraction: torch.Tensor  # share of token assignments each expert received (sums to 1)
+    importance: torch.Tensor  # sum of gate values per expert
+    load: torch.Tensor  # (smoothed) number of tokens per expert
+
+
+class MoEMlp(nn.Module):
+    """An MLP replaced by a mixture of experts, each expert a copy of the dense MLP, dense or shift.
+
+    After each forward pass, :attr:`aux_loss` holds the latency-aware balance loss (a tensor with a graph, to add to
+    the training loss) and :attr:`stats` the router statistics.
+
+    Args:
+        experts: the expert modules, each mapping ``[..., C] -> [..., C]``.
+        kinds: the kind of each expert (``"dense"`` or ``"shift"``), for reporting and latency lookup.
+        dim: the token width ``C``.
+        top_k: experts per token.
+        noisy_gating: add learned Gaussian noise to the router logits while training.
+    """
+
+    def __init__(
+        self, experts: list[nn.Module], kinds: list[str], dim: int, top_k: int = 1, noisy_gating: bool = True
+    ) -> None:
+        super().__init__()
+        if len(experts) != len(kinds) or len(experts) < 2:
+            raise ValueError(f"MoEMlp needs at least two experts with one kind each, got {len(experts)} and {kinds}")
+        if not 1 <= top_k <= len(experts):
+            raise ValueError(f"top_k must be in [1, {len(experts)}], got {top_k}")
+        self.experts = nn.ModuleList(experts)
+        self.kinds = tuple(kinds)
+        self.top_k = top_k
+        self.noisy_gating = noisy_gating
+        num = len(experts)
+        # The bias lets the router express a global preference (e.g. for the faster expert) on any token mix.
+        self.router = nn.Linear(dim, num, bias=True)
+        self.noise = nn.Linear(dim, num, bias=False)
+        # Near-uniform routing at the start (small router weights), so the first steps don't commit to one expert;
+        # zero noise weights give every expert the same initial noise scale.
+        nn.init.trunc_normal_(self.router.weight, std=0.02)
+        nn.init.zeros_(self.router.bias)
+        nn.init.zeros_(self.noise.weight)
+        self.register_buffer("expert_latency", torch.ones(num))
+        self.aux_loss: torch.Tensor | None = None
+        self.stats: RouterStats | None = None
+
+    @classmethod
+    def from_dense(cls, mlp: nn.Module, kinds: tuple[str, ...] = EXPERT_KINDS, top_k: int = 1) -> "MoEMlp":
+        """Experts initialized from the dense timm ``Mlp`` being replaced (shift experts converted from it)."""
+        experts = []
+        for kind in kinds:
+            if kind == "dense":
+                experts.append(copy.deepcopy(mlp))
+            elif kind == "shift":
+                experts.append(shift_mlp(mlp))
+            else:
+                raise ValueError(f"unknown expert kind {kind!r} (choose from {', '.join(EXPERT_KINDS)})")
+        moe = cls(experts, list(kinds), mlp.fc1.in_features, top_k=top_k)
+        return moe.to(mlp.fc1.weight.device)
+
+    @torch.no_grad()
+    def set_expert_latency(self, latency) -> None:
+        """Set the per-expert latency vector ``lat`` of the balance loss (any positive scale; it is normalized)."""
+        lat = torch.as_tensor(latency, dtype=torch.float32).flatten()
+        if lat.numel() != len(self.experts) or not torch.all(torch.isfinite(lat)) or torch.any(lat <= 0):
+            raise ValueError(
+                f"expert latency must be {len(self.experts)} positive finite numbers, got {lat.tolist()}"
+            )
+        self.expert_latency.copy_(lat / lat.mean())
+
+    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (gates [T, E] with zeros off the top-k, top-k indices [T, k], load [E])."""
+        clean = self.router(x)
+        noisy_training = self.noisy_gating and self.training
+        if noisy_training:
+            noise_std = F.softplus(self.noise(x)) + 1e-2
+            logits = clean + torch.randn_like(clean) * noise_std
+        else:
+            logits = clean
+        probs = logits.softmax(dim=-1)
+        top_vals, top_idx = probs.topk(self.top_k, dim=-1)
+        # Gate values are the top-k probabilities renormalized to sum to 1 (Shazeer et al.), so a token sent to one
+        # expert gets exactly that expert's output and a converted model starts close to its dense teacher. The sum
+        # is detached: with a live sum, top-1 gates would be the constant 1 and the router would get no gradient;
+        # this way top-1 gets d(log p) of its chosen expert.
+        top_vals = top_vals / top_vals.sum(dim=-1, keepdim=True).detach()
+        gates = torch.zeros_like(probs).scatter(-1, top_idx, top_vals)
+        num = len(self.experts)
+        if noisy_training and self.top_k < num:
+            load = self._prob_in_top_k(clean, logits, noise_std).sum(0)
+        else:
+            load = (gates > 0).float().sum(0)
+        return gates, top_idx, load
+
+    def _prob_in_top_k(self, clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
+        """Smooth estimate of P(expert in top-k) per token, differentiable in the router (Shazeer et al., 2017)."""
+        top, _ = noisy.topk(self.top_k + 1, dim=-1)
+        threshold_in = top[:, self.top_k : self.top_k + 1]  # the k+1-th value: what an expert in the top-k must beat
+        threshold_out = top[:, self.top_k - 1 : self.top_k]  # the k-th value: what an outside expert must beat
+        is_in = noisy > threshold_in
+        normal = Normal(torch.zeros((), device=clean.device), torch.ones((), device=clean.device))
+        prob_if_in = normal.cdf((clean - threshold_in) / noise_std)
+        prob_if_out = normal.cdf((clean - threshold_out) / noise_std)
+        return torch.where(is_in, prob_if_in, prob_if_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])
+        gates, top_idx, load = self._gates(tokens)
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            rows = (top_idx == e).any(dim=-1).nonzero(as_tuple=True)[0]
+            if rows.numel() == 0:
+                continue
+            y = expert(tokens[rows]) * gates[rows, e : e + 1].to(tokens.dtype)
+            out = out.index_add(0, rows, y)
+        importance = gates.sum(0)
+        self.aux_loss = balance_loss(importance, load, self.expert_latency)
+        assigned = torch.zeros(len(self.experts), device=x.device).scatter_add_(
+            0, top_idx.flatten(), torch.ones(top_idx.numel(), device=x.device)
+        )
+        self.stats = RouterStats(
+            fraction=assigned / assigned.sum(), importance=importance.detach(), load=load.detach()
+        )
+        return out.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"experts={list(self.kinds)}, top_k={self.top_k}, noisy_gating={self.noisy_gating}"
+
+
+def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """Sum of the balance losses of every :class:`MoEMlp` in ``model`` from its last forward pass (None if none)."""
+    losses = [m.aux_loss for m in model.modules() if isinstance(m, MoEMlp) and m.aux_loss is not None]
+    return torch.stack(losses).sum() if losses else None

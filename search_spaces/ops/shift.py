@@ -1,0 +1,164 @@
+"""Shift layers: linear layers whose weights are signed powers of two (DeepShift-PS).
+
+A weight is ``sign * 2**shift`` with an integer ``shift`` in ``[-(2**(b-1) - 2), 0]`` for ``b`` weight bits, so a
+product with it is a bit shift and a conditional negation. Training keeps ``shift`` and ``sign`` as float parameters
+and rounds them in the forward pass through straight-through estimators.
+
+The integer inference arithmetic lives in :func:`shift_matmul_int` and nowhere else: the TVM ``matshift`` kernel
+implements exactly this contract, and the float path is tested against it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_WEIGHT_BITS = 5
+DEFAULT_FRAC_BITS = 16  # fixed-point activations: 16 integer bits, 16 fraction bits, in int32
+
+
+def shift_range(weight_bits: int) -> tuple[int, int]:
+    """The smallest and largest shift a ``weight_bits``-bit shift weight can hold (DeepShift-PS convention)."""
+    if weight_bits < 2:
+        raise ValueError(f"weight_bits must be >= 2, got {weight_bits}")
+    return -(2 ** (weight_bits - 1) - 2), 0
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def _sign_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.sign(x) - x).detach()
+
+
+def to_fixed_point(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> torch.Tensor:
+    """Float activations to int32 fixed point with ``frac_bits`` fraction bits (round to nearest, saturating)."""
+    info = torch.iinfo(torch.int32)
+    scaled = torch.round(x.double() * (1 << frac_bits))
+    return scaled.clamp(info.min, info.max).to(torch.int32)
+
+
+def shift_matmul_int(
+    x_int: torch.Tensor, shift: torch.Tensor, sign: torch.Tensor, chunk_bytes: int = 1 << 26
+) -> torch.Tensor:
+    """The integer shift product: ``y[i, j] = sum_k sign[j, k] * (x_int[i, k] >> -shift[j, k])``.
+
+    ``x_int`` is int32 ``[M, K]``, ``shift`` (values <= 0) and ``sign`` (values in {-1, 0, 1}) are int8 ``[N, K]``.
+    ``>>`` is an arithmetic shift (rounds toward minus infinity), accumulation is int32 with wrap-around, as in the
+    TVM ``matshift`` kernel. Output columns are computed in chunks so the ``[M, n, K]`` intermediate stays small.
+    """
+    if x_int.dtype != torch.int32 or shift.dtype != torch.int8 or sign.dtype != torch.int8:
+        raise TypeError(
+            f"shift_matmul_int takes int32 activations and int8 shift/sign, got {x_int.dtype}, {shift.dtype}, {sign.dtype}"
+        )
+    if x_int.dim() != 2 or shift.shape != sign.shape or x_int.shape[1] != shift.shape[1]:
+        raise ValueError(
+            f"shift_matmul_int shapes do not match: x {tuple(x_int.shape)}, shift {tuple(shift.shape)}, "
+            f"sign {tuple(sign.shape)} (want x [M, K], shift and sign [N, K])"
+        )
+    m, k = x_int.shape
+    n = shift.shape[0]
+    amount = (-shift.to(torch.int32)).clamp_(min=0)
+    sgn = sign.to(torch.int32)
+    out = torch.empty(m, n, dtype=torch.int32, device=x_int.device)
+    step = max(1, chunk_bytes // max(1, m * k * 4))
+    for j in range(0, n, step):
+        shifted = torch.bitwise_right_shift(x_int[:, None, :], amount[None, j : j + step, :])
+        # int32 sum keeps the kernel's wrap-around semantics (torch.sum would promote to int64)
+        out[:, j : j + step] = (shifted * sgn[None, j : j + step, :]).sum(dim=-1, dtype=torch.int32)
+    return out
+
+
+class ShiftLinear(nn.Module):
+    """A linear layer with weights ``sign * 2**shift`` (DeepShift-PS), trained through straight-through estimators.
+
+    Args:
+        in_features, out_features, bias: as :class:`torch.nn.Linear`.
+        weight_bits: bits of the shift code; shifts lie in :func:`shift_range`.
+        frac_bits: fraction bits of the fixed-point activations of the integer path.
+
+    Example:
+        >>> layer = ShiftLinear.from_dense(torch.nn.Linear(8, 4))
+        >>> layer(torch.randn(2, 8)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        weight_bits: int = DEFAULT_WEIGHT_BITS,
+        frac_bits: int = DEFAULT_FRAC_BITS,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight_bits = weight_bits
+        self.frac_bits = frac_bits
+        self.shift_min, self.shift_max = shift_range(weight_bits)
+        self.shift = nn.Parameter(torch.empty(out_features, in_features))
+        self.sign = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same scale as nn.Linear's default init, expressed as shift and sign.
+        bound = 1.0 / math.sqrt(self.in_features)
+        w = torch.empty(self.out_features, self.in_features).uniform_(-bound, bound)
+        self._set_from_weight(w)
+
+    @torch.no_grad()
+    def _set_from_weight(self, w: torch.Tensor) -> None:
+        magnitude = w.abs().clamp_min(torch.finfo(torch.float32).tiny)
+        self.shift.copy_(torch.round(torch.log2(magnitude)).clamp_(self.shift_min, self.shift_max))
+        self.sign.copy_(torch.sign(w))
+
+    @classmethod
+    def from_dense(
+        cls, linear: nn.Linear, weight_bits: int = DEFAULT_WEIGHT_BITS, frac_bits: int = DEFAULT_FRAC_BITS
+    ) -> "ShiftLinear":
+        """Convert a dense layer: shift = round(log2|w|) clamped to the range, sign = sign(w), bias kept."""
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits, frac_bits)
+        layer.to(device=linear.weight.device)
+        layer._set_from_weight(linear.weight.detach().float())
+        if linear.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def quantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The integer codes ``(shift, sign)`` as int8 ``[out, in]`` tensors, as the matshift kernel takes them."""
+        shift = torch.round(self.shift.detach()).clamp(self.shift_min, self.shift_max).to(torch.int8)
+        sign = torch.sign(self.sign.detach()).to(torch.int8)
+        return shift, sign
+
+    def effective_weight(self) -> torch.Tensor:
+        """The effective float weight ``sign * 2**shift`` (differentiable through the estimators)."""
+        shift = _round_ste(self.shift.clamp(self.shift_min, self.shift_max))
+        return _sign_ste(self.sign) * torch.exp2(shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    @torch.no_grad()
+    def forward_int(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on the integer arithmetic of the matshift kernel: fixed-point activations, shifts, additions."""
+        lead = x.shape[:-1]
+        x_int = to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits)
+        shift, sign = self.quantized()
+        y_int = shift_matmul_int(x_int, shift, sign)
+        y = y_int.to(torch.float64) / (1 << self.frac_bits)
+        if self.bias is not None:
+            y = y + self.bias.double()
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"weight_bits={self.weight_bits}, shift_range=[{self.shift_min}, {self.shift_max}]"
+        )

@@ -1,0 +1,111 @@
+"""In-place reparameterization of timm Vision Transformers by an :class:`ArchConfig`.
+
+``apply(model, config)`` swaps each block's attention and MLP for the primitives the config names, converting the
+dense weights (shift layers from ``ShiftLinear.from_dense``, MoE experts from copies of the dense MLP). Parts the
+config leaves ``msa``/``dense`` are not touched, so they stay bit-identical.
+
+Supported: timm ``VisionTransformer`` and its subclasses (ViT, DeiT, DeiT-distilled), whose blocks are
+``model.blocks[i]`` with ``.attn`` (timm ``Attention``) and ``.mlp`` (timm ``Mlp``). Other families raise
+:class:`UnsupportedModelError`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import timm
+from timm.layers import Attention, Mlp
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, _thaw
+from .ops.attention import AdditiveAttention, LinearAttention
+from .ops.moe import MoEMlp
+from .ops.shift import ShiftLinear
+
+
+class UnsupportedModelError(ConfigError):
+    """The model family (or one of its layers) cannot be reparameterized yet."""
+
+
+def create_model(spec: ModelSpec) -> nn.Module:
+    """The timm model a spec names, randomly initialized (never downloads weights)."""
+    if not timm.is_model(spec.name):
+        raise ConfigError("model.name", f"unknown timm model {spec.name!r} (see timm.list_models())")
+    kwargs = _thaw(spec.kwargs)
+    try:
+        return timm.create_model(spec.name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise ConfigError("model.kwargs", f"timm rejected the arguments of {spec.name!r}: {e}") from None
+    except (AssertionError, ValueError, RuntimeError) as e:
+        raise ConfigError("model.kwargs", f"timm cannot build {spec.name!r} with {kwargs}: {e}") from None
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The searchable blocks of a supported model, in order."""
+    if isinstance(model, VisionTransformer):
+        return model.blocks
+    raise UnsupportedModelError(
+        "model.name",
+        f"{type(model).__name__} is not supported yet: reparameterization handles timm VisionTransformer "
+        "models (ViT, DeiT); PVTv2 and other families are planned",
+    )
+
+
+def _check_block(block: nn.Module, where: str) -> None:
+    if not isinstance(getattr(block, "attn", None), Attention):
+        raise UnsupportedModelError(
+            where, f"attention is {type(getattr(block, 'attn', None)).__name__}, expected a dense timm Attention "
+            "(was the model already reparameterized?)"
+        )
+    if not isinstance(getattr(block, "mlp", None), Mlp):
+        raise UnsupportedModelError(
+            where, f"mlp is {type(getattr(block, 'mlp', None)).__name__}, expected a dense timm Mlp "
+            "(was the model already reparameterized?)"
+        )
+
+
+def _apply_block(block: nn.Module, choice: BlockConfig) -> None:
+    attn = block.attn
+    if choice.qkv == "shift":
+        attn.qkv = ShiftLinear.from_dense(attn.qkv)
+    if choice.proj == "shift":
+        attn.proj = ShiftLinear.from_dense(attn.proj)
+    if choice.attention == "linear":
+        block.attn = LinearAttention(attn)
+    elif choice.attention == "additive":
+        block.attn = AdditiveAttention(attn)
+
+    mlp = block.mlp
+    if choice.mlp == "shift":
+        mlp.fc1 = ShiftLinear.from_dense(mlp.fc1)
+        mlp.fc2 = ShiftLinear.from_dense(mlp.fc2)
+    elif choice.mlp == "moe":
+        assert choice.moe is not None  # guaranteed by BlockConfig.validate
+        block.mlp = MoEMlp.from_dense(mlp, choice.moe.experts, choice.moe.top_k)
+
+
+def apply(model: nn.Module, config: ArchConfig) -> nn.Module:
+    """Reparameterize ``model`` in place by ``config`` and return it.
+
+    Raises:
+        ConfigError: the config's block count differs from the model's.
+        UnsupportedModelError: the model family, or a block's layers, cannot be reparameterized.
+    """
+    blocks = transformer_blocks(model)
+    if len(blocks) != config.depth:
+        raise ConfigError("blocks", f"the config has {config.depth} blocks but the model has {len(blocks)}")
+    # Check every block first so a failure leaves the model untouched.
+    for i, (block, choice) in enumerate(zip(blocks, config.blocks)):
+        if not choice.is_dense:
+            _check_block(block, f"blocks[{i}]")
+    for block, choice in zip(blocks, config.blocks):
+        _apply_block(block, choice)
+    return model
+
+
+def build_model(config: ArchConfig, teacher: nn.Module | None = None) -> nn.Module:
+    """The model ``config`` describes: a copy of the dense ``teacher`` (or a freshly created timm model) with the
+    config applied. The teacher itself is never modified."""
+    model = copy.deepcopy(teacher) if teacher is not None else create_model(config.model)
+    return apply(model, config)

@@ -1,0 +1,238 @@
+"""SearchSpace: which choices each block may take. One definition serves Optuna, Ray Tune and random sampling.
+
+It is read from the ``model:`` and ``space:`` sections of a study file::
+
+    model:
+      name: deit_tiny_patch16_224
+      kwargs: {img_size: 32, patch_size: 4, depth: 4, embed_dim: 64, num_heads: 2, num_classes: 10}
+    space:
+      tied: false                  # true: one decision shared by every block
+      choices:                     # what every block may take (each key optional; default: every option)
+        attention: [msa, linear, additive]
+        qkv: [dense, shift]
+        proj: [dense, shift]
+        mlp: [dense, shift, moe]
+      moe:                         # used by blocks whose mlp is moe
+        top_k: [1]                 # a choice list
+        experts: [dense, shift]    # fixed
+      blocks:                      # per-block overrides of `choices`, by block index
+        0: {attention: [msa]}
+
+:meth:`SearchSpace.suggest` is define-by-run, so the same function is Optuna's objective space and Ray Tune's
+``OptunaSearch(space=...)`` space. A key with a single choice is fixed, not suggested.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+
+from .config import (
+    MLP_KINDS,
+    PROJECTION_KINDS,
+    ArchConfig,
+    BlockConfig,
+    ConfigError,
+    ModelSpec,
+    MoEConfig,
+    _check_keys,
+)
+from .ops.attention import ATTENTION_KINDS
+from .ops.moe import EXPERT_KINDS
+
+BLOCK_KEYS: dict[str, tuple[str, ...]] = {
+    "attention": ATTENTION_KINDS,
+    "qkv": PROJECTION_KINDS,
+    "proj": PROJECTION_KINDS,
+    "mlp": MLP_KINDS,
+}
+
+
+class _Suggester(Protocol):
+    """What :meth:`SearchSpace.suggest` needs of a trial: ``optuna.Trial`` satisfies it."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class BlockChoices:
+    """The options one block may take, per key."""
+
+    attention: tuple[str, ...] = ATTENTION_KINDS
+    qkv: tuple[str, ...] = PROJECTION_KINDS
+    proj: tuple[str, ...] = PROJECTION_KINDS
+    mlp: tuple[str, ...] = MLP_KINDS
+
+    def get(self, key: str) -> tuple[str, ...]:
+        return getattr(self, key)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str, base: "BlockChoices | None" = None) -> "BlockChoices":
+        data = _check_keys(data or {}, where, (), tuple(BLOCK_KEYS))
+        values = {key: (base or cls()).get(key) for key in BLOCK_KEYS}
+        for key, raw in data.items():
+            options = [raw] if isinstance(raw, str) else raw
+            if not isinstance(options, list | tuple) or not options:
+                raise ConfigError(f"{where}.{key}", f"expected a non-empty list of options, got {raw!r}")
+            for j, option in enumerate(options):
+                if option not in BLOCK_KEYS[key]:
+                    raise ConfigError(
+                        f"{where}.{key}[{j}]",
+                        f"unknown {key} option {option!r} (choose from {', '.join(BLOCK_KEYS[key])})",
+                    )
+            if len(set(options)) != len(options):
+                raise ConfigError(f"{where}.{key}", f"options repeat: {list(options)}")
+            values[key] = tuple(options)
+        return cls(**values)
+
+
+def model_depth(model: ModelSpec) -> int:
+    """Number of transformer blocks of the model a spec names (built on the meta device: no memory, no weights)."""
+    depth = model.kwargs.get("depth")
+    if depth is not None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ConfigError("model.kwargs.depth", f"must be a positive integer, got {depth!r}")
+        return depth
+    from .reparam import create_model, transformer_blocks
+
+    import torch
+
+    with torch.device("meta"):
+        return len(transformer_blocks(create_model(model)))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The choices of every block of one base model.
+
+    Example:
+        >>> import numpy as np
+        >>> space = SearchSpace(ModelSpec("deit_tiny_patch16_224", {"depth": 2}), (BlockChoices(),) * 2)
+        >>> space.sample(np.random.default_rng(0)).depth
+        2
+    """
+
+    model: ModelSpec
+    blocks: tuple[BlockChoices, ...]
+    moe_top_k: tuple[int, ...] = (1,)
+    moe_experts: tuple[str, ...] = EXPERT_KINDS
+    tied: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            raise ConfigError("space", "the model has no blocks to search")
+        if self.tied and len(set(self.blocks)) > 1:
+            raise ConfigError("space.blocks", "per-block overrides cannot be combined with tied: true")
+        MoEConfig(max(self.moe_top_k), self.moe_experts).validate("space.moe")
+        for k in self.moe_top_k:
+            MoEConfig(k, self.moe_experts).validate("space.moe")
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    # ---- construction from a study file -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, space: Any, model: ModelSpec, depth: int | None = None) -> "SearchSpace":
+        """Build from the ``space:`` mapping of a study (``depth`` defaults to the model's)."""
+        space = _check_keys(space if space is not None else {}, "space", (), ("tied", "choices", "moe", "blocks"))
+        depth = model_depth(model) if depth is None else depth
+        tied = space.get("tied", False)
+        if not isinstance(tied, bool):
+            raise ConfigError("space.tied", f"expected true or false, got {tied!r}")
+        base = BlockChoices.from_dict(space.get("choices"), "space.choices")
+        blocks = [base] * depth
+        overrides = space.get("blocks") or {}
+        if not isinstance(overrides, Mapping):
+            raise ConfigError("space.blocks", f"expected a mapping of block index to choices, got {overrides!r}")
+        for index, choices in overrides.items():
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth:
+                raise ConfigError("space.blocks", f"block index {index!r} is not in 0..{depth - 1}")
+            blocks[index] = BlockChoices.from_dict(choices, f"space.blocks.{index}", base)
+        moe = _check_keys(space.get("moe") or {}, "space.moe", (), ("top_k", "experts"))
+        top_k = moe.get("top_k", [1])
+        top_k = [top_k] if isinstance(top_k, int) else top_k
+        if not isinstance(top_k, list | tuple) or not top_k:
+            raise ConfigError("space.moe.top_k", f"expected a non-empty list of integers, got {top_k!r}")
+        experts = moe.get("experts", list(EXPERT_KINDS))
+        if not isinstance(experts, list | tuple):
+            raise ConfigError("space.moe.experts", f"expected a list of expert kinds, got {experts!r}")
+        for i, k in enumerate(top_k):
+            MoEConfig(k, tuple(experts)).validate("space.moe")
+        return cls(model, tuple(blocks), tuple(top_k), tuple(experts), tied)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "SearchSpace":
+        """Read the ``model:`` and ``space:`` sections of a study file."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError("", f"cannot read study file: {e.strerror}", str(path)) from None
+        except yaml.YAMLError as e:
+            raise ConfigError("", f"not valid YAML: {e}", str(path)) from None
+        try:
+            if not isinstance(data, Mapping) or "model" not in data:
+                raise ConfigError("model", "the study file has no model section")
+            return cls.from_dict(data.get("space"), ModelSpec.from_dict(data["model"]))
+        except ConfigError as e:
+            raise e.in_file(path) from None
+
+    # ---- drawing architectures --------------------------------------------------------------------------------
+    def _decide(self, pick, prefix: str, choices: BlockChoices) -> BlockConfig:
+        values = {key: pick(f"{prefix}{key}", choices.get(key)) for key in BLOCK_KEYS}
+        moe = None
+        if values["mlp"] == "moe":
+            moe = MoEConfig(pick(f"{prefix}moe_top_k", self.moe_top_k), self.moe_experts)
+        return BlockConfig(values["attention"], values["qkv"], values["proj"], values["mlp"], moe)
+
+    def _build(self, pick) -> ArchConfig:
+        def fixed_or(pick_many):
+            return lambda name, options: options[0] if len(options) == 1 else pick_many(name, options)
+
+        choose = fixed_or(pick)
+        if self.tied:
+            block = self._decide(choose, "", self.blocks[0])
+            return ArchConfig(self.model, (block,) * self.depth)
+        return ArchConfig(self.model, tuple(self._decide(choose, f"b{i}.", c) for i, c in enumerate(self.blocks)))
+
+    def suggest(self, trial: _Suggester) -> ArchConfig:
+        """Draw an architecture through an Optuna trial (define-by-run; parameters named ``b<i>.<key>``)."""
+        return self._build(lambda name, options: trial.suggest_categorical(name, list(options)))
+
+    def sample(self, rng: np.random.Generator) -> ArchConfig:
+        """Draw an architecture uniformly per decision."""
+        return self._build(lambda name, options: options[int(rng.integers(len(options)))])
+
+    def params_of(self, config: ArchConfig) -> dict[str, Any]:
+        """The Optuna parameters that :meth:`suggest` would set to produce ``config`` (for enqueueing a known one)."""
+        params: dict[str, Any] = {}
+
+        def record(name, options):
+            block = config.blocks[0] if self.tied else config.blocks[int(name[1 : name.index(".")])]
+            key = name.rsplit(".", 1)[-1]
+            value = block.moe.top_k if key == "moe_top_k" else getattr(block, key)
+            if value not in options:
+                raise ConfigError(name, f"{value!r} is not in this space's options {list(options)}")
+            params[name] = value
+            return value
+
+        self._build(record)
+        return params
+
+    def size(self) -> int:
+        """Number of distinct architectures in the space."""
+
+        def per_block(c: BlockChoices) -> int:
+            mlp = sum(len(self.moe_top_k) if m == "moe" else 1 for m in c.mlp)
+            return len(c.attention) * len(c.qkv) * len(c.proj) * mlp
+
+        if self.tied:
+            return per_block(self.blocks[0])
+        return math.prod(per_block(c) for c in self.blocks)

@@ -1,0 +1,102 @@
+import pytest
+import torch
+from timm.layers import Mlp
+
+from search_spaces.ops import MoEMlp, ShiftLinear, cv_squared, moe_aux_loss
+
+
+def _moe(dim=16, top_k=1, kinds=("dense", "shift")):
+    return MoEMlp.from_dense(Mlp(dim, 4 * dim), kinds, top_k)
+
+
+def test_cv_squared():
+    assert cv_squared(torch.tensor([2.0, 2.0, 2.0])).item() == 0.0
+    x = torch.tensor([1.0, 3.0])
+    assert cv_squared(x).item() == pytest.approx(x.var().item() / 4.0)
+
+
+def test_unit_latency_gives_the_standard_balance_loss():
+    moe = _moe()
+    moe.eval()  # deterministic gates: load is the token count per expert
+    x = torch.randn(4, 10, 16)
+    moe(x)
+    top = moe.router(x.reshape(-1, 16)).argmax(-1)
+    # top-1 gates are 1 (top-k probabilities renormalized), so importance and load are both the token counts
+    importance = load = torch.bincount(top, minlength=2).float()
+    standard = importance.var() / importance.mean() ** 2 + load.var() / load.mean() ** 2
+    assert moe.aux_loss.item() == pytest.approx(standard.item(), rel=1e-5)
+
+
+def test_experts_start_as_copies_of_the_dense_mlp():
+    mlp = Mlp(16, 64)
+    moe = MoEMlp.from_dense(mlp)
+    x = torch.randn(5, 16)
+    assert torch.equal(moe.experts[0](x), mlp(x))
+    assert isinstance(moe.experts[1].fc1, ShiftLinear) and isinstance(moe.experts[1].fc2, ShiftLinear)
+    assert not isinstance(mlp.fc1, ShiftLinear)  # the source is left alone
+
+
+def test_router_gets_gradient_from_the_task_loss_with_top1():
+    moe = _moe()
+    y = moe(torch.randn(2, 8, 16))
+    y.pow(2).sum().backward()
+    assert moe.router.weight.grad is not None and moe.router.weight.grad.abs().sum() > 0
+
+
+def test_stats_after_forward():
+    moe = _moe(kinds=("dense", "shift", "shift"), top_k=2)
+    moe(torch.randn(3, 7, 16))
+    assert moe.stats.fraction.shape == (3,)
+    assert moe.stats.fraction.sum().item() == pytest.approx(1.0)
+    assert moe.stats.importance.sum().item() == pytest.approx(21.0, rel=1e-5)  # top-2 gates sum to 1 per token
+
+
+def test_a_token_routed_to_one_expert_gets_exactly_its_output():
+    moe = _moe().eval()
+    x = torch.randn(40, 16)
+    y = moe(x)
+    choice = moe.router(x).argmax(-1)
+    for e, expert in enumerate(moe.experts):
+        rows = choice == e
+        assert torch.allclose(y[rows], expert(x[rows]), atol=1e-6)
+
+
+def test_moe_aux_loss_sums_every_layer():
+    model = torch.nn.Sequential(_moe(), _moe())
+    assert moe_aux_loss(model) is None  # nothing ran yet
+    model(torch.randn(2, 5, 16))
+    assert moe_aux_loss(model).item() == pytest.approx((model[0].aux_loss + model[1].aux_loss).item())
+
+
+def test_expert_latency_is_validated():
+    moe = _moe()
+    with pytest.raises(ValueError, match="2 positive finite"):
+        moe.set_expert_latency([1.0, 0.0])
+    with pytest.raises(ValueError, match="2 positive finite"):
+        moe.set_expert_latency([1.0, 2.0, 3.0])
+    moe.set_expert_latency([6.0, 4.0])
+    assert moe.expert_latency.tolist() == pytest.approx([1.2, 0.8])
+
+
+def _shift_share_after_router_training(latency, steps=300):
+    torch.manual_seed(0)
+    moe = _moe()
+    moe.set_expert_latency(latency)
+    opt = torch.optim.Adam([*moe.router.parameters(), moe.noise.weight], lr=0.02)
+    data = torch.randn(256, 16)
+    for _ in range(steps):
+        moe(data[torch.randint(0, 256, (64,))])
+        opt.zero_grad()
+        moe.aux_loss.backward()
+        opt.step()
+    moe.eval()
+    with torch.no_grad():
+        moe(torch.randn(2048, 16))
+    return moe.stats.fraction[1].item()
+
+
+def test_latency_aware_loss_sends_more_tokens_to_the_faster_expert():
+    shift_faster = _shift_share_after_router_training([6.0, 4.0])
+    shift_slower = _shift_share_after_router_training([4.0, 6.0])
+    # the balanced optimum of cv²(importance * lat) is a 60 / 40 split toward the faster expert
+    assert shift_faster > shift_slower + 0.05
