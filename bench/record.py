@@ -1,0 +1,73 @@
+"""Where every benchmark writes its results: ``bench/results/<name>.json`` (rows + machine + versions + command)
+and ``bench/results/<name>.md`` (the same as a table a person reads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("torch", "timm", "apache-tvm", "optuna", "ray", "numpy")
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write(name: str, rows: list[dict[str, Any]], notes: str = "") -> tuple[Path, Path]:
+    """Write the rows with the machine, versions and the command that made them; return the two paths."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], RESULTS.parent.parent), *sys.argv[1:]])
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    payload = {"name": name, "command": command, "date": when, "machine": info, "notes": notes, "rows": rows}
+    json_path = RESULTS / f"{name}.json"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = [f"# {name}", "", notes, ""] if notes else [f"# {name}", ""]
+    lines += [
+        f"Command: `{command}`  ",
+        f"Date: {when}  ",
+        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        "",
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+    ]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    md_path = RESULTS / f"{name}.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
