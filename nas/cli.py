@@ -14,7 +14,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from kernels.spec import KernelError
 from search_spaces import ArchConfig, ConfigError, SearchSpace, build_model
+
+from . import kernel_commands
 from search_spaces.ops import MoEMlp, ShiftLinear
 
 console = Console()
@@ -73,15 +76,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "a non-negative integer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(name: str, handler: Callable[[argparse.Namespace], int] | None, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(handler=handler)
+        if handler is not None:
+            sub.set_defaults(handler=handler)
         return sub
 
     sample = add("sample", cmd_sample, "draw architectures from a study's search space and print their choices")
@@ -107,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = add("show", cmd_show, "validate an architecture (ArchConfig) file and print its per-block choices")
     show.add_argument("config", help="ArchConfig file (YAML or JSON)")
+
+    kernel_commands.add_commands(add, positive_int, non_negative_int)
     return parser
 
 
@@ -114,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except ConfigError as e:
+    except (ConfigError, KernelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,120 @@
+"""matadd: the products of additive attention, where one operand is binary, so no multiplication is needed.
+
+- ``binary_real``: ``Y[M, N] = B[M, K] · V[K, N]`` with ``B`` in {0, 1} (int8): each output row is the sum of the rows
+  of ``V`` that ``B`` selects. Both attention products are of this form: ``K_bᵀ V`` (M = head dim, K = tokens) and
+  ``Q_b (K_bᵀ V)`` (M = tokens, K = head dim). ``V`` is float32, or int32 fixed point (bit-exact).
+- ``packed_popcount``: binary × binary similarity on bit-packed codes, ``Y[i, j] = K − 2·popcount(Q[i] xor C[j])``
+  (the ±1 dot product of the codes) with ``Q [M, ⌈K/64⌉]`` and ``C [N, ⌈K/64⌉]`` uint64 words (:func:`pack_bits`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te
+
+from .spec import Definition, register
+
+WORD_BITS = 64
+
+
+def words(bits: int) -> int:
+    return -(-bits // WORD_BITS)
+
+
+def pack_bits(codes: np.ndarray) -> np.ndarray:
+    """{0, 1} codes ``[R, K]`` to uint64 words ``[R, ⌈K/64⌉]``, bit ``k % 64`` of word ``k // 64``; padding is zero."""
+    rows, bits = codes.shape
+    padded = np.zeros((rows, words(bits) * WORD_BITS), dtype=np.uint8)
+    padded[:, :bits] = codes != 0
+    little = np.packbits(padded.reshape(rows, -1, 8), axis=-1, bitorder="little")  # [R, words * 8] bytes
+    return np.ascontiguousarray(little.reshape(rows, -1)).view(np.uint64)
+
+
+# ---- binary x real ---------------------------------------------------------------------------------------------
+def _binary_real_args(M, K, N, dtype):
+    return [("B", (M, K), "int8"), ("V", (K, N), dtype), ("Y", (M, N), dtype)]
+
+
+def _binary_real(M: int, K: int, N: int, dtype: str = "float32"):
+    B = te.placeholder((M, K), "int8", name="B")
+    V = te.placeholder((K, N), dtype, name="V")
+    k = te.reduce_axis((0, K), name="k")
+    zero = te.const(0, dtype)
+    Y = te.compute((M, N), lambda i, j: te.sum(te.if_then_else(B[i, k] != 0, V[k, j], zero), axis=k), name="Y")
+    return te.create_prim_func([B, V, Y])
+
+
+def _binary_real_reference(M, K, N, b: np.ndarray, v: np.ndarray) -> np.ndarray:
+    if v.dtype == np.int32:
+        return ((b != 0).astype(np.int64) @ v.astype(np.int64)).astype(np.int32)
+    return ((b != 0).astype(np.float64) @ v.astype(np.float64)).astype(v.dtype)
+
+
+def _binary_real_inputs(M, K, N, dtype, rng):
+    b = (rng.random((M, K)) < 0.5).astype(np.int8)
+    if dtype == "int32":
+        return [b, rng.integers(-(2**20), 2**20, (K, N), dtype=np.int32)]
+    return [b, rng.standard_normal((K, N)).astype(dtype)]
+
+
+register(
+    Definition(
+        kernel="matadd",
+        variant="binary_real",
+        dtypes=("float32", "int32"),
+        args=_binary_real_args,
+        compute=_binary_real,
+        reference=_binary_real_reference,
+        random_inputs=_binary_real_inputs,
+        ops=lambda M, K, N: 2 * M * K * N,  # blend + add per term
+        doc="binary {0,1} x real: masked row sums",
+    )
+)
+
+
+# ---- binary x binary, bit-packed ---------------------------------------------------------------------------------
+def _packed_args(M, K, N, dtype):
+    w = words(K)
+    return [("Q", (M, w), "uint64"), ("C", (N, w), "uint64"), ("Y", (M, N), "int32")]
+
+
+def _packed_popcount(M: int, K: int, N: int, dtype: str = "uint64"):
+    w = words(K)
+    Q = te.placeholder((M, w), "uint64", name="Q")
+    C = te.placeholder((N, w), "uint64", name="C")
+    r = te.reduce_axis((0, w), name="r")
+    hamming = te.compute(
+        (M, N), lambda i, j: te.sum(te.popcount(Q[i, r] ^ C[j, r]).astype("int32"), axis=r), name="H"
+    )
+    Y = te.compute((M, N), lambda i, j: te.const(K, "int32") - 2 * hamming[i, j], name="Y")
+    return te.create_prim_func([Q, C, Y])
+
+
+def _popcount_u64(x: np.ndarray) -> np.ndarray:
+    return np.unpackbits(x.view(np.uint8), axis=-1).reshape(*x.shape, 64).sum(-1)
+
+
+def packed_reference(M, K, N, q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    hamming = _popcount_u64(q[:, None, :] ^ c[None, :, :]).sum(-1)
+    return (K - 2 * hamming).astype(np.int32)
+
+
+def _packed_inputs(M, K, N, dtype, rng):
+    q = pack_bits((rng.random((M, K)) < 0.5).astype(np.uint8))
+    c = pack_bits((rng.random((N, K)) < 0.5).astype(np.uint8))
+    return [q, c]
+
+
+register(
+    Definition(
+        kernel="matadd",
+        variant="packed_popcount",
+        dtypes=("uint64",),
+        args=_packed_args,
+        compute=_packed_popcount,
+        reference=packed_reference,
+        random_inputs=_packed_inputs,
+        ops=lambda M, K, N: 3 * M * N * words(K),  # xor + popcount + add per 64-bit word
+        doc="binary x binary similarity on bit-packed codes: K - 2 popcount(q xor c)",
+    )
+)

@@ -1,0 +1,114 @@
+"""KernelSpec: one kernel task, the unit that is defined, tuned, cached and measured.
+
+A task is (kernel, variant, logical shape M, K, N, value dtype). Each kernel module (``matmul``, ``matshift``,
+``matadd``) registers its variants here with the TE definition, a numpy reference and an input generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class KernelError(ValueError):
+    """A kernel request that cannot be served: unknown kernel or variant, bad shape, unsupported dtype."""
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One variant of a kernel: how to build it and what it must compute."""
+
+    kernel: str
+    variant: str
+    dtypes: tuple[str, ...]  # value dtypes it accepts; the first is the default
+    args: Callable[[int, int, int, str], list[tuple[str, tuple[int, ...], str]]]  # inputs then output
+    compute: Callable[[int, int, int, str], Any]  # -> tvm PrimFunc
+    reference: Callable[..., np.ndarray]  # numpy: (M, K, N, *inputs) -> output
+    random_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]]
+    ops: Callable[[int, int, int], int]  # elementary vector-lane operations, for the floor
+    doc: str = ""
+
+
+REGISTRY: dict[tuple[str, str], Definition] = {}
+
+
+def register(definition: Definition) -> Definition:
+    REGISTRY[(definition.kernel, definition.variant)] = definition
+    return definition
+
+
+def _load_definitions() -> None:
+    from . import matadd, matmul, matshift  # noqa: F401  (registering is importing)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel task: ``kernel`` in {matmul, matshift, matadd}, its ``variant``, the logical shape
+    ``Y[M, N] = X[M, K] ∘ W[K, N]`` and the value dtype."""
+
+    kernel: str
+    variant: str
+    M: int
+    K: int
+    N: int
+    dtype: str = ""
+    definition: Definition = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        _load_definitions()
+        key = (self.kernel, self.variant)
+        if key not in REGISTRY:
+            kernels = sorted({k for k, _ in REGISTRY})
+            if self.kernel not in kernels:
+                raise KernelError(f"unknown kernel {self.kernel!r} (choose from {', '.join(kernels)})")
+            variants = sorted(v for k, v in REGISTRY if k == self.kernel)
+            raise KernelError(f"{self.kernel}: unknown variant {self.variant!r} (choose from {', '.join(variants)})")
+        definition = REGISTRY[key]
+        for name in ("M", "K", "N"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise KernelError(f"{self.kernel}: {name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        dtype = self.dtype or definition.dtypes[0]
+        if dtype not in definition.dtypes:
+            raise KernelError(
+                f"{self.kernel}/{self.variant}: unsupported dtype {dtype!r} (supported: {', '.join(definition.dtypes)})"
+            )
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "definition", definition)
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe unique name, e.g. ``matshift-select-int32-196x192x768``."""
+        return f"{self.kernel}-{self.variant}-{self.dtype}-{self.M}x{self.K}x{self.N}"
+
+    def args(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """``(name, shape, dtype)`` of each argument, inputs first, the output last."""
+        return self.definition.args(self.M, self.K, self.N, self.dtype)
+
+    def prim_func(self):
+        return self.definition.compute(self.M, self.K, self.N, self.dtype)
+
+    def reference(self, *inputs: np.ndarray) -> np.ndarray:
+        return self.definition.reference(self.M, self.K, self.N, *inputs)
+
+    def random_inputs(self, rng: np.random.Generator) -> list[np.ndarray]:
+        return self.definition.random_inputs(self.M, self.K, self.N, self.dtype, rng)
+
+    def ops(self) -> int:
+        return self.definition.ops(self.M, self.K, self.N)
+
+    def bytes_moved(self) -> int:
+        """Bytes of every argument read or written once: the memory-traffic floor."""
+        return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in self.args())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "variant": self.variant, "M": self.M, "K": self.K, "N": self.N, "dtype": self.dtype}
+
+
+def variants(kernel: str | None = None) -> list[tuple[str, str]]:
+    _load_definitions()
+    return sorted(k for k in REGISTRY if kernel is None or k[0] == kernel)

@@ -1,0 +1,76 @@
+"""Compilation targets, named the way users name them: ``cpu`` (this machine), ``cuda`` or a TVM target dict/JSON.
+
+TVM 0.27 takes targets as dicts (``{"kind": "llvm", "mcpu": ..., "num-cores": N}``); it rejects ``-mcpu=native``
+and the old string form, so the host CPU is detected here and written out explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import tvm
+
+from .spec import KernelError
+
+DEFAULT_CUDA_ARCH = "sm_80"
+
+
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU, e.g. ``rocketlake``."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def cpu_threads() -> int:
+    """Threads TVM's runtime uses: ``TVM_NUM_THREADS`` if set, else the cores this process may run on."""
+    env = os.environ.get("TVM_NUM_THREADS")
+    if env:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_target(num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or host_cpu(), "num-cores": num_cores or cpu_threads()})
+
+
+def cuda_target(arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
+    return tvm.target.Target({"kind": "cuda", "arch": arch}, host=cpu_target())
+
+
+def resolve(target: str | dict[str, Any] | tvm.target.Target) -> tvm.target.Target:
+    """``"cpu"``, ``"cuda"``, ``"cuda:sm_90"``, a target dict, its JSON text, or a Target."""
+    if isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, dict):
+        return tvm.target.Target(target)
+    text = str(target).strip()
+    if text == "cpu":
+        return cpu_target()
+    if text == "cuda" or text.startswith("cuda:"):
+        return cuda_target(text.split(":", 1)[1] if ":" in text else DEFAULT_CUDA_ARCH)
+    if text.startswith("{"):
+        try:
+            return tvm.target.Target(json.loads(text))
+        except (json.JSONDecodeError, ValueError, tvm.error.TVMError) as e:
+            raise KernelError(f"target {text!r} is not a valid TVM target: {e}") from None
+    raise KernelError(f"unknown target {text!r}: use 'cpu', 'cuda', 'cuda:sm_XX' or a TVM target dict as JSON")
+
+
+def is_cuda(target: tvm.target.Target) -> bool:
+    return target.kind.name == "cuda"
+
+
+def describe(target: tvm.target.Target) -> dict[str, Any]:
+    """The target as a plain dict (JSON-able), stable across runs."""
+    return json.loads(str(target))
+
+
+def fingerprint(target: tvm.target.Target) -> str:
+    """Short hash of the target: kernels tuned for one target live in their own cache folder."""
+    text = json.dumps(describe(target), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

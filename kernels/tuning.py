@@ -1,0 +1,290 @@
+"""Tune once, cache forever: MetaSchedule tuning of one kernel task per (kernel, variant, shape, dtype, target).
+
+Cache layout, under ``cache_dir()`` (``$SHIFTADD_CACHE`` or ``~/.cache/shiftadd-nas/tvm``)::
+
+    <target fingerprint>/target.json            the target these kernels were compiled for
+    <target fingerprint>/<task key>/tuning/     MetaSchedule's JSON database (workloads + tuning records) and logs
+    <target fingerprint>/<task key>/kernel.so   the compiled library
+    <target fingerprint>/<task key>/meta.json   written last: trials, tuned or not, tuning time, library checksum
+
+``meta.json`` is the commit marker: an entry without it, or whose library checksum does not match, was interrupted or
+corrupted and is rebuilt (from the tuning database when that still loads, else by tuning again), never loaded.
+A second request for a task that is cached with at least as many trials loads the library and touches nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from . import target as targets
+from .spec import KernelError, KernelSpec
+from .tvm_import import import_tensor_intrinsics
+
+DEFAULT_TRIALS = 64
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """Root of the kernel cache: ``$SHIFTADD_CACHE`` or ``~/.cache/shiftadd-nas/tvm``."""
+    env = os.environ.get("SHIFTADD_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "shiftadd-nas" / "tvm"
+
+
+@dataclass
+class CompiledKernel:
+    """A compiled kernel, loaded and callable: ``kernel(*args)`` with TVM tensors or torch tensors (DLPack)."""
+
+    spec: KernelSpec
+    target: tvm.target.Target
+    module: Any  # tvm.runtime.Module
+    tuned: bool
+    trials: int
+    library: Path | None
+    cache_hit: bool
+    tuning_seconds: float = 0.0
+
+    @property
+    def function(self):
+        return self.module["main"]
+
+    def __call__(self, *args) -> None:
+        self.function(*args)
+
+
+@dataclass(frozen=True)
+class _Meta:
+    trials: int
+    tuned: bool
+    tuning_seconds: float
+    library_sha256: str | None
+
+    @classmethod
+    def read(cls, path: Path) -> "_Meta | None":
+        try:
+            data = json.loads(path.read_text())
+            return cls(int(data["trials"]), bool(data["tuned"]), float(data["tuning_seconds"]), data["library_sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One process at a time builds a given task (others wait, then find it cached)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet_tvm_logs() -> Iterator[None]:
+    """MetaSchedule logs every iteration to the console at its logger's level; raise that level so the console
+    stays clean. Its full DEBUG logs still go to ``tuning/logs/`` of the task."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    old_level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old_level)
+
+
+def _irmodule(spec: KernelSpec) -> tvm.IRModule:
+    return tvm.IRModule({"main": spec.prim_func()})
+
+
+def _default_schedule(spec: KernelSpec, target: tvm.target.Target) -> tvm.IRModule:
+    """The untuned schedule: TVM's defaults on CPU; on CUDA, dlight's generic GPU rules (thread binding)."""
+    mod = _irmodule(spec)
+    if targets.is_cuda(target):
+        from tvm.s_tir import dlight
+
+        with target:
+            mod = dlight.ApplyDefaultSchedule(dlight.gpu.Fallback())(mod)
+    return mod
+
+
+def _tuned_schedule(spec: KernelSpec, target: tvm.target.Target, work_dir: Path) -> tvm.IRModule | None:
+    """The best schedule recorded in the task's tuning database, or None when it has none or does not load."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not (work_dir / "database_tuning_record.json").exists():
+        return None
+    import_tensor_intrinsics()
+    try:
+        database = ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=False)
+        schedule = ms.tir_integration.compile_tir(database, _irmodule(spec), target)
+    except (tvm.error.TVMError, ValueError, RuntimeError) as e:
+        log.warning("tuning database of %s does not load (%s); it will be rebuilt", spec.key, e)
+        return None
+    return None if schedule is None else schedule.mod
+
+
+def _recorded_trials(work_dir: Path) -> int:
+    """Tuning records in a task's database (one JSON line each)."""
+    try:
+        with (work_dir / "database_tuning_record.json").open() as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
+def _progress_callback(on_trials: Callable[[int], None]):
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            on_trials(len(measure_candidates))
+
+    return _Progress()
+
+
+def _tune(
+    spec: KernelSpec,
+    target: tvm.target.Target,
+    work_dir: Path,
+    trials: int,
+    seed: int,
+    on_trials: Callable[[int], None] | None,
+) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    import_tensor_intrinsics()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    cores = max(1, targets.cpu_threads())
+    callbacks = ms.measure_callback.MeasureCallback.create("default")
+    if on_trials is not None:
+        callbacks = [*callbacks, _progress_callback(on_trials)]
+    with _quiet_tvm_logs():
+        ms.tune_tir(
+            mod=_irmodule(spec),
+            target=target,
+            work_dir=str(work_dir),
+            max_trials_global=trials,
+            num_trials_per_iter=min(64, trials),
+            num_tuning_cores=cores,
+            seed=seed,
+            # Workers import TVM's tensor intrinsics up front, through the fast path (see kernels.tvm_import);
+            # the builder restarts its pool every iteration, so this saves tens of seconds per iteration.
+            builder=ms.builder.LocalBuilder(max_workers=cores, initializer=import_tensor_intrinsics),
+            runner=ms.runner.LocalRunner(initializer=import_tensor_intrinsics),
+            database=ms.database.JSONDatabase(work_dir=str(work_dir)),
+            measure_callbacks=callbacks,
+        )
+
+
+def _export(mod: tvm.IRModule, target: tvm.target.Target, path: Path) -> None:
+    executable = tvm.compile(mod, target=target)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.so")
+    executable.export_library(str(tmp))
+    os.replace(tmp, path)
+
+
+def task_dir(spec: KernelSpec, target: tvm.target.Target, root: Path | None = None) -> Path:
+    """The cache folder of one task on one target."""
+    return (root or cache_dir()) / targets.fingerprint(target) / spec.key
+
+
+def get_kernel(
+    spec: KernelSpec,
+    target: str | dict | tvm.target.Target = "cpu",
+    trials: int = DEFAULT_TRIALS,
+    *,
+    root: Path | None = None,
+    seed: int = 0,
+    on_trials: Callable[[int], None] | None = None,
+) -> CompiledKernel:
+    """The compiled kernel for a task: from the cache when it holds one with at least ``trials`` trials, else tuned
+    (``trials`` > 0) or built with the default schedule (``trials`` == 0, marked untuned).
+
+    Args:
+        on_trials: called with the number of trials measured after each tuning iteration (for progress bars).
+    """
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
+        raise KernelError(f"trials must be a non-negative integer, got {trials!r}")
+    target = targets.resolve(target)
+    if trials > 0 and targets.is_cuda(target) and not tvm.cuda().exist:
+        raise KernelError(f"{spec.key}: tuning for CUDA needs a GPU on this machine; use trials=0 to compile only")
+    folder = task_dir(spec, target, root)
+    with _locked(folder):
+        _write_atomic(folder.parent / "target.json", json.dumps(targets.describe(target), indent=2) + "\n")
+        meta_path, library = folder / "meta.json", folder / "kernel.so"
+        work_dir = folder / "tuning"
+        meta = _Meta.read(meta_path)
+        satisfied = meta is not None and (meta.tuned or trials == 0) and meta.trials >= trials
+        if satisfied and library.exists() and meta.library_sha256 == _sha256(library):
+            return _load(spec, target, library, meta, cache_hit=True)
+
+        # Not cached, or cached but interrupted/corrupted: rebuild from the tuning database if it still serves.
+        meta_path.unlink(missing_ok=True)
+        tuning_seconds = meta.tuning_seconds if meta else 0.0
+        known = meta.trials if meta else _recorded_trials(work_dir)  # trials the database already holds
+        mod = _tuned_schedule(spec, target, work_dir)
+        if mod is None and work_dir.exists():
+            shutil.rmtree(work_dir)  # a database that does not load is discarded, not half-trusted
+            known = 0
+        if trials > known or (mod is None and trials > 0):
+            start = time.perf_counter()
+            _tune(spec, target, work_dir, trials, seed, on_trials)
+            tuning_seconds = time.perf_counter() - start
+            mod, known = _tuned_schedule(spec, target, work_dir), trials
+            if mod is None:
+                raise KernelError(f"{spec.key}: tuning produced no valid schedule (see {work_dir / 'logs'})")
+        tuned = mod is not None
+        if mod is None:
+            mod = _default_schedule(spec, target)
+        _export(mod, target, library)
+        meta = _Meta(known if tuned else 0, tuned, tuning_seconds, _sha256(library))
+        record = {**meta.__dict__, "spec": spec.to_dict(), "target": targets.describe(target), "tvm": tvm.__version__}
+        _write_atomic(meta_path, json.dumps(record, indent=2) + "\n")
+        return _load(spec, target, library, meta, cache_hit=False)
+
+
+def _load(spec: KernelSpec, target: tvm.target.Target, library: Path, meta: _Meta, cache_hit: bool) -> CompiledKernel:
+    module = tvm.runtime.load_module(str(library))
+    return CompiledKernel(spec, target, module, meta.tuned, meta.trials, library, cache_hit, meta.tuning_seconds)
+
+
+def compile_untuned(spec: KernelSpec, target: str | dict | tvm.target.Target = "cpu"):
+    """Compile a task with the default schedule, in memory, without the cache (for checks and CUDA source)."""
+    target = targets.resolve(target)
+    return tvm.compile(_default_schedule(spec, target), target=target)
+
+
+def cuda_source(spec: KernelSpec, arch: str = targets.DEFAULT_CUDA_ARCH) -> str:
+    """The CUDA C source of a task's default-schedule kernel (generated without a GPU; TVM compiles it with NVRTC)."""
+    executable = compile_untuned(spec, targets.cuda_target(arch))
+    return "\n".join(module.inspect_source() for module in executable.mod.imports if module.kind == "cuda")

@@ -1,0 +1,136 @@
+"""``nas kernels check`` and ``nas kernels tune``: the TVM kernels from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from kernels.check import AWKWARD_SHAPES, all_specs, check
+
+    table = Table(title=f"kernels on {args.target}: each against its numpy reference", title_justify="left")
+    for column in ("kernel", "variant", "dtype", "M x K x N", "result", "max error"):
+        table.add_column(column)
+    failures = 0
+    specs = list(all_specs(AWKWARD_SHAPES))
+    with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("check", total=len(specs))
+        for spec in specs:
+            result = check(spec, args.target, trials=args.trials, root=args.cache)
+            failures += not result.ok
+            error = "" if result.max_error is None else f"{result.max_error:.3g}"
+            status = result.status if result.ok else f"[red]{result.status}[/] {result.detail}"
+            table.add_row(spec.kernel, spec.variant, spec.dtype, f"{spec.M}x{spec.K}x{spec.N}", status, error)
+            bar.advance(task)
+    console.print(table)
+    if failures:
+        console.print(f"[red]{failures} of {len(specs)} kernel checks failed[/]")
+        return 1
+    console.print(f"all {len(specs)} kernel checks passed")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from kernels.measure import measure
+    from kernels.spec import KernelSpec
+    from kernels.tuning import task_dir
+    from kernels import target as targets
+
+    spec = KernelSpec(args.kernel, args.variant or _default_variant(args.kernel), args.M, args.K, args.N, args.dtype or "")
+    progress = Progress(
+        TextColumn(f"tuning {spec.key}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("trials"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("tune", total=args.trials)
+        kernel, timing = measure(
+            spec,
+            args.target,
+            trials=args.trials,
+            repeats=args.repeats,
+            tracker=args.rpc_tracker,
+            device_key=args.device_key,
+            root=args.cache,
+            on_trials=lambda n: progress.advance(task, n),
+        )
+    where = f"{args.device_key} via {args.rpc_tracker}" if args.rpc_tracker else "this machine"
+    state = "cache hit" if kernel.cache_hit else (f"tuned in {kernel.tuning_seconds:.0f} s" if kernel.tuned else "built")
+    tuned = f"tuned, {kernel.trials} trials" if kernel.tuned else "[yellow]UNTUNED[/] (default schedule)"
+    console.print(f"{spec.key} on {targets.describe(kernel.target)['kind']} ({where}): {tuned}; {state}")
+    console.print(
+        f"median {timing.median_ms:.4f} ms (min {timing.min_ms:.4f}, max {timing.max_ms:.4f}, "
+        f"std {timing.std_ms:.4f}, {timing.repeats} repeats)"
+    )
+    console.print(f"cache: {task_dir(spec, kernel.target, args.cache)}")
+    return 0
+
+
+def _default_variant(kernel: str) -> str:
+    from kernels.spec import KernelError, variants
+
+    options = [v for k, v in variants(kernel)]
+    if not options:
+        known = sorted({k for k, _ in variants()})
+        raise KernelError(f"unknown kernel {kernel!r} (choose from {', '.join(known)})")
+    return {"matmul": "fp32", "matshift": "select", "matadd": "binary_real"}.get(kernel, options[0])
+
+
+def add_commands(add, positive_int, non_negative_int) -> None:
+    """Register ``nas kernels ...`` through the CLI's ``add(name, handler, help)``."""
+    kernels = add("kernels", None, "check, tune and time the TVM kernels (matmul, matshift, matadd)")
+    sub = kernels.add_subparsers(dest="kernels_command", metavar="KERNELS_COMMAND", required=True)
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--target", default="cpu", help="'cpu' (this machine), 'cuda', 'cuda:sm_XX' or a TVM target dict as JSON"
+        )
+        parser.add_argument(
+            "--cache", type=Path, default=None,
+            help="kernel cache folder (default: $SHIFTADD_CACHE or ~/.cache/shiftadd-nas/tvm)",
+        )
+
+    check = sub.add_parser(
+        "check",
+        help="run every kernel on random inputs and compare with its numpy reference",
+        description="Run every kernel variant at shapes that are not multiples of the tile sizes and compare with "
+        "its numpy reference: integer kernels must match bit for bit, float kernels within fp32 rounding. On a "
+        "CUDA target without a GPU the kernels are compiled (to CUDA source) but not run.",
+    )
+    common(check)
+    check.add_argument("--trials", type=non_negative_int, default=0, help="tune each kernel first (default: 0)")
+    check.set_defaults(handler=cmd_check)
+
+    tune = sub.add_parser(
+        "tune",
+        help="tune one kernel task (cached) and time it",
+        description="Tune one kernel task with MetaSchedule, store it in the cache (a second run is a cache hit) "
+        "and time it, on this machine or on a remote device through TVM's RPC tracker.",
+    )
+    tune.add_argument("kernel", help="matmul, matshift or matadd")
+    tune.add_argument("M", type=positive_int)
+    tune.add_argument("K", type=positive_int)
+    tune.add_argument("N", type=positive_int)
+    tune.add_argument(
+        "--variant",
+        help="matmul: fp32; matshift: select (default) or mul; matadd: binary_real (default) or packed_popcount",
+    )
+    tune.add_argument("--dtype", help="value dtype where a variant takes several (matadd binary_real: float32, int32)")
+    tune.add_argument("--trials", type=non_negative_int, default=64, help="MetaSchedule trials; 0 = untuned (default: 64)")
+    tune.add_argument("--repeats", type=positive_int, default=15, help="timing repeats (default: 15)")
+    tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="time on a remote device registered with this tracker")
+    tune.add_argument("--device-key", metavar="KEY", help="the remote device's key at the tracker")
+    common(tune)
+    tune.set_defaults(handler=cmd_tune)
