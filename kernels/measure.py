@@ -103,7 +103,7 @@ def time_remote(
     host, port = parse_tracker(tracker)
     try:
         session = rpc.connect_tracker(host, port).request(device_key, session_timeout=session_timeout)
-    except (tvm.error.TVMError, RuntimeError, OSError) as e:
+    except (RuntimeError, OSError) as e:  # TVM raises RuntimeError subclasses
         raise KernelError(f"cannot get device {device_key!r} from the RPC tracker at {tracker}: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         library = Path(tmp) / f"{kernel.spec.key}.so"

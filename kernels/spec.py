@@ -28,7 +28,7 @@ class Definition:
     compute: Callable[[int, int, int, str], Any]  # -> tvm PrimFunc
     reference: Callable[..., np.ndarray]  # numpy: (M, K, N, *inputs) -> output
     random_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]]
-    ops: Callable[[int, int, int], int]  # elementary vector-lane operations, for the floor
+    ops: Callable[[int, int, int], int]  # elementary operations in 32-bit vector lanes, for the compute floor
     doc: str = ""
 
 

@@ -56,7 +56,7 @@ def resolve(target: str | dict[str, Any] | tvm.target.Target) -> tvm.target.Targ
     if text.startswith("{"):
         try:
             return tvm.target.Target(json.loads(text))
-        except (json.JSONDecodeError, ValueError, tvm.error.TVMError) as e:
+        except (ValueError, RuntimeError) as e:  # JSONDecodeError is a ValueError; TVM raises RuntimeError
             raise KernelError(f"target {text!r} is not a valid TVM target: {e}") from None
     raise KernelError(f"unknown target {text!r}: use 'cpu', 'cuda', 'cuda:sm_XX' or a TVM target dict as JSON")
 

@@ -1,0 +1,132 @@
+"""TVM kernels vs torch fp32 at the paper's shapes: tuned matmul, matshift (both sign forms), matadd (both forms).
+
+For every shape, torch fp32 (2 threads) and each TVM kernel are timed in the same run, interleaved, so the ratio
+``torch_fp32_median_ms / median_ms`` (the speedup, > 1 is faster than torch) is measured under the same load.
+Each kernel's floor on this CPU is ``max(ops / peak lane rate, bytes / bandwidth)``, with the peak fp32 lane rate
+taken from a large torch GEMM and the bandwidth from a large copy, both measured here.
+
+    python bench/kernel_speed.py [--trials 64] [--only matshift]
+
+Tuning is cached (kernels.tuning), so a second run only measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils import benchmark
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import write  # noqa: E402
+
+from kernels.measure import time_kernel  # noqa: E402
+from kernels.spec import KernelSpec  # noqa: E402
+from kernels.tuning import get_kernel  # noqa: E402
+
+MLP_SHAPES = [(3136, 64, 512), (3136, 512, 64), (784, 128, 1024), (784, 1024, 128)]  # ShiftAddViT PVT MLPs
+DEIT_TINY_SHAPES = [(197, 192, 576), (197, 192, 768), (197, 768, 192)]  # qkv, fc1, fc2 at 197 tokens
+TOKENS, HEAD_DIM = 197, 64
+ATTENTION_SHAPES = [(HEAD_DIM, TOKENS, HEAD_DIM), (TOKENS, HEAD_DIM, HEAD_DIM)]  # K_b^T V, Q_b (K_b^T V)
+SIMILARITY_SHAPES = [(TOKENS, HEAD_DIM, TOKENS), (TOKENS, 256, TOKENS)]  # Q_b K_b^T on 64- and 256-bit codes
+
+
+def tasks() -> list[KernelSpec]:
+    specs = []
+    for m, k, n in MLP_SHAPES + DEIT_TINY_SHAPES:
+        specs += [KernelSpec("matmul", "fp32", m, k, n)]
+        specs += [KernelSpec("matshift", v, m, k, n) for v in ("mul", "select")]
+    for m, k, n in ATTENTION_SHAPES:
+        specs += [KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matadd", "binary_real", m, k, n, "float32")]
+    for m, k, n in SIMILARITY_SHAPES:
+        specs += [KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matadd", "packed_popcount", m, k, n)]
+    return specs
+
+
+def torch_fp32_ms(m: int, k: int, n: int) -> float:
+    """The same logical product in torch fp32: X[M, K] @ W[N, K]^T."""
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    timer = benchmark.Timer("torch.nn.functional.linear(x, w)", globals={"x": x, "w": w, "torch": torch})
+    return timer.blocked_autorange(min_run_time=0.5).median * 1e3
+
+
+def peak_fp32_lane_rate() -> float:
+    """fp32 multiply-adds per second of a large torch GEMM on this machine (the achievable vector-unit rate)."""
+    n = 1536
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = benchmark.Timer("a @ b", globals={"a": a, "b": b}).blocked_autorange(min_run_time=1.0).median
+    return n**3 / seconds
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second read + written by a large copy."""
+    src = torch.empty(64 * 2**20 // 4)
+    dst = torch.empty_like(src)
+    seconds = benchmark.Timer("dst.copy_(src)", globals={"src": src, "dst": dst}).blocked_autorange(min_run_time=1.0).median
+    return 2 * src.numel() * 4 / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--only", help="only kernels whose key contains this text")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    specs = [s for s in tasks() if not args.only or args.only in s.key]
+
+    kernels = {}
+    for i, spec in enumerate(specs):
+        start = time.perf_counter()
+        kernels[spec] = get_kernel(spec, "cpu", args.trials)
+        state = "cached" if kernels[spec].cache_hit else f"tuned in {time.perf_counter() - start:.0f} s"
+        print(f"[{i + 1}/{len(specs)}] {spec.key}: {state}", flush=True)
+
+    lane_rate, bandwidth = peak_fp32_lane_rate(), copy_bandwidth()
+    print(f"peak fp32 lane rate {lane_rate / 1e9:.1f} G/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+    rows = []
+    for spec, kernel in kernels.items():
+        torch_ms = torch_fp32_ms(spec.M, spec.K, spec.N)
+        timing = time_kernel(kernel, repeats=args.repeats)
+        floor_ms = 1e3 * max(spec.ops() / lane_rate, spec.bytes_moved() / bandwidth)
+        rows.append(
+            {
+                "kernel": spec.kernel,
+                "variant": spec.variant,
+                "M": spec.M,
+                "K": spec.K,
+                "N": spec.N,
+                "median_ms": timing.median_ms,
+                "std_ms": timing.std_ms,
+                "torch_fp32_median_ms": torch_ms,
+                "speedup_vs_torch": torch_ms / timing.median_ms,
+                "floor_ms": floor_ms,
+                "floor_fraction": floor_ms / timing.median_ms,
+                "trials": kernel.trials,
+                "tuned": kernel.tuned,
+                "tuning_s": round(kernel.tuning_seconds, 1),
+            }
+        )
+        print(
+            f"{spec.key:42s} {timing.median_ms:8.4f} ms  torch {torch_ms:8.4f} ms  x{torch_ms / timing.median_ms:5.2f}"
+            f"  floor {floor_ms:.4f} ms",
+            flush=True,
+        )
+    write(
+        "kernels-cpu",
+        rows,
+        notes=(
+            f"speedup_vs_torch = torch fp32 (2 threads) median / kernel median, same run. floor_ms = max(ops / "
+            f"{lane_rate / 1e9:.1f} G fp32-lane-ops/s (torch 1536^3 GEMM here), bytes / {bandwidth / 1e9:.1f} GB/s "
+            "(64 MiB copy here)); floor_fraction = floor / kernel time (1 = at the floor). tuning_s is the time of the "
+            "run that tuned the kernel (cached since)."
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The TVM kernels: correctness, the tuning cache, the DLPack bridge, CUDA source, remote timing over RPC."""
+
+import hashlib
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kernels import KernelError, KernelSpec
+from kernels.check import all_specs, check
+from kernels.matadd import pack_bits
+from kernels.matshift import pack
+from kernels.measure import measure, time_kernel, time_remote
+from kernels.runtime import KernelSet, to_kernels
+from kernels.tuning import cuda_source, get_kernel, task_dir
+from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
+from search_spaces.ops import ShiftLinear
+
+TINY = KernelSpec("matmul", "fp32", 24, 20, 12)
+
+
+@pytest.mark.parametrize("spec", list(all_specs()), ids=lambda s: s.key)
+def test_every_kernel_matches_its_reference_at_awkward_shapes(spec):
+    result = check(spec, "cpu")
+    assert result.ok, result.detail
+    if spec.dtype != "float32":
+        assert result.status == "exact"
+
+
+def test_pack_bits_layout():
+    codes = np.zeros((2, 70), dtype=np.uint8)
+    codes[0, [0, 63]] = 1
+    codes[1, 64] = 1
+    words = pack_bits(codes)
+    assert words.shape == (2, 2) and words.dtype == np.uint64
+    assert words[0].tolist() == [1 | (1 << 63), 0] and words[1].tolist() == [0, 1]
+
+
+def test_bad_kernel_requests_are_refused_clearly():
+    with pytest.raises(KernelError, match="unknown kernel 'matmult'"):
+        KernelSpec("matmult", "fp32", 1, 1, 1)
+    with pytest.raises(KernelError, match="M must be a positive integer, got 0"):
+        KernelSpec("matmul", "fp32", 0, 4, 4)
+    with pytest.raises(KernelError, match="unsupported dtype 'float16'"):
+        KernelSpec("matmul", "fp32", 4, 4, 4, "float16")
+    with pytest.raises(KernelError, match="trials must be a non-negative integer"):
+        get_kernel(TINY, "cpu", -1)
+    with pytest.raises(KernelError, match="unknown target 'tpu'"):
+        get_kernel(TINY, "tpu", 0)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_tuned_once_then_cache_hits_touch_nothing(tmp_path):
+    seen = []
+    kernel = get_kernel(TINY, "cpu", trials=2, root=tmp_path, on_trials=seen.append)
+    assert kernel.tuned and kernel.trials == 2 and not kernel.cache_hit and sum(seen) == 2
+    folder = task_dir(TINY, kernel.target, tmp_path)
+    assert (folder / "tuning" / "database_tuning_record.json").stat().st_size > 0
+    before = _snapshot(folder)
+    again = get_kernel(TINY, "cpu", trials=2, root=tmp_path)
+    assert again.cache_hit and again.tuned
+    assert _snapshot(folder) == before  # the tuning database and the library are untouched
+    # asking for zero trials is served by the tuned kernel too
+    assert get_kernel(TINY, "cpu", trials=0, root=tmp_path).tuned
+
+    # a corrupted library is detected by its checksum and rebuilt from the tuning database, without re-tuning
+    library = folder / "kernel.so"
+    # truncated as a crashed writer would leave it (a new file: this process still maps the old one)
+    truncated = folder / "truncated.so"
+    truncated.write_bytes(library.read_bytes()[:1000])
+    truncated.replace(library)
+    records = (folder / "tuning" / "database_tuning_record.json").read_bytes()
+    rebuilt = get_kernel(TINY, "cpu", trials=2, root=tmp_path, on_trials=lambda n: pytest.fail("re-tuned"))
+    assert not rebuilt.cache_hit and rebuilt.tuned
+    assert (folder / "tuning" / "database_tuning_record.json").read_bytes() == records
+    assert check(TINY, "cpu", trials=2, root=tmp_path).ok
+
+    # a half-written database (interrupted while tuning: no meta.json) is discarded and tuned again
+    (folder / "meta.json").unlink()
+    (folder / "tuning" / "database_tuning_record.json").write_text('[0, [[["tir.Sche')
+    tuned_again = []
+    fresh = get_kernel(TINY, "cpu", trials=2, root=tmp_path, on_trials=tuned_again.append)
+    assert fresh.tuned and sum(tuned_again) == 2
+
+
+def test_untuned_kernels_are_marked(tmp_path):
+    kernel, timing = measure(KernelSpec("matshift", "mul", 9, 33, 7), "cpu", trials=0, repeats=3, root=tmp_path)
+    assert not kernel.tuned and kernel.trials == 0
+    assert timing.repeats == 3 and 0 < timing.min_ms <= timing.median_ms <= timing.max_ms
+
+
+def test_dlpack_bridge_shares_memory_and_matches_torch(tmp_path):
+    kernel = get_kernel(TINY, "cpu", trials=0, root=tmp_path)
+    x, w = torch.randn(24, 20), torch.randn(12, 20)
+    y = torch.full((24, 12), float("nan"))
+    pointer = y.data_ptr()
+    kernel(x, w, y)  # torch tensors go in as they are: TVM writes into y's own buffer
+    assert y.data_ptr() == pointer
+    torch.testing.assert_close(y, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_shift_layers_on_kernels_equal_the_torch_integer_path_bit_for_bit(tmp_path):
+    layer = ShiftLinear.from_dense(nn.Linear(40, 24))
+    model = nn.Sequential(layer)
+    kernels = KernelSet("cpu", trials=0, root=tmp_path)
+    fast = to_kernels(model, kernels)
+    x = torch.randn(3, 11, 40)
+    assert torch.equal(fast(x), layer.forward_int(x))
+    assert [s.key for s in kernels.specs] == ["matshift-select-int32-33x40x24"]
+    # the packed weights are the kernel's contract
+    shift, sign = layer.quantized()
+    r, s = pack(shift.numpy(), sign.numpy())
+    assert np.array_equal(fast[0].amount.numpy(), r) and np.array_equal(fast[0].sign.numpy(), s)
+
+
+def test_a_reparameterized_model_runs_on_kernels(tmp_path, tiny_spec):
+    config = ArchConfig(
+        tiny_spec,
+        (BlockConfig("additive", "shift", "shift", "shift"), BlockConfig("additive", "dense", "dense", "moe", MoEConfig())),
+    )
+    model = build_model(config).eval()
+    kernels = KernelSet("cpu", trials=0, root=tmp_path)
+    fast = to_kernels(model, kernels)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        # the kernel path's attention products equal torch's within fp32 rounding
+        block = model.blocks[1].attn
+        tokens = torch.randn(2, 17, 32)
+        torch.testing.assert_close(fast.blocks[1].attn(tokens), block(tokens), rtol=1e-4, atol=1e-5)
+        assert fast(x).shape == (2, 10) and torch.isfinite(fast(x)).all()
+    kinds = {(s.kernel, s.variant) for s in kernels.specs}
+    assert kinds == {("matshift", "select"), ("matadd", "binary_real")}
+    assert isinstance(model.blocks[0].attn.qkv, ShiftLinear)  # the original model is untouched
+
+
+@pytest.mark.parametrize("kernel, variant", [("matmul", "fp32"), ("matshift", "select"), ("matshift", "mul"),
+                                             ("matadd", "binary_real"), ("matadd", "packed_popcount")])
+def test_cuda_source_is_generated_for_each_kernel(kernel, variant):
+    source = cuda_source(KernelSpec(kernel, variant, 37, 70, 29))
+    assert "__global__" in source and "blockIdx.x" in source
+    if variant == "packed_popcount":
+        assert "__popcll" in source  # the hardware popcount
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_remote_timing_through_an_rpc_tracker_on_loopback(tmp_path):
+    from tvm.rpc.server import Server
+    from tvm.rpc.tracker import Tracker
+
+    port = _free_port()
+    tracker = Tracker(host="127.0.0.1", port=port, port_end=port + 50, silent=True)
+    server_port = _free_port()
+    server = Server(host="127.0.0.1", port=server_port, port_end=server_port + 50, key="loopback-cpu",
+                    tracker_addr=("127.0.0.1", tracker.port), silent=True)
+    try:
+        kernel = get_kernel(TINY, "cpu", trials=0, root=tmp_path)
+        deadline = time.monotonic() + 60
+        while True:  # the server registers with the tracker asynchronously
+            try:
+                timing = time_remote(kernel, f"127.0.0.1:{tracker.port}", "loopback-cpu", repeats=3, session_timeout=30)
+                break
+            except KernelError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert timing.repeats == 3 and timing.median_ms > 0
+        with pytest.raises(KernelError, match="HOST:PORT"):
+            time_remote(kernel, "localhost", "loopback-cpu")
+    finally:
+        server.terminate()
+        tracker.terminate()
