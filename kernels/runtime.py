@@ -2,7 +2,8 @@
 
 ``to_kernels(model)`` returns an inference copy of ``model`` in which every :class:`ShiftLinear` runs the ``matshift``
 kernel and every :class:`AdditiveAttention` runs its two binary products on the ``binary_real`` ``matadd`` kernel;
-everything else stays in torch. Tensors cross into TVM through DLPack, without copies: the kernels read torch's
+everything else stays in torch. MoE experts get their tokens padded up to a fixed grid of counts
+(:func:`search_spaces.ops.moe.token_buckets`), so their kernels are compiled for a few shapes, not one per batch. Tensors cross into TVM through DLPack, without copies: the kernels read torch's
 buffers and write their outputs into torch tensors allocated here.
 
 Kernels are fetched per shape from the tuning cache (:func:`kernels.tuning.get_kernel`): a shape seen for the first
@@ -19,11 +20,19 @@ import torch
 from torch import nn
 
 from search_spaces.ops.attention import AdditiveAttention
+from search_spaces.ops.moe import MoEMlp
 from search_spaces.ops.shift import ShiftLinear, to_fixed_point
 
 from . import target as targets
 from .spec import KernelSpec
 from .tuning import CompiledKernel, get_kernel
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous, 64-byte-aligned view or copy: TVM kernels assume 64-byte-aligned buffers and do not check
+    (a misaligned pointer can crash the process). torch's allocator aligns; slices at odd offsets may not be."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
 class KernelSet:
@@ -68,7 +77,7 @@ class KernelShiftLinear(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x_int = to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits).contiguous()
+        x_int = _aligned(to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits))
         m = x_int.shape[0]
         y_int = torch.empty(m, self.out_features, dtype=torch.int32, device=x.device)
         spec = KernelSpec("matshift", self.kernels.matshift_variant, m, self.in_features, self.out_features)
@@ -98,7 +107,10 @@ class KernelAdditiveAttention(nn.Module):
         v = values.to(torch.float32).reshape(-1, k, n).contiguous()
         out = torch.empty(b.shape[0], m, n, dtype=torch.float32, device=values.device)
         for i in range(b.shape[0]):
-            kernel(b[i], v[i], out[i])
+            result = _aligned(out[i])
+            kernel(_aligned(b[i]), _aligned(v[i]), result)
+            if result.data_ptr() != out[i].data_ptr():
+                out[i].copy_(result)
         return out.reshape(*lead, m, n).to(values.dtype)
 
     def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -116,7 +128,10 @@ class KernelAdditiveAttention(nn.Module):
 
 def _swap(module: nn.Module, kernels: KernelSet) -> None:
     for name, child in module.named_children():
-        if isinstance(child, ShiftLinear):
+        if isinstance(child, MoEMlp):
+            child.pad_to_buckets = True  # experts see a few token counts, not one kernel shape per batch
+            _swap(child, kernels)
+        elif isinstance(child, ShiftLinear):
             setattr(module, name, KernelShiftLinear(child, kernels))
         elif isinstance(child, AdditiveAttention):
             _swap(child, kernels)  # its qkv/proj may be shift layers too

@@ -139,7 +139,7 @@ def _tuned_schedule(spec: KernelSpec, target: tvm.target.Target, work_dir: Path)
     """The best schedule recorded in the task's tuning database, or None when it has none or does not load."""
     from tvm.s_tir import meta_schedule as ms
 
-    if not (work_dir / "database_tuning_record.json").exists():
+    if not _database_is_well_formed(work_dir):
         return None
     import_tensor_intrinsics()
     try:
@@ -149,6 +149,25 @@ def _tuned_schedule(spec: KernelSpec, target: tvm.target.Target, work_dir: Path)
         log.warning("tuning database of %s does not load (%s); it will be rebuilt", spec.key, e)
         return None
     return None if schedule is None else schedule.mod
+
+
+def _database_is_well_formed(work_dir: Path) -> bool:
+    """Every line of both database files parses as JSON. TVM's reader segfaults on a blank line in the records
+    file (it cannot be caught), so a database is checked here before TVM opens it."""
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        try:
+            with (work_dir / name).open() as f:
+                lines = f.read().split("\n")
+        except OSError:
+            return False
+        if lines and lines[-1] == "":
+            lines.pop()  # the final newline
+        try:
+            if not lines or any(not line.strip() or not isinstance(json.loads(line), list) for line in lines):
+                return False
+        except ValueError:
+            return False
+    return True
 
 
 def _recorded_trials(work_dir: Path) -> int:

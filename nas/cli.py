@@ -15,9 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from kernels.spec import KernelError
+from latency_model.db import LatencyDBError
+from latency_model.predictor import PredictorError
 from search_spaces import ArchConfig, ConfigError, SearchSpace, build_model
 
-from . import kernel_commands
+from . import kernel_commands, latency_commands
 from search_spaces.ops import MoEMlp, ShiftLinear
 
 console = Console()
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("config", help="ArchConfig file (YAML or JSON)")
 
     kernel_commands.add_commands(add, positive_int, non_negative_int)
+    latency_commands.add_commands(add, positive_int, non_negative_int)
     return parser
 
 
@@ -126,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, KernelError) as e:
+    except (ConfigError, KernelError, LatencyDBError, PredictorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -43,6 +43,18 @@ def shift_mlp(mlp: nn.Module) -> nn.Module:
     return out
 
 
+def token_buckets(assignments: int, points: int = 8) -> list[int]:
+    """The token counts an expert's batch is padded up to when compiled kernels run it: ``assignments/points``,
+    ``2·assignments/points``, ..., ``assignments`` (``assignments`` = tokens × top_k). Kernels are compiled per shape,
+    so a fixed grid keeps their number bounded; the latency model profiles exactly these counts."""
+    return sorted({max(1, -(-assignments * (i + 1) // points)) for i in range(points)})
+
+
+def bucket_tokens(count: int, assignments: int, points: int = 8) -> int:
+    """The smallest grid count of :func:`token_buckets` that holds ``count`` tokens."""
+    return next(b for b in token_buckets(assignments, points) if b >= count)
+
+
 @dataclass(frozen=True)
 class RouterStats:
     """What the router did in the last forward pass (detached, per expert)."""
@@ -90,6 +102,8 @@ class MoEMlp(nn.Module):
         self.register_buffer("expert_latency", torch.ones(num))
         self.aux_loss: torch.Tensor | None = None
         self.stats: RouterStats | None = None
+        # Set by kernels.runtime: pad each expert's tokens up to token_buckets() so compiled kernels see few shapes.
+        self.pad_to_buckets = False
 
     @classmethod
     def from_dense(cls, mlp: nn.Module, kinds: tuple[str, ...] = EXPERT_KINDS, top_k: int = 1) -> "MoEMlp":
@@ -159,7 +173,11 @@ class MoEMlp(nn.Module):
             rows = (top_idx == e).any(dim=-1).nonzero(as_tuple=True)[0]
             if rows.numel() == 0:
                 continue
-            y = expert(tokens[rows]) * gates[rows, e : e + 1].to(tokens.dtype)
+            chosen = tokens[rows]
+            if self.pad_to_buckets:
+                size = bucket_tokens(rows.numel(), top_idx.numel())
+                chosen = torch.cat([chosen, chosen.new_zeros(size - rows.numel(), chosen.shape[1])])
+            y = expert(chosen)[: rows.numel()] * gates[rows, e : e + 1].to(tokens.dtype)
             out = out.index_add(0, rows, y)
         importance = gates.sum(0)
         self.aux_loss = balance_loss(importance, load, self.expert_latency)

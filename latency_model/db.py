@@ -1,0 +1,265 @@
+"""The measurement table: devices and the latency of each operation at each shape, in any SQLAlchemy database.
+
+Default URL ``sqlite:///studies/latency.db``. The schema carries a version (table ``schema_version``); opening a
+database of an older version migrates it in place, keeping every row. Measurements are append-only: re-profiling a
+shape adds a row with a newer timestamp, and readers take the newest row per (device, op, variant, shape), so no
+earlier figure is ever overwritten.
+
+An *op* is what the predictor composes a model from: a TVM kernel (``tvm.matmul``, ``tvm.matshift``,
+``tvm.matadd``) or a torch-side part (``torch.linear``, ``torch.layernorm``, ...). Its shape is a small dict of named
+integers (``{"M": 197, "K": 192, "N": 576}``), stored as canonical JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+SCHEMA_VERSION = 2
+DEFAULT_URL = "sqlite:///studies/latency.db"
+
+
+class LatencyDBError(RuntimeError):
+    """The measurement database cannot be opened or used; the message says which URL and why."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Device(Base):
+    """A machine + target the kernels were measured on."""
+
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    target: Mapped[str] = mapped_column(Text)  # TVM target as JSON
+    cpu_model: Mapped[str] = mapped_column(String(200), default="")
+    gpu_model: Mapped[str] = mapped_column(String(200), default="")
+    cores: Mapped[int] = mapped_column(Integer, default=0)
+    tvm_version: Mapped[str] = mapped_column(String(50), default="")
+    torch_version: Mapped[str] = mapped_column(String(50), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc))
+    measurements: Mapped[list["Measurement"]] = relationship(back_populates="device")
+
+
+class Measurement(Base):
+    """One timing of one op at one shape on one device."""
+
+    __tablename__ = "measurements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    op: Mapped[str] = mapped_column(String(64), index=True)
+    variant: Mapped[str] = mapped_column(String(64), default="")
+    shape: Mapped[str] = mapped_column(String(400))  # canonical JSON of named dims
+    dtype: Mapped[str] = mapped_column(String(32), default="")
+    tuned: Mapped[bool] = mapped_column(Boolean, default=False)
+    trials: Mapped[int] = mapped_column(Integer, default=0)  # added in schema 2
+    tuning_record: Mapped[str] = mapped_column(String(500), default="")  # cache folder of the kernel; schema 2
+    median_ms: Mapped[float] = mapped_column(Float)
+    min_ms: Mapped[float] = mapped_column(Float)
+    max_ms: Mapped[float] = mapped_column(Float)
+    std_ms: Mapped[float] = mapped_column(Float)
+    repeats: Mapped[int] = mapped_column(Integer)
+    measured_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc), index=True)
+    device: Mapped[Device] = relationship(back_populates="measurements")
+
+
+def shape_key(shape: Mapping[str, int]) -> str:
+    """Canonical JSON of a shape: the same dims always give the same text."""
+    return json.dumps({k: int(v) for k, v in sorted(shape.items())}, separators=(",", ":"))
+
+
+# ---- migrations: version n -> n + 1, each keeping every row ---------------------------------------------------
+def _migrate_1_to_2(connection) -> None:
+    """Schema 2 records the tuning budget and the kernel's cache entry with every measurement."""
+    connection.execute(text("ALTER TABLE measurements ADD COLUMN trials INTEGER NOT NULL DEFAULT 0"))
+    connection.execute(text("ALTER TABLE measurements ADD COLUMN tuning_record VARCHAR(500) NOT NULL DEFAULT ''"))
+
+
+MIGRATIONS = {1: _migrate_1_to_2}
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def connect(url: str = DEFAULT_URL) -> Engine:
+    """Open (and create or migrate) the measurement database at ``url``."""
+    try:
+        engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+    except (ArgumentError, NoSuchModuleError) as e:
+        raise LatencyDBError(f"measurement database URL {_redact(url)!r} is not usable: {e}") from None
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:
+            # WAL lets readers run while a profiler writes; busy_timeout makes concurrent writers wait, not fail.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+    try:
+        _create_or_migrate(engine)
+    except OperationalError as e:
+        raise LatencyDBError(f"cannot open measurement database {_redact(url)}: {e.orig}") from None
+    return engine
+
+
+def _create_or_migrate(engine: Engine) -> None:
+    with engine.begin() as connection:
+        tables = set(inspect(connection).get_table_names())
+        if "measurements" not in tables:
+            Base.metadata.create_all(connection)
+            connection.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
+            return
+        version = connection.execute(select(func.max(SchemaVersion.version))).scalar() or 1
+        if version > SCHEMA_VERSION:
+            raise LatencyDBError(
+                f"the measurement database has schema {version}, newer than this code's {SCHEMA_VERSION}: upgrade"
+            )
+        while version < SCHEMA_VERSION:
+            MIGRATIONS[version](connection)
+            version += 1
+            connection.execute(SchemaVersion.__table__.delete())
+            connection.execute(SchemaVersion.__table__.insert().values(version=version))
+
+
+def host_description() -> dict[str, Any]:
+    """CPU model and core count of this machine, plus the versions that shape its timings."""
+    import os
+
+    import torch
+    import tvm
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu_model": cpu, "cores": os.cpu_count() or 0, "tvm_version": tvm.__version__,
+            "torch_version": torch.__version__}
+
+
+def get_or_create_device(engine: Engine, name: str, target: Mapping[str, Any], **description: Any) -> int:
+    """The id of device ``name``; created with ``target`` and the description on first use."""
+    with Session(engine) as session, session.begin():
+        device = session.scalar(select(Device).where(Device.name == name))
+        if device is None:
+            device = Device(name=name, target=json.dumps(target, sort_keys=True), **description)
+            session.add(device)
+            session.flush()
+        return device.id
+
+
+@dataclass(frozen=True)
+class Row:
+    """A measurement as plain data (newest per op/variant/shape/dtype when read with :func:`latest`)."""
+
+    op: str
+    variant: str
+    shape: dict[str, int]
+    dtype: str
+    tuned: bool
+    trials: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+    repeats: int
+
+
+def add_measurement(engine: Engine, device_id: int, op: str, variant: str, shape: Mapping[str, int], *,
+                    dtype: str = "", tuned: bool = False, trials: int = 0, tuning_record: str = "",
+                    timing: Any) -> None:
+    """Append one measurement (``timing`` has median_ms, min_ms, max_ms, std_ms, repeats) in its own transaction."""
+    with Session(engine) as session, session.begin():
+        session.add(
+            Measurement(
+                device_id=device_id, op=op, variant=variant, shape=shape_key(shape), dtype=dtype, tuned=tuned,
+                trials=trials, tuning_record=tuning_record, median_ms=timing.median_ms, min_ms=timing.min_ms,
+                max_ms=timing.max_ms, std_ms=timing.std_ms, repeats=timing.repeats,
+            )
+        )
+
+
+def latest(engine: Engine, device: str, ops: Iterable[str] | None = None) -> list[Row]:
+    """The newest measurement of every (op, variant, shape, dtype) of a device."""
+    with Session(engine) as session:
+        device_id = session.scalar(select(Device.id).where(Device.name == device))
+        if device_id is None:
+            return []
+        query = select(Measurement).where(Measurement.device_id == device_id).order_by(Measurement.measured_at,
+                                                                                       Measurement.id)
+        if ops is not None:
+            query = query.where(Measurement.op.in_(list(ops)))
+        newest: dict[tuple, Measurement] = {}
+        for m in session.scalars(query):
+            newest[(m.op, m.variant, m.shape, m.dtype)] = m
+        return [
+            Row(m.op, m.variant, json.loads(m.shape), m.dtype, m.tuned, m.trials, m.median_ms, m.min_ms, m.max_ms,
+                m.std_ms, m.repeats)
+            for m in newest.values()
+        ]
+
+
+def measured_keys(engine: Engine, device: str) -> set[tuple[str, str, str, str]]:
+    """(op, variant, shape key, dtype) of everything already measured on a device: what profiling can skip."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Measurement.op, Measurement.variant, Measurement.shape, Measurement.dtype)
+            .join(Device)
+            .where(Device.name == device)
+            .distinct()
+        )
+        return {tuple(r) for r in rows}
+
+
+def devices(engine: Engine) -> list[str]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Device.name).order_by(Device.name)))
+
+
+def device_info(engine: Engine, name: str) -> dict[str, Any]:
+    """What the table knows of a device (target, CPU, versions): stored in the predictor file it is fitted into."""
+    with Session(engine) as session:
+        device = session.scalar(select(Device).where(Device.name == name))
+        if device is None:
+            return {}
+        return {"target": json.loads(device.target), "cpu_model": device.cpu_model, "gpu_model": device.gpu_model,
+                "cores": device.cores, "tvm_version": device.tvm_version, "torch_version": device.torch_version}

@@ -1,0 +1,209 @@
+"""What a model executes, as a list of ops with shapes: the one decomposition that profiling and prediction share.
+
+A ViT forward on this system is composed of
+
+- ``module.frame``: everything outside the blocks (patch embedding, class token and positions, final norm, head),
+  shape ``{B, img, patch, C, classes}``;
+- per block, ``module.block_frame`` (the two layer norms and residual adds, ``{B, T, C}``), the attention module
+  ``module.attention`` (variant ``<attention>/<qkv>/<proj>``, ``{B, T, C, H}``) and the MLP module ``module.mlp``
+  (variant ``dense`` or ``shift``, ``{M, C, Hd}`` with ``M = B·T`` tokens);
+- for an MoE MLP, ``module.moe_router`` (routing and dispatch, ``{M, C, E}``) plus each expert as a ``module.mlp``
+  at the tokens it receives.
+
+These are timed as the modules run here (dense parts in torch, shift layers and additive attention on the TVM
+kernels, see :mod:`kernels.runtime`). Separately, :func:`kernel_tasks` lists the TVM kernel shapes a config produces,
+which ``nas profile`` tunes and times for the kernel-level table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+import functools
+from dataclasses import dataclass
+
+from search_spaces import ArchConfig, BlockConfig, SearchSpace
+from search_spaces.config import ModelSpec
+from search_spaces.ops.moe import bucket_tokens, token_buckets
+
+from kernels.spec import KernelSpec
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes that shape every op of a ViT."""
+
+    img: int
+    patch: int
+    embed_dim: int
+    heads: int
+    mlp_hidden: int
+    classes: int
+    prefix_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return (self.img // self.patch) ** 2 + self.prefix_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.heads
+
+    @classmethod
+    @functools.lru_cache(maxsize=64)
+    def of(cls, spec: ModelSpec) -> "ModelDims":
+        """Read the sizes off the timm model (built on the meta device: no memory, no weights; cached)."""
+        import torch
+
+        from search_spaces.reparam import create_model, transformer_blocks
+
+        with torch.device("meta"):
+            model = create_model(spec)
+        block = transformer_blocks(model)[0]
+        img = model.patch_embed.img_size
+        patch = model.patch_embed.patch_size
+        return cls(
+            img=int(img[0] if isinstance(img, tuple | list) else img),
+            patch=int(patch[0] if isinstance(patch, tuple | list) else patch),
+            embed_dim=int(model.embed_dim),
+            heads=int(block.attn.num_heads),
+            mlp_hidden=int(block.mlp.fc1.out_features),
+            classes=int(model.num_classes),
+            prefix_tokens=int(model.num_prefix_tokens),
+        )
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op at one shape; ``count`` is how many times the model runs it."""
+
+    op: str
+    variant: str
+    shape: tuple[tuple[str, int], ...]
+    block: int | None = None  # None for the fixed parts
+    count: float = 1.0
+    dtype: str = "float32"
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return dict(self.shape)
+
+    @property
+    def key(self) -> tuple[str, str, tuple, str]:
+        return (self.op, self.variant, self.shape, self.dtype)
+
+
+def _shape(**dims: int) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((k, int(v)) for k, v in dims.items()))
+
+
+def attention_variant(block: BlockConfig) -> str:
+    return f"{block.attention}/{block.qkv}/{block.proj}"
+
+
+def moe_token_split(block: BlockConfig, tokens: int, expert_latency: list[float]) -> list[float]:
+    """Tokens each expert receives when the latency-aware balance loss has done its work: the loss balances
+    ``importance ⊙ lat``, so expert ``e`` gets a share proportional to ``1 / lat_e`` (times top_k assignments)."""
+    assert block.moe is not None
+    inverse = [1.0 / max(lat, 1e-12) for lat in expert_latency]
+    total = sum(inverse)
+    return [block.moe.top_k * tokens * w / total for w in inverse]
+
+
+
+def frame_op(dims: ModelDims, batch: int) -> Op:
+    return Op("module.frame", "", _shape(B=batch, img=dims.img, patch=dims.patch, C=dims.embed_dim,
+                                         classes=dims.classes))
+
+
+def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
+              expert_tokens: list[float] | None = None) -> list[Op]:
+    """The ops of one block. For an MoE MLP, ``expert_tokens`` is the token count per expert (see
+    :func:`moe_token_split`); the MLP op of an expert is then priced at that count."""
+    t, c = dims.tokens, dims.embed_dim
+    m = batch * t
+    ops = [
+        Op("module.block_frame", "", _shape(B=batch, T=t, C=c), index),
+        Op("module.attention", attention_variant(block), _shape(B=batch, T=t, C=c, H=dims.heads), index),
+    ]
+    if block.mlp in ("dense", "shift"):
+        ops.append(Op("module.mlp", block.mlp, _shape(M=m, C=c, Hd=dims.mlp_hidden), index))
+        return ops
+    assert block.moe is not None
+    experts = block.moe.experts
+    ops.append(Op("module.moe_router", "", _shape(M=m, C=c, E=len(experts)), index))
+    if expert_tokens is None:
+        expert_tokens = [block.moe.top_k * m / len(experts)] * len(experts)
+    assignments = block.moe.top_k * m
+    for kind, tokens in zip(experts, expert_tokens):
+        if tokens >= 0.5:  # experts run at the bucketed token count (see MoEMlp.pad_to_buckets)
+            size = bucket_tokens(round(tokens), assignments)
+            ops.append(Op("module.mlp", kind, _shape(M=size, C=c, Hd=dims.mlp_hidden), index))
+    return ops
+
+
+def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
+    """Every module op (and shape) that any architecture of the space can execute, at each batch size."""
+    dims = ModelDims.of(space.model)
+    seen: dict[tuple, Op] = {}
+    for batch in batches:
+        op = frame_op(dims, batch)
+        seen.setdefault(op.key, op)
+        m = batch * dims.tokens
+        for choices in set(space.blocks):
+            for attention in choices.attention:
+                for qkv in choices.qkv:
+                    for proj in choices.proj:
+                        block = BlockConfig(attention, qkv, proj, "dense")
+                        for op in block_ops(dims, batch, 0, block)[:2]:
+                            seen.setdefault(op.key, op)
+            for mlp in choices.mlp:
+                if mlp != "moe":
+                    op = Op("module.mlp", mlp, _shape(M=m, C=dims.embed_dim, Hd=dims.mlp_hidden))
+                    seen.setdefault(op.key, op)
+                    continue
+                router = Op("module.moe_router", "", _shape(M=m, C=dims.embed_dim, E=len(space.moe_experts)))
+                seen.setdefault(router.key, router)
+                for kind in set(space.moe_experts):
+                    for tokens in sorted({t for k in space.moe_top_k for t in token_buckets(k * m)}):
+                        op = Op("module.mlp", kind, _shape(M=tokens, C=dims.embed_dim, Hd=dims.mlp_hidden))
+                        seen.setdefault(op.key, op)
+    return list(seen.values())
+
+
+def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: str = "select") -> list[KernelSpec]:
+    """Every TVM kernel shape the space can produce: each linear as matmul and matshift, the attention products
+    as matmul (msa, linear) and matadd (additive), per batch size and head."""
+    dims = ModelDims.of(space.model)
+    c, hd, t, d = dims.embed_dim, dims.mlp_hidden, dims.tokens, dims.head_dim
+    specs: dict[str, KernelSpec] = {}
+
+    def add(*items: KernelSpec) -> None:
+        for spec in items:
+            specs.setdefault(spec.key, spec)
+
+    for batch in batches:
+        m = batch * t
+        for k, n in ((c, 3 * c), (c, c), (c, hd), (hd, c)):
+            add(KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matshift", matshift_variant, m, k, n))
+        add(KernelSpec("matmul", "fp32", t, d, t), KernelSpec("matmul", "fp32", t, t, d))  # softmax attention
+        add(KernelSpec("matmul", "fp32", d, t, d), KernelSpec("matmul", "fp32", t, d, d))  # linear attention
+        add(KernelSpec("matadd", "binary_real", d, t, d), KernelSpec("matadd", "binary_real", t, d, d))
+        if "moe" in {mlp for choices in space.blocks for mlp in choices.mlp}:
+            for tokens in sorted({t for k in space.moe_top_k for t in token_buckets(k * m)}):
+                add(KernelSpec("matshift", matshift_variant, tokens, c, hd),
+                    KernelSpec("matshift", matshift_variant, tokens, hd, c))
+    return list(specs.values())
+
+
+def config_ops(config: ArchConfig, batch: int, expert_latency=None) -> Iterator[Op]:
+    """The ops one architecture executes; ``expert_latency(block_index, block) -> [lat per expert]`` sets MoE splits."""
+    dims = ModelDims.of(config.model)
+    yield frame_op(dims, batch)
+    for i, block in enumerate(config.blocks):
+        tokens = None
+        if block.mlp == "moe" and expert_latency is not None:
+            tokens = moe_token_split(block, batch * dims.tokens, expert_latency(i, block))
+        yield from block_ops(dims, batch, i, block, tokens)
+
+
+__all__ = ["ModelDims", "Op", "block_ops", "config_ops", "frame_op", "kernel_tasks", "moe_token_split", "space_ops"]

@@ -1,0 +1,277 @@
+"""The latency predictor: per-op models fitted on the measurement table, composed over an ArchConfig's ops.
+
+For each op a model is asked in turn:
+
+1. the measurement itself, when this op was profiled at this exact shape (a lookup);
+2. linear interpolation in the token count ``M`` between profiled shapes that differ only in ``M`` (MoE experts);
+3. a fitted per-(op, variant) model of ``log(ms)`` linear in the log of each dimension (a power law, the shape of a
+   roofline within one regime), fitted by ridge least squares.
+
+:meth:`Predictor.fit` holds out a fraction of the shapes of every (op, variant) and reports how the fitted models
+(3, without lookup) do on them: RMSE, MAPE, and the fraction within ±5 % and ±10 % (nn-Meter's metric).
+The predictor is saved as plain JSON with the device and versions it was fitted for; no pickle.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search_spaces import ArchConfig, BlockConfig
+
+from .db import Row
+from .ops import Op, config_ops
+
+FORMAT = "shiftadd-latency-predictor/1"
+RIDGE = 1e-3
+
+
+class PredictorError(ValueError):
+    """A predictor file is missing, malformed, for another device, or cannot price an op."""
+
+
+def _key(op: str, variant: str, shape: dict[str, int] | tuple, dtype: str) -> str:
+    dims = dict(shape)
+    return f"{op}|{variant}|{json.dumps({k: int(v) for k, v in sorted(dims.items())}, separators=(',', ':'))}|{dtype}"
+
+
+@dataclass
+class PowerLaw:
+    """``log(ms) = coef · [1, log d_1, ..., log d_n]`` over the named dims."""
+
+    dims: list[str]
+    coef: list[float]
+
+    def predict(self, shape: dict[str, int]) -> float:
+        x = [1.0] + [math.log(max(1, shape[d])) for d in self.dims]
+        return math.exp(float(np.dot(self.coef, x)))
+
+    @classmethod
+    def fit(cls, shapes: list[dict[str, int]], ms: list[float]) -> "PowerLaw":
+        # Dims that never vary carry no information and would make the system singular; ridge handles the rest.
+        dims = sorted(d for d in shapes[0] if len({s[d] for s in shapes}) > 1)
+        x = np.array([[1.0] + [math.log(max(1, s[d])) for d in dims] for s in shapes])
+        y = np.log(np.asarray(ms))
+        penalty = RIDGE * np.eye(x.shape[1])
+        penalty[0, 0] = 0.0  # the intercept is not shrunk
+        coef = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+        return cls(dims, [float(c) for c in coef])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"form": "power_law", "dims": self.dims, "coef": self.coef}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PowerLaw":
+        if data.get("form") != "power_law":
+            raise PredictorError(f"unknown model form {data.get('form')!r}")
+        return cls(list(data["dims"]), [float(c) for c in data["coef"]])
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """How predictions compare with measurements on shapes the fit did not see."""
+
+    count: int
+    rmse_ms: float
+    mape: float
+    within_5pct: float
+    within_10pct: float
+
+    @classmethod
+    def of(cls, predicted: Iterable[float], measured: Iterable[float]) -> "Accuracy":
+        p, m = np.asarray(list(predicted)), np.asarray(list(measured))
+        if len(m) == 0:
+            return cls(0, math.nan, math.nan, math.nan, math.nan)
+        rel = np.abs(p - m) / m
+        return cls(len(m), float(np.sqrt(np.mean((p - m) ** 2))), float(np.mean(rel)),
+                   float(np.mean(rel <= 0.05)), float(np.mean(rel <= 0.10)))
+
+    def to_dict(self) -> dict[str, float]:
+        return self.__dict__.copy()
+
+
+@dataclass
+class Prediction:
+    """A predicted latency: the total and where it goes."""
+
+    total_ms: float
+    fixed_ms: float
+    blocks: list[dict[str, float]]  # per block: part -> ms
+    moe_tokens: dict[int, list[float]] = field(default_factory=dict)  # block -> tokens per expert
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total_ms": self.total_ms, "fixed_ms": self.fixed_ms, "blocks": self.blocks,
+                "moe_tokens": {str(k): v for k, v in self.moe_tokens.items()}}
+
+
+_PART_NAMES = {"module.block_frame": "norms+residuals", "module.attention": "attention",
+               "module.moe_router": "router"}
+
+
+class Predictor:
+    """Predicts the latency of an ArchConfig on the device it was fitted for.
+
+    Example:
+        >>> predictor = Predictor.load("studies/latency_cpu.json")        # doctest: +SKIP
+        >>> predictor.predict(config, batch=1).total_ms                    # doctest: +SKIP
+    """
+
+    def __init__(self, device: str, lookup: dict[str, float], models: dict[str, PowerLaw],
+                 meta: dict[str, Any] | None = None) -> None:
+        self.device = device
+        self.lookup = lookup
+        self.models = models
+        self.meta = meta or {}
+        # For interpolation in M: (op, variant, other dims, dtype) -> sorted [(M, ms)]
+        self._by_m: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for key, ms in lookup.items():
+            op, variant, shape_text, dtype = key.split("|")
+            shape = json.loads(shape_text)
+            if "M" in shape:
+                m = shape.pop("M")
+                self._by_m[_key(op, variant, shape, dtype)].append((m, ms))
+        for points in self._by_m.values():
+            points.sort()
+
+    # ---- fitting ------------------------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, rows: list[Row], device: str, holdout: float = 0.2, seed: int = 0,
+            meta: dict[str, Any] | None = None) -> tuple["Predictor", dict[str, Accuracy]]:
+        """Fit per-(op, variant) models on the rows; return the predictor (fitted on all rows) and the held-out
+        accuracy of each group's model when fitted without ``holdout`` of its shapes (key ``"all"``: every group,
+        ``"tvm"`` and ``"module"``: by op family)."""
+        if not rows:
+            raise PredictorError(f"no measurements for device {device!r}: run `nas profile` first")
+        groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+        for row in rows:
+            groups[(row.op, row.variant, row.dtype)].append(row)
+        rng = np.random.default_rng(seed)
+        models, accuracy = {}, {}
+        pooled: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+        for (op, variant, dtype), group in sorted(groups.items()):
+            shapes, ms = [r.shape for r in group], [r.median_ms for r in group]
+            models[f"{op}|{variant}|{dtype}"] = PowerLaw.fit(shapes, ms)
+            n_test = int(round(holdout * len(group)))
+            if n_test == 0 or len(group) - n_test < 2:
+                continue  # too few shapes to hold any out
+            order = rng.permutation(len(group))
+            test, train = order[:n_test], order[n_test:]
+            model = PowerLaw.fit([shapes[i] for i in train], [ms[i] for i in train])
+            predicted = [model.predict(shapes[i]) for i in test]
+            measured = [ms[i] for i in test]
+            accuracy[f"{op}|{variant}|{dtype}"] = Accuracy.of(predicted, measured)
+            for name in ("all", op.split(".")[0]):
+                pooled[name][0].extend(predicted)
+                pooled[name][1].extend(measured)
+        for name, (predicted, measured) in pooled.items():
+            accuracy[name] = Accuracy.of(predicted, measured)
+        lookup = {_key(r.op, r.variant, r.shape, r.dtype): r.median_ms for r in rows}
+        info = {"fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": len(rows),
+                "holdout": holdout, "heldout_accuracy": {k: v.to_dict() for k, v in accuracy.items()}, **(meta or {})}
+        return cls(device, lookup, models, info), accuracy
+
+    # ---- prediction ---------------------------------------------------------------------------------------------
+    def op_ms(self, op: str, variant: str, shape: dict[str, int], dtype: str = "float32") -> float:
+        """The latency of one op at one shape (lookup, then interpolation in M, then the fitted model)."""
+        exact = self.lookup.get(_key(op, variant, shape, dtype))
+        if exact is not None:
+            return exact
+        if "M" in shape:
+            rest = {k: v for k, v in shape.items() if k != "M"}
+            points = self._by_m.get(_key(op, variant, rest, dtype))
+            if points and points[0][0] <= shape["M"] <= points[-1][0]:
+                ms_ = [m for m, _ in points]
+                i = bisect.bisect_left(ms_, shape["M"])
+                (m0, t0), (m1, t1) = points[i - 1], points[i]
+                return t0 + (t1 - t0) * (shape["M"] - m0) / (m1 - m0)
+        model = self.models.get(f"{op}|{variant}|{dtype}")
+        if model is None:
+            raise PredictorError(
+                f"the predictor for {self.device!r} has no measurements of {op} ({variant or 'any variant'}): "
+                "profile this study's space with `nas profile` and refit"
+            )
+        return model.predict(shape)
+
+    def expert_latencies(self, config: ArchConfig, block: int, batch: int = 1) -> list[float]:
+        """Per-expert latency of block ``block``'s MoE, each expert priced at the full token count: the ``lat``
+        vector of the latency-aware balance loss."""
+        choice = config.blocks[block]
+        if choice.mlp != "moe" or choice.moe is None:
+            raise PredictorError(f"block {block} of {config.id} has no MoE MLP (its mlp is {choice.mlp!r})")
+        from .ops import ModelDims
+
+        dims = ModelDims.of(config.model)
+        shape = {"M": batch * dims.tokens, "C": dims.embed_dim, "Hd": dims.mlp_hidden}
+        return [self.op_ms("module.mlp", kind, shape) for kind in choice.moe.experts]
+
+    def predict(self, config: ArchConfig, batch: int = 1,
+                expert_split: Callable[[int, BlockConfig], list[float]] | None = None) -> Prediction:
+        """Total latency in ms and its breakdown per block and part.
+
+        MoE blocks are priced at the token split the latency-aware loss drives toward (shares ∝ 1/lat); pass
+        ``expert_split(block_index, block) -> latency per expert`` to use other latencies (e.g. measured ones).
+        """
+        split = expert_split or (lambda i, b: self.expert_latencies(config, i, batch))
+        blocks: list[dict[str, float]] = [defaultdict(float) for _ in config.blocks]
+        fixed = 0.0
+        moe_tokens: dict[int, list[float]] = {}
+        for op in config_ops(config, batch, split):
+            ms = op.count * self.op_ms(op.op, op.variant, op.dims, op.dtype)
+            if op.block is None:
+                fixed += ms
+                continue
+            part = _PART_NAMES.get(op.op) or (f"expert:{op.variant}" if config.blocks[op.block].mlp == "moe"
+                                               else "mlp")
+            blocks[op.block][part] += ms
+            if part.startswith("expert:"):
+                moe_tokens.setdefault(op.block, []).append(op.dims["M"])
+        per_block = [dict(b) for b in blocks]
+        total = fixed + sum(sum(b.values()) for b in per_block)
+        return Prediction(total, fixed, per_block, moe_tokens)
+
+    # ---- files --------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "device": self.device, "meta": self.meta, "lookup": self.lookup,
+                "models": {k: m.to_dict() for k, m in self.models.items()}}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, allow_other_device: bool = False) -> "Predictor":
+        """Read a predictor file. With ``device``, refuse a file fitted for another device unless
+        ``allow_other_device``: its latencies would describe the wrong machine."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as e:
+            raise PredictorError(f"{path}: cannot read predictor file: {e.strerror}") from None
+        except ValueError as e:
+            raise PredictorError(f"{path}: not a predictor file (invalid JSON: {e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PredictorError(f"{path}: not a predictor file (format is {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
+        if device is not None and data["device"] != device and not allow_other_device:
+            raise PredictorError(
+                f"{path}: fitted for device {data['device']!r}, not {device!r}; refit on this device "
+                "(nas profile + nas fit-latency) or allow another device explicitly"
+            )
+        try:
+            models = {k: PowerLaw.from_dict(v) for k, v in data["models"].items()}
+            lookup = {str(k): float(v) for k, v in data["lookup"].items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise PredictorError(f"{path}: malformed predictor file ({type(e).__name__}: {e})") from None
+        return cls(data["device"], lookup, models, data.get("meta", {}))

@@ -1,0 +1,120 @@
+"""``nas profile``: measure every op and kernel shape a study's search space can produce, once.
+
+Kernel tasks (TVM) are tuned through the cache and timed; module ops (:mod:`latency_model.ops`) are timed as the
+modules run here. Everything already in the table for this device is skipped, every measurement is committed as
+soon as it is taken (an interrupted profile keeps what it measured), and a failure on one shape is reported and
+skipped so the others still get measured.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kernels import target as targets
+from kernels.measure import measure
+from kernels.runtime import KernelSet
+from kernels.spec import KernelSpec
+from kernels.tuning import task_dir
+from search_spaces import SearchSpace
+
+from . import db
+from .ops import Op, kernel_tasks, space_ops
+from .settings import LatencySettings
+from .timing import time_op
+
+
+@dataclass
+class Job:
+    """One thing to measure: a kernel task or a module op."""
+
+    kind: str  # "kernel" or "module"
+    item: KernelSpec | Op
+
+    @property
+    def label(self) -> str:
+        if isinstance(self.item, KernelSpec):
+            return self.item.key
+        dims = ",".join(f"{k}={v}" for k, v in self.item.shape)
+        return f"{self.item.op}[{self.item.variant}]({dims})"
+
+    @property
+    def row_key(self) -> tuple[str, str, str, str]:
+        if isinstance(self.item, KernelSpec):
+            s = self.item
+            return (f"tvm.{s.kernel}", s.variant, db.shape_key({"M": s.M, "K": s.K, "N": s.N}), s.dtype)
+        return (self.item.op, self.item.variant, db.shape_key(self.item.dims), self.item.dtype)
+
+
+@dataclass
+class Summary:
+    measured: list[str] = field(default_factory=list)
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def plan(space: SearchSpace, settings: LatencySettings, modules: bool = True) -> list[Job]:
+    """Every job of the space, kernels first (tuning) so module timings find their kernels cached."""
+    jobs = [Job("kernel", spec) for spec in kernel_tasks(space, settings.batch_sizes)]
+    if modules:
+        jobs += [Job("module", op) for op in space_ops(space, settings.batch_sizes)]
+    return jobs
+
+
+def profile(
+    space: SearchSpace,
+    settings: LatencySettings,
+    *,
+    kernel_root: Path | None = None,
+    tracker: str | None = None,
+    device_key: str | None = None,
+    on_start: Callable[[Job, int, int], None] | None = None,
+    on_done: Callable[[Job, float], None] | None = None,
+) -> Summary:
+    """Measure what is missing for ``settings.device``. With an RPC tracker, only kernels are measured (module
+    timings need torch on the device)."""
+    target = targets.resolve(settings.target)
+    engine = db.connect(settings.db)
+    device_id = db.get_or_create_device(engine, settings.device, targets.describe(target), **db.host_description())
+    done = db.measured_keys(engine, settings.device)
+    remote = tracker is not None
+    jobs = plan(space, settings, modules=not remote)
+    todo = [job for job in jobs if job.row_key not in done]
+    summary = Summary(skipped=len(jobs) - len(todo))
+    kernels = KernelSet(target, settings.trials, kernel_root)
+    torch.set_num_threads(max(1, targets.cpu_threads()))
+    start = time.perf_counter()
+    for index, job in enumerate(todo):
+        if on_start:
+            on_start(job, index, len(todo))
+        job_start = time.perf_counter()
+        try:
+            _measure(job, space, settings, engine, device_id, kernels, kernel_root, tracker, device_key)
+            summary.measured.append(job.label)
+        except Exception as e:  # one shape's failure must not stop the profile; it is reported
+            summary.failed.append((job.label, f"{type(e).__name__}: {e}"))
+        if on_done:
+            on_done(job, time.perf_counter() - job_start)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _measure(job: Job, space, settings, engine, device_id, kernels: KernelSet, kernel_root, tracker, device_key):
+    op, variant, shape_text, dtype = job.row_key
+    shape = json.loads(shape_text)
+    if isinstance(job.item, KernelSpec):
+        kernel, timing = measure(job.item, kernels.target, settings.trials, settings.repeats, tracker, device_key,
+                                 root=kernel_root)
+        record = str(task_dir(job.item, kernels.target, kernel_root))
+        db.add_measurement(engine, device_id, op, variant, shape, dtype=dtype, tuned=kernel.tuned,
+                           trials=kernel.trials, tuning_record=record, timing=timing)
+        return
+    timing = time_op(job.item, space.model, kernels, repeats=settings.repeats)
+    db.add_measurement(engine, device_id, op, variant, shape, dtype=dtype, tuned=settings.trials > 0,
+                       trials=settings.trials, timing=timing)

@@ -1,0 +1,100 @@
+"""The ``latency:`` section of a study file: where and how latency is measured and predicted.
+
+    latency:
+      target: cpu                          # cpu | cuda | cuda:sm_XX | a TVM target dict
+      device: null                         # name in the measurement table (default: from the target,
+                                           #   e.g. cpu-rocketlake-2c)
+      db: sqlite:///studies/latency.db     # any SQLAlchemy URL
+      predictor: null                      # default: studies/latency_<device>.json
+      batch_sizes: [1]                     # batch sizes to profile and predict at
+      trials: 64                           # MetaSchedule trials per kernel (0: untuned default schedules)
+      repeats: 15                          # timing repeats per measurement
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search_spaces.config import ConfigError, _check_keys
+
+from .db import DEFAULT_URL
+
+KEYS = ("target", "device", "db", "predictor", "batch_sizes", "trials", "repeats")
+
+
+def default_device_name(target: Any) -> str:
+    """A readable device name from a target: ``<kind>-<cpu or arch>-<cores>c``."""
+    from kernels import target as targets
+
+    described = targets.describe(targets.resolve(target))
+    if described["kind"] == "cuda":
+        return f"cuda-{described.get('arch', 'gpu')}"
+    kind = "cpu" if described["kind"] == "llvm" else described["kind"]
+    return f"{kind}-{described.get('mcpu', 'generic')}-{described.get('num-cores', 0)}c"
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    target: str = "cpu"
+    device: str = ""
+    db: str = DEFAULT_URL
+    predictor: str = ""
+    batch_sizes: tuple[int, ...] = (1,)
+    trials: int = 64
+    repeats: int = 15
+
+    def resolved(self, study_dir: Path | None = None) -> "LatencySettings":
+        """Fill the defaults that depend on the target (device name, predictor path)."""
+        device = self.device or default_device_name(self.target)
+        predictor = self.predictor or str((study_dir or Path("studies")) / f"latency_{device}.json")
+        return replace(self, device=device, predictor=predictor)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "latency") -> "LatencySettings":
+        data = _check_keys(data if data is not None else {}, where, (), KEYS)
+        values: dict[str, Any] = {}
+        for key in ("target", "device", "db", "predictor"):
+            if data.get(key) is not None:
+                value = data[key]
+                if key == "target" and isinstance(value, Mapping):
+                    import json
+
+                    value = json.dumps(dict(value))
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(f"{where}.{key}", f"expected a non-empty string, got {value!r}")
+                values[key] = value
+        if "batch_sizes" in data:
+            sizes = data["batch_sizes"]
+            if not isinstance(sizes, list) or not sizes or any(
+                isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes
+            ):
+                raise ConfigError(f"{where}.batch_sizes", f"expected a list of positive integers, got {sizes!r}")
+            values["batch_sizes"] = tuple(sizes)
+        for key, minimum in (("trials", 0), ("repeats", 1)):
+            if key in data:
+                value = data[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                    raise ConfigError(f"{where}.{key}", f"expected an integer >= {minimum}, got {value!r}")
+                values[key] = value
+        return cls(**values)
+
+    @classmethod
+    def from_study(cls, path: str | Path) -> "LatencySettings":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise ConfigError("", f"cannot read study file: {e.strerror}", str(path)) from None
+        except yaml.YAMLError as e:
+            raise ConfigError("", f"not valid YAML: {e}", str(path)) from None
+        try:
+            if not isinstance(data, Mapping):
+                raise ConfigError("", "a study file is a mapping of sections")
+            return cls.from_dict(data.get("latency")).resolved(path.parent)
+        except ConfigError as e:
+            raise e.in_file(path) from None

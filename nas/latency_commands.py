@@ -1,0 +1,170 @@
+"""``nas profile``, ``nas fit-latency`` and ``nas latency``: the latency model from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+
+
+def _settings(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from latency_model.settings import LatencySettings
+
+    settings = LatencySettings.from_study(args.study)
+    overrides = {k: getattr(args, k) for k in ("target", "db", "trials") if getattr(args, k, None) is not None}
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    if getattr(args, "batch", None):
+        overrides["batch_sizes"] = tuple(args.batch)
+    if overrides:
+        base = replace(settings, **overrides)
+        if "target" in overrides and "device" not in overrides:
+            base = replace(base, device="")  # re-derive the device name from the new target
+        if "device" in overrides or "target" in overrides:
+            base = replace(base, predictor="")
+        settings = base.resolved(Path(args.study).parent)
+    return settings
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from latency_model.profile import plan, profile
+    from search_spaces import SearchSpace
+
+    space = SearchSpace.from_yaml(args.study)
+    settings = _settings(args)
+    console.print(
+        f"profiling [bold]{args.study}[/] on device [bold]{settings.device}[/] ({settings.target}), "
+        f"batch sizes {list(settings.batch_sizes)}, {settings.trials} tuning trials per kernel"
+        + (" [yellow](untuned)[/]" if settings.trials == 0 else "")
+    )
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("left"), TimeRemainingColumn(), console=console,
+    )
+    with progress:
+        task = progress.add_task("starting", total=None)
+
+        def on_start(job, index, total):
+            progress.update(task, total=total, description=job.label[:60])
+
+        summary = profile(
+            space, settings, kernel_root=args.cache, tracker=args.rpc_tracker, device_key=args.device_key,
+            on_start=on_start, on_done=lambda job, seconds: progress.advance(task),
+        )
+    console.print(
+        f"measured {len(summary.measured)}, already in the table {summary.skipped}, failed {len(summary.failed)} "
+        f"({summary.seconds:.0f} s); table: {settings.db}"
+    )
+    for label, reason in summary.failed:
+        console.print(f"  [red]failed[/] {label}: {reason}")
+    console.print(f"next: nas fit-latency --db {settings.db} --device {settings.device} --out {settings.predictor}")
+    return 1 if summary.failed else 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from latency_model import db
+    from latency_model.predictor import Predictor
+
+    engine = db.connect(args.db)
+    rows = db.latest(engine, args.device)
+    if not rows:
+        known = ", ".join(db.devices(engine)) or "none"
+        console.print(f"[red]error:[/] no measurements for device {args.device!r} in {args.db} (devices: {known})")
+        return 2
+    predictor, accuracy = Predictor.fit(rows, args.device, holdout=args.holdout, seed=args.seed,
+                                        meta=db.device_info(engine, args.device))
+    path = predictor.save(args.out)
+    table = Table(title=f"held-out accuracy of the fitted models ({args.holdout:.0%} of shapes held out)",
+                  title_justify="left")
+    for column in ("op", "held out", "RMSE ms", "MAPE", "within ±5 %", "within ±10 %"):
+        table.add_column(column)
+    for name, acc in sorted(accuracy.items(), key=lambda kv: ("|" not in kv[0], kv[0])):
+        table.add_row(name, str(acc.count), f"{acc.rmse_ms:.4f}", f"{acc.mape:.1%}", f"{acc.within_5pct:.0%}",
+                      f"{acc.within_10pct:.0%}")
+    console.print(table)
+    console.print(f"fitted on {len(rows)} measurements of {args.device}; wrote {path}")
+    return 0
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from latency_model.predictor import Predictor
+    from search_spaces import ArchConfig
+
+    settings = _settings(args)
+    config = ArchConfig.load(args.config)
+    predictor = Predictor.load(args.predictor or settings.predictor, device=settings.device,
+                               allow_other_device=args.allow_other_device)
+    batch = args.batch[0] if args.batch else settings.batch_sizes[0]
+    prediction = predictor.predict(config, batch)
+    measured = None
+    if args.measure:
+        from kernels.runtime import KernelSet, to_kernels
+        from latency_model.ops import ModelDims
+        from latency_model.timing import time_model
+        from search_spaces import build_model
+
+        model = to_kernels(build_model(config), KernelSet(settings.target, settings.trials, args.cache))
+        measured = time_model(model, batch, ModelDims.of(config.model).img, repeats=settings.repeats).median_ms
+    table = Table(title=f"architecture {config.id}, batch {batch}, device {predictor.device}", title_justify="left")
+    table.add_column("block")
+    table.add_column("choices")
+    table.add_column("predicted ms", justify="right")
+    table.add_column("breakdown")
+    for i, (block, parts) in enumerate(zip(config.blocks, prediction.blocks)):
+        detail = ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+        table.add_row(str(i), block.describe(), f"{sum(parts.values()):.3f}", detail)
+    table.add_row("-", "patch embed, tokens, final norm, head", f"{prediction.fixed_ms:.3f}", "")
+    console.print(table)
+    line = f"predicted {prediction.total_ms:.3f} ms"
+    if measured is not None:
+        line += f", measured {measured:.3f} ms (ratio {prediction.total_ms / measured:.2f})"
+    console.print(line)
+    if args.json:
+        print(json.dumps({"config_id": config.id, "batch": batch, "device": predictor.device,
+                          "predicted_ms": prediction.total_ms, "measured_ms": measured,
+                          "breakdown": prediction.to_dict()}))
+    return 0
+
+
+def add_commands(add, positive_int, non_negative_int) -> None:
+    from latency_model.db import DEFAULT_URL
+
+    def study_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("study", help="study file (YAML); its latency: section gives the defaults")
+        parser.add_argument("--target", help="cpu, cuda, cuda:sm_XX or a TVM target dict as JSON (default: study's)")
+        parser.add_argument("--device", help="device name in the measurement table (default: from the target)")
+        parser.add_argument("--db", help=f"measurement database URL (default: study's, else {DEFAULT_URL})")
+        parser.add_argument("--batch", type=positive_int, action="append", help="batch size (repeatable)")
+        parser.add_argument("--cache", type=Path, default=None, help="kernel cache folder (default: $SHIFTADD_CACHE)")
+
+    profile = add("profile", cmd_profile, "measure every kernel and module shape the study's search space can produce")
+    study_options(profile)
+    profile.add_argument("--trials", type=non_negative_int, help="MetaSchedule trials per kernel (default: study's)")
+    profile.add_argument("--rpc-tracker", metavar="HOST:PORT", help="time kernels on a remote device (kernels only)")
+    profile.add_argument("--device-key", metavar="KEY", help="the remote device's key at the tracker")
+
+    fit = add("fit-latency", cmd_fit, "fit the latency predictor on the measurement table and report its accuracy")
+    fit.add_argument("--db", default=DEFAULT_URL, help=f"measurement database URL (default: {DEFAULT_URL})")
+    fit.add_argument("--device", required=True, help="device whose measurements to fit")
+    fit.add_argument("--out", required=True, type=Path, help="predictor file to write (JSON)")
+    fit.add_argument("--holdout", type=float, default=0.2, help="fraction of shapes held out to score the fit")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+
+    latency = add("latency", cmd_latency, "predict (and optionally measure) the latency of one architecture")
+    study_options(latency)
+    latency.add_argument("--config", required=True, help="ArchConfig file (YAML or JSON)")
+    latency.add_argument("--predictor", help="predictor file (default: the study's)")
+    latency.add_argument("--allow-other-device", action="store_true",
+                         help="use a predictor fitted for another device")
+    latency.add_argument("--measure", action="store_true",
+                         help="also run the model on the kernels here and measure its forward latency")
+    latency.add_argument("--trials", type=non_negative_int, help="tuning trials for kernels run with --measure")
+    latency.add_argument("--json", action="store_true", help="end with one JSON line: predicted_ms, measured_ms, ...")
