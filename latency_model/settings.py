@@ -84,7 +84,9 @@ class LatencySettings:
         return cls(**values)
 
     @classmethod
-    def from_study(cls, path: str | Path) -> "LatencySettings":
+    def from_study(cls, path: str | Path, **overrides: Any) -> "LatencySettings":
+        """The study's settings, with ``overrides`` (e.g. from the command line; None values ignored) applied
+        before the defaults that depend on them (device name, predictor path) are filled in."""
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
@@ -95,6 +97,8 @@ class LatencySettings:
         try:
             if not isinstance(data, Mapping):
                 raise ConfigError("", "a study file is a mapping of sections")
-            return cls.from_dict(data.get("latency")).resolved(path.parent)
+            settings = cls.from_dict(data.get("latency"))
         except ConfigError as e:
             raise e.in_file(path) from None
+        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        return settings.resolved(path.parent)

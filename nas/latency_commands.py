@@ -14,24 +14,12 @@ console = Console()
 
 
 def _settings(args: argparse.Namespace):
-    from dataclasses import replace
-
     from latency_model.settings import LatencySettings
 
-    settings = LatencySettings.from_study(args.study)
-    overrides = {k: getattr(args, k) for k in ("target", "db", "trials") if getattr(args, k, None) is not None}
-    if getattr(args, "device", None):
-        overrides["device"] = args.device
-    if getattr(args, "batch", None):
-        overrides["batch_sizes"] = tuple(args.batch)
-    if overrides:
-        base = replace(settings, **overrides)
-        if "target" in overrides and "device" not in overrides:
-            base = replace(base, device="")  # re-derive the device name from the new target
-        if "device" in overrides or "target" in overrides:
-            base = replace(base, predictor="")
-        settings = base.resolved(Path(args.study).parent)
-    return settings
+    return LatencySettings.from_study(
+        args.study, target=args.target, device=args.device, db=args.db, trials=getattr(args, "trials", None),
+        batch_sizes=tuple(args.batch) if args.batch else None,
+    )
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

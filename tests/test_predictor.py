@@ -1,0 +1,110 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.runtime import KernelSet, to_kernels
+from latency_model import db
+from latency_model.db import Row
+from latency_model.ops import ModelDims, Op, config_ops
+from latency_model.predictor import Predictor, PredictorError
+from latency_model.profile import profile
+from latency_model.settings import LatencySettings
+from latency_model.timing import time_model, time_op
+from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig, SearchSpace, build_model
+
+
+def _row(op, variant, shape, ms):
+    return Row(op, variant, shape, "float32", True, 8, ms, ms, ms, 0.0, 5)
+
+
+def test_fit_recovers_a_known_power_law():
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(60):
+        m, k, n = (int(v) for v in rng.integers(8, 2048, 3))
+        rows.append(_row("tvm.matmul", "fp32", {"M": m, "K": k, "N": n}, 2e-7 * m * k ** 1.1 * n ** 0.8))
+    predictor, accuracy = Predictor.fit(rows, "synthetic", holdout=0.2)
+    assert accuracy["tvm.matmul|fp32|float32"].count == 12
+    assert accuracy["tvm.matmul|fp32|float32"].mape < 1e-3 and accuracy["all"].within_5pct == 1.0
+    model = predictor.models["tvm.matmul|fp32|float32"]
+    assert model.dims == ["K", "M", "N"]
+    assert model.coef[1:] == pytest.approx([1.1, 1.0, 0.8], abs=1e-3)
+    # an unseen shape is predicted by the fitted law
+    assert predictor.op_ms("tvm.matmul", "fp32", {"M": 3000, "K": 3000, "N": 3000}) == pytest.approx(
+        2e-7 * 3000 * 3000 ** 1.1 * 3000 ** 0.8, rel=1e-3)
+
+
+def test_lookup_then_interpolation_in_m():
+    rows = [_row("module.mlp", "shift", {"M": m, "C": 8, "Hd": 32}, 0.1 * m) for m in (10, 20, 40)]
+    predictor, _ = Predictor.fit(rows, "dev")
+    assert predictor.op_ms("module.mlp", "shift", {"M": 20, "C": 8, "Hd": 32}) == 2.0
+    assert predictor.op_ms("module.mlp", "shift", {"M": 30, "C": 8, "Hd": 32}) == pytest.approx(3.0)
+    with pytest.raises(PredictorError, match="no measurements of module.attention"):
+        predictor.op_ms("module.attention", "msa/dense/dense", {"B": 1, "T": 5, "C": 8, "H": 2})
+
+
+def test_json_round_trip_predicts_identically_and_refuses_other_devices(tmp_path):
+    rows = [_row("tvm.matshift", "select", {"M": m, "K": 64, "N": n}, 1e-4 * m * n) for m in (5, 50, 500)
+            for n in (16, 64)]
+    predictor, _ = Predictor.fit(rows, "board-1")
+    path = predictor.save(tmp_path / "p.json")
+    loaded = Predictor.load(path, device="board-1")
+    for shape in ({"M": 7, "K": 64, "N": 16}, {"M": 50, "K": 64, "N": 64}, {"M": 999, "K": 32, "N": 3}):
+        assert loaded.op_ms("tvm.matshift", "select", shape) == predictor.op_ms("tvm.matshift", "select", shape)
+    with pytest.raises(PredictorError, match="fitted for device 'board-1', not 'board-2'"):
+        Predictor.load(path, device="board-2")
+    assert Predictor.load(path, device="board-2", allow_other_device=True).device == "board-1"
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "pickle?"}))
+    with pytest.raises(PredictorError, match="not a predictor file"):
+        Predictor.load(tmp_path / "bad.json")
+
+
+TINY = ModelSpec("deit_tiny_patch16_224",
+                 {"img_size": 16, "patch_size": 8, "depth": 2, "embed_dim": 16, "num_heads": 2, "num_classes": 3})
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """A real (untuned) profile of a tiny space: kernels and modules timed on this machine."""
+    root = tmp_path_factory.mktemp("profile")
+    space = SearchSpace.from_dict(
+        {"choices": {"attention": ["msa", "additive"], "qkv": ["dense", "shift"], "proj": ["dense"],
+                     "mlp": ["dense", "shift", "moe"]}}, TINY)
+    settings = LatencySettings(db=f"sqlite:///{root / 'lat.db'}", trials=0, repeats=5).resolved(root)
+    summary = profile(space, settings, kernel_root=root / "kernels")
+    assert not summary.failed, summary.failed
+    again = profile(space, settings, kernel_root=root / "kernels")  # idempotent: everything is a table hit
+    assert again.measured == [] and again.skipped == len(summary.measured)
+    rows = db.latest(db.connect(settings.db), settings.device)
+    predictor, _ = Predictor.fit(rows, settings.device)
+    return space, settings, predictor, root
+
+
+def test_predict_is_within_a_loose_bound_of_measure(profiled):
+    space, settings, predictor, root = profiled
+    config = ArchConfig(TINY, (BlockConfig("additive", "shift", "dense", "moe", MoEConfig()), BlockConfig()))
+    prediction = predictor.predict(config, batch=1)
+    assert prediction.total_ms == pytest.approx(prediction.fixed_ms + sum(sum(b.values()) for b in prediction.blocks))
+    assert set(prediction.blocks[0]) >= {"attention", "router", "norms+residuals"}
+    torch.set_num_threads(2)
+    model = to_kernels(build_model(config), KernelSet("cpu", 0, root / "kernels"))
+    measured = time_model(model, 1, 16, repeats=7).median_ms
+    assert 0.33 < prediction.total_ms / measured < 3.0  # sanity only: accuracy figures live in bench/
+
+
+def test_expert_latencies_order_experts_like_their_measured_modules(profiled):
+    space, settings, predictor, root = profiled
+    config = ArchConfig(TINY, (BlockConfig(mlp="moe", moe=MoEConfig(1, ("dense", "shift"))), BlockConfig()))
+    lat = predictor.expert_latencies(config, 0)
+    dims = ModelDims.of(TINY)
+    kernels = KernelSet("cpu", 0, root / "kernels")
+    measured = [
+        time_op(Op("module.mlp", kind, (("C", 16), ("Hd", 64), ("M", dims.tokens))), TINY, kernels, repeats=7).median_ms
+        for kind in ("dense", "shift")
+    ]
+    assert (lat[0] < lat[1]) == (measured[0] < measured[1])
+    with pytest.raises(PredictorError, match="no MoE MLP"):
+        predictor.expert_latencies(config, 1)
