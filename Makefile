@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+STUDY  ?= studies/quickstart.yaml
+# The demo profiles with untuned kernels (--trials 0) so it finishes in minutes; `nas profile` without it tunes.
+DEMO_TRIALS ?= 0
 
 .PHONY: demo test install clean
 
@@ -16,7 +19,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/nas sample studies/quickstart.yaml
+	mkdir -p studies/runs
+	$(BIN)/nas sample $(STUDY) --out studies/runs/demo-arch.yaml
+	$(BIN)/nas profile $(STUDY) --trials $(DEMO_TRIALS)
+	$(BIN)/nas fit-latency $(STUDY)
+	$(BIN)/nas latency $(STUDY) --config studies/runs/demo-arch.yaml --measure --trials $(DEMO_TRIALS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -46,13 +46,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write(name: str, rows: list[dict[str, Any]], notes: str = "") -> tuple[Path, Path]:
-    """Write the rows with the machine, versions and the command that made them; return the two paths."""
+def write(name: str, rows: list[dict[str, Any]], notes: str = "", extra: dict[str, Any] | None = None
+          ) -> tuple[Path, Path]:
+    """Write the rows with the machine, versions and the command that made them (plus ``extra`` top-level fields,
+    e.g. summary figures); return the two paths."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     info = machine()
     command = "python " + " ".join([os.path.relpath(sys.argv[0], RESULTS.parent.parent), *sys.argv[1:]])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    payload = {"name": name, "command": command, "date": when, "machine": info, "notes": notes, "rows": rows}
+    payload = {"name": name, "command": command, "date": when, "machine": info, "notes": notes, **(extra or {}),
+               "rows": rows}
     json_path = RESULTS / f"{name}.json"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -10,6 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from latency_model.db import DEFAULT_URL
+from search_spaces.config import ConfigError
+
 console = Console()
 
 
@@ -53,14 +56,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
     for label, reason in summary.failed:
         console.print(f"  [red]failed[/] {label}: {reason}")
-    console.print(f"next: nas fit-latency --db {settings.db} --device {settings.device} --out {settings.predictor}")
+    console.print(f"next: nas fit-latency {args.study}")
     return 1 if summary.failed else 0
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from latency_model import db
     from latency_model.predictor import Predictor
+    from latency_model.settings import LatencySettings
 
+    if args.study:
+        settings = LatencySettings.from_study(args.study, db=args.db, device=args.device)
+        args.db, args.device, args.out = settings.db, settings.device, args.out or Path(settings.predictor)
+    if not (args.device and args.out):
+        raise ConfigError("", "give a study file, or --device and --out (and --db unless the default)")
+    args.db = args.db or DEFAULT_URL
     engine = db.connect(args.db)
     rows = db.latest(engine, args.device)
     if not rows:
@@ -123,8 +133,6 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def add_commands(add, positive_int, non_negative_int) -> None:
-    from latency_model.db import DEFAULT_URL
-
     def study_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("study", help="study file (YAML); its latency: section gives the defaults")
         parser.add_argument("--target", help="cpu, cuda, cuda:sm_XX or a TVM target dict as JSON (default: study's)")
@@ -140,9 +148,10 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     profile.add_argument("--device-key", metavar="KEY", help="the remote device's key at the tracker")
 
     fit = add("fit-latency", cmd_fit, "fit the latency predictor on the measurement table and report its accuracy")
-    fit.add_argument("--db", default=DEFAULT_URL, help=f"measurement database URL (default: {DEFAULT_URL})")
-    fit.add_argument("--device", required=True, help="device whose measurements to fit")
-    fit.add_argument("--out", required=True, type=Path, help="predictor file to write (JSON)")
+    fit.add_argument("study", nargs="?", help="study file: its latency: section gives --db, --device and --out")
+    fit.add_argument("--db", help=f"measurement database URL (default: the study's, else {DEFAULT_URL})")
+    fit.add_argument("--device", help="device whose measurements to fit (default: the study's)")
+    fit.add_argument("--out", type=Path, help="predictor file to write, JSON (default: the study's predictor path)")
     fit.add_argument("--holdout", type=float, default=0.2, help="fraction of shapes held out to score the fit")
     fit.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
 
