@@ -15,6 +15,10 @@ from tvm import te
 
 from .spec import Definition, register
 
+# The form compiled models use: with weights stored [N, K], MetaSchedule vectorizes the multiply form 2-4x better
+# than the conditional negate on this CPU (bench/results/kernels-cpu.md).
+DEFAULT_VARIANT = "mul"
+
 
 def pack(shift: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ShiftLinear's int8 ``(shift, sign)`` codes as the kernel's weights ``(R, sign)`` with ``R = -shift``."""

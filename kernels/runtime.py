@@ -23,6 +23,7 @@ from search_spaces.ops.attention import AdditiveAttention
 from search_spaces.ops.moe import MoEMlp
 from search_spaces.ops.shift import ShiftLinear, to_fixed_point
 
+from . import matshift
 from . import target as targets
 from .spec import KernelSpec
 from .tuning import CompiledKernel, get_kernel
@@ -43,7 +44,7 @@ class KernelSet:
         target: str | dict = "cpu",
         trials: int = 0,
         root: Path | None = None,
-        matshift_variant: str = "select",
+        matshift_variant: str = matshift.DEFAULT_VARIANT,
     ) -> None:
         self.target = targets.resolve(target)
         self.trials = trials

@@ -25,6 +25,7 @@ from search_spaces import ArchConfig, BlockConfig, SearchSpace
 from search_spaces.config import ModelSpec
 from search_spaces.ops.moe import bucket_tokens, token_buckets
 
+from kernels.matshift import DEFAULT_VARIANT
 from kernels.spec import KernelSpec
 
 
@@ -170,7 +171,8 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
     return list(seen.values())
 
 
-def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: str = "select") -> list[KernelSpec]:
+def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: str = DEFAULT_VARIANT
+                 ) -> list[KernelSpec]:
     """Every TVM kernel shape the space can produce: each linear as matmul and matshift, the attention products
     as matmul (msa, linear) and matadd (additive), per batch size and head."""
     dims = ModelDims.of(space.model)

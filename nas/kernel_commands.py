@@ -85,7 +85,9 @@ def _default_variant(kernel: str) -> str:
     if not options:
         known = sorted({k for k, _ in variants()})
         raise KernelError(f"unknown kernel {kernel!r} (choose from {', '.join(known)})")
-    return {"matmul": "fp32", "matshift": "select", "matadd": "binary_real"}.get(kernel, options[0])
+    from kernels.matshift import DEFAULT_VARIANT
+
+    return {"matmul": "fp32", "matshift": DEFAULT_VARIANT, "matadd": "binary_real"}.get(kernel, options[0])
 
 
 def add_commands(add, positive_int, non_negative_int) -> None:
@@ -125,7 +127,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     tune.add_argument("N", type=positive_int)
     tune.add_argument(
         "--variant",
-        help="matmul: fp32; matshift: select (default) or mul; matadd: binary_real (default) or packed_popcount",
+        help="matmul: fp32; matshift: mul (default) or select; matadd: binary_real (default) or packed_popcount",
     )
     tune.add_argument("--dtype", help="value dtype where a variant takes several (matadd binary_real: float32, int32)")
     tune.add_argument("--trials", type=non_negative_int, default=64, help="MetaSchedule trials; 0 = untuned (default: 64)")

@@ -117,7 +117,7 @@ def test_shift_layers_on_kernels_equal_the_torch_integer_path_bit_for_bit(tmp_pa
     fast = to_kernels(model, kernels)
     x = torch.randn(3, 11, 40)
     assert torch.equal(fast(x), layer.forward_int(x))
-    assert [s.key for s in kernels.specs] == ["matshift-select-int32-33x40x24"]
+    assert [s.key for s in kernels.specs] == ["matshift-mul-int32-33x40x24"]
     # the packed weights are the kernel's contract
     shift, sign = layer.quantized()
     r, s = pack(shift.numpy(), sign.numpy())
@@ -140,7 +140,7 @@ def test_a_reparameterized_model_runs_on_kernels(tmp_path, tiny_spec):
         torch.testing.assert_close(fast.blocks[1].attn(tokens), block(tokens), rtol=1e-4, atol=1e-5)
         assert fast(x).shape == (2, 10) and torch.isfinite(fast(x)).all()
     kinds = {(s.kernel, s.variant) for s in kernels.specs}
-    assert kinds == {("matshift", "select"), ("matadd", "binary_real")}
+    assert kinds == {("matshift", "mul"), ("matadd", "binary_real")}
     assert isinstance(model.blocks[0].attn.qkv, ShiftLinear)  # the original model is untouched
 
 
