@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils import benchmark
 
@@ -41,7 +40,8 @@ def tasks() -> list[KernelSpec]:
         specs += [KernelSpec("matmul", "fp32", m, k, n)]
         specs += [KernelSpec("matshift", v, m, k, n) for v in ("mul", "select")]
     for m, k, n in ATTENTION_SHAPES:
-        specs += [KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matadd", "binary_real", m, k, n, "float32")]
+        specs += [KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matadd", "binary_real", m, k, n, "float32"),
+                  KernelSpec("matadd", "lut4", m, k, n, "float32")]
     for m, k, n in SIMILARITY_SHAPES:
         specs += [KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matadd", "packed_popcount", m, k, n)]
     return specs

@@ -3,6 +3,10 @@
 - ``binary_real``: ``Y[M, N] = B[M, K] · V[K, N]`` with ``B`` in {0, 1} (int8): each output row is the sum of the rows
   of ``V`` that ``B`` selects. Both attention products are of this form: ``K_bᵀ V`` (M = head dim, K = tokens) and
   ``Q_b (K_bᵀ V)`` (M = tokens, K = head dim). ``V`` is float32, or int32 fixed point (bit-exact).
+- ``lut4``: the same product through lookup tables (the "four Russians" method): the rows of ``V`` are taken four at
+  a time and all 16 subset sums of each group are built once (additions only); each output row is then the sum of
+  one table row per group, picked by a 4-bit code of ``B`` (:func:`pack_nibbles`). ``K/4`` additions per output
+  instead of ``K`` masked ones.
 - ``packed_popcount``: binary × binary similarity on bit-packed codes, ``Y[i, j] = K − 2·popcount(Q[i] xor C[j])``
   (the ±1 dot product of the codes) with ``Q [M, ⌈K/64⌉]`` and ``C [N, ⌈K/64⌉]`` uint64 words (:func:`pack_bits`).
 """
@@ -68,6 +72,78 @@ register(
         random_inputs=_binary_real_inputs,
         ops=lambda M, K, N: 2 * M * K * N,  # blend + add per term
         doc="binary {0,1} x real: masked row sums",
+    )
+)
+
+
+# ---- binary x real through 4-bit lookup tables ------------------------------------------------------------------
+NIBBLE = 4
+
+
+def nibbles(bits: int) -> int:
+    return -(-bits // NIBBLE)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """{0, 1} codes ``[R, K]`` to uint8 ``[R, ⌈K/4⌉]``: bit ``b`` of entry ``g`` is code ``4g + b``; padding is zero."""
+    rows, bits = codes.shape
+    padded = np.zeros((rows, nibbles(bits) * NIBBLE), dtype=np.uint8)
+    padded[:, :bits] = codes != 0
+    weights = (1 << np.arange(NIBBLE, dtype=np.uint8))
+    return (padded.reshape(rows, -1, NIBBLE) * weights).sum(-1).astype(np.uint8)
+
+
+def _lut_args(M, K, N, dtype):
+    return [("C", (M, nibbles(K)), "uint8"), ("V", (K, N), dtype), ("Y", (M, N), dtype)]
+
+
+def _lut4(M: int, K: int, N: int, dtype: str = "float32"):
+    import tvm
+
+    groups = nibbles(K)
+    C = te.placeholder((M, groups), "uint8", name="C")
+    V = te.placeholder((K, N), dtype, name="V")
+    zero = te.const(0, dtype)
+
+    def row_if_set(g, c, j, b):
+        k = NIBBLE * g + b
+        selected = tvm.tirx.all(((c >> b) & 1) == 1, k < K)
+        return te.if_then_else(selected, V[tvm.tirx.min(k, K - 1), j], zero)
+
+    # T[g, c, :] = sum of the rows of group g whose bits are set in c: 16 subset sums per group, additions only
+    T = te.compute((groups, 1 << NIBBLE, N),
+                   lambda g, c, j: sum(row_if_set(g, c, j, b) for b in range(NIBBLE)), name="T")
+    r = te.reduce_axis((0, groups), name="g")
+    Y = te.compute((M, N), lambda i, j: te.sum(T[r, C[i, r].astype("int32"), j], axis=r), name="Y")
+    return te.create_prim_func([C, V, Y])
+
+
+def _unpack_nibbles(c: np.ndarray, bits: int) -> np.ndarray:
+    unpacked = (c[:, :, None] >> np.arange(NIBBLE, dtype=np.uint8)) & 1
+    return unpacked.reshape(c.shape[0], -1)[:, :bits]
+
+
+def _lut_reference(M, K, N, c: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return _binary_real_reference(M, K, N, _unpack_nibbles(c, K), v)
+
+
+def _lut_inputs(M, K, N, dtype, rng):
+    b, v = _binary_real_inputs(M, K, N, dtype, rng)
+    return [pack_nibbles(b), v]
+
+
+register(
+    Definition(
+        kernel="matadd",
+        variant="lut4",
+        dtypes=("float32", "int32"),
+        args=_lut_args,
+        compute=_lut4,
+        reference=_lut_reference,
+        random_inputs=_lut_inputs,
+        # tables: 16 entries x (4 blends + 3 adds) per group and column; outputs: one add per group
+        ops=lambda M, K, N: nibbles(K) * N * ((1 << NIBBLE) * 7 + M),
+        doc="binary {0,1} x real through 4-bit subset-sum tables",
     )
 )
 

@@ -29,7 +29,7 @@ import numpy as np
 from search_spaces import ArchConfig, BlockConfig
 
 from .db import Row
-from .ops import Op, config_ops
+from .ops import config_ops
 
 FORMAT = "shiftadd-latency-predictor/1"
 RIDGE = 1e-3

@@ -26,7 +26,7 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from latency_model.profile import plan, profile
+    from latency_model.profile import profile
     from search_spaces import SearchSpace
 
     space = SearchSpace.from_yaml(args.study)

@@ -129,7 +129,6 @@ class SearchSpace:
             raise ConfigError("space", "the model has no blocks to search")
         if self.tied and len(set(self.blocks)) > 1:
             raise ConfigError("space.blocks", "per-block overrides cannot be combined with tied: true")
-        MoEConfig(max(self.moe_top_k), self.moe_experts).validate("space.moe")
         for k in self.moe_top_k:
             MoEConfig(k, self.moe_experts).validate("space.moe")
 
@@ -163,8 +162,6 @@ class SearchSpace:
         experts = moe.get("experts", list(EXPERT_KINDS))
         if not isinstance(experts, list | tuple):
             raise ConfigError("space.moe.experts", f"expected a list of expert kinds, got {experts!r}")
-        for i, k in enumerate(top_k):
-            MoEConfig(k, tuple(experts)).validate("space.moe")
         return cls(model, tuple(blocks), tuple(top_k), tuple(experts), tied)
 
     @classmethod

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from search_spaces import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig
+from search_spaces import ArchConfig, BlockConfig, ConfigError, MoEConfig
 
 
 def _config(spec):

@@ -12,9 +12,9 @@ from torch import nn
 
 from kernels import KernelError, KernelSpec
 from kernels.check import all_specs, check
-from kernels.matadd import pack_bits
+from kernels.matadd import pack_bits, pack_nibbles
 from kernels.matshift import pack
-from kernels.measure import measure, time_kernel, time_remote
+from kernels.measure import measure, time_remote
 from kernels.runtime import KernelSet, to_kernels
 from kernels.tuning import cuda_source, get_kernel, task_dir
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
@@ -38,6 +38,12 @@ def test_pack_bits_layout():
     words = pack_bits(codes)
     assert words.shape == (2, 2) and words.dtype == np.uint64
     assert words[0].tolist() == [1 | (1 << 63), 0] and words[1].tolist() == [0, 1]
+
+
+def test_pack_nibbles_layout():
+    codes = np.zeros((1, 9), dtype=np.uint8)
+    codes[0, [0, 3, 5, 8]] = 1
+    assert pack_nibbles(codes).tolist() == [[0b1001, 0b0010, 0b0001]]
 
 
 def test_bad_kernel_requests_are_refused_clearly():
@@ -145,7 +151,8 @@ def test_a_reparameterized_model_runs_on_kernels(tmp_path, tiny_spec):
 
 
 @pytest.mark.parametrize("kernel, variant", [("matmul", "fp32"), ("matshift", "select"), ("matshift", "mul"),
-                                             ("matadd", "binary_real"), ("matadd", "packed_popcount")])
+                                             ("matadd", "binary_real"), ("matadd", "lut4"),
+                                             ("matadd", "packed_popcount")])
 def test_cuda_source_is_generated_for_each_kernel(kernel, variant):
     source = cuda_source(KernelSpec(kernel, variant, 37, 70, 29))
     assert "__global__" in source and "blockIdx.x" in source

@@ -1,5 +1,4 @@
 import json
-import math
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import torch
 from kernels.runtime import KernelSet, to_kernels
 from latency_model import db
 from latency_model.db import Row
-from latency_model.ops import ModelDims, Op, config_ops
+from latency_model.ops import ModelDims, Op
 from latency_model.predictor import Predictor, PredictorError
 from latency_model.profile import profile
 from latency_model.settings import LatencySettings

@@ -3,7 +3,7 @@ import optuna
 import pytest
 import yaml
 
-from search_spaces import ArchConfig, ConfigError, ModelSpec, SearchSpace
+from search_spaces import ArchConfig, ConfigError, SearchSpace
 
 
 def _space(tiny_spec, **space):
