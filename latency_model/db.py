@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_URL = "sqlite:///studies/latency.db"
 
 
@@ -93,6 +93,23 @@ class Measurement(Base):
     device: Mapped[Device] = relationship(back_populates="measurements")
 
 
+class ModelMeasurement(Base):
+    """One timing of a whole model (an ArchConfig at a batch size): calibrates how module times compose."""
+
+    __tablename__ = "model_measurements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    config: Mapped[str] = mapped_column(Text)  # ArchConfig JSON
+    batch: Mapped[int] = mapped_column(Integer)
+    moe_shares: Mapped[str] = mapped_column(Text, default="{}")  # block -> expert shares the routers made
+    median_ms: Mapped[float] = mapped_column(Float)
+    min_ms: Mapped[float] = mapped_column(Float)
+    max_ms: Mapped[float] = mapped_column(Float)
+    std_ms: Mapped[float] = mapped_column(Float)
+    repeats: Mapped[int] = mapped_column(Integer)
+    measured_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc))
+
+
 def shape_key(shape: Mapping[str, int]) -> str:
     """Canonical JSON of a shape: the same dims always give the same text."""
     return json.dumps({k: int(v) for k, v in sorted(shape.items())}, separators=(",", ":"))
@@ -105,7 +122,12 @@ def _migrate_1_to_2(connection) -> None:
     connection.execute(text("ALTER TABLE measurements ADD COLUMN tuning_record VARCHAR(500) NOT NULL DEFAULT ''"))
 
 
-MIGRATIONS = {1: _migrate_1_to_2}
+def _migrate_2_to_3(connection) -> None:
+    """Schema 3 adds whole-model timings (the composition calibration)."""
+    ModelMeasurement.__table__.create(connection)
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _redact(url: str) -> str:
@@ -248,6 +270,33 @@ def measured_keys(engine: Engine, device: str) -> set[tuple[str, str, str, str]]
             .distinct()
         )
         return {tuple(r) for r in rows}
+
+
+def add_model_measurement(engine: Engine, device_id: int, config_json: str, batch: int,
+                          moe_shares: Mapping[int, list[float]], timing: Any) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(ModelMeasurement(
+            device_id=device_id, config=config_json, batch=batch, moe_shares=json.dumps(dict(moe_shares)),
+            median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms, std_ms=timing.std_ms,
+            repeats=timing.repeats))
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    config: str
+    batch: int
+    moe_shares: dict[int, list[float]]
+    median_ms: float
+
+
+def model_rows(engine: Engine, device: str) -> list[ModelRow]:
+    """The newest whole-model timing of every (config, batch) of a device."""
+    with Session(engine) as session:
+        query = (select(ModelMeasurement).join(Device, ModelMeasurement.device_id == Device.id)
+                 .where(Device.name == device).order_by(ModelMeasurement.measured_at, ModelMeasurement.id))
+        newest = {(m.config, m.batch): m for m in session.scalars(query)}
+        return [ModelRow(m.config, m.batch, {int(k): v for k, v in json.loads(m.moe_shares).items()}, m.median_ms)
+                for m in newest.values()]
 
 
 def devices(engine: Engine) -> list[str]:

@@ -17,7 +17,7 @@ which ``nas profile`` tunes and times for the kernel-level table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 import functools
 from dataclasses import dataclass
 
@@ -101,14 +101,11 @@ def attention_variant(block: BlockConfig) -> str:
     return f"{block.attention}/{block.qkv}/{block.proj}"
 
 
-def moe_token_split(block: BlockConfig, tokens: int, expert_latency: list[float]) -> list[float]:
-    """Tokens each expert receives when the latency-aware balance loss has done its work: the loss balances
-    ``importance ⊙ lat``, so expert ``e`` gets a share proportional to ``1 / lat_e`` (times top_k assignments)."""
-    assert block.moe is not None
+def latency_split(expert_latency: list[float]) -> list[float]:
+    """The share of token assignments each expert gets once the latency-aware balance loss has done its work: it
+    balances ``importance ⊙ lat``, so expert ``e`` gets a share proportional to ``1 / lat_e``."""
     inverse = [1.0 / max(lat, 1e-12) for lat in expert_latency]
-    total = sum(inverse)
-    return [block.moe.top_k * tokens * w / total for w in inverse]
-
+    return [w / sum(inverse) for w in inverse]
 
 
 def frame_op(dims: ModelDims, batch: int) -> Op:
@@ -117,9 +114,9 @@ def frame_op(dims: ModelDims, batch: int) -> Op:
 
 
 def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
-              expert_tokens: list[float] | None = None) -> list[Op]:
-    """The ops of one block. For an MoE MLP, ``expert_tokens`` is the token count per expert (see
-    :func:`moe_token_split`); the MLP op of an expert is then priced at that count."""
+              expert_shares: list[float] | None = None) -> list[Op]:
+    """The ops of one block. For an MoE MLP, ``expert_shares`` is the share of token assignments each expert gets
+    (default: equal); an expert's MLP op is priced at its token count, bucketed as the kernels run it."""
     t, c = dims.tokens, dims.embed_dim
     m = batch * t
     ops = [
@@ -132,12 +129,12 @@ def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
     assert block.moe is not None
     experts = block.moe.experts
     ops.append(Op("module.moe_router", "", _shape(M=m, C=c, E=len(experts)), index))
-    if expert_tokens is None:
-        expert_tokens = [block.moe.top_k * m / len(experts)] * len(experts)
+    shares = expert_shares if expert_shares is not None else [1.0 / len(experts)] * len(experts)
     assignments = block.moe.top_k * m
-    for kind, tokens in zip(experts, expert_tokens):
-        if tokens >= 0.5:  # experts run at the bucketed token count (see MoEMlp.pad_to_buckets)
-            size = bucket_tokens(round(tokens), assignments)
+    for kind, share in zip(experts, shares):
+        tokens = round(share * assignments)
+        if tokens >= 1:  # experts run at the bucketed token count (see MoEMlp.pad_to_buckets)
+            size = bucket_tokens(tokens, assignments)
             ops.append(Op("module.mlp", kind, _shape(M=size, C=c, Hd=dims.mlp_hidden), index))
     return ops
 
@@ -197,15 +194,14 @@ def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: s
     return list(specs.values())
 
 
-def config_ops(config: ArchConfig, batch: int, expert_latency=None) -> Iterator[Op]:
-    """The ops one architecture executes; ``expert_latency(block_index, block) -> [lat per expert]`` sets MoE splits."""
+def config_ops(config: ArchConfig, batch: int,
+               expert_shares: Callable[[int, BlockConfig], list[float]] | None = None) -> Iterator[Op]:
+    """The ops one architecture executes; ``expert_shares(block_index, block)`` gives each MoE block's split."""
     dims = ModelDims.of(config.model)
     yield frame_op(dims, batch)
     for i, block in enumerate(config.blocks):
-        tokens = None
-        if block.mlp == "moe" and expert_latency is not None:
-            tokens = moe_token_split(block, batch * dims.tokens, expert_latency(i, block))
-        yield from block_ops(dims, batch, i, block, tokens)
+        shares = expert_shares(i, block) if block.mlp == "moe" and expert_shares is not None else None
+        yield from block_ops(dims, batch, i, block, shares)
 
 
-__all__ = ["ModelDims", "Op", "block_ops", "config_ops", "frame_op", "kernel_tasks", "moe_token_split", "space_ops"]
+__all__ = ["ModelDims", "Op", "block_ops", "config_ops", "frame_op", "kernel_tasks", "latency_split", "space_ops"]

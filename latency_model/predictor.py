@@ -18,7 +18,7 @@ import bisect
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,8 +28,8 @@ import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig
 
-from .db import Row
-from .ops import config_ops
+from .db import ModelRow, Row
+from .ops import config_ops, latency_split
 
 FORMAT = "shiftadd-latency-predictor/1"
 RIDGE = 1e-3
@@ -107,10 +107,54 @@ class Prediction:
     fixed_ms: float
     blocks: list[dict[str, float]]  # per block: part -> ms
     moe_tokens: dict[int, list[float]] = field(default_factory=dict)  # block -> tokens per expert
+    composition_ms: float = 0.0  # what running the ops back to back adds (calibrated on whole models)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total_ms": self.total_ms, "fixed_ms": self.fixed_ms, "blocks": self.blocks,
-                "moe_tokens": {str(k): v for k, v in self.moe_tokens.items()}}
+        return {"total_ms": self.total_ms, "fixed_ms": self.fixed_ms, "composition_ms": self.composition_ms,
+                "blocks": self.blocks, "moe_tokens": {str(k): v for k, v in self.moe_tokens.items()}}
+
+
+def kernel_blocks(config: ArchConfig) -> int:
+    """Blocks with at least one part on the TVM kernels (shift layers, additive attention, shift experts)."""
+    def on_kernels(b: BlockConfig) -> bool:
+        shift_expert = b.moe is not None and "shift" in b.moe.experts
+        return "shift" in (b.qkv, b.proj, b.mlp) or b.attention == "additive" or shift_expert
+
+    return sum(on_kernels(b) for b in config.blocks)
+
+
+def _fit_calibration(predictor: "Predictor", models: list[ModelRow]) -> tuple[dict[int, list[float]], Accuracy]:
+    """Per batch size, least squares of the measured whole-model time on (sum of op times, kernel blocks, 1).
+
+    Ops timed one at a time in a loop miss what running them back to back costs: torch's and TVM's thread pools
+    handing the two cores to each other, and caches that no longer hold one module's data. That cost is measured
+    here rather than assumed."""
+    by_batch: dict[int, list[tuple[float, int, float]]] = defaultdict(list)
+    for row in models:
+        config = ArchConfig.from_json(row.config)
+        parts = predictor.predict(config, row.batch, moe_shares=row.moe_shares).total_ms
+        by_batch[row.batch].append((parts, kernel_blocks(config), row.median_ms))
+    calibration, predicted, measured = {}, [], []
+    for batch, points in by_batch.items():
+        if len(points) < 4:
+            continue  # too few to fit three numbers
+        x = np.array([[p, k, 1.0] for p, k, _ in points])
+        y = np.array([m for _, _, m in points])
+        coef = np.linalg.lstsq(x, y, rcond=None)[0]
+        calibration[batch] = [float(c) for c in coef]
+        predicted.extend(x @ coef)
+        measured.extend(y)
+    return calibration, Accuracy.of(predicted, measured)
+
+
+def router_shares(model) -> dict[int, list[float]]:
+    """Per MoE block of a model that has run a forward pass: the share of token assignments each expert received
+    (the router's measured statistics), for :meth:`Predictor.predict`."""
+    from search_spaces.ops.moe import MoEMlp
+    from search_spaces.reparam import transformer_blocks
+
+    return {i: block.mlp.stats.fraction.tolist() for i, block in enumerate(transformer_blocks(model))
+            if isinstance(block.mlp, MoEMlp) and block.mlp.stats is not None}
 
 
 _PART_NAMES = {"module.block_frame": "norms+residuals", "module.attention": "attention",
@@ -126,11 +170,13 @@ class Predictor:
     """
 
     def __init__(self, device: str, lookup: dict[str, float], models: dict[str, PowerLaw],
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, calibration: dict[int, list[float]] | None = None) -> None:
         self.device = device
         self.lookup = lookup
         self.models = models
         self.meta = meta or {}
+        # batch -> (a, b, c): total = a · (sum of op times) + b · (blocks with a kernel-run part) + c
+        self.calibration = calibration or {}
         # For interpolation in M: (op, variant, other dims, dtype) -> sorted [(M, ms)]
         self._by_m: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for key, ms in lookup.items():
@@ -145,21 +191,23 @@ class Predictor:
     # ---- fitting ------------------------------------------------------------------------------------------------
     @classmethod
     def fit(cls, rows: list[Row], device: str, holdout: float = 0.2, seed: int = 0,
-            meta: dict[str, Any] | None = None) -> tuple["Predictor", dict[str, Accuracy]]:
-        """Fit per-(op, variant) models on the rows; return the predictor (fitted on all rows) and the held-out
-        accuracy of each group's model when fitted without ``holdout`` of its shapes (key ``"all"``: every group,
-        ``"tvm"`` and ``"module"``: by op family)."""
+            meta: dict[str, Any] | None = None, models: list[ModelRow] | None = None
+            ) -> tuple["Predictor", dict[str, Accuracy]]:
+        """Fit per-(op, variant) models on the rows, then the composition calibration on whole-model timings
+        (``models``); return the predictor and accuracies: per group, the held-out accuracy of its model fitted
+        without ``holdout`` of its shapes (``"all"``: every group, ``"tvm"``/``"module"``: by op family), and
+        ``"calibration"``: the calibrated totals against the whole-model timings they were fitted on."""
         if not rows:
             raise PredictorError(f"no measurements for device {device!r}: run `nas profile` first")
         groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
         for row in rows:
             groups[(row.op, row.variant, row.dtype)].append(row)
         rng = np.random.default_rng(seed)
-        models, accuracy = {}, {}
+        fitted, accuracy = {}, {}
         pooled: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
         for (op, variant, dtype), group in sorted(groups.items()):
             shapes, ms = [r.shape for r in group], [r.median_ms for r in group]
-            models[f"{op}|{variant}|{dtype}"] = PowerLaw.fit(shapes, ms)
+            fitted[f"{op}|{variant}|{dtype}"] = PowerLaw.fit(shapes, ms)
             n_test = int(round(holdout * len(group)))
             if n_test == 0 or len(group) - n_test < 2:
                 continue  # too few shapes to hold any out
@@ -175,9 +223,13 @@ class Predictor:
         for name, (predicted, measured) in pooled.items():
             accuracy[name] = Accuracy.of(predicted, measured)
         lookup = {_key(r.op, r.variant, r.shape, r.dtype): r.median_ms for r in rows}
-        info = {"fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": len(rows),
-                "holdout": holdout, "heldout_accuracy": {k: v.to_dict() for k, v in accuracy.items()}, **(meta or {})}
-        return cls(device, lookup, models, info), accuracy
+        predictor = cls(device, lookup, fitted, {})
+        if models:
+            predictor.calibration, accuracy["calibration"] = _fit_calibration(predictor, models)
+        predictor.meta = {"fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": len(rows),
+                          "model_rows": len(models or []), "holdout": holdout,
+                          "accuracy": {k: v.to_dict() for k, v in accuracy.items()}, **(meta or {})}
+        return predictor, accuracy
 
     # ---- prediction ---------------------------------------------------------------------------------------------
     def op_ms(self, op: str, variant: str, shape: dict[str, int], dtype: str = "float32") -> float:
@@ -214,13 +266,20 @@ class Predictor:
         return [self.op_ms("module.mlp", kind, shape) for kind in choice.moe.experts]
 
     def predict(self, config: ArchConfig, batch: int = 1,
-                expert_split: Callable[[int, BlockConfig], list[float]] | None = None) -> Prediction:
+                moe_shares: Mapping[int, Sequence[float]] | None = None) -> Prediction:
         """Total latency in ms and its breakdown per block and part.
 
-        MoE blocks are priced at the token split the latency-aware loss drives toward (shares ∝ 1/lat); pass
-        ``expert_split(block_index, block) -> latency per expert`` to use other latencies (e.g. measured ones).
+        An MoE block is priced at ``moe_shares[block]`` (share of token assignments per expert, e.g. a trained
+        router's measured statistics, see :func:`router_shares`); blocks without one at the split the latency-aware
+        loss drives toward (shares ∝ 1/lat, :func:`latency_model.ops.latency_split`).
         """
-        split = expert_split or (lambda i, b: self.expert_latencies(config, i, batch))
+        moe_shares = moe_shares or {}
+
+        def split(i: int, block: BlockConfig) -> list[float]:
+            if i in moe_shares:
+                return list(moe_shares[i])
+            return latency_split(self.expert_latencies(config, i, batch))
+
         blocks: list[dict[str, float]] = [defaultdict(float) for _ in config.blocks]
         fixed = 0.0
         moe_tokens: dict[int, list[float]] = {}
@@ -235,13 +294,18 @@ class Predictor:
             if part.startswith("expert:"):
                 moe_tokens.setdefault(op.block, []).append(op.dims["M"])
         per_block = [dict(b) for b in blocks]
-        total = fixed + sum(sum(b.values()) for b in per_block)
-        return Prediction(total, fixed, per_block, moe_tokens)
+        parts = fixed + sum(sum(b.values()) for b in per_block)
+        composition = 0.0
+        if batch in self.calibration:
+            a, b, c = self.calibration[batch]
+            composition = (a - 1.0) * parts + b * kernel_blocks(config) + c
+        return Prediction(parts + composition, fixed, per_block, moe_tokens, composition)
 
     # ---- files --------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "device": self.device, "meta": self.meta, "lookup": self.lookup,
-                "models": {k: m.to_dict() for k, m in self.models.items()}}
+                "models": {k: m.to_dict() for k, m in self.models.items()},
+                "calibration": {str(b): coef for b, coef in self.calibration.items()}}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -272,6 +336,7 @@ class Predictor:
         try:
             models = {k: PowerLaw.from_dict(v) for k, v in data["models"].items()}
             lookup = {str(k): float(v) for k, v in data["lookup"].items()}
+            calibration = {int(b): [float(x) for x in coef] for b, coef in data.get("calibration", {}).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise PredictorError(f"{path}: malformed predictor file ({type(e).__name__}: {e})") from None
-        return cls(data["device"], lookup, models, data.get("meta", {}))
+        return cls(data["device"], lookup, models, data.get("meta", {}), calibration)

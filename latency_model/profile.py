@@ -1,7 +1,8 @@
 """``nas profile``: measure every op and kernel shape a study's search space can produce, once.
 
 Kernel tasks (TVM) are tuned through the cache and timed; module ops (:mod:`latency_model.ops`) are timed as the
-modules run here. Everything already in the table for this device is skipped, every measurement is committed as
+modules run here; a few whole models (``calibration`` per batch size, drawn with a fixed seed) are timed so the
+predictor can learn how module times compose when run back to back. Everything already in the table for this device is skipped, every measurement is committed as
 soon as it is taken (an interrupted profile keeps what it measured), and a failure on one shape is reported and
 skipped so the others still get measured.
 """
@@ -14,37 +15,51 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kernels import target as targets
 from kernels.measure import measure
-from kernels.runtime import KernelSet
+from kernels.runtime import KernelSet, to_kernels
 from kernels.spec import KernelSpec
 from kernels.tuning import task_dir
-from search_spaces import SearchSpace
+from search_spaces import ArchConfig, SearchSpace, build_model
 
 from . import db
-from .ops import Op, kernel_tasks, space_ops
+from .ops import ModelDims, Op, kernel_tasks, space_ops
+from .predictor import router_shares
 from .settings import LatencySettings
-from .timing import time_op
+from .timing import time_model, time_op
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A whole model to time: how the ops of one architecture compose when run back to back."""
+
+    config: ArchConfig
+    batch: int
 
 
 @dataclass
 class Job:
-    """One thing to measure: a kernel task or a module op."""
+    """One thing to measure: a kernel task, a module op or a whole model."""
 
-    kind: str  # "kernel" or "module"
-    item: KernelSpec | Op
+    kind: str  # "kernel", "module" or "model"
+    item: KernelSpec | Op | Calibration
 
     @property
     def label(self) -> str:
+        if isinstance(self.item, Calibration):
+            return f"model {self.item.config.id} at batch {self.item.batch}"
         if isinstance(self.item, KernelSpec):
             return self.item.key
         dims = ",".join(f"{k}={v}" for k, v in self.item.shape)
         return f"{self.item.op}[{self.item.variant}]({dims})"
 
     @property
-    def row_key(self) -> tuple[str, str, str, str]:
+    def row_key(self) -> tuple:
+        if isinstance(self.item, Calibration):
+            return ("model", self.item.config.to_json(), self.item.batch)
         if isinstance(self.item, KernelSpec):
             s = self.item
             return (f"tvm.{s.kernel}", s.variant, db.shape_key({"M": s.M, "K": s.K, "N": s.N}), s.dtype)
@@ -64,6 +79,9 @@ def plan(space: SearchSpace, settings: LatencySettings, modules: bool = True) ->
     jobs = [Job("kernel", spec) for spec in kernel_tasks(space, settings.batch_sizes)]
     if modules:
         jobs += [Job("module", op) for op in space_ops(space, settings.batch_sizes)]
+        rng = np.random.default_rng(0)  # the same calibration models every run, so a re-run skips them
+        configs = [space.sample(rng) for _ in range(settings.calibration)]
+        jobs += [Job("model", Calibration(c, b)) for b in settings.batch_sizes for c in configs]
     return jobs
 
 
@@ -82,7 +100,8 @@ def profile(
     target = targets.resolve(settings.target)
     engine = db.connect(settings.db)
     device_id = db.get_or_create_device(engine, settings.device, targets.describe(target), **db.host_description())
-    done = db.measured_keys(engine, settings.device)
+    done = db.measured_keys(engine, settings.device) | {
+        ("model", row.config, row.batch) for row in db.model_rows(engine, settings.device)}
     remote = tracker is not None
     jobs = plan(space, settings, modules=not remote)
     todo = [job for job in jobs if job.row_key not in done]
@@ -106,6 +125,12 @@ def profile(
 
 
 def _measure(job: Job, space, settings, engine, device_id, kernels: KernelSet, kernel_root, tracker, device_key):
+    if isinstance(job.item, Calibration):
+        model = to_kernels(build_model(job.item.config), kernels)
+        timing = time_model(model, job.item.batch, ModelDims.of(space.model).img, repeats=settings.repeats)
+        db.add_model_measurement(engine, device_id, job.item.config.to_json(), job.item.batch,
+                                 router_shares(model), timing)
+        return
     op, variant, shape_text, dtype = job.row_key
     shape = json.loads(shape_text)
     if isinstance(job.item, KernelSpec):

@@ -9,6 +9,7 @@
       batch_sizes: [1]                     # batch sizes to profile and predict at
       trials: 64                           # MetaSchedule trials per kernel (0: untuned default schedules)
       repeats: 15                          # timing repeats per measurement
+      calibration: 8                       # whole models timed per batch size to calibrate how ops compose
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from search_spaces.config import ConfigError, _check_keys
 
 from .db import DEFAULT_URL
 
-KEYS = ("target", "device", "db", "predictor", "batch_sizes", "trials", "repeats")
+KEYS = ("target", "device", "db", "predictor", "batch_sizes", "trials", "repeats", "calibration")
 
 
 def default_device_name(target: Any) -> str:
@@ -47,6 +48,7 @@ class LatencySettings:
     batch_sizes: tuple[int, ...] = (1,)
     trials: int = 64
     repeats: int = 15
+    calibration: int = 8
 
     def resolved(self, study_dir: Path | None = None) -> "LatencySettings":
         """Fill the defaults that depend on the target (device name, predictor path)."""
@@ -75,7 +77,7 @@ class LatencySettings:
             ):
                 raise ConfigError(f"{where}.batch_sizes", f"expected a list of positive integers, got {sizes!r}")
             values["batch_sizes"] = tuple(sizes)
-        for key, minimum in (("trials", 0), ("repeats", 1)):
+        for key, minimum in (("trials", 0), ("repeats", 1), ("calibration", 0)):
             if key in data:
                 value = data[key]
                 if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

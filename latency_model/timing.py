@@ -28,9 +28,15 @@ class _PassThrough(nn.Module):
         return x
 
 
-def time_callable(fn: Callable[[], object], repeats: int = 15, min_repeat_ms: float = 20.0) -> Timing:
-    """Per-call latency of ``fn``: warm-up, calibrate calls per repeat to last ``min_repeat_ms``, then repeat."""
+def time_callable(fn: Callable[[], object], repeats: int = 15, min_repeat_ms: float = 20.0,
+                  warmup_ms: float = 100.0) -> Timing:
+    """Per-call latency of ``fn``: warm up for ``warmup_ms`` (first calls load kernels and fill caches and the
+    allocator; without it the first model timed in a process read 70 % slow), calibrate calls per repeat to last
+    ``min_repeat_ms``, then repeat."""
     fn()
+    deadline = time.perf_counter() + warmup_ms / 1e3
+    while time.perf_counter() < deadline:
+        fn()
     start = time.perf_counter()
     fn()
     once = max(time.perf_counter() - start, 1e-7)

@@ -78,10 +78,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/] no measurements for device {args.device!r} in {args.db} (devices: {known})")
         return 2
     predictor, accuracy = Predictor.fit(rows, args.device, holdout=args.holdout, seed=args.seed,
-                                        meta=db.device_info(engine, args.device))
+                                        meta=db.device_info(engine, args.device),
+                                        models=db.model_rows(engine, args.device))
     path = predictor.save(args.out)
-    table = Table(title=f"held-out accuracy of the fitted models ({args.holdout:.0%} of shapes held out)",
-                  title_justify="left")
+    table = Table(title=f"accuracy of the fitted models on the {args.holdout:.0%} of shapes held out, and of the "
+                        "calibrated whole-model totals", title_justify="left")
     for column in ("op", "held out", "RMSE ms", "MAPE", "within ±5 %", "within ±10 %"):
         table.add_column(column)
     for name, acc in sorted(accuracy.items(), key=lambda kv: ("|" not in kv[0], kv[0])):
@@ -101,16 +102,18 @@ def cmd_latency(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.predictor or settings.predictor, device=settings.device,
                                allow_other_device=args.allow_other_device)
     batch = args.batch[0] if args.batch else settings.batch_sizes[0]
-    prediction = predictor.predict(config, batch)
-    measured = None
+    measured, shares = None, None
     if args.measure:
         from kernels.runtime import KernelSet, to_kernels
         from latency_model.ops import ModelDims
+        from latency_model.predictor import router_shares
         from latency_model.timing import time_model
         from search_spaces import build_model
 
         model = to_kernels(build_model(config), KernelSet(settings.target, settings.trials, args.cache))
         measured = time_model(model, batch, ModelDims.of(config.model).img, repeats=settings.repeats).median_ms
+        shares = router_shares(model)  # compare like with like: MoE blocks at the split this model's routers made
+    prediction = predictor.predict(config, batch, moe_shares=shares)
     table = Table(title=f"architecture {config.id}, batch {batch}, device {predictor.device}", title_justify="left")
     table.add_column("block")
     table.add_column("choices")

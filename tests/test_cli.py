@@ -46,3 +46,34 @@ def test_argument_errors_are_reported_by_argparse(capsys):
         main(["sample", str(QUICKSTART), "--num", "0"])
     assert info.value.code == 2
     assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_profile_fit_and_latency_from_the_command_line(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "model": {"name": "deit_tiny_patch16_224",
+                  "kwargs": {"img_size": 16, "patch_size": 8, "depth": 2, "embed_dim": 16, "num_heads": 2,
+                             "num_classes": 3}},
+        "space": {"choices": {"attention": ["msa", "linear"], "qkv": ["dense", "shift"], "proj": ["dense"],
+                              "mlp": ["dense", "shift"]}},
+        "latency": {"db": f"sqlite:///{tmp_path / 'lat.db'}", "trials": 0, "repeats": 3},
+    }))
+    cache = ["--cache", str(tmp_path / "kernels")]
+    assert main(["profile", str(study), *cache]) == 0
+    assert main(["fit-latency", str(study)]) == 0
+    predictors = list(tmp_path.glob("latency_*.json"))
+    assert len(predictors) == 1  # next to the study, named for the device
+    arch = tmp_path / "arch.yaml"
+    assert main(["sample", str(study), "--out", str(arch)]) == 0
+    capsys.readouterr()
+    assert main(["latency", str(study), "--config", str(arch), "--measure", "--json", *cache]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["predicted_ms"] > 0 and last["measured_ms"] > 0 and len(last["breakdown"]["blocks"]) == 2
+    # a predictor for another device is refused with one clear line
+    assert main(["latency", str(study), "--config", str(arch), "--device", "elsewhere"]) == 2
+    assert "fitted for device" in capsys.readouterr().err
