@@ -72,13 +72,16 @@ def profiled(tmp_path_factory):
     space = SearchSpace.from_dict(
         {"choices": {"attention": ["msa", "additive"], "qkv": ["dense", "shift"], "proj": ["dense"],
                      "mlp": ["dense", "shift", "moe"]}}, TINY)
-    settings = LatencySettings(db=f"sqlite:///{root / 'lat.db'}", trials=0, repeats=5).resolved(root)
+    settings = LatencySettings(db=f"sqlite:///{root / 'lat.db'}", trials=0, repeats=5, calibration=5).resolved(root)
     summary = profile(space, settings, kernel_root=root / "kernels")
     assert not summary.failed, summary.failed
     again = profile(space, settings, kernel_root=root / "kernels")  # idempotent: everything is a table hit
     assert again.measured == [] and again.skipped == len(summary.measured)
-    rows = db.latest(db.connect(settings.db), settings.device)
-    predictor, _ = Predictor.fit(rows, settings.device)
+    engine = db.connect(settings.db)
+    models = db.model_rows(engine, settings.device)
+    assert len(models) == settings.calibration  # whole models timed for the composition calibration
+    predictor, accuracy = Predictor.fit(db.latest(engine, settings.device), settings.device, models=models)
+    assert set(predictor.calibration) == {1} and accuracy["calibration"].count == settings.calibration
     return space, settings, predictor, root
 
 
