@@ -75,5 +75,6 @@ def test_profile_fit_and_latency_from_the_command_line(tmp_path, capsys):
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["predicted_ms"] > 0 and last["measured_ms"] > 0 and len(last["breakdown"]["blocks"]) == 2
     # a predictor for another device is refused with one clear line
-    assert main(["latency", str(study), "--config", str(arch), "--device", "elsewhere"]) == 2
+    assert main(["latency", str(study), "--config", str(arch), "--device", "elsewhere",
+                 "--predictor", str(predictors[0])]) == 2
     assert "fitted for device" in capsys.readouterr().err
