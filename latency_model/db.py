@@ -35,7 +35,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 SCHEMA_VERSION = 3
@@ -155,11 +155,17 @@ def connect(url: str = DEFAULT_URL) -> Engine:
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.close()
 
-    try:
-        _create_or_migrate(engine)
-    except OperationalError as e:
-        raise LatencyDBError(f"cannot open measurement database {_redact(url)}: {e.orig}") from None
-    return engine
+    for attempt in range(3):
+        try:
+            _create_or_migrate(engine)
+            return engine
+        except IntegrityError:
+            continue  # another process created the schema at the same moment: look again
+        except OperationalError as e:
+            if attempt < 2 and "already exists" in str(e.orig):
+                continue
+            raise LatencyDBError(f"cannot open measurement database {_redact(url)}: {e.orig}") from None
+    raise LatencyDBError(f"cannot open measurement database {_redact(url)}: schema creation kept racing")
 
 
 def _create_or_migrate(engine: Engine) -> None:
@@ -199,14 +205,20 @@ def host_description() -> dict[str, Any]:
 
 
 def get_or_create_device(engine: Engine, name: str, target: Mapping[str, Any], **description: Any) -> int:
-    """The id of device ``name``; created with ``target`` and the description on first use."""
-    with Session(engine) as session, session.begin():
-        device = session.scalar(select(Device).where(Device.name == name))
-        if device is None:
-            device = Device(name=name, target=json.dumps(target, sort_keys=True), **description)
-            session.add(device)
-            session.flush()
-        return device.id
+    """The id of device ``name``; created with ``target`` and the description on first use. Safe when several
+    processes register the same device at once: the loser of the insert race reads the winner's row."""
+    for _ in range(2):
+        try:
+            with Session(engine) as session, session.begin():
+                device = session.scalar(select(Device).where(Device.name == name))
+                if device is None:
+                    device = Device(name=name, target=json.dumps(target, sort_keys=True), **description)
+                    session.add(device)
+                    session.flush()
+                return device.id
+        except IntegrityError:
+            continue  # another process inserted it between our select and insert
+    raise LatencyDBError(f"cannot register device {name!r}")
 
 
 @dataclass(frozen=True)
