@@ -25,11 +25,18 @@ def words(bits: int) -> int:
     return -(-bits // WORD_BITS)
 
 
+def _zero_padded(codes: np.ndarray, group: int) -> np.ndarray:
+    """{0, 1} codes ``[R, K]`` as uint8 0/1, zero-padded to a multiple of ``group`` columns."""
+    rows, bits = codes.shape
+    padded = np.zeros((rows, -(-bits // group) * group), dtype=np.uint8)
+    padded[:, :bits] = codes != 0
+    return padded
+
+
 def pack_bits(codes: np.ndarray) -> np.ndarray:
     """{0, 1} codes ``[R, K]`` to uint64 words ``[R, ⌈K/64⌉]``, bit ``k % 64`` of word ``k // 64``; padding is zero."""
-    rows, bits = codes.shape
-    padded = np.zeros((rows, words(bits) * WORD_BITS), dtype=np.uint8)
-    padded[:, :bits] = codes != 0
+    rows = codes.shape[0]
+    padded = _zero_padded(codes, WORD_BITS)
     little = np.packbits(padded.reshape(rows, -1, 8), axis=-1, bitorder="little")  # [R, words * 8] bytes
     return np.ascontiguousarray(little.reshape(rows, -1)).view(np.uint64)
 
@@ -86,11 +93,9 @@ def nibbles(bits: int) -> int:
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
     """{0, 1} codes ``[R, K]`` to uint8 ``[R, ⌈K/4⌉]``: bit ``b`` of entry ``g`` is code ``4g + b``; padding is zero."""
-    rows, bits = codes.shape
-    padded = np.zeros((rows, nibbles(bits) * NIBBLE), dtype=np.uint8)
-    padded[:, :bits] = codes != 0
-    weights = (1 << np.arange(NIBBLE, dtype=np.uint8))
-    return (padded.reshape(rows, -1, NIBBLE) * weights).sum(-1).astype(np.uint8)
+    padded = _zero_padded(codes, NIBBLE)
+    bits = padded.reshape(codes.shape[0], -1, NIBBLE) << np.arange(NIBBLE, dtype=np.uint8)
+    return np.bitwise_or.reduce(bits, axis=-1).astype(np.uint8)
 
 
 def _lut_args(M, K, N, dtype):
