@@ -44,7 +44,6 @@ class Calibration:
 class Job:
     """One thing to measure: a kernel task, a module op or a whole model."""
 
-    kind: str  # "kernel", "module" or "model"
     item: KernelSpec | Op | Calibration
 
     @property
@@ -76,12 +75,12 @@ class Summary:
 
 def plan(space: SearchSpace, settings: LatencySettings, modules: bool = True) -> list[Job]:
     """Every job of the space, kernels first (tuning) so module timings find their kernels cached."""
-    jobs = [Job("kernel", spec) for spec in kernel_tasks(space, settings.batch_sizes)]
+    jobs = [Job(spec) for spec in kernel_tasks(space, settings.batch_sizes)]
     if modules:
-        jobs += [Job("module", op) for op in space_ops(space, settings.batch_sizes)]
+        jobs += [Job(op) for op in space_ops(space, settings.batch_sizes)]
         rng = np.random.default_rng(0)  # the same calibration models every run, so a re-run skips them
         configs = [space.sample(rng) for _ in range(settings.calibration)]
-        jobs += [Job("model", Calibration(c, b)) for b in settings.batch_sizes for c in configs]
+        jobs += [Job(Calibration(c, b)) for b in settings.batch_sizes for c in configs]
     return jobs
 
 
