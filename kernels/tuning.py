@@ -258,7 +258,6 @@ def get_kernel(
         raise KernelError(f"{spec.key}: tuning for CUDA needs a GPU on this machine; use trials=0 to compile only")
     folder = task_dir(spec, target, root)
     with _locked(folder):
-        _write_atomic(folder.parent / "target.json", json.dumps(targets.describe(target), indent=2) + "\n")
         meta_path, library = folder / "meta.json", folder / "kernel.so"
         work_dir = folder / "tuning"
         meta = _Meta.read(meta_path)
@@ -267,6 +266,7 @@ def get_kernel(
             return _load(spec, target, library, meta, cache_hit=True)
 
         # Not cached, or cached but interrupted/corrupted: rebuild from the tuning database if it still serves.
+        _write_atomic(folder.parent / "target.json", json.dumps(targets.describe(target), indent=2) + "\n")
         meta_path.unlink(missing_ok=True)
         tuning_seconds = meta.tuning_seconds if meta else 0.0
         known = meta.trials if meta else _recorded_trials(work_dir)  # trials the database already holds
