@@ -7,6 +7,9 @@ For each op a model is asked in turn:
 3. a fitted per-(op, variant) model of ``log(ms)`` linear in the log of each dimension (a power law, the shape of a
    roofline within one regime), fitted by ridge least squares.
 
+The op times of a config are then composed with a calibration fitted on whole-model timings (per batch size,
+``total = a · Σ ops + b · kernel blocks + c``): ops timed alone miss what running them back to back costs.
+
 :meth:`Predictor.fit` holds out a fraction of the shapes of every (op, variant) and reports how the fitted models
 (3, without lookup) do on them: RMSE, MAPE, and the fraction within ±5 % and ±10 % (nn-Meter's metric).
 The predictor is saved as plain JSON with the device and versions it was fitted for; no pickle.
