@@ -50,17 +50,22 @@ class KernelSet:
         self.trials = trials
         self.root = root
         self.matshift_variant = matshift_variant
-        self._loaded: dict[KernelSpec, CompiledKernel] = {}
+        self._loaded: dict[tuple, CompiledKernel] = {}
 
-    def get(self, spec: KernelSpec) -> CompiledKernel:
-        if spec not in self._loaded:
-            self._loaded[spec] = get_kernel(spec, self.target, self.trials, root=self.root)
-        return self._loaded[spec]
+    def get(self, kernel: str, variant: str, m: int, k: int, n: int, dtype: str = "") -> CompiledKernel:
+        """The kernel of a task; called on every forward, so a loaded one is a plain dict lookup (the KernelSpec is
+        built and validated only the first time)."""
+        key = (kernel, variant, m, k, n, dtype)
+        loaded = self._loaded.get(key)
+        if loaded is None:
+            spec = KernelSpec(kernel, variant, m, k, n, dtype)
+            loaded = self._loaded[key] = get_kernel(spec, self.target, self.trials, root=self.root)
+        return loaded
 
     @property
     def specs(self) -> list[KernelSpec]:
         """Every task used so far (what a model run needed)."""
-        return list(self._loaded)
+        return [kernel.spec for kernel in self._loaded.values()]
 
 
 class KernelShiftLinear(nn.Module):
@@ -81,8 +86,8 @@ class KernelShiftLinear(nn.Module):
         x_int = _aligned(to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits))
         m = x_int.shape[0]
         y_int = torch.empty(m, self.out_features, dtype=torch.int32, device=x.device)
-        spec = KernelSpec("matshift", self.kernels.matshift_variant, m, self.in_features, self.out_features)
-        self.kernels.get(spec)(x_int, self.amount, self.sign, y_int)
+        kernel = self.kernels.get("matshift", self.kernels.matshift_variant, m, self.in_features, self.out_features)
+        kernel(x_int, self.amount, self.sign, y_int)
         y = y_int.to(torch.float64) / (1 << self.frac_bits)
         if self.bias is not None:
             y = y + self.bias.double()
@@ -102,8 +107,7 @@ class KernelAdditiveAttention(nn.Module):
         """``codes @ values`` for each [batch, head]: codes {0,1} [.., M, K], values float32 [.., K, N]."""
         *lead, m, k = codes.shape
         n = values.shape[-1]
-        spec = KernelSpec("matadd", "binary_real", m, k, n, "float32")
-        kernel = self.kernels.get(spec)
+        kernel = self.kernels.get("matadd", "binary_real", m, k, n, "float32")
         b = codes.to(torch.int8).reshape(-1, m, k).contiguous()
         v = values.to(torch.float32).reshape(-1, k, n).contiguous()
         out = torch.empty(b.shape[0], m, n, dtype=torch.float32, device=values.device)
