@@ -9,6 +9,7 @@ import numpy as np
 import tvm
 
 from . import target as targets
+from .measure import random_arguments
 from .spec import KernelSpec, variants
 from .tuning import compile_untuned, get_kernel
 
@@ -45,9 +46,7 @@ def check(spec: KernelSpec, target="cpu", trials: int = 0, seed: int = 0, root=N
         return CheckResult(spec, "FAILED", None, f"compile: {type(e).__name__}: {e}")
     if not device.exist:
         return CheckResult(spec, "compiled", None, f"no {device} here to run it")
-    inputs = spec.random_inputs(np.random.default_rng(seed))
-    _, shape, dtype = spec.args()[-1]
-    args = [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.tensor(np.zeros(shape, dtype), device)]
+    inputs, args = random_arguments(spec, device, seed)
     kernel(*args)
     got, want = args[-1].numpy(), spec.reference(*inputs)
     if np.issubdtype(want.dtype, np.integer):

@@ -53,10 +53,12 @@ def _device(target: tvm.target.Target, session=None):
     return getattr(session, kind)(0) if session is not None else getattr(tvm, kind)(0)
 
 
-def _arguments(spec: KernelSpec, device, seed: int = 0) -> list:
+def random_arguments(spec: KernelSpec, device, seed: int = 0) -> tuple[list[np.ndarray], list]:
+    """Random inputs of a task (numpy) and the kernel's arguments on ``device``: those inputs plus a zero output."""
     inputs = spec.random_inputs(np.random.default_rng(seed))
     _, shape, dtype = spec.args()[-1]
-    return [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.tensor(np.zeros(shape, dtype), device)]
+    args = [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.tensor(np.zeros(shape, dtype), device)]
+    return inputs, args
 
 
 def _time(module, device, args, repeats: int, min_repeat_ms: int) -> Timing:
@@ -74,7 +76,7 @@ def time_kernel(
     device = _device(kernel.target)
     if not device.exist:
         raise KernelError(f"{kernel.spec.key}: no {device} on this machine to time it on")
-    return _time(kernel.module, device, _arguments(kernel.spec, device), repeats, min_repeat_ms)
+    return _time(kernel.module, device, random_arguments(kernel.spec, device)[1], repeats, min_repeat_ms)
 
 
 def parse_tracker(address: str) -> tuple[str, int]:
@@ -114,7 +116,7 @@ def time_remote(
         session.upload(str(library))
         module = session.load_module(library.name)
     device = _device(kernel.target, session)
-    return _time(module, device, _arguments(kernel.spec, device), repeats, min_repeat_ms)
+    return _time(module, device, random_arguments(kernel.spec, device)[1], repeats, min_repeat_ms)
 
 
 def measure(

@@ -21,7 +21,7 @@ from torch import nn
 
 from search_spaces.ops.attention import AdditiveAttention
 from search_spaces.ops.moe import MoEMlp
-from search_spaces.ops.shift import ShiftLinear, to_fixed_point
+from search_spaces.ops.shift import ShiftLinear, from_fixed_point, to_fixed_point
 
 from . import matshift
 from . import target as targets
@@ -88,10 +88,7 @@ class KernelShiftLinear(nn.Module):
         y_int = torch.empty(m, self.out_features, dtype=torch.int32, device=x.device)
         kernel = self.kernels.get("matshift", self.kernels.matshift_variant, m, self.in_features, self.out_features)
         kernel(x_int, self.amount, self.sign, y_int)
-        y = y_int.to(torch.float64) / (1 << self.frac_bits)
-        if self.bias is not None:
-            y = y + self.bias.double()
-        return y.to(x.dtype).reshape(*lead, self.out_features)
+        return from_fixed_point(y_int, self.frac_bits, self.bias, x.dtype).reshape(*lead, self.out_features)
 
 
 class KernelAdditiveAttention(nn.Module):

@@ -42,6 +42,15 @@ def to_fixed_point(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> torch
     return scaled.clamp(info.min, info.max).to(torch.int32)
 
 
+def from_fixed_point(y_int: torch.Tensor, frac_bits: int, bias: torch.Tensor | None, dtype: torch.dtype
+                     ) -> torch.Tensor:
+    """The integer product back to floats (exact in float64), plus the bias: the common tail of every integer path."""
+    y = y_int.to(torch.float64) / (1 << frac_bits)
+    if bias is not None:
+        y = y + bias.detach().double()
+    return y.to(dtype)
+
+
 def shift_matmul_int(
     x_int: torch.Tensor, shift: torch.Tensor, sign: torch.Tensor, chunk_bytes: int = 1 << 26
 ) -> torch.Tensor:
@@ -152,10 +161,7 @@ class ShiftLinear(nn.Module):
         x_int = to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits)
         shift, sign = self.quantized()
         y_int = shift_matmul_int(x_int, shift, sign)
-        y = y_int.to(torch.float64) / (1 << self.frac_bits)
-        if self.bias is not None:
-            y = y + self.bias.double()
-        return y.to(x.dtype).reshape(*lead, self.out_features)
+        return from_fixed_point(y_int, self.frac_bits, self.bias, x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (
