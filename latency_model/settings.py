@@ -4,7 +4,7 @@
       target: cpu                          # cpu | cuda | cuda:sm_XX | a TVM target dict
       device: null                         # name in the measurement table (default: from the target,
                                            #   e.g. cpu-rocketlake-2c)
-      db: sqlite:///studies/latency.db     # any SQLAlchemy URL
+      db: null                             # any SQLAlchemy URL (default: sqlite:///<study folder>/latency.db)
       predictor: null                      # default: studies/latency_<device>.json
       batch_sizes: [1]                     # batch sizes to profile and predict at
       trials: 64                           # MetaSchedule trials per kernel (0: untuned default schedules)
@@ -43,7 +43,7 @@ def default_device_name(target: Any) -> str:
 class LatencySettings:
     target: str = "cpu"
     device: str = ""
-    db: str = DEFAULT_URL
+    db: str = ""
     predictor: str = ""
     batch_sizes: tuple[int, ...] = (1,)
     trials: int = 64
@@ -51,10 +51,12 @@ class LatencySettings:
     calibration: int = 8
 
     def resolved(self, study_dir: Path | None = None) -> "LatencySettings":
-        """Fill the defaults that depend on the target (device name, predictor path)."""
+        """Fill the defaults that depend on the target (device name) and the study's folder (table, predictor)."""
+        folder = study_dir or Path("studies")
         device = self.device or default_device_name(self.target)
-        predictor = self.predictor or str((study_dir or Path("studies")) / f"latency_{device}.json")
-        return replace(self, device=device, predictor=predictor)
+        predictor = self.predictor or str(folder / f"latency_{device}.json")
+        db = self.db or (DEFAULT_URL if study_dir is None else f"sqlite:///{folder / 'latency.db'}")
+        return replace(self, device=device, predictor=predictor, db=db)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "latency") -> "LatencySettings":

@@ -18,32 +18,20 @@ from kernels.spec import KernelError
 from latency_model.db import LatencyDBError
 from latency_model.predictor import PredictorError
 from search_spaces import ArchConfig, ConfigError, SearchSpace, build_model
+from search_spaces.reparam import weight_counts
 
-from . import kernel_commands, latency_commands
-from search_spaces.ops import MoEMlp, ShiftLinear
+from .search import SearchError
+from .train import TrainingDiverged
+from . import kernel_commands, latency_commands, search_commands
 
 console = Console()
-
-
-def _count_params(model) -> tuple[int, int, int]:
-    """(all parameters, dense linear weights, shift linear weights): the share of weights that need no multiplier."""
-    import torch.nn as nn
-
-    total = sum(p.numel() for p in model.parameters())
-    dense = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and not _is_router(m, model))
-    shift = sum(m.shift.numel() for m in model.modules() if isinstance(m, ShiftLinear))
-    return total, dense, shift
-
-
-def _is_router(linear, model) -> bool:
-    return any(linear is m.router or linear is m.noise for m in model.modules() if isinstance(m, MoEMlp))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Draw architectures from a study's space, build each on the study's model and print its choices."""
     space = SearchSpace.from_yaml(args.study)
     rng = np.random.default_rng(args.seed)
-    dense_total = _count_params(build_model(ArchConfig.dense(space.model, space.depth)))[0]
+    dense_total = weight_counts(build_model(ArchConfig.dense(space.model, space.depth))).total
     console.print(
         f"[bold]{args.study}[/]: {space.model.name} with {space.depth} blocks, "
         f"{space.size():,} architectures in the space"
@@ -51,7 +39,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for n in range(args.num):
         config = space.sample(rng)
         model = build_model(config)
-        total, dense, shift = _count_params(model)
+        counts = weight_counts(model)
+        total, dense, shift = counts.total, counts.dense_linear, counts.shift_linear
         table = Table(title=f"architecture {config.id}", title_justify="left")
         for column in ("block", "attention", "qkv", "proj", "mlp"):
             table.add_column(column)
@@ -122,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     kernel_commands.add_commands(add, positive_int, non_negative_int)
     latency_commands.add_commands(add, positive_int, non_negative_int)
+    search_commands.add_commands(add, positive_int, non_negative_int)
     return parser
 
 
@@ -129,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, KernelError, LatencyDBError, PredictorError) as e:
+    except (ConfigError, KernelError, LatencyDBError, PredictorError, SearchError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,8 @@ File format (YAML or JSON)::
     blocks:                                # one entry per transformer block, in order
       - {attention: additive, qkv: shift, proj: dense, mlp: moe, moe: {top_k: 1, experts: [dense, shift]}}
       - {attention: msa, qkv: dense, proj: dense, mlp: shift}
+    provenance: {...}                      # optional, written by `nas export` (study, trial, metrics); not part
+                                           #   of the architecture
 """
 
 from __future__ import annotations
@@ -251,7 +253,7 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> "ArchConfig":
-        data = _check_keys(data, "", ("model", "blocks"))
+        data = _check_keys(data, "", ("model", "blocks"), ("provenance",))  # provenance: written by `nas export`
         model = ModelSpec.from_dict(data["model"])
         blocks = data["blocks"]
         if not isinstance(blocks, list | tuple):

@@ -12,6 +12,7 @@ Supported: timm ``VisionTransformer`` and its subclasses (ViT, DeiT, DeiT-distil
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import timm
 from timm.layers import Attention, Mlp
@@ -109,3 +110,23 @@ def build_model(config: ArchConfig, teacher: nn.Module | None = None) -> nn.Modu
     config applied. The teacher itself is never modified."""
     model = copy.deepcopy(teacher) if teacher is not None else create_model(config.model)
     return apply(model, config)
+
+
+@dataclass(frozen=True)
+class WeightCounts:
+    total: int  # every parameter
+    dense_linear: int  # weights of linear layers that multiply (MoE routers excluded)
+    shift_linear: int  # weights of shift layers: no multiplier needed
+
+    @property
+    def shift_share(self) -> float:
+        return self.shift_linear / max(1, self.shift_linear + self.dense_linear)
+
+
+def weight_counts(model: nn.Module) -> WeightCounts:
+    """How many weights a model has, and how many of its linear weights are shifts."""
+    routers = {id(m) for moe in model.modules() if isinstance(moe, MoEMlp) for m in (moe.router, moe.noise)}
+    total = sum(p.numel() for p in model.parameters())
+    dense = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in routers)
+    shift = sum(m.shift.numel() for m in model.modules() if isinstance(m, ShiftLinear))
+    return WeightCounts(total, dense, shift)

@@ -1,0 +1,90 @@
+"""Weights on disk. Written as safetensors; read from safetensors or a torch file with ``weights_only=True``, so
+loading a checkpoint never executes code from it.
+
+An exported architecture and its fine-tuned weights rebuild the model with one call::
+
+    from nas.checkpoints import load_model
+    model = load_model("runs/best/arch.yaml", "runs/best/model.safetensors")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search_spaces.config import ArchConfig, ConfigError
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model``'s state dict as safetensors, atomically (a crash leaves the old file or none)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata=dict(metadata or {}))
+    os.replace(tmp, path)
+    return path
+
+
+def read_weights(path: str | Path, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, or a torch file read with ``weights_only=True`` (a bare state dict or
+    one under a ``state_dict``/``model`` key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(where, f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ConfigError(where, f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") \
+                from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
+        raise ConfigError(where, f"{path} is not a readable torch checkpoint with weights only (truncated, corrupt, "
+                                 f"or it holds code objects): {type(e).__name__}: {str(e).splitlines()[0][:200]}") \
+            from None
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(where, f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def load_weights(model: nn.Module, path: str | Path, where: str = "checkpoint") -> nn.Module:
+    """Load ``path`` into ``model``; a checkpoint of another architecture gets an error naming the first
+    differences, and ``model`` is left untouched."""
+    state = read_weights(path, where)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", shapes)):
+            if items:
+                parts.append(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})")
+        raise ConfigError(where, f"{path} does not match the model; " + "; ".join(parts))
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(config: str | Path | ArchConfig, weights: str | Path) -> nn.Module:
+    """The model an exported ArchConfig describes, with its fine-tuned weights (from ``nas finetune``)."""
+    from search_spaces import build_model
+
+    config = config if isinstance(config, ArchConfig) else ArchConfig.load(config)
+    return load_weights(build_model(config), weights, "weights").eval()

@@ -1,0 +1,172 @@
+"""From a study to files: choose trials, write their ArchConfigs, fine-tune one.
+
+An exported file is an ArchConfig file (``nas show`` and ``ArchConfig.load`` read it) with a ``provenance`` section:
+the study file, study name, trial number, its metrics and predicted latency.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from search_spaces import ArchConfig
+from search_spaces.config import ConfigError
+
+from .study import Study
+
+# Multi-objective "best": the fastest Pareto trial within this much accuracy of the most accurate one.
+BEST_TOLERANCE = 0.01
+
+
+def pareto_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto-optimal complete trials (feasible ones when a latency budget applies), by accuracy, best first."""
+    trials = ostudy.best_trials if len(ostudy.directions) > 1 else _feasible(ostudy)
+    return sorted(trials, key=lambda t: -t.user_attrs.get("accuracy", t.values[0]))
+
+
+def _feasible(ostudy: optuna.Study) -> list[FrozenTrial]:
+    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in complete if all(v <= 0 for v in t.system_attrs.get("constraints", []) or [])
+            and all(v <= 0 for k, v in t.system_attrs.items() if k.startswith("constraints:"))]
+
+
+def best_trial(ostudy: optuna.Study, tolerance: float = BEST_TOLERANCE) -> FrozenTrial:
+    """Single objective: Optuna's best (feasible) trial. Pareto search: the fastest Pareto trial whose accuracy is
+    within ``tolerance`` of the most accurate one."""
+    if len(ostudy.directions) == 1:
+        try:
+            return ostudy.best_trial
+        except ValueError:
+            raise ConfigError("--trial", "the study has no complete (feasible) trial yet") from None
+    front = pareto_trials(ostudy)
+    if not front:
+        raise ConfigError("--trial", "the study has no complete trial yet")
+    top = max(t.values[0] for t in front)
+    return min((t for t in front if t.values[0] >= top - tolerance), key=lambda t: t.values[1])
+
+
+def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
+    """``best``, ``pareto`` or a trial number."""
+    if which == "best":
+        return [best_trial(ostudy)]
+    if which == "pareto":
+        front = pareto_trials(ostudy)
+        if not front:
+            raise ConfigError("--trial", "the study has no complete trial yet")
+        return front
+    try:
+        number = int(which)
+    except ValueError:
+        raise ConfigError("--trial", f"expected best, pareto or a trial number, got {which!r}") from None
+    trials = ostudy.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise ConfigError("--trial", f"no trial {number} in study {ostudy.study_name!r} "
+                                     f"(it has trials 0..{len(trials) - 1})")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise ConfigError("--trial", f"trial {number} is {trial.state.name}, not COMPLETE")
+    return [trial]
+
+
+def provenance(study: Study, trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {
+        "study_file": str(study.path), "study": study.name, "trial": trial.number,
+        "accuracy": attrs.get("accuracy"), "latency_ms": attrs.get("latency_ms"),
+        "latency_device": study.latency.device, "latency_breakdown": attrs.get("latency_breakdown"),
+        "moe_split": attrs.get("moe_split"), "reference": attrs.get("reference"),
+    }
+
+
+def write_config(path: Path, config: ArchConfig, origin: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({**config.to_dict(), "provenance": origin}, sort_keys=False)
+    path.write_text(text)
+    return path
+
+
+def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Path]:
+    """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``."""
+    paths = []
+    for trial in choose(ostudy, which):
+        config = ArchConfig.from_json(trial.user_attrs["config"])
+        paths.append(write_config(out / f"trial-{trial.number}.yaml", config, provenance(study, trial)))
+    return paths
+
+
+def read_export(path: str | Path) -> tuple[ArchConfig, dict[str, Any]]:
+    """An exported (or plain) ArchConfig file and its provenance (empty for a plain one)."""
+    config = ArchConfig.load(path)  # validates, with errors naming the file
+    origin = yaml.safe_load(Path(path).read_text()).get("provenance") or {}
+    if not isinstance(origin, dict):
+        raise ConfigError("provenance", f"expected a mapping, got {origin!r}", str(path))
+    return config, origin
+
+
+@dataclass
+class FinetuneResult:
+    config: ArchConfig
+    accuracy: float
+    history: list[float]
+    predicted_ms: float
+    measured_ms: float | None
+    weights: Path
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config_id": self.config.id, "accuracy": self.accuracy, "accuracy_history": self.history,
+                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "weights": str(self.weights),
+                "seconds": round(self.seconds, 1)}
+
+
+def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: bool = True,
+             on_epoch=None, origin: dict[str, Any] | None = None) -> FinetuneResult:
+    """Fine-tune ``config`` from the teacher for ``epochs`` full passes (same losses as a trial); save the weights
+    (safetensors) and the config into ``out``; predict and (with ``measure``) time its latency on the kernels."""
+    from .checkpoints import save_weights
+    from .objective import Evaluator
+
+    if config.model != study.model:
+        raise ConfigError("model", f"the config is for {config.model.to_dict()}, the study's model is "
+                                   f"{study.model.to_dict()}")
+    start = time.perf_counter()
+    evaluator = Evaluator(study)
+    history: list[float] = []
+
+    def report(epoch: int, accuracy: float) -> bool:
+        history.append(accuracy)
+        if on_epoch is not None:
+            on_epoch(epoch, accuracy)
+        return False
+
+    result, model = evaluator.run(config, epochs=epochs, full_epochs=True, report=report)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = save_weights(model, out / "model.safetensors", {"config": config.to_json()})
+    write_config(out / "arch.yaml", config, {**(origin or {}), "finetune_epochs": epochs,
+                                             "finetune_accuracy": result.accuracy})
+    measured = None
+    if measure:
+        measured = measure_latency(study, model)
+    finetuned = FinetuneResult(config, result.accuracy, history, result.latency_ms, measured, weights,
+                               time.perf_counter() - start)
+    (out / "result.json").write_text(json.dumps(finetuned.to_dict(), indent=1) + "\n")
+    return finetuned
+
+
+def measure_latency(study: Study, model) -> float:
+    """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size."""
+    from kernels.runtime import KernelSet, to_kernels
+    from latency_model.ops import ModelDims
+    from latency_model.timing import time_model
+
+    settings = study.latency
+    fast = to_kernels(model, KernelSet(settings.target, settings.trials))
+    return time_model(fast, settings.batch_sizes[0], ModelDims.of(study.model).img,
+                      repeats=settings.repeats).median_ms

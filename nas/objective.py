@@ -1,0 +1,152 @@
+"""One trial: ArchConfig -> (accuracy after a short distilled fine-tune, predicted latency).
+
+:class:`Evaluator` holds what every trial of a worker shares (teacher, data, predictor) and scores one config;
+:func:`optuna_objective` wraps it for an Optuna trial (suggest, report per epoch for pruners, user attributes).
+The Ray backend wraps the same :class:`Evaluator`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from latency_model.ops import ModelDims
+from latency_model.predictor import Predictor
+from search_spaces import ArchConfig, build_model
+from search_spaces.ops.moe import MoEMlp
+from search_spaces.reparam import transformer_blocks, weight_counts
+
+from . import data
+from .study import Study
+from .teacher import load_teacher
+from .train import LossWeights, Trainer, evaluate
+
+# Stops a trial early: called after each epoch with (epoch, accuracy); True means "stop, this trial is pruned".
+Reporter = Callable[[int, float], bool]
+
+
+class Pruned(Exception):
+    """The reporter asked to stop the trial after ``epoch``."""
+
+    def __init__(self, epoch: int, accuracy: float) -> None:
+        super().__init__(f"stopped after epoch {epoch + 1} at accuracy {accuracy:.4f}")
+        self.epoch, self.accuracy = epoch, accuracy
+
+
+@dataclass
+class TrialResult:
+    config: ArchConfig
+    accuracy: float
+    latency_ms: float
+    prediction: dict[str, Any]  # Prediction.to_dict(): total, fixed, per-block parts, MoE tokens
+    moe_shares: dict[int, list[float]]  # MoE block -> measured share of tokens per expert
+    history: list[float] = field(default_factory=list)  # validation accuracy after each epoch
+    weights: dict[str, float] = field(default_factory=dict)
+    train_s: float = 0.0
+
+    def user_attrs(self) -> dict[str, Any]:
+        """What a stored trial carries (both backends), JSON-serializable."""
+        return {
+            "config": self.config.to_json(), "config_id": self.config.id, "accuracy": self.accuracy,
+            "latency_ms": self.latency_ms, "latency_breakdown": self.prediction,
+            "moe_split": {str(k): v for k, v in self.moe_shares.items()}, "accuracy_history": self.history,
+            "weights": self.weights, "train_s": round(self.train_s, 3),
+        }
+
+
+def set_router_latencies(model: torch.nn.Module, config: ArchConfig, predictor: Predictor, batch: int) -> None:
+    """Give each MoE router the predicted latency of its experts (the lat vector of the balance loss)."""
+    for i, block in enumerate(transformer_blocks(model)):
+        if isinstance(block.mlp, MoEMlp):
+            block.mlp.set_expert_latency(predictor.expert_latencies(config, i, batch))
+
+
+class Evaluator:
+    """Scores architectures of one study. Built once per worker: it loads the teacher, the data and the predictor."""
+
+    def __init__(self, study: Study, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.study = study
+        self.teacher = load_teacher(study)
+        dims = ModelDims.of(study.model)
+        self.train_set, self.val_set = data.load(study.data, dims.img, dims.classes)
+        settings = study.latency
+        self.predictor = Predictor.load(settings.predictor, device=settings.device)
+        self.batch = settings.batch_sizes[0]
+
+    def run(self, config: ArchConfig, epochs: int | None = None, full_epochs: bool = False,
+            report: Reporter | None = None, seed: int | None = None) -> tuple[TrialResult, torch.nn.Module]:
+        """Fine-tune ``config`` from the teacher (distillation + MoE loss), validate after every epoch. Epochs are
+        the study's trial budget (``epochs``, ``steps_per_epoch``) unless given; ``full_epochs``: whole passes.
+
+        Raises:
+            Pruned: ``report`` asked to stop.
+            TrainingDiverged: the loss became NaN or infinite.
+        """
+        budget, train = self.study.budget, self.study.train
+        epochs = epochs or budget.epochs
+        start = time.perf_counter()
+        torch.manual_seed(train.seed if seed is None else seed)
+        model = build_model(config, self.teacher)
+        set_router_latencies(model, config, self.predictor, self.batch)
+        trainer = Trainer(
+            model, self.train_set, epochs=epochs,
+            steps_per_epoch=None if full_epochs else budget.steps_per_epoch,
+            batch_size=train.batch_size, lr=train.lr, weight_decay=train.weight_decay, teacher=self.teacher,
+            weights=LossWeights(train.distill_alpha, train.distill_temperature, train.moe_loss_weight),
+            seed=train.seed if seed is None else seed,
+        )
+        history: list[float] = []
+        evaluation = None
+        for epoch in range(epochs):
+            trainer.train_epoch()
+            evaluation = evaluate(model, self.val_set)
+            history.append(evaluation.accuracy)
+            if report is not None and report(epoch, evaluation.accuracy):
+                raise Pruned(epoch, evaluation.accuracy)
+        assert evaluation is not None
+        prediction = self.predictor.predict(config, self.batch, moe_shares=evaluation.moe_shares)
+        counts = weight_counts(model)
+        result = TrialResult(
+            config=config, accuracy=evaluation.accuracy, latency_ms=prediction.total_ms,
+            prediction=prediction.to_dict(), moe_shares=evaluation.moe_shares, history=history,
+            weights={"total": counts.total, "shift_share": round(counts.shift_share, 4)},
+            train_s=time.perf_counter() - start,
+        )
+        return result, model
+
+
+def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
+    """The Optuna objective: suggest a config from the study's space, score it, store what it found."""
+    import optuna
+
+    study = evaluator.study
+
+    def objective(trial: optuna.Trial):
+        config = study.space.suggest(trial)
+        trial.set_user_attr("config", config.to_json())
+
+        def report(epoch: int, accuracy: float) -> bool:
+            if study.objectives.multi:  # Optuna cannot prune multi-objective trials; keep the curve
+                return False
+            trial.report(accuracy, epoch)
+            return trial.should_prune()
+
+        try:
+            result, _ = evaluator.run(config, report=report)
+        except Pruned:
+            raise optuna.TrialPruned() from None
+        for key, value in result.user_attrs().items():
+            trial.set_user_attr(key, value)
+        if study.objectives.latency_budget_ms is not None:
+            trial.set_constraint("latency_ms", result.latency_ms - study.objectives.latency_budget_ms)
+        if study.objectives.multi:
+            return result.accuracy, result.latency_ms
+        return result.accuracy
+
+    return objective

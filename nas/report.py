@@ -1,0 +1,137 @@
+"""``nas report``: what a search found, as a Pareto plot, a per-block allocation chart and a CSV.
+
+The Pareto front is computed on (accuracy ↑, predicted latency ↓) of the complete trials, whatever the study's
+objectives, so single-objective studies get the same picture. The reference trials (the all-dense model and the
+paper's allocation, queued first in every new study) are marked.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search_spaces import ArchConfig
+from search_spaces.space import BLOCK_KEYS
+
+
+@dataclass
+class Point:
+    trial: FrozenTrial
+    config: ArchConfig
+    accuracy: float
+    latency_ms: float
+    reference: str | None
+
+    @property
+    def label(self) -> str:
+        return self.reference or f"trial {self.trial.number}"
+
+
+def points(ostudy: optuna.Study) -> list[Point]:
+    out = []
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = t.user_attrs
+        if "config" in attrs and "accuracy" in attrs and "latency_ms" in attrs:
+            out.append(Point(t, ArchConfig.from_json(attrs["config"]), float(attrs["accuracy"]),
+                             float(attrs["latency_ms"]), attrs.get("reference")))
+    return out
+
+
+def pareto_front(pts: list[Point]) -> list[Point]:
+    """Points no other point beats on both accuracy and latency, fastest first."""
+    front = [p for p in pts if not any(
+        q.accuracy >= p.accuracy and q.latency_ms <= p.latency_ms and (q.accuracy, q.latency_ms) != (p.accuracy,
+                                                                                                     p.latency_ms)
+        for q in pts)]
+    return sorted(front, key=lambda p: p.latency_ms)
+
+
+def write_csv(pts: list[Point], front: list[Point], path: Path) -> Path:
+    on_front = {id(p) for p in front}
+    depth = max((p.config.depth for p in pts), default=0)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", "accuracy", "latency_ms", "pareto", "reference", "config_id", "wall_s"]
+                        + [f"block{i}" for i in range(depth)])
+        for p in sorted(pts, key=lambda p: p.trial.number):
+            writer.writerow([p.trial.number, f"{p.accuracy:.4f}", f"{p.latency_ms:.4f}", int(id(p) in on_front),
+                             p.reference or "", p.config.id, p.trial.user_attrs.get("wall_s", "")]
+                            + [b.describe() for b in p.config.blocks])
+    return path
+
+
+def plot_pareto(pts: list[Point], front: list[Point], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.scatter([p.latency_ms for p in pts], [p.accuracy for p in pts], s=18, color="0.7", label="trials")
+    ax.plot([p.latency_ms for p in front], [p.accuracy for p in front], "o-", color="tab:red", ms=5,
+            label="Pareto front")
+    markers = {"dense": ("s", "black", "all dense"), "paper": ("^", "tab:blue", "paper allocation")}
+    for p in pts:
+        if p.reference in markers:
+            marker, color, text = markers[p.reference]
+            ax.scatter([p.latency_ms], [p.accuracy], marker=marker, s=70, color=color, label=text, zorder=3)
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("validation accuracy after the trial's fine-tune")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_allocation(front: list[Point], path: Path) -> Path:
+    """One row per Pareto config (fastest at the top), one column per block, a panel per decision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    depth = front[0].config.depth
+    fig, axes = plt.subplots(1, len(BLOCK_KEYS), figsize=(3.0 * len(BLOCK_KEYS), 0.9 + 0.35 * len(front)),
+                             squeeze=False)
+    for ax, (key, options) in zip(axes[0], BLOCK_KEYS.items()):
+        grid = np.array([[options.index(getattr(b, key)) for b in p.config.blocks] for p in front])
+        ax.imshow(grid, cmap=plt.get_cmap("Set2", len(options)), vmin=-0.5, vmax=len(options) - 0.5,
+                  aspect="auto")
+        for r in range(grid.shape[0]):
+            for c in range(grid.shape[1]):
+                ax.text(c, r, options[grid[r, c]][:5], ha="center", va="center", fontsize=7)
+        ax.set_title(key, fontsize=9)
+        ax.set_xticks(range(depth), [str(i) for i in range(depth)], fontsize=7)
+        ax.set_xlabel("block", fontsize=8)
+        ax.set_yticks(range(len(front)), [f"{p.label} ({p.latency_ms:.2f} ms, {p.accuracy:.3f})" for p in front]
+                      if ax is axes[0][0] else [], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class Report:
+    points: list[Point]
+    front: list[Point]
+    files: list[Path]
+
+
+def report(ostudy: optuna.Study, out: Path, title: str) -> Report:
+    out.mkdir(parents=True, exist_ok=True)
+    pts = points(ostudy)
+    front = pareto_front(pts)
+    files = [write_csv(pts, front, out / "trials.csv")]
+    if pts:
+        files.append(plot_pareto(pts, front, title, out / "pareto.png"))
+        files.append(plot_allocation(front, out / "allocation.png"))
+    return Report(pts, front, files)

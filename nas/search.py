@@ -1,0 +1,271 @@
+"""The Optuna backend: local worker processes sharing one RDB study.
+
+Each worker runs :func:`run_worker`: claim a trial (under a lock, so ``n_trials`` is exact however many workers
+race), score it with the study's :class:`~nas.objective.Evaluator`, tell the storage. The parent process watches the
+storage and draws the progress. Running the same search again continues the stored study up to ``n_trials``
+finished (complete or pruned) trials; failed trials do not count, so they are replaced.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search_spaces import ArchConfig
+from search_spaces.config import ConfigError
+
+from .study import Study, create_pruner, create_sampler
+
+METRIC_NAMES = {"accuracy": "accuracy", "latency_ms": "latency_ms"}
+# Trials that use up the budget: finished ones and those being run or queued now.
+PLANNED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+SQLITE_TIMEOUT_S = 60
+
+
+def redact(url: str) -> str:
+    """A storage URL fit for logs and attributes: the password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url
+
+
+def storage_of(url: str) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage. SQLite gets a long busy timeout and WAL so several local workers can share it."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            folder = Path(path).parent
+            if not folder.is_dir():
+                raise ConfigError("storage", f"folder {folder} of the SQLite storage does not exist")
+            if not os.access(folder, os.W_OK):
+                raise ConfigError("storage", f"folder {folder} of the SQLite storage is not writable")
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (ImportError, ModuleNotFoundError) as e:
+        raise ConfigError("storage", f"no database driver for {redact(url)}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - sqlalchemy/optuna raise many kinds for a bad URL or server
+        raise ConfigError("storage", f"cannot open {redact(url)}: {type(e).__name__}: {str(e).splitlines()[0]}") \
+            from None
+    if url.startswith("sqlite"):
+        with storage.engine.connect() as connection:  # WAL persists in the file: readers stop blocking writers
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    return storage
+
+
+def reference_configs(study: Study) -> dict[str, ArchConfig]:
+    """The reference points a search is judged against: the all-dense model, and the paper's hand-picked
+    allocation (ShiftAddViT: additive attention in every block, MoE of a dense and a shift expert in every MLP)."""
+    from search_spaces.config import BlockConfig, MoEConfig
+
+    depth = study.space.depth
+    paper = BlockConfig("additive", "dense", "dense", "moe", MoEConfig(1, ("dense", "shift")))
+    return {"dense": ArchConfig.dense(study.model, depth), "paper": ArchConfig(study.model, (paper,) * depth)}
+
+
+def open_study(study: Study, create: bool = True) -> optuna.Study:
+    """The study's Optuna study on its storage (created with the reference trials queued when new)."""
+    storage = storage_of(study.storage)
+    directions = study.objectives.directions
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study.name in existing:
+        stored = [d.name.lower() for d in existing[study.name].directions]
+        if stored != directions:
+            raise ConfigError("objectives.metrics", f"study {study.name!r} in {redact(study.storage)} optimizes "
+                                                    f"{stored}, but the file asks for {directions}; give the study "
+                                                    "another name to start afresh", str(study.path))
+        return optuna.load_study(study_name=study.name, storage=storage, sampler=create_sampler(study),
+                                 pruner=create_pruner(study))
+    if not create:
+        known = ", ".join(sorted(existing)) or "none"
+        raise ConfigError("name", f"no study {study.name!r} in {redact(study.storage)} (studies there: {known}); "
+                                  f"run `nas search {study.path}` first", str(study.path))
+    ostudy = optuna.create_study(study_name=study.name, storage=storage, directions=directions,
+                                 sampler=create_sampler(study), pruner=create_pruner(study), load_if_exists=True)
+    if not ostudy.user_attrs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ostudy.set_metric_names(list(study.objectives.metrics))
+        ostudy.set_user_attr("study_file", str(study.path))
+        ostudy.set_user_attr("model", study.model.to_dict())
+        ostudy.set_user_attr("latency_device", study.latency.device)
+        for name, config in reference_configs(study).items():
+            try:
+                params = study.space.params_of(config)
+            except ConfigError:
+                continue  # not in this space: `nas report` still evaluates it separately
+            ostudy.enqueue_trial(params, user_attrs={"reference": name})
+    return ostudy
+
+
+@contextmanager
+def _claim_lock(study: Study) -> Iterator[None]:
+    """A lock around "count the trials, start one" shared by the workers of this machine."""
+    key = hashlib.sha256(f"{study.storage}\0{study.name}".encode()).hexdigest()[:16]
+    folder = Path(os.environ.get("SHIFTADD_CACHE", Path.home() / ".cache" / "shiftadd-nas")) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | None:
+    with _claim_lock(study):
+        planned = len(ostudy.get_trials(deepcopy=False, states=PLANNED))
+        waiting = len(ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if planned - waiting >= n_trials:
+            return None
+        return ostudy.ask()
+
+
+def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: float | None, threads: int,
+               worker: int = 0) -> int:
+    """One search worker (a process of its own): claim, run and tell trials until ``n_trials`` are planned.
+    Returns how many trials this worker ran."""
+    from .objective import Evaluator, optuna_objective
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = Study.load(study_path, storage=storage)
+    ostudy = open_study(study)
+    ostudy.sampler = create_sampler(study, worker)
+    objective = optuna_objective(Evaluator(study, threads=threads))
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    ran = 0
+    while deadline is None or time.monotonic() < deadline:
+        trial = _claim(study, ostudy, n_trials)
+        if trial is None:
+            break
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        start = time.perf_counter()
+        try:
+            values = objective(trial)
+        except optuna.TrialPruned:
+            trial.set_user_attr("wall_s", round(time.perf_counter() - start, 3))
+            ostudy.tell(trial, state=TrialState.PRUNED)
+        except Exception as e:  # noqa: BLE001 - any failure of one trial fails that trial, not the search
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            ostudy.tell(trial, state=TrialState.FAIL)
+        else:
+            trial.set_user_attr("wall_s", round(time.perf_counter() - start, 3))
+            ostudy.tell(trial, values)
+        ran += 1
+    return ran
+
+
+def _worker_main(*args: Any) -> None:
+    import sys
+
+    try:
+        run_worker(*args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+class SearchError(RuntimeError):
+    """The search could not go on (its workers stopped); what is stored stays valid and a re-run continues."""
+
+
+@dataclass
+class Progress:
+    """What the storage says about a study right now."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    best: str = ""
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+
+def progress_of(ostudy: optuna.Study) -> Progress:
+    trials = ostudy.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    best = ""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        if len(ostudy.directions) > 1:
+            best = f"Pareto front: {len(ostudy.best_trials)} trials"
+        else:
+            try:
+                t = ostudy.best_trial
+                best = f"best: trial {t.number}, accuracy {t.value:.4f}"
+            except ValueError:
+                best = "no feasible trial yet"
+    failures = [(t.number, t.user_attrs.get("fail_reason", "unknown")) for t in trials if t.state == TrialState.FAIL]
+    return Progress(counts, best, failures)
+
+
+@dataclass
+class SearchSummary:
+    before: Progress
+    after: Progress
+    seconds: float
+    workers: int
+
+
+def search(study: Study, n_trials: int | None = None, workers: int = 1, timeout_s: float | None = None,
+           on_progress: Callable[[Progress], None] | None = None, poll_s: float = 1.0) -> SearchSummary:
+    """Run (or continue) the study's search with ``workers`` local processes until ``n_trials`` trials finished."""
+    import multiprocessing
+
+    from .objective import Evaluator
+
+    n_trials = n_trials or study.budget.n_trials
+    timeout_s = timeout_s if timeout_s is not None else study.budget.timeout_s
+    Evaluator(study)  # fail here, once and clearly, if the teacher, data or predictor is missing
+    ostudy = open_study(study)
+    before = progress_of(ostudy)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # torch and TVM threads do not survive fork
+    processes = [context.Process(target=_worker_main, name=f"nas-worker-{i}",
+                                 args=(str(study.path), study.storage, n_trials, timeout_s, threads, i))
+                 for i in range(workers)]
+    start = time.perf_counter()
+    for p in processes:
+        p.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            if on_progress is not None:
+                on_progress(progress_of(ostudy))
+            for p in processes:
+                p.join(timeout=poll_s / len(processes))
+    except KeyboardInterrupt:
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.join()
+        raise
+    after = progress_of(ostudy)
+    if on_progress is not None:
+        on_progress(after)
+    bad = [p for p in processes if p.exitcode not in (0, None)]
+    if bad and after.finished < n_trials:
+        codes = ", ".join(f"{p.name} exit {p.exitcode}" for p in bad)
+        raise SearchError(f"search workers stopped early ({codes}); {after.finished} of {n_trials} trials finished; "
+                           f"run the same command again to continue")
+    return SearchSummary(before, after, time.perf_counter() - start, workers)

@@ -1,0 +1,306 @@
+"""``nas validate``, ``pretrain``, ``search``, ``dashboard``, ``export``, ``finetune``, ``report`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from search_spaces.config import ConfigError
+
+from .study import Study
+
+console = Console()
+
+
+def _load(args: argparse.Namespace) -> Study:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress display says what matters
+    return Study.load(args.study, storage=getattr(args, "storage", None))
+
+
+def _data(study: Study):
+    from latency_model.ops import ModelDims
+
+    from . import data
+
+    dims = ModelDims.of(study.model)
+    return data.load(study.data, dims.img, dims.classes)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a study file without running it: every section, the model, the data and the space."""
+    from .search import redact
+
+    study = _load(args)
+    train, val = _data(study)
+    console.print(f"[green]ok[/] {study.path}: study {study.name!r}")
+    console.print(f"  model {study.model.name}, {study.space.depth} blocks, {study.space.size():,} architectures")
+    console.print(f"  data {study.data.source}: {len(train)} train / {len(val)} val images")
+    console.print(f"  objectives {list(study.objectives.metrics)}"
+                  + (f", latency budget {study.objectives.latency_budget_ms} ms"
+                     if study.objectives.latency_budget_ms else ""))
+    console.print(f"  budget {study.budget.n_trials} trials x {study.budget.epochs} epochs "
+                  f"({study.budget.steps_per_epoch or 'full'} steps each); sampler {study.sampler.name}, "
+                  f"pruner {study.pruner.name}")
+    console.print(f"  storage {redact(study.storage)}; teacher {study.teacher_path}; "
+                  f"predictor {study.latency.predictor}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .teacher import pretrain
+
+    study = _load(args)
+    train, val = _data(study)
+    epochs = study.budget.pretrain_epochs
+    with Progress(TextColumn("pretraining the dense teacher"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("", total=epochs)
+
+        def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+            progress.update(task, advance=1, description=f"loss {loss:.3f}, val accuracy {accuracy:.3f}")
+
+        result = pretrain(study, train, val, force=args.force, on_epoch=on_epoch)
+    if result.cached:
+        console.print(f"teacher already trained for this study: {result.path} (val accuracy "
+                      f"{result.val_accuracy:.3f}); --force retrains")
+    else:
+        console.print(f"trained the teacher for {result.epochs} epochs in {result.seconds:.0f} s: val accuracy "
+                      f"{result.val_accuracy:.3f}; wrote {result.path}")
+    return 0
+
+
+def _run_search(study: Study, n_trials: int | None, workers: int, timeout_s: float | None) -> None:
+    from .search import search
+
+    total = n_trials or study.budget.n_trials
+    shown_failures: set[int] = set()
+    console.print(f"search [bold]{study.name}[/]: {total} trials, {workers} worker process(es), "
+                  f"{study.budget.epochs} epochs of {study.budget.steps_per_epoch or 'all'} steps per trial")
+    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("starting workers", total=total)
+
+        def on_progress(p) -> None:
+            c = p.counts
+            progress.update(task, completed=min(p.finished, total), description=(
+                f"done {c.get('COMPLETE', 0)}, running {c.get('RUNNING', 0)}, pruned {c.get('PRUNED', 0)}, "
+                f"failed {c.get('FAIL', 0)}  {p.best}"))
+            for number, reason in p.failures:
+                if number not in shown_failures:
+                    shown_failures.add(number)
+                    progress.console.print(f"[red]trial {number} failed[/]: {reason.splitlines()[0][:200]}")
+
+        summary = search(study, n_trials, workers, timeout_s, on_progress=on_progress)
+    ran = summary.after.finished - summary.before.finished
+    console.print(f"{ran} trial(s) finished in this run ({summary.seconds:.0f} s), {summary.after.finished} in the "
+                  f"study; {summary.after.best}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    study = _load(args)
+    _run_search(study, args.n_trials, args.workers, args.timeout)
+    console.print(f"next: nas report {args.study}   |   nas dashboard {args.study}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from .search import redact, storage_of
+
+    if not (args.study or args.storage):
+        raise ConfigError("", "give a study file or --storage URL")
+    url = args.storage or Study.load(args.study).storage
+    storage = storage_of(url)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/] serving on {args.host}: anyone who can reach this machine can read and "
+                      "edit the studies; optuna-dashboard has no authentication")
+    console.print(f"optuna-dashboard for {redact(url)} at [bold]http://{args.host}:{args.port}/[/] (Ctrl-C stops it)",
+                  highlight=False)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
+def _open(study: Study):
+    from .search import open_study
+
+    return open_study(study, create=False)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    study = _load(args)
+    paths = export(study, _open(study), args.trial, args.out)
+    for path in paths:
+        console.print(f"wrote {path}")
+    console.print(f"next: nas finetune {paths[0]} --out {args.out / 'finetuned'}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .export import finetune, read_export
+
+    config, origin = read_export(args.config)
+    study_file = args.study or origin.get("study_file")
+    if not study_file:
+        raise ConfigError("provenance.study_file", "this config names no study; give --study STUDY.yaml",
+                          str(args.config))
+    study = Study.load(study_file)
+    epochs = args.epochs or study.budget.finetune_epochs
+    with Progress(TextColumn(f"fine-tuning {config.id}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("", total=epochs)
+        result = finetune(study, config, epochs, args.out, measure=not args.no_measure, origin=origin,
+                          on_epoch=lambda e, acc: progress.update(task, advance=1, description=f"val acc {acc:.3f}"))
+    line = f"accuracy {result.accuracy:.4f}, predicted latency {result.predicted_ms:.3f} ms"
+    if result.measured_ms is not None:
+        line += f", measured {result.measured_ms:.3f} ms on the kernels"
+    console.print(line)
+    console.print(f"wrote {result.weights}, {args.out / 'arch.yaml'}, {args.out / 'result.json'}")
+    console.print(f"rebuild: nas.checkpoints.load_model('{args.out / 'arch.yaml'}', '{result.weights}')")
+    return 0
+
+
+def _print_front(rep) -> None:
+    table = Table(title="Pareto front (accuracy vs predicted latency)", title_justify="left")
+    for column in ("trial", "accuracy", "latency ms", "architecture"):
+        table.add_column(column)
+    for p in rep.front:
+        table.add_row(p.label, f"{p.accuracy:.4f}", f"{p.latency_ms:.3f}", "; ".join(
+            f"{i}:{b.describe()}" for i, b in enumerate(p.config.blocks)))
+    console.print(table)
+    for p in rep.points:
+        if p.reference and p not in rep.front:
+            console.print(f"reference {p.reference}: accuracy {p.accuracy:.4f}, {p.latency_ms:.3f} ms (not on the front)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    study = _load(args)
+    out = args.out or study.folder / "runs" / study.name / "report"
+    rep = report(_open(study), out, f"{study.name}: {study.model.name} on {study.data.source}, "
+                                    f"{study.latency.device}")
+    _print_front(rep)
+    console.print("wrote " + ", ".join(str(f) for f in rep.files))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """profile -> fit-latency -> pretrain -> search -> report -> export best, each step skipped when done."""
+    from latency_model.predictor import Predictor, PredictorError
+
+    from . import latency_commands
+    from .export import export
+    from .report import report
+    from .teacher import is_pretrained
+
+    study = _load(args)
+    started = time.perf_counter()
+    out = args.out or study.folder / "runs" / study.name
+    settings = study.latency
+    trials = settings.trials if args.kernel_trials is None else args.kernel_trials
+    try:
+        Predictor.load(settings.predictor, device=settings.device)
+        console.print(f"[dim]1-2/6 latency predictor: {settings.predictor} (cached)[/]")
+    except PredictorError:
+        console.print(f"[bold]1/6 profile[/] kernels and modules of the space on {settings.device}, {trials} tuning "
+                      "trials per kernel" + (" (untuned default schedules: quick, slower kernels)" if trials == 0
+                                             else ""))
+        ns = argparse.Namespace(study=args.study, target=None, device=None, db=None, batch=None, cache=None,
+                                trials=trials, rpc_tracker=None, device_key=None)
+        latency_commands.cmd_profile(ns)
+        console.print("[bold]2/6 fit-latency[/]")
+        latency_commands.cmd_fit(argparse.Namespace(study=args.study, db=None, device=None, out=None, holdout=0.2,
+                                                     seed=0))
+    if study.checkpoint is None and not is_pretrained(study):
+        console.print("[bold]3/6 pretrain[/] the dense teacher")
+        cmd_pretrain(argparse.Namespace(study=args.study, storage=args.storage, force=False))
+    else:
+        console.print(f"[dim]3/6 teacher: {study.teacher_path} (cached)[/]")
+    console.print("[bold]4/6 search[/]")
+    _run_search(study, args.n_trials, args.workers, None)
+    console.print("[bold]5/6 report[/]")
+    ostudy = _open(study)
+    rep = report(ostudy, out / "report", f"{study.name}: {study.model.name} on {study.data.source}, "
+                                         f"{study.latency.device}")
+    _print_front(rep)
+    console.print("[bold]6/6 export[/] the best trial")
+    paths = export(study, ostudy, "best", out / "best")
+    console.print(f"\ndone in {time.perf_counter() - started:.0f} s.")
+    console.print(f"  report:    {', '.join(str(f) for f in rep.files)}")
+    console.print(f"  best:      {paths[0]}")
+    console.print(f"  dashboard: nas dashboard {args.study}   (then open http://127.0.0.1:8080/)")
+    console.print(f"  finetune:  nas finetune {paths[0]} --out {out / 'finetuned'}")
+    return 0
+
+
+def add_commands(add, positive_int, non_negative_int) -> None:
+    def study_arg(parser: argparse.ArgumentParser, storage: bool = True) -> None:
+        parser.add_argument("study", type=Path, help="study file (YAML), e.g. studies/quickstart.yaml")
+        if storage:
+            parser.add_argument("--storage", help="Optuna storage URL (default: the study's, "
+                                                  "else sqlite:///<study folder>/<name>.db)")
+
+    validate = add("validate", cmd_validate, "check a study file (every section, the model, the data) without "
+                                             "running anything")
+    study_arg(validate, storage=False)
+
+    pretrain = add("pretrain", cmd_pretrain, "train the dense teacher on the study's data (cached next to the study)")
+    study_arg(pretrain, storage=False)
+    pretrain.add_argument("--force", action="store_true", help="retrain even if the teacher file is up to date")
+
+    def search_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--n-trials", type=positive_int, help="finished trials to reach (default: the study's "
+                                                                  "budget.n_trials); a re-run continues up to it")
+        parser.add_argument("--workers", type=positive_int, default=1,
+                            help="local worker processes sharing the storage (default: 1); CPU threads are split "
+                                 "between them")
+
+    search = add("search", cmd_search, "run or continue the study's search (Optuna, local worker processes)")
+    study_arg(search)
+    search_options(search)
+    search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+
+    dashboard = add("dashboard", cmd_dashboard, "serve optuna-dashboard for a study's storage")
+    dashboard.add_argument("study", type=Path, nargs="?", help="study file whose storage to show")
+    dashboard.add_argument("--storage", help="storage URL instead of a study file")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine "
+                                                               "only; 0.0.0.0 exposes it to the network)")
+    dashboard.add_argument("--port", type=positive_int, default=8080, help="port (default: 8080)")
+
+    export = add("export", cmd_export, "write the ArchConfig of chosen trials with their metrics and latency")
+    study_arg(export)
+    export.add_argument("--trial", default="best", help="best (default; Pareto search: the fastest Pareto trial "
+                                                        "within 1 point of the top accuracy), pareto, or a number")
+    export.add_argument("--out", type=Path, required=True, help="folder to write trial-<n>.yaml into")
+
+    finetune = add("finetune", cmd_finetune, "fine-tune an exported architecture from the teacher and save it")
+    finetune.add_argument("config", type=Path, help="ArchConfig file written by nas export")
+    finetune.add_argument("--study", type=Path, help="study file (default: the one the export names)")
+    finetune.add_argument("--epochs", type=positive_int, help="full passes over the data (default: the study's "
+                                                              "budget.finetune_epochs)")
+    finetune.add_argument("--out", type=Path, required=True, help="folder for model.safetensors, arch.yaml, "
+                                                                   "result.json")
+    finetune.add_argument("--no-measure", action="store_true", help="skip timing the model on the kernels")
+
+    report = add("report", cmd_report, "Pareto plot, per-block allocation chart and CSV of a study")
+    study_arg(report)
+    report.add_argument("--out", type=Path, help="folder (default: <study folder>/runs/<name>/report)")
+
+    run = add("run", cmd_run, "everything a study still needs: profile, fit-latency, pretrain, search, report, "
+                              "export best (each step skipped when already done)")
+    study_arg(run)
+    search_options(run)
+    run.add_argument("--kernel-trials", type=non_negative_int,
+                     help="MetaSchedule trials per kernel when profiling (default: the study's latency.trials; "
+                          "0: untuned default schedules)")
+    run.add_argument("--out", type=Path, help="folder for the report and export (default: <study folder>/runs/<name>)")

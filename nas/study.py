@@ -1,0 +1,305 @@
+"""The study file: one YAML file holds everything a search needs, validated on load.
+
+    name: quickstart                      # the Optuna study name; default storage sqlite:///<dir>/<name>.db
+    model:
+      name: deit_tiny_patch16_224         # timm VisionTransformer + kwargs (see search_spaces.config)
+      kwargs: {img_size: 32, patch_size: 4, depth: 4, embed_dim: 64, num_heads: 2, num_classes: 10}
+      checkpoint: null                    # dense weights (.safetensors, or a torch file read with weights_only);
+                                          #   null: `nas pretrain` trains them into <dir>/<name>-teacher.safetensors
+    data:
+      source: digits                      # digits (bundled) | imagefolder
+      path: null                          # imagefolder: a folder with train/<class>/*.png and val/<class>/*.png
+      val_fraction: 0.2                   # digits: share held out for validation
+    space: {...}                          # see search_spaces.space
+    objectives:
+      metrics: [accuracy, latency_ms]     # accuracy (maximized) and predicted latency (minimized): a Pareto search;
+                                          #   [accuracy] alone: a single objective ...
+      latency_budget_ms: null             # ... where configs predicted slower than this are infeasible
+    latency: {...}                        # see latency_model.settings
+    budget:
+      n_trials: 20                        # trials that finish (complete or pruned); a re-run continues up to it
+      timeout_s: null                     # stop starting trials after this many seconds (per `nas search` run)
+      epochs: 2                           # fine-tuning epochs per trial (a validation score after each)
+      steps_per_epoch: 20                 # null: one pass over the training set
+      pretrain_epochs: 20                 # epochs of `nas pretrain` (when no checkpoint is given)
+      finetune_epochs: 10                 # default epochs of `nas finetune`
+    train:
+      batch_size: 64
+      lr: 0.001                           # fine-tuning (trials, nas finetune): AdamW, cosine decay over the run
+      pretrain_lr: 0.002                  # pretraining the teacher
+      weight_decay: 0.05
+      distill_alpha: 0.5                  # weight of the KL to the teacher (1 - alpha: cross-entropy to the labels)
+      distill_temperature: 2.0
+      moe_loss_weight: 0.01               # weight of the latency-aware MoE balance loss
+      seed: 0
+    sampler: {name: tpe, seed: 0}         # tpe | nsga2 | random
+    pruner: {name: none}                  # none | median | hyperband (single objective only; kwargs passed on)
+    storage: null                         # any SQLAlchemy URL Optuna accepts; default sqlite:///<dir>/<name>.db
+
+Relative paths (checkpoint, data path, storage file) are relative to the study file's folder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latency_model.settings import LatencySettings
+from search_spaces.config import ConfigError, ModelSpec, _check_keys
+from search_spaces.space import SearchSpace
+
+SECTIONS = ("name", "model", "data", "space", "objectives", "latency", "budget", "train", "sampler", "pruner",
+            "storage")
+METRICS = ("accuracy", "latency_ms")
+SAMPLERS = ("tpe", "nsga2", "random")
+PRUNERS = ("none", "median", "hyperband")
+DATA_SOURCES = ("digits", "imagefolder")
+
+
+def _number(data: Mapping, key: str, where: str, *, integer: bool = False, minimum: float | None = None,
+            above: float | None = None, maximum: float | None = None, optional: bool = False) -> Any:
+    """``data[key]`` checked to be a number in range; the error names ``where.key`` and the value."""
+    value = data[key]
+    if value is None and optional:
+        return None
+    kind = "an integer" if integer else "a number"
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    ok = ok and math.isfinite(value)
+    ok = ok and (minimum is None or value >= minimum) and (above is None or value > above)
+    ok = ok and (maximum is None or value <= maximum)
+    if not ok:
+        bounds = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
+                  f"<= {maximum}" if maximum is not None else ""]
+        range_text = " and ".join(b for b in bounds if b)
+        raise ConfigError(f"{where}.{key}", f"expected {kind}{' ' + range_text if range_text else ''}"
+                                            f"{' or null' if optional else ''}, got {value!r}")
+    return float(value) if not integer else value
+
+
+def _section(cls, data: Any, where: str, checks: dict[str, dict[str, Any]]):
+    """A dataclass section: unknown keys rejected, every given number checked by ``checks``."""
+    names = tuple(f.name for f in fields(cls))
+    data = _check_keys(data if data is not None else {}, where, (), names)
+    values = {key: _number(data, key, where, **checks[key]) if key in checks else data[key] for key in data}
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "digits"
+    path: str | None = None
+    val_fraction: float = 0.2
+
+    @classmethod
+    def from_dict(cls, data: Any, base: Path) -> "DataSpec":
+        spec = _section(cls, data, "data", {"val_fraction": {"above": 0, "maximum": 0.9}})
+        if spec.source not in DATA_SOURCES:
+            raise ConfigError("data.source", f"unknown data source {spec.source!r} (choose from "
+                                             f"{', '.join(DATA_SOURCES)})")
+        if spec.source == "imagefolder":
+            if not isinstance(spec.path, str) or not spec.path:
+                raise ConfigError("data.path", "imagefolder needs a path: a folder with train/ and val/ subfolders")
+            return replace(spec, path=str(base / spec.path))
+        if spec.path is not None:
+            raise ConfigError("data.path", f"the digits source takes no path (got {spec.path!r})")
+        return spec
+
+
+@dataclass(frozen=True)
+class Objectives:
+    metrics: tuple[str, ...] = METRICS
+    latency_budget_ms: float | None = None
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) == 2
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize" if m == "accuracy" else "minimize" for m in self.metrics]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Objectives":
+        data = _check_keys(data if data is not None else {}, "objectives", (), ("metrics", "latency_budget_ms"))
+        metrics = data.get("metrics", list(METRICS))
+        if metrics not in (["accuracy", "latency_ms"], ["accuracy"]):
+            raise ConfigError("objectives.metrics", f"expected [accuracy, latency_ms] (a Pareto search) or [accuracy] "
+                                                    f"(with an optional latency_budget_ms), got {metrics!r}")
+        budget = _number(data, "latency_budget_ms", "objectives", above=0, optional=True) \
+            if "latency_budget_ms" in data else None
+        if budget is not None and len(metrics) == 2:
+            raise ConfigError("objectives.latency_budget_ms", "a latency budget is for the single objective "
+                                                              "[accuracy]; with latency_ms as an objective, remove it")
+        return cls(tuple(metrics), budget)
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int = 20
+    timeout_s: float | None = None
+    epochs: int = 2
+    steps_per_epoch: int | None = 20
+    pretrain_epochs: int = 20
+    finetune_epochs: int = 10
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Budget":
+        positive = {"integer": True, "minimum": 1}
+        return _section(cls, data, "budget", {
+            "n_trials": positive, "epochs": positive, "pretrain_epochs": positive, "finetune_epochs": positive,
+            "steps_per_epoch": {**positive, "optional": True}, "timeout_s": {"above": 0, "optional": True},
+        })
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    batch_size: int = 64
+    lr: float = 1e-3
+    pretrain_lr: float = 2e-3
+    weight_decay: float = 0.05
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+    moe_loss_weight: float = 0.01
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TrainSettings":
+        return _section(cls, data, "train", {
+            "batch_size": {"integer": True, "minimum": 1}, "lr": {"above": 0}, "pretrain_lr": {"above": 0}, "weight_decay": {"minimum": 0},
+            "distill_alpha": {"minimum": 0, "maximum": 1}, "distill_temperature": {"above": 0},
+            "moe_loss_weight": {"minimum": 0}, "seed": {"integer": True, "minimum": 0},
+        })
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A named component (sampler, pruner) with keyword arguments passed on to it."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str, names: tuple[str, ...], default: str) -> "Choice":
+        data = {} if data is None else data
+        if not isinstance(data, Mapping):
+            raise ConfigError(where, f"expected a mapping like {{name: {default}}}, got {data!r}")
+        data = dict(data)
+        name = data.pop("name", default)
+        if name not in names:
+            raise ConfigError(f"{where}.name", f"unknown {where} {name!r} (choose from {', '.join(names)})")
+        return cls(name, data)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study file."""
+
+    path: Path
+    name: str
+    model: ModelSpec
+    checkpoint: Path | None
+    data: DataSpec
+    space: SearchSpace
+    objectives: Objectives
+    latency: LatencySettings
+    budget: Budget
+    train: TrainSettings
+    sampler: Choice
+    pruner: Choice
+    storage: str
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def teacher_path(self) -> Path:
+        """The dense weights: the study's checkpoint, else where ``nas pretrain`` writes them."""
+        return self.checkpoint or self.folder / f"{self.name}-teacher.safetensors"
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> "Study":
+        """Read and validate a study file; every error names the file and the key. ``overrides`` replace top-level
+        sections after validation (``storage=``)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError("", f"cannot read study file: {e.strerror}", str(path)) from None
+        except yaml.YAMLError as e:
+            raise ConfigError("", f"not valid YAML: {e}", str(path)) from None
+        try:
+            study = cls.from_dict(data, path)
+        except ConfigError as e:
+            raise e.in_file(path) from None
+        return replace(study, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, data: Any, path: Path) -> "Study":
+        data = _check_keys(data, "", ("name", "model"), SECTIONS[2:])
+        name = data["name"]
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ConfigError("name", f"expected a name of letters, digits, '-', '_' or '.', got {name!r}")
+        folder = path.parent
+        model_data = _check_keys(data["model"], "model", ("name",), ("kwargs", "checkpoint"))
+        checkpoint = model_data.get("checkpoint")
+        if checkpoint is not None and (not isinstance(checkpoint, str) or not checkpoint):
+            raise ConfigError("model.checkpoint", f"expected a file path, got {checkpoint!r}")
+        model = ModelSpec.from_dict({k: v for k, v in model_data.items() if k != "checkpoint"})
+        objectives = Objectives.from_dict(data.get("objectives"))
+        pruner = Choice.from_dict(data.get("pruner"), "pruner", PRUNERS, "none")
+        if pruner.name != "none" and objectives.multi:
+            raise ConfigError("pruner.name", f"Optuna prunes single-objective studies only; use {{name: none}} with "
+                                             f"metrics [accuracy, latency_ms], or metrics [accuracy] to prune")
+        storage = data.get("storage") or f"sqlite:///{folder / name}.db"
+        if not isinstance(storage, str) or "://" not in storage:
+            raise ConfigError("storage", f"expected a database URL like sqlite:///studies/x.db or "
+                                         f"postgresql://user@host/db, got {storage!r}")
+        latency = LatencySettings.from_dict(data.get("latency")).resolved(folder)
+        return cls(
+            path=path, name=name, model=model, checkpoint=folder / checkpoint if checkpoint else None,
+            data=DataSpec.from_dict(data.get("data"), folder),
+            space=SearchSpace.from_dict(data.get("space"), model),
+            objectives=objectives, latency=latency, budget=Budget.from_dict(data.get("budget")),
+            train=TrainSettings.from_dict(data.get("train")),
+            sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
+            storage=storage,
+        )
+
+
+def create_sampler(study: Study, worker: int = 0):
+    """The study's Optuna sampler; worker ``i`` of a parallel search gets seed ``seed + i`` so workers draw
+    different architectures."""
+    import optuna
+
+    kwargs = dict(study.sampler.kwargs)
+    seed = kwargs.pop("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("sampler.seed", f"expected an integer, got {seed!r}", str(study.path))
+    classes = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
+               "random": optuna.samplers.RandomSampler}
+    try:
+        return classes[study.sampler.name](seed=seed + worker, **kwargs)
+    except TypeError as e:
+        raise ConfigError("sampler", f"{study.sampler.name} does not take {kwargs}: {e}", str(study.path)) from None
+
+
+def create_pruner(study: Study):
+    """The study's Optuna pruner (epochs are the steps it sees)."""
+    import optuna
+
+    classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+               "hyperband": optuna.pruners.HyperbandPruner}
+    kwargs = dict(study.pruner.kwargs)
+    if study.pruner.name == "hyperband":
+        kwargs.setdefault("min_resource", 1)
+        kwargs.setdefault("max_resource", study.budget.epochs)
+    try:
+        return classes[study.pruner.name](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError("pruner", f"{study.pruner.name} does not take {kwargs}: {e}", str(study.path)) from None

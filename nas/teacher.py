@@ -1,0 +1,103 @@
+"""The teacher: the dense model a search starts from and distills from.
+
+It is the study's ``model.checkpoint`` when given; otherwise ``nas pretrain`` trains it on the study's data and writes
+``<study folder>/<name>-teacher.safetensors``, with the model and data it was trained for in the file's metadata so a
+second run reuses it and a changed study retrains it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from search_spaces.config import ConfigError
+from search_spaces.reparam import create_model
+
+from .checkpoints import load_weights, save_weights
+from .study import Study
+from .train import LossWeights, Trainer, evaluate
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    path: str
+    epochs: int
+    val_accuracy: float
+    seconds: float
+    cached: bool
+
+
+def _fingerprint(study: Study) -> dict[str, str]:
+    """What the pretrained weights depend on; a file with other values is stale."""
+    return {"model": json.dumps(study.model.to_dict(), sort_keys=True),
+            "data": json.dumps(asdict(study.data), sort_keys=True),
+            "epochs": str(study.budget.pretrain_epochs),
+            "train": json.dumps({k: v for k, v in asdict(study.train).items() if k not in ("lr", "distill_alpha",
+                                "distill_temperature", "moe_loss_weight")}, sort_keys=True)}
+
+
+def _pretrained_metadata(study: Study) -> dict[str, str] | None:
+    path = study.teacher_path
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception:  # noqa: BLE001 - a corrupt file is simply not a cache hit; pretraining rewrites it
+        return None
+
+
+def is_pretrained(study: Study) -> bool:
+    """True when the teacher file is there and was trained for this study's model, data and epochs."""
+    if study.checkpoint is not None:
+        return study.checkpoint.is_file()
+    meta = _pretrained_metadata(study)
+    return meta is not None and all(meta.get(k) == v for k, v in _fingerprint(study).items())
+
+
+def load_teacher(study: Study) -> nn.Module:
+    """The dense teacher, in eval mode. Raises ConfigError if there is none yet (run ``nas pretrain``)."""
+    model = create_model(study.model)
+    if study.checkpoint is not None:
+        return load_weights(model, study.checkpoint, "model.checkpoint").eval()
+    if not is_pretrained(study):
+        raise ConfigError("model.checkpoint", f"no teacher weights for this study at {study.teacher_path}: "
+                                              f"run `nas pretrain {study.path}` (or give model.checkpoint)",
+                          str(study.path))
+    return load_weights(model, study.teacher_path, "teacher").eval()
+
+
+def pretrain(study: Study, train_set: Dataset, val_set: Dataset, force: bool = False,
+             on_epoch: Callable[[int, float, float], None] | None = None) -> PretrainResult:
+    """Train the dense model on the study's data (cached: a second call with the same study is a no-op)."""
+    if study.checkpoint is not None:
+        raise ConfigError("model.checkpoint", f"the study gives a checkpoint ({study.checkpoint}); there is "
+                                              "nothing to pretrain", str(study.path))
+    meta = _pretrained_metadata(study)
+    if not force and is_pretrained(study):
+        return PretrainResult(str(study.teacher_path), int(meta["epochs"]), float(meta.get("val_accuracy", "nan")),
+                              0.0, cached=True)
+    start = time.perf_counter()
+    torch.manual_seed(study.train.seed)
+    model = create_model(study.model)
+    epochs = study.budget.pretrain_epochs
+    trainer = Trainer(model, train_set, epochs=epochs, steps_per_epoch=None, batch_size=study.train.batch_size,
+                      lr=study.train.pretrain_lr, weight_decay=study.train.weight_decay,
+                      weights=LossWeights(distill_alpha=0.0), seed=study.train.seed)
+    accuracy = 0.0
+    for epoch in range(epochs):
+        loss = trainer.train_epoch()
+        accuracy = evaluate(model, val_set).accuracy
+        if on_epoch is not None:
+            on_epoch(epoch, loss, accuracy)
+    metadata = {**_fingerprint(study), "val_accuracy": f"{accuracy:.6f}"}
+    save_weights(model, study.teacher_path, metadata)
+    return PretrainResult(str(study.teacher_path), epochs, accuracy, time.perf_counter() - start, cached=False)

@@ -1,0 +1,134 @@
+"""Training loops: knowledge distillation from the dense teacher plus the latency-aware MoE balance loss.
+
+One loop serves pretraining the teacher (no teacher, no MoE), a trial's short fine-tune and ``nas finetune``.
+A loss that turns NaN or infinite raises :class:`TrainingDiverged` at once, so a trial fails with that reason instead
+of scoring a broken model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from search_spaces.ops.moe import moe_aux_loss
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    distill_alpha: float = 0.5  # 0: labels only
+    temperature: float = 2.0
+    moe: float = 0.01
+
+
+def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+                      weights: LossWeights) -> torch.Tensor:
+    """(1 - alpha) CE(labels) + alpha T² KL(teacher_T || student_T) (Hinton et al.)."""
+    ce = F.cross_entropy(logits, labels)
+    if teacher_logits is None or weights.distill_alpha == 0:
+        return ce
+    t = weights.temperature
+    kl = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), log_target=True,
+                  reduction="batchmean") * t * t
+    return (1 - weights.distill_alpha) * ce + weights.distill_alpha * kl
+
+
+def _batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled batches (a new order every pass)."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
+                        generator=generator)
+    while True:
+        yield from loader
+
+
+class Trainer:
+    """Trains ``model`` for ``epochs`` × ``steps_per_epoch`` AdamW steps with a cosine learning-rate decay.
+
+    Example:
+        >>> trainer = Trainer(model, train_set, epochs=2, steps_per_epoch=10, teacher=teacher)  # doctest: +SKIP
+        >>> for epoch in range(2):
+        ...     trainer.train_epoch()
+        ...     accuracy = evaluate(model, val_set)
+    """
+
+    def __init__(self, model: nn.Module, train_set: Dataset, *, epochs: int, steps_per_epoch: int | None,
+                 batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
+                 teacher: nn.Module | None = None, weights: LossWeights = LossWeights(), seed: int = 0) -> None:
+        self.model, self.teacher, self.weights = model, teacher, weights
+        per_pass = max(1, len(train_set) // batch_size)
+        self.steps_per_epoch = steps_per_epoch or per_pass
+        self.batches = _batches(train_set, batch_size, seed)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                           weight_decay=weight_decay)
+        total = epochs * self.steps_per_epoch
+        warmup = max(1, total // 20)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
+        )
+        self.step = 0
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def train_epoch(self, on_step: Callable[[int, float], None] | None = None) -> float:
+        """One epoch of steps; returns the mean loss. Raises :class:`TrainingDiverged` on a NaN/inf loss."""
+        self.model.train()
+        total = 0.0
+        for _ in range(self.steps_per_epoch):
+            images, labels = next(self.batches)
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images)
+            logits = self.model(images)
+            loss = distillation_loss(logits, labels, teacher_logits, self.weights)
+            aux = moe_aux_loss(self.model)
+            if aux is not None and self.weights.moe > 0:
+                loss = loss + self.weights.moe * aux
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss is {value} at step {self.step + 1} (epoch step "
+                                       f"{self.step % self.steps_per_epoch + 1} of {self.steps_per_epoch})")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            self.optimizer.step()
+            self.schedule.step()
+            self.step += 1
+            total += value
+            if on_step is not None:
+                on_step(self.step, value)
+        return total / self.steps_per_epoch
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float  # top-1, in [0, 1]
+    moe_shares: dict[int, list[float]]  # MoE block -> share of token assignments per expert over the whole set
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> Evaluation:
+    """Top-1 accuracy, and the routers' token split over every validation token (what the predictor prices)."""
+    from latency_model.predictor import router_shares
+
+    model.eval()
+    correct, shares, weights = 0, {}, 0
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
+        correct += int((model(images).argmax(-1) == labels).sum())
+        for block, fraction in router_shares(model).items():
+            previous = shares.get(block, [0.0] * len(fraction))
+            shares[block] = [p + f * len(labels) for p, f in zip(previous, fraction)]
+        weights += len(labels)
+    return Evaluation(correct / max(1, len(dataset)),
+                      {b: [v / weights for v in s] for b, s in shares.items()})
