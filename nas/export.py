@@ -33,8 +33,7 @@ def pareto_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
 
 def _feasible(ostudy: optuna.Study) -> list[FrozenTrial]:
     complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t for t in complete if all(v <= 0 for v in t.system_attrs.get("constraints", []) or [])
-            and all(v <= 0 for k, v in t.system_attrs.items() if k.startswith("constraints:"))]
+    return [t for t in complete if all(v <= 0 for v in t.constraints.values())]
 
 
 def best_trial(ostudy: optuna.Study, tolerance: float = BEST_TOLERANCE) -> FrozenTrial:

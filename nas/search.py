@@ -32,6 +32,12 @@ METRIC_NAMES = {"accuracy": "accuracy", "latency_ms": "latency_ms"}
 # Trials that use up the budget: finished ones and those being run or queued now.
 PLANNED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 SQLITE_TIMEOUT_S = 60
+# A worker whose trials fail this many times in a row stops: the cause is the setup, not one architecture.
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class SearchError(RuntimeError):
+    """The search could not go on (its workers stopped); what is stored stays valid and a re-run continues."""
 
 
 def redact(url: str) -> str:
@@ -150,8 +156,8 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     ostudy.sampler = create_sampler(study, worker)
     objective = optuna_objective(Evaluator(study, threads=threads))
     deadline = time.monotonic() + timeout_s if timeout_s else None
-    ran = 0
-    while deadline is None or time.monotonic() < deadline:
+    ran, failed_in_a_row = 0, 0
+    while (deadline is None or time.monotonic() < deadline) and failed_in_a_row < MAX_CONSECUTIVE_FAILURES:
         trial = _claim(study, ostudy, n_trials)
         if trial is None:
             break
@@ -166,10 +172,16 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
             ostudy.tell(trial, state=TrialState.FAIL)
+            failed_in_a_row += 1
+            ran += 1
+            continue
         else:
             trial.set_user_attr("wall_s", round(time.perf_counter() - start, 3))
             ostudy.tell(trial, values)
+        failed_in_a_row = 0
         ran += 1
+    if failed_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+        raise SearchError(f"{failed_in_a_row} trials in a row failed; this worker stopped")
     return ran
 
 
@@ -178,13 +190,9 @@ def _worker_main(*args: Any) -> None:
 
     try:
         run_worker(*args)
-    except ConfigError as e:
+    except (ConfigError, SearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-class SearchError(RuntimeError):
-    """The search could not go on (its workers stopped); what is stored stays valid and a re-run continues."""
 
 
 @dataclass
@@ -266,6 +274,7 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, timeout_
     bad = [p for p in processes if p.exitcode not in (0, None)]
     if bad and after.finished < n_trials:
         codes = ", ".join(f"{p.name} exit {p.exitcode}" for p in bad)
-        raise SearchError(f"search workers stopped early ({codes}); {after.finished} of {n_trials} trials finished; "
-                           f"run the same command again to continue")
+        last = f"; last failure: trial {after.failures[-1][0]}: {after.failures[-1][1]}" if after.failures else ""
+        raise SearchError(f"search workers stopped early ({codes}); {after.finished} of {n_trials} trials "
+                          f"finished{last}. Fix the cause and run the same command again to continue")
     return SearchSummary(before, after, time.perf_counter() - start, workers)

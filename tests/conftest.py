@@ -15,3 +15,24 @@ def _seed():
 @pytest.fixture
 def tiny_spec() -> ModelSpec:
     return ModelSpec("deit_tiny_patch16_224", TINY_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def searchable(tmp_path_factory):
+    """A tiny study's predictor and teacher, made once; returns a function writing a study file that uses them."""
+    from search_fixtures import base_study, prepare, write_study
+
+    root = tmp_path_factory.mktemp("searchable")
+    teacher = prepare(root)
+
+    def study_file(folder, **changes):
+        data = base_study(root)
+        data["model"]["checkpoint"] = str(teacher)
+        for section, values in changes.items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+        return write_study(folder / "study.yaml", data)
+
+    return study_file

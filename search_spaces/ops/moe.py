@@ -159,7 +159,9 @@ class MoEMlp(nn.Module):
         threshold_in = top[:, self.top_k : self.top_k + 1]  # the k+1-th value: what an expert in the top-k must beat
         threshold_out = top[:, self.top_k - 1 : self.top_k]  # the k-th value: what an outside expert must beat
         is_in = noisy > threshold_in
-        normal = Normal(torch.zeros((), device=clean.device), torch.ones((), device=clean.device))
+        # No argument validation: a diverging model must reach the trainer's NaN check, not fail in here.
+        normal = Normal(torch.zeros((), device=clean.device), torch.ones((), device=clean.device),
+                        validate_args=False)
         prob_if_in = normal.cdf((clean - threshold_in) / noise_std)
         prob_if_out = normal.cdf((clean - threshold_out) / noise_std)
         return torch.where(is_in, prob_if_in, prob_if_out)

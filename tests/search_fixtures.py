@@ -1,0 +1,47 @@
+"""A tiny study ready to search: its predictor (profiled with untuned kernels) and teacher are made once per session.
+
+Each test writes its own study file (own storage) pointing at the shared predictor and teacher, so tests cannot see
+each other's trials.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+TINY_MODEL = {"name": "deit_tiny_patch16_224",
+              "kwargs": {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2,
+                         "num_classes": 10}}
+TINY_SPACE = {"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["dense", "shift"],
+                          "proj": ["dense"], "mlp": ["dense", "shift", "moe"]}}
+
+
+def base_study(root: Path) -> dict:
+    return {
+        "name": "tiny",
+        "model": dict(TINY_MODEL),
+        "space": TINY_SPACE,
+        "latency": {"db": f"sqlite:///{root / 'latency.db'}", "predictor": str(root / "predictor.json"),
+                    "trials": 0, "repeats": 3, "calibration": 2},
+        "budget": {"n_trials": 3, "epochs": 2, "steps_per_epoch": 2, "pretrain_epochs": 2, "finetune_epochs": 1},
+        "train": {"batch_size": 32},
+    }
+
+
+def prepare(root: Path) -> Path:
+    """Profile, fit and pretrain the tiny study in ``root``; returns the teacher checkpoint."""
+    from nas.cli import main
+
+    os.environ.setdefault("SHIFTADD_CACHE", str(root / "kernels"))
+    study = write_study(root / "base.yaml", base_study(root))
+    assert main(["profile", str(study)]) == 0
+    assert main(["fit-latency", str(study)]) == 0
+    assert main(["pretrain", str(study)]) == 0
+    return root / "tiny-teacher.safetensors"
+
+
+def write_study(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

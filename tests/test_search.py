@@ -1,0 +1,185 @@
+"""The search end to end on real parts: Optuna RDB storage (SQLite), worker processes, timm, the digits data."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from nas.checkpoints import load_model
+from nas.cli import main
+from nas.study import Study
+from search_spaces import ArchConfig
+
+
+def _trials(study_file):
+    study = Study.load(study_file)
+    return optuna.load_study(study_name=study.name, storage=study.storage).get_trials()
+
+
+def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
+    study_file = searchable(tmp_path)
+    assert main(["search", str(study_file)]) == 0
+    trials = _trials(study_file)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # the two reference points are queued first, then the sampler's choices
+    assert [t.user_attrs.get("reference") for t in trials[:2]] == ["dense", "paper"]
+    for t in trials:
+        attrs = t.user_attrs
+        config = ArchConfig.from_json(attrs["config"])
+        assert config.depth == 2 and attrs["config_id"] == config.id
+        assert t.values == [attrs["accuracy"], attrs["latency_ms"]] and 0 <= attrs["accuracy"] <= 1
+        assert len(attrs["latency_breakdown"]["blocks"]) == 2 and attrs["latency_ms"] > 0
+        assert attrs["weights"]["total"] > 0 and attrs["wall_s"] > 0 and len(attrs["accuracy_history"]) == 2
+        moe_blocks = [str(i) for i, b in enumerate(config.blocks) if b.mlp == "moe"]
+        assert sorted(attrs["moe_split"]) == moe_blocks
+        for shares in attrs["moe_split"].values():
+            assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+
+    out = tmp_path / "export"
+    assert main(["export", str(study_file), "--trial", "pareto", "--out", str(out)]) == 0
+    exported = sorted(out.glob("trial-*.yaml"))
+    assert exported
+    data = yaml.safe_load(exported[0].read_text())
+    assert data["provenance"]["study"] == "tiny" and data["provenance"]["latency_ms"] > 0
+    config = ArchConfig.load(exported[0])
+    assert config.to_json() == trials[data["provenance"]["trial"]].user_attrs["config"]
+
+    tuned = tmp_path / "finetuned"
+    capsys.readouterr()
+    assert main(["finetune", str(exported[0]), "--epochs", "1", "--out", str(tuned)]) == 0
+    result = json.loads((tuned / "result.json").read_text())
+    assert result["measured_ms"] > 0 and result["predicted_ms"] > 0
+    # the documented one-call rebuild gives the fine-tuned model: same validation accuracy
+    from nas import data as datasets
+    from nas.train import evaluate
+
+    model = load_model(tuned / "arch.yaml", tuned / "model.safetensors")
+    _, val = datasets.load(Study.load(study_file).data, 16, 10)
+    assert evaluate(model, val).accuracy == pytest.approx(result["accuracy"])
+
+
+def test_search_resumes_the_stored_study(searchable, tmp_path):
+    study_file = searchable(tmp_path)
+    assert main(["search", str(study_file), "--n-trials", "3"]) == 0
+    first = _trials(study_file)
+    assert main(["search", str(study_file), "--n-trials", "5"]) == 0
+    again = _trials(study_file)
+    assert [t.state for t in again] == [TrialState.COMPLETE] * 5
+    for old, new in zip(first, again[:3]):  # the stored trials are untouched, not re-run
+        assert (old.number, old.params, old.values, old.datetime_complete) == \
+               (new.number, new.params, new.values, new.datetime_complete)
+    assert main(["search", str(study_file), "--n-trials", "5"]) == 0  # nothing left to do
+    assert len(_trials(study_file)) == 5
+
+
+def test_two_workers_share_one_sqlite_study_exactly(searchable, tmp_path):
+    study_file = searchable(tmp_path, budget={"n_trials": 5})
+    assert main(["search", str(study_file), "--workers", "2"]) == 0
+    trials = _trials(study_file)
+    assert [t.number for t in trials] == list(range(5))
+    assert all(t.state == TrialState.COMPLETE for t in trials)  # none lost, none extra
+    assert len({t.user_attrs["worker"] for t in trials}) <= 2
+
+
+def test_diverging_trials_fail_with_their_reason_and_keep_the_study(searchable, tmp_path, capsys):
+    study_file = searchable(tmp_path, budget={"n_trials": 2})
+    assert main(["search", str(study_file)]) == 0
+    # the same study continued with a learning rate that makes every loss blow up
+    searchable(tmp_path, budget={"n_trials": 4}, train={"batch_size": 32, "lr": 1.0e12})
+    capsys.readouterr()
+    assert main(["search", str(study_file)]) == 2
+    err = capsys.readouterr().err
+    assert "trials finished" in err and "TrainingDiverged" in err and "Traceback" not in err
+    trials = _trials(study_file)
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2  # what was stored survives
+    failed = trials[2:]
+    assert len(failed) == 3 and all(t.state == TrialState.FAIL for t in failed)
+    assert all("loss is" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path):
+    study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1e-6},
+                            pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
+    assert main(["search", str(study_file)]) == 0
+    trials = _trials(study_file)
+    assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all(len(t.values) == 1 for t in complete)
+    # nothing is faster than 1 ns: every complete trial is infeasible, so there is no best to export
+    assert complete and all(t.constraints["latency_ms"] > 0 for t in complete)
+    assert main(["export", str(study_file), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_report_writes_plots_and_csv(searchable, tmp_path):
+    study_file = searchable(tmp_path)
+    assert main(["search", str(study_file)]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(study_file), "--out", str(out)]) == 0
+    rows = (out / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 and rows[1].split(",")[4] == "dense"
+    assert sum(int(r.split(",")[3]) for r in rows[1:]) >= 1  # at least one Pareto point
+    for png in ("pareto.png", "allocation.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_the_study_on_loopback(searchable, tmp_path):
+    study_file = searchable(tmp_path, budget={"n_trials": 1})
+    assert main(["search", str(study_file)]) == 0
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "nas.cli", "dashboard", str(study_file), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    studies = json.loads(response.read())
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"dashboard did not answer: {server.stdout.read().decode()[-2000:]}")
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["tiny"]
+        # bound to loopback only: the machine's other addresses do not answer
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            other = socket.gethostbyname(socket.gethostname())
+            if not other.startswith("127."):
+                assert probe.connect_ex((other, port)) != 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_pretrain_is_cached_and_retrains_when_the_study_changes(tmp_path, capsys):
+    from search_fixtures import TINY_MODEL, write_study
+
+    study_file = write_study(tmp_path / "p.yaml", {"name": "p", "model": TINY_MODEL,
+                                                  "budget": {"pretrain_epochs": 1}, "train": {"batch_size": 64}})
+    assert main(["pretrain", str(study_file)]) == 0
+    teacher = tmp_path / "p-teacher.safetensors"
+    stamp = teacher.stat().st_mtime_ns
+    assert main(["pretrain", str(study_file)]) == 0
+    assert teacher.stat().st_mtime_ns == stamp and "already trained" in capsys.readouterr().out
+    write_study(study_file, {"name": "p", "model": TINY_MODEL, "budget": {"pretrain_epochs": 2},
+                             "train": {"batch_size": 64}})
+    assert main(["pretrain", str(study_file)]) == 0
+    assert teacher.stat().st_mtime_ns != stamp
+    from safetensors import safe_open
+
+    with safe_open(str(teacher), "pt") as f:
+        metadata = f.metadata()
+    assert metadata["epochs"] == "2" and 0 <= float(metadata["val_accuracy"]) <= 1
