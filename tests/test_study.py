@@ -1,0 +1,74 @@
+"""Study files: every section validated on load, errors that name the file, the key and the value."""
+
+import optuna
+import pytest
+import yaml
+
+from nas.cli import main
+from nas.study import Study, create_pruner, create_sampler
+from search_fixtures import TINY_MODEL
+from search_spaces import ConfigError
+
+
+def _write(tmp_path, **sections):
+    data = {"name": "s", "model": TINY_MODEL, **sections}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_and_paths_relative_to_the_study(tmp_path):
+    study = Study.load(_write(tmp_path))
+    assert study.storage == f"sqlite:///{tmp_path}/s.db"
+    assert study.teacher_path == tmp_path / "s-teacher.safetensors"
+    assert study.latency.db == f"sqlite:///{tmp_path}/latency.db"
+    assert study.objectives.directions == ["maximize", "minimize"]
+    assert study.space.depth == 2 and study.data.source == "digits"
+
+    def draws(worker):
+        ostudy = optuna.create_study(sampler=create_sampler(study, worker), directions=["maximize", "minimize"])
+        return [study.space.suggest(ostudy.ask()).id for _ in range(4)]
+
+    assert draws(0) == draws(0) and draws(0) != draws(1)  # reproducible, and parallel workers draw differently
+
+
+@pytest.mark.parametrize("sections, where, words", [
+    ({"budgets": {}}, "unknown key(s) 'budgets'", ""),
+    ({"budget": {"n_trials": 0}}, "budget.n_trials", ">= 1"),
+    ({"budget": {"epochs": "two"}}, "budget.epochs", "'two'"),
+    ({"train": {"lr": -1}}, "train.lr", "> 0"),
+    ({"train": {"distill_alpha": 1.5}}, "train.distill_alpha", "<= 1"),
+    ({"objectives": {"metrics": ["latency_ms"]}}, "objectives.metrics", "[accuracy]"),
+    ({"objectives": {"latency_budget_ms": 2}}, "objectives.latency_budget_ms", "single objective"),
+    ({"sampler": {"name": "cmaes"}}, "sampler.name", "tpe, nsga2, random"),
+    ({"pruner": {"name": "median"}}, "pruner.name", "single-objective"),
+    ({"storage": "studies/x.db"}, "storage", "database URL"),
+    ({"data": {"source": "cifar"}}, "data.source", "digits, imagefolder"),
+    ({"data": {"source": "imagefolder"}}, "data.path", "train/ and val/"),
+    ({"space": {"choices": {"mlp": ["moe", "conv"]}}}, "space.choices.mlp[1]", "'conv'"),
+    ({"latency": {"trials": -1}}, "latency.trials", ">= 0"),
+])
+def test_each_mistake_names_its_key(tmp_path, sections, where, words):
+    path = _write(tmp_path, **sections)
+    with pytest.raises(ConfigError) as error:
+        Study.load(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and where in message and words in message
+
+
+def test_sampler_and_pruner_arguments_are_checked_when_built(tmp_path):
+    study = Study.load(_write(tmp_path, sampler={"name": "tpe", "n_startup": 3}))
+    with pytest.raises(ConfigError, match="tpe does not take"):
+        create_sampler(study)
+    study = Study.load(_write(tmp_path, objectives={"metrics": ["accuracy"]},
+                              pruner={"name": "median", "n_startup_trials": 2}))
+    assert type(create_pruner(study)).__name__ == "MedianPruner"
+
+
+def test_validate_command(tmp_path, capsys):
+    assert main(["validate", str(_write(tmp_path))]) == 0
+    assert "1438 train / 359 val" in capsys.readouterr().out
+    bad = _write(tmp_path, model={**TINY_MODEL, "kwargs": {**TINY_MODEL["kwargs"], "num_classes": 3}})
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "num_classes" in err and "10 classes" in err and "Traceback" not in err

@@ -1,0 +1,107 @@
+"""Training loop, checkpoints and image folders on real files the tests make."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nas import data
+from nas.checkpoints import load_weights, read_weights, save_weights
+from nas.study import DataSpec
+from nas.train import LossWeights, Trainer, TrainingDiverged, distillation_loss, evaluate
+from search_spaces import ArchConfig, ConfigError, build_model
+from search_spaces.reparam import create_model
+
+
+def test_distillation_loss_is_cross_entropy_plus_tempered_kl():
+    logits, labels = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    assert distillation_loss(logits, labels, None, LossWeights()) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, labels)))
+    # distilling from itself adds nothing: KL(p || p) = 0
+    same = distillation_loss(logits, labels, logits, LossWeights(distill_alpha=0.5))
+    assert float(same) == pytest.approx(0.5 * float(torch.nn.functional.cross_entropy(logits, labels)), abs=1e-5)
+
+
+def test_training_improves_a_tiny_model_and_divergence_is_reported(tiny_spec):
+    train = data.digits(32, "train")
+    model = create_model(tiny_spec)
+    before = evaluate(model, train).accuracy
+    trainer = Trainer(model, train, epochs=1, steps_per_epoch=60, lr=3e-3, weights=LossWeights(0.0))
+    trainer.train_epoch()
+    assert evaluate(model, train).accuracy > before + 0.1
+
+    config = ArchConfig.from_dict({"model": tiny_spec.to_dict(), "blocks": [
+        {"attention": "additive", "qkv": "shift", "proj": "dense", "mlp": "moe",
+         "moe": {"top_k": 1, "experts": ["dense", "shift"]}},
+        {"attention": "msa", "qkv": "dense", "proj": "dense", "mlp": "dense"}]})
+    student = build_model(config, model)
+    blowup = Trainer(student, train, epochs=1, steps_per_epoch=5, lr=1e12, teacher=model)
+    with pytest.raises(TrainingDiverged, match="loss is (nan|inf)"):
+        blowup.train_epoch()
+
+
+def test_checkpoints_round_trip_and_refuse_what_does_not_fit(tmp_path, tiny_spec):
+    model = create_model(tiny_spec)
+    path = save_weights(model, tmp_path / "m.safetensors", {"note": "x"})
+    other = create_model(tiny_spec)
+    load_weights(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    # a torch file holding a wrapped state dict is read with weights_only
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "m.pt")
+    assert read_weights(tmp_path / "m.pt").keys() == model.state_dict().keys()
+
+    wider = create_model(type(tiny_spec)(tiny_spec.name, {**tiny_spec.kwargs, "embed_dim": 48}))
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"does not match the model; shape \(file vs model\)"):
+        load_weights(wider, path)
+    assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())  # untouched
+
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="truncated or corrupt"):
+        read_weights(truncated)
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "m.pt").read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="not a readable torch checkpoint"):
+        read_weights(tmp_path / "cut.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    torch.save({"weights": torch.zeros(2), "evil": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ConfigError, match="holds code objects"):
+        read_weights(tmp_path / "evil.pt")
+    assert "code ran" not in capsys.readouterr().out
+
+
+def _png_folder(root, classes, per_class=3):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (10, 12), dtype=np.uint8), "L").save(folder / f"{i}.png")
+
+
+def test_image_folder_loads_real_files_and_rejects_bad_layouts(tmp_path):
+    _png_folder(tmp_path / "ok", ["cat", "dog"])
+    train, val = data.load(DataSpec("imagefolder", str(tmp_path / "ok")), img_size=16, num_classes=10)
+    image, label = train[0]
+    assert image.shape == (3, 16, 16) and label == 0 and len(train) == len(val) == 6
+    assert -1 <= float(image.min()) < float(image.max()) <= 1
+
+    _png_folder(tmp_path / "one", ["cat"])
+    with pytest.raises(ConfigError, match="1 class folder"):
+        data.load(DataSpec("imagefolder", str(tmp_path / "one")), 16, 10)
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "train" / "b").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="has no images"):
+        data.load(DataSpec("imagefolder", str(tmp_path / "empty")), 16, 10)
+    with pytest.raises(ConfigError, match="is not a folder"):
+        data.load(DataSpec("imagefolder", str(tmp_path / "missing")), 16, 10)
+    with pytest.raises(ConfigError, match="num_classes"):
+        data.load(DataSpec("imagefolder", str(tmp_path / "ok")), 16, 1)
