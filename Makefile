@@ -4,8 +4,10 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 STUDY  ?= studies/quickstart.yaml
-# The demo profiles with untuned kernels (--trials 0) so it finishes in minutes; `nas profile` without it tunes.
+# The demo profiles with untuned kernels (--kernel-trials 0) so it finishes in about 15 minutes on 2 cores;
+# `nas profile` / `nas run` without it tune every kernel (latency.trials in the study).
 DEMO_TRIALS ?= 0
+DEMO_WORKERS ?= 2
 
 .PHONY: demo test install clean
 
@@ -19,11 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	mkdir -p studies/runs
-	$(BIN)/nas sample $(STUDY) --out studies/runs/demo-arch.yaml
-	$(BIN)/nas profile $(STUDY) --trials $(DEMO_TRIALS)
-	$(BIN)/nas fit-latency $(STUDY)
-	$(BIN)/nas latency $(STUDY) --config studies/runs/demo-arch.yaml --measure --trials $(DEMO_TRIALS)
+	$(BIN)/nas run $(STUDY) --kernel-trials $(DEMO_TRIALS) --workers $(DEMO_WORKERS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
