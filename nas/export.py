@@ -159,6 +159,16 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
     return finetuned
 
 
+def profiled_trials(study: Study) -> int:
+    """The tuning trials the study's kernels were profiled with, so a measurement runs the kernels the predictor
+    was fitted on (and a demo profiled untuned does not start tuning here)."""
+    from latency_model import db
+
+    rows = db.latest(db.connect(study.latency.db), study.latency.device)
+    tvm = [r.trials for r in rows if r.op.startswith("tvm.")]
+    return max(tvm) if tvm else study.latency.trials
+
+
 def measure_latency(study: Study, model) -> float:
     """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size."""
     from kernels.runtime import KernelSet, to_kernels
@@ -166,6 +176,6 @@ def measure_latency(study: Study, model) -> float:
     from latency_model.timing import time_model
 
     settings = study.latency
-    fast = to_kernels(model, KernelSet(settings.target, settings.trials))
+    fast = to_kernels(model, KernelSet(settings.target, profiled_trials(study)))
     return time_model(fast, settings.batch_sizes[0], ModelDims.of(study.model).img,
                       repeats=settings.repeats).median_ms

@@ -68,15 +68,18 @@ def set_router_latencies(model: torch.nn.Module, config: ArchConfig, predictor: 
 class Evaluator:
     """Scores architectures of one study. Built once per worker: it loads the teacher, the data and the predictor."""
 
-    def __init__(self, study: Study, threads: int | None = None) -> None:
+    def __init__(self, study: Study, threads: int | None = None, teacher: torch.nn.Module | None = None,
+                 predictor: Predictor | None = None) -> None:
+        """``teacher`` and ``predictor`` default to the study's files; a Ray worker on another node gets them
+        passed in instead (they travel with the trial)."""
         if threads:
             torch.set_num_threads(threads)
         self.study = study
-        self.teacher = load_teacher(study)
+        self.teacher = teacher if teacher is not None else load_teacher(study)
         dims = ModelDims.of(study.model)
         self.train_set, self.val_set = data.load(study.data, dims.img, dims.classes)
         settings = study.latency
-        self.predictor = Predictor.load(settings.predictor, device=settings.device)
+        self.predictor = predictor or Predictor.load(settings.predictor, device=settings.device)
         self.batch = settings.batch_sizes[0]
 
     def run(self, config: ArchConfig, epochs: int | None = None, full_epochs: bool = False,
@@ -92,7 +95,7 @@ class Evaluator:
         epochs = epochs or budget.epochs
         start = time.perf_counter()
         torch.manual_seed(train.seed if seed is None else seed)
-        model = build_model(config, self.teacher)
+        model = build_model(config, self.teacher).requires_grad_(True)  # every weight is fine-tuned
         set_router_latencies(model, config, self.predictor, self.batch)
         trainer = Trainer(
             model, self.train_set, epochs=epochs,

@@ -87,11 +87,17 @@ def _run_search(study: Study, n_trials: int | None, workers: int, timeout_s: flo
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("starting workers", total=total)
 
+        last_line = ""
+
         def on_progress(p) -> None:
+            nonlocal last_line
             c = p.counts
-            progress.update(task, completed=min(p.finished, total), description=(
-                f"done {c.get('COMPLETE', 0)}, running {c.get('RUNNING', 0)}, pruned {c.get('PRUNED', 0)}, "
-                f"failed {c.get('FAIL', 0)}  {p.best}"))
+            line = (f"done {c.get('COMPLETE', 0)}, running {c.get('RUNNING', 0)}, pruned {c.get('PRUNED', 0)}, "
+                    f"failed {c.get('FAIL', 0)}  {p.best}")
+            progress.update(task, completed=min(p.finished, total), description=line)
+            if not console.is_terminal and line != last_line:  # a log file gets one line per change instead
+                progress.console.print(f"trials {min(p.finished, total)}/{total}: {line}")
+                last_line = line
             for number, reason in p.failures:
                 if number not in shown_failures:
                     shown_failures.add(number)
@@ -103,9 +109,26 @@ def _run_search(study: Study, n_trials: int | None, workers: int, timeout_s: flo
                   f"study; {summary.after.best}")
 
 
+def _run_ray_search(study: Study, args: argparse.Namespace) -> None:
+    from .ray_search import search
+
+    where = f"the Ray cluster at {args.ray_address}" if args.ray_address else "a local Ray"
+    console.print(f"search [bold]{study.name}[/] on {where}: up to {args.workers} concurrent trial(s), "
+                  f"{args.cpus_per_trial} CPU and {args.gpus_per_trial} GPU each")
+    summary = search(study, args.n_trials, args.workers, args.ray_address, args.cpus_per_trial,
+                     args.gpus_per_trial, on_trial=lambda tid, state: console.print(f"  ray trial {tid}: {state}"))
+    console.print(f"{summary.ran} trial(s) finished in this run ({summary.seconds:.0f} s), {summary.finished} in "
+                  "the study")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     study = _load(args)
-    _run_search(study, args.n_trials, args.workers, args.timeout)
+    if args.backend == "ray":
+        _run_ray_search(study, args)
+    else:
+        if args.ray_address:
+            raise ConfigError("--ray-address", "only with --backend ray")
+        _run_search(study, args.n_trials, args.workers, args.timeout)
     console.print(f"next: nas report {args.study}   |   nas dashboard {args.study}")
     return 0
 
@@ -227,7 +250,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         console.print(f"[dim]3/6 teacher: {study.teacher_path} (cached)[/]")
     console.print("[bold]4/6 search[/]")
-    _run_search(study, args.n_trials, args.workers, None)
+    if args.backend == "ray":
+        _run_ray_search(study, args)
+    else:
+        _run_search(study, args.n_trials, args.workers, None)
     console.print("[bold]5/6 report[/]")
     ostudy = _open(study)
     rep = report(ostudy, out / "report", f"{study.name}: {study.model.name} on {study.data.source}, "
@@ -262,8 +288,15 @@ def add_commands(add, positive_int, non_negative_int) -> None:
         parser.add_argument("--n-trials", type=positive_int, help="finished trials to reach (default: the study's "
                                                                   "budget.n_trials); a re-run continues up to it")
         parser.add_argument("--workers", type=positive_int, default=1,
-                            help="local worker processes sharing the storage (default: 1); CPU threads are split "
-                                 "between them")
+                            help="optuna backend: local worker processes sharing the storage (CPU threads are split "
+                                 "between them); ray backend: trials run at once (default: 1)")
+        parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
+                            help="optuna: local processes (default); ray: Ray Tune trials, on a local Ray or a cluster")
+        parser.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                            help="join this Ray cluster (default: start a light local Ray for this search)")
+        parser.add_argument("--cpus-per-trial", type=float, default=1.0,
+                            help="ray: CPUs reserved per trial; torch and TVM threads are capped to it (default: 1)")
+        parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray: GPUs per trial (default: 0)")
 
     search = add("search", cmd_search, "run or continue the study's search (Optuna, local worker processes)")
     study_arg(search)

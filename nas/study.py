@@ -33,7 +33,8 @@
       moe_loss_weight: 0.01               # weight of the latency-aware MoE balance loss
       seed: 0
     sampler: {name: tpe, seed: 0}         # tpe | nsga2 | random
-    pruner: {name: none}                  # none | median | hyperband (single objective only; kwargs passed on)
+    pruner: {name: none}                  # none | median | hyperband | asha (single objective only; kwargs passed
+                                          #   on). asha: Optuna's SuccessiveHalvingPruner, Ray's ASHAScheduler
     storage: null                         # any SQLAlchemy URL Optuna accepts; default sqlite:///<dir>/<name>.db
 
 Relative paths (checkpoint, data path, storage file) are relative to the study file's folder.
@@ -57,7 +58,7 @@ SECTIONS = ("name", "model", "data", "space", "objectives", "latency", "budget",
             "storage")
 METRICS = ("accuracy", "latency_ms")
 SAMPLERS = ("tpe", "nsga2", "random")
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "hyperband", "asha")
 DATA_SOURCES = ("digits", "imagefolder")
 
 
@@ -228,9 +229,18 @@ class Study:
         sections after validation (``storage=``)."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            text = path.read_text()
         except OSError as e:
             raise ConfigError("", f"cannot read study file: {e.strerror}", str(path)) from None
+        return cls.parse(text, path, **overrides)
+
+    @classmethod
+    def parse(cls, text: str, path: str | Path, **overrides: Any) -> "Study":
+        """A study from the text of its file (``path`` locates relative paths; e.g. on a Ray node without the
+        file)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError("", f"not valid YAML: {e}", str(path)) from None
         try:
@@ -294,7 +304,7 @@ def create_pruner(study: Study):
     import optuna
 
     classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-               "hyperband": optuna.pruners.HyperbandPruner}
+               "hyperband": optuna.pruners.HyperbandPruner, "asha": optuna.pruners.SuccessiveHalvingPruner}
     kwargs = dict(study.pruner.kwargs)
     if study.pruner.name == "hyperband":
         kwargs.setdefault("min_resource", 1)

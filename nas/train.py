@@ -68,8 +68,7 @@ class Trainer:
         per_pass = max(1, len(train_set) // batch_size)
         self.steps_per_epoch = steps_per_epoch or per_pass
         self.batches = _batches(train_set, batch_size, seed)
-        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                           weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         total = epochs * self.steps_per_epoch
         warmup = max(1, total // 20)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -78,7 +77,7 @@ class Trainer:
         )
         self.step = 0
         if teacher is not None:
-            teacher.eval().requires_grad_(False)
+            teacher.eval()  # its forward runs under no_grad; its own flags stay as they are (it is copied per trial)
 
     def train_epoch(self, on_step: Callable[[int, float], None] | None = None) -> float:
         """One epoch of steps; returns the mean loss. Raises :class:`TrainingDiverged` on a NaN/inf loss."""

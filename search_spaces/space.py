@@ -207,6 +207,18 @@ class SearchSpace:
         """Draw an architecture uniformly per decision."""
         return self._build(lambda name, options: options[int(rng.integers(len(options)))])
 
+    def from_params(self, params: Mapping[str, Any]) -> ArchConfig:
+        """The architecture that :meth:`suggest` produced with these parameters (e.g. a Ray Tune trial's config)."""
+
+        def look_up(name, options):
+            if name not in params:
+                raise ConfigError(name, f"missing from the parameters {sorted(params)}")
+            if params[name] not in options:
+                raise ConfigError(name, f"{params[name]!r} is not in this space's options {list(options)}")
+            return params[name]
+
+        return self._build(look_up)
+
     def params_of(self, config: ArchConfig) -> dict[str, Any]:
         """The Optuna parameters that :meth:`suggest` would set to produce ``config`` (for enqueueing a known one)."""
         params: dict[str, Any] = {}

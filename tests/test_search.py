@@ -9,6 +9,7 @@ import urllib.request
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -183,3 +184,17 @@ def test_pretrain_is_cached_and_retrains_when_the_study_changes(tmp_path, capsys
     with safe_open(str(teacher), "pt") as f:
         metadata = f.metadata()
     assert metadata["epochs"] == "2" and 0 <= float(metadata["val_accuracy"]) <= 1
+
+
+def test_every_trial_fine_tunes_all_weights_and_leaves_the_teacher_alone(searchable, tmp_path):
+    from nas.objective import Evaluator
+
+    study = Study.load(searchable(tmp_path))
+    evaluator = Evaluator(study)
+    teacher = {k: v.clone() for k, v in evaluator.teacher.state_dict().items()}
+    dense = ArchConfig.dense(study.model, study.space.depth)
+    for _ in range(2):  # a second trial in the same worker trains as the first did
+        result, model = evaluator.run(dense)
+        assert not torch.equal(model.head.weight, teacher["head.weight"])
+        assert not torch.equal(model.blocks[0].attn.qkv.weight, teacher["blocks.0.attn.qkv.weight"])
+    assert all(torch.equal(v, teacher[k]) for k, v in evaluator.teacher.state_dict().items())

@@ -83,3 +83,17 @@ def test_bad_study_file_names_file_and_model(tmp_path):
     path.write_text("space: {}\n")
     with pytest.raises(ConfigError, match=r"s.yaml: model: the study file has no model section"):
         SearchSpace.from_yaml(path)
+
+
+def test_params_round_trip_to_the_same_architecture(tiny_spec):
+    import numpy as np
+
+    space = SearchSpace.from_dict({"choices": {"proj": ["dense"]}, "moe": {"top_k": [1, 2]}}, tiny_spec)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        config = space.sample(rng)
+        params = space.params_of(config)
+        assert "b0.proj" not in params  # a single choice is fixed, not a parameter
+        assert space.from_params(params) == config
+    with pytest.raises(ConfigError, match="b1.mlp: missing"):
+        space.from_params({k: v for k, v in params.items() if k != "b1.mlp"})

@@ -1,0 +1,203 @@
+"""The Ray Tune backend: the same objective and search space as the Optuna backend, run as Ray Tune trials, with
+Optuna as Ray's searcher on the study's RDB storage, so trials land in the study that optuna-dashboard, ``nas export``
+and ``nas report`` read.
+
+:class:`StudySearcher` fixes the bookkeeping of Ray's ``OptunaSearch``: a trial a scheduler stops early (ASHA) is
+PRUNED, not COMPLETE with a partial value; a trial whose worker died is FAIL even if it had reported results; every
+Optuna trial carries the Ray trial id, the node, and the same user attributes as the Optuna backend.
+
+The trainable gets the study text, the teacher and the predictor through Ray's object store, so a worker node needs
+neither the study folder nor the files in it (an ``imagefolder`` dataset must still be on a shared path).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import TrialState
+
+from search_spaces.config import ConfigError
+
+from .search import SearchError, open_study, redact, storage_of
+from .study import Study, create_sampler
+
+FINAL = "final"  # set in the last result of a trial that ran to the end
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Ray un-flattens the dotted Optuna names (``b0.attention`` -> ``{"b0": {"attention": ...}}``); undo it."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher, predictor, threads: int) -> None:
+    """One Ray Tune trial: rebuild the architecture from the searcher's parameters and score it."""
+    from ray import tune
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    from .objective import Evaluator
+
+    study = Study.parse(study_text, study_path)
+    arch = study.space.from_params(_flatten(config))
+    evaluator = Evaluator(study, threads=threads, teacher=teacher, predictor=predictor)
+    # Every result carries both metrics (Ray checks for them); before the end, latency is priced at the default split.
+    early_latency = evaluator.predictor.predict(arch, evaluator.batch).total_ms
+
+    def report(epoch: int, accuracy: float) -> bool:
+        tune.report({"accuracy": accuracy, "latency_ms": early_latency, "epoch": epoch + 1})
+        return False
+
+    try:
+        result, _ = evaluator.run(arch, report=report)
+    except Exception as e:  # noqa: BLE001 - the trial fails with its reason; Ray and the study go on
+        tune.report({"accuracy": float("nan"), "latency_ms": early_latency, "fail_reason": f"{type(e).__name__}: {e}"})
+        return
+    tune.report({"accuracy": result.accuracy, "latency_ms": result.latency_ms, FINAL: True,
+                 "attrs": result.user_attrs()})
+
+
+def _searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class StudySearcher(OptunaSearch):
+        """Ray's OptunaSearch, storing each trial's true end state and its attributes."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if "fail_reason" not in result and FINAL not in result:
+                super().on_trial_result(trial_id, result)  # intermediate accuracy for single-objective studies
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            trial = self._ot_trials[trial_id]
+            result = result or {}
+            trial.set_user_attr("ray_trial_id", trial_id)
+            for key in ("hostname", "node_ip", "pid"):
+                if key in result:
+                    trial.set_user_attr(f"ray_{key}", result[key])
+            if result.get("time_total_s") is not None:
+                trial.set_user_attr("wall_s", round(float(result["time_total_s"]), 3))
+            if error or "fail_reason" in result:
+                reason = result.get("fail_reason") or "the Ray worker running this trial died or raised"
+                trial.set_user_attr("fail_reason", reason)
+                state, values = TrialState.FAIL, None
+            elif result.get(FINAL):
+                for key, value in result.get("attrs", {}).items():
+                    trial.set_user_attr(key, value)
+                values = [result[m] for m in self._metric] if isinstance(self._metric, list) else result[self._metric]
+                state = TrialState.COMPLETE
+            else:  # stopped by the scheduler before its last epoch
+                state, values = TrialState.PRUNED, None
+            self._ot_study.tell(trial, values, state=state)
+            self._completed_trials.add(trial_id)
+
+    return StudySearcher
+
+
+@dataclass
+class RaySummary:
+    ran: int
+    seconds: float
+    finished: int
+
+
+def _fail_stale(ostudy) -> int:
+    """Trials left RUNNING by an interrupted Ray driver: nobody will finish them (one driver per study)."""
+    stale = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        ostudy._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left running by an interrupted search")
+        ostudy._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_address: str | None = None,
+           cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+           on_trial: Callable[[str, str], None] | None = None) -> RaySummary:
+    """Run (or continue) the study's search as Ray Tune trials, ``workers`` at a time."""
+    import ray
+    from ray import tune
+
+    from .objective import Evaluator
+
+    n_trials = n_trials or study.budget.n_trials
+    if study.pruner.name not in ("none", "asha"):
+        raise ConfigError("pruner.name", f"the Ray backend stops trials with ASHA: use {{name: asha}} or "
+                                         f"{{name: none}}, not {study.pruner.name!r}", str(study.path))
+    evaluator = Evaluator(study)  # the teacher and predictor that travel with every trial; fails early and clearly
+    ostudy = open_study(study)
+    stale = _fail_stale(ostudy)
+    finished = len(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    remaining = n_trials - finished
+    if remaining <= 0:
+        return RaySummary(0, 0.0, finished)
+
+    if ray_address:
+        ray.init(address=ray_address, logging_level="warning", log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_per_trial * workers)), include_dashboard=False,
+                 object_store_memory=256 * 1024**2, logging_level="warning", log_to_driver=False)
+    try:
+        multi = study.objectives.multi
+        metric = list(study.objectives.metrics) if multi else "accuracy"
+        mode = ["max", "min"] if multi else "max"
+
+        def define(trial) -> None:
+            study.space.suggest(trial)
+
+        searcher = _searcher_class()(space=define, metric=metric, mode=mode, sampler=create_sampler(study),
+                                     study_name=study.name, storage=storage_of(study.storage))
+        scheduler = None
+        if study.pruner.name == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            kwargs = {"max_t": study.budget.epochs, "grace_period": 1, "reduction_factor": 2,
+                      **study.pruner.kwargs}
+            scheduler = ASHAScheduler(time_attr="training_iteration", metric="accuracy", mode="max", **kwargs)
+        threads = max(1, int(cpus_per_trial))
+        run = tune.with_parameters(trainable, study_text=study.path.read_text(), study_path=str(study.path),
+                                   teacher=evaluator.teacher, predictor=evaluator.predictor, threads=threads)
+        callbacks = [_Progress(on_trial)] if on_trial else []
+        tuner = tune.Tuner(
+            tune.with_resources(run, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                        max_concurrent_trials=workers),
+            run_config=tune.RunConfig(
+                name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", verbose=0, callbacks=callbacks,
+                storage_path=str((study.folder / "runs" / study.name / "ray").resolve()),
+                failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        start = time.perf_counter()
+        tuner.fit()
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    after = len(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    if stale and on_trial:
+        on_trial("-", f"{stale} trial(s) left running by an interrupted search were marked FAIL")
+    return RaySummary(after - finished, seconds, after)
+
+
+def _Progress(on_trial: Callable[[str, str], None]):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            state = "complete" if last.get(FINAL) else ("failed" if "fail_reason" in last else "stopped early")
+            on_trial(trial.trial_id, state)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            on_trial(trial.trial_id, "failed (worker died or raised)")
+
+    return Progress()
