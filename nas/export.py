@@ -26,14 +26,12 @@ BEST_TOLERANCE = 0.01
 
 
 def pareto_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto-optimal complete trials (feasible ones when a latency budget applies), by accuracy, best first."""
-    trials = ostudy.best_trials if len(ostudy.directions) > 1 else _feasible(ostudy)
-    return sorted(trials, key=lambda t: -t.user_attrs.get("accuracy", t.values[0]))
+    """The Pareto-optimal complete trials on (accuracy, predicted latency), feasible ones only when a latency budget
+    applies, most accurate first; an architecture scored by several trials appears once."""
+    from .report import pareto_front, points
 
-
-def _feasible(ostudy: optuna.Study) -> list[FrozenTrial]:
-    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t for t in complete if all(v <= 0 for v in t.constraints.values())]
+    feasible = [p for p in points(ostudy) if all(v <= 0 for v in p.trial.constraints.values())]
+    return [p.trial for p in sorted(pareto_front(feasible), key=lambda p: -p.accuracy)]
 
 
 def best_trial(ostudy: optuna.Study, tolerance: float = BEST_TOLERANCE) -> FrozenTrial:
@@ -47,8 +45,9 @@ def best_trial(ostudy: optuna.Study, tolerance: float = BEST_TOLERANCE) -> Froze
     front = pareto_trials(ostudy)
     if not front:
         raise ConfigError("--trial", "the study has no complete trial yet")
-    top = max(t.values[0] for t in front)
-    return min((t for t in front if t.values[0] >= top - tolerance), key=lambda t: t.values[1])
+    top = front[0].user_attrs["accuracy"]
+    return min((t for t in front if t.user_attrs["accuracy"] >= top - tolerance),
+               key=lambda t: t.user_attrs["latency_ms"])
 
 
 def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:

@@ -124,6 +124,16 @@ class Evaluator:
         return result, model
 
 
+def _scored_before(trial, config: ArchConfig):
+    """A complete trial of the same study that already scored this architecture (samplers do propose repeats)."""
+    from optuna.trial import TrialState
+
+    for earlier in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if earlier.user_attrs.get("config_id") == config.id:
+            return earlier
+    return None
+
+
 def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
     """The Optuna objective: suggest a config from the study's space, score it, store what it found."""
     import optuna
@@ -133,6 +143,15 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
     def objective(trial: optuna.Trial):
         config = study.space.suggest(trial)
         trial.set_user_attr("config", config.to_json())
+        earlier = _scored_before(trial, config)
+        if earlier is not None:  # training is seeded, so it would repeat this result: reuse it, spend no time
+            for key, value in earlier.user_attrs.items():
+                if key not in ("worker", "wall_s", "reference"):
+                    trial.set_user_attr(key, value)
+            trial.set_user_attr("duplicate_of", earlier.number)
+            for key, value in earlier.constraints.items():
+                trial.set_constraint(key, value)
+            return tuple(earlier.values) if study.objectives.multi else earlier.values[0]
 
         def report(epoch: int, accuracy: float) -> bool:
             if study.objectives.multi:  # Optuna cannot prune multi-objective trials; keep the curve

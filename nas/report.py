@@ -42,7 +42,12 @@ def points(ostudy: optuna.Study) -> list[Point]:
 
 
 def pareto_front(pts: list[Point]) -> list[Point]:
-    """Points no other point beats on both accuracy and latency, fastest first."""
+    """Points no other point beats on both accuracy and latency, fastest first; an architecture scored by several
+    trials appears once (its first trial)."""
+    first: dict[str, Point] = {}
+    for p in sorted(pts, key=lambda p: p.trial.number):
+        first.setdefault(p.config.id, p)
+    pts = list(first.values())
     front = [p for p in pts if not any(
         q.accuracy >= p.accuracy and q.latency_ms <= p.latency_ms and (q.accuracy, q.latency_ms) != (p.accuracy,
                                                                                                      p.latency_ms)

@@ -163,22 +163,19 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
             break
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         start = time.perf_counter()
+        values = None
         try:
             values = objective(trial)
+            state = TrialState.COMPLETE
         except optuna.TrialPruned:
-            trial.set_user_attr("wall_s", round(time.perf_counter() - start, 3))
-            ostudy.tell(trial, state=TrialState.PRUNED)
+            state = TrialState.PRUNED
         except Exception as e:  # noqa: BLE001 - any failure of one trial fails that trial, not the search
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            ostudy.tell(trial, state=TrialState.FAIL)
-            failed_in_a_row += 1
-            ran += 1
-            continue
-        else:
-            trial.set_user_attr("wall_s", round(time.perf_counter() - start, 3))
-            ostudy.tell(trial, values)
-        failed_in_a_row = 0
+            state = TrialState.FAIL
+        trial.set_user_attr("wall_s", round(time.perf_counter() - start, 3))
+        ostudy.tell(trial, values, state=state)
+        failed_in_a_row = failed_in_a_row + 1 if state == TrialState.FAIL else 0
         ran += 1
     if failed_in_a_row >= MAX_CONSECUTIVE_FAILURES:
         raise SearchError(f"{failed_in_a_row} trials in a row failed; this worker stopped")

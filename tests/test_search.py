@@ -198,3 +198,21 @@ def test_every_trial_fine_tunes_all_weights_and_leaves_the_teacher_alone(searcha
         assert not torch.equal(model.head.weight, teacher["head.weight"])
         assert not torch.equal(model.blocks[0].attn.qkv.weight, teacher["blocks.0.attn.qkv.weight"])
     assert all(torch.equal(v, teacher[k]) for k, v in evaluator.teacher.state_dict().items())
+
+
+def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
+    space = {"choices": {"attention": ["msa"], "qkv": ["dense"], "proj": ["dense"], "mlp": ["dense", "shift"]}}
+    study_file = searchable(tmp_path, space=space, budget={"n_trials": 6})  # 4 architectures, 6 trials
+    assert main(["search", str(study_file)]) == 0
+    trials = _trials(study_file)
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(repeats) >= 2
+    for t in repeats:
+        original = trials[t.user_attrs["duplicate_of"]]
+        assert t.values == original.values and t.user_attrs["config_id"] == original.user_attrs["config_id"]
+        assert t.user_attrs["wall_s"] < original.user_attrs["wall_s"]
+    out = tmp_path / "pareto"
+    assert main(["export", str(study_file), "--trial", "pareto", "--out", str(out)]) == 0
+    ids = [yaml.safe_load(p.read_text())["provenance"]["trial"] for p in out.glob("*.yaml")]
+    assert len({trials[i].user_attrs["config_id"] for i in ids}) == len(ids)  # each architecture once
