@@ -117,12 +117,14 @@ class Prediction:
                 "blocks": self.blocks, "moe_tokens": {str(k): v for k, v in self.moe_tokens.items()}}
 
 
-def kernel_blocks(config: ArchConfig) -> int:
-    """Blocks with at least one part on the TVM kernels (shift layers, additive attention, shift experts)."""
-    def on_kernels(b: BlockConfig) -> bool:
-        shift_expert = b.moe is not None and "shift" in b.moe.experts
-        return "shift" in (b.qkv, b.proj, b.mlp) or b.attention == "additive" or shift_expert
+def on_kernels(b: BlockConfig) -> bool:
+    """Whether a block runs part of its work on the TVM kernels (shift layers, additive attention, shift experts)."""
+    shift_expert = b.moe is not None and "shift" in b.moe.experts
+    return "shift" in (b.qkv, b.proj, b.mlp) or b.attention == "additive" or shift_expert
 
+
+def kernel_blocks(config: ArchConfig) -> int:
+    """Blocks with at least one part on the TVM kernels."""
     return sum(on_kernels(b) for b in config.blocks)
 
 

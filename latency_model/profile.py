@@ -24,10 +24,11 @@ from kernels.runtime import KernelSet, to_kernels
 from kernels.spec import KernelSpec
 from kernels.tuning import task_dir
 from search_spaces import ArchConfig, SearchSpace, build_model
+from search_spaces.config import BlockConfig
 
 from . import db
 from .ops import ModelDims, Op, kernel_tasks, space_ops
-from .predictor import router_shares
+from .predictor import on_kernels, router_shares
 from .settings import LatencySettings
 from .timing import time_model, time_op
 
@@ -78,10 +79,35 @@ def plan(space: SearchSpace, settings: LatencySettings, modules: bool = True) ->
     jobs = [Job(spec) for spec in kernel_tasks(space, settings.batch_sizes)]
     if modules:
         jobs += [Job(op) for op in space_ops(space, settings.batch_sizes)]
-        rng = np.random.default_rng(0)  # the same calibration models every run, so a re-run skips them
-        configs = [space.sample(rng) for _ in range(settings.calibration)]
+        configs = calibration_configs(space, settings.calibration)
         jobs += [Job(Calibration(c, b)) for b in settings.batch_sizes for c in configs]
     return jobs
+
+
+def calibration_configs(space: SearchSpace, count: int, seed: int = 0) -> list[ArchConfig]:
+    """Whole models for the composition calibration, spread over 0..depth blocks on the kernels (the fewest first),
+    so the fit can tell its per-kernel-block cost from its constant; architectures drawn uniformly nearly all have
+    every block on the kernels, and the all-dense model would then be an extrapolation. Fixed seed: the same models
+    every run, so a re-run skips them."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    for i in range(count):
+        config = space.sample(rng)
+        target = i % (space.depth + 1)  # blocks to leave on the kernels
+        blocks = list(config.blocks)
+        for j in rng.permutation(space.depth):
+            if sum(on_kernels(b) for b in blocks) <= target:
+                break
+            if on_kernels(blocks[j]):
+                choices = space.blocks[j]
+                off = BlockConfig(next((a for a in choices.attention if a != "additive"), blocks[j].attention),
+                                  "dense" if "dense" in choices.qkv else blocks[j].qkv,
+                                  "dense" if "dense" in choices.proj else blocks[j].proj,
+                                  "dense" if "dense" in choices.mlp else blocks[j].mlp,
+                                  None if "dense" in choices.mlp else blocks[j].moe)
+                blocks[j] = off
+        configs.append(ArchConfig(config.model, tuple(blocks)))
+    return configs
 
 
 def profile(

@@ -111,3 +111,16 @@ def test_expert_latencies_order_experts_like_their_measured_modules(profiled):
     assert (lat[0] < lat[1]) == (measured[0] < measured[1])
     with pytest.raises(PredictorError, match="no MoE MLP"):
         predictor.expert_latencies(config, 1)
+
+
+def test_calibration_models_span_the_number_of_kernel_blocks(tiny_spec):
+    from latency_model.predictor import kernel_blocks
+    from latency_model.profile import calibration_configs
+    from search_spaces import SearchSpace
+
+    space = SearchSpace.from_dict({}, tiny_spec)
+    configs = calibration_configs(space, 6)
+    assert [kernel_blocks(c) for c in configs] == [0, 1, 2, 0, 1, 2]  # the all-dense model is measured, not guessed
+    assert configs == calibration_configs(space, 6)  # fixed: a re-run finds them measured
+    params = [space.params_of(c) for c in configs]  # every one is in the space
+    assert len(params) == 6
