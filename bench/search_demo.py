@@ -51,14 +51,16 @@ def front_rows(study: Study, ostudy, epochs: int) -> list[dict]:
 
 
 def overhead_rows(ostudy) -> tuple[list[dict], dict]:
-    trials = [t for t in ostudy.get_trials(deepcopy=False)
-              if t.datetime_complete and "wall_s" in t.user_attrs and "train_s" in t.user_attrs]
+    finished = [t for t in ostudy.get_trials(deepcopy=False)
+                if t.datetime_complete and "wall_s" in t.user_attrs and "train_s" in t.user_attrs]
+    trials = [t for t in finished if "duplicate_of" not in t.user_attrs]  # repeats reuse a result: no training
     span = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     wall = [t.user_attrs["wall_s"] for t in trials]
     train = [t.user_attrs["train_s"] for t in trials]
+    repeats = [t.user_attrs["wall_s"] for t in finished if "duplicate_of" in t.user_attrs]
     gaps = []
     by_worker: dict[str, list] = {}
-    for t in trials:
+    for t in finished:
         by_worker.setdefault(t.user_attrs.get("worker", "?"), []).append(t)
     for runs in by_worker.values():
         runs.sort(key=lambda t: t.datetime_start)
@@ -72,7 +74,8 @@ def overhead_rows(ostudy) -> tuple[list[dict], dict]:
     }
     total = sum(parts.values())
     rows = [{"part": k, "mean_s": round(v, 4), "share": round(v / total, 4)} for k, v in parts.items()]
-    summary = {"trials": len(trials), "workers": len(by_worker),
+    summary = {"trials": len(trials), "repeats": len(repeats),
+               "repeat_wall_s": round(statistics.fmean(repeats), 4) if repeats else None, "workers": len(by_worker),
                "overhead_share": round(1 - parts["objective work (train_s)"] / total, 4)}
     return rows, summary
 
@@ -86,8 +89,9 @@ def main() -> None:
     ostudy = open_study(study, create=False)
     rows, summary = overhead_rows(ostudy)
     write("search-demo-overhead", rows, notes=(
-        f"{summary['trials']} trials of {study.name} by {summary['workers']} worker process(es); machinery "
-        f"(storage + driver) is {summary['overhead_share']:.1%} of a trial's time"), extra=summary)
+        f"{summary['trials']} trained trials of {study.name} by {summary['workers']} worker process(es); machinery "
+        f"(storage + driver) is {summary['overhead_share']:.2%} of a trial's time. {summary['repeats']} more trials "
+        f"repeated an architecture and reused its result in {summary['repeat_wall_s']} s each"), extra=summary)
     front = front_rows(study, ostudy, args.epochs)
     write("search-demo-front", front, notes=(
         f"Pareto front of {study.name} ({len(ostudy.trials)} trials) and the reference points, each fine-tuned "
