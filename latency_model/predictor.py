@@ -331,6 +331,13 @@ class Predictor:
             raise PredictorError(f"{path}: cannot read predictor file: {e.strerror}") from None
         except ValueError as e:
             raise PredictorError(f"{path}: not a predictor file (invalid JSON: {e})") from None
+        return cls.from_dict(data, path, device, allow_other_device)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path = "predictor", device: str | None = None,
+                  allow_other_device: bool = False) -> "Predictor":
+        """A predictor from :meth:`to_dict` output (``source`` names it in errors)."""
+        path = source
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise PredictorError(f"{path}: not a predictor file (format is {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
         if device is not None and data["device"] != device and not allow_other_device:

@@ -12,6 +12,7 @@ neither the study folder nor the files in it (an ``imagefolder`` dataset must st
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna.trial import TrialState
+from ray.tune import Callback
 
 from search_spaces.config import ConfigError
 
@@ -41,30 +43,40 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher, predictor, threads: int) -> None:
+def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_state: dict, predictor: dict,
+              threads: int) -> None:
     """One Ray Tune trial: rebuild the architecture from the searcher's parameters and score it."""
+    import ray
     from ray import tune
 
     os.environ["TVM_NUM_THREADS"] = str(threads)
+    from latency_model.predictor import Predictor
+    from search_spaces.reparam import create_model
+
     from .objective import Evaluator
 
     study = Study.parse(study_text, study_path)
     arch = study.space.from_params(_flatten(config))
-    evaluator = Evaluator(study, threads=threads, teacher=teacher, predictor=predictor)
+    teacher = create_model(study.model)
+    teacher.load_state_dict(teacher_state)
+    evaluator = Evaluator(study, threads=threads, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor))
     # Every result carries both metrics (Ray checks for them); before the end, latency is priced at the default split.
     early_latency = evaluator.predictor.predict(arch, evaluator.batch).total_ms
+    node = ray.get_runtime_context().get_node_id()
 
     def report(epoch: int, accuracy: float) -> bool:
-        tune.report({"accuracy": accuracy, "latency_ms": early_latency, "epoch": epoch + 1})
+        tune.report({"accuracy": accuracy, "latency_ms": early_latency, "epoch": epoch + 1, "node_id": node})
         return False
 
     try:
         result, _ = evaluator.run(arch, report=report)
     except Exception as e:  # noqa: BLE001 - the trial fails with its reason; Ray and the study go on
-        tune.report({"accuracy": float("nan"), "latency_ms": early_latency, "fail_reason": f"{type(e).__name__}: {e}"})
+        tune.report({"accuracy": float("nan"), "latency_ms": early_latency, "node_id": node,
+                     "fail_reason": f"{type(e).__name__}: {e}"})
         return
-    tune.report({"accuracy": result.accuracy, "latency_ms": result.latency_ms, FINAL: True,
-                 "attrs": result.user_attrs()})
+    # Ray flattens nested results; the attributes travel as one JSON string
+    tune.report({"accuracy": result.accuracy, "latency_ms": result.latency_ms, FINAL: True, "node_id": node,
+                 "attrs": json.dumps(result.user_attrs())})
 
 
 def _searcher_class():
@@ -72,6 +84,21 @@ def _searcher_class():
 
     class StudySearcher(OptunaSearch):
         """Ray's OptunaSearch, storing each trial's true end state and its attributes."""
+
+        # Ray pickles the searcher into its experiment state for Tuner.restore. This one resumes through the Optuna
+        # study instead, and its storage connection, sampler and space cannot be pickled: leave them out.
+        def __getstate__(self) -> dict:
+            return {**self.__dict__, "_storage": None, "_ot_study": None, "_ot_trials": {}, "_sampler": None,
+                    "_space": None}
+
+        def save(self, checkpoint_path: str) -> None:
+            import pickle
+
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__getstate__(), f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            raise NotImplementedError("resume a search by running `nas search --backend ray` again")
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if "fail_reason" not in result and FINAL not in result:
@@ -83,7 +110,7 @@ def _searcher_class():
             trial = self._ot_trials[trial_id]
             result = result or {}
             trial.set_user_attr("ray_trial_id", trial_id)
-            for key in ("hostname", "node_ip", "pid"):
+            for key in ("hostname", "node_ip", "node_id", "pid"):
                 if key in result:
                     trial.set_user_attr(f"ray_{key}", result[key])
             if result.get("time_total_s") is not None:
@@ -93,7 +120,7 @@ def _searcher_class():
                 trial.set_user_attr("fail_reason", reason)
                 state, values = TrialState.FAIL, None
             elif result.get(FINAL):
-                for key, value in result.get("attrs", {}).items():
+                for key, value in json.loads(result.get("attrs", "{}")).items():
                     trial.set_user_attr(key, value)
                 values = [result[m] for m in self._metric] if isinstance(self._metric, list) else result[self._metric]
                 state = TrialState.COMPLETE
@@ -143,7 +170,17 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
         return RaySummary(0, 0.0, finished)
 
     if ray_address:
-        ray.init(address=ray_address, logging_level="warning", log_to_driver=False)
+        try:
+            ray.init(address=ray_address, logging_level="warning", log_to_driver=False)
+        except (ConnectionError, RuntimeError) as e:
+            hint = ""
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                # `ray start` turns token authentication on; a client joining by address presents its token only
+                # when told to, from the start of the process
+                hint = (" (if the cluster uses token authentication, the default of `ray start`: run with "
+                        "RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+            raise SearchError(f"cannot join the Ray cluster at {ray_address}: {str(e).splitlines()[0]}{hint}") \
+                from None
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_per_trial * workers)), include_dashboard=False,
                  object_store_memory=256 * 1024**2, logging_level="warning", log_to_driver=False)
@@ -166,7 +203,8 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
             scheduler = ASHAScheduler(time_attr="training_iteration", metric="accuracy", mode="max", **kwargs)
         threads = max(1, int(cpus_per_trial))
         run = tune.with_parameters(trainable, study_text=study.path.read_text(), study_path=str(study.path),
-                                   teacher=evaluator.teacher, predictor=evaluator.predictor, threads=threads)
+                                   teacher_state=evaluator.teacher.state_dict(),
+                                   predictor=evaluator.predictor.to_dict(), threads=threads)
         callbacks = [_Progress(on_trial)] if on_trial else []
         tuner = tune.Tuner(
             tune.with_resources(run, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
@@ -188,16 +226,21 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
     return RaySummary(after - finished, seconds, after)
 
 
-def _Progress(on_trial: Callable[[str, str], None]):
-    from ray.tune import Callback
+class _Progress(Callback):
+    """Tells ``on_trial`` how each Ray trial ended, in the driver."""
 
-    class Progress(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            state = "complete" if last.get(FINAL) else ("failed" if "fail_reason" in last else "stopped early")
-            on_trial(trial.trial_id, state)
+    def __init__(self, on_trial: Callable[[str, str], None]) -> None:
+        self.on_trial = on_trial
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            on_trial(trial.trial_id, "failed (worker died or raised)")
+    def __getstate__(self) -> dict:  # Ray pickles callbacks into its experiment state; the printer stays here
+        return {"on_trial": None}
 
-    return Progress()
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        last = trial.last_result or {}
+        state = "complete" if last.get(FINAL) else ("failed" if "fail_reason" in last else "stopped early")
+        if self.on_trial:
+            self.on_trial(trial.trial_id, state)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if self.on_trial:
+            self.on_trial(trial.trial_id, "failed (worker died or raised)")

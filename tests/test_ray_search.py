@@ -1,5 +1,6 @@
 """The Ray Tune backend on a real local Ray: trials land in the Optuna RDB study with the right states."""
 
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
     assert [t.user_attrs.get("reference") for t in trials[:2]] == ["dense", "paper"]
     for t in trials:
         attrs = t.user_attrs
-        assert attrs["ray_trial_id"] and attrs["ray_hostname"] and attrs["ray_node_ip"]
+        assert attrs["ray_trial_id"] and attrs["ray_hostname"] and attrs["ray_node_ip"] and attrs["ray_node_id"]
         assert t.values == [attrs["accuracy"], attrs["latency_ms"]]
         assert {"config", "latency_breakdown", "moe_split", "weights"} <= set(attrs)
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 4
@@ -51,7 +52,8 @@ def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
     assert TrialState.PRUNED in states  # ASHA with halving stops some of 6 trials of 4 epochs
     for t in trials:
         if t.state == TrialState.PRUNED:
-            assert t.values is None and len(t.intermediate_values) < 4
+            # Optuna keeps a pruned trial's last intermediate value, as with its own pruners; no final attributes
+            assert len(t.intermediate_values) < 4 and "config" not in t.user_attrs
         else:
             assert len(t.user_attrs["accuracy_history"]) == 4
 
@@ -64,13 +66,20 @@ def test_joins_a_cluster_started_with_ray_start(searchable, tmp_path):
     subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
                     "--include-dashboard", "false", "--disable-usage-stats"], check=True, env=env,
                    capture_output=True)
+    token_env = {**env, "RAY_AUTH_MODE": "token"}  # `ray start` enables token authentication
     try:
-        assert main(["search", str(study_file), "--backend", "ray", "--ray-address", f"127.0.0.1:{port}"]) == 0
+        joined = subprocess.run([sys.executable, "-m", "nas.cli", "search", str(study_file), "--backend", "ray",
+                                 "--ray-address", f"127.0.0.1:{port}"], env=token_env, capture_output=True, text=True)
+        assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
+        nodes = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address='127.0.0.1:%d'); "
+                                "print(json.dumps([n['NodeID'] for n in ray.nodes()]))" % port],
+                               env=token_env, capture_output=True, text=True, check=True)
+        cluster_nodes = set(json.loads(nodes.stdout.strip().splitlines()[-1]))
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
     trials = _trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert all(t.user_attrs["ray_node_ip"] == "127.0.0.1" for t in trials)
+    assert all(t.user_attrs["ray_node_id"] in cluster_nodes for t in trials)  # ran on that cluster's node
 
 
 def _trial_workers():
