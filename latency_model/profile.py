@@ -90,23 +90,28 @@ def calibration_configs(space: SearchSpace, count: int, seed: int = 0) -> list[A
     every block on the kernels, and the all-dense model would then be an extrapolation. Fixed seed: the same models
     every run, so a re-run skips them."""
     rng = np.random.default_rng(seed)
-    configs = []
-    for i in range(count):
+    configs: list[ArchConfig] = []
+    for _ in range(100 * count):
+        if len(configs) == count:
+            break
         config = space.sample(rng)
-        target = i % (space.depth + 1)  # blocks to leave on the kernels
+        target = len(configs) % (space.depth + 1)  # blocks to leave on the kernels
         blocks = list(config.blocks)
         for j in rng.permutation(space.depth):
             if sum(on_kernels(b) for b in blocks) <= target:
                 break
             if on_kernels(blocks[j]):
                 choices = space.blocks[j]
-                off = BlockConfig(next((a for a in choices.attention if a != "additive"), blocks[j].attention),
-                                  "dense" if "dense" in choices.qkv else blocks[j].qkv,
-                                  "dense" if "dense" in choices.proj else blocks[j].proj,
-                                  "dense" if "dense" in choices.mlp else blocks[j].mlp,
-                                  None if "dense" in choices.mlp else blocks[j].moe)
-                blocks[j] = off
-        configs.append(ArchConfig(config.model, tuple(blocks)))
+                blocks[j] = BlockConfig(next((a for a in choices.attention if a != "additive"), blocks[j].attention),
+                                        "dense" if "dense" in choices.qkv else blocks[j].qkv,
+                                        "dense" if "dense" in choices.proj else blocks[j].proj,
+                                        "dense" if "dense" in choices.mlp else blocks[j].mlp,
+                                        None if "dense" in choices.mlp else blocks[j].moe)
+        candidate = ArchConfig(config.model, tuple(blocks))
+        if candidate in configs:  # a small space has few ways to leave blocks off the kernels: take the draw
+            candidate = config
+        if candidate not in configs:
+            configs.append(candidate)
     return configs
 
 
