@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from search_spaces import ArchConfig
@@ -51,8 +52,10 @@ def redact(url: str) -> str:
         return url.split("@", 1)[-1] if "@" in url else url
 
 
-def storage_of(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage. SQLite gets a long busy timeout and WAL so several local workers can share it."""
+def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage. SQLite gets a long busy timeout and WAL so several local workers can share it.
+    With ``heartbeat_s``, a RUNNING trial that stops beating for two intervals (its worker died) is marked FAIL by
+    the next worker that claims a trial, and queued again up to ``retries`` times."""
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
@@ -64,7 +67,11 @@ def storage_of(url: str) -> optuna.storages.RDBStorage:
                 raise ConfigError("storage", f"folder {folder} of the SQLite storage is not writable")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        beats: dict[str, Any] = {}
+        if heartbeat_s:
+            beats = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s,
+                     "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=retries)}
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (ImportError, ModuleNotFoundError) as e:
         raise ConfigError("storage", f"no database driver for {redact(url)}: {e}") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy/optuna raise many kinds for a bad URL or server
@@ -86,9 +93,12 @@ def reference_configs(study: Study) -> dict[str, ArchConfig]:
     return {"dense": ArchConfig.dense(study.model, depth), "paper": ArchConfig(study.model, (paper,) * depth)}
 
 
-def open_study(study: Study, create: bool = True) -> optuna.Study:
-    """The study's Optuna study on its storage (created with the reference trials queued when new)."""
-    storage = storage_of(study.storage)
+def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> optuna.Study:
+    """The study's Optuna study on its storage (created with the reference trials queued when new); with
+    ``heartbeat``, the storage watches its workers' trials (see :func:`storage_of`)."""
+    settings = study.search
+    storage = storage_of(study.storage, settings.heartbeat_s, settings.retries) if heartbeat else \
+        storage_of(study.storage)
     directions = study.objectives.directions
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if study.name in existing:
@@ -137,6 +147,9 @@ def _claim_lock(study: Study) -> Iterator[None]:
 
 def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | None:
     with _claim_lock(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(ostudy)  # trials of dead workers -> FAIL, and queued again
         planned = len(ostudy.get_trials(deepcopy=False, states=PLANNED))
         waiting = len(ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         if planned - waiting >= n_trials:
@@ -152,7 +165,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = Study.load(study_path, storage=storage)
-    ostudy = open_study(study)
+    ostudy = open_study(study, heartbeat=True)
     ostudy.sampler = create_sampler(study, worker)
     objective = optuna_objective(Evaluator(study, threads=threads))
     deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -165,7 +178,8 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
         start = time.perf_counter()
         values = None
         try:
-            values = objective(trial)
+            with get_heartbeat_thread(trial._trial_id, ostudy._storage):  # what optimize() does around a trial
+                values = objective(trial)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED

@@ -36,6 +36,9 @@
     pruner: {name: none}                  # none | median | hyperband | asha (single objective only; kwargs passed
                                           #   on). asha: Optuna's SuccessiveHalvingPruner, Ray's ASHAScheduler
     storage: null                         # any SQLAlchemy URL Optuna accepts; default sqlite:///<dir>/<name>.db
+    search:
+      heartbeat_s: 60                     # a worker's trials beat this often; one silent for 2 beats is FAIL
+      retries: 1                          # a trial failed that way is queued again this many times
 
 Relative paths (checkpoint, data path, storage file) are relative to the study file's folder.
 """
@@ -55,7 +58,7 @@ from search_spaces.config import ConfigError, ModelSpec, _check_keys
 from search_spaces.space import SearchSpace
 
 SECTIONS = ("name", "model", "data", "space", "objectives", "latency", "budget", "train", "sampler", "pruner",
-            "storage")
+            "storage", "search")
 METRICS = ("accuracy", "latency_ms")
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband", "asha")
@@ -178,6 +181,17 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    heartbeat_s: int = 60
+    retries: int = 1
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "SearchSettings":
+        return _section(cls, data, "search", {"heartbeat_s": {"integer": True, "minimum": 1},
+                                              "retries": {"integer": True, "minimum": 0}})
+
+
+@dataclass(frozen=True)
 class Choice:
     """A named component (sampler, pruner) with keyword arguments passed on to it."""
 
@@ -213,6 +227,7 @@ class Study:
     sampler: Choice
     pruner: Choice
     storage: str
+    search: SearchSettings = SearchSettings()
 
     @property
     def folder(self) -> Path:
@@ -278,7 +293,7 @@ class Study:
             objectives=objectives, latency=latency, budget=Budget.from_dict(data.get("budget")),
             train=TrainSettings.from_dict(data.get("train")),
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
-            storage=storage,
+            storage=storage, search=SearchSettings.from_dict(data.get("search")),
         )
 
 

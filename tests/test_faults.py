@@ -1,0 +1,64 @@
+"""Faults a long search must survive, caused for real: killed workers, many writers on one SQLite file."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from nas.cli import main
+from nas.study import Study
+
+
+def _study(study_file):
+    study = Study.load(study_file)
+    return optuna.load_study(study_name=study.name, storage=study.storage)
+
+
+def test_a_worker_killed_mid_trial_is_failed_retried_and_the_rerun_finishes(searchable, tmp_path):
+    study_file = searchable(tmp_path, budget={"n_trials": 3, "epochs": 3, "steps_per_epoch": 15},
+                            search={"heartbeat_s": 1, "retries": 1})
+    search = subprocess.Popen([sys.executable, "-m", "nas.cli", "search", str(study_file)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        victim = None
+        while victim is None:
+            assert search.poll() is None and time.monotonic() < deadline, search.stdout.read().decode()[-3000:]
+            try:
+                running = _study(study_file).get_trials(states=(TrialState.RUNNING,))
+            except KeyError:  # the study is not created yet
+                running = []
+            victim = next((t for t in running if t.number >= 1 and "worker" in t.user_attrs), None)
+            time.sleep(0.2)
+        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        output = search.communicate(timeout=120)[0].decode()
+    finally:
+        if search.poll() is None:
+            search.kill()
+    assert search.returncode == 2 and "stopped early" in output and "Traceback" not in output
+    before = {t.number: t for t in _study(study_file).get_trials() if t.state == TrialState.COMPLETE}
+    assert _study(study_file).trials[victim.number].state == TrialState.RUNNING  # nobody has noticed yet
+
+    time.sleep(2.5)  # past the grace period of two missed beats
+    assert main(["search", str(study_file)]) == 0
+    trials = _study(study_file).get_trials()
+    assert trials[victim.number].state == TrialState.FAIL  # not RUNNING forever
+    retry = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == victim.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == victim.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    for number, old in before.items():  # nothing stored before is lost or changed
+        assert (trials[number].values, trials[number].params) == (old.values, old.params)
+
+
+def test_four_workers_on_one_sqlite_study(searchable, tmp_path):
+    study_file = searchable(tmp_path, budget={"n_trials": 8, "epochs": 1, "steps_per_epoch": 1})
+    assert main(["search", str(study_file), "--workers", "4"]) == 0
+    trials = _study(study_file).get_trials()
+    assert [t.number for t in trials] == list(range(8))
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("fail_reason") for t in trials]
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2
