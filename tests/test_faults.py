@@ -62,3 +62,12 @@ def test_four_workers_on_one_sqlite_study(searchable, tmp_path):
     assert [t.number for t in trials] == list(range(8))
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("fail_reason") for t in trials]
     assert len({t.user_attrs["worker"] for t in trials}) >= 2
+
+
+def test_storage_passwords_never_reach_the_output(searchable, tmp_path, capsys):
+    study_file = searchable(tmp_path, storage="postgresql://nas:s3cret-pw@127.0.0.1:9/studies")
+    assert main(["validate", str(study_file)]) == 0
+    assert main(["search", str(study_file)]) == 2  # no server there: one clear line
+    out, err = capsys.readouterr()
+    assert "s3cret-pw" not in out + err and "nas:***@127.0.0.1" in out + err
+    assert "Traceback" not in err and err.startswith("error: ")
