@@ -5,7 +5,7 @@
       device: null                         # name in the measurement table (default: from the target,
                                            #   e.g. cpu-rocketlake-2c)
       db: null                             # any SQLAlchemy URL (default: sqlite:///<study folder>/latency.db)
-      predictor: null                      # default: studies/latency_<device>.json
+      predictor: null                      # default: latency_<device>.json; relative to the study's folder
       batch_sizes: [1]                     # batch sizes to profile and predict at
       trials: 64                           # MetaSchedule trials per kernel (0: untuned default schedules)
       repeats: 15                          # timing repeats per measurement
@@ -54,7 +54,8 @@ class LatencySettings:
         """Fill the defaults that depend on the target (device name) and the study's folder (table, predictor)."""
         folder = study_dir or Path("studies")
         device = self.device or default_device_name(self.target)
-        predictor = self.predictor or str(folder / f"latency_{device}.json")
+        predictor = self.predictor or f"latency_{device}.json"
+        predictor = str(folder / predictor if study_dir is not None or not self.predictor else predictor)
         db = self.db or (DEFAULT_URL if study_dir is None else f"sqlite:///{folder / 'latency.db'}")
         return replace(self, device=device, predictor=predictor, db=db)
 

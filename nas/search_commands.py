@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -24,6 +26,15 @@ def _load(args: argparse.Namespace) -> Study:
     return Study.load(args.study, storage=getattr(args, "storage", None))
 
 
+@contextmanager
+def _in_study(study: Study) -> Iterator[None]:
+    """Errors about a study's files and settings name the study file too."""
+    try:
+        yield
+    except ConfigError as e:
+        raise (e.in_file(study.path) if e.source is None else e) from None
+
+
 def _data(study: Study):
     from latency_model.ops import ModelDims
 
@@ -37,8 +48,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file without running it: every section, the model, the data and the space."""
     from .search import redact
 
+    from latency_model.predictor import Predictor, PredictorError
+
+    from .teacher import load_teacher
+
     study = _load(args)
-    train, val = _data(study)
+    with _in_study(study):
+        train, val = _data(study)
+        if study.checkpoint is not None:
+            load_teacher(study)  # the checkpoint reads and fits the model
+        if Path(study.latency.predictor).is_file():
+            try:
+                Predictor.load(study.latency.predictor, device=study.latency.device)  # fitted for this device
+            except PredictorError as e:
+                raise ConfigError("latency.predictor", str(e)) from None
     console.print(f"[green]ok[/] {study.path}: study {study.name!r}")
     console.print(f"  model {study.model.name}, {study.space.depth} blocks, {study.space.size():,} architectures")
     console.print(f"  data {study.data.source}: {len(train)} train / {len(val)} val images")
@@ -57,7 +80,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .teacher import pretrain
 
     study = _load(args)
-    train, val = _data(study)
+    with _in_study(study):
+        train, val = _data(study)
     epochs = study.budget.pretrain_epochs
     with Progress(TextColumn("pretraining the dense teacher"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
@@ -269,6 +293,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Once(argparse.Action):
+    """An option that may be given once (argparse would silently keep the last)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, f"_{self.dest}_given", False):
+            parser.error(f"{option_string} may be given once (got {getattr(namespace, self.dest)!r} and {values!r})")
+        setattr(namespace, f"_{self.dest}_given", True)
+        setattr(namespace, self.dest, values)
+
+
 def add_commands(add, positive_int, non_negative_int) -> None:
     def study_arg(parser: argparse.ArgumentParser, storage: bool = True) -> None:
         parser.add_argument("study", type=Path, help="study file (YAML), e.g. studies/quickstart.yaml")
@@ -312,7 +346,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
 
     export = add("export", cmd_export, "write the ArchConfig of chosen trials with their metrics and latency")
     study_arg(export)
-    export.add_argument("--trial", default="best", help="best (default; Pareto search: the fastest Pareto trial "
+    export.add_argument("--trial", default="best", action=_Once, help="best (default; Pareto search: the fastest Pareto trial "
                                                         "within 1 point of the top accuracy), pareto, or a number")
     export.add_argument("--out", type=Path, required=True, help="folder to write trial-<n>.yaml into")
 

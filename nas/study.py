@@ -276,6 +276,10 @@ class Study:
         if checkpoint is not None and (not isinstance(checkpoint, str) or not checkpoint):
             raise ConfigError("model.checkpoint", f"expected a file path, got {checkpoint!r}")
         model = ModelSpec.from_dict({k: v for k, v in model_data.items() if k != "checkpoint"})
+        import timm
+
+        if not timm.is_model(model.name):
+            raise ConfigError("model.name", f"unknown timm model {model.name!r} (see timm.list_models())")
         objectives = Objectives.from_dict(data.get("objectives"))
         pruner = Choice.from_dict(data.get("pruner"), "pruner", PRUNERS, "none")
         if pruner.name != "none" and objectives.multi:
@@ -285,6 +289,7 @@ class Study:
         if not isinstance(storage, str) or "://" not in storage:
             raise ConfigError("storage", f"expected a database URL like sqlite:///studies/x.db or "
                                          f"postgresql://user@host/db, got {storage!r}")
+        _check_database_url(storage)
         latency = LatencySettings.from_dict(data.get("latency")).resolved(folder)
         return cls(
             path=path, name=name, model=model, checkpoint=folder / checkpoint if checkpoint else None,
@@ -295,6 +300,26 @@ class Study:
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
             storage=storage, search=SearchSettings.from_dict(data.get("search")),
         )
+
+
+def _check_database_url(url: str) -> None:
+    """A URL SQLAlchemy can parse, of a database kind it knows (its driver may still need installing)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("storage", "not a database URL (like sqlite:///studies/x.db or "
+                                     "postgresql://user@host/db)") from None
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError("storage", f"unknown database kind {parsed.drivername!r} in "
+                                     f"{parsed.render_as_string(hide_password=True)} (sqlite, postgresql, mysql...)") \
+            from None
+    except ImportError:
+        pass  # a known kind whose driver is missing: said when the search opens it
 
 
 def create_sampler(study: Study, worker: int = 0):
