@@ -71,3 +71,50 @@ def test_storage_passwords_never_reach_the_output(searchable, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "s3cret-pw" not in out + err and "nas:***@127.0.0.1" in out + err
     assert "Traceback" not in err and err.startswith("error: ")
+
+
+def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_path, capsys):
+    import re
+
+    from latency_model import db
+    from search_fixtures import TINY_MODEL, write_study
+
+    study_file = write_study(tmp_path / "p.yaml", {
+        "name": "p", "model": TINY_MODEL,
+        "space": {"choices": {"attention": ["msa", "linear"], "qkv": ["dense", "shift"], "proj": ["dense"],
+                              "mlp": ["dense", "shift"]}},
+        "latency": {"trials": 0, "repeats": 3, "calibration": 4}})
+    env = {**os.environ, "SHIFTADD_CACHE": str(tmp_path / "kernels")}
+    engine_url = f"sqlite:///{tmp_path / 'latency.db'}"
+    profiling = subprocess.Popen([sys.executable, "-m", "nas.cli", "profile", str(study_file)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert profiling.poll() is None and time.monotonic() < deadline, "profile ended before it was killed"
+            if (tmp_path / "latency.db").exists():
+                try:
+                    engine = db.connect(engine_url)
+                    stored = sum(len(db.latest(engine, device)) for device in db.devices(engine))
+                except Exception:  # noqa: BLE001 - the schema may be being created right now
+                    stored = 0
+                if stored >= 5:
+                    break
+            time.sleep(0.2)
+        profiling.send_signal(signal.SIGKILL)
+        profiling.wait(timeout=30)
+    finally:
+        if profiling.poll() is None:
+            profiling.kill()
+    engine = db.connect(engine_url)
+    device = db.devices(engine)[0]
+    kept = {(r.op, r.variant, str(r.shape)) for r in db.latest(engine, device)}
+    assert len(kept) >= 5
+
+    os.environ["SHIFTADD_CACHE"] = env["SHIFTADD_CACHE"]
+    assert main(["profile", str(study_file)]) == 0
+    out = capsys.readouterr().out
+    measured, skipped = map(int, re.search(r"measured (\d+), already in the table (\d+)", out).groups())
+    assert skipped >= len(kept) and measured > 0  # only what was missing
+    rows = db.latest(engine, device)
+    assert kept <= {(r.op, r.variant, str(r.shape)) for r in rows}  # nothing measured before was lost
