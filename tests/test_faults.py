@@ -73,7 +73,7 @@ def test_storage_passwords_never_reach_the_output(searchable, tmp_path, capsys):
     assert "Traceback" not in err and err.startswith("error: ")
 
 
-def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_path, capsys):
+def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_path, capsys, monkeypatch):
     import re
 
     from latency_model import db
@@ -111,7 +111,7 @@ def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_pat
     kept = {(r.op, r.variant, str(r.shape)) for r in db.latest(engine, device)}
     assert len(kept) >= 5
 
-    os.environ["SHIFTADD_CACHE"] = env["SHIFTADD_CACHE"]
+    monkeypatch.setenv("SHIFTADD_CACHE", env["SHIFTADD_CACHE"])
     assert main(["profile", str(study_file)]) == 0
     out = capsys.readouterr().out
     measured, skipped = map(int, re.search(r"measured (\d+), already in the table (\d+)", out).groups())
