@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces import ArchConfig
 from search_spaces.config import ConfigError
 
+from .disk import ensure_writable
 from .study import Study
 
 # Multi-objective "best": the fastest Pareto trial within this much accuracy of the most accurate one.
@@ -92,6 +93,7 @@ def write_config(path: Path, config: ArchConfig, origin: dict[str, Any]) -> Path
 
 def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Path]:
     """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``."""
+    ensure_writable(out, "--out", need_mb=1)
     paths = []
     for trial in choose(ostudy, which):
         config = ArchConfig.from_json(trial.user_attrs["config"])
@@ -134,6 +136,7 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
     if config.model != study.model:
         raise ConfigError("model", f"the config is for {config.model.to_dict()}, the study's model is "
                                    f"{study.model.to_dict()}")
+    ensure_writable(out, "--out")
     start = time.perf_counter()
     evaluator = Evaluator(study)
     history: list[float] = []

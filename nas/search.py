@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from search_spaces import ArchConfig
 from search_spaces.config import ConfigError
 
+from .disk import ensure_writable
 from .study import Study, create_pruner, create_sampler
 
 METRIC_NAMES = {"accuracy": "accuracy", "latency_ms": "latency_ms"}
@@ -60,11 +61,7 @@ def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> op
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
-            folder = Path(path).parent
-            if not folder.is_dir():
-                raise ConfigError("storage", f"folder {folder} of the SQLite storage does not exist")
-            if not os.access(folder, os.W_OK):
-                raise ConfigError("storage", f"folder {folder} of the SQLite storage is not writable")
+            ensure_writable(Path(path).parent, "storage")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     try:
         beats: dict[str, Any] = {}

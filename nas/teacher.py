@@ -20,6 +20,7 @@ from search_spaces.config import ConfigError
 from search_spaces.reparam import create_model
 
 from .checkpoints import load_weights, save_weights
+from .disk import ensure_writable
 from .study import Study
 from .train import LossWeights, Trainer, evaluate
 
@@ -85,6 +86,7 @@ def pretrain(study: Study, train_set: Dataset, val_set: Dataset, force: bool = F
     if not force and is_pretrained(study):
         return PretrainResult(str(study.teacher_path), int(meta["epochs"]), float(meta.get("val_accuracy", "nan")),
                               0.0, cached=True)
+    ensure_writable(study.teacher_path.parent, "model.checkpoint")
     start = time.perf_counter()
     torch.manual_seed(study.train.seed)
     model = create_model(study.model)

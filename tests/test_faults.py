@@ -118,3 +118,24 @@ def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_pat
     assert skipped >= len(kept) and measured > 0  # only what was missing
     rows = db.latest(engine, device)
     assert kept <= {(r.op, r.variant, str(r.shape)) for r in rows}  # nothing measured before was lost
+
+
+def test_a_full_disk_or_read_only_folder_stops_before_any_work(searchable, tmp_path, monkeypatch, capsys):
+    """Both faults are mocked: the tests run as root (permissions do not stop it) on a disk with room."""
+    import shutil
+    from collections import namedtuple
+
+    from nas import disk
+
+    study_file = searchable(tmp_path)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 3 * 2**20))
+    assert main(["search", str(study_file)]) == 2
+    err = capsys.readouterr().err
+    assert "storage" in err and "only 3 MB free" in err and str(tmp_path) in err
+    assert not (tmp_path / "tiny.db").exists()  # nothing was started
+
+    monkeypatch.setattr(disk.shutil, "disk_usage", shutil.disk_usage)
+    monkeypatch.setattr(disk.os, "access", lambda path, mode: False)
+    assert main(["search", str(study_file)]) == 2
+    assert "is not writable" in capsys.readouterr().err

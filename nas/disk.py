@@ -1,0 +1,27 @@
+"""Before work starts: the folders it will write to exist, are writable and have room, so a full disk or a read-only
+study folder is one clear message up front, not a failure hours in with a half-written file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from search_spaces.config import ConfigError
+
+MIN_FREE_MB = 100
+
+
+def ensure_writable(folder: str | Path, where: str, need_mb: int = MIN_FREE_MB) -> Path:
+    """Create ``folder`` if needed and check it is writable with ``need_mb`` free; ``where`` names the setting."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(where, f"cannot create folder {folder}: {e.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(where, f"folder {folder} is not writable")
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < need_mb:
+        raise ConfigError(where, f"only {free_mb:.0f} MB free on the disk of {folder} (need at least {need_mb} MB)")
+    return folder
