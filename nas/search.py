@@ -30,7 +30,6 @@ from search_spaces.config import ConfigError
 from .disk import ensure_writable
 from .study import Study, create_pruner, create_sampler
 
-METRIC_NAMES = {"accuracy": "accuracy", "latency_ms": "latency_ms"}
 # Trials that use up the budget: finished ones and those being run or queued now.
 PLANNED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 SQLITE_TIMEOUT_S = 60
