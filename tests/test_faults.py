@@ -139,3 +139,25 @@ def test_a_full_disk_or_read_only_folder_stops_before_any_work(searchable, tmp_p
     monkeypatch.setattr(disk.os, "access", lambda path, mode: False)
     assert main(["search", str(study_file)]) == 2
     assert "is not writable" in capsys.readouterr().err
+
+
+def test_serving_the_dashboard_beyond_loopback_warns(searchable, tmp_path):
+    import socket
+
+    study_file = searchable(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "nas.cli", "dashboard", str(study_file), "--host", "0.0.0.0",
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        while not any("Ctrl-C" in line for line in lines):  # up to the line with the URL
+            line = server.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    said = " ".join("".join(lines).split())  # rich wraps long lines
+    assert "warning: serving on 0.0.0.0" in said and "no authentication" in said
