@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_URL = "sqlite:///studies/latency.db"
 
 
@@ -110,6 +110,19 @@ class ModelMeasurement(Base):
     measured_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc))
 
 
+class Failure(Base):
+    """A shape that could not be measured (a TVM compile or tuning error, a module that would not run), and why:
+    kept so a failure is on record, not only on the screen of the run that hit it."""
+
+    __tablename__ = "failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    job: Mapped[str] = mapped_column(String(500))  # what was being measured, as the profile labels it
+    reason: Mapped[str] = mapped_column(Text)
+    trials: Mapped[int] = mapped_column(Integer, default=0)
+    failed_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc))
+
+
 def shape_key(shape: Mapping[str, int]) -> str:
     """Canonical JSON of a shape: the same dims always give the same text."""
     return json.dumps({k: int(v) for k, v in sorted(shape.items())}, separators=(",", ":"))
@@ -127,7 +140,12 @@ def _migrate_2_to_3(connection) -> None:
     ModelMeasurement.__table__.create(connection)
 
 
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(connection) -> None:
+    """Schema 4 records the shapes that failed to measure."""
+    Failure.__table__.create(connection)
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def _redact(url: str) -> str:
@@ -299,6 +317,19 @@ class ModelRow:
     batch: int
     moe_shares: dict[int, list[float]]
     median_ms: float
+
+
+def add_failure(engine: Engine, device_id: int, job: str, reason: str, trials: int = 0) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(Failure(device_id=device_id, job=job[:500], reason=reason, trials=trials))
+
+
+def failures(engine: Engine, device: str) -> list[tuple[str, str, datetime]]:
+    """(job, reason, when) of every failed measurement of ``device``, oldest first."""
+    with Session(engine) as session:
+        query = (select(Failure.job, Failure.reason, Failure.failed_at).join(Device, Failure.device_id == Device.id)
+                 .where(Device.name == device).order_by(Failure.id))
+        return [tuple(row) for row in session.execute(query)]
 
 
 def model_rows(engine: Engine, device: str) -> list[ModelRow]:

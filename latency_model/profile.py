@@ -146,8 +146,10 @@ def profile(
         try:
             _measure(job, space, settings, engine, device_id, kernels, kernel_root, tracker, device_key)
             summary.measured.append(job.label)
-        except Exception as e:  # one shape's failure must not stop the profile; it is reported
-            summary.failed.append((job.label, f"{type(e).__name__}: {e}"))
+        except Exception as e:  # one shape's failure must not stop the profile; it is reported and recorded
+            reason = f"{type(e).__name__}: {e}"
+            summary.failed.append((job.label, reason))
+            db.add_failure(engine, device_id, job.label, reason[:4000], settings.trials)
         if on_done:
             on_done(job, time.perf_counter() - job_start)
     summary.seconds = time.perf_counter() - start

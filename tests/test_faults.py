@@ -161,3 +161,38 @@ def test_serving_the_dashboard_beyond_loopback_warns(searchable, tmp_path):
         server.wait(timeout=30)
     said = " ".join("".join(lines).split())  # rich wraps long lines
     assert "warning: serving on 0.0.0.0" in said and "no authentication" in said
+
+
+def test_a_shape_that_fails_to_compile_is_recorded_and_the_profile_goes_on(tmp_path, capsys):
+    from kernels import target as targets
+    from kernels.tuning import task_dir
+    from latency_model import db
+    from latency_model.ops import kernel_tasks
+    from nas.study import Study
+    from search_fixtures import TINY_MODEL, write_study
+
+    study_file = write_study(tmp_path / "p.yaml", {
+        "name": "p", "model": TINY_MODEL,
+        "space": {"choices": {"attention": ["msa"], "qkv": ["dense", "shift"], "proj": ["dense"], "mlp": ["dense"]}},
+        "latency": {"trials": 0, "repeats": 3, "calibration": 0}})
+    study = Study.load(study_file)
+    cache = tmp_path / "kernels"
+    # a real fault: a file stands where one kernel's cache folder has to be created, so only that shape's build fails
+    broken = sorted(kernel_tasks(study.space, (1,)), key=lambda spec: spec.key)[0]
+    blocker = task_dir(broken, targets.resolve("cpu"), cache)
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+
+    assert main(["profile", str(study_file), "--cache", str(cache)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "failed" in out and broken.kernel in out
+    engine = db.connect(study.latency.db)
+    recorded = db.failures(engine, study.latency.device)
+    assert recorded and all(reason for _, reason, _ in recorded)
+    assert any(broken.kernel in job for job, _, _ in recorded)
+    measured = db.latest(engine, study.latency.device)
+    assert len(measured) > len(recorded)  # the other shapes were measured
+
+    blocker.unlink()
+    assert main(["profile", str(study_file), "--cache", str(cache)]) == 0  # fixed: only the missing ones now
+    assert len(db.latest(engine, study.latency.device)) > len(measured)
