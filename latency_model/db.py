@@ -148,13 +148,14 @@ def _migrate_3_to_4(connection) -> None:
 MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """A database URL fit for messages and logs: the password hidden (everything before '@' if it does not parse)."""
     from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return url
+        return url.split("@", 1)[-1] if "@" in url else url
 
 
 def connect(url: str = DEFAULT_URL) -> Engine:
@@ -162,7 +163,7 @@ def connect(url: str = DEFAULT_URL) -> Engine:
     try:
         engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
     except (ArgumentError, NoSuchModuleError) as e:
-        raise LatencyDBError(f"measurement database URL {_redact(url)!r} is not usable: {e}") from None
+        raise LatencyDBError(f"measurement database URL {redact(url)!r} is not usable: {e}") from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -182,8 +183,8 @@ def connect(url: str = DEFAULT_URL) -> Engine:
         except OperationalError as e:
             if attempt < 2 and "already exists" in str(e.orig):
                 continue
-            raise LatencyDBError(f"cannot open measurement database {_redact(url)}: {e.orig}") from None
-    raise LatencyDBError(f"cannot open measurement database {_redact(url)}: schema creation kept racing")
+            raise LatencyDBError(f"cannot open measurement database {redact(url)}: {e.orig}") from None
+    raise LatencyDBError(f"cannot open measurement database {redact(url)}: schema creation kept racing")
 
 
 def _create_or_migrate(engine: Engine) -> None:

@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from optuna.trial import TrialState
@@ -25,7 +24,7 @@ from ray.tune import Callback
 
 from search_spaces.config import ConfigError
 
-from .search import SearchError, open_study, redact, storage_of
+from .search import SearchError, open_study, storage_of
 from .study import Study, create_sampler
 
 FINAL = "final"  # set in the last result of a trial that ran to the end

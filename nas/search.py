@@ -24,14 +24,15 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
+from latency_model.db import redact
 from search_spaces import ArchConfig
 from search_spaces.config import ConfigError
 
 from .disk import ensure_writable
 from .study import Study, create_pruner, create_sampler
 
-# Trials that use up the budget: finished ones and those being run or queued now.
-PLANNED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# Trials that use up the budget: finished ones and those running now (queued ones do not, until claimed).
+STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 SQLITE_TIMEOUT_S = 60
 # A worker whose trials fail this many times in a row stops: the cause is the setup, not one architecture.
 MAX_CONSECUTIVE_FAILURES = 3
@@ -39,17 +40,6 @@ MAX_CONSECUTIVE_FAILURES = 3
 
 class SearchError(RuntimeError):
     """The search could not go on (its workers stopped); what is stored stays valid and a re-run continues."""
-
-
-def redact(url: str) -> str:
-    """A storage URL fit for logs and attributes: the password hidden."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("@", 1)[-1] if "@" in url else url
 
 
 def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> optuna.storages.RDBStorage:
@@ -146,9 +136,7 @@ def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(ostudy)  # trials of dead workers -> FAIL, and queued again
-        planned = len(ostudy.get_trials(deepcopy=False, states=PLANNED))
-        waiting = len(ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        if planned - waiting >= n_trials:
+        if len(ostudy.get_trials(deepcopy=False, states=STARTED)) >= n_trials:
             return None
         return ostudy.ask()
 

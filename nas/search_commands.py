@@ -46,7 +46,7 @@ def _data(study: Study):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file without running it: every section, the model, the data and the space."""
-    from .search import redact
+    from latency_model.db import redact
 
     from latency_model.predictor import Predictor, PredictorError
 
@@ -160,7 +160,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from .search import redact, storage_of
+    from latency_model.db import redact
+
+    from .search import storage_of
 
     if not (args.study or args.storage):
         raise ConfigError("", "give a study file or --storage URL")

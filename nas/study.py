@@ -283,8 +283,8 @@ class Study:
         objectives = Objectives.from_dict(data.get("objectives"))
         pruner = Choice.from_dict(data.get("pruner"), "pruner", PRUNERS, "none")
         if pruner.name != "none" and objectives.multi:
-            raise ConfigError("pruner.name", f"Optuna prunes single-objective studies only; use {{name: none}} with "
-                                             f"metrics [accuracy, latency_ms], or metrics [accuracy] to prune")
+            raise ConfigError("pruner.name", "Optuna prunes single-objective studies only; use {name: none} with "
+                                             "metrics [accuracy, latency_ms], or metrics [accuracy] to prune")
         storage = data.get("storage") or f"sqlite:///{folder / name}.db"
         if not isinstance(storage, str) or "://" not in storage:
             raise ConfigError("storage", f"expected a database URL like sqlite:///studies/x.db or "

@@ -60,7 +60,10 @@ def is_pretrained(study: Study) -> bool:
     """True when the teacher file is there and was trained for this study's model, data and epochs."""
     if study.checkpoint is not None:
         return study.checkpoint.is_file()
-    meta = _pretrained_metadata(study)
+    return _matches(study, _pretrained_metadata(study))
+
+
+def _matches(study: Study, meta: dict[str, str] | None) -> bool:
     return meta is not None and all(meta.get(k) == v for k, v in _fingerprint(study).items())
 
 
@@ -83,7 +86,7 @@ def pretrain(study: Study, train_set: Dataset, val_set: Dataset, force: bool = F
         raise ConfigError("model.checkpoint", f"the study gives a checkpoint ({study.checkpoint}); there is "
                                               "nothing to pretrain", str(study.path))
     meta = _pretrained_metadata(study)
-    if not force and is_pretrained(study):
+    if not force and _matches(study, meta):
         return PretrainResult(str(study.teacher_path), int(meta["epochs"]), float(meta.get("val_accuracy", "nan")),
                               0.0, cached=True)
     ensure_writable(study.teacher_path.parent, "model.checkpoint")
