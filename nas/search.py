@@ -55,9 +55,12 @@ def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> op
     try:
         beats: dict[str, Any] = {}
         if heartbeat_s:
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
             beats = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s,
-                     "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=retries)}
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+                     "heartbeat_stale_trial_callback": retry}
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8: say it once, in README
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (ImportError, ModuleNotFoundError) as e:
         raise ConfigError("storage", f"no database driver for {redact(url)}: {e}") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy/optuna raise many kinds for a bad URL or server

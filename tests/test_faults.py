@@ -7,7 +7,7 @@ import sys
 import time
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from nas.cli import main
@@ -33,7 +33,8 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_the_rerun_finishes(sear
                 running = _study(study_file).get_trials(states=(TrialState.RUNNING,))
             except KeyError:  # the study is not created yet
                 running = []
-            victim = next((t for t in running if t.number >= 1 and "worker" in t.user_attrs), None)
+            # "config" is set once the trial's architecture is sampled: the kill lands in its training
+            victim = next((t for t in running if t.number >= 1 and "config" in t.user_attrs), None)
             time.sleep(0.2)
         os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
         output = search.communicate(timeout=120)[0].decode()
@@ -48,7 +49,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_the_rerun_finishes(sear
     assert main(["search", str(study_file)]) == 0
     trials = _study(study_file).get_trials()
     assert trials[victim.number].state == TrialState.FAIL  # not RUNNING forever
-    retry = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == victim.number]
+    retry = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == victim.params
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     for number, old in before.items():  # nothing stored before is lost or changed
