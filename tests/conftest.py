@@ -1,3 +1,6 @@
+import itertools
+import os
+
 import pytest
 import torch
 
@@ -36,3 +39,28 @@ def searchable(tmp_path_factory):
         return write_study(folder / "study.yaml", data)
 
     return study_file
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of the tests' own (see tests/postgres_server.py); skipped without the binaries."""
+    from postgres_server import PostgresServer, server_binaries
+
+    binaries = server_binaries()
+    if binaries is None:
+        message = "PostgreSQL server binaries not found (apt-get install postgresql; .ci/run installs them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(binaries)
+    yield server
+    server.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a new, empty database on the tests' PostgreSQL server."""
+    return postgres_server.new_database(f"test_{next(_databases)}")

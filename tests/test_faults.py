@@ -7,6 +7,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -56,8 +57,10 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_the_rerun_finishes(sear
         assert (trials[number].values, trials[number].params) == (old.values, old.params)
 
 
-def test_four_workers_on_one_sqlite_study(searchable, tmp_path):
-    study_file = searchable(tmp_path, budget={"n_trials": 8, "epochs": 1, "steps_per_epoch": 1})
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_four_workers_on_one_study(database, searchable, tmp_path, request):
+    storage = {"storage": request.getfixturevalue("postgres_url")} if database == "postgresql" else {}
+    study_file = searchable(tmp_path, budget={"n_trials": 8, "epochs": 1, "steps_per_epoch": 1}, **storage)
     assert main(["search", str(study_file), "--workers", "4"]) == 0
     trials = _study(study_file).get_trials()
     assert [t.number for t in trials] == list(range(8))

@@ -80,8 +80,9 @@ def _writer(url: str, name: str, count: int) -> None:
         db.add_measurement(engine, device, "tvm.matmul", name, {"M": i, "K": 1, "N": 1}, timing=_timing(1.0 + i))
 
 
-def test_two_processes_writing_at_once_lose_nothing(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_processes_writing_at_once_lose_nothing(database, tmp_path, request):
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'shared.db'}"
     db.connect(url)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(url, name, 60)) for name in ("a", "b")]
