@@ -28,6 +28,7 @@ from .search import SearchError, open_study, storage_of
 from .study import Study, create_sampler
 
 FINAL = "final"  # set in the last result of a trial that ran to the end
+NODE_KEYS = ("hostname", "node_ip", "node_id", "pid")  # where a Ray result came from (stored as ray_<key>)
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -63,8 +64,13 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
     early_latency = evaluator.predictor.predict(arch, evaluator.batch).total_ms
     node = ray.get_runtime_context().get_node_id()
 
+    epochs = study.budget.epochs
+
     def report(epoch: int, accuracy: float) -> bool:
-        tune.report({"accuracy": accuracy, "latency_ms": early_latency, "epoch": epoch + 1, "node_id": node})
+        # The last epoch's accuracy goes out with the final result: a scheduler stops every trial at its last
+        # report (ASHA at max_t), and that report must be the one that says the trial ran to the end.
+        if epoch + 1 < epochs:
+            tune.report({"accuracy": accuracy, "latency_ms": early_latency, "epoch": epoch + 1, "node_id": node})
         return False
 
     try:
@@ -74,8 +80,8 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
                      "fail_reason": f"{type(e).__name__}: {e}"})
         return
     # Ray flattens nested results; the attributes travel as one JSON string
-    tune.report({"accuracy": result.accuracy, "latency_ms": result.latency_ms, FINAL: True, "node_id": node,
-                 "attrs": json.dumps(result.user_attrs())})
+    tune.report({"accuracy": result.accuracy, "latency_ms": result.latency_ms, "epoch": epochs, FINAL: True,
+                 "node_id": node, "attrs": json.dumps(result.user_attrs())})
 
 
 def _searcher_class():
@@ -88,7 +94,7 @@ def _searcher_class():
         # study instead, and its storage connection, sampler and space cannot be pickled: leave them out.
         def __getstate__(self) -> dict:
             return {**self.__dict__, "_storage": None, "_ot_study": None, "_ot_trials": {}, "_sampler": None,
-                    "_space": None}
+                    "_space": None, "_arch_space": None}
 
         def save(self, checkpoint_path: str) -> None:
             import pickle
@@ -99,7 +105,14 @@ def _searcher_class():
         def restore(self, checkpoint_path: str) -> None:
             raise NotImplementedError("resume a search by running `nas search --backend ray` again")
 
+        def __init__(self, *args, arch_space=None, latency_budget_ms: float | None = None, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._arch_space = arch_space  # rebuilds a trial's ArchConfig from its parameters
+            self._latency_budget_ms = latency_budget_ms
+            self._where: dict[str, dict[str, Any]] = {}  # Ray trial id -> the node it last reported from
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
+            self._where[trial_id] = {key: result[key] for key in NODE_KEYS if key in result}
             if "fail_reason" not in result and FINAL not in result:
                 super().on_trial_result(trial_id, result)  # intermediate accuracy for single-objective studies
 
@@ -109,9 +122,14 @@ def _searcher_class():
             trial = self._ot_trials[trial_id]
             result = result or {}
             trial.set_user_attr("ray_trial_id", trial_id)
-            for key in ("hostname", "node_ip", "node_id", "pid"):
-                if key in result:
-                    trial.set_user_attr(f"ray_{key}", result[key])
+            for key, value in {**self._where.pop(trial_id, {}), **result}.items():
+                if key in NODE_KEYS:  # a dead worker sends no result: its node is the one it last reported from
+                    trial.set_user_attr(f"ray_{key}", value)
+            if self._arch_space is not None:
+                try:
+                    trial.set_user_attr("config", self._arch_space.from_params(trial.params).to_json())
+                except ConfigError:
+                    pass  # parameters still incomplete: the trial failed before its architecture was drawn
             if result.get("time_total_s") is not None:
                 trial.set_user_attr("wall_s", round(float(result["time_total_s"]), 3))
             if error or "fail_reason" in result:
@@ -121,7 +139,13 @@ def _searcher_class():
             elif result.get(FINAL):
                 for key, value in json.loads(result.get("attrs", "{}")).items():
                     trial.set_user_attr(key, value)
-                values = [result[m] for m in self._metric] if isinstance(self._metric, list) else result[self._metric]
+                if isinstance(self._metric, list):
+                    values = [result[m] for m in self._metric]
+                else:  # the last epoch's accuracy, held back from the intermediate reports (see trainable)
+                    values = result[self._metric]
+                    trial.report(values, result["training_iteration"])
+                if self._latency_budget_ms is not None:
+                    trial.set_constraint("latency_ms", result["latency_ms"] - self._latency_budget_ms)
                 state = TrialState.COMPLETE
             else:  # stopped by the scheduler before its last epoch
                 state, values = TrialState.PRUNED, None
@@ -192,7 +216,8 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
             study.space.suggest(trial)
 
         searcher = _searcher_class()(space=define, metric=metric, mode=mode, sampler=create_sampler(study),
-                                     study_name=study.name, storage=storage_of(study.storage))
+                                     study_name=study.name, storage=storage_of(study.storage),
+                                     arch_space=study.space, latency_budget_ms=study.objectives.latency_budget_ms)
         scheduler = None
         if study.pruner.name == "asha":
             from ray.tune.schedulers import ASHAScheduler

@@ -43,19 +43,24 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
 
 
 def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
-    study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"]}, pruner={"name": "asha"},
+    study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1000.0},
+                            pruner={"name": "asha"},
                             budget={"n_trials": 6, "epochs": 4, "steps_per_epoch": 2})
     assert main(["search", str(study_file), "--backend", "ray", "--workers", "2"]) == 0
     trials = _trials(study_file)
     states = [t.state for t in trials]
     assert len(trials) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert TrialState.PRUNED in states  # ASHA with halving stops some of 6 trials of 4 epochs
+    assert TrialState.COMPLETE in states  # ... and lets the others run to their end
     for t in trials:
+        assert t.user_attrs["config"] and t.user_attrs["ray_node_id"]
         if t.state == TrialState.PRUNED:
             # Optuna keeps a pruned trial's last intermediate value, as with its own pruners; no final attributes
-            assert len(t.intermediate_values) < 4 and "config" not in t.user_attrs
+            assert len(t.intermediate_values) < 4 and "accuracy_history" not in t.user_attrs
         else:
             assert len(t.user_attrs["accuracy_history"]) == 4
+            assert sorted(t.intermediate_values) == [1, 2, 3, 4] and t.intermediate_values[4] == t.value
+            assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs["latency_ms"] - 1000.0)}
 
 
 def test_joins_a_cluster_started_with_ray_start(searchable, tmp_path):
