@@ -49,7 +49,7 @@ def main() -> None:
             wall = time.perf_counter() - start
             trials = optuna.load_study(study_name=study.name, storage=study.storage).get_trials()
             done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-            train = statistics.fmean(t.user_attrs["train_s"] for t in done)
+            train = statistics.fmean(t.user_attrs["train_s"] for t in done if "train_s" in t.user_attrs)
             per_trial = wall / len(done)
             rows.append({"backend": backend, "concurrent": concurrency, "trials": len(done),
                          "wall_s": round(wall, 1), "trials_per_hour": round(3600 / per_trial, 1),

@@ -52,7 +52,7 @@ def front_rows(study: Study, ostudy, epochs: int) -> list[dict]:
 
 def overhead_rows(ostudy) -> tuple[list[dict], dict]:
     finished = [t for t in ostudy.get_trials(deepcopy=False)
-                if t.datetime_complete and "wall_s" in t.user_attrs and "train_s" in t.user_attrs]
+                if t.datetime_complete and "wall_s" in t.user_attrs]
     trials = [t for t in finished if "duplicate_of" not in t.user_attrs]  # repeats reuse a result: no training
     span = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     wall = [t.user_attrs["wall_s"] for t in trials]

@@ -7,9 +7,11 @@ The Ray backend wraps the same :class:`Evaluator`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -124,12 +126,21 @@ class Evaluator:
         return result, model
 
 
-def _scored_before(trial, config: ArchConfig):
-    """A complete trial of the same study that already scored this architecture (samplers do propose repeats)."""
+def training_recipe(study: Study) -> str:
+    """What a trial's result depends on besides its architecture: the trial budget, the training settings and the
+    data. A result is reused for a repeated architecture only under the same recipe."""
+    recipe = {"epochs": study.budget.epochs, "steps_per_epoch": study.budget.steps_per_epoch,
+              "train": asdict(study.train), "data": asdict(study.data)}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _scored_before(trial, config: ArchConfig, recipe: str):
+    """A complete trial of the same study that already scored this architecture with the same recipe (samplers do
+    propose repeats)."""
     from optuna.trial import TrialState
 
     for earlier in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if earlier.user_attrs.get("config_id") == config.id:
+        if earlier.user_attrs.get("config_id") == config.id and earlier.user_attrs.get("recipe") == recipe:
             return earlier
     return None
 
@@ -139,14 +150,16 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
     import optuna
 
     study = evaluator.study
+    recipe = training_recipe(study)
 
     def objective(trial: optuna.Trial):
         config = study.space.suggest(trial)
         trial.set_user_attr("config", config.to_json())
-        earlier = _scored_before(trial, config)
+        trial.set_user_attr("recipe", recipe)
+        earlier = _scored_before(trial, config, recipe)
         if earlier is not None:  # training is seeded, so it would repeat this result: reuse it, spend no time
             for key, value in earlier.user_attrs.items():
-                if key not in ("worker", "wall_s", "reference"):
+                if key not in ("worker", "wall_s", "reference", "train_s"):  # train_s: this trial trained nothing
                     trial.set_user_attr(key, value)
             trial.set_user_attr("duplicate_of", earlier.number)
             for key, value in earlier.constraints.items():

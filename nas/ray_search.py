@@ -215,7 +215,7 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
         def define(trial) -> None:
             study.space.suggest(trial)
 
-        searcher = _searcher_class()(space=define, metric=metric, mode=mode, sampler=create_sampler(study),
+        searcher = _searcher_class()(space=define, metric=metric, mode=mode, sampler=create_sampler(study, (len(ostudy.trials),)),
                                      study_name=study.name, storage=storage_of(study.storage),
                                      arch_space=study.space, latency_budget_ms=study.objectives.latency_budget_ms)
         scheduler = None

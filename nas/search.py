@@ -145,15 +145,18 @@ def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | 
 
 
 def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: float | None, threads: int,
-               worker: int = 0) -> int:
+               worker: int = 0, stored_at_start: int = 0) -> int:
     """One search worker (a process of its own): claim, run and tell trials until ``n_trials`` are planned.
+    ``stored_at_start`` (the study's trial count when the search started) and ``worker`` seed its sampler.
     Returns how many trials this worker ran."""
     from .objective import Evaluator, optuna_objective
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # this loop does what Study.optimize does around a trial (heartbeat thread, tell), which Optuna warns about
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     study = Study.load(study_path, storage=storage)
     ostudy = open_study(study, heartbeat=True)
-    ostudy.sampler = create_sampler(study, worker)
+    ostudy.sampler = create_sampler(study, (stored_at_start, worker))
     objective = optuna_objective(Evaluator(study, threads=threads))
     deadline = time.monotonic() + timeout_s if timeout_s else None
     ran, failed_in_a_row = 0, 0
@@ -215,7 +218,8 @@ def progress_of(ostudy: optuna.Study) -> Progress:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         if len(ostudy.directions) > 1:
-            best = f"Pareto front: {len(ostudy.best_trials)} trials"
+            architectures = {t.user_attrs.get("config_id", t.number) for t in ostudy.best_trials}
+            best = f"Pareto front: {len(architectures)} architectures"  # repeats of one count once
         else:
             try:
                 t = ostudy.best_trial
@@ -249,7 +253,8 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, timeout_
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # torch and TVM threads do not survive fork
     processes = [context.Process(target=_worker_main, name=f"nas-worker-{i}",
-                                 args=(str(study.path), study.storage, n_trials, timeout_s, threads, i))
+                                 args=(str(study.path), study.storage, n_trials, timeout_s, threads, i,
+                                       sum(before.counts.values())))
                  for i in range(workers)]
     start = time.perf_counter()
     for p in processes:

@@ -322,9 +322,11 @@ def _check_database_url(url: str) -> None:
         pass  # a known kind whose driver is missing: said when the search opens it
 
 
-def create_sampler(study: Study, worker: int = 0):
-    """The study's Optuna sampler; worker ``i`` of a parallel search gets seed ``seed + i`` so workers draw
-    different architectures."""
+def create_sampler(study: Study, stream: tuple[int, ...] = ()):
+    """The study's Optuna sampler. ``stream`` (e.g. the number of trials stored when a search run started, and the
+    worker) derives a seed of its own from the study's: parallel workers, and a resumed search, draw other
+    architectures than the ones already drawn, yet every run is reproducible."""
+    import numpy as np
     import optuna
 
     kwargs = dict(study.sampler.kwargs)
@@ -334,7 +336,9 @@ def create_sampler(study: Study, worker: int = 0):
     classes = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
                "random": optuna.samplers.RandomSampler}
     try:
-        return classes[study.sampler.name](seed=seed + worker, **kwargs)
+        if stream:
+            seed = int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
+        return classes[study.sampler.name](seed=seed, **kwargs)
     except TypeError as e:
         raise ConfigError("sampler", f"{study.sampler.name} does not take {kwargs}: {e}", str(study.path)) from None
 

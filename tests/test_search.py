@@ -76,6 +76,9 @@ def test_search_resumes_the_stored_study(searchable, tmp_path):
     for old, new in zip(first, again[:3]):  # the stored trials are untouched, not re-run
         assert (old.number, old.params, old.values, old.datetime_complete) == \
                (new.number, new.params, new.values, new.datetime_complete)
+    # the continued run's sampler is seeded apart from the first run's: it draws new architectures, not repeats
+    assert first[2].user_attrs["config_id"] not in {t.user_attrs["config_id"] for t in again[3:]}
+    assert not any("duplicate_of" in t.user_attrs for t in again)
     assert main(["search", str(study_file), "--n-trials", "5"]) == 0  # nothing left to do
     assert len(_trials(study_file)) == 5
 
@@ -86,7 +89,7 @@ def test_two_workers_share_one_sqlite_study_exactly(searchable, tmp_path):
     trials = _trials(study_file)
     assert [t.number for t in trials] == list(range(5))
     assert all(t.state == TrialState.COMPLETE for t in trials)  # none lost, none extra
-    assert len({t.user_attrs["worker"] for t in trials}) <= 2
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both worked
 
 
 def test_diverging_trials_fail_with_their_reason_and_keep_the_study(searchable, tmp_path, capsys):
@@ -216,3 +219,10 @@ def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
     assert main(["export", str(study_file), "--trial", "pareto", "--out", str(out)]) == 0
     ids = [yaml.safe_load(p.read_text())["provenance"]["trial"] for p in out.glob("*.yaml")]
     assert len({trials[i].user_attrs["config_id"] for i in ids}) == len(ids)  # each architecture once
+
+    # another training recipe (here the learning rate): results trained under the old one are not reused
+    searchable(tmp_path, space=space, budget={"n_trials": 8}, train={"batch_size": 32, "lr": 0.01})
+    assert main(["search", str(study_file)]) == 0
+    later = _trials(study_file)[6:]
+    assert len(later) == 2 and "duplicate_of" not in later[0].user_attrs and "train_s" in later[0].user_attrs
+    assert all(t.user_attrs.get("duplicate_of", 6) >= 6 for t in later)
