@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, KernelError, LatencyDBError, PredictorError, SearchError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: what was stored stays (trials, measurements, checkpoints); run the same command again to "
+              "continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

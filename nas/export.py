@@ -77,7 +77,8 @@ def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
 def provenance(study: Study, trial: FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
     return {
-        "study_file": str(study.path), "study": study.name, "trial": trial.number,
+        "study_file": str(study.path.resolve()),  # nas finetune works from any folder
+        "study": study.name, "trial": trial.number,
         "accuracy": attrs.get("accuracy"), "latency_ms": attrs.get("latency_ms"),
         "latency_device": study.latency.device, "latency_breakdown": attrs.get("latency_breakdown"),
         "moe_split": attrs.get("moe_split"), "reference": attrs.get("reference"),

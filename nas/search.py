@@ -280,4 +280,10 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, timeout_
         last = f"; last failure: trial {after.failures[-1][0]}: {after.failures[-1][1]}" if after.failures else ""
         raise SearchError(f"search workers stopped early ({codes}); {after.finished} of {n_trials} trials "
                           f"finished{last}. Fix the cause and run the same command again to continue")
+    orphans = after.counts.get("RUNNING", 0)
+    if orphans and after.finished < n_trials:  # every worker here has ended: those trials' workers died earlier
+        grace = 2 * study.search.heartbeat_s
+        raise SearchError(f"{orphans} trial(s) are still RUNNING from a worker that died (an earlier run, or "
+                          f"another machine); they count against n_trials until their heartbeat is {grace} s old, "
+                          f"then they are marked FAIL and queued again: run the same command again after that")
     return SearchSummary(before, after, time.perf_counter() - start, workers)

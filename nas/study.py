@@ -287,8 +287,10 @@ class Study:
                                              "metrics [accuracy, latency_ms], or metrics [accuracy] to prune")
         storage = data.get("storage") or f"sqlite:///{folder / name}.db"
         if not isinstance(storage, str) or "://" not in storage:
+            shown = "a value that is not a URL (not shown: it may hold a password)" \
+                if isinstance(storage, str) and ("@" in storage or ":" in storage) else repr(storage)
             raise ConfigError("storage", f"expected a database URL like sqlite:///studies/x.db or "
-                                         f"postgresql://user@host/db, got {storage!r}")
+                                         f"postgresql://user@host/db, got {shown}")
         _check_database_url(storage)
         latency = LatencySettings.from_dict(data.get("latency")).resolved(folder)
         return cls(

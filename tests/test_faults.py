@@ -76,6 +76,12 @@ def test_storage_passwords_never_reach_the_output(searchable, tmp_path, capsys):
     assert "s3cret-pw" not in out + err and "nas:***@127.0.0.1" in out + err
     assert "Traceback" not in err and err.startswith("error: ")
 
+    (tmp_path / "typo").mkdir()
+    not_a_url = searchable(tmp_path / "typo", storage="nas:s3cret-pw@127.0.0.1/studies")  # the scheme forgotten
+    assert main(["validate", str(not_a_url)]) == 2
+    err = capsys.readouterr().err
+    assert "storage" in err and "not a URL" in err and "s3cret-pw" not in err
+
 
 def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_path, capsys, monkeypatch):
     import re
@@ -200,3 +206,16 @@ def test_a_shape_that_fails_to_compile_is_recorded_and_the_profile_goes_on(tmp_p
     blocker.unlink()
     assert main(["profile", str(study_file), "--cache", str(cache)]) == 0  # fixed: only the missing ones now
     assert len(db.latest(engine, study.latency.device)) > len(measured)
+
+
+def test_a_rerun_before_a_dead_workers_trial_expires_says_so(searchable, tmp_path, capsys):
+    from nas.search import open_study
+
+    study_file = searchable(tmp_path, budget={"n_trials": 2})  # heartbeat_s 60: a silent trial expires after 120 s
+    ostudy = open_study(Study.load(study_file), heartbeat=True)
+    orphan = ostudy.ask()  # claimed by a worker that then died: it beat once and never told
+    ostudy._storage.record_heartbeat(orphan._trial_id)
+    assert main(["search", str(study_file)]) == 2
+    err = capsys.readouterr().err
+    assert "1 trial(s) are still RUNNING" in err and "120 s" in err and "Traceback" not in err
+    assert [t.state for t in _study(study_file).get_trials()] == [TrialState.RUNNING, TrialState.COMPLETE]
