@@ -53,13 +53,13 @@ def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> op
             ensure_writable(Path(path).parent, "storage")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     try:
-        beats: dict[str, Any] = {}
-        if heartbeat_s:
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
-            beats = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s,
-                     "heartbeat_stale_trial_callback": retry}
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8: say it once, in README
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8: said once, in README
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            beats: dict[str, Any] = {}
+            if heartbeat_s:
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
+                beats = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s,
+                         "heartbeat_stale_trial_callback": retry}
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (ImportError, ModuleNotFoundError) as e:
         raise ConfigError("storage", f"no database driver for {redact(url)}: {e}") from None
