@@ -26,6 +26,13 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    summary = run_profile(args)
+    console.print(f"next: nas fit-latency {args.study}")
+    return 1 if summary.failed else 0
+
+
+def run_profile(args: argparse.Namespace):
+    """Measure what the table lacks for the study's space, with a progress bar; returns the profile's summary."""
     from latency_model.profile import profile
     from search_spaces import SearchSpace
 
@@ -56,8 +63,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
     for label, reason in summary.failed:
         console.print(f"  [red]failed[/] {label}: {reason}")
-    console.print(f"next: nas fit-latency {args.study}")
-    return 1 if summary.failed else 0
+    return summary
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -177,7 +177,10 @@ class SearchSpace:
         try:
             if not isinstance(data, Mapping) or "model" not in data:
                 raise ConfigError("model", "the study file has no model section")
-            return cls.from_dict(data.get("space"), ModelSpec.from_dict(data["model"]))
+            model = data["model"]
+            if isinstance(model, Mapping):  # a study's model section may name its dense weights: not the space's
+                model = {key: value for key, value in model.items() if key != "checkpoint"}
+            return cls.from_dict(data.get("space"), ModelSpec.from_dict(model))
         except ConfigError as e:
             raise e.in_file(path) from None
 

@@ -226,3 +226,18 @@ def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
     later = _trials(study_file)[6:]
     assert len(later) == 2 and "duplicate_of" not in later[0].user_attrs and "train_s" in later[0].user_attrs
     assert all(t.user_attrs.get("duplicate_of", 6) >= 6 for t in later)
+
+
+def test_nas_run_chains_the_steps_and_reuses_what_is_done(searchable, tmp_path, capsys):
+    study_file = searchable(tmp_path, budget={"n_trials": 2})
+    out = tmp_path / "run"
+    assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "measured 0, already in the table" in said and "(up to date)" in said  # profiled before: nothing new
+    assert "teacher:" in said and "(cached)" in said and "2 trial(s) finished in this run" in said
+    assert (out / "report" / "pareto.png").is_file() and (out / "report" / "trials.csv").is_file()
+    best = sorted((out / "best").glob("trial-*.yaml"))
+    assert len(best) == 1 and ArchConfig.load(best[0]).depth == 2
+    assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0  # all done: no new trial
+    assert "0 trial(s) finished in this run" in " ".join(capsys.readouterr().out.split())
+    assert len(_trials(study_file)) == 2
