@@ -52,8 +52,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from .teacher import load_teacher
 
+    from .study import create_pruner, create_sampler
+
     study = _load(args)
     with _in_study(study):
+        create_sampler(study)  # their arguments are checked when built
+        create_pruner(study)
         train, val = _data(study)
         if study.checkpoint is not None:
             load_teacher(study)  # the checkpoint reads and fits the model

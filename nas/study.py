@@ -337,9 +337,9 @@ def create_sampler(study: Study, stream: tuple[int, ...] = ()):
         raise ConfigError("sampler.seed", f"expected an integer, got {seed!r}", str(study.path))
     classes = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
                "random": optuna.samplers.RandomSampler}
+    if stream:
+        seed = int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
     try:
-        if stream:
-            seed = int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
         return classes[study.sampler.name](seed=seed, **kwargs)
     except TypeError as e:
         raise ConfigError("sampler", f"{study.sampler.name} does not take {kwargs}: {e}", str(study.path)) from None

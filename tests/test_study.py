@@ -26,7 +26,7 @@ def test_defaults_and_paths_relative_to_the_study(tmp_path):
     assert study.space.depth == 2 and study.data.source == "digits"
 
     def draws(worker):
-        ostudy = optuna.create_study(sampler=create_sampler(study, worker), directions=["maximize", "minimize"])
+        ostudy = optuna.create_study(sampler=create_sampler(study, (0, worker)), directions=["maximize", "minimize"])
         return [study.space.suggest(ostudy.ask()).id for _ in range(4)]
 
     assert draws(0) == draws(0) and draws(0) != draws(1)  # reproducible, and parallel workers draw differently
@@ -63,6 +63,13 @@ def test_sampler_and_pruner_arguments_are_checked_when_built(tmp_path):
     study = Study.load(_write(tmp_path, objectives={"metrics": ["accuracy"]},
                               pruner={"name": "median", "n_startup_trials": 2}))
     assert type(create_pruner(study)).__name__ == "MedianPruner"
+
+
+def test_validate_builds_the_sampler_and_pruner(tmp_path, capsys):
+    path = _write(tmp_path, objectives={"metrics": ["accuracy"]}, pruner={"name": "median", "n_warmup": 2})
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: pruner") and "median does not take" in err and "Traceback" not in err
 
 
 def test_validate_command(tmp_path, capsys):
