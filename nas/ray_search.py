@@ -105,11 +105,20 @@ def _searcher_class():
         def restore(self, checkpoint_path: str) -> None:
             raise NotImplementedError("resume a search by running `nas search --backend ray` again")
 
-        def __init__(self, *args, arch_space=None, latency_budget_ms: float | None = None, **kwargs) -> None:
+        def __init__(self, *args, arch_space=None, latency_budget_ms: float | None = None,
+                     timeout_s: float | None = None, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self._arch_space = arch_space  # rebuilds a trial's ArchConfig from its parameters
             self._latency_budget_ms = latency_budget_ms
             self._where: dict[str, dict[str, Any]] = {}  # Ray trial id -> the node it last reported from
+            # like the Optuna backend's timeout: no new trial after it, running ones finish (Tune's time_budget_s
+            # would stop them, and they would be stored as pruned)
+            self._deadline = time.time() + timeout_s if timeout_s else None
+
+        def suggest(self, trial_id: str):
+            if self._deadline is not None and time.time() > self._deadline:
+                return self.FINISHED
+            return super().suggest(trial_id)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             self._where[trial_id] = {key: result[key] for key in NODE_KEYS if key in result}
@@ -173,8 +182,9 @@ def _fail_stale(ostudy) -> int:
 
 def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_address: str | None = None,
            cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-           on_trial: Callable[[str, str], None] | None = None) -> RaySummary:
-    """Run (or continue) the study's search as Ray Tune trials, ``workers`` at a time."""
+           on_trial: Callable[[str, str], None] | None = None, timeout_s: float | None = None) -> RaySummary:
+    """Run (or continue) the study's search as Ray Tune trials, ``workers`` at a time; no trial starts after
+    ``timeout_s`` (default: the study's ``budget.timeout_s``)."""
     import ray
     from ray import tune
 
@@ -217,14 +227,19 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
 
         searcher = _searcher_class()(space=define, metric=metric, mode=mode, sampler=create_sampler(study, (len(ostudy.trials),)),
                                      study_name=study.name, storage=storage_of(study.storage),
-                                     arch_space=study.space, latency_budget_ms=study.objectives.latency_budget_ms)
+                                     arch_space=study.space, latency_budget_ms=study.objectives.latency_budget_ms,
+                                     timeout_s=timeout_s if timeout_s is not None else study.budget.timeout_s)
         scheduler = None
         if study.pruner.name == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
             kwargs = {"max_t": study.budget.epochs, "grace_period": 1, "reduction_factor": 2,
                       **study.pruner.kwargs}
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric="accuracy", mode="max", **kwargs)
+            try:
+                scheduler = ASHAScheduler(time_attr="training_iteration", metric="accuracy", mode="max", **kwargs)
+            except (TypeError, ValueError) as e:
+                raise ConfigError("pruner", f"asha does not take {study.pruner.kwargs}: {e}", str(study.path)) \
+                    from None
         threads = max(1, int(cpus_per_trial))
         run = tune.with_parameters(trainable, study_text=study.path.read_text(), study_path=str(study.path),
                                    teacher_state=evaluator.teacher.state_dict(),

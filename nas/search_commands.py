@@ -144,7 +144,8 @@ def _run_ray_search(study: Study, args: argparse.Namespace) -> None:
     console.print(f"search [bold]{study.name}[/] on {where}: up to {args.workers} concurrent trial(s), "
                   f"{args.cpus_per_trial} CPU and {args.gpus_per_trial} GPU each")
     summary = search(study, args.n_trials, args.workers, args.ray_address, args.cpus_per_trial,
-                     args.gpus_per_trial, on_trial=lambda tid, state: console.print(f"  ray trial {tid}: {state}"))
+                     args.gpus_per_trial, on_trial=lambda tid, state: console.print(f"  ray trial {tid}: {state}"),
+                     timeout_s=getattr(args, "timeout", None))
     console.print(f"{summary.ran} trial(s) finished in this run ({summary.seconds:.0f} s), {summary.finished} in "
                   "the study")
 
@@ -345,7 +346,8 @@ def add_commands(add, positive_int, non_negative_int) -> None:
                             help="ray: CPUs reserved per trial; torch and TVM threads are capped to it (default: 1)")
         parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray: GPUs per trial (default: 0)")
 
-    search = add("search", cmd_search, "run or continue the study's search (Optuna, local worker processes)")
+    search = add("search", cmd_search, "run or continue the study's search (local worker processes, or Ray Tune "
+                                        "with --backend ray)")
     study_arg(search)
     search_options(search)
     search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")

@@ -40,6 +40,9 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
     assert main(["search", str(study_file), "--backend", "ray", "--n-trials", "5"]) == 0
     again = _trials(study_file)
     assert len(again) == 5 and [t.datetime_complete for t in again[:4]] == [t.datetime_complete for t in trials]
+    # past the timeout no trial starts (the Optuna backend's meaning of budget.timeout_s / --timeout)
+    assert main(["search", str(study_file), "--backend", "ray", "--n-trials", "8", "--timeout", "0.001"]) == 0
+    assert len(_trials(study_file)) == 5
 
 
 def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
