@@ -25,3 +25,18 @@ def ensure_writable(folder: str | Path, where: str, need_mb: int = MIN_FREE_MB) 
     if free_mb < need_mb:
         raise ConfigError(where, f"only {free_mb:.0f} MB free on the disk of {folder} (need at least {need_mb} MB)")
     return folder
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def ensure_database_writable(url: str, where: str) -> None:
+    """A SQLite database's folder must take writes (a server database answers for itself)."""
+    path = sqlite_file(url)
+    if path is not None:
+        ensure_writable(path.parent, where)

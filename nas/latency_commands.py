@@ -36,8 +36,14 @@ def run_profile(args: argparse.Namespace):
     from latency_model.profile import profile
     from search_spaces import SearchSpace
 
+    from kernels.tuning import cache_dir
+
+    from .disk import ensure_database_writable, ensure_writable
+
     space = SearchSpace.from_yaml(args.study)
     settings = _settings(args)
+    ensure_database_writable(settings.db, "latency.db")  # a full disk or read-only folder: said before any work
+    ensure_writable(Path(args.cache) if args.cache else cache_dir(), "kernel cache (--cache, $SHIFTADD_CACHE)")
     console.print(
         f"profiling [bold]{args.study}[/] on device [bold]{settings.device}[/] ({settings.target}), "
         f"batch sizes {list(settings.batch_sizes)}, {settings.trials} tuning trials per kernel"
@@ -76,7 +82,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         args.db, args.device, args.out = settings.db, settings.device, args.out or Path(settings.predictor)
     if not (args.device and args.out):
         raise ConfigError("", "give a study file, or --device and --out (and --db unless the default)")
+    from .disk import ensure_writable
+
     args.db = args.db or DEFAULT_URL
+    ensure_writable(Path(args.out).parent, "--out" if not args.study else "latency.predictor", need_mb=1)
     engine = db.connect(args.db)
     rows = db.latest(engine, args.device)
     if not rows:

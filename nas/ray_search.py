@@ -24,6 +24,7 @@ from ray.tune import Callback
 
 from search_spaces.config import ConfigError
 
+from .disk import ensure_database_writable, ensure_writable
 from .search import SearchError, open_study, storage_of
 from .study import Study, create_sampler
 
@@ -194,6 +195,8 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
     if study.pruner.name not in ("none", "asha"):
         raise ConfigError("pruner.name", f"the Ray backend stops trials with ASHA: use {{name: asha}} or "
                                          f"{{name: none}}, not {study.pruner.name!r}", str(study.path))
+    ensure_database_writable(study.storage, "storage")
+    ensure_writable(study.folder / "runs" / study.name / "ray", "Ray's results folder")
     evaluator = Evaluator(study)  # the teacher and predictor that travel with every trial; fails early and clearly
     ostudy = open_study(study)
     stale = _fail_stale(ostudy)

@@ -28,7 +28,7 @@ from latency_model.db import redact
 from search_spaces import ArchConfig
 from search_spaces.config import ConfigError
 
-from .disk import ensure_writable
+from .disk import ensure_database_writable
 from .study import Study, create_pruner, create_sampler
 
 # Trials that use up the budget: finished ones and those running now (queued ones do not, until claimed).
@@ -48,9 +48,6 @@ def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> op
     the next worker that claims a trial, and queued again up to ``retries`` times."""
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            ensure_writable(Path(path).parent, "storage")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8: said once, in README
@@ -247,6 +244,7 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, timeout_
 
     n_trials = n_trials or study.budget.n_trials
     timeout_s = timeout_s if timeout_s is not None else study.budget.timeout_s
+    ensure_database_writable(study.storage, "storage")  # a full disk or read-only folder: said before any work
     Evaluator(study)  # fail here, once and clearly, if the teacher, data or predictor is missing
     ostudy = open_study(study)
     before = progress_of(ostudy)

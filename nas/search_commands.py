@@ -239,8 +239,10 @@ def _print_front(rep) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
+    from .disk import ensure_writable
+
     study = _load(args)
-    out = args.out or study.folder / "runs" / study.name / "report"
+    out = ensure_writable(args.out or study.folder / "runs" / study.name / "report", "--out", need_mb=1)
     rep = report(_open(study), out, f"{study.name}: {study.model.name} on {study.data.source}, "
                                     f"{study.latency.device}")
     _print_front(rep)
@@ -257,10 +259,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import report
     from .teacher import is_pretrained
 
+    from .disk import ensure_database_writable, ensure_writable
+
     study = _load(args)
     started = time.perf_counter()
     out = args.out or study.folder / "runs" / study.name
     settings = study.latency
+    # every place the steps write to, checked before the first step: not a full disk found at step 4
+    ensure_database_writable(settings.db, "latency.db")
+    ensure_writable(Path(settings.predictor).parent, "latency.predictor", need_mb=1)
+    if study.checkpoint is None:  # pretrain writes the teacher next to the study
+        ensure_writable(study.teacher_path.parent, "model.checkpoint")
+    ensure_database_writable(study.storage, "storage")
+    ensure_writable(out, "--out")
     trials = settings.trials if args.kernel_trials is None else args.kernel_trials
     # Profiling what the table already holds is a quick no-op, and it catches a space with shapes the table lacks
     # (another study's predictor file in the same folder, shapes that failed last time).

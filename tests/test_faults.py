@@ -144,6 +144,11 @@ def test_a_full_disk_or_read_only_folder_stops_before_any_work(searchable, tmp_p
     err = capsys.readouterr().err
     assert "storage" in err and "only 3 MB free" in err and str(tmp_path) in err
     assert not (tmp_path / "tiny.db").exists()  # nothing was started
+    for command in (["run"], ["profile"]):  # the other commands that write check first too
+        assert main([*command, str(study_file)]) == 2
+        err = capsys.readouterr().err
+        assert "only 3 MB free" in err and "Traceback" not in err, (command, err)
+    assert not (tmp_path / "tiny.db").exists()
 
     monkeypatch.setattr(disk.shutil, "disk_usage", shutil.disk_usage)
     monkeypatch.setattr(disk.os, "access", lambda path, mode: False)
