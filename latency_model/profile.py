@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 
 from kernels import target as targets
 from kernels.measure import measure
@@ -149,7 +150,14 @@ def profile(
         except Exception as e:  # one shape's failure must not stop the profile; it is reported and recorded
             reason = f"{type(e).__name__}: {e}"
             summary.failed.append((job.label, reason))
-            db.add_failure(engine, device_id, job.label, reason[:4000], settings.trials)
+            try:
+                db.add_failure(engine, device_id, job.label, reason[:4000], settings.trials)
+            except SQLAlchemyError as write_error:  # the table itself takes no writes (disk full, read-only)
+                raise db.LatencyDBError(
+                    f"cannot write to the measurement table {db.redact(settings.db)} "
+                    f"({type(write_error).__name__}: {str(write_error).splitlines()[0]}); stopped after "
+                    f"{len(summary.measured)} new measurement(s), which are kept; the failed job was {job.label}: "
+                    f"{reason[:300]}") from None
         if on_done:
             on_done(job, time.perf_counter() - job_start)
     summary.seconds = time.perf_counter() - start

@@ -224,3 +224,26 @@ def test_a_rerun_before_a_dead_workers_trial_expires_says_so(searchable, tmp_pat
     err = capsys.readouterr().err
     assert "1 trial(s) are still RUNNING" in err and "120 s" in err and "Traceback" not in err
     assert [t.state for t in _study(study_file).get_trials()] == [TrialState.RUNNING, TrialState.COMPLETE]
+
+
+def test_a_measurement_table_that_takes_no_writes_stops_the_profile_with_one_line(tmp_path, capsys, monkeypatch):
+    """Mocked: a disk that fills up mid-profile cannot be caused here (root, no room-limited mount)."""
+    from sqlalchemy.exc import OperationalError
+
+    from latency_model import db
+    from search_fixtures import TINY_MODEL, write_study
+
+    study_file = write_study(tmp_path / "p.yaml", {
+        "name": "p", "model": TINY_MODEL,
+        "space": {"choices": {"attention": ["msa"], "qkv": ["dense"], "proj": ["dense"], "mlp": ["dense"]}},
+        "latency": {"trials": 0, "repeats": 3, "calibration": 0}})
+
+    def full(*args, **kwargs):
+        raise OperationalError("INSERT INTO measurements", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(db, "add_measurement", full)
+    monkeypatch.setattr(db, "add_failure", full)
+    assert main(["profile", str(study_file), "--cache", str(tmp_path / "kernels")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write to the measurement table") and "disk is full" in err
+    assert "Traceback" not in err
