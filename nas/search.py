@@ -112,7 +112,7 @@ def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> op
             try:
                 params = study.space.params_of(config)
             except ConfigError:
-                continue  # not in this space: `nas report` still evaluates it separately
+                continue  # not in this space: a search cannot propose it, so the report shows no such point
             ostudy.enqueue_trial(params, user_attrs={"reference": name})
     return ostudy
 
