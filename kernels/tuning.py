@@ -61,7 +61,11 @@ class CompiledKernel:
         return self.module["main"]
 
     def __call__(self, *args) -> None:
-        self.function(*args)
+        try:
+            self.function(*args)
+        except (ValueError, TypeError) as e:  # TVM checks every argument; its message names the one at fault
+            expected = ", ".join(f"{name}{list(shape)} {dtype}" for name, shape, dtype in self.spec.args())
+            raise KernelError(f"kernel {self.spec.key} takes ({expected}): {str(e).splitlines()[0]}") from None
 
 
 @dataclass(frozen=True)

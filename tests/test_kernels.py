@@ -59,6 +59,15 @@ def test_bad_kernel_requests_are_refused_clearly():
         get_kernel(TINY, "tpu", 0)
 
 
+def test_arguments_of_the_wrong_shape_are_refused_clearly(tmp_path):
+    import torch
+
+    kernel = get_kernel(TINY, "cpu", 0, root=tmp_path)
+    x, w, y = torch.zeros(24, 21), torch.zeros(12, 20), torch.zeros(24, 12)  # X has K = 21, the kernel K = 20
+    with pytest.raises(KernelError, match=r"kernel matmul.*takes \(X\[24, 20\] float32.*X"):
+        kernel(x, w, y)
+
+
 def _snapshot(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
