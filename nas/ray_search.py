@@ -173,8 +173,9 @@ class RaySummary:
 
 
 def _fail_stale(ostudy) -> int:
-    """Trials left RUNNING by an interrupted Ray driver: nobody will finish them (one driver per study)."""
-    stale = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    """Trials left RUNNING by an interrupted Ray driver: nobody will finish them (one Ray driver per study). Trials of
+    Optuna-backend workers (they carry ``worker``) are left to those workers' heartbeats."""
+    stale = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" not in t.user_attrs]
     for t in stale:
         ostudy._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left running by an interrupted search")
         ostudy._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
