@@ -6,7 +6,7 @@ the way a search worker does (heartbeat thread on, ask, suggest 8 block choices,
 trials train for seconds. Counted per configuration: trials that raised "database is locked", other errors, and the
 trials stored COMPLETE (must equal workers x trials).
 
-    python bench/sqlite_locking.py [--workers 4] [--trials 40] [--work-ms 0]
+    python bench/sqlite_locking.py [--workers 4 8] [--trials 40] [--work-ms 0]
 
 Configurations: Optuna's RDBStorage as it comes (SQLite's 5 s busy timeout, rollback journal); a 60 s busy timeout;
 a 60 s busy timeout and WAL, which is what ``nas search`` opens (:func:`nas.search.storage_of`).
@@ -87,17 +87,18 @@ def run(config: str, workers: int, trials: int, work_ms: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--work-ms", type=float, default=0.0)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
-    for config in CONFIGS:
-        rows.append(run(config, args.workers, args.trials, args.work_ms))
-        print(rows[-1], flush=True)
+    for workers in args.workers:
+        for config in CONFIGS:
+            rows.append(run(config, workers, args.trials, args.work_ms))
+            print(rows[-1], flush=True)
     write("sqlite-locking", rows, notes=(
-        f"{args.workers} processes on one SQLite study, {args.trials} trials each with no pause between them "
+        f"{' and '.join(map(str, args.workers))} processes on one SQLite study, {args.trials} trials each with no pause between them "
         f"(heartbeats on, {args.work_ms:g} ms of work per trial): trials lost to 'database is locked' per setting"))
 
 
