@@ -98,7 +98,8 @@ def main() -> None:
             rows.append(run(config, workers, args.trials, args.work_ms))
             print(rows[-1], flush=True)
     write("sqlite-locking", rows, notes=(
-        f"{' and '.join(map(str, args.workers))} processes on one SQLite study, {args.trials} trials each with no pause between them "
+        f"{' and '.join(map(str, args.workers))} processes on one SQLite study, {args.trials} trials each with no "
+        "pause between them "
         f"(heartbeats on, {args.work_ms:g} ms of work per trial): trials lost to 'database is locked' per setting"))
 
 

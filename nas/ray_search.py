@@ -175,7 +175,8 @@ class RaySummary:
 def _fail_stale(ostudy) -> int:
     """Trials left RUNNING by an interrupted Ray driver: nobody will finish them (one Ray driver per study). Trials of
     Optuna-backend workers (they carry ``worker``) are left to those workers' heartbeats."""
-    stale = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" not in t.user_attrs]
+    running = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [t for t in running if "worker" not in t.user_attrs]
     for t in stale:
         ostudy._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left running by an interrupted search")
         ostudy._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
@@ -229,8 +230,9 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
         def define(trial) -> None:
             study.space.suggest(trial)
 
-        searcher = _searcher_class()(space=define, metric=metric, mode=mode, sampler=create_sampler(study, (len(ostudy.trials),)),
-                                     study_name=study.name, storage=storage_of(study.storage),
+        sampler = create_sampler(study, (len(ostudy.trials),))  # a continued search draws new architectures
+        searcher = _searcher_class()(space=define, metric=metric, mode=mode, sampler=sampler, study_name=study.name,
+                                     storage=storage_of(study.storage),
                                      arch_space=study.space, latency_budget_ms=study.objectives.latency_budget_ms,
                                      timeout_s=timeout_s if timeout_s is not None else study.budget.timeout_s)
         scheduler = None
