@@ -285,11 +285,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]{len(profiled.failed)} shape(s) could not be measured[/]: the predictor prices them "
                       "with its fitted model; the next `nas run` or `nas profile` tries them again")
     try:
-        if profiled.measured:
-            raise PredictorError("new measurements")
-        Predictor.load(settings.predictor, device=settings.device)
+        up_to_date = not profiled.measured and Predictor.load(settings.predictor, device=settings.device) is not None
+    except PredictorError:  # missing, unreadable, or fitted for another device
+        up_to_date = False
+    if up_to_date:
         console.print(f"[dim]2/6 latency predictor: {settings.predictor} (up to date)[/]")
-    except PredictorError:
+    else:
         console.print("[bold]2/6 fit-latency[/]")
         latency_commands.cmd_fit(argparse.Namespace(study=args.study, db=None, device=None, out=None, holdout=0.2,
                                                      seed=0))
