@@ -66,7 +66,12 @@ def read_weights(path: str | Path, where: str = "checkpoint") -> dict[str, torch
 def load_weights(model: nn.Module, path: str | Path, where: str = "checkpoint") -> nn.Module:
     """Load ``path`` into ``model``; a checkpoint of another architecture gets an error naming the first
     differences, and ``model`` is left untouched."""
+    from search_spaces.ops.shift import ShiftLinear, upgrade_legacy_state
+
     state = read_weights(path, where)
+    for name, module in model.named_modules():
+        if isinstance(module, ShiftLinear):  # a file from before shift layers kept a latent weight
+            upgrade_legacy_state(state, f"{name}." if name else "")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -1,15 +1,24 @@
 """Datasets: ``digits`` ships offline with scikit-learn (1,797 real 8x8 handwritten digits, upsampled here);
-``imagefolder`` reads the user's images from ``train/<class>/`` and ``val/<class>/`` folders."""
+``imagefolder`` reads the user's images from ``train/<class>/`` and ``val/<class>/`` folders.
+
+Every study sees three disjoint splits (:class:`Splits`):
+
+- ``train``: what every model is trained on (the teacher, each trial's fine-tune, ``nas finetune``);
+- ``search``: carved from the training data (``data.search_fraction``, stratified by class, seeded): the accuracy
+  trials are scored, pruned and chosen on;
+- ``test``: data no selection has seen, only ever reported: digits' held-out ``test_fraction``, an imagefolder's
+  ``val/`` (the usual practice: search on a held-out part of train, report on val).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from search_spaces.config import ConfigError
 
@@ -19,23 +28,47 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def digits(img_size: int = 32, split: str = "train", val_fraction: float = 0.2, seed: int = 0) -> TensorDataset:
+class Splits(NamedTuple):
+    train: Dataset
+    search: Dataset
+    test: Dataset
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(kept, carved)``: ``fraction`` of the items carved out with every class in proportion (seeded)."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    counts = np.bincount(labels)
+    classes = int((counts > 0).sum())
+    carved_count = int(np.ceil(fraction * len(labels)))
+    if len(labels) - carved_count < 1 or carved_count < 1:
+        raise ConfigError("data.search_fraction", f"{fraction} of {len(labels)} training images leaves no image "
+                                                  "for one of the two parts")
+    # stratify when every class can give an image to both parts (a class of one image cannot)
+    stratify = labels if counts[counts > 0].min() >= 2 and classes <= min(carved_count, len(labels) - carved_count) \
+        else None
+    kept, carved = train_test_split(index, test_size=carved_count, stratify=stratify, random_state=seed)
+    return np.sort(kept), np.sort(carved)
+
+
+def digits(img_size: int = 32, split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> TensorDataset:
     """The scikit-learn digits as ``[N, 3, img_size, img_size]`` float images (in [-1, 1]) and labels.
 
-    The split is deterministic: a fixed permutation by ``seed``, the last ``val_fraction`` is val.
+    ``train`` / ``test`` are deterministic: a fixed permutation by ``seed``, the last ``test_fraction`` is test.
     """
     from sklearn.datasets import load_digits
 
-    if split not in ("train", "val", "all"):
-        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     data = load_digits()
     images = torch.from_numpy(data.images.astype(np.float32) / 16.0)[:, None]  # [N, 1, 8, 8] in [0, 1]
     images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
     images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(data.target.astype(np.int64))
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(labels)))
-    n_val = int(round(len(labels) * val_fraction))
-    chosen = {"train": order[: len(order) - n_val], "val": order[len(order) - n_val :], "all": order}[split]
+    n_test = int(round(len(labels) * test_fraction))
+    chosen = {"train": order[: len(order) - n_test], "test": order[len(order) - n_test :], "all": order}[split]
     return TensorDataset(images[chosen], labels[chosen])
 
 
@@ -71,22 +104,33 @@ def image_folder(root: str | Path, split: str, img_size: int) -> Dataset:
     return datasets.ImageFolder(str(folder), transform=transform, allow_empty=False)
 
 
+def labels_of(dataset: Dataset) -> np.ndarray:
+    """The class label of every item, read without loading images."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    return np.asarray(dataset.targets)
+
+
 def class_count(dataset: Dataset) -> int:
+    if isinstance(dataset, Subset):
+        return class_count(dataset.dataset)
     if isinstance(dataset, TensorDataset):
         return int(dataset.tensors[1].max()) + 1
     return len(dataset.classes)
 
 
-def load(spec: "DataSpec", img_size: int, num_classes: int) -> tuple[Dataset, Dataset]:
-    """(train, val) datasets of a study, checked against the model's class count."""
+def load(spec: "DataSpec", img_size: int, num_classes: int) -> Splits:
+    """The train, search and test splits of a study, checked against the model's class count."""
     if spec.source == "digits":
-        train, val = (digits(img_size, split, spec.val_fraction) for split in ("train", "val"))
+        pool, test = (digits(img_size, split, spec.test_fraction) for split in ("train", "test"))
     else:
-        train, val = (image_folder(spec.path, split, img_size) for split in ("train", "val"))
-        if train.classes != val.classes:
-            raise ConfigError("data.path", f"train/ and val/ have different classes: {train.classes} vs {val.classes}")
-    classes = class_count(train)
+        pool, test = (image_folder(spec.path, split, img_size) for split in ("train", "val"))
+        if pool.classes != test.classes:
+            raise ConfigError("data.path", f"train/ and val/ have different classes: {pool.classes} vs "
+                                           f"{test.classes}")
+    kept, carved = stratified_split(labels_of(pool), spec.search_fraction, spec.seed)
+    classes = class_count(pool)
     if classes > num_classes:
         raise ConfigError("model.kwargs.num_classes", f"the data has {classes} classes but the model outputs "
                                                       f"{num_classes}; set num_classes: {classes}")
-    return train, val
+    return Splits(Subset(pool, kept.tolist()), Subset(pool, carved.tolist()), test)

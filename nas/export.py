@@ -7,6 +7,7 @@ the study file, study name, trial number, its metrics and predicted latency.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,13 @@ from search_spaces import ArchConfig
 from search_spaces.config import ConfigError
 
 from .disk import ensure_writable
+from .objective import SEARCH_ACCURACY, TEST_ACCURACY
 from .study import Study
+from .train import standard_error
 
-# Multi-objective "best": the fastest Pareto trial within this much accuracy of the most accurate one.
-BEST_TOLERANCE = 0.01
+# Multi-objective "best": the fastest Pareto trial whose search accuracy is within this many standard errors of the
+# most accurate one's (the one-standard-error rule): closer than that, the search split cannot tell them apart.
+BEST_TOLERANCE_SE = 1.0
 
 
 def pareto_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
@@ -35,9 +39,10 @@ def pareto_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
     return [p.trial for p in sorted(pareto_front(feasible), key=lambda p: -p.accuracy)]
 
 
-def best_trial(ostudy: optuna.Study, tolerance: float = BEST_TOLERANCE) -> FrozenTrial:
-    """Single objective: Optuna's best (feasible) trial. Pareto search: the fastest Pareto trial whose accuracy is
-    within ``tolerance`` of the most accurate one."""
+def best_trial(ostudy: optuna.Study, tolerance_se: float = BEST_TOLERANCE_SE) -> FrozenTrial:
+    """Single objective: Optuna's best (feasible) trial. Pareto search: the fastest Pareto trial whose search
+    accuracy is within ``tolerance_se`` binomial standard errors (of the most accurate one, on the search split) of
+    the most accurate one. The test accuracy plays no part in the choice."""
     if len(ostudy.directions) == 1:
         try:
             return ostudy.best_trial
@@ -46,8 +51,10 @@ def best_trial(ostudy: optuna.Study, tolerance: float = BEST_TOLERANCE) -> Froze
     front = pareto_trials(ostudy)
     if not front:
         raise ConfigError("--trial", "the study has no complete trial yet")
-    top = front[0].user_attrs["accuracy"]
-    return min((t for t in front if t.user_attrs["accuracy"] >= top - tolerance),
+    top = front[0].user_attrs[SEARCH_ACCURACY]
+    margin = tolerance_se * standard_error(top, front[0].user_attrs.get("search_images", 0))
+    margin = 0.0 if math.isnan(margin) else margin
+    return min((t for t in front if t.user_attrs[SEARCH_ACCURACY] >= top - margin - 1e-12),
                key=lambda t: t.user_attrs["latency_ms"])
 
 
@@ -79,7 +86,9 @@ def provenance(study: Study, trial: FrozenTrial) -> dict[str, Any]:
     return {
         "study_file": str(study.path.resolve()),  # nas finetune works from any folder
         "study": study.name, "trial": trial.number,
-        "accuracy": attrs.get("accuracy"), "latency_ms": attrs.get("latency_ms"),
+        SEARCH_ACCURACY: attrs.get(SEARCH_ACCURACY), "search_se": attrs.get("search_se"),
+        TEST_ACCURACY: attrs.get(TEST_ACCURACY), "test_se": attrs.get("test_se"),
+        "latency_ms": attrs.get("latency_ms"),
         "latency_device": study.latency.device, "latency_breakdown": attrs.get("latency_breakdown"),
         "moe_split": attrs.get("moe_split"), "reference": attrs.get("reference"),
     }
@@ -114,7 +123,9 @@ def read_export(path: str | Path) -> tuple[ArchConfig, dict[str, Any]]:
 @dataclass
 class FinetuneResult:
     config: ArchConfig
-    accuracy: float
+    test_accuracy: float  # on the test split, after the last epoch: the figure to report
+    test_se: float  # its binomial standard error
+    search_accuracy: float  # on the search split (what the search saw); per epoch in history
     history: list[float]
     predicted_ms: float
     measured_ms: float | None
@@ -122,15 +133,17 @@ class FinetuneResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config_id": self.config.id, "accuracy": self.accuracy, "accuracy_history": self.history,
+        return {"config_id": self.config.id, TEST_ACCURACY: self.test_accuracy, "test_se": self.test_se,
+                SEARCH_ACCURACY: self.search_accuracy, "search_accuracy_history": self.history,
                 "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "weights": str(self.weights),
                 "seconds": round(self.seconds, 1)}
 
 
 def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: bool = True,
              on_epoch=None, origin: dict[str, Any] | None = None) -> FinetuneResult:
-    """Fine-tune ``config`` from the teacher for ``epochs`` full passes (same losses as a trial); save the weights
-    (safetensors) and the config into ``out``; predict and (with ``measure``) time its latency on the kernels."""
+    """Fine-tune ``config`` from the teacher for ``epochs`` full passes over the train split (same losses as a
+    trial), score it on the test split; save the weights (safetensors) and the config into ``out``; predict and (with
+    ``measure``) time its latency on the kernels."""
     from .checkpoints import save_weights
     from .objective import Evaluator
 
@@ -151,13 +164,15 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
     result, model = evaluator.run(config, epochs=epochs, full_epochs=True, report=report)
     out.mkdir(parents=True, exist_ok=True)
     weights = save_weights(model, out / "model.safetensors", {"config": config.to_json()})
+    test_se = round(result.test.standard_error, 6)
     write_config(out / "arch.yaml", config, {**(origin or {}), "finetune_epochs": epochs,
-                                             "finetune_accuracy": result.accuracy})
+                                             "finetune_test_accuracy": result.test.accuracy,
+                                             "finetune_test_se": test_se})
     measured = None
     if measure:
         measured = measure_latency(study, model)
-    finetuned = FinetuneResult(config, result.accuracy, history, result.latency_ms, measured, weights,
-                               time.perf_counter() - start)
+    finetuned = FinetuneResult(config, result.test.accuracy, test_se, result.search.accuracy, history,
+                               result.latency_ms, measured, weights, time.perf_counter() - start)
     (out / "result.json").write_text(json.dumps(finetuned.to_dict(), indent=1) + "\n")
     return finetuned
 

@@ -1,4 +1,7 @@
-"""One trial: ArchConfig -> (accuracy after a short distilled fine-tune, predicted latency).
+"""One trial: ArchConfig -> (search-split accuracy after a short distilled fine-tune, predicted latency).
+
+The search split is what trials are scored, pruned and chosen on; the test split is evaluated once at the end of a
+trial and only stored (``test_accuracy``), never returned to the sampler (see :mod:`nas.data`).
 
 :class:`Evaluator` holds what every trial of a worker shares (teacher, data, predictor) and scores one config;
 :func:`optuna_objective` wraps it for an Optuna trial (suggest, report per epoch for pruners, user attributes).
@@ -25,7 +28,10 @@ from search_spaces.reparam import transformer_blocks, weight_counts
 from . import data
 from .study import Study
 from .teacher import load_teacher
-from .train import LossWeights, Trainer, evaluate
+from .train import Evaluation, LossWeights, Trainer, evaluate
+
+# The trial attributes of the two accuracies (Optuna's objective value is the search accuracy).
+SEARCH_ACCURACY, TEST_ACCURACY = "search_accuracy", "test_accuracy"
 
 # Stops a trial early: called after each epoch with (epoch, accuracy); True means "stop, this trial is pruned".
 Reporter = Callable[[int, float], bool]
@@ -42,20 +48,32 @@ class Pruned(Exception):
 @dataclass
 class TrialResult:
     config: ArchConfig
-    accuracy: float
+    search: Evaluation  # the accuracy that selects
+    test: Evaluation  # the accuracy that is reported
     latency_ms: float
     prediction: dict[str, Any]  # Prediction.to_dict(): total, fixed, per-block parts, MoE tokens
-    moe_shares: dict[int, list[float]]  # MoE block -> measured share of tokens per expert
-    history: list[float] = field(default_factory=list)  # validation accuracy after each epoch
+    history: list[float] = field(default_factory=list)  # search accuracy after each epoch
     weights: dict[str, float] = field(default_factory=dict)
     train_s: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        """The search-split accuracy: the objective."""
+        return self.search.accuracy
+
+    @property
+    def moe_shares(self) -> dict[int, list[float]]:
+        return self.search.moe_shares
 
     def user_attrs(self) -> dict[str, Any]:
         """What a stored trial carries (both backends), JSON-serializable."""
         return {
-            "config": self.config.to_json(), "config_id": self.config.id, "accuracy": self.accuracy,
+            "config": self.config.to_json(), "config_id": self.config.id,
+            SEARCH_ACCURACY: self.search.accuracy, "search_se": round(self.search.standard_error, 6),
+            "search_images": self.search.count, TEST_ACCURACY: self.test.accuracy,
+            "test_se": round(self.test.standard_error, 6), "test_images": self.test.count,
             "latency_ms": self.latency_ms, "latency_breakdown": self.prediction,
-            "moe_split": {str(k): v for k, v in self.moe_shares.items()}, "accuracy_history": self.history,
+            "moe_split": {str(k): v for k, v in self.moe_shares.items()}, "search_accuracy_history": self.history,
             "weights": self.weights, "train_s": round(self.train_s, 3),
         }
 
@@ -79,15 +97,16 @@ class Evaluator:
         self.study = study
         self.teacher = teacher if teacher is not None else load_teacher(study)
         dims = ModelDims.of(study.model)
-        self.train_set, self.val_set = data.load(study.data, dims.img, dims.classes)
+        self.splits = data.load(study.data, dims.img, dims.classes)
         settings = study.latency
         self.predictor = predictor or Predictor.load(settings.predictor, device=settings.device)
         self.batch = settings.batch_sizes[0]
 
     def run(self, config: ArchConfig, epochs: int | None = None, full_epochs: bool = False,
             report: Reporter | None = None, seed: int | None = None) -> tuple[TrialResult, torch.nn.Module]:
-        """Fine-tune ``config`` from the teacher (distillation + MoE loss), validate after every epoch. Epochs are
-        the study's trial budget (``epochs``, ``steps_per_epoch``) unless given; ``full_epochs``: whole passes.
+        """Fine-tune ``config`` from the teacher (distillation + MoE loss) on the train split, score it on the search
+        split after every epoch and on the test split once at the end. Epochs are the study's trial budget
+        (``epochs``, ``steps_per_epoch``) unless given; ``full_epochs``: whole passes.
 
         Raises:
             Pruned: ``report`` asked to stop.
@@ -100,7 +119,7 @@ class Evaluator:
         model = build_model(config, self.teacher).requires_grad_(True)  # every weight is fine-tuned
         set_router_latencies(model, config, self.predictor, self.batch)
         trainer = Trainer(
-            model, self.train_set, epochs=epochs,
+            model, self.splits.train, epochs=epochs,
             steps_per_epoch=None if full_epochs else budget.steps_per_epoch,
             batch_size=train.batch_size, lr=train.lr, weight_decay=train.weight_decay, teacher=self.teacher,
             weights=LossWeights(train.distill_alpha, train.distill_temperature, train.moe_loss_weight),
@@ -110,7 +129,7 @@ class Evaluator:
         evaluation = None
         for epoch in range(epochs):
             trainer.train_epoch()
-            evaluation = evaluate(model, self.val_set)
+            evaluation = evaluate(model, self.splits.search)
             history.append(evaluation.accuracy)
             if report is not None and report(epoch, evaluation.accuracy):
                 raise Pruned(epoch, evaluation.accuracy)
@@ -118,8 +137,8 @@ class Evaluator:
         prediction = self.predictor.predict(config, self.batch, moe_shares=evaluation.moe_shares)
         counts = weight_counts(model)
         result = TrialResult(
-            config=config, accuracy=evaluation.accuracy, latency_ms=prediction.total_ms,
-            prediction=prediction.to_dict(), moe_shares=evaluation.moe_shares, history=history,
+            config=config, search=evaluation, test=evaluate(model, self.splits.test), latency_ms=prediction.total_ms,
+            prediction=prediction.to_dict(), history=history,
             weights={"total": counts.total, "shift_share": round(counts.shift_share, 4)},
             train_s=time.perf_counter() - start,
         )

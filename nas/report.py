@@ -1,13 +1,16 @@
 """``nas report``: what a search found, as a Pareto plot, a per-block allocation chart and a CSV.
 
-The Pareto front is computed on (accuracy ↑, predicted latency ↓) of the complete trials, whatever the study's
-objectives, so single-objective studies get the same picture. The reference trials (the all-dense model and the
-paper's allocation, queued first in every new study) are marked.
+The Pareto front is chosen on (search accuracy ↑, predicted latency ↓) of the complete trials, whatever the study's
+objectives, so single-objective studies get the same picture. What the report *shows* for the front is the test
+accuracy (data no selection has seen) with its binomial standard error: a front chosen and reported on the same
+images would flatter itself. The reference trials (the all-dense model and the paper's allocation, queued first in
+every new study) are marked.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +20,14 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces import ArchConfig
 from search_spaces.space import BLOCK_KEYS
 
+from .objective import SEARCH_ACCURACY, TEST_ACCURACY
+
 
 @dataclass
 class Point:
     trial: FrozenTrial
     config: ArchConfig
-    accuracy: float
+    accuracy: float  # on the search split: what the front is chosen on
     latency_ms: float
     reference: str | None
 
@@ -30,13 +35,30 @@ class Point:
     def label(self) -> str:
         return self.reference or f"trial {self.trial.number}"
 
+    @property
+    def search_se(self) -> float:
+        return float(self.trial.user_attrs.get("search_se", math.nan))
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(self.trial.user_attrs.get(TEST_ACCURACY, math.nan))
+
+    @property
+    def test_se(self) -> float:
+        return float(self.trial.user_attrs.get("test_se", math.nan))
+
+    @property
+    def test_text(self) -> str:
+        """``0.9612 ± 0.0102`` (test accuracy ± one standard error), or ``-`` for a trial without one."""
+        return "-" if math.isnan(self.test_accuracy) else f"{self.test_accuracy:.4f} ± {self.test_se:.4f}"
+
 
 def points(ostudy: optuna.Study) -> list[Point]:
     out = []
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         attrs = t.user_attrs
-        if "config" in attrs and "accuracy" in attrs and "latency_ms" in attrs:
-            out.append(Point(t, ArchConfig.from_json(attrs["config"]), float(attrs["accuracy"]),
+        if "config" in attrs and SEARCH_ACCURACY in attrs and "latency_ms" in attrs:
+            out.append(Point(t, ArchConfig.from_json(attrs["config"]), float(attrs[SEARCH_ACCURACY]),
                              float(attrs["latency_ms"]), attrs.get("reference")))
     return out
 
@@ -60,10 +82,11 @@ def write_csv(pts: list[Point], front: list[Point], path: Path) -> Path:
     depth = max((p.config.depth for p in pts), default=0)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial", "accuracy", "latency_ms", "pareto", "reference", "config_id", "wall_s"]
-                        + [f"block{i}" for i in range(depth)])
+        writer.writerow(["trial", SEARCH_ACCURACY, "search_se", TEST_ACCURACY, "test_se", "latency_ms", "pareto",
+                         "reference", "config_id", "wall_s"] + [f"block{i}" for i in range(depth)])
         for p in sorted(pts, key=lambda p: p.trial.number):
-            writer.writerow([p.trial.number, f"{p.accuracy:.4f}", f"{p.latency_ms:.4f}", int(id(p) in on_front),
+            writer.writerow([p.trial.number, f"{p.accuracy:.4f}", f"{p.search_se:.4f}", f"{p.test_accuracy:.4f}",
+                             f"{p.test_se:.4f}", f"{p.latency_ms:.4f}", int(id(p) in on_front),
                              p.reference or "", p.config.id, p.trial.user_attrs.get("wall_s", "")]
                             + [b.describe() for b in p.config.blocks])
     return path
@@ -76,16 +99,21 @@ def plot_pareto(pts: list[Point], front: list[Point], title: str, path: Path) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.scatter([p.latency_ms for p in pts], [p.accuracy for p in pts], s=18, color="0.7", label="trials")
+    ax.scatter([p.latency_ms for p in pts], [p.accuracy for p in pts], s=18, color="0.7", label="trials (search)")
     ax.plot([p.latency_ms for p in front], [p.accuracy for p in front], "o-", color="tab:red", ms=5,
-            label="Pareto front")
+            label="Pareto front (search)")
+    tested = [p for p in front if not math.isnan(p.test_accuracy)]
+    if tested:
+        ax.errorbar([p.latency_ms for p in tested], [p.test_accuracy for p in tested],
+                    yerr=[p.test_se for p in tested], fmt="D", mfc="none", color="tab:green", ms=5, capsize=2,
+                    label="front on test (± 1 SE)")
     markers = {"dense": ("s", "black", "all dense"), "paper": ("^", "tab:blue", "paper allocation")}
     for p in pts:
         if p.reference in markers:
             marker, color, text = markers[p.reference]
             ax.scatter([p.latency_ms], [p.accuracy], marker=marker, s=70, color=color, label=text, zorder=3)
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("validation accuracy after the trial's fine-tune")
+    ax.set_ylabel("accuracy after the trial's fine-tune")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -116,7 +144,7 @@ def plot_allocation(front: list[Point], path: Path) -> Path:
         ax.set_title(key, fontsize=9)
         ax.set_xticks(range(depth), [str(i) for i in range(depth)], fontsize=7)
         ax.set_xlabel("block", fontsize=8)
-        ax.set_yticks(range(len(front)), [f"{p.label} ({p.latency_ms:.2f} ms, {p.accuracy:.3f})" for p in front]
+        ax.set_yticks(range(len(front)), [f"{p.label} ({p.latency_ms:.2f} ms, test {p.test_accuracy:.3f})" for p in front]
                       if ax is axes[0][0] else [], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

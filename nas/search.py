@@ -220,7 +220,7 @@ def progress_of(ostudy: optuna.Study) -> Progress:
         else:
             try:
                 t = ostudy.best_trial
-                best = f"best: trial {t.number}, accuracy {t.value:.4f}"
+                best = f"best: trial {t.number}, search accuracy {t.value:.4f}"
             except ValueError:
                 best = "no feasible trial yet"
     failures = [(t.number, t.user_attrs.get("fail_reason", "unknown")) for t in trials if t.state == TrialState.FAIL]

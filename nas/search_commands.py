@@ -58,7 +58,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     with _in_study(study):
         create_sampler(study)  # their arguments are checked when built
         create_pruner(study)
-        train, val = _data(study)
+        splits = _data(study)
         if study.checkpoint is not None:
             load_teacher(study)  # the checkpoint reads and fits the model
         if Path(study.latency.predictor).is_file():
@@ -68,7 +68,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 raise ConfigError("latency.predictor", str(e)) from None
     console.print(f"[green]ok[/] {study.path}: study {study.name!r}")
     console.print(f"  model {study.model.name}, {study.space.depth} blocks, {study.space.size():,} architectures")
-    console.print(f"  data {study.data.source}: {len(train)} train / {len(val)} val images")
+    console.print(f"  data {study.data.source}: {len(splits.train)} train / {len(splits.search)} search / "
+                  f"{len(splits.test)} test images")
     console.print(f"  objectives {list(study.objectives.metrics)}"
                   + (f", latency budget {study.objectives.latency_budget_ms} ms"
                      if study.objectives.latency_budget_ms else ""))
@@ -85,22 +86,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     study = _load(args)
     with _in_study(study):
-        train, val = _data(study)
+        splits = _data(study)
     epochs = study.budget.pretrain_epochs
     with Progress(TextColumn("pretraining the dense teacher"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("", total=epochs)
 
         def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
-            progress.update(task, advance=1, description=f"loss {loss:.3f}, val accuracy {accuracy:.3f}")
+            progress.update(task, advance=1, description=f"loss {loss:.3f}, search accuracy {accuracy:.3f}")
 
-        result = pretrain(study, train, val, force=args.force, on_epoch=on_epoch)
+        result = pretrain(study, splits.train, splits.search, force=args.force, on_epoch=on_epoch)
     if result.cached:
-        console.print(f"teacher already trained for this study: {result.path} (val accuracy "
-                      f"{result.val_accuracy:.3f}); --force retrains")
+        console.print(f"teacher already trained for this study: {result.path} (search accuracy "
+                      f"{result.search_accuracy:.3f}); --force retrains")
     else:
-        console.print(f"trained the teacher for {result.epochs} epochs in {result.seconds:.0f} s: val accuracy "
-                      f"{result.val_accuracy:.3f}; wrote {result.path}")
+        console.print(f"trained the teacher for {result.epochs} epochs in {result.seconds:.0f} s: search accuracy "
+                      f"{result.search_accuracy:.3f}; wrote {result.path}")
     return 0
 
 
@@ -213,8 +214,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("", total=epochs)
         result = finetune(study, config, epochs, args.out, measure=not args.no_measure, origin=origin,
-                          on_epoch=lambda e, acc: progress.update(task, advance=1, description=f"val acc {acc:.3f}"))
-    line = f"accuracy {result.accuracy:.4f}, predicted latency {result.predicted_ms:.3f} ms"
+                          on_epoch=lambda e, acc: progress.update(task, advance=1,
+                                                                  description=f"search acc {acc:.3f}"))
+    line = (f"test accuracy {result.test_accuracy:.4f} ± {result.test_se:.4f} (1 SE), search accuracy "
+            f"{result.search_accuracy:.4f}, predicted latency {result.predicted_ms:.3f} ms")
     if result.measured_ms is not None:
         line += f", measured {result.measured_ms:.3f} ms on the kernels"
     console.print(line)
@@ -224,16 +227,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _print_front(rep) -> None:
-    table = Table(title="Pareto front (accuracy vs predicted latency)", title_justify="left")
-    for column in ("trial", "accuracy", "latency ms", "architecture"):
+    table = Table(title="Pareto front, chosen on search accuracy vs predicted latency; test accuracy ± 1 SE is "
+                        "what to report", title_justify="left")
+    for column in ("trial", "search acc", "test acc ± SE", "latency ms", "architecture"):
         table.add_column(column)
     for p in rep.front:
-        table.add_row(p.label, f"{p.accuracy:.4f}", f"{p.latency_ms:.3f}", "; ".join(
+        table.add_row(p.label, f"{p.accuracy:.4f}", p.test_text, f"{p.latency_ms:.3f}", "; ".join(
             f"{i}:{b.describe()}" for i, b in enumerate(p.config.blocks)))
     console.print(table)
     for p in rep.points:
         if p.reference and p not in rep.front:
-            console.print(f"reference {p.reference}: accuracy {p.accuracy:.4f}, {p.latency_ms:.3f} ms (not on the front)")
+            console.print(f"reference {p.reference}: search accuracy {p.accuracy:.4f}, test {p.test_text}, "
+                          f"{p.latency_ms:.3f} ms (not on the front)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -373,8 +378,9 @@ def add_commands(add, positive_int, non_negative_int) -> None:
 
     export = add("export", cmd_export, "write the ArchConfig of chosen trials with their metrics and latency")
     study_arg(export)
-    export.add_argument("--trial", default="best", action=_Once, help="best (default; Pareto search: the fastest Pareto trial "
-                                                        "within 1 point of the top accuracy), pareto, or a number")
+    export.add_argument("--trial", default="best", action=_Once, help="best (default; Pareto search: the fastest Pareto trial whose "
+                                                        "search accuracy is within one standard error of the top), "
+                                                        "pareto, or a number")
     export.add_argument("--out", type=Path, required=True, help="folder to write trial-<n>.yaml into")
 
     finetune = add("finetune", cmd_finetune, "fine-tune an exported architecture from the teacher and save it")

@@ -9,7 +9,9 @@
     data:
       source: digits                      # digits (bundled) | imagefolder
       path: null                          # imagefolder: a folder with train/<class>/*.png and val/<class>/*.png
-      val_fraction: 0.2                   # digits: share held out for validation
+      test_fraction: 0.2                  # digits: share held out as the test set (imagefolder: its val/)
+      search_fraction: 0.2                # share of the training data carved out (stratified) to score trials on
+      seed: 0                             # seed of the search split
     space: {...}                          # see search_spaces.space
     objectives:
       metrics: [accuracy, latency_ms]     # accuracy (maximized) and predicted latency (minimized): a Pareto search;
@@ -97,15 +99,26 @@ def _section(cls, data: Any, where: str, checks: dict[str, dict[str, Any]]):
 class DataSpec:
     source: str = "digits"
     path: str | None = None
-    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    search_fraction: float = 0.2
+    seed: int = 0
 
     @classmethod
     def from_dict(cls, data: Any, base: Path) -> "DataSpec":
-        spec = _section(cls, data, "data", {"val_fraction": {"above": 0, "maximum": 0.9}})
+        if isinstance(data, Mapping) and "val_fraction" in data:
+            raise ConfigError("data.val_fraction", "renamed to test_fraction: the held-out share is the test set, "
+                                                   "reported and never searched on (trials are scored on "
+                                                   "data.search_fraction of the training data)")
+        spec = _section(cls, data, "data", {"test_fraction": {"above": 0, "maximum": 0.9},
+                                            "search_fraction": {"above": 0, "maximum": 0.5},
+                                            "seed": {"integer": True, "minimum": 0}})
         if spec.source not in DATA_SOURCES:
             raise ConfigError("data.source", f"unknown data source {spec.source!r} (choose from "
                                              f"{', '.join(DATA_SOURCES)})")
         if spec.source == "imagefolder":
+            if "test_fraction" in data:
+                raise ConfigError("data.test_fraction", "only for digits: an imagefolder's test set is its val/ "
+                                                        "folder")
             if not isinstance(spec.path, str) or not spec.path:
                 raise ConfigError("data.path", "imagefolder needs a path: a folder with train/ and val/ subfolders")
             return replace(spec, path=str(base / spec.path))

@@ -29,7 +29,7 @@ from .train import LossWeights, Trainer, evaluate
 class PretrainResult:
     path: str
     epochs: int
-    val_accuracy: float
+    search_accuracy: float
     seconds: float
     cached: bool
 
@@ -79,15 +79,16 @@ def load_teacher(study: Study) -> nn.Module:
     return load_weights(model, study.teacher_path, "teacher").eval()
 
 
-def pretrain(study: Study, train_set: Dataset, val_set: Dataset, force: bool = False,
+def pretrain(study: Study, train_set: Dataset, search_set: Dataset, force: bool = False,
              on_epoch: Callable[[int, float, float], None] | None = None) -> PretrainResult:
-    """Train the dense model on the study's data (cached: a second call with the same study is a no-op)."""
+    """Train the dense model on the study's train split, scored on its search split after each epoch (cached: a
+    second call with the same study is a no-op)."""
     if study.checkpoint is not None:
         raise ConfigError("model.checkpoint", f"the study gives a checkpoint ({study.checkpoint}); there is "
                                               "nothing to pretrain", str(study.path))
     meta = _pretrained_metadata(study)
     if not force and _matches(study, meta):
-        return PretrainResult(str(study.teacher_path), int(meta["epochs"]), float(meta.get("val_accuracy", "nan")),
+        return PretrainResult(str(study.teacher_path), int(meta["epochs"]), float(meta.get("search_accuracy", "nan")),
                               0.0, cached=True)
     ensure_writable(study.teacher_path.parent, "model.checkpoint")
     start = time.perf_counter()
@@ -100,9 +101,9 @@ def pretrain(study: Study, train_set: Dataset, val_set: Dataset, force: bool = F
     accuracy = 0.0
     for epoch in range(epochs):
         loss = trainer.train_epoch()
-        accuracy = evaluate(model, val_set).accuracy
+        accuracy = evaluate(model, search_set).accuracy
         if on_epoch is not None:
             on_epoch(epoch, loss, accuracy)
-    metadata = {**_fingerprint(study), "val_accuracy": f"{accuracy:.6f}"}
+    metadata = {**_fingerprint(study), "search_accuracy": f"{accuracy:.6f}"}
     save_weights(model, study.teacher_path, metadata)
     return PretrainResult(str(study.teacher_path), epochs, accuracy, time.perf_counter() - start, cached=False)

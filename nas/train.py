@@ -16,7 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from search_spaces.ops.moe import moe_aux_loss
+from search_spaces.ops.moe import MoEMlp, moe_aux_loss
+from search_spaces.ops.shift import ShiftLinear
+
+# Parameters that are tokens or embeddings added to the input, not weights of a product: never decayed.
+TOKEN_PARAMETERS = ("pos_embed", "cls_token", "dist_token", "reg_token")
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,6 +46,29 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits
     return (1 - weights.distill_alpha) * ce + weights.distill_alpha * kl
 
 
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on the weights of multiplying layers only.
+
+    Not decayed: norms and biases (every parameter of one dimension), position and class tokens, MoE routers (decay
+    would pull the gates toward a uniform split the latency-aware loss is meant to decide), and shift layers (decay
+    pulls the latent weight toward zero, i.e. every code toward the smallest shift, a bias no recipe asked for).
+    Trials, pretraining and ``nas finetune`` all build their optimizer from this one function.
+    """
+    exempt: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, ShiftLinear):
+            exempt.update(id(p) for p in module.parameters())
+        elif isinstance(module, MoEMlp):
+            exempt.update(id(p) for gate in (module.router, module.noise) for p in gate.parameters())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        keep = p.ndim <= 1 or id(p) in exempt or name.rsplit(".", 1)[-1] in TOKEN_PARAMETERS
+        (no_decay if keep else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches (a new order every pass)."""
     generator = torch.Generator().manual_seed(seed)
@@ -58,7 +85,7 @@ class Trainer:
         >>> trainer = Trainer(model, train_set, epochs=2, steps_per_epoch=10, teacher=teacher)  # doctest: +SKIP
         >>> for epoch in range(2):
         ...     trainer.train_epoch()
-        ...     accuracy = evaluate(model, val_set)
+        ...     accuracy = evaluate(model, search_set).accuracy
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, *, epochs: int, steps_per_epoch: int | None,
@@ -68,7 +95,7 @@ class Trainer:
         per_pass = max(1, len(train_set) // batch_size)
         self.steps_per_epoch = steps_per_epoch or per_pass
         self.batches = _batches(train_set, batch_size, seed)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
         total = epochs * self.steps_per_epoch
         warmup = max(1, total // 20)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -110,10 +137,20 @@ class Trainer:
         return total / self.steps_per_epoch
 
 
+def standard_error(accuracy: float, count: int) -> float:
+    """The binomial standard error of an accuracy measured on ``count`` images."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / count) if count > 0 else math.nan
+
+
 @dataclass(frozen=True)
 class Evaluation:
     accuracy: float  # top-1, in [0, 1]
     moe_shares: dict[int, list[float]]  # MoE block -> share of token assignments per expert over the whole set
+    count: int = 0  # images evaluated
+
+    @property
+    def standard_error(self) -> float:
+        return standard_error(self.accuracy, self.count)
 
 
 @torch.no_grad()
@@ -130,4 +167,4 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> Evalu
             shares[block] = [p + f * len(labels) for p, f in zip(previous, fraction)]
         weights += len(labels)
     return Evaluation(correct / max(1, len(dataset)),
-                      {b: [v / weights for v in s] for b, s in shares.items()})
+                      {b: [v / weights for v in s] for b, s in shares.items()}, len(dataset))

@@ -9,7 +9,7 @@ File format (YAML or JSON)::
       name: deit_tiny_patch16_224          # any timm VisionTransformer name
       kwargs: {img_size: 32, patch_size: 4, depth: 2, embed_dim: 64, num_heads: 2, num_classes: 10}
     blocks:                                # one entry per transformer block, in order
-      - {attention: additive, qkv: shift, proj: dense, mlp: moe, moe: {top_k: 1, experts: [dense, shift]}}
+      - {attention: additive, binarize: tensor, qkv: shift, proj: dense, mlp: moe, moe: {top_k: 1, experts: [dense, shift]}}
       - {attention: msa, qkv: dense, proj: dense, mlp: shift}
     provenance: {...}                      # optional, written by `nas export` (study, trial, metrics); not part
                                            #   of the architecture
@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .ops.attention import ATTENTION_KINDS
+from .ops.attention import ATTENTION_KINDS, BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
 
 PROJECTION_KINDS = ("dense", "shift")
@@ -153,16 +153,27 @@ class MoEConfig:
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """The choices of one transformer block."""
+    """The choices of one transformer block. ``binarize`` is the additive attention's binarization (``tensor``, the
+    paper's, or ``token``); it is set for additive blocks only (``tensor`` unless given)."""
 
     attention: str = "msa"
     qkv: str = "dense"
     proj: str = "dense"
     mlp: str = "dense"
     moe: MoEConfig | None = None
+    binarize: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.attention == "additive" and self.binarize is None:
+            object.__setattr__(self, "binarize", BINARIZE_KINDS[0])
 
     def validate(self, where: str) -> None:
         _check_choice(self.attention, f"{where}.attention", ATTENTION_KINDS, "attention")
+        if self.attention == "additive":
+            _check_choice(self.binarize, f"{where}.binarize", BINARIZE_KINDS, "binarization")
+        elif self.binarize is not None:
+            raise ConfigError(f"{where}.binarize", f"binarize is an option of additive attention; this block's "
+                                                   f"attention is {self.attention!r}")
         _check_choice(self.qkv, f"{where}.qkv", PROJECTION_KINDS, "projection")
         _check_choice(self.proj, f"{where}.proj", PROJECTION_KINDS, "projection")
         _check_choice(self.mlp, f"{where}.mlp", MLP_KINDS, "mlp")
@@ -179,19 +190,21 @@ class BlockConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"attention": self.attention, "qkv": self.qkv, "proj": self.proj, "mlp": self.mlp}
+        if self.binarize is not None:
+            out["binarize"] = self.binarize
         if self.moe is not None:
             out["moe"] = self.moe.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "BlockConfig":
-        data = _check_keys(data, where, ("attention", "qkv", "proj", "mlp"), ("moe",))
+        data = _check_keys(data, where, ("attention", "qkv", "proj", "mlp"), ("moe", "binarize"))
         moe = data.get("moe")
         if moe is None and data["mlp"] == "moe":
             moe_config: MoEConfig | None = MoEConfig()
         else:
             moe_config = None if moe is None else MoEConfig.from_dict(moe, f"{where}.moe")
-        block = cls(data["attention"], data["qkv"], data["proj"], data["mlp"], moe_config)
+        block = cls(data["attention"], data["qkv"], data["proj"], data["mlp"], moe_config, data.get("binarize"))
         block.validate(where)
         return block
 
@@ -200,7 +213,8 @@ class BlockConfig:
         mlp = self.mlp
         if self.moe is not None:
             mlp = f"moe(top{self.moe.top_k}: {','.join(self.moe.experts)})"
-        return f"{self.attention} qkv={self.qkv} proj={self.proj} mlp={mlp}"
+        attention = self.attention if self.binarize in (None, BINARIZE_KINDS[0]) else f"{self.attention}({self.binarize})"
+        return f"{attention} qkv={self.qkv} proj={self.proj} mlp={mlp}"
 
 
 @dataclass(frozen=True)

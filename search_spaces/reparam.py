@@ -75,7 +75,7 @@ def _apply_block(block: nn.Module, choice: BlockConfig) -> None:
     if choice.attention == "linear":
         block.attn = LinearAttention(attn)
     elif choice.attention == "additive":
-        block.attn = AdditiveAttention(attn)
+        block.attn = AdditiveAttention(attn, binarize=choice.binarize)
 
     mlp = block.mlp
     if choice.mlp == "shift":
@@ -128,5 +128,5 @@ def weight_counts(model: nn.Module) -> WeightCounts:
     routers = {id(m) for moe in model.modules() if isinstance(moe, MoEMlp) for m in (moe.router, moe.noise)}
     total = sum(p.numel() for p in model.parameters())
     dense = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in routers)
-    shift = sum(m.shift.numel() for m in model.modules() if isinstance(m, ShiftLinear))
+    shift = sum(m.weight.numel() for m in model.modules() if isinstance(m, ShiftLinear))
     return WeightCounts(total, dense, shift)

@@ -15,6 +15,8 @@ It is read from the ``model:`` and ``space:`` sections of a study file::
       moe:                         # used by blocks whose mlp is moe
         top_k: [1]                 # a choice list
         experts: [dense, shift]    # fixed
+      additive:                    # used by blocks whose attention is additive
+        binarize: tensor           # fixed: tensor (the paper's: mean of the whole Q/K) or token (per-token mean)
       blocks:                      # per-block overrides of `choices`, by block index
         0: {attention: [msa]}
 
@@ -43,7 +45,7 @@ from .config import (
     MoEConfig,
     _check_keys,
 )
-from .ops.attention import ATTENTION_KINDS
+from .ops.attention import ATTENTION_KINDS, BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
 
 BLOCK_KEYS: dict[str, tuple[str, ...]] = {
@@ -123,6 +125,7 @@ class SearchSpace:
     moe_top_k: tuple[int, ...] = (1,)
     moe_experts: tuple[str, ...] = EXPERT_KINDS
     tied: bool = False
+    binarize: str = BINARIZE_KINDS[0]
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -140,7 +143,8 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, space: Any, model: ModelSpec, depth: int | None = None) -> "SearchSpace":
         """Build from the ``space:`` mapping of a study (``depth`` defaults to the model's)."""
-        space = _check_keys(space if space is not None else {}, "space", (), ("tied", "choices", "moe", "blocks"))
+        space = _check_keys(space if space is not None else {}, "space", (),
+                            ("tied", "choices", "moe", "additive", "blocks"))
         depth = model_depth(model) if depth is None else depth
         tied = space.get("tied", False)
         if not isinstance(tied, bool):
@@ -162,7 +166,12 @@ class SearchSpace:
         experts = moe.get("experts", list(EXPERT_KINDS))
         if not isinstance(experts, list | tuple):
             raise ConfigError("space.moe.experts", f"expected a list of expert kinds, got {experts!r}")
-        return cls(model, tuple(blocks), tuple(top_k), tuple(experts), tied)
+        additive = _check_keys(space.get("additive") or {}, "space.additive", (), ("binarize",))
+        binarize = additive.get("binarize", BINARIZE_KINDS[0])
+        if binarize not in BINARIZE_KINDS:
+            raise ConfigError("space.additive.binarize", f"unknown binarization {binarize!r} (choose from "
+                                                         f"{', '.join(BINARIZE_KINDS)})")
+        return cls(model, tuple(blocks), tuple(top_k), tuple(experts), tied, binarize)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SearchSpace":
@@ -190,7 +199,8 @@ class SearchSpace:
         moe = None
         if values["mlp"] == "moe":
             moe = MoEConfig(pick(f"{prefix}moe_top_k", self.moe_top_k), self.moe_experts)
-        return BlockConfig(values["attention"], values["qkv"], values["proj"], values["mlp"], moe)
+        binarize = self.binarize if values["attention"] == "additive" else None
+        return BlockConfig(values["attention"], values["qkv"], values["proj"], values["mlp"], moe, binarize)
 
     def _build(self, pick) -> ArchConfig:
         def fixed_or(pick_many):

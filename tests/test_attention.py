@@ -10,14 +10,39 @@ def _timm_attention(dim=32, heads=2):
     return Attention(dim, num_heads=heads, qkv_bias=True)
 
 
-def test_binarize_gives_exact_codes_and_clipped_identity_gradient():
+def test_token_binarization_gives_exact_codes_and_clipped_identity_gradient():
     x = torch.tensor([[0.0, 0.5, 3.0, -4.0]], requires_grad=True)  # mean -0.125
-    codes = binarize_ste(x)
+    codes = binarize_ste(x, "token")
     assert codes.tolist() == [[1.0, 1.0, 1.0, 0.0]]
     codes.sum().backward()
     # the centered values are 0.125, 0.625, 3.125, -3.875: the last two are outside the clip, so no gradient
     # passes there; the mean's gradient spreads what passes (-2/4 each)
     assert torch.allclose(x.grad, torch.tensor([[0.5, 0.5, -0.5, -0.5]]))
+
+
+def test_tensor_binarization_is_the_papers_whole_tensor_mean_with_gradient_on_0_to_1():
+    # two tokens: per-token means (0.05 and 0.8) would give other codes than the tensor's mean (0.425)
+    x = torch.tensor([[0.0, 0.1], [0.6, 1.0]], requires_grad=True)
+    codes = binarize_ste(x, "tensor")
+    assert codes.tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    assert binarize_ste(x.detach(), "token").tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    y = torch.tensor([[-0.5, 0.3], [1.5, 0.9]], requires_grad=True)
+    binarize_ste(y, "tensor").sum().backward()
+    # straight through where 0 <= y <= 1 (clamp's gradient), nothing elsewhere
+    assert y.grad.tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    with pytest.raises(ValueError, match="binarization"):
+        binarize_ste(y, "median")
+
+
+@pytest.mark.parametrize("binarize", ["tensor", "token"])
+def test_additive_attention_uses_its_binarization(binarize):
+    torch.manual_seed(0)
+    attn = AdditiveAttention(_timm_attention(), binarize=binarize)
+    x = torch.randn(2, 9, 32)
+    attn(x)
+    q = attn.qkv(x).reshape(2, 9, 3, 2, 16).permute(2, 0, 3, 1, 4)[0]
+    q = q / (q.norm(dim=-1, keepdim=True) + attn.eps)
+    assert torch.equal(attn.last_codes[0], binarize_ste(q, binarize))
 
 
 def test_additive_codes_are_binary_outputs_finite_and_gradients_reach_qkv():

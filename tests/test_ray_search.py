@@ -32,7 +32,7 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
     for t in trials:
         attrs = t.user_attrs
         assert attrs["ray_trial_id"] and attrs["ray_hostname"] and attrs["ray_node_ip"] and attrs["ray_node_id"]
-        assert t.values == [attrs["accuracy"], attrs["latency_ms"]]
+        assert t.values == [attrs["search_accuracy"], attrs["latency_ms"]] and "test_accuracy" in attrs
         assert {"config", "latency_breakdown", "moe_split", "weights"} <= set(attrs)
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 4
     assert main(["export", str(study_file), "--trial", "best", "--out", str(tmp_path / "best")]) == 0
@@ -59,9 +59,9 @@ def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
         assert t.user_attrs["config"] and t.user_attrs["ray_node_id"]
         if t.state == TrialState.PRUNED:
             # Optuna keeps a pruned trial's last intermediate value, as with its own pruners; no final attributes
-            assert len(t.intermediate_values) < 4 and "accuracy_history" not in t.user_attrs
+            assert len(t.intermediate_values) < 4 and "search_accuracy_history" not in t.user_attrs
         else:
-            assert len(t.user_attrs["accuracy_history"]) == 4
+            assert len(t.user_attrs["search_accuracy_history"]) == 4
             assert sorted(t.intermediate_values) == [1, 2, 3, 4] and t.intermediate_values[4] == t.value
             assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs["latency_ms"] - 1000.0)}
 

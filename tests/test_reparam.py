@@ -80,7 +80,7 @@ def test_every_op_combination_runs_forward_and_backward():
         assert p.grad is not None, name
     # every converted shift layer got gradient on both codes
     shifts = [m for m in model.modules() if isinstance(m, ShiftLinear)]
-    assert shifts and all(m.shift.grad is not None and m.sign.grad is not None for m in shifts)
+    assert shifts and all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in shifts)
 
 
 def test_output_shape_unchanged_for_a_sampled_architecture(tiny_spec):

@@ -35,9 +35,13 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
         attrs = t.user_attrs
         config = ArchConfig.from_json(attrs["config"])
         assert config.depth == 2 and attrs["config_id"] == config.id
-        assert t.values == [attrs["accuracy"], attrs["latency_ms"]] and 0 <= attrs["accuracy"] <= 1
+        assert t.values == [attrs["search_accuracy"], attrs["latency_ms"]] and 0 <= attrs["search_accuracy"] <= 1
+        # the test accuracy is stored, with its standard error, and is not the objective
+        assert 0 <= attrs["test_accuracy"] <= 1 and attrs["test_images"] == 359
+        assert attrs["test_se"] == pytest.approx(
+            (attrs["test_accuracy"] * (1 - attrs["test_accuracy"]) / 359) ** 0.5, abs=1e-6)
         assert len(attrs["latency_breakdown"]["blocks"]) == 2 and attrs["latency_ms"] > 0
-        assert attrs["weights"]["total"] > 0 and attrs["wall_s"] > 0 and len(attrs["accuracy_history"]) == 2
+        assert attrs["weights"]["total"] > 0 and attrs["wall_s"] > 0 and len(attrs["search_accuracy_history"]) == 2
         moe_blocks = [str(i) for i, b in enumerate(config.blocks) if b.mlp == "moe"]
         assert sorted(attrs["moe_split"]) == moe_blocks
         for shares in attrs["moe_split"].values():
@@ -49,6 +53,8 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     assert exported
     data = yaml.safe_load(exported[0].read_text())
     assert data["provenance"]["study"] == "tiny" and data["provenance"]["latency_ms"] > 0
+    assert data["provenance"]["test_accuracy"] == trials[data["provenance"]["trial"]].user_attrs["test_accuracy"]
+    assert data["provenance"]["test_se"] > 0
     config = ArchConfig.load(exported[0])
     assert config.to_json() == trials[data["provenance"]["trial"]].user_attrs["config"]
 
@@ -57,13 +63,14 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     assert main(["finetune", str(exported[0]), "--epochs", "1", "--out", str(tuned)]) == 0
     result = json.loads((tuned / "result.json").read_text())
     assert result["measured_ms"] > 0 and result["predicted_ms"] > 0
-    # the documented one-call rebuild gives the fine-tuned model: same validation accuracy
+    # the documented one-call rebuild gives the fine-tuned model: same test accuracy
     from nas import data as datasets
     from nas.train import evaluate
 
     model = load_model(tuned / "arch.yaml", tuned / "model.safetensors")
-    _, val = datasets.load(Study.load(study_file).data, 16, 10)
-    assert evaluate(model, val).accuracy == pytest.approx(result["accuracy"])
+    test = datasets.load(Study.load(study_file).data, 16, 10).test
+    assert evaluate(model, test).accuracy == pytest.approx(result["test_accuracy"])
+    assert result["test_se"] == pytest.approx(evaluate(model, test).standard_error, abs=1e-6)
 
 
 def test_search_resumes_the_stored_study(searchable, tmp_path):
@@ -186,7 +193,7 @@ def test_pretrain_is_cached_and_retrains_when_the_study_changes(tmp_path, capsys
 
     with safe_open(str(teacher), "pt") as f:
         metadata = f.metadata()
-    assert metadata["epochs"] == "2" and 0 <= float(metadata["val_accuracy"]) <= 1
+    assert metadata["epochs"] == "2" and 0 <= float(metadata["search_accuracy"]) <= 1
 
 
 def test_every_trial_fine_tunes_all_weights_and_leaves_the_teacher_alone(searchable, tmp_path):

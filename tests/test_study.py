@@ -74,7 +74,7 @@ def test_validate_builds_the_sampler_and_pruner(tmp_path, capsys):
 
 def test_validate_command(tmp_path, capsys):
     assert main(["validate", str(_write(tmp_path))]) == 0
-    assert "1438 train / 359 val" in capsys.readouterr().out
+    assert "1150 train / 288 search / 359 test" in capsys.readouterr().out
     bad = _write(tmp_path, model={**TINY_MODEL, "kwargs": {**TINY_MODEL["kwargs"], "num_classes": 3}})
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err

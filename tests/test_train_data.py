@@ -89,9 +89,11 @@ def _png_folder(root, classes, per_class=3):
 
 def test_image_folder_loads_real_files_and_rejects_bad_layouts(tmp_path):
     _png_folder(tmp_path / "ok", ["cat", "dog"])
-    train, val = data.load(DataSpec("imagefolder", str(tmp_path / "ok")), img_size=16, num_classes=10)
+    train, search, test = data.load(DataSpec("imagefolder", str(tmp_path / "ok")), img_size=16, num_classes=10)
     image, label = train[0]
-    assert image.shape == (3, 16, 16) and label == 0 and len(train) == len(val) == 6
+    # val/ is the test set; the search split is carved from train/, one image of each class
+    assert image.shape == (3, 16, 16) and len(train) == 4 and len(search) == 2 and len(test) == 6
+    assert sorted(int(search[i][1]) for i in range(2)) == [0, 1]
     assert -1 <= float(image.min()) < float(image.max()) <= 1
 
     _png_folder(tmp_path / "one", ["cat"])
@@ -105,3 +107,77 @@ def test_image_folder_loads_real_files_and_rejects_bad_layouts(tmp_path):
         data.load(DataSpec("imagefolder", str(tmp_path / "missing")), 16, 10)
     with pytest.raises(ConfigError, match="num_classes"):
         data.load(DataSpec("imagefolder", str(tmp_path / "ok")), 16, 1)
+
+
+def test_three_splits_are_disjoint_stratified_and_seeded():
+    spec = DataSpec("digits", search_fraction=0.25, seed=3)
+    train, search, test = data.load(spec, img_size=8, num_classes=10)
+    assert train.dataset is search.dataset  # both carved from the training pool
+    assert not set(train.indices) & set(search.indices)
+    assert len(train) + len(search) == len(train.dataset) and len(train) + len(search) + len(test) == 1797
+    assert len(test) == round(0.2 * 1797)
+    # the test images are none of the pool's: the two come from one permutation, cut in two
+    everything = data.digits(8, "all").tensors[0].flatten(1)
+    pool_rows = {tuple(r.tolist()) for r in train.dataset.tensors[0].flatten(1)}
+    test_rows = [tuple(r.tolist()) for r in test.tensors[0].flatten(1)]
+    duplicates = len(everything) - len({tuple(r.tolist()) for r in everything})  # digits holds a few repeats
+    assert sum(r in pool_rows for r in test_rows) <= duplicates
+    # stratified: every class's share of the search split is its share of the pool, to within one image
+    pool_labels = data.labels_of(train.dataset)
+    search_labels = pool_labels[search.indices]
+    for c in range(10):
+        expected = (pool_labels == c).mean() * len(search)
+        assert abs((search_labels == c).sum() - expected) <= 1
+    again = data.load(spec, img_size=8, num_classes=10)
+    other = data.load(DataSpec("digits", search_fraction=0.25, seed=4), img_size=8, num_classes=10)
+    assert again.search.indices == search.indices and other.search.indices != search.indices
+
+
+def test_parameter_groups_decay_only_the_weights_of_multiplying_layers(tiny_spec):
+    from nas.train import parameter_groups
+    from search_spaces.ops import ShiftLinear
+    from search_spaces.ops.moe import MoEMlp
+
+    config = ArchConfig.from_dict({"model": tiny_spec.to_dict(), "blocks": [
+        {"attention": "additive", "qkv": "shift", "proj": "dense", "mlp": "moe"},
+        {"attention": "msa", "qkv": "dense", "proj": "dense", "mlp": "shift"}]})
+    model = build_model(config)
+    decay, no_decay = (set(map(id, g["params"])) for g in parameter_groups(model, 0.05))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert not decay & no_decay and decay | no_decay == set(names)
+    decayed = {names[i] for i in decay}
+    assert "blocks.1.attn.qkv.weight" in decayed and "blocks.0.attn.proj.weight" in decayed
+    assert "head.weight" in decayed and "patch_embed.proj.weight" in decayed
+    assert "blocks.0.mlp.experts.0.fc1.weight" in decayed  # the dense expert multiplies
+    for name in decayed:
+        assert not name.endswith((".bias", "pos_embed", "cls_token")) and "norm" not in name
+    for module in model.modules():
+        exempt = isinstance(module, ShiftLinear)
+        exempt_parts = [module.router, module.noise] if isinstance(module, MoEMlp) else [module] if exempt else []
+        for part in exempt_parts:
+            assert all(id(p) in no_decay for p in part.parameters())
+    trainer = Trainer(model, data.digits(32, "train"), epochs=1, steps_per_epoch=1, weight_decay=0.05)
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.05, 0.0]
+
+
+def test_shift_codes_move_and_accuracy_gains_under_the_trial_recipe(tiny_spec):
+    """The quick-start's trial recipe (lr 1e-3, 3 epochs of 40 steps, distillation, weight decay 0.05) must train
+    shift layers: codes change and the all-shift model beats its conversion."""
+    from search_spaces.ops import ShiftLinear
+
+    train, search, _ = data.load(DataSpec("digits"), img_size=32, num_classes=10)
+    teacher = create_model(tiny_spec)
+    Trainer(teacher, train, epochs=1, steps_per_epoch=150, lr=3e-3, weights=LossWeights(0.0)).train_epoch()
+    teacher.eval()
+    blocks = [{"attention": "msa", "qkv": "shift", "proj": "shift", "mlp": "shift"}] * 2
+    student = build_model(ArchConfig.from_dict({"model": tiny_spec.to_dict(), "blocks": blocks}), teacher)
+    shifts = [m for m in student.modules() if isinstance(m, ShiftLinear)]
+    before = [m.quantized()[0].clone() for m in shifts]
+    converted = evaluate(student, search).accuracy
+    trainer = Trainer(student, train, epochs=3, steps_per_epoch=40, lr=1e-3, weight_decay=0.05, teacher=teacher)
+    for _ in range(3):
+        trainer.train_epoch()
+    changed = sum(int((m.quantized()[0] != b).sum()) for m, b in zip(shifts, before))
+    total = sum(b.numel() for b in before)
+    assert changed / total > 0.05, f"only {changed} of {total} shift codes changed"
+    assert evaluate(student, search).accuracy > converted + 0.02

@@ -3,9 +3,16 @@
 - ``msa`` stays timm's own softmax attention (see :mod:`search_spaces.reparam`); only its projections may change.
 - :class:`LinearAttention`: kernelized attention with the positive feature map ``elu + 1``, O(N) in tokens.
 - :class:`AdditiveAttention`: ShiftAddViT's binary linear-angular attention. Queries and keys are L2-normalized per
-  head and binarized to {0, 1} codes (``q > mean(q)`` over the head dimension) with a straight-through clip, then
-  ``out = normalize(0.5·v + (1/π)·Q_b (K_bᵀ V)) + dwconv(v)``. The two products with a binary operand are sums of
-  selected rows (the ``matadd`` kernels): no multiplications.
+  head and binarized to {0, 1} codes, then ``out = normalize(0.5·v + (1/π)·Q_b (K_bᵀ V)) + dwconv(v)``. The two
+  products with a binary operand are sums of selected rows (the ``matadd`` kernels): no multiplications.
+
+Binarization (:data:`BINARIZE_KINDS`, the ``binarize`` option of an additive block):
+
+- ``tensor`` (default, as the released ShiftAddViT code): ``q > mean(q)`` with the mean over the whole Q (or K)
+  tensor of the batch; straight-through gradient of ``clamp(q, 0, 1)``, i.e. passed where ``0 <= q <= 1``.
+- ``token``: ``q > mean(q)`` with the mean over each token's head dimension; straight-through gradient of the
+  centred value clipped to ``[-1, 1]``. Independent of the batch, so a token's codes do not depend on the other
+  images it is batched with.
 """
 
 from __future__ import annotations
@@ -17,14 +24,21 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTION_KINDS = ("msa", "linear", "additive")
+BINARIZE_KINDS = ("tensor", "token")
 
 
-def binarize_ste(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """{0, 1} codes ``x > mean(x)`` along ``dim``; the backward pass is the identity, clipped to ``|x - mean| <= 1``."""
-    centered = x - x.mean(dim=dim, keepdim=True)
-    codes = (centered > 0).to(x.dtype)
-    clipped = centered.clamp(-1.0, 1.0)
-    return clipped + (codes - clipped).detach()
+def binarize_ste(x: torch.Tensor, kind: str = "tensor") -> torch.Tensor:
+    """{0, 1} codes of ``x`` with a straight-through gradient, by ``kind`` (see the module docstring)."""
+    if kind == "tensor":
+        codes = (x > x.mean()).to(x.dtype)
+        surrogate = x.clamp(0.0, 1.0)
+    elif kind == "token":
+        centered = x - x.mean(dim=-1, keepdim=True)
+        codes = (centered > 0).to(x.dtype)
+        surrogate = centered.clamp(-1.0, 1.0)
+    else:
+        raise ValueError(f"unknown binarization {kind!r} (choose from {', '.join(BINARIZE_KINDS)})")
+    return surrogate + (codes - surrogate).detach()
 
 
 class _ProjectedAttention(nn.Module):
@@ -82,8 +96,11 @@ class AdditiveAttention(_ProjectedAttention):
 
     eps = 1e-6
 
-    def __init__(self, source: nn.Module, res_kernel_size: int = 9) -> None:
+    def __init__(self, source: nn.Module, res_kernel_size: int = 9, binarize: str = "tensor") -> None:
         super().__init__(source)
+        if binarize not in BINARIZE_KINDS:
+            raise ValueError(f"unknown binarization {binarize!r} (choose from {', '.join(BINARIZE_KINDS)})")
+        self.binarize = binarize
         self.dconv = nn.Conv2d(
             self.num_heads,
             self.num_heads,
@@ -96,11 +113,14 @@ class AdditiveAttention(_ProjectedAttention):
         self.dconv.to(next(source.parameters()).device)
         self.last_codes: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def extra_repr(self) -> str:
+        return f"binarize={self.binarize}"
+
     def codes(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Binary {0, 1} query and key codes (with straight-through gradients)."""
         q = q / (q.norm(dim=-1, keepdim=True) + self.eps)
         k = k / (k.norm(dim=-1, keepdim=True) + self.eps)
-        return binarize_ste(q), binarize_ste(k)
+        return binarize_ste(q, self.binarize), binarize_ste(k, self.binarize)
 
     def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_b, k_b = self.codes(q, k)

@@ -1,8 +1,15 @@
-"""Shift layers: linear layers whose weights are signed powers of two (DeepShift-PS).
+"""Shift layers: linear layers whose weights are signed powers of two (DeepShift-Q training).
 
 A weight is ``sign * 2**shift`` with an integer ``shift`` in ``[-(2**(b-1) - 2), 0]`` for ``b`` weight bits, so a
-product with it is a bit shift and a conditional negation. Training keeps ``shift`` and ``sign`` as float parameters
-and rounds them in the forward pass through straight-through estimators.
+product with it is a bit shift and a conditional negation. Training keeps a latent real weight (initialised from the
+dense weight) and quantizes it in every forward pass, ``sign(w) * 2**round(log2|w|)``, with a straight-through
+estimator: the gradient reaches the latent weight unchanged, so it moves by about the learning rate per step and a
+code changes as soon as the weight crosses a rounding boundary. (Keeping ``shift`` and ``sign`` themselves as
+parameters, initialised on integers, froze every code under the product's recipes: AdamW at lr 1e-3 moves a parameter
+about 1e-3 per step, far from the 0.5 a rounded shift needs; ``bench/results/shift-training.md``.)
+
+Zero weights: ``sign(0) = 0``, so an exactly-zero latent weight is a zero weight (sign code 0, which the ``matshift``
+kernel takes); its straight-through gradient lets training move it off zero like any other weight.
 
 The integer inference arithmetic lives in :func:`shift_matmul_int` and nowhere else: the TVM ``matshift`` kernel
 implements exactly this contract, and the float path is tested against it.
@@ -27,12 +34,11 @@ def shift_range(weight_bits: int) -> tuple[int, int]:
     return -(2 ** (weight_bits - 1) - 2), 0
 
 
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
-
-
-def _sign_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.sign(x) - x).detach()
+def quantize_codes(w: torch.Tensor, shift_min: int, shift_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The codes of real weights: ``shift = round(log2|w|)`` clamped to ``[shift_min, shift_max]`` and ``sign(w)``
+    (float tensors holding integers)."""
+    magnitude = w.abs().clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.round(torch.log2(magnitude)).clamp_(shift_min, shift_max), torch.sign(w)
 
 
 def to_fixed_point(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> torch.Tensor:
@@ -83,12 +89,15 @@ def shift_matmul_int(
 
 
 class ShiftLinear(nn.Module):
-    """A linear layer with weights ``sign * 2**shift`` (DeepShift-PS), trained through straight-through estimators.
+    """A linear layer with weights ``sign * 2**shift``, trained through a latent real weight (DeepShift-Q).
 
     Args:
         in_features, out_features, bias: as :class:`torch.nn.Linear`.
         weight_bits: bits of the shift code; shifts lie in :func:`shift_range`.
         frac_bits: fraction bits of the fixed-point activations of the integer path.
+
+    ``weight`` is the latent real weight the optimizer updates; :meth:`effective_weight` is what the layer computes
+    with, and :meth:`quantized` the integer codes the kernel runs.
 
     Example:
         >>> layer = ShiftLinear.from_dense(torch.nn.Linear(8, 4))
@@ -110,46 +119,40 @@ class ShiftLinear(nn.Module):
         self.weight_bits = weight_bits
         self.frac_bits = frac_bits
         self.shift_min, self.shift_max = shift_range(weight_bits)
-        self.shift = nn.Parameter(torch.empty(out_features, in_features))
-        self.sign = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Same scale as nn.Linear's default init, expressed as shift and sign.
-        bound = 1.0 / math.sqrt(self.in_features)
-        w = torch.empty(self.out_features, self.in_features).uniform_(-bound, bound)
-        self._set_from_weight(w)
-
-    @torch.no_grad()
-    def _set_from_weight(self, w: torch.Tensor) -> None:
-        magnitude = w.abs().clamp_min(torch.finfo(torch.float32).tiny)
-        self.shift.copy_(torch.round(torch.log2(magnitude)).clamp_(self.shift_min, self.shift_max))
-        self.sign.copy_(torch.sign(w))
+        bound = 1.0 / math.sqrt(self.in_features)  # nn.Linear's default scale
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
 
     @classmethod
     def from_dense(
         cls, linear: nn.Linear, weight_bits: int = DEFAULT_WEIGHT_BITS, frac_bits: int = DEFAULT_FRAC_BITS
     ) -> "ShiftLinear":
-        """Convert a dense layer: shift = round(log2|w|) clamped to the range, sign = sign(w), bias kept."""
+        """Convert a dense layer: the latent weight is the dense weight (so its codes are shift = round(log2|w|)
+        clamped to the range, sign = sign(w)), the bias is kept."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits, frac_bits)
         layer.to(device=linear.weight.device)
-        layer._set_from_weight(linear.weight.detach().float())
-        if linear.bias is not None:
-            with torch.no_grad():
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight.detach().float())
+            if linear.bias is not None:
                 layer.bias.copy_(linear.bias.detach())
         return layer
 
     def quantized(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The integer codes ``(shift, sign)`` as int8 ``[out, in]`` tensors, as the matshift kernel takes them."""
-        shift = torch.round(self.shift.detach()).clamp(self.shift_min, self.shift_max).to(torch.int8)
-        sign = torch.sign(self.sign.detach()).to(torch.int8)
-        return shift, sign
+        shift, sign = quantize_codes(self.weight.detach(), self.shift_min, self.shift_max)
+        return shift.to(torch.int8), sign.to(torch.int8)
 
     def effective_weight(self) -> torch.Tensor:
-        """The effective float weight ``sign * 2**shift`` (differentiable through the estimators)."""
-        shift = _round_ste(self.shift.clamp(self.shift_min, self.shift_max))
-        return _sign_ste(self.sign) * torch.exp2(shift)
+        """The weight the layer computes with, ``sign * 2**shift``; its gradient flows straight to the latent
+        weight."""
+        w = self.weight
+        shift, sign = quantize_codes(w.detach(), self.shift_min, self.shift_max)
+        return w + (sign * torch.exp2(shift) - w).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -163,8 +166,23 @@ class ShiftLinear(nn.Module):
         y_int = shift_matmul_int(x_int, shift, sign)
         return from_fixed_point(y_int, self.frac_bits, self.bias, x.dtype).reshape(*lead, self.out_features)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        upgrade_legacy_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"weight_bits={self.weight_bits}, shift_range=[{self.shift_min}, {self.shift_max}]"
         )
+
+
+def upgrade_legacy_state(state: dict[str, torch.Tensor], prefix: str) -> bool:
+    """Rewrite, in ``state``, a shift layer saved by earlier versions (parameters ``shift`` and ``sign``) as the
+    latent weight with the same codes, ``sign * 2**shift``; True if it did. Checkpoints written before the latent
+    weight keep loading."""
+    shift, sign, weight = f"{prefix}shift", f"{prefix}sign", f"{prefix}weight"
+    if shift not in state or sign not in state or weight in state:
+        return False
+    state[weight] = torch.sign(state.pop(sign)) * torch.exp2(torch.round(state.pop(shift)))
+    return True
