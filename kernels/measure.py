@@ -7,9 +7,11 @@ moves one repeat a little instead of the result a lot; the median over repeats i
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,27 +27,88 @@ DEFAULT_MIN_REPEAT_MS = 40
 
 @dataclass(frozen=True)
 class Timing:
-    """Per-call latency statistics in milliseconds over ``repeats`` repeats."""
+    """Per-call latency statistics in milliseconds over ``repeats`` repeats, and how trustworthy they are.
+
+    ``spread`` is the interquartile range of the repeats over their median; ``contention`` the share of the machine's
+    CPU time that other processes used while the timing ran (see :class:`CpuContention`). A timing with either too
+    high is noisy: :func:`latency_model.profile.profile` re-times it, and marks it if it stays noisy.
+    """
 
     median_ms: float
     min_ms: float
     max_ms: float
     std_ms: float
     repeats: int
+    spread: float = 0.0
+    contention: float = 0.0
 
     @classmethod
     def from_seconds(cls, per_repeat_seconds: list[float]) -> "Timing":
         ms = [1e3 * s for s in per_repeat_seconds]
+        median = statistics.median(ms)
+        if len(ms) >= 4:
+            q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+        else:
+            q1, q3 = min(ms), max(ms)
         return cls(
-            median_ms=statistics.median(ms),
+            median_ms=median,
             min_ms=min(ms),
             max_ms=max(ms),
             std_ms=statistics.pstdev(ms) if len(ms) > 1 else 0.0,
             repeats=len(ms),
+            spread=(q3 - q1) / median if median > 0 else 0.0,
         )
+
+    def with_contention(self, share: float) -> "Timing":
+        return replace(self, contention=share)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class CpuContention:
+    """Measures, around a block of code, the share of the machine's CPU time that *other* processes used:
+    ``(busy CPU time of the machine - this process's CPU time) / (wall time x CPUs)``, from the kernel's counters
+    (``/proc/stat`` and this process's own times, through psutil). Time the hypervisor gave to other guests (steal)
+    counts as used by others. 0 on a quiet machine; a process spinning on one of two cores gives about 0.5 while it
+    runs. Resolution is the kernel's clock tick (10 ms), so windows of a few hundred milliseconds are needed.
+
+    Example:
+        >>> with CpuContention() as contention:
+        ...     run_timing()                                             # doctest: +SKIP
+        >>> contention.share                                              # doctest: +SKIP
+        0.01
+    """
+
+    share: float = 0.0
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        # guest time is already inside user time on Linux: not added again
+        return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+    @staticmethod
+    def _own() -> float:
+        import psutil
+
+        t = psutil.Process().cpu_times()
+        return t.user + t.system
+
+    def __enter__(self) -> "CpuContention":
+        self._start = (time.perf_counter(), self._busy(), self._own())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import psutil
+
+        wall0, busy0, own0 = self._start
+        wall = time.perf_counter() - wall0
+        others = (self._busy() - busy0) - (self._own() - own0)
+        cpus = psutil.cpu_count() or os.cpu_count() or 1
+        self.share = min(1.0, max(0.0, others / (wall * cpus))) if wall > 0 else 0.0
 
 
 def _device(target: tvm.target.Target, session=None):
@@ -61,12 +124,16 @@ def random_arguments(spec: KernelSpec, device, seed: int = 0) -> tuple[list[np.n
     return inputs, args
 
 
-def _time(module, device, args, repeats: int, min_repeat_ms: int) -> Timing:
+def _time(module, device, args, repeats: int, min_repeat_ms: int, local: bool = True) -> Timing:
     if repeats < 1:
         raise KernelError(f"repeats must be >= 1, got {repeats}")
     module["main"](*args)  # warm-up: page in the code and the data
     evaluator = module.time_evaluator("main", device, number=1, repeat=repeats, min_repeat_ms=min_repeat_ms)
-    return Timing.from_seconds(list(evaluator(*args).results))
+    if not local:  # this machine's CPU says nothing of a remote device's: the spread is the check there
+        return Timing.from_seconds(list(evaluator(*args).results))
+    with CpuContention() as contention:
+        results = list(evaluator(*args).results)
+    return Timing.from_seconds(results).with_contention(contention.share)
 
 
 def time_kernel(
@@ -116,7 +183,7 @@ def time_remote(
         session.upload(str(library))
         module = session.load_module(library.name)
     device = _device(kernel.target, session)
-    return _time(module, device, random_arguments(kernel.spec, device)[1], repeats, min_repeat_ms)
+    return _time(module, device, random_arguments(kernel.spec, device)[1], repeats, min_repeat_ms, local=False)
 
 
 def measure(

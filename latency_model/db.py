@@ -1,6 +1,11 @@
 """The measurement table: devices and the latency of each operation at each shape, in any SQLAlchemy database.
 
-Default URL ``sqlite:///studies/latency.db``. The schema carries a version (table ``schema_version``); opening a
+Default URL ``sqlite:///studies/latency.db``.
+
+Every timing carries how far it can be trusted (schema 5): ``spread`` (interquartile range over median of its
+repeats), ``contention`` (share of the CPU other processes used meanwhile), ``attempts`` (timings taken: a noisy one
+is re-timed) and ``noisy`` (still noisy after its last attempt). ``nas fit-latency`` refuses a table whose newest rows
+are marked noisy; ``nas profile --remeasure`` re-times them (a new row, newest wins). The schema carries a version (table ``schema_version``); opening a
 database of an older version migrates it in place, keeping every row. Measurements are append-only: re-profiling a
 shape adds a row with a newer timestamp, and readers take the newest row per (device, op, variant, shape), so no
 earlier figure is ever overwritten.
@@ -38,7 +43,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_URL = "sqlite:///studies/latency.db"
 
 
@@ -89,6 +94,10 @@ class Measurement(Base):
     max_ms: Mapped[float] = mapped_column(Float)
     std_ms: Mapped[float] = mapped_column(Float)
     repeats: Mapped[int] = mapped_column(Integer)
+    spread: Mapped[float] = mapped_column(Float, default=0.0)  # schema 5
+    contention: Mapped[float] = mapped_column(Float, default=0.0)  # schema 5
+    attempts: Mapped[int] = mapped_column(Integer, default=1)  # schema 5
+    noisy: Mapped[bool] = mapped_column(Boolean, default=False)  # schema 5
     measured_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc), index=True)
     device: Mapped[Device] = relationship(back_populates="measurements")
 
@@ -107,6 +116,10 @@ class ModelMeasurement(Base):
     max_ms: Mapped[float] = mapped_column(Float)
     std_ms: Mapped[float] = mapped_column(Float)
     repeats: Mapped[int] = mapped_column(Integer)
+    spread: Mapped[float] = mapped_column(Float, default=0.0)  # schema 5
+    contention: Mapped[float] = mapped_column(Float, default=0.0)  # schema 5
+    attempts: Mapped[int] = mapped_column(Integer, default=1)  # schema 5
+    noisy: Mapped[bool] = mapped_column(Boolean, default=False)  # schema 5
     measured_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc))
 
 
@@ -145,7 +158,19 @@ def _migrate_3_to_4(connection) -> None:
     Failure.__table__.create(connection)
 
 
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
+def _migrate_4_to_5(connection) -> None:
+    """Schema 5 records how trustworthy each timing is; earlier rows read as one clean attempt. (A table created by
+    an earlier migration from today's definition has the columns already.)"""
+    columns = {"spread": "FLOAT NOT NULL DEFAULT 0", "contention": "FLOAT NOT NULL DEFAULT 0",
+               "attempts": "INTEGER NOT NULL DEFAULT 1", "noisy": "BOOLEAN NOT NULL DEFAULT false"}
+    for table in ("measurements", "model_measurements"):
+        present = {c["name"] for c in inspect(connection).get_columns(table)}
+        for name, kind in columns.items():
+            if name not in present:
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
 
 
 def redact(url: str) -> str:
@@ -255,18 +280,28 @@ class Row:
     max_ms: float
     std_ms: float
     repeats: int
+    spread: float = 0.0
+    contention: float = 0.0
+    noisy: bool = False
+
+
+def _quality(timing: Any, attempts: int, noisy: bool) -> dict[str, Any]:
+    return {"spread": float(getattr(timing, "spread", 0.0)), "contention": float(getattr(timing, "contention", 0.0)),
+            "attempts": attempts, "noisy": noisy}
 
 
 def add_measurement(engine: Engine, device_id: int, op: str, variant: str, shape: Mapping[str, int], *,
                     dtype: str = "", tuned: bool = False, trials: int = 0, tuning_record: str = "",
-                    timing: Any) -> None:
-    """Append one measurement (``timing`` has median_ms, min_ms, max_ms, std_ms, repeats) in its own transaction."""
+                    timing: Any, attempts: int = 1, noisy: bool = False) -> None:
+    """Append one measurement (``timing`` has median_ms, min_ms, max_ms, std_ms, repeats, and optionally spread and
+    contention) in its own transaction; ``noisy`` marks a timing that stayed noisy after ``attempts`` tries."""
     with Session(engine) as session, session.begin():
         session.add(
             Measurement(
                 device_id=device_id, op=op, variant=variant, shape=shape_key(shape), dtype=dtype, tuned=tuned,
                 trials=trials, tuning_record=tuning_record, median_ms=timing.median_ms, min_ms=timing.min_ms,
                 max_ms=timing.max_ms, std_ms=timing.std_ms, repeats=timing.repeats,
+                **_quality(timing, attempts, noisy),
             )
         )
 
@@ -286,7 +321,7 @@ def latest(engine: Engine, device: str, ops: Iterable[str] | None = None) -> lis
             newest[(m.op, m.variant, m.shape, m.dtype)] = m
         return [
             Row(m.op, m.variant, json.loads(m.shape), m.dtype, m.tuned, m.trials, m.median_ms, m.min_ms, m.max_ms,
-                m.std_ms, m.repeats)
+                m.std_ms, m.repeats, m.spread, m.contention, m.noisy)
             for m in newest.values()
         ]
 
@@ -303,13 +338,21 @@ def measured_keys(engine: Engine, device: str) -> set[tuple[str, str, str, str]]
         return {tuple(r) for r in rows}
 
 
+def noisy_keys(engine: Engine, device: str) -> set[tuple]:
+    """Row keys (as :func:`measured_keys`, and ``("model", config, batch)`` for whole models) whose newest timing is
+    marked noisy: what ``nas profile --remeasure`` re-times."""
+    keys: set[tuple] = {(r.op, r.variant, shape_key(r.shape), r.dtype) for r in latest(engine, device) if r.noisy}
+    return keys | {("model", m.config, m.batch) for m in model_rows(engine, device) if m.noisy}
+
+
 def add_model_measurement(engine: Engine, device_id: int, config_json: str, batch: int,
-                          moe_shares: Mapping[int, list[float]], timing: Any) -> None:
+                          moe_shares: Mapping[int, list[float]], timing: Any, attempts: int = 1,
+                          noisy: bool = False) -> None:
     with Session(engine) as session, session.begin():
         session.add(ModelMeasurement(
             device_id=device_id, config=config_json, batch=batch, moe_shares=json.dumps(dict(moe_shares)),
             median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms, std_ms=timing.std_ms,
-            repeats=timing.repeats))
+            repeats=timing.repeats, **_quality(timing, attempts, noisy)))
 
 
 @dataclass(frozen=True)
@@ -318,6 +361,9 @@ class ModelRow:
     batch: int
     moe_shares: dict[int, list[float]]
     median_ms: float
+    spread: float = 0.0
+    contention: float = 0.0
+    noisy: bool = False
 
 
 def add_failure(engine: Engine, device_id: int, job: str, reason: str, trials: int = 0) -> None:
@@ -339,7 +385,8 @@ def model_rows(engine: Engine, device: str) -> list[ModelRow]:
         query = (select(ModelMeasurement).join(Device, ModelMeasurement.device_id == Device.id)
                  .where(Device.name == device).order_by(ModelMeasurement.measured_at, ModelMeasurement.id))
         newest = {(m.config, m.batch): m for m in session.scalars(query)}
-        return [ModelRow(m.config, m.batch, {int(k): v for k, v in json.loads(m.moe_shares).items()}, m.median_ms)
+        return [ModelRow(m.config, m.batch, {int(k): v for k, v in json.loads(m.moe_shares).items()}, m.median_ms,
+                         m.spread, m.contention, m.noisy)
                 for m in newest.values()]
 
 

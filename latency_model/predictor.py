@@ -8,7 +8,10 @@ For each op a model is asked in turn:
    roofline within one regime), fitted by ridge least squares.
 
 The op times of a config are then composed with a calibration fitted on whole-model timings (per batch size,
-``total = a · Σ ops + b · kernel blocks + c``): ops timed alone miss what running them back to back costs.
+``total = a · Σ ops + b · kernel blocks + c`` with ``a >= 1``, ``b, c >= 0``): ops timed alone miss what running them
+back to back costs, and a prediction is never below the sum of what it is made of (a fit that would need it to be
+says the timings are wrong, and :func:`check` refuses it). The calibration is checked out of sample: each whole model
+is predicted by the calibration fitted without it (leave-one-out), ``"models (leave-one-out)"`` in the accuracies.
 
 :meth:`Predictor.fit` holds out a fraction of the shapes of every (op, variant) and reports how the fitted models
 (3, without lookup) do on them: RMSE, MAPE, and the fraction within ±5 % and ±10 % (nn-Meter's metric).
@@ -36,6 +39,7 @@ from .ops import config_ops, latency_split
 
 FORMAT = "shiftadd-latency-predictor/1"
 RIDGE = 1e-3
+LOO = "models (leave-one-out)"
 
 
 class PredictorError(ValueError):
@@ -128,28 +132,118 @@ def kernel_blocks(config: ArchConfig) -> int:
     return sum(on_kernels(b) for b in config.blocks)
 
 
-def _fit_calibration(predictor: "Predictor", models: list[ModelRow]) -> tuple[dict[int, list[float]], Accuracy]:
-    """Per batch size, least squares of the measured whole-model time on (sum of op times, kernel blocks, 1).
+def _composition(points: list[tuple[float, int, float]]) -> list[float]:
+    """``[a, b, c]`` of ``measured ≈ a · parts + b · kernel blocks + c`` with ``a >= 1``, ``b >= 0``, ``c >= 0``:
+    non-negative least squares on what the whole model costs beyond its parts."""
+    from scipy.optimize import nnls
+
+    x = np.array([[p, k, 1.0] for p, k, _ in points])
+    extra = np.array([m - p for p, _, m in points])
+    coef, _ = nnls(x, extra)
+    return [1.0 + float(coef[0]), float(coef[1]), float(coef[2])]
+
+
+def _compose(coef: Sequence[float], parts: float, kernel_blocks: int) -> float:
+    a, b, c = coef
+    return a * parts + b * kernel_blocks + c
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """One whole model: measured, and predicted by the calibration fitted without it."""
+
+    config_id: str
+    batch: int
+    measured_ms: float
+    predicted_ms: float
+    noisy: bool
+
+    @property
+    def error(self) -> float:
+        return abs(self.predicted_ms - self.measured_ms) / self.measured_ms
+
+
+MIN_CALIBRATION_MODELS = 4  # a three-number fit, checked with one model left out
+
+
+def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
+                     ) -> tuple[dict[int, list[float]], Accuracy, list[ModelCheck]]:
+    """Per batch size, the composition fitted on every whole-model timing; its in-sample accuracy; and each model
+    predicted by the fit without it (leave-one-out), for batch sizes with at least :data:`MIN_CALIBRATION_MODELS`.
 
     Ops timed one at a time in a loop miss what running them back to back costs: torch's and TVM's thread pools
-    handing the two cores to each other, and caches that no longer hold one module's data. That cost is measured
+    handing the cores to each other, and caches that no longer hold one module's data. That cost is measured
     here rather than assumed."""
-    by_batch: dict[int, list[tuple[float, int, float]]] = defaultdict(list)
+    by_batch: dict[int, list[tuple[float, int, float, ModelRow]]] = defaultdict(list)
     for row in models:
         config = ArchConfig.from_json(row.config)
         parts = predictor.predict(config, row.batch, moe_shares=row.moe_shares).total_ms
-        by_batch[row.batch].append((parts, kernel_blocks(config), row.median_ms))
-    calibration, predicted, measured = {}, [], []
-    for batch, points in by_batch.items():
-        if len(points) < 4:
-            continue  # too few to fit three numbers
-        x = np.array([[p, k, 1.0] for p, k, _ in points])
-        y = np.array([m for _, _, m in points])
-        coef = np.linalg.lstsq(x, y, rcond=None)[0]
-        calibration[batch] = [float(c) for c in coef]
-        predicted.extend(x @ coef)
-        measured.extend(y)
-    return calibration, Accuracy.of(predicted, measured)
+        by_batch[row.batch].append((parts, kernel_blocks(config), row.median_ms, row))
+    calibration, predicted, measured, checks = {}, [], [], []
+    for batch, points in sorted(by_batch.items()):
+        if len(points) < MIN_CALIBRATION_MODELS:
+            continue
+        plain = [(p, k, m) for p, k, m, _ in points]
+        coef = calibration[batch] = _composition(plain)
+        predicted.extend(_compose(coef, p, k) for p, k, _ in plain)
+        measured.extend(m for _, _, m in plain)
+        for i, (p, k, m, row) in enumerate(points):
+            without = _composition(plain[:i] + plain[i + 1:])
+            checks.append(ModelCheck(ArchConfig.from_json(row.config).id, batch, m, _compose(without, p, k),
+                                     row.noisy))
+    return calibration, Accuracy.of(predicted, measured), checks
+
+
+class PredictorRefused(PredictorError):
+    """The measurements cannot make a predictor worth searching with (noisy, too few, or failing the
+    out-of-sample check); the message says which, and the fix."""
+
+
+def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max_model_error: float,
+          fix: str, allow_noisy: bool = False) -> dict[str, Any]:
+    """The gate a fit must pass before its predictor is written; returns what it found (for the file's meta).
+
+    Refuses: a table whose rows are all noisy; rows marked noisy (unless ``allow_noisy``); a batch size with some but
+    too few whole-model timings to check; a whole-model error out of sample (leave-one-out MAPE) above
+    ``max_model_error``. ``fix`` is the command that re-times what is wrong, for the message.
+    """
+    noisy = [r for r in rows if r.noisy] + [m for m in models if m.noisy]
+
+    def names(items, limit: int = 4) -> str:
+        labels = [f"{r.op}[{r.variant}]" if isinstance(r, Row) else f"model {ArchConfig.from_json(r.config).id}"
+                  for r in items]
+        return ", ".join(labels[:limit]) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
+
+    if rows and len([r for r in rows if r.noisy]) == len(rows):
+        raise PredictorRefused(f"every one of the {len(rows)} measurements is marked noisy (taken while other "
+                               f"processes competed for the CPU): on a quiet machine run `{fix}`")
+    if noisy and not allow_noisy:
+        raise PredictorRefused(f"{len(noisy)} timing(s) are marked noisy ({names(noisy)}): on a quiet machine run "
+                               f"`{fix}` (or fit anyway with --allow-noisy)")
+    counts = defaultdict(int)
+    for m in models:
+        counts[m.batch] += 1
+    short = {b: n for b, n in counts.items() if n < MIN_CALIBRATION_MODELS}
+    if short:
+        b, n = next(iter(short.items()))
+        raise PredictorRefused(f"{n} whole-model timing(s) at batch {b}: at least {MIN_CALIBRATION_MODELS} are "
+                               f"needed to check the predictor out of sample (set latency.calibration >= "
+                               f"{MIN_CALIBRATION_MODELS} and run `{fix}`)")
+    found: dict[str, Any] = {"max_model_error": max_model_error, "models": len(checks), "noisy_allowed": len(noisy)}
+    if not checks:
+        return {**found, "checked": False}
+    loo = Accuracy.of([c.predicted_ms for c in checks], [c.measured_ms for c in checks])
+    found.update(checked=True, model_mape=loo.mape, model_within_5pct=loo.within_5pct,
+                 model_within_10pct=loo.within_10pct)
+    if loo.mape > max_model_error:
+        worst = sorted(checks, key=lambda c: -c.error)[:3]
+        shown = ", ".join(f"{c.config_id} measured {c.measured_ms:.3g} ms, predicted {c.predicted_ms:.3g}"
+                          for c in worst)
+        raise PredictorRefused(f"whole-model error out of sample is {loo.mape:.0%} (leave-one-out MAPE; at most "
+                               f"{max_model_error:.0%} accepted): the timings do not agree with each other, as when "
+                               f"they were taken on a busy machine (worst: {shown}); on a quiet machine run "
+                               f"`{fix} all`")
+    return found
 
 
 def router_shares(model) -> dict[int, list[float]]:
@@ -182,6 +276,7 @@ class Predictor:
         self.meta = meta or {}
         # batch -> (a, b, c): total = a · (sum of op times) + b · (blocks with a kernel-run part) + c
         self.calibration = calibration or {}
+        self.model_checks: list[ModelCheck] = []  # set by fit: the leave-one-out check of each whole model
         # For interpolation in M: (op, variant, other dims, dtype) -> sorted [(M, ms)]
         self._by_m: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for key, ms in lookup.items():
@@ -201,7 +296,9 @@ class Predictor:
         """Fit per-(op, variant) models on the rows, then the composition calibration on whole-model timings
         (``models``); return the predictor and accuracies: per group, the held-out accuracy of its model fitted
         without ``holdout`` of its shapes (``"all"``: every group, ``"tvm"``/``"module"``: by op family), and
-        ``"calibration"``: the calibrated totals against the whole-model timings they were fitted on."""
+        ``"calibration"``: the calibrated totals against the whole-model timings they were fitted on, and
+        ``"models (leave-one-out)"``: each whole model predicted by the calibration fitted without it. The
+        leave-one-out checks themselves are in ``predictor.model_checks``."""
         if not rows:
             raise PredictorError(f"no measurements for device {device!r}: run `nas profile` first")
         groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
@@ -230,7 +327,11 @@ class Predictor:
         lookup = {_key(r.op, r.variant, r.shape, r.dtype): r.median_ms for r in rows}
         predictor = cls(device, lookup, fitted, {})
         if models:
-            predictor.calibration, accuracy["calibration"] = _fit_calibration(predictor, models)
+            predictor.calibration, accuracy["calibration"], predictor.model_checks = _fit_calibration(predictor,
+                                                                                                       models)
+            if predictor.model_checks:
+                accuracy[LOO] = Accuracy.of([c.predicted_ms for c in predictor.model_checks],
+                                            [c.measured_ms for c in predictor.model_checks])
         predictor.meta = {"fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": len(rows),
                           "model_rows": len(models or []), "holdout": holdout,
                           "accuracy": {k: v.to_dict() for k, v in accuracy.items()}, **(meta or {})}
@@ -302,8 +403,7 @@ class Predictor:
         parts = fixed + sum(sum(b.values()) for b in per_block)
         composition = 0.0
         if batch in self.calibration:
-            a, b, c = self.calibration[batch]
-            composition = (a - 1.0) * parts + b * kernel_blocks(config) + c
+            composition = _compose(self.calibration[batch], parts, kernel_blocks(config)) - parts
         return Prediction(parts + composition, fixed, per_block, moe_tokens, composition)
 
     # ---- files --------------------------------------------------------------------------------------------------
@@ -351,4 +451,14 @@ class Predictor:
             calibration = {int(b): [float(x) for x in coef] for b, coef in data.get("calibration", {}).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise PredictorError(f"{path}: malformed predictor file ({type(e).__name__}: {e})") from None
+        bad = [k for k, v in lookup.items() if not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise PredictorError(f"{path}: holds a latency that is not a positive number ({bad[0]}: {lookup[bad[0]]})"
+                                 ": refit with `nas fit-latency`")
+        for batch, coef in calibration.items():
+            if len(coef) != 3 or not all(math.isfinite(x) for x in coef) or coef[0] < 1 - 1e-9 or min(coef[1:]) < 0:
+                raise PredictorError(
+                    f"{path}: its composition at batch {batch} ({coef}) can price a model below the sum of its parts, "
+                    "down to zero or less: fitted by an earlier version on noisy timings, or edited; refit with "
+                    "`nas fit-latency` (which now constrains it and checks it out of sample)")
         return cls(data["device"], lookup, models, data.get("meta", {}), calibration)

@@ -2,14 +2,20 @@
 
 Kernel tasks (TVM) are tuned through the cache and timed; module ops (:mod:`latency_model.ops`) are timed as the
 modules run here; a few whole models (``calibration`` per batch size, drawn with a fixed seed) are timed so the
-predictor can learn how module times compose when run back to back. Everything already in the table for this device is skipped, every measurement is committed as
-soon as it is taken (an interrupted profile keeps what it measured), and a failure on one shape is reported and
-skipped so the others still get measured.
+predictor can learn how module times compose when run back to back. Everything already in the table for this device
+is skipped, every measurement is committed as soon as it is taken (an interrupted profile keeps what it measured),
+and a failure on one shape is reported and skipped so the others still get measured.
+
+Noise: every timing records its spread and the share of the CPU other processes took meanwhile
+(:class:`kernels.measure.CpuContention`). A noisy timing (``latency.max_spread`` / ``max_contention``) is taken again
+up to ``latency.retimes`` times, a pause between tries; the best try is stored, marked ``noisy`` if none was clean.
+``remeasure="noisy"`` re-times the rows marked noisy (and the whole models), ``"all"`` everything.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +26,7 @@ import torch
 from sqlalchemy.exc import SQLAlchemyError
 
 from kernels import target as targets
-from kernels.measure import measure
+from kernels.measure import CpuContention, Timing, measure, time_kernel, time_remote
 from kernels.runtime import KernelSet, to_kernels
 from kernels.spec import KernelSpec
 from kernels.tuning import task_dir
@@ -73,6 +79,21 @@ class Summary:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    retimed: list[str] = field(default_factory=list)  # noisy at first, taken again
+    noisy: list[tuple[str, Timing]] = field(default_factory=list)  # still noisy after every try: marked in the table
+    start_contention: float = 0.0  # share of the CPU other processes used just before the profile started
+    load_average: float = 0.0
+
+
+REMEASURE = ("noisy", "all")
+RETIME_PAUSE_S = 1.0  # between tries of a noisy timing: a burst of other work may be over
+
+
+def competition(sample_s: float = 0.5) -> tuple[float, float]:
+    """(share of the CPU other processes use now, 1-minute load average): is the machine quiet enough to time?"""
+    with CpuContention() as contention:
+        time.sleep(sample_s)
+    return contention.share, os.getloadavg()[0]
 
 
 def plan(space: SearchSpace, settings: LatencySettings, modules: bool = True) -> list[Job]:
@@ -123,20 +144,30 @@ def profile(
     kernel_root: Path | None = None,
     tracker: str | None = None,
     device_key: str | None = None,
+    remeasure: str | None = None,
     on_start: Callable[[Job, int, int], None] | None = None,
     on_done: Callable[[Job, float], None] | None = None,
+    on_noisy: Callable[[Job, Timing, int], None] | None = None,
 ) -> Summary:
     """Measure what is missing for ``settings.device``. With an RPC tracker, only kernels are measured (module
-    timings need torch on the device)."""
+    timings need torch on the device). ``remeasure``: ``"noisy"`` also re-times the rows marked noisy and the whole
+    models, ``"all"`` every row. ``on_noisy(job, timing, attempt)`` hears of each noisy try."""
+    if remeasure not in (None, *REMEASURE):
+        raise ValueError(f"remeasure must be one of {REMEASURE} or None, got {remeasure!r}")
     target = targets.resolve(settings.target)
     engine = db.connect(settings.db)
     device_id = db.get_or_create_device(engine, settings.device, targets.describe(target), **db.host_description())
     done = db.measured_keys(engine, settings.device) | {
         ("model", row.config, row.batch) for row in db.model_rows(engine, settings.device)}
+    if remeasure == "all":
+        done = set()
+    elif remeasure == "noisy":
+        done = {key for key in done if key[0] != "model"} - db.noisy_keys(engine, settings.device)
     remote = tracker is not None
     jobs = plan(space, settings, modules=not remote)
     todo = [job for job in jobs if job.row_key not in done]
     summary = Summary(skipped=len(jobs) - len(todo))
+    summary.start_contention, summary.load_average = competition()
     kernels = KernelSet(target, settings.trials, kernel_root)
     torch.set_num_threads(max(1, targets.cpu_threads()))
     start = time.perf_counter()
@@ -145,7 +176,8 @@ def profile(
             on_start(job, index, len(todo))
         job_start = time.perf_counter()
         try:
-            _measure(job, space, settings, engine, device_id, kernels, kernel_root, tracker, device_key)
+            _measure(job, space, settings, engine, device_id, kernels, kernel_root, tracker, device_key, summary,
+                     on_noisy)
             summary.measured.append(job.label)
         except Exception as e:  # one shape's failure must not stop the profile; it is reported and recorded
             reason = f"{type(e).__name__}: {e}"
@@ -164,22 +196,57 @@ def profile(
     return summary
 
 
-def _measure(job: Job, space, settings, engine, device_id, kernels: KernelSet, kernel_root, tracker, device_key):
+def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, device_key):
+    """The first timing of a job and a function that takes it again, plus what the row records besides."""
     if isinstance(job.item, Calibration):
         model = to_kernels(build_model(job.item.config), kernels)
-        timing = time_model(model, job.item.batch, ModelDims.of(space.model).img, repeats=settings.repeats)
-        db.add_model_measurement(engine, device_id, job.item.config.to_json(), job.item.batch,
-                                 router_shares(model), timing)
-        return
-    op, variant, shape_text, dtype = job.row_key
-    shape = json.loads(shape_text)
+        img = ModelDims.of(space.model).img
+
+        def again() -> Timing:
+            return time_model(model, job.item.batch, img, repeats=settings.repeats)
+
+        return again(), again, {"moe_shares": router_shares(model)}
     if isinstance(job.item, KernelSpec):
         kernel, timing = measure(job.item, kernels.target, settings.trials, settings.repeats, tracker, device_key,
                                  root=kernel_root)
+
+        def again() -> Timing:
+            if tracker is not None:
+                return time_remote(kernel, tracker, device_key, settings.repeats)
+            return time_kernel(kernel, settings.repeats)
+
         record = str(task_dir(job.item, kernels.target, kernel_root))
-        db.add_measurement(engine, device_id, op, variant, shape, dtype=dtype, tuned=kernel.tuned,
-                           trials=kernel.trials, tuning_record=record, timing=timing)
+        return timing, again, {"tuned": kernel.tuned, "trials": kernel.trials, "tuning_record": record}
+
+    def again() -> Timing:
+        return time_op(job.item, space.model, kernels, repeats=settings.repeats)
+
+    return again(), again, {"tuned": settings.trials > 0, "trials": settings.trials}
+
+
+def _measure(job: Job, space, settings, engine, device_id, kernels: KernelSet, kernel_root, tracker, device_key,
+             summary: Summary, on_noisy=None) -> None:
+    timing, again, extra = _timed(job, space, settings, kernels, kernel_root, tracker, device_key)
+    attempts = 1
+    while settings.is_noisy(timing) and attempts <= settings.retimes:
+        if on_noisy:
+            on_noisy(job, timing, attempts)
+        if attempts == 1:
+            summary.retimed.append(job.label)
+        time.sleep(RETIME_PAUSE_S)
+        retry = again()
+        attempts += 1
+        # keep a clean try if there is one, else the fastest (the least disturbed)
+        timing = min(timing, retry, key=lambda t: (settings.is_noisy(t), t.median_ms))
+    noisy = settings.is_noisy(timing)
+    if noisy:
+        if on_noisy:
+            on_noisy(job, timing, attempts)
+        summary.noisy.append((job.label, timing))
+    if isinstance(job.item, Calibration):
+        db.add_model_measurement(engine, device_id, job.item.config.to_json(), job.item.batch, extra["moe_shares"],
+                                 timing, attempts=attempts, noisy=noisy)
         return
-    timing = time_op(job.item, space.model, kernels, repeats=settings.repeats)
-    db.add_measurement(engine, device_id, op, variant, shape, dtype=dtype, tuned=settings.trials > 0,
-                       trials=settings.trials, timing=timing)
+    op, variant, shape_text, dtype = job.row_key
+    db.add_measurement(engine, device_id, op, variant, json.loads(shape_text), dtype=dtype, timing=timing,
+                       attempts=attempts, noisy=noisy, **extra)

@@ -10,6 +10,11 @@
       trials: 64                           # MetaSchedule trials per kernel (0: untuned default schedules)
       repeats: 15                          # timing repeats per measurement
       calibration: 8                       # whole models timed per batch size to calibrate how ops compose
+      max_spread: 0.15                     # a timing whose repeats spread wider (IQR / median) is noisy
+      max_contention: 0.1                  # ... or while other processes used more of the CPU than this share
+      retimes: 2                           # a noisy timing is taken again up to this many times, then marked
+      max_model_error: 0.25                # nas fit-latency refuses a predictor whose whole-model error, out of
+                                           #   sample (leave-one-out MAPE), is larger
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from search_spaces.config import ConfigError, _check_keys
 
 from .db import DEFAULT_URL
 
-KEYS = ("target", "device", "db", "predictor", "batch_sizes", "trials", "repeats", "calibration")
+KEYS = ("target", "device", "db", "predictor", "batch_sizes", "trials", "repeats", "calibration", "max_spread",
+        "max_contention", "retimes", "max_model_error")
 
 
 def default_device_name(target: Any) -> str:
@@ -49,6 +55,14 @@ class LatencySettings:
     trials: int = 64
     repeats: int = 15
     calibration: int = 8
+    max_spread: float = 0.15
+    max_contention: float = 0.1
+    retimes: int = 2
+    max_model_error: float = 0.25
+
+    def is_noisy(self, timing: Any) -> bool:
+        """Whether a timing is too noisy to fit: its repeats spread too wide, or other processes competed."""
+        return timing.spread > self.max_spread or timing.contention > self.max_contention
 
     def resolved(self, study_dir: Path | None = None) -> "LatencySettings":
         """Fill the defaults that depend on the target (device name) and the study's folder (table, predictor)."""
@@ -80,12 +94,22 @@ class LatencySettings:
             ):
                 raise ConfigError(f"{where}.batch_sizes", f"expected a list of positive integers, got {sizes!r}")
             values["batch_sizes"] = tuple(sizes)
-        for key, minimum in (("trials", 0), ("repeats", 1), ("calibration", 0)):
+        for key in ("max_spread", "max_contention", "max_model_error"):
+            if key in data:
+                value = data[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 10:
+                    raise ConfigError(f"{where}.{key}", f"expected a number in (0, 10], got {value!r}")
+                values[key] = float(value)
+        for key, minimum in (("trials", 0), ("repeats", 1), ("calibration", 0), ("retimes", 0)):
             if key in data:
                 value = data[key]
                 if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                     raise ConfigError(f"{where}.{key}", f"expected an integer >= {minimum}, got {value!r}")
                 values[key] = value
+        if values.get("calibration") in (1, 2, 3):
+            raise ConfigError(f"{where}.calibration", f"expected 0 (no whole-model calibration, no out-of-sample "
+                                                      f"check) or at least 4 (the check leaves one model out of a "
+                                                      f"three-number fit), got {values['calibration']}")
         return cls(**values)
 
     @classmethod

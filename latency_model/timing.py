@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kernels.measure import Timing
+from kernels.measure import CpuContention, Timing
 from kernels.runtime import KernelSet, to_kernels
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.config import ModelSpec
@@ -42,12 +42,13 @@ def time_callable(fn: Callable[[], object], repeats: int = 15, min_repeat_ms: fl
     once = max(time.perf_counter() - start, 1e-7)
     number = max(1, int(min_repeat_ms / 1e3 / once))
     per_call = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        per_call.append((time.perf_counter() - start) / number)
-    return Timing.from_seconds(per_call)
+    with CpuContention() as contention:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            per_call.append((time.perf_counter() - start) / number)
+    return Timing.from_seconds(per_call).with_contention(contention.share)
 
 
 def _one_block(spec: ModelSpec, block: BlockConfig, kernels: KernelSet) -> nn.Module:

@@ -27,6 +27,8 @@ def _settings(args: argparse.Namespace):
 
 def cmd_profile(args: argparse.Namespace) -> int:
     summary = run_profile(args)
+    if summary.noisy:
+        return 1
     console.print(f"next: nas fit-latency {args.study}")
     return 1 if summary.failed else 0
 
@@ -48,6 +50,8 @@ def run_profile(args: argparse.Namespace):
         f"profiling [bold]{args.study}[/] on device [bold]{settings.device}[/] ({settings.target}), "
         f"batch sizes {list(settings.batch_sizes)}, {settings.trials} tuning trials per kernel"
         + (" [yellow](untuned)[/]" if settings.trials == 0 else "")
+        + (f", re-timing {'every row' if args.remeasure == 'all' else 'the rows marked noisy and the whole models'}"
+           if args.remeasure else "")
     )
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -59,52 +63,91 @@ def run_profile(args: argparse.Namespace):
         def on_start(job, index, total):
             progress.update(task, total=total, description=job.label[:60])
 
+        def on_noisy(job, timing, attempt):
+            final = attempt > settings.retimes
+            progress.console.print(
+                f"  [yellow]noisy[/] {job.label[:70]}: spread {timing.spread:.0%}, other processes used "
+                f"{timing.contention:.0%} of the CPU" + (" - marked" if final else f" - timing it again (try "
+                                                         f"{attempt + 1} of {settings.retimes + 1})"),
+                highlight=False)
+
         summary = profile(
             space, settings, kernel_root=args.cache, tracker=args.rpc_tracker, device_key=args.device_key,
-            on_start=on_start, on_done=lambda job, seconds: progress.advance(task),
+            remeasure=args.remeasure, on_start=on_start, on_done=lambda job, seconds: progress.advance(task),
+            on_noisy=on_noisy,
         )
+    if summary.start_contention > settings.max_contention:
+        console.print(f"[yellow]warning:[/] other processes used {summary.start_contention:.0%} of the CPU when the "
+                      f"profile started (load average {summary.load_average:.2f}): timings taken on a busy machine "
+                      "are checked one by one", highlight=False)
     console.print(
-        f"measured {len(summary.measured)}, already in the table {summary.skipped}, failed {len(summary.failed)} "
+        f"measured {len(summary.measured)}, already in the table {summary.skipped}, failed {len(summary.failed)}, "
+        f"re-timed as noisy {len(summary.retimed)}, still noisy {len(summary.noisy)} "
         f"({summary.seconds:.0f} s); table: {settings.db}"
     )
     for label, reason in summary.failed:
         console.print(f"  [red]failed[/] {label}: {reason}")
+    if summary.noisy:
+        console.print(f"[red]{len(summary.noisy)} timing(s) stayed noisy and are marked[/] (another process competed "
+                      f"for the CPU, or the repeats spread wider than {settings.max_spread:.0%}); `nas fit-latency` "
+                      f"refuses them. On a quiet machine run: nas profile {args.study} --remeasure",
+                      highlight=False)
     return summary
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit, check, and only then write the predictor; a check that fails writes nothing and exits 1."""
     from latency_model import db
-    from latency_model.predictor import Predictor
+    from latency_model.predictor import LOO, Predictor, PredictorRefused, check
     from latency_model.settings import LatencySettings
+
+    from .disk import ensure_writable
 
     if args.study:
         settings = LatencySettings.from_study(args.study, db=args.db, device=args.device)
-        args.db, args.device, args.out = settings.db, settings.device, args.out or Path(settings.predictor)
-    if not (args.device and args.out):
+        out = Path(args.out or settings.predictor)
+        fix = f"nas profile {args.study} --remeasure"
+    elif args.device and args.out:
+        settings = LatencySettings(db=args.db or DEFAULT_URL, device=args.device)
+        out = Path(args.out)
+        fix = "nas profile STUDY --remeasure"
+    else:
         raise ConfigError("", "give a study file, or --device and --out (and --db unless the default)")
-    from .disk import ensure_writable
-
-    args.db = args.db or DEFAULT_URL
-    ensure_writable(Path(args.out).parent, "--out" if not args.study else "latency.predictor", need_mb=1)
-    engine = db.connect(args.db)
-    rows = db.latest(engine, args.device)
+    max_error = args.max_model_error if args.max_model_error is not None else settings.max_model_error
+    ensure_writable(out.parent, "--out" if not args.study else "latency.predictor", need_mb=1)
+    engine = db.connect(settings.db)
+    rows = db.latest(engine, settings.device)
     if not rows:
         known = ", ".join(db.devices(engine)) or "none"
-        console.print(f"[red]error:[/] no measurements for device {args.device!r} in {args.db} (devices: {known})")
-        return 2
-    predictor, accuracy = Predictor.fit(rows, args.device, holdout=args.holdout, seed=args.seed,
-                                        meta=db.device_info(engine, args.device),
-                                        models=db.model_rows(engine, args.device))
-    path = predictor.save(args.out)
-    table = Table(title=f"accuracy of the fitted models on the {args.holdout:.0%} of shapes held out, and of the "
-                        "calibrated whole-model totals", title_justify="left")
+        raise ConfigError("--device", f"no measurements for device {settings.device!r} in {db.redact(settings.db)} "
+                                      f"(devices: {known}); run `nas profile` first")
+    models = db.model_rows(engine, settings.device)
+    predictor, accuracy = Predictor.fit(rows, settings.device, holdout=args.holdout, seed=args.seed,
+                                        meta=db.device_info(engine, settings.device), models=models)
+    table = Table(title=f"accuracy of the fitted op models on the {args.holdout:.0%} of shapes held out, and of the "
+                        "whole-model totals (in sample, and each model left out of the fit)", title_justify="left")
     for column in ("op", "held out", "RMSE ms", "MAPE", "within ±5 %", "within ±10 %"):
         table.add_column(column)
     for name, acc in sorted(accuracy.items(), key=lambda kv: ("|" not in kv[0], kv[0])):
         table.add_row(name, str(acc.count), f"{acc.rmse_ms:.4f}", f"{acc.mape:.1%}", f"{acc.within_5pct:.0%}",
                       f"{acc.within_10pct:.0%}")
     console.print(table)
-    console.print(f"fitted on {len(rows)} measurements of {args.device}; wrote {path}")
+    try:
+        gate = check(rows, models, predictor.model_checks, max_error, fix, allow_noisy=args.allow_noisy)
+    except PredictorRefused as e:
+        console.print(f"[red]refused:[/] {e}; {out} was not written", highlight=False)
+        return 1
+    predictor.meta["gate"] = gate
+    path = predictor.save(out)
+    if gate["checked"]:
+        console.print(f"whole models out of sample: {gate['model_within_10pct']:.0%} within ±10 %, MAPE "
+                      f"{gate['model_mape']:.1%} (accepted up to {max_error:.0%}), {accuracy[LOO].count} models")
+    else:
+        console.print("[yellow]no whole-model timings: the composition is not calibrated and the predictor is "
+                      "unchecked[/] (latency.calibration: 0)")
+    if gate["noisy_allowed"]:
+        console.print(f"[yellow]{gate['noisy_allowed']} timing(s) marked noisy were fitted (--allow-noisy)[/]")
+    console.print(f"fitted on {len(rows)} measurements of {settings.device}; wrote {path}")
     return 0
 
 
@@ -164,6 +207,10 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     profile.add_argument("--trials", type=non_negative_int, help="MetaSchedule trials per kernel (default: study's)")
     profile.add_argument("--rpc-tracker", metavar="HOST:PORT", help="time kernels on a remote device (kernels only)")
     profile.add_argument("--device-key", metavar="KEY", help="the remote device's key at the tracker")
+    profile.add_argument("--remeasure", nargs="?", const="noisy", choices=("noisy", "all"),
+                         help="re-time rows already in the table: noisy (the default when given without a value): "
+                              "the rows marked noisy and the whole models; all: every row (a new row each; the "
+                              "newest is used, none is overwritten)")
 
     fit = add("fit-latency", cmd_fit, "fit the latency predictor on the measurement table and report its accuracy")
     fit.add_argument("study", nargs="?", help="study file: its latency: section gives --db, --device and --out")
@@ -172,6 +219,11 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     fit.add_argument("--out", type=Path, help="predictor file to write, JSON (default: the study's predictor path)")
     fit.add_argument("--holdout", type=float, default=0.2, help="fraction of shapes held out to score the fit")
     fit.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    fit.add_argument("--max-model-error", type=float, metavar="FRACTION",
+                     help="refuse when the whole-model error out of sample (leave-one-out MAPE) is larger "
+                          "(default: the study's latency.max_model_error, 0.25)")
+    fit.add_argument("--allow-noisy", action="store_true",
+                     help="fit even though some timings are marked noisy (said in the output and the file)")
 
     latency = add("latency", cmd_latency, "predict (and optionally measure) the latency of one architecture")
     study_options(latency)

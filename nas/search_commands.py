@@ -284,8 +284,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                   "trials per kernel" + (" (untuned default schedules: quick, slower kernels)" if trials == 0
                                          else ""))
     ns = argparse.Namespace(study=args.study, target=None, device=None, db=None, batch=None, cache=None,
-                            trials=trials, rpc_tracker=None, device_key=None)
+                            trials=trials, rpc_tracker=None, device_key=None, remeasure=None)
     profiled = latency_commands.run_profile(ns)
+    if profiled.noisy:
+        console.print("[red]stopped before the search:[/] a search priced by noisy timings optimises a number no "
+                      "machine produces", highlight=False)
+        return 1
     if profiled.failed:
         console.print(f"[yellow]{len(profiled.failed)} shape(s) could not be measured[/]: the predictor prices them "
                       "with its fitted model; the next `nas run` or `nas profile` tries them again")
@@ -297,8 +301,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[dim]2/6 latency predictor: {settings.predictor} (up to date)[/]")
     else:
         console.print("[bold]2/6 fit-latency[/]")
-        latency_commands.cmd_fit(argparse.Namespace(study=args.study, db=None, device=None, out=None, holdout=0.2,
-                                                     seed=0))
+        fitted = latency_commands.cmd_fit(argparse.Namespace(study=args.study, db=None, device=None, out=None,
+                                                              holdout=0.2, seed=0, max_model_error=None,
+                                                              allow_noisy=False))
+        if fitted != 0:
+            console.print("[red]stopped before the search:[/] the predictor did not pass its check (above)")
+            return 1
     if study.checkpoint is None and not is_pretrained(study):
         console.print("[bold]3/6 pretrain[/] the dense teacher")
         cmd_pretrain(argparse.Namespace(study=args.study, storage=args.storage, force=False))
