@@ -5,9 +5,10 @@ Run after the search (``make demo``, i.e. ``nas run studies/quickstart.yaml --ke
     python bench/search_demo.py [--study studies/quickstart.yaml] [--epochs 5]
 
 1. ``search-demo-front``: every Pareto trial of the study and the two reference trials (all-dense, the paper's
-   allocation), each fine-tuned again from the teacher for ``--epochs`` full passes, with its accuracy in the search
-   and after that fine-tune, its predicted latency, and its latency measured on the kernels (the study's target and
-   tuning trials) in the same run.
+   allocation), each fine-tuned again from the teacher for ``--epochs`` full passes, with its search accuracy (what
+   chose it), its test accuracy ± one binomial standard error after the trial and after that fine-tune (what to
+   report), its predicted latency, and its latency measured on the kernels (the study's target and tuning trials)
+   in the same run.
 2. ``search-demo-overhead``: from the stored trials, where a trial's time goes: the objective's own work (fine-tune,
    validation, prediction: ``train_s``), the storage writes inside the objective (``wall_s - train_s``), the
    ask/tell bookkeeping around it (Optuna's start/complete stamps minus ``wall_s``) and the gap before a worker's
@@ -41,7 +42,9 @@ def front_rows(study: Study, ostudy, epochs: int) -> list[dict]:
             result = finetune(study, p.config, epochs, Path(tmp) / str(p.trial.number))
             rows.append({
                 "point": p.reference or "pareto", "trial": p.trial.number, "pareto": p in front,
-                "search_accuracy": round(p.accuracy, 4), "finetuned_accuracy": round(result.accuracy, 4),
+                "search_accuracy": round(p.accuracy, 4), "trial_test_accuracy": round(p.test_accuracy, 4),
+                "trial_test_se": round(p.test_se, 4), "finetuned_test_accuracy": round(result.test_accuracy, 4),
+                "finetuned_test_se": round(result.test_se, 4),
                 "predicted_ms": round(result.predicted_ms, 4), "measured_ms": round(result.measured_ms, 4),
                 "predicted/measured": round(result.predicted_ms / result.measured_ms, 3),
                 "architecture": "; ".join(f"{i}:{b.describe()}" for i, b in enumerate(p.config.blocks)),

@@ -10,7 +10,7 @@
       trials: 64                           # MetaSchedule trials per kernel (0: untuned default schedules)
       repeats: 15                          # timing repeats per measurement
       calibration: 8                       # whole models timed per batch size to calibrate how ops compose
-      max_spread: 0.5                      # a timing whose repeats spread wider (IQR / median) is noisy
+      max_spread: 1.0                      # a timing whose repeats spread wider (IQR / median) is noisy
       max_contention: 0.1                  # ... or while other processes used more of the CPU than this share
       retimes: 2                           # a noisy timing is taken again up to this many times, then marked
       max_model_error: 0.3                 # nas fit-latency refuses a predictor whose whole-model error, out of
@@ -55,7 +55,7 @@ class LatencySettings:
     trials: int = 64
     repeats: int = 15
     calibration: int = 8
-    max_spread: float = 0.5
+    max_spread: float = 1.0
     max_contention: float = 0.1
     retimes: int = 2
     max_model_error: float = 0.3

@@ -25,7 +25,9 @@ def base_study(root: Path) -> dict:
         "space": TINY_SPACE,
         "latency": {"db": f"sqlite:///{root / 'latency.db'}", "predictor": str(root / "predictor.json"),
                     "trials": 0, "repeats": 3, "calibration": 4,
-                    "max_model_error": 0.6},  # 3 repeats of sub-millisecond models: only the gate's plumbing
+                    # 3 repeats of sub-millisecond ops, beside whatever else the test machine runs: these tests
+                    # exercise the plumbing; the noise checks have tests of their own (test_noise.py)
+                    "max_model_error": 0.6, "max_spread": 3.0, "max_contention": 0.5},
         "budget": {"n_trials": 3, "epochs": 2, "steps_per_epoch": 2, "pretrain_epochs": 2, "finetune_epochs": 1},
         "train": {"batch_size": 32},
     }

@@ -130,7 +130,7 @@ def _noise_study(root):
         "space": {"choices": {"attention": ["msa", "additive"], "qkv": ["dense", "shift"], "proj": ["dense"],
                               "mlp": ["dense"]}},
         "latency": {"db": f"sqlite:///{root / 'latency.db'}", "predictor": str(root / "predictor.json"),
-                    "trials": 0, "repeats": 3, "calibration": 4, "retimes": 1, "max_model_error": 0.6},
+                    "trials": 0, "repeats": 5, "calibration": 4, "retimes": 1, "max_model_error": 0.6},
     })
 
 
@@ -151,7 +151,7 @@ def test_a_profile_beside_a_cpu_hog_is_caught_and_a_quiet_remeasure_passes(searc
     rows, models = db.latest(engine, device), db.model_rows(engine, device)
     marked = [r for r in rows if r.noisy] + [m for m in models if m.noisy]
     assert len(marked) >= len(rows) // 2, "the hog took two cores; most timings must be marked"
-    assert all(r.contention > 0.1 for r in rows if r.noisy and r.spread <= 0.5)
+    assert all(r.contention > 0.1 for r in rows if r.noisy and r.spread <= 1.0)
     before = len(rows) + len(models)
 
     assert main(["fit-latency", str(study)]) == 1  # refused, not fitted in silence
