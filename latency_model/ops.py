@@ -7,8 +7,10 @@ A ViT forward on this system is composed of
 - per block, ``module.block_frame`` (the two layer norms and residual adds, ``{B, T, C}``), the attention module
   ``module.attention`` (variant ``<attention>/<qkv>/<proj>``, ``{B, T, C, H}``) and the MLP module ``module.mlp``
   (variant ``dense`` or ``shift``, ``{M, C, Hd}`` with ``M = B·T`` tokens);
-- for an MoE MLP, ``module.moe_router`` (routing and dispatch, ``{M, C, E}``) plus each expert as a ``module.mlp``
-  at the tokens it receives.
+- for an MoE MLP, ``module.moe_router`` (routing and dispatch at the block's ``top_k``, ``{M, C, E, K}``) plus each
+  expert as a ``module.mlp`` at the token count the kernels run it on (its tokens padded up to the next bucket of
+  :func:`search_spaces.ops.moe.token_buckets`). Experts run one after the other, so a block costs the router plus
+  the sum of its experts.
 
 These are timed as the modules run here (dense parts in torch, shift layers and additive attention on the TVM
 kernels, see :mod:`kernels.runtime`). Separately, :func:`kernel_tasks` lists the TVM kernel shapes a config produces,
@@ -128,7 +130,7 @@ def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
         return ops
     assert block.moe is not None
     experts = block.moe.experts
-    ops.append(Op("module.moe_router", "", _shape(M=m, C=c, E=len(experts)), index))
+    ops.append(Op("module.moe_router", "", _shape(M=m, C=c, E=len(experts), K=block.moe.top_k), index))
     shares = expert_shares if expert_shares is not None else [1.0 / len(experts)] * len(experts)
     assignments = block.moe.top_k * m
     for kind, share in zip(experts, shares):
@@ -159,8 +161,9 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
                     op = Op("module.mlp", mlp, _shape(M=m, C=dims.embed_dim, Hd=dims.mlp_hidden))
                     seen.setdefault(op.key, op)
                     continue
-                router = Op("module.moe_router", "", _shape(M=m, C=dims.embed_dim, E=len(space.moe_experts)))
-                seen.setdefault(router.key, router)
+                for k in space.moe_top_k:
+                    router = Op("module.moe_router", "", _shape(M=m, C=dims.embed_dim, E=len(space.moe_experts), K=k))
+                    seen.setdefault(router.key, router)
                 for kind in set(space.moe_experts):
                     for tokens in sorted({t for k in space.moe_top_k for t in token_buckets(k * m)}):
                         op = Op("module.mlp", kind, _shape(M=tokens, C=dims.embed_dim, Hd=dims.mlp_hidden))

@@ -77,7 +77,8 @@ def build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, to
         return block.mlp, torch.randn(1, d["M"], d["C"])
     if op.op == "module.moe_router":
         experts = ("dense",) * d["E"]
-        block = _one_block(spec, BlockConfig(mlp="moe", moe=MoEConfig(1, experts)), kernels).blocks[0]
+        top_k = d.get("K", 1)  # tables profiled before the router was priced per top_k have no K: top-1
+        block = _one_block(spec, BlockConfig(mlp="moe", moe=MoEConfig(top_k, experts)), kernels).blocks[0]
         block.mlp.experts = nn.ModuleList(_PassThrough() for _ in range(d["E"]))
         return block.mlp, torch.randn(1, d["M"], d["C"])
     raise ValueError(f"no module for op {op.op!r}")

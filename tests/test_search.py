@@ -133,9 +133,12 @@ def test_report_writes_plots_and_csv(searchable, tmp_path):
     assert main(["search", str(study_file)]) == 0
     out = tmp_path / "report"
     assert main(["report", str(study_file), "--out", str(out)]) == 0
-    rows = (out / "trials.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 3 and rows[1].split(",")[4] == "dense"
-    assert sum(int(r.split(",")[3]) for r in rows[1:]) >= 1  # at least one Pareto point
+    import csv
+
+    rows = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
+    assert len(rows) == 3 and rows[0]["reference"] == "dense"
+    assert sum(int(r["pareto"]) for r in rows) >= 1  # at least one Pareto point
+    assert all(0 <= float(r["test_accuracy"]) <= 1 and float(r["test_se"]) > 0 for r in rows)
     for png in ("pareto.png", "allocation.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
