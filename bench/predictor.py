@@ -141,7 +141,8 @@ def main() -> None:
 
     def figures(selected: list[dict]) -> dict:
         errors = np.abs([r["error"] for r in selected])
-        return {"model_within_5pct": float(np.mean(errors <= 0.05)), "model_within_10pct": float(np.mean(errors <= 0.10)),
+        return {"model_within_5pct": float(np.mean(errors <= 0.05)),
+                "model_within_10pct": float(np.mean(errors <= 0.10)),
                 "model_worst_error": float(errors.max()), "model_mape": float(errors.mean()), "models": len(selected)}
 
     quiet = [r for r in rows if r["profiled"] == "quiet"]

@@ -1,14 +1,14 @@
 """The measurement table: devices and the latency of each operation at each shape, in any SQLAlchemy database.
 
-Default URL ``sqlite:///studies/latency.db``.
+Default URL ``sqlite:///studies/latency.db``. The schema carries a version (table ``schema_version``); opening a
+database of an older version migrates it in place, keeping every row. Measurements are append-only: re-profiling a
+shape adds a row with a newer timestamp, and readers take the newest row per (device, op, variant, shape), so no
+earlier figure is ever overwritten.
 
 Every timing carries how far it can be trusted (schema 5): ``spread`` (interquartile range over median of its
 repeats), ``contention`` (share of the CPU other processes used meanwhile), ``attempts`` (timings taken: a noisy one
 is re-timed) and ``noisy`` (still noisy after its last attempt). ``nas fit-latency`` refuses a table whose newest rows
-are marked noisy; ``nas profile --remeasure`` re-times them (a new row, newest wins). The schema carries a version (table ``schema_version``); opening a
-database of an older version migrates it in place, keeping every row. Measurements are append-only: re-profiling a
-shape adds a row with a newer timestamp, and readers take the newest row per (device, op, variant, shape), so no
-earlier figure is ever overwritten.
+are marked noisy; ``nas profile --remeasure`` re-times them (a new row, newest wins).
 
 An *op* is what the predictor composes a model from: a TVM kernel (``tvm.matmul``, ``tvm.matshift``,
 ``tvm.matadd``) or a torch-side part (``torch.linear``, ``torch.layernorm``, ...). Its shape is a small dict of named

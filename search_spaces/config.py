@@ -213,7 +213,9 @@ class BlockConfig:
         mlp = self.mlp
         if self.moe is not None:
             mlp = f"moe(top{self.moe.top_k}: {','.join(self.moe.experts)})"
-        attention = self.attention if self.binarize in (None, BINARIZE_KINDS[0]) else f"{self.attention}({self.binarize})"
+        attention = self.attention
+        if self.binarize not in (None, BINARIZE_KINDS[0]):
+            attention = f"{attention}({self.binarize})"
         return f"{attention} qkv={self.qkv} proj={self.proj} mlp={mlp}"
 
 
