@@ -13,7 +13,7 @@
       max_spread: 1.0                      # a timing whose repeats spread wider (IQR / median) is noisy
       max_contention: 0.1                  # ... or while other processes used more of the CPU than this share
       retimes: 2                           # a noisy timing is taken again up to this many times, then marked
-      max_model_error: 0.3                 # nas fit-latency refuses a predictor whose whole-model error, out of
+      max_model_error: 0.5                 # nas fit-latency refuses a predictor whose whole-model error, out of
                                            #   sample (leave-one-out MAPE), is larger
 """
 
@@ -58,7 +58,7 @@ class LatencySettings:
     max_spread: float = 1.0
     max_contention: float = 0.1
     retimes: int = 2
-    max_model_error: float = 0.3
+    max_model_error: float = 0.5
 
     def is_noisy(self, timing: Any) -> bool:
         """Whether a timing is too noisy to fit: its repeats spread too wide, or other processes competed."""

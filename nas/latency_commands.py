@@ -221,7 +221,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     fit.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     fit.add_argument("--max-model-error", type=float, metavar="FRACTION",
                      help="refuse when the whole-model error out of sample (leave-one-out MAPE) is larger "
-                          "(default: the study's latency.max_model_error, 0.3)")
+                          "(default: the study's latency.max_model_error, 0.5)")
     fit.add_argument("--allow-noisy", action="store_true",
                      help="fit even though some timings are marked noisy (said in the output and the file)")
 
