@@ -156,7 +156,6 @@ class ModelCheck:
     batch: int
     measured_ms: float
     predicted_ms: float
-    noisy: bool
 
     @property
     def error(self) -> float:
@@ -174,11 +173,11 @@ def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
     Ops timed one at a time in a loop miss what running them back to back costs: torch's and TVM's thread pools
     handing the cores to each other, and caches that no longer hold one module's data. That cost is measured
     here rather than assumed."""
-    by_batch: dict[int, list[tuple[float, int, float, ModelRow]]] = defaultdict(list)
+    by_batch: dict[int, list[tuple[float, int, float, str]]] = defaultdict(list)
     for row in models:
         config = ArchConfig.from_json(row.config)
         parts = predictor.predict(config, row.batch, moe_shares=row.moe_shares).total_ms
-        by_batch[row.batch].append((parts, kernel_blocks(config), row.median_ms, row))
+        by_batch[row.batch].append((parts, kernel_blocks(config), row.median_ms, config.id))
     calibration, predicted, measured, checks = {}, [], [], []
     for batch, points in sorted(by_batch.items()):
         if len(points) < MIN_CALIBRATION_MODELS:
@@ -187,10 +186,9 @@ def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
         coef = calibration[batch] = _composition(plain)
         predicted.extend(_compose(coef, p, k) for p, k, _ in plain)
         measured.extend(m for _, _, m in plain)
-        for i, (p, k, m, row) in enumerate(points):
+        for i, (p, k, m, config_id) in enumerate(points):
             without = _composition(plain[:i] + plain[i + 1:])
-            checks.append(ModelCheck(ArchConfig.from_json(row.config).id, batch, m, _compose(without, p, k),
-                                     row.noisy))
+            checks.append(ModelCheck(config_id, batch, m, _compose(without, p, k)))
     return calibration, Accuracy.of(predicted, measured), checks
 
 
@@ -214,7 +212,7 @@ def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max
                   for r in items]
         return ", ".join(labels[:limit]) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
 
-    if rows and len([r for r in rows if r.noisy]) == len(rows):
+    if rows and all(r.noisy for r in rows):
         raise PredictorRefused(f"every one of the {len(rows)} measurements is marked noisy (taken while other "
                                f"processes competed for the CPU): on a quiet machine run `{fix}`")
     if noisy and not allow_noisy:

@@ -167,7 +167,8 @@ def profile(
     jobs = plan(space, settings, modules=not remote)
     todo = [job for job in jobs if job.row_key not in done]
     summary = Summary(skipped=len(jobs) - len(todo))
-    summary.start_contention, summary.load_average = competition()
+    if todo:  # a profile with nothing to measure has no timing to worry about
+        summary.start_contention, summary.load_average = competition()
     kernels = KernelSet(target, settings.trials, kernel_root)
     torch.set_num_threads(max(1, targets.cpu_threads()))
     start = time.perf_counter()
