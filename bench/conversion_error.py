@@ -48,7 +48,7 @@ def main() -> None:
     torch.manual_seed(0)
     space = SearchSpace.from_yaml(args.study)
     teacher = create_model(space.model).eval()
-    x = digits(space.model.kwargs.get("img_size", 224), split="val").tensors[0][: args.images]
+    x = digits(space.model.kwargs.get("img_size", 224), split="test").tensors[0][: args.images]
 
     inputs: dict[tuple[int, str], torch.Tensor] = {}
     hooks = [
@@ -80,7 +80,7 @@ def main() -> None:
     write(
         "conversion-error",
         rows,
-        notes=f"Model: {space.model.name} {dict(space.model.kwargs)} (timm random init), {len(x)} digits val images. "
+        notes=f"Model: {space.model.name} {dict(space.model.kwargs)} (timm random init), {len(x)} digits held-out (test) images. "
         "Every block converted to the primitive; module error averaged over blocks.",
     )
 
