@@ -119,7 +119,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     rows = db.latest(engine, settings.device)
     if not rows:
         known = ", ".join(db.devices(engine)) or "none"
-        raise ConfigError("--device", f"no measurements for device {settings.device!r} in {db.redact(settings.db)} "
+        raise ConfigError("latency.device" if args.study else "--device", f"no measurements for device {settings.device!r} in {db.redact(settings.db)} "
                                       f"(devices: {known}); run `nas profile` first")
     models = db.model_rows(engine, settings.device)
     predictor, accuracy = Predictor.fit(rows, settings.device, holdout=args.holdout, seed=args.seed,
