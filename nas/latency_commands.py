@@ -119,8 +119,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     rows = db.latest(engine, settings.device)
     if not rows:
         known = ", ".join(db.devices(engine)) or "none"
-        raise ConfigError("latency.device" if args.study else "--device", f"no measurements for device {settings.device!r} in {db.redact(settings.db)} "
-                                      f"(devices: {known}); run `nas profile` first")
+        raise ConfigError("latency.device" if args.study else "--device",
+                          f"no measurements for device {settings.device!r} in {db.redact(settings.db)} "
+                          f"(devices: {known}); run `nas profile` first", str(args.study) if args.study else None)
     models = db.model_rows(engine, settings.device)
     predictor, accuracy = Predictor.fit(rows, settings.device, holdout=args.holdout, seed=args.seed,
                                         meta=db.device_info(engine, settings.device), models=models)
