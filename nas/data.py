@@ -1,4 +1,5 @@
-"""Datasets: ``digits`` ships offline with scikit-learn (1,797 real 8x8 handwritten digits, upsampled here);
+"""Datasets: ``shapes`` is generated here (:mod:`nas.shapes`: 10 classes of 32x32 glyph scenes, seeded, the
+quick-start's task); ``digits`` ships offline with scikit-learn (1,797 real 8x8 handwritten digits, upsampled here);
 ``imagefolder`` reads the user's images from ``train/<class>/`` and ``val/<class>/`` folders.
 
 Every study sees three disjoint splits (:class:`Splits`):
@@ -6,7 +7,8 @@ Every study sees three disjoint splits (:class:`Splits`):
 - ``train``: what every model is trained on (the teacher, each trial's fine-tune, ``nas finetune``);
 - ``search``: carved from the training data (``data.search_fraction``, stratified by class, seeded): the accuracy
   trials are scored, pruned and chosen on;
-- ``test``: data no selection has seen, only ever reported: digits' held-out ``test_fraction``, an imagefolder's
+- ``test``: data no selection has seen, only ever reported: the held-out ``test_fraction`` of shapes and digits
+  (stratified for shapes), an imagefolder's
   ``val/`` (the usual practice: search on a held-out part of train, report on val).
 """
 
@@ -34,8 +36,10 @@ class Splits(NamedTuple):
     test: Dataset
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(kept, carved)``: ``fraction`` of the items carved out with every class in proportion (seeded)."""
+def stratified_split(labels: np.ndarray, fraction: float, seed: int, where: str = "data.search_fraction"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(kept, carved)``: ``fraction`` of the items carved out with every class in proportion (seeded);
+    ``where`` is the study key named when the fraction leaves one part empty."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(labels))
@@ -43,8 +47,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     classes = int((counts > 0).sum())
     carved_count = int(np.ceil(fraction * len(labels)))
     if len(labels) - carved_count < 1 or carved_count < 1:
-        raise ConfigError("data.search_fraction", f"{fraction} of {len(labels)} training images leaves no image "
-                                                  "for one of the two parts")
+        raise ConfigError(where, f"{fraction} of {len(labels)} images leaves no image for one of the two parts")
     # stratify when every class can give an image to both parts (a class of one image cannot)
     stratify = labels if counts[counts > 0].min() >= 2 and classes <= min(carved_count, len(labels) - carved_count) \
         else None
@@ -70,6 +73,22 @@ def digits(img_size: int = 32, split: str = "train", test_fraction: float = 0.2,
     n_test = int(round(len(labels) * test_fraction))
     chosen = {"train": order[: len(order) - n_test], "test": order[len(order) - n_test :], "all": order}[split]
     return TensorDataset(images[chosen], labels[chosen])
+
+
+def shapes(img_size: int = 32, images: int = 8000, test_fraction: float = 0.2, seed: int = 0
+           ) -> tuple[TensorDataset, TensorDataset]:
+    """The generated shapes task (:func:`nas.shapes.generate`) as ``(pool, test)``: ``[N, 3, img_size, img_size]``
+    images in [-1, 1] (resized from 32x32 when ``img_size`` differs) and labels; the test set is a stratified
+    ``test_fraction``, the pool is what train and search are carved from."""
+    from .shapes import IMG_SIZE, generate
+
+    pixels, labels = generate(images, seed)
+    tensor = torch.from_numpy(pixels)
+    if img_size != IMG_SIZE:
+        tensor = F.interpolate(tensor, size=(img_size, img_size), mode="nearest-exact")
+    pool, test = stratified_split(labels, test_fraction, seed, "data.test_fraction")
+    targets = torch.from_numpy(labels)
+    return (TensorDataset(tensor[pool], targets[pool]), TensorDataset(tensor[test], targets[test]))
 
 
 def _rgb(image):
@@ -121,7 +140,9 @@ def class_count(dataset: Dataset) -> int:
 
 def load(spec: "DataSpec", img_size: int, num_classes: int) -> Splits:
     """The train, search and test splits of a study, checked against the model's class count."""
-    if spec.source == "digits":
+    if spec.source == "shapes":
+        pool, test = shapes(img_size, spec.images, spec.test_fraction, spec.seed)
+    elif spec.source == "digits":
         pool, test = (digits(img_size, split, spec.test_fraction) for split in ("train", "test"))
     else:
         pool, test = (image_folder(spec.path, split, img_size) for split in ("train", "val"))

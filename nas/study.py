@@ -7,11 +7,12 @@
       checkpoint: null                    # dense weights (.safetensors, or a torch file read with weights_only);
                                           #   null: `nas pretrain` trains them into <dir>/<name>-teacher.safetensors
     data:
-      source: digits                      # digits (bundled) | imagefolder
+      source: digits                      # shapes (generated) | digits (bundled) | imagefolder
       path: null                          # imagefolder: a folder with train/<class>/*.png and val/<class>/*.png
-      test_fraction: 0.2                  # digits: share held out as the test set (imagefolder: its val/)
+      images: 8000                        # shapes: how many images are generated (train, search and test together)
+      test_fraction: 0.2                  # shapes, digits: share held out as the test set (imagefolder: its val/)
       search_fraction: 0.2                # share of the training data carved out (stratified) to score trials on
-      seed: 0                             # seed of the search split
+      seed: 0                             # seed of the search split (and of the shapes generator)
     space: {...}                          # see search_spaces.space
     objectives:
       metrics: [accuracy, latency_ms]     # accuracy (maximized) and predicted latency (minimized): a Pareto search;
@@ -64,7 +65,9 @@ SECTIONS = ("name", "model", "data", "space", "objectives", "latency", "budget",
 METRICS = ("accuracy", "latency_ms")
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband", "asha")
-DATA_SOURCES = ("digits", "imagefolder")
+DATA_SOURCES = ("shapes", "digits", "imagefolder")
+SHAPES_IMAGES = 8000  # the shapes task's default size
+MAX_SHAPES_IMAGES = 200_000  # 2.4 GB of float32 images: more than that belongs in an imagefolder
 
 
 def _number(data: Mapping, key: str, where: str, *, integer: bool = False, minimum: float | None = None,
@@ -102,6 +105,7 @@ class DataSpec:
     test_fraction: float = 0.2
     search_fraction: float = 0.2
     seed: int = 0
+    images: int | None = None  # shapes only: the generated task's size (default SHAPES_IMAGES)
 
     @classmethod
     def from_dict(cls, data: Any, base: Path) -> "DataSpec":
@@ -111,14 +115,22 @@ class DataSpec:
                                                    "data.search_fraction of the training data)")
         spec = _section(cls, data, "data", {"test_fraction": {"above": 0, "maximum": 0.9},
                                             "search_fraction": {"above": 0, "maximum": 0.5},
-                                            "seed": {"integer": True, "minimum": 0}})
+                                            "seed": {"integer": True, "minimum": 0},
+                                            "images": {"integer": True, "minimum": 100,
+                                                       "maximum": MAX_SHAPES_IMAGES}})
         if spec.source not in DATA_SOURCES:
             raise ConfigError("data.source", f"unknown data source {spec.source!r} (choose from "
                                              f"{', '.join(DATA_SOURCES)})")
+        if spec.source == "shapes":
+            if spec.path is not None:
+                raise ConfigError("data.path", f"the shapes task is generated and takes no path (got {spec.path!r})")
+            return spec if spec.images is not None else replace(spec, images=SHAPES_IMAGES)
+        if spec.images is not None:
+            raise ConfigError("data.images", f"only for the generated shapes task (this source is {spec.source})")
         if spec.source == "imagefolder":
             if "test_fraction" in data:
-                raise ConfigError("data.test_fraction", "only for digits: an imagefolder's test set is its val/ "
-                                                        "folder")
+                raise ConfigError("data.test_fraction", "only for shapes and digits: an imagefolder's test set is "
+                                                        "its val/ folder")
             if not isinstance(spec.path, str) or not spec.path:
                 raise ConfigError("data.path", "imagefolder needs a path: a folder with train/ and val/ subfolders")
             return replace(spec, path=str(base / spec.path))

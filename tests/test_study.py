@@ -43,7 +43,7 @@ def test_defaults_and_paths_relative_to_the_study(tmp_path):
     ({"sampler": {"name": "cmaes"}}, "sampler.name", "tpe, nsga2, random"),
     ({"pruner": {"name": "median"}}, "pruner.name", "single-objective"),
     ({"storage": "studies/x.db"}, "storage", "database URL"),
-    ({"data": {"source": "cifar"}}, "data.source", "digits, imagefolder"),
+    ({"data": {"source": "cifar"}}, "data.source", "shapes, digits, imagefolder"),
     ({"data": {"source": "imagefolder"}}, "data.path", "train/ and val/"),
     ({"space": {"choices": {"mlp": ["moe", "conv"]}}}, "space.choices.mlp[1]", "'conv'"),
     ({"latency": {"trials": -1}}, "latency.trials", ">= 0"),

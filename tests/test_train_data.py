@@ -181,3 +181,47 @@ def test_shift_codes_move_and_accuracy_gains_under_the_trial_recipe(tiny_spec):
     total = sum(b.numel() for b in before)
     assert changed / total > 0.05, f"only {changed} of {total} shift codes changed"
     assert evaluate(student, search).accuracy > converted + 0.02
+
+
+def test_the_shapes_task_is_generated_offline_seeded_balanced_and_split_three_ways(monkeypatch):
+    import socket
+
+    from nas import shapes
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the shapes task must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    spec = DataSpec("shapes", images=600, test_fraction=0.25, search_fraction=0.2, seed=5)
+    train, search, test = data.load(spec, img_size=32, num_classes=10)
+    assert len(train) + len(search) + len(test) == 600 and len(test) == 150
+    assert train.dataset is search.dataset and not set(train.indices) & set(search.indices)
+    pool = train.dataset.tensors[0].flatten(1)
+    assert pool.shape[1] == 3 * 32 * 32 and float(pool.min()) >= -1 and float(pool.max()) <= 1
+    pool_rows = {tuple(r.tolist()) for r in pool}
+    assert len(pool_rows) == len(pool) and not any(tuple(r.tolist()) in pool_rows for r in test.tensors[0].flatten(1))
+    for labels, size in ((data.labels_of(test), len(test)), (data.labels_of(train.dataset)[search.indices],
+                                                             len(search))):
+        assert np.abs(np.bincount(labels, minlength=10) - size / 10).max() <= 1  # stratified: 10 balanced classes
+    again = data.load(spec, img_size=32, num_classes=10)
+    assert torch.equal(again.test.tensors[0], test.tensors[0]) and again.search.indices == search.indices
+    other = data.load(DataSpec("shapes", images=600, test_fraction=0.25, seed=6), img_size=32, num_classes=10)
+    assert not torch.equal(other.test.tensors[0], test.tensors[0])
+    small = data.load(DataSpec("shapes", images=200), img_size=16, num_classes=10)
+    assert small.test.tensors[0].shape[1:] == (3, 16, 16)
+    # the label is the one glyph that appears twice: count the glyphs in a generated image from its pixels
+    images, labels = shapes.generate(20, seed=1, noise=0.0)
+    for image, label in zip(images, labels):
+        ink = (image > shapes.BACKGROUND + 0.1).any(0)
+        counts = np.zeros(shapes.CLASSES, int)
+        for y in range(32 - shapes.GLYPH + 1):
+            for x in range(32 - shapes.GLYPH + 1):
+                window = ink[y:y + shapes.GLYPH, x:x + shapes.GLYPH]
+                for kind, mask in enumerate(shapes._MASKS):
+                    counts[kind] += bool((window == mask).all())
+        assert counts[label] == 2 and np.delete(counts, label).max() == 1, counts
+
+
+def test_the_shapes_task_refuses_a_class_count_the_model_cannot_output():
+    with pytest.raises(ConfigError, match="num_classes"):
+        data.load(DataSpec("shapes", images=200), img_size=32, num_classes=4)
