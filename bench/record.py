@@ -46,6 +46,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |",
+            *("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows)]
+
+
 def write(name: str, rows: list[dict[str, Any]], notes: str = "", extra: dict[str, Any] | None = None
           ) -> tuple[Path, Path]:
     """Write the rows with the machine, versions and the command that made them (plus ``extra`` top-level fields,
@@ -59,7 +65,6 @@ def write(name: str, rows: list[dict[str, Any]], notes: str = "", extra: dict[st
     json_path = RESULTS / f"{name}.json"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
 
-    columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = [f"# {name}", "", notes, ""] if notes else [f"# {name}", ""]
     lines += [
         f"Command: `{command}`  ",
@@ -67,10 +72,11 @@ def write(name: str, rows: list[dict[str, Any]], notes: str = "", extra: dict[st
         f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         "",
-        "| " + " | ".join(columns) + " |",
-        "| " + " | ".join("---" for _ in columns) + " |",
+        *_table(rows),
     ]
-    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    for key, value in (extra or {}).items():  # extra tables (a list of rows), e.g. a summary
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            lines += ["", f"## {key}", "", *_table(value)]
     md_path = RESULTS / f"{name}.md"
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path

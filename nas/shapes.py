@@ -2,9 +2,9 @@
 
 Every image is 32x32 RGB on a noisy background and holds a few small glyphs (10 kinds, 7x7 pixels, each in a
 random colour, jittered inside a 4x4 grid of 8x8 cells, so a glyph straddles several ViT patches). One kind appears
-more often than any other; the label is that kind. No single glyph, patch or neighbourhood decides the class: a model
-has to recognise every glyph and compare the counts across the image, which is what attention is for, and colour
-and position are distractors.
+twice and 3-5 other kinds once each; the label is the kind that appears twice. No single glyph, patch or
+neighbourhood decides the class: a model has to recognise every glyph and compare them across the image, which is
+what attention is for; colour and position are distractors.
 
 The generator is seeded and deterministic: the same ``(count, seed)`` gives the same images on every machine (numpy's
 PCG64). Nothing is downloaded or cached; 10,000 images take about a second.
@@ -19,7 +19,7 @@ GLYPH = 7
 CELL = 8
 GRID = IMG_SIZE // CELL
 
-# 10 glyphs on a 7x7 grid, '#' = ink
+# the 10 glyphs (one per class, in label order) on a 7x7 grid, '#' = ink
 _GLYPHS = (
     ("#######", "#######", "##...##", "##...##", "##...##", "#######", "#######"),  # 0 ring
     ("...#...", "...#...", "...#...", "#######", "...#...", "...#...", "...#..."),  # 1 plus
@@ -32,10 +32,9 @@ _GLYPHS = (
     ("...#...", "..#.#..", ".#...#.", "#.....#", ".#...#.", "..#.#..", "...#..."),  # 8 diamond
     ("#.#.#.#", ".#.#.#.", "#.#.#.#", ".#.#.#.", "#.#.#.#", ".#.#.#.", "#.#.#.#"),  # 9 checker
 )
-_MASKS = np.array([[[c == "#" for c in row] for row in glyph] for glyph in _GLYPHS])
-CLASSES = len(_MASKS)
+MASKS = np.array([[[c == "#" for c in row] for row in glyph] for glyph in _GLYPHS])
+CLASSES = len(MASKS)
 BACKGROUND = -0.7
-NAMES = ("ring", "plus", "cross", "triangle-up", "triangle-down", "bars", "columns", "corner", "diamond", "checker")
 
 
 def generate(count: int, seed: int, copies: int = 2, distractors: tuple[int, int] = (3, 5),
@@ -68,7 +67,7 @@ def generate(count: int, seed: int, copies: int = 2, distractors: tuple[int, int
     colour = np.zeros((count, IMG_SIZE, IMG_SIZE, 3), dtype=np.float32)
     for dy in range(GLYPH):  # glyphs sit in distinct cells and never overlap: one write per glyph pixel
         for dx in range(GLYPH):
-            on = _MASKS[kinds, dy, dx]
+            on = MASKS[kinds, dy, dx]
             at = (image[on], ys[on] + dy, xs[on] + dx)
             ink[at] = True
             colour[at] = colours[on]

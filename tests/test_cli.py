@@ -20,6 +20,11 @@ def test_sample_prints_the_choices_and_writes_a_loadable_config(tmp_path, capsys
     assert config.depth == 4 and config.model.kwargs["img_size"] == 32
 
 
+def test_the_quickstart_study_validates_on_the_generated_shapes_task(capsys):
+    assert main(["validate", str(QUICKSTART)]) == 0
+    assert "data shapes: 5120 train / 1280 search / 1600 test images" in capsys.readouterr().out
+
+
 def test_show_validates_a_config(tmp_path, capsys):
     out = tmp_path / "arch.yaml"
     main(["sample", str(QUICKSTART), "--out", str(out)])

@@ -217,7 +217,7 @@ def test_the_shapes_task_is_generated_offline_seeded_balanced_and_split_three_wa
         for y in range(32 - shapes.GLYPH + 1):
             for x in range(32 - shapes.GLYPH + 1):
                 window = ink[y:y + shapes.GLYPH, x:x + shapes.GLYPH]
-                for kind, mask in enumerate(shapes._MASKS):
+                for kind, mask in enumerate(shapes.MASKS):
                     counts[kind] += bool((window == mask).all())
         assert counts[label] == 2 and np.delete(counts, label).max() == 1, counts
 
