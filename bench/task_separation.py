@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    rows, summary, teachers, kept = [], [], {}, []
+    rows, summary, teachers = [], [], {}
     recorded = RESULTS / "task-separation.json"
     if recorded.is_file():  # the other tasks' rows, from the recorded run
         previous = json.loads(recorded.read_text())

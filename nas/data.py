@@ -24,6 +24,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from search_spaces.config import ConfigError
 
+from .shapes import DEFAULT_IMAGES
+
 if TYPE_CHECKING:
     from .study import DataSpec
 
@@ -75,7 +77,7 @@ def digits(img_size: int = 32, split: str = "train", test_fraction: float = 0.2,
     return TensorDataset(images[chosen], labels[chosen])
 
 
-def shapes(img_size: int = 32, images: int = 8000, test_fraction: float = 0.2, seed: int = 0
+def shapes(img_size: int = 32, images: int = DEFAULT_IMAGES, test_fraction: float = 0.2, seed: int = 0
            ) -> tuple[TensorDataset, TensorDataset]:
     """The generated shapes task (:func:`nas.shapes.generate`) as ``(pool, test)``: ``[N, 3, img_size, img_size]``
     images in [-1, 1] (resized from 32x32 when ``img_size`` differs) and labels; the test set is a stratified
@@ -141,7 +143,7 @@ def class_count(dataset: Dataset) -> int:
 def load(spec: "DataSpec", img_size: int, num_classes: int) -> Splits:
     """The train, search and test splits of a study, checked against the model's class count."""
     if spec.source == "shapes":
-        pool, test = shapes(img_size, spec.images, spec.test_fraction, spec.seed)
+        pool, test = shapes(img_size, spec.images or DEFAULT_IMAGES, spec.test_fraction, spec.seed)
     elif spec.source == "digits":
         pool, test = (digits(img_size, split, spec.test_fraction) for split in ("train", "test"))
     else:

@@ -60,13 +60,14 @@ from latency_model.settings import LatencySettings
 from search_spaces.config import ConfigError, ModelSpec, _check_keys
 from search_spaces.space import SearchSpace
 
+from .shapes import DEFAULT_IMAGES
+
 SECTIONS = ("name", "model", "data", "space", "objectives", "latency", "budget", "train", "sampler", "pruner",
             "storage", "search")
 METRICS = ("accuracy", "latency_ms")
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband", "asha")
 DATA_SOURCES = ("shapes", "digits", "imagefolder")
-SHAPES_IMAGES = 8000  # the shapes task's default size
 MAX_SHAPES_IMAGES = 200_000  # 2.4 GB of float32 images: more than that belongs in an imagefolder
 
 
@@ -105,7 +106,7 @@ class DataSpec:
     test_fraction: float = 0.2
     search_fraction: float = 0.2
     seed: int = 0
-    images: int | None = None  # shapes only: the generated task's size (default SHAPES_IMAGES)
+    images: int | None = None  # shapes only: the generated task's size (default nas.shapes.DEFAULT_IMAGES)
 
     @classmethod
     def from_dict(cls, data: Any, base: Path) -> "DataSpec":
@@ -124,7 +125,7 @@ class DataSpec:
         if spec.source == "shapes":
             if spec.path is not None:
                 raise ConfigError("data.path", f"the shapes task is generated and takes no path (got {spec.path!r})")
-            return spec if spec.images is not None else replace(spec, images=SHAPES_IMAGES)
+            return spec if spec.images is not None else replace(spec, images=DEFAULT_IMAGES)
         if spec.images is not None:
             raise ConfigError("data.images", f"only for the generated shapes task (this source is {spec.source})")
         if spec.source == "imagefolder":
