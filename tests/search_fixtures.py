@@ -18,16 +18,19 @@ TINY_SPACE = {"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["d
                           "proj": ["dense"], "mlp": ["dense", "shift", "moe"]}}
 
 
+# 3 repeats of sub-millisecond ops, beside whatever else a shared test machine runs: the tests that exercise the
+# plumbing accept any spread, CPU contention and whole-model error; the noise checks have tests of their own
+# (test_noise.py) with the product's thresholds
+PLUMBING_NOISE = {"max_spread": 10.0, "max_contention": 10.0, "max_model_error": 10.0}
+
+
 def base_study(root: Path) -> dict:
     return {
         "name": "tiny",
         "model": dict(TINY_MODEL),
         "space": TINY_SPACE,
         "latency": {"db": f"sqlite:///{root / 'latency.db'}", "predictor": str(root / "predictor.json"),
-                    "trials": 0, "repeats": 3, "calibration": 4,
-                    # 3 repeats of sub-millisecond ops, beside whatever else the test machine runs: these tests
-                    # exercise the plumbing; the noise checks have tests of their own (test_noise.py)
-                    "max_model_error": 0.6, "max_spread": 3.0, "max_contention": 0.5},
+                    "trials": 0, "repeats": 3, "calibration": 4, **PLUMBING_NOISE},
         "budget": {"n_trials": 3, "epochs": 2, "steps_per_epoch": 2, "pretrain_epochs": 2, "finetune_epochs": 1},
         "train": {"batch_size": 32},
     }

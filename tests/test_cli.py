@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from nas.cli import main
+from search_fixtures import PLUMBING_NOISE
 from search_spaces import ArchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_profile_fit_and_latency_from_the_command_line(tmp_path, capsys):
                              "num_classes": 3}},
         "space": {"choices": {"attention": ["msa", "linear"], "qkv": ["dense", "shift"], "proj": ["dense"],
                               "mlp": ["dense", "shift"]}},
-        "latency": {"db": f"sqlite:///{tmp_path / 'lat.db'}", "trials": 0, "repeats": 3},
+        "latency": {"db": f"sqlite:///{tmp_path / 'lat.db'}", "trials": 0, "repeats": 3, **PLUMBING_NOISE},
     }))
     cache = ["--cache", str(tmp_path / "kernels")]
     assert main(["profile", str(study), *cache]) == 0

@@ -87,13 +87,13 @@ def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_pat
     import re
 
     from latency_model import db
-    from search_fixtures import TINY_MODEL, write_study
+    from search_fixtures import PLUMBING_NOISE, TINY_MODEL, write_study
 
     study_file = write_study(tmp_path / "p.yaml", {
         "name": "p", "model": TINY_MODEL,
         "space": {"choices": {"attention": ["msa", "linear"], "qkv": ["dense", "shift"], "proj": ["dense"],
                               "mlp": ["dense", "shift"]}},
-        "latency": {"trials": 0, "repeats": 3, "calibration": 4}})
+        "latency": {"trials": 0, "repeats": 3, "calibration": 4, **PLUMBING_NOISE}})
     env = {**os.environ, "SHIFTADD_CACHE": str(tmp_path / "kernels")}
     engine_url = f"sqlite:///{tmp_path / 'latency.db'}"
     profiling = subprocess.Popen([sys.executable, "-m", "nas.cli", "profile", str(study_file)], env=env,
@@ -184,12 +184,12 @@ def test_a_shape_that_fails_to_compile_is_recorded_and_the_profile_goes_on(tmp_p
     from latency_model import db
     from latency_model.ops import kernel_tasks
     from nas.study import Study
-    from search_fixtures import TINY_MODEL, write_study
+    from search_fixtures import PLUMBING_NOISE, TINY_MODEL, write_study
 
     study_file = write_study(tmp_path / "p.yaml", {
         "name": "p", "model": TINY_MODEL,
         "space": {"choices": {"attention": ["msa"], "qkv": ["dense", "shift"], "proj": ["dense"], "mlp": ["dense"]}},
-        "latency": {"trials": 0, "repeats": 3, "calibration": 0}})
+        "latency": {"trials": 0, "repeats": 3, "calibration": 0, **PLUMBING_NOISE}})
     study = Study.load(study_file)
     cache = tmp_path / "kernels"
     # a real fault: a file stands where one kernel's cache folder has to be created, so only that shape's build fails
@@ -231,12 +231,12 @@ def test_a_measurement_table_that_takes_no_writes_stops_the_profile_with_one_lin
     from sqlalchemy.exc import OperationalError
 
     from latency_model import db
-    from search_fixtures import TINY_MODEL, write_study
+    from search_fixtures import PLUMBING_NOISE, TINY_MODEL, write_study
 
     study_file = write_study(tmp_path / "p.yaml", {
         "name": "p", "model": TINY_MODEL,
         "space": {"choices": {"attention": ["msa"], "qkv": ["dense"], "proj": ["dense"], "mlp": ["dense"]}},
-        "latency": {"trials": 0, "repeats": 3, "calibration": 0}})
+        "latency": {"trials": 0, "repeats": 3, "calibration": 0, **PLUMBING_NOISE}})
 
     def full(*args, **kwargs):
         raise OperationalError("INSERT INTO measurements", {}, Exception("database or disk is full"))
