@@ -34,6 +34,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min, when the results were written
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
@@ -69,7 +70,8 @@ def write(name: str, rows: list[dict[str, Any]], notes: str = "", extra: dict[st
     lines += [
         f"Command: `{command}`  ",
         f"Date: {when}  ",
-        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}  ",
+        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, load average at the end "
+        f"{' / '.join(map(str, info['load_average']))} (1 / 5 / 15 min)  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         "",
         *_table(rows),
