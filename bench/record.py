@@ -14,6 +14,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("torch", "timm", "apache-tvm", "optuna", "ray", "numpy")
+LOAD_AT_START = os.getloadavg()  # benches import this module first: the machine's load before they ran
 
 
 def machine() -> dict[str, Any]:
@@ -34,7 +35,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min, when the results were written
+        "load_average_at_start": [round(x, 2) for x in LOAD_AT_START],  # 1, 5, 15 min, before the bench ran
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
@@ -70,8 +71,8 @@ def write(name: str, rows: list[dict[str, Any]], notes: str = "", extra: dict[st
     lines += [
         f"Command: `{command}`  ",
         f"Date: {when}  ",
-        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, load average at the end "
-        f"{' / '.join(map(str, info['load_average']))} (1 / 5 / 15 min)  ",
+        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, load average before the run "
+        f"{' / '.join(map(str, info['load_average_at_start']))} (1 / 5 / 15 min)  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         "",
         *_table(rows),
