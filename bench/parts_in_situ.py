@@ -29,12 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write  # noqa: E402
 
-from kernels.runtime import KernelSet, to_kernels  # noqa: E402
+from kernels.runtime import to_kernels  # noqa: E402
 from latency_model.ops import ModelDims  # noqa: E402
 from latency_model.predictor import Predictor  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402
 from nas import data  # noqa: E402
-from nas.export import profiled_trials  # noqa: E402
+from nas.export import study_kernels  # noqa: E402
 from nas.report import pareto_front, points  # noqa: E402
 from nas.search import open_study  # noqa: E402
 from nas.study import Study  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
     dims = ModelDims.of(study.model)
     splits = data.load(study.data, dims.img, dims.classes)
     images = splits.test.tensors[0][: args.images]
-    kernels = KernelSet(study.latency.target, profiled_trials(study))
+    kernels = study_kernels(study)
     rows = []
     for p in chosen:
         model = build_model(p.config, teacher).eval()

@@ -187,13 +187,21 @@ def profiled_trials(study: Study) -> int:
     return max(tvm) if tvm else study.latency.trials
 
 
+def study_kernels(study: Study):
+    """The study's compiled kernels at the tuning its table was profiled with (a :class:`kernels.runtime.KernelSet`),
+    so a model run on them is the model the predictor priced."""
+    from kernels.runtime import KernelSet
+
+    return KernelSet(study.latency.target, profiled_trials(study))
+
+
 def measure_latency(study: Study, model) -> float:
     """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size."""
-    from kernels.runtime import KernelSet, to_kernels
+    from kernels.runtime import to_kernels
     from latency_model.ops import ModelDims
     from latency_model.timing import time_model
 
     settings = study.latency
-    fast = to_kernels(model, KernelSet(settings.target, profiled_trials(study)))
+    fast = to_kernels(model, study_kernels(study))
     return time_model(fast, settings.batch_sizes[0], ModelDims.of(study.model).img,
                       repeats=settings.repeats).median_ms

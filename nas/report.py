@@ -145,8 +145,7 @@ def plot_allocation(front: list[Point], path: Path) -> Path:
         ax.set_xticks(range(depth), [str(i) for i in range(depth)], fontsize=7)
         ax.set_xlabel("block", fontsize=8)
         labels = [f"{p.label} ({p.latency_ms:.2f} ms, test {p.test_accuracy:.3f})" for p in front]
-        ax.set_yticks(range(len(front)), labels
-                      if ax is axes[0][0] else [], fontsize=7)
+        ax.set_yticks(range(len(front)), labels if ax is axes[0][0] else [], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
