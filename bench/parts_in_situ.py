@@ -78,7 +78,7 @@ def main() -> None:
     rows = []
     for p in chosen:
         model = build_model(p.config, teacher).eval()
-        prediction = predictor.predict(p.config, 1, moe_shares=evaluate(model, splits.search).moe_shares)
+        prediction = predictor.predict(p.config, 1, moe_loads=evaluate(model, splits.search).moe_loads)
         fast = to_kernels(model, kernels).eval()
         whole = time_model(fast, 1, dims.img, repeats=study.latency.repeats).median_ms
         spent: dict[str, list[float]] = {}

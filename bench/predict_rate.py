@@ -40,7 +40,7 @@ def main() -> None:
         shares = {i: [0.5, 0.5] for i in range(space.depth)} if use_split else None
         start = time.perf_counter()
         for config in configs:
-            predictor.predict(config, 1, moe_shares=shares)
+            predictor.predict(config, 1, moe_loads=shares)
         seconds = time.perf_counter() - start
         rows.append({"case": label, "predictions": len(configs), "seconds": seconds,
                      "per_second": len(configs) / seconds, "us_per_prediction": 1e6 * seconds / len(configs)})

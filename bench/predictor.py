@@ -31,7 +31,7 @@ from record import RESULTS, write  # noqa: E402
 from kernels.runtime import KernelSet, to_kernels  # noqa: E402
 from latency_model import db  # noqa: E402
 from latency_model.ops import ModelDims  # noqa: E402
-from latency_model.predictor import Predictor, PredictorRefused, check, router_shares  # noqa: E402
+from latency_model.predictor import Predictor, PredictorRefused, check, router_loads  # noqa: E402
 from latency_model.profile import profile  # noqa: E402
 from latency_model.settings import LatencySettings  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402
@@ -82,7 +82,7 @@ def run_space(name: str, space: SearchSpace, batches: tuple[int, ...], args, db_
         for batch in batches:
             measured = time_model(model, batch, img, repeats=args.repeats).median_ms
             # the converted model's routers are untrained: price MoE blocks at the split they actually make
-            predicted = predictor.predict(config, batch, moe_shares=router_shares(model)).total_ms
+            predicted = predictor.predict(config, batch, moe_loads=router_loads(model)).total_ms
             rows.append({"space": name, "profiled": condition, "config": config.id, "batch": batch,
                          "predicted_ms": predicted,
                          "measured_ms": measured, "error": predicted / measured - 1})

@@ -110,7 +110,9 @@ class ModelMeasurement(Base):
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
     config: Mapped[str] = mapped_column(Text)  # ArchConfig JSON
     batch: Mapped[int] = mapped_column(Integer)
-    moe_shares: Mapped[str] = mapped_column(Text, default="{}")  # block -> expert shares the routers made
+    # block -> how the routers spread the timed pass's images (MoELoad JSON; a list of expert shares in tables
+    # written before per-image loads). The column keeps its first name so that stored tables open unchanged.
+    moe_shares: Mapped[str] = mapped_column(Text, default="{}")
     median_ms: Mapped[float] = mapped_column(Float)
     min_ms: Mapped[float] = mapped_column(Float)
     max_ms: Mapped[float] = mapped_column(Float)
@@ -346,11 +348,12 @@ def noisy_keys(engine: Engine, device: str) -> set[tuple]:
 
 
 def add_model_measurement(engine: Engine, device_id: int, config_json: str, batch: int,
-                          moe_shares: Mapping[int, list[float]], timing: Any, attempts: int = 1,
+                          moe_routing: Mapping[int, Any], timing: Any, attempts: int = 1,
                           noisy: bool = False) -> None:
+    """``moe_routing``: per MoE block, its routing as JSON-able data (``MoELoad.to_json()``)."""
     with Session(engine) as session, session.begin():
         session.add(ModelMeasurement(
-            device_id=device_id, config=config_json, batch=batch, moe_shares=json.dumps(dict(moe_shares)),
+            device_id=device_id, config=config_json, batch=batch, moe_shares=json.dumps(dict(moe_routing)),
             median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms, std_ms=timing.std_ms,
             repeats=timing.repeats, **_quality(timing, attempts, noisy)))
 
@@ -359,7 +362,7 @@ def add_model_measurement(engine: Engine, device_id: int, config_json: str, batc
 class ModelRow:
     config: str
     batch: int
-    moe_shares: dict[int, list[float]]
+    moe_routing: dict[int, Any]  # block -> MoELoad JSON (or expert shares, in older tables)
     median_ms: float
     spread: float = 0.0
     contention: float = 0.0

@@ -10,7 +10,8 @@ A ViT forward on this system is composed of
 - for an MoE MLP, ``module.moe_router`` (routing and dispatch at the block's ``top_k``, ``{M, C, E, K}``) plus each
   expert as a ``module.mlp`` at the token count the kernels run it on (its tokens padded up to the next bucket of
   :func:`search_spaces.ops.moe.token_buckets`). Experts run one after the other, so a block costs the router plus
-  the sum of its experts.
+  the sum of its experts. How many tokens an expert gets varies from image to image (:class:`MoELoad`), and so does
+  its bucket: an expert is one op per bucket, its ``count`` the share of forward passes that run it there.
 
 These are timed as the modules run here (dense parts in torch, shift layers and additive attention on the TVM
 kernels, see :mod:`kernels.runtime`). Separately, :func:`kernel_tasks` lists the TVM kernel shapes a config produces,
@@ -19,13 +20,15 @@ which ``nas profile`` tunes and times for the kernel-level table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from search_spaces import ArchConfig, BlockConfig, SearchSpace
 from search_spaces.config import ModelSpec
-from search_spaces.ops.moe import bucket_tokens, token_buckets
+from search_spaces.ops.moe import MoELoad, token_buckets
 
 from kernels.matshift import DEFAULT_VARIANT
 from kernels.spec import KernelSpec
@@ -83,8 +86,9 @@ class Op:
     variant: str
     shape: tuple[tuple[str, int], ...]
     block: int | None = None  # None for the fixed parts
-    count: float = 1.0
+    count: float = 1.0  # runs per forward pass (a share of the passes for an MoE expert's bucket)
     dtype: str = "float32"
+    expert: int | None = None  # an MoE expert's index in its block
 
     @property
     def dims(self) -> dict[str, int]:
@@ -110,15 +114,37 @@ def latency_split(expert_latency: list[float]) -> list[float]:
     return [w / sum(inverse) for w in inverse]
 
 
+def expert_ops(load: MoELoad, index: int, kinds: Sequence[str], assignments_per_image: int, batch: int,
+               c: int, hidden: int) -> list[Op]:
+    """Each expert of an MoE block as one ``module.mlp`` op per bucket it runs at, ``count`` = share of passes."""
+    if len(load.histograms) != len(kinds):
+        raise ValueError(f"block {index}: an MoE load of {len(load.histograms)} experts for experts {list(kinds)}")
+    most = max(len(h) - 1 for h in load.histograms)
+    if most > assignments_per_image:
+        raise ValueError(f"block {index}: an MoE load with {most} assignments per image, more than the block's "
+                         f"{assignments_per_image} (tokens x top_k): it was measured on another model")
+    assignments = assignments_per_image * batch
+    buckets = np.asarray(token_buckets(assignments))
+    ops = []
+    for e, kind in enumerate(kinds):
+        dist = load.batch_counts(e, batch)
+        counts = np.nonzero(dist[1:])[0] + 1  # a pass that sends an expert no token does not run it
+        shares = np.bincount(np.searchsorted(buckets, counts), weights=dist[counts], minlength=len(buckets))
+        ops += [Op("module.mlp", kind, _shape(M=int(buckets[b]), C=c, Hd=hidden), index, float(shares[b]),
+                   expert=e) for b in np.nonzero(shares)[0]]
+    return ops
+
+
 def frame_op(dims: ModelDims, batch: int) -> Op:
     return Op("module.frame", "", _shape(B=batch, img=dims.img, patch=dims.patch, C=dims.embed_dim,
                                          classes=dims.classes))
 
 
 def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
-              expert_shares: list[float] | None = None) -> list[Op]:
-    """The ops of one block. For an MoE MLP, ``expert_shares`` is the share of token assignments each expert gets
-    (default: equal); an expert's MLP op is priced at its token count, bucketed as the kernels run it."""
+              routing: MoELoad | Sequence[float] | None = None) -> list[Op]:
+    """The ops of one block. For an MoE MLP, ``routing`` is how its router spreads tokens: a measured
+    :class:`MoELoad`, or the share of token assignments each expert gets from every image (default: equal); each
+    expert is priced at the buckets the kernels run it at (:func:`expert_ops`)."""
     t, c = dims.tokens, dims.embed_dim
     m = batch * t
     ops = [
@@ -131,14 +157,12 @@ def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
     assert block.moe is not None
     experts = block.moe.experts
     ops.append(Op("module.moe_router", "", _shape(M=m, C=c, E=len(experts), K=block.moe.top_k), index))
-    shares = expert_shares if expert_shares is not None else [1.0 / len(experts)] * len(experts)
-    assignments = block.moe.top_k * m
-    for kind, share in zip(experts, shares):
-        tokens = round(share * assignments)
-        if tokens >= 1:  # experts run at the bucketed token count (see MoEMlp.pad_to_buckets)
-            size = bucket_tokens(tokens, assignments)
-            ops.append(Op("module.mlp", kind, _shape(M=size, C=c, Hd=dims.mlp_hidden), index))
-    return ops
+    per_image = block.moe.top_k * t
+    if routing is None:
+        routing = [1.0 / len(experts)] * len(experts)
+    if not isinstance(routing, MoELoad):
+        routing = MoELoad.at_shares(routing, per_image)
+    return ops + expert_ops(routing, index, experts, per_image, batch, c, dims.mlp_hidden)
 
 
 def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
@@ -198,13 +222,14 @@ def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: s
 
 
 def config_ops(config: ArchConfig, batch: int,
-               expert_shares: Callable[[int, BlockConfig], list[float]] | None = None) -> Iterator[Op]:
-    """The ops one architecture executes; ``expert_shares(block_index, block)`` gives each MoE block's split."""
+               routing: Callable[[int, BlockConfig], MoELoad | Sequence[float]] | None = None) -> Iterator[Op]:
+    """The ops one architecture executes; ``routing(block_index, block)`` gives each MoE block's routing."""
     dims = ModelDims.of(config.model)
     yield frame_op(dims, batch)
     for i, block in enumerate(config.blocks):
-        shares = expert_shares(i, block) if block.mlp == "moe" and expert_shares is not None else None
-        yield from block_ops(dims, batch, i, block, shares)
+        spread = routing(i, block) if block.mlp == "moe" and routing is not None else None
+        yield from block_ops(dims, batch, i, block, spread)
 
 
-__all__ = ["ModelDims", "Op", "block_ops", "config_ops", "frame_op", "kernel_tasks", "latency_split", "space_ops"]
+__all__ = ["ModelDims", "MoELoad", "Op", "block_ops", "config_ops", "expert_ops", "frame_op", "kernel_tasks",
+           "latency_split", "space_ops"]

@@ -35,7 +35,7 @@ import numpy as np
 from search_spaces import ArchConfig, BlockConfig
 
 from .db import ModelRow, Row
-from .ops import config_ops, latency_split
+from .ops import MoELoad, config_ops, latency_split
 
 FORMAT = "shiftadd-latency-predictor/1"
 RIDGE = 1e-3
@@ -113,7 +113,7 @@ class Prediction:
     total_ms: float
     fixed_ms: float
     blocks: list[dict[str, float]]  # per block: part -> ms
-    moe_tokens: dict[int, list[float]] = field(default_factory=dict)  # block -> tokens per expert
+    moe_tokens: dict[int, list[float]] = field(default_factory=dict)  # block -> tokens per expert per pass, padded
     composition_ms: float = 0.0  # what running the ops back to back adds (calibrated on whole models)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,7 +176,8 @@ def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
     by_batch: dict[int, list[tuple[float, int, float, str]]] = defaultdict(list)
     for row in models:
         config = ArchConfig.from_json(row.config)
-        parts = predictor.predict(config, row.batch, moe_shares=row.moe_shares).total_ms
+        routing = {block: MoELoad.parse(value) for block, value in row.moe_routing.items()}
+        parts = predictor.predict(config, row.batch, moe_loads=routing).total_ms
         by_batch[row.batch].append((parts, kernel_blocks(config), row.median_ms, config.id))
     calibration, predicted, measured, checks = {}, [], [], []
     for batch, points in sorted(by_batch.items()):
@@ -244,14 +245,12 @@ def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max
     return found
 
 
-def router_shares(model) -> dict[int, list[float]]:
-    """Per MoE block of a model that has run a forward pass: the share of token assignments each expert received
-    (the router's measured statistics), for :meth:`Predictor.predict`."""
-    from search_spaces.ops.moe import MoEMlp
-    from search_spaces.reparam import transformer_blocks
+def router_loads(model) -> dict[int, MoELoad]:
+    """Per MoE block of a model that has run a forward pass: how its router spread that pass's images, for
+    :meth:`Predictor.predict`."""
+    from search_spaces.ops.moe import router_counts
 
-    return {i: block.mlp.stats.fraction.tolist() for i, block in enumerate(transformer_blocks(model))
-            if isinstance(block.mlp, MoEMlp) and block.mlp.stats is not None}
+    return {i: MoELoad.from_counts(counts.cpu().numpy()) for i, counts in router_counts(model).items()}
 
 
 _PART_NAMES = {"module.block_frame": "norms+residuals", "module.attention": "attention",
@@ -370,23 +369,25 @@ class Predictor:
         return [self.op_ms("module.mlp", kind, shape) for kind in choice.moe.experts]
 
     def predict(self, config: ArchConfig, batch: int = 1,
-                moe_shares: Mapping[int, Sequence[float]] | None = None) -> Prediction:
+                moe_loads: Mapping[int, MoELoad | Sequence[float]] | None = None) -> Prediction:
         """Total latency in ms and its breakdown per block and part.
 
-        An MoE block is priced at ``moe_shares[block]`` (share of token assignments per expert, e.g. a trained
-        router's measured statistics, see :func:`router_shares`); blocks without one at the split the latency-aware
-        loss drives toward (shares ∝ 1/lat, :func:`latency_model.ops.latency_split`).
+        An MoE block is priced at ``moe_loads[block]``: how a trained router spread the images it saw
+        (:class:`~latency_model.ops.MoELoad`, see :func:`router_loads`), or the share of token assignments each expert
+        gets from every image. Blocks without one are priced at the split the latency-aware loss drives toward
+        (shares ∝ 1/lat, :func:`latency_model.ops.latency_split`).
         """
-        moe_shares = moe_shares or {}
+        moe_loads = moe_loads or {}
 
-        def split(i: int, block: BlockConfig) -> list[float]:
-            if i in moe_shares:
-                return list(moe_shares[i])
+        def split(i: int, block: BlockConfig) -> MoELoad | Sequence[float]:
+            if i in moe_loads:
+                return moe_loads[i]
             return latency_split(self.expert_latencies(config, i, batch))
 
         blocks: list[dict[str, float]] = [defaultdict(float) for _ in config.blocks]
         fixed = 0.0
-        moe_tokens: dict[int, list[float]] = {}
+        moe_tokens: dict[int, list[float]] = {i: [0.0] * len(b.moe.experts) for i, b in enumerate(config.blocks)
+                                              if b.mlp == "moe" and b.moe is not None}
         for op in config_ops(config, batch, split):
             ms = op.count * self.op_ms(op.op, op.variant, op.dims, op.dtype)
             if op.block is None:
@@ -395,8 +396,8 @@ class Predictor:
             part = _PART_NAMES.get(op.op) or (f"expert:{op.variant}" if config.blocks[op.block].mlp == "moe"
                                                else "mlp")
             blocks[op.block][part] += ms
-            if part.startswith("expert:"):
-                moe_tokens.setdefault(op.block, []).append(op.dims["M"])
+            if op.expert is not None:
+                moe_tokens[op.block][op.expert] += op.count * op.dims["M"]
         per_block = [dict(b) for b in blocks]
         parts = fixed + sum(sum(b.values()) for b in per_block)
         composition = 0.0

@@ -35,7 +35,7 @@ from search_spaces.config import BlockConfig
 
 from . import db
 from .ops import ModelDims, Op, kernel_tasks, space_ops
-from .predictor import on_kernels, router_shares
+from .predictor import on_kernels, router_loads
 from .settings import LatencySettings
 from .timing import time_model, time_op
 
@@ -206,7 +206,7 @@ def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, 
         def again() -> Timing:
             return time_model(model, job.item.batch, img, repeats=settings.repeats)
 
-        return again(), again, {"moe_shares": router_shares(model)}
+        return again(), again, {"moe_routing": {b: load.to_json() for b, load in router_loads(model).items()}}
     if isinstance(job.item, KernelSpec):
         kernel, timing = measure(job.item, kernels.target, settings.trials, settings.repeats, tracker, device_key,
                                  root=kernel_root)
@@ -245,7 +245,7 @@ def _measure(job: Job, space, settings, engine, device_id, kernels: KernelSet, k
             on_noisy(job, timing, attempts)
         summary.noisy.append((job.label, timing))
     if isinstance(job.item, Calibration):
-        db.add_model_measurement(engine, device_id, job.item.config.to_json(), job.item.batch, extra["moe_shares"],
+        db.add_model_measurement(engine, device_id, job.item.config.to_json(), job.item.batch, extra["moe_routing"],
                                  timing, attempts=attempts, noisy=noisy)
         return
     op, variant, shape_text, dtype = job.row_key

@@ -161,18 +161,18 @@ def cmd_latency(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.predictor or settings.predictor, device=settings.device,
                                allow_other_device=args.allow_other_device)
     batch = args.batch[0] if args.batch else settings.batch_sizes[0]
-    measured, shares = None, None
+    measured, loads = None, None
     if args.measure:
         from kernels.runtime import KernelSet, to_kernels
         from latency_model.ops import ModelDims
-        from latency_model.predictor import router_shares
+        from latency_model.predictor import router_loads
         from latency_model.timing import time_model
         from search_spaces import build_model
 
         model = to_kernels(build_model(config), KernelSet(settings.target, settings.trials, args.cache))
         measured = time_model(model, batch, ModelDims.of(config.model).img, repeats=settings.repeats).median_ms
-        shares = router_shares(model)  # compare like with like: MoE blocks at the split this model's routers made
-    prediction = predictor.predict(config, batch, moe_shares=shares)
+        loads = router_loads(model)  # compare like with like: MoE blocks at the split this model's routers made
+    prediction = predictor.predict(config, batch, moe_loads=loads)
     table = Table(title=f"architecture {config.id}, batch {batch}, device {predictor.device}", title_justify="left")
     table.add_column("block")
     table.add_column("choices")

@@ -134,7 +134,7 @@ class Evaluator:
             if report is not None and report(epoch, evaluation.accuracy):
                 raise Pruned(epoch, evaluation.accuracy)
         assert evaluation is not None
-        prediction = self.predictor.predict(config, self.batch, moe_shares=evaluation.moe_shares)
+        prediction = self.predictor.predict(config, self.batch, moe_loads=evaluation.moe_loads)
         counts = weight_counts(model)
         result = TrialResult(
             config=config, search=evaluation, test=evaluate(model, self.splits.test), latency_ms=prediction.total_ms,

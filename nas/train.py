@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from search_spaces.ops.moe import MoEMlp, moe_aux_loss
+from search_spaces.ops.moe import MoELoad, MoEMlp, moe_aux_loss, router_counts
 from search_spaces.ops.shift import ShiftLinear
 
 # Parameters that are tokens or embeddings added to the input, not weights of a product: never decayed.
@@ -145,26 +145,27 @@ def standard_error(accuracy: float, count: int) -> float:
 @dataclass(frozen=True)
 class Evaluation:
     accuracy: float  # top-1, in [0, 1]
-    moe_shares: dict[int, list[float]]  # MoE block -> share of token assignments per expert over the whole set
+    moe_loads: dict[int, MoELoad]  # MoE block -> how its router spread the evaluated images
     count: int = 0  # images evaluated
 
     @property
     def standard_error(self) -> float:
         return standard_error(self.accuracy, self.count)
 
+    @property
+    def moe_shares(self) -> dict[int, list[float]]:
+        """MoE block -> share of token assignments per expert over the whole set."""
+        return {block: load.shares for block, load in self.moe_loads.items()}
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> Evaluation:
-    """Top-1 accuracy, and the routers' token split over every validation token (what the predictor prices)."""
-    from latency_model.predictor import router_shares
-
+    """Top-1 accuracy, and how the routers spread every evaluated image's tokens (what the predictor prices)."""
     model.eval()
-    correct, shares, weights = 0, {}, 0
+    correct, counts = 0, {}
     for images, labels in DataLoader(dataset, batch_size=batch_size):
         correct += int((model(images).argmax(-1) == labels).sum())
-        for block, fraction in router_shares(model).items():
-            previous = shares.get(block, [0.0] * len(fraction))
-            shares[block] = [p + f * len(labels) for p, f in zip(previous, fraction)]
-        weights += len(labels)
-    return Evaluation(correct / max(1, len(dataset)),
-                      {b: [v / weights for v in s] for b, s in shares.items()}, len(dataset))
+        for block, per_image in router_counts(model).items():
+            counts.setdefault(block, []).append(per_image.cpu())
+    loads = {block: MoELoad.from_counts(torch.cat(parts).numpy()) for block, parts in counts.items()}
+    return Evaluation(correct / max(1, len(dataset)), loads, len(dataset))

@@ -1,3 +1,6 @@
+import json
+
+import numpy as np
 import pytest
 import torch
 from timm.layers import Mlp
@@ -100,3 +103,44 @@ def test_latency_aware_loss_sends_more_tokens_to_the_faster_expert():
     shift_slower = _shift_share_after_router_training([4.0, 6.0])
     # the balanced optimum of cv²(importance * lat) is a 60 / 40 split toward the faster expert
     assert shift_faster > shift_slower + 0.05
+
+
+def test_per_image_counts_are_the_tokens_each_image_sent_each_expert():
+    moe = _moe(kinds=("dense", "shift", "shift"), top_k=2).eval()
+    x = torch.randn(3, 7, 16)
+    moe(x)
+    per_image = moe.stats.per_image
+    assert per_image.shape == (3, 3) and per_image.sum(1).tolist() == [14, 14, 14]  # 7 tokens x top-2 each
+    top = moe.router(x).topk(2, dim=-1).indices  # [images, tokens, 2]
+    for image in range(3):
+        assert per_image[image].tolist() == torch.bincount(top[image].flatten(), minlength=3).tolist()
+    assert moe.stats.fraction.tolist() == pytest.approx((per_image.sum(0) / 42).tolist())
+
+
+def test_moe_load_histograms_shares_and_json():
+    from search_spaces.ops.moe import MoELoad
+
+    load = MoELoad.from_counts([[7, 0], [3, 4], [7, 0], [0, 7]])
+    assert load.histograms[0] == (0.25, 0.0, 0.0, 0.25, 0.0, 0.0, 0.0, 0.5)
+    assert load.shares == pytest.approx([17 / 28, 11 / 28])
+    assert MoELoad.from_json(json.loads(json.dumps(load.to_json()))) == load
+    assert MoELoad.parse([0.25, 0.75]) == [0.25, 0.75]  # a stored plain split (older tables) stays a split
+    with pytest.raises(ValueError, match="an MoE load must look like"):
+        MoELoad.from_json({"experts": []})
+
+
+def test_a_batch_count_is_the_sum_of_independent_images():
+    from search_spaces.ops.moe import MoELoad
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 6, size=(50, 2))
+    load = MoELoad.from_counts(counts)
+    one = np.asarray(load.histograms[1])
+    pairs = np.zeros(2 * len(one) - 1)
+    for a, pa in enumerate(one):  # every pair of images, by brute force
+        for b, pb in enumerate(one):
+            pairs[a + b] += pa * pb
+    assert load.batch_counts(1, 2) == pytest.approx(pairs, abs=1e-12)
+    eight = load.batch_counts(0, 8)
+    assert eight.sum() == pytest.approx(1.0)
+    assert (eight * np.arange(len(eight))).sum() == pytest.approx(8 * counts[:, 0].mean())

@@ -181,7 +181,7 @@ def test_nas_run_stops_before_searching_on_a_refused_predictor(searchable, tmp_p
     rng = np.random.default_rng(0)
     for m in db.model_rows(engine, device):  # what a burst of load mid-profile leaves: models off by up to 10x
         ms = m.median_ms * rng.uniform(0.1, 10)
-        db.add_model_measurement(engine, device_id, m.config, m.batch, m.moe_shares, Timing(ms, ms, ms, 0.0, 3))
+        db.add_model_measurement(engine, device_id, m.config, m.batch, m.moe_routing, Timing(ms, ms, ms, 0.0, 3))
     capsys.readouterr()
     assert main(["run", str(study)]) == 1
     out = capsys.readouterr().out

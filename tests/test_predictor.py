@@ -126,3 +126,53 @@ def test_calibration_models_span_the_number_of_kernel_blocks(tiny_spec):
     assert configs == calibration_configs(space, 6)  # fixed: a re-run finds them measured
     params = [space.params_of(c) for c in configs]  # every one is in the space
     assert len(params) == 6
+
+
+def test_moe_experts_are_priced_at_the_buckets_each_image_runs_them_at():
+    from latency_model.ops import block_ops
+    from search_spaces.ops.moe import MoELoad
+
+    dims = ModelDims.of(TINY)  # 5 tokens: 4 patches and the class token
+    block = BlockConfig(mlp="moe", moe=MoEConfig(1, ("dense", "shift")))
+
+    def experts(routing, batch=1):
+        return sorted((o.expert, o.dims["M"], round(o.count, 6)) for o in block_ops(dims, batch, 0, block, routing)
+                      if o.expert is not None)
+
+    # half the images send every token to the dense expert, half to the shift one: each runs full, half the time
+    # (the average split, 2.5 tokens each, would have run both on every image at a smaller bucket)
+    either = MoELoad.from_counts([[5, 0], [0, 5]])
+    assert experts(either) == [(0, 5, 0.5), (1, 5, 0.5)]
+    assert experts([0.5, 0.5]) == [(0, 2, 1.0), (1, 2, 1.0)]
+    # a batch of two: both images to one expert (1/4 each), or one image each (1/2: both run at 5 of 10 tokens)
+    assert experts(either, batch=2) == [(0, 5, 0.5), (0, 10, 0.25), (1, 5, 0.5), (1, 10, 0.25)]
+    with pytest.raises(ValueError, match="measured on another model"):
+        block_ops(dims, 1, 0, block, MoELoad.from_counts([[9, 0]]))
+
+
+def test_a_trials_moe_price_is_the_average_of_its_images_prices(profiled):
+    from nas.train import evaluate
+    from latency_model.predictor import router_loads
+
+    space, settings, predictor, root = profiled
+    config = ArchConfig(TINY, (BlockConfig(mlp="moe", moe=MoEConfig(1, ("dense", "shift"))),
+                               BlockConfig(mlp="moe", moe=MoEConfig(1, ("dense", "shift")))))
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        for block in model.blocks:  # a router that splits images differently, so that the buckets vary
+            block.mlp.router.weight.normal_(0, 2.0)
+    images = torch.randn(12, 3, 16, 16)
+    dataset = torch.utils.data.TensorDataset(images, torch.zeros(12, dtype=torch.long))
+    evaluation = evaluate(model, dataset, batch_size=5)
+    priced = predictor.predict(config, 1, moe_loads=evaluation.moe_loads)
+    each = []
+    for image in images:
+        with torch.no_grad():
+            model(image[None])
+        each.append(predictor.predict(config, 1, moe_loads=router_loads(model)).total_ms)
+    assert len(set(np.round(each, 9))) > 1  # the images do cost differently
+    assert priced.total_ms == pytest.approx(np.mean(each), rel=1e-9)
+    tokens = priced.moe_tokens[0]  # padded tokens per pass, per expert: at least what it received, at most all 5
+    received = [sum(c * p for c, p in enumerate(h)) for h in evaluation.moe_loads[0].histograms]
+    assert all(r - 1e-9 <= t <= 5 for t, r in zip(tokens, received)) and sum(received) == pytest.approx(5)

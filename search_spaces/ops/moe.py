@@ -9,7 +9,11 @@ balancing the *weighted* load sends more tokens to the faster expert.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +66,81 @@ class RouterStats:
     fraction: torch.Tensor  # share of token assignments each expert received (sums to 1)
     importance: torch.Tensor  # sum of gate values per expert
     load: torch.Tensor  # (smoothed) number of tokens per expert
+    per_image: torch.Tensor  # [images, experts]: tokens each image (the input's leading dim) sent each expert
+
+
+@dataclass(frozen=True)
+class MoELoad:
+    """How an MoE block's router spread its tokens, image by image: per expert, the share of images that sent it
+    each number of token assignments (a histogram over ``0 .. top_k·T``).
+
+    The kernels run an expert at the bucket (:func:`search_spaces.ops.moe.token_buckets`) that holds the tokens of
+    the whole batch, and bucketing is a step function: the bucket of the average count is not the average bucket,
+    and an expert that some images skip costs nothing for them. So an expert is priced over this distribution, taken
+    to the batch size by treating its images as independent draws (the batch's count is the sum of its images').
+    """
+
+    histograms: tuple[tuple[float, ...], ...]  # expert -> share of images by assignment count (index = count)
+
+    @classmethod
+    def from_counts(cls, per_image) -> "MoELoad":
+        """From the assignments each image sent each expert (``[images, experts]`` integers)."""
+        counts = np.asarray(per_image, dtype=np.int64)
+        if counts.ndim != 2 or counts.shape[0] == 0 or (counts < 0).any():
+            raise ValueError(f"per-image expert counts must be a non-empty [images, experts] array, got {counts.shape}")
+        length = int(counts.max()) + 1
+        return cls(tuple(tuple((np.bincount(c, minlength=length) / len(c)).tolist()) for c in counts.T))
+
+    @classmethod
+    def at_shares(cls, shares: Sequence[float], assignments: int) -> "MoELoad":
+        """Every image at the same split: ``shares[e]`` of its ``assignments`` (tokens × top_k) to expert ``e``."""
+        counts = [min(assignments, max(0, round(s * assignments))) for s in shares]
+        return cls.from_counts([counts])
+
+    @classmethod
+    def from_json(cls, value: Any) -> "MoELoad":
+        """From :meth:`to_json`'s form, ``{"images": [[[count, share], ...], ...]}`` (one list per expert)."""
+        try:
+            experts = value["images"]
+            length = 1 + max(int(c) for expert in experts for c, _ in expert)
+            histograms = []
+            for expert in experts:
+                row = [0.0] * length
+                for count, share in expert:
+                    row[int(count)] = float(share)
+                histograms.append(tuple(row))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"an MoE load must look like {{'images': [[[count, share], ...], ...]}}, got {value!r}"
+                             ) from e
+        return cls(tuple(histograms))
+
+    @classmethod
+    def parse(cls, value: Any) -> "MoELoad | list[float]":
+        """A stored routing: :meth:`to_json`'s form, or a plain list of expert shares (as older tables hold)."""
+        if isinstance(value, list):
+            return [float(v) for v in value]
+        return cls.from_json(value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": [[[c, round(p, 6)] for c, p in enumerate(h) if p > 0] for h in self.histograms]}
+
+    @property
+    def shares(self) -> list[float]:
+        """The share of all token assignments each expert received."""
+        means = [sum(c * p for c, p in enumerate(h)) for h in self.histograms]
+        return [m / (sum(means) or 1.0) for m in means]
+
+    def batch_counts(self, expert: int, batch: int) -> np.ndarray:
+        """The distribution of the token count a batch of ``batch`` images sends expert ``expert`` (index = count)."""
+        one = np.asarray(self.histograms[expert], dtype=np.float64)
+        if batch == 1:
+            return one
+        # The sum of independent images: the batch-fold convolution, as a power of the Fourier transform.
+        size = batch * (len(one) - 1) + 1
+        n = 1 << max(1, (size - 1).bit_length())
+        dist = np.fft.irfft(np.fft.rfft(one, n) ** batch, n)[:size]
+        dist[dist < 1e-12] = 0.0
+        return dist / dist.sum()
 
 
 class MoEMlp(nn.Module):
@@ -183,16 +262,28 @@ class MoEMlp(nn.Module):
             out = out.index_add(0, rows, y)
         importance = gates.sum(0)
         self.aux_loss = balance_loss(importance, load, self.expert_latency)
-        assigned = torch.zeros(len(self.experts), device=x.device).scatter_add_(
-            0, top_idx.flatten(), torch.ones(top_idx.numel(), device=x.device)
+        images = shape[0] if len(shape) > 2 else 1
+        per_image = torch.zeros(images, len(self.experts), device=x.device).scatter_add_(
+            1, top_idx.reshape(images, -1), torch.ones(top_idx.numel(), device=x.device).reshape(images, -1)
         )
+        assigned = per_image.sum(0)
         self.stats = RouterStats(
-            fraction=assigned / assigned.sum(), importance=importance.detach(), load=load.detach()
+            fraction=assigned / assigned.sum(), importance=importance.detach(), load=load.detach(),
+            per_image=per_image.long(),
         )
         return out.reshape(shape)
 
     def extra_repr(self) -> str:
         return f"experts={list(self.kinds)}, top_k={self.top_k}, noisy_gating={self.noisy_gating}"
+
+
+def router_counts(model) -> dict[int, torch.Tensor]:
+    """Per MoE block of a model that has run a forward pass: the tokens each image sent each expert in that pass
+    (``[images, experts]``, the router's statistics)."""
+    from search_spaces.reparam import transformer_blocks
+
+    return {i: block.mlp.stats.per_image for i, block in enumerate(transformer_blocks(model))
+            if isinstance(block.mlp, MoEMlp) and block.mlp.stats is not None}
 
 
 def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
