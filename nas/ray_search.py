@@ -21,12 +21,15 @@ from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.config import ConfigError
 
 from .disk import ensure_database_writable, ensure_writable
 from .search import SearchError, open_study, storage_of
 from .study import Study, create_sampler
+from .upstream import ray_internals
+from .upstream.optuna_internals import fail_trial
 
 FINAL = "final"  # set in the last result of a trial that ran to the end
 NODE_KEYS = ("hostname", "node_ip", "node_id", "pid")  # where a Ray result came from (stored as ray_<key>)
@@ -85,84 +88,79 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
                  "node_id": node, "attrs": json.dumps(result.user_attrs())})
 
 
-def _searcher_class():
-    from ray.tune.search.optuna import OptunaSearch
+class StudySearcher(OptunaSearch):
+    """Ray's OptunaSearch, storing each trial's true end state and its attributes."""
 
-    class StudySearcher(OptunaSearch):
-        """Ray's OptunaSearch, storing each trial's true end state and its attributes."""
+    # Ray pickles the searcher into its experiment state for Tuner.restore. This one resumes through the Optuna
+    # study instead, and its storage connection, sampler and space cannot be pickled: leave them out.
+    def __getstate__(self) -> dict:
+        return {**ray_internals.picklable_state(self), "_arch_space": None}
 
-        # Ray pickles the searcher into its experiment state for Tuner.restore. This one resumes through the Optuna
-        # study instead, and its storage connection, sampler and space cannot be pickled: leave them out.
-        def __getstate__(self) -> dict:
-            return {**self.__dict__, "_storage": None, "_ot_study": None, "_ot_trials": {}, "_sampler": None,
-                    "_space": None, "_arch_space": None}
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
 
-        def save(self, checkpoint_path: str) -> None:
-            import pickle
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
 
-            with open(checkpoint_path, "wb") as f:
-                pickle.dump(self.__getstate__(), f)
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("resume a search by running `nas search --backend ray` again")
 
-        def restore(self, checkpoint_path: str) -> None:
-            raise NotImplementedError("resume a search by running `nas search --backend ray` again")
+    def __init__(self, *args, arch_space=None, latency_budget_ms: float | None = None,
+                 timeout_s: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._arch_space = arch_space  # rebuilds a trial's ArchConfig from its parameters
+        self._latency_budget_ms = latency_budget_ms
+        self._where: dict[str, dict[str, Any]] = {}  # Ray trial id -> the node it last reported from
+        # like the Optuna backend's timeout: no new trial after it, running ones finish (Tune's time_budget_s
+        # would stop them, and they would be stored as pruned)
+        self._deadline = time.time() + timeout_s if timeout_s else None
 
-        def __init__(self, *args, arch_space=None, latency_budget_ms: float | None = None,
-                     timeout_s: float | None = None, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self._arch_space = arch_space  # rebuilds a trial's ArchConfig from its parameters
-            self._latency_budget_ms = latency_budget_ms
-            self._where: dict[str, dict[str, Any]] = {}  # Ray trial id -> the node it last reported from
-            # like the Optuna backend's timeout: no new trial after it, running ones finish (Tune's time_budget_s
-            # would stop them, and they would be stored as pruned)
-            self._deadline = time.time() + timeout_s if timeout_s else None
+    def suggest(self, trial_id: str):
+        if self._deadline is not None and time.time() > self._deadline:
+            return self.FINISHED
+        return super().suggest(trial_id)
 
-        def suggest(self, trial_id: str):
-            if self._deadline is not None and time.time() > self._deadline:
-                return self.FINISHED
-            return super().suggest(trial_id)
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._where[trial_id] = {key: result[key] for key in NODE_KEYS if key in result}
+        if "fail_reason" not in result and FINAL not in result:
+            super().on_trial_result(trial_id, result)  # intermediate accuracy for single-objective studies
 
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            self._where[trial_id] = {key: result[key] for key in NODE_KEYS if key in result}
-            if "fail_reason" not in result and FINAL not in result:
-                super().on_trial_result(trial_id, result)  # intermediate accuracy for single-objective studies
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = ray_internals.pending_trial(self, trial_id)
+        if trial is None:
+            return
+        result = result or {}
+        trial.set_user_attr("ray_trial_id", trial_id)
+        for key, value in {**self._where.pop(trial_id, {}), **result}.items():
+            if key in NODE_KEYS:  # a dead worker sends no result: its node is the one it last reported from
+                trial.set_user_attr(f"ray_{key}", value)
+        if self._arch_space is not None:
+            try:
+                trial.set_user_attr("config", self._arch_space.from_params(trial.params).to_json())
+            except ConfigError:
+                pass  # parameters still incomplete: the trial failed before its architecture was drawn
+        if result.get("time_total_s") is not None:
+            trial.set_user_attr("wall_s", round(float(result["time_total_s"]), 3))
+        if error or "fail_reason" in result:
+            reason = result.get("fail_reason") or "the Ray worker running this trial died or raised"
+            trial.set_user_attr("fail_reason", reason)
+            state, values = TrialState.FAIL, None
+        elif result.get(FINAL):
+            for key, value in json.loads(result.get("attrs", "{}")).items():
+                trial.set_user_attr(key, value)
+            metric = ray_internals.metric(self)
+            if isinstance(metric, list):
+                values = [result[m] for m in metric]
+            else:  # the last epoch's accuracy, held back from the intermediate reports (see trainable)
+                values = result[metric]
+                trial.report(values, result["training_iteration"])
+            if self._latency_budget_ms is not None:
+                trial.set_constraint("latency_ms", result["latency_ms"] - self._latency_budget_ms)
+            state = TrialState.COMPLETE
+        else:  # stopped by the scheduler before its last epoch
+            state, values = TrialState.PRUNED, None
+        ray_internals.tell(self, trial_id, values, state)
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            trial = self._ot_trials[trial_id]
-            result = result or {}
-            trial.set_user_attr("ray_trial_id", trial_id)
-            for key, value in {**self._where.pop(trial_id, {}), **result}.items():
-                if key in NODE_KEYS:  # a dead worker sends no result: its node is the one it last reported from
-                    trial.set_user_attr(f"ray_{key}", value)
-            if self._arch_space is not None:
-                try:
-                    trial.set_user_attr("config", self._arch_space.from_params(trial.params).to_json())
-                except ConfigError:
-                    pass  # parameters still incomplete: the trial failed before its architecture was drawn
-            if result.get("time_total_s") is not None:
-                trial.set_user_attr("wall_s", round(float(result["time_total_s"]), 3))
-            if error or "fail_reason" in result:
-                reason = result.get("fail_reason") or "the Ray worker running this trial died or raised"
-                trial.set_user_attr("fail_reason", reason)
-                state, values = TrialState.FAIL, None
-            elif result.get(FINAL):
-                for key, value in json.loads(result.get("attrs", "{}")).items():
-                    trial.set_user_attr(key, value)
-                if isinstance(self._metric, list):
-                    values = [result[m] for m in self._metric]
-                else:  # the last epoch's accuracy, held back from the intermediate reports (see trainable)
-                    values = result[self._metric]
-                    trial.report(values, result["training_iteration"])
-                if self._latency_budget_ms is not None:
-                    trial.set_constraint("latency_ms", result["latency_ms"] - self._latency_budget_ms)
-                state = TrialState.COMPLETE
-            else:  # stopped by the scheduler before its last epoch
-                state, values = TrialState.PRUNED, None
-            self._ot_study.tell(trial, values, state=state)
-            self._completed_trials.add(trial_id)
-
-    return StudySearcher
 
 
 @dataclass
@@ -178,8 +176,7 @@ def _fail_stale(ostudy) -> int:
     running = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     stale = [t for t in running if "worker" not in t.user_attrs]
     for t in stale:
-        ostudy._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left running by an interrupted search")
-        ostudy._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        fail_trial(ostudy, t, "left running by an interrupted search")
     return len(stale)
 
 
@@ -231,10 +228,10 @@ def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_addr
             study.space.suggest(trial)
 
         sampler = create_sampler(study, (len(ostudy.trials),))  # a continued search draws new architectures
-        searcher = _searcher_class()(space=define, metric=metric, mode=mode, sampler=sampler, study_name=study.name,
-                                     storage=storage_of(study.storage),
-                                     arch_space=study.space, latency_budget_ms=study.objectives.latency_budget_ms,
-                                     timeout_s=timeout_s if timeout_s is not None else study.budget.timeout_s)
+        searcher = StudySearcher(space=define, metric=metric, mode=mode, sampler=sampler, study_name=study.name,
+                                 storage=storage_of(study.storage),
+                                 arch_space=study.space, latency_budget_ms=study.objectives.latency_budget_ms,
+                                 timeout_s=timeout_s if timeout_s is not None else study.budget.timeout_s)
         scheduler = None
         if study.pruner.name == "asha":
             from ray.tune.schedulers import ASHAScheduler

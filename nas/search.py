@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from latency_model.db import redact
@@ -30,6 +29,7 @@ from search_spaces.config import ConfigError
 
 from .disk import ensure_database_writable
 from .study import Study, create_pruner, create_sampler
+from .upstream.optuna_internals import heartbeat
 
 # Trials that use up the budget: finished ones and those running now (queued ones do not, until claimed).
 STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -165,7 +165,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
         start = time.perf_counter()
         values = None
         try:
-            with get_heartbeat_thread(trial._trial_id, ostudy._storage):  # what optimize() does around a trial
+            with heartbeat(ostudy, trial):  # what optimize() does around a trial
                 values = objective(trial)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:

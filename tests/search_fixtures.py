@@ -7,6 +7,7 @@ each other's trials.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,23 @@ TINY_SPACE = {"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["d
 # plumbing accept any spread, CPU contention and whole-model error; the noise checks have tests of their own
 # (test_noise.py) with the product's thresholds
 PLUMBING_NOISE = {"max_spread": 10.0, "max_contention": 10.0, "max_model_error": 10.0}
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stored_trials(study_file) -> list:
+    """The trials the study file's storage holds, read straight from Optuna."""
+    import optuna
+
+    from nas.study import Study
+
+    study = Study.load(study_file)
+    return optuna.load_study(study_name=study.name, storage=study.storage).get_trials()
 
 
 def base_study(root: Path) -> dict:

@@ -215,11 +215,12 @@ def test_a_shape_that_fails_to_compile_is_recorded_and_the_profile_goes_on(tmp_p
 
 def test_a_rerun_before_a_dead_workers_trial_expires_says_so(searchable, tmp_path, capsys):
     from nas.search import open_study
+    from nas.upstream.optuna_internals import record_heartbeat
 
     study_file = searchable(tmp_path, budget={"n_trials": 2})  # heartbeat_s 60: a silent trial expires after 120 s
     ostudy = open_study(Study.load(study_file), heartbeat=True)
     orphan = ostudy.ask()  # claimed by a worker that then died: it beat once and never told
-    ostudy._storage.record_heartbeat(orphan._trial_id)
+    record_heartbeat(ostudy, orphan)
     assert main(["search", str(study_file)]) == 2
     err = capsys.readouterr().err
     assert "1 trial(s) are still RUNNING" in err and "120 s" in err and "Traceback" not in err

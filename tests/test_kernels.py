@@ -1,7 +1,6 @@
 """The TVM kernels: correctness, the tuning cache, the DLPack bridge, CUDA source, remote timing over RPC."""
 
 import hashlib
-import socket
 import time
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from kernels.runtime import KernelSet, to_kernels
 from kernels.tuning import cuda_source, get_kernel, task_dir
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.ops import ShiftLinear
+
+from search_fixtures import free_port
 
 TINY = KernelSpec("matmul", "fp32", 24, 20, 12)
 
@@ -169,19 +170,13 @@ def test_cuda_source_is_generated_for_each_kernel(kernel, variant):
         assert "__popcll" in source  # the hardware popcount
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_remote_timing_through_an_rpc_tracker_on_loopback(tmp_path):
     from tvm.rpc.server import Server
     from tvm.rpc.tracker import Tracker
 
-    port = _free_port()
+    port = free_port()
     tracker = Tracker(host="127.0.0.1", port=port, port_end=port + 50, silent=True)
-    server_port = _free_port()
+    server_port = free_port()
     server = Server(host="127.0.0.1", port=server_port, port_end=server_port + 50, key="loopback-cpu",
                     tracker_addr=("127.0.0.1", tracker.port), silent=True)
     try:

@@ -7,26 +7,21 @@ import subprocess
 import sys
 import time
 
-import optuna
 import psutil
 import pytest
 from optuna.trial import TrialState
 
 from nas.cli import main
-from nas.study import Study
+
+from search_fixtures import stored_trials
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def _trials(study_file):
-    study = Study.load(study_file)
-    return optuna.load_study(study_name=study.name, storage=study.storage).get_trials()
 
 
 def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_path):
     study_file = searchable(tmp_path, budget={"n_trials": 4})
     assert main(["search", str(study_file), "--backend", "ray", "--workers", "2"]) == 0
-    trials = _trials(study_file)
+    trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert [t.user_attrs.get("reference") for t in trials[:2]] == ["dense", "paper"]
     for t in trials:
@@ -38,11 +33,11 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
     assert main(["export", str(study_file), "--trial", "best", "--out", str(tmp_path / "best")]) == 0
     # resuming: the same command with a larger budget runs only the missing trials
     assert main(["search", str(study_file), "--backend", "ray", "--n-trials", "5"]) == 0
-    again = _trials(study_file)
+    again = stored_trials(study_file)
     assert len(again) == 5 and [t.datetime_complete for t in again[:4]] == [t.datetime_complete for t in trials]
     # past the timeout no trial starts (the Optuna backend's meaning of budget.timeout_s / --timeout)
     assert main(["search", str(study_file), "--backend", "ray", "--n-trials", "8", "--timeout", "0.001"]) == 0
-    assert len(_trials(study_file)) == 5
+    assert len(stored_trials(study_file)) == 5
 
 
 def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
@@ -50,7 +45,7 @@ def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
                             pruner={"name": "asha"},
                             budget={"n_trials": 6, "epochs": 4, "steps_per_epoch": 2})
     assert main(["search", str(study_file), "--backend", "ray", "--workers", "2"]) == 0
-    trials = _trials(study_file)
+    trials = stored_trials(study_file)
     states = [t.state for t in trials]
     assert len(trials) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert TrialState.PRUNED in states  # ASHA with halving stops some of 6 trials of 4 epochs
@@ -85,7 +80,7 @@ def test_joins_a_cluster_started_with_ray_start(searchable, tmp_path):
         cluster_nodes = set(json.loads(nodes.stdout.strip().splitlines()[-1]))
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
-    trials = _trials(study_file)
+    trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert all(t.user_attrs["ray_node_id"] in cluster_nodes for t in trials)  # ran on that cluster's node
 
@@ -116,7 +111,7 @@ def test_a_killed_trial_worker_fails_that_trial_and_the_rest_complete(searchable
         if search.poll() is None:
             search.kill()
     assert search.returncode == 0, output[-3000:]
-    states = [t.state for t in _trials(study_file)]
+    states = [t.state for t in stored_trials(study_file)]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 2, output[-3000:]
-    failed = next(t for t in _trials(study_file) if t.state == TrialState.FAIL)
+    failed = next(t for t in stored_trials(study_file) if t.state == TrialState.FAIL)
     assert "died" in failed.user_attrs["fail_reason"]

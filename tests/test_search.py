@@ -7,7 +7,6 @@ import sys
 import time
 import urllib.request
 
-import optuna
 import pytest
 import torch
 import yaml
@@ -18,16 +17,13 @@ from nas.cli import main
 from nas.study import Study
 from search_spaces import ArchConfig
 
-
-def _trials(study_file):
-    study = Study.load(study_file)
-    return optuna.load_study(study_name=study.name, storage=study.storage).get_trials()
+from search_fixtures import free_port, stored_trials
 
 
 def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     study_file = searchable(tmp_path)
     assert main(["search", str(study_file)]) == 0
-    trials = _trials(study_file)
+    trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     # the two reference points are queued first, then the sampler's choices
     assert [t.user_attrs.get("reference") for t in trials[:2]] == ["dense", "paper"]
@@ -76,9 +72,9 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
 def test_search_resumes_the_stored_study(searchable, tmp_path):
     study_file = searchable(tmp_path)
     assert main(["search", str(study_file), "--n-trials", "3"]) == 0
-    first = _trials(study_file)
+    first = stored_trials(study_file)
     assert main(["search", str(study_file), "--n-trials", "5"]) == 0
-    again = _trials(study_file)
+    again = stored_trials(study_file)
     assert [t.state for t in again] == [TrialState.COMPLETE] * 5
     for old, new in zip(first, again[:3]):  # the stored trials are untouched, not re-run
         assert (old.number, old.params, old.values, old.datetime_complete) == \
@@ -87,13 +83,13 @@ def test_search_resumes_the_stored_study(searchable, tmp_path):
     assert first[2].user_attrs["config_id"] not in {t.user_attrs["config_id"] for t in again[3:]}
     assert not any("duplicate_of" in t.user_attrs for t in again)
     assert main(["search", str(study_file), "--n-trials", "5"]) == 0  # nothing left to do
-    assert len(_trials(study_file)) == 5
+    assert len(stored_trials(study_file)) == 5
 
 
 def test_two_workers_share_one_sqlite_study_exactly(searchable, tmp_path):
     study_file = searchable(tmp_path, budget={"n_trials": 5})
     assert main(["search", str(study_file), "--workers", "2"]) == 0
-    trials = _trials(study_file)
+    trials = stored_trials(study_file)
     assert [t.number for t in trials] == list(range(5))
     assert all(t.state == TrialState.COMPLETE for t in trials)  # none lost, none extra
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both worked
@@ -108,7 +104,7 @@ def test_diverging_trials_fail_with_their_reason_and_keep_the_study(searchable, 
     assert main(["search", str(study_file)]) == 2
     err = capsys.readouterr().err
     assert "trials finished" in err and "TrainingDiverged" in err and "Traceback" not in err
-    trials = _trials(study_file)
+    trials = stored_trials(study_file)
     assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2  # what was stored survives
     failed = trials[2:]
     assert len(failed) == 3 and all(t.state == TrialState.FAIL for t in failed)
@@ -119,7 +115,7 @@ def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path)
     study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1e-6},
                             pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
     assert main(["search", str(study_file)]) == 0
-    trials = _trials(study_file)
+    trials = stored_trials(study_file)
     assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert all(len(t.values) == 1 for t in complete)
@@ -143,16 +139,10 @@ def test_report_writes_plots_and_csv(searchable, tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_dashboard_serves_the_study_on_loopback(searchable, tmp_path):
     study_file = searchable(tmp_path, budget={"n_trials": 1})
     assert main(["search", str(study_file)]) == 0
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "nas.cli", "dashboard", str(study_file), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -217,7 +207,7 @@ def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
     space = {"choices": {"attention": ["msa"], "qkv": ["dense"], "proj": ["dense"], "mlp": ["dense", "shift"]}}
     study_file = searchable(tmp_path, space=space, budget={"n_trials": 6})  # 4 architectures, 6 trials
     assert main(["search", str(study_file)]) == 0
-    trials = _trials(study_file)
+    trials = stored_trials(study_file)
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
     assert len(repeats) >= 2
@@ -233,7 +223,7 @@ def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
     # another training recipe (here the learning rate): results trained under the old one are not reused
     searchable(tmp_path, space=space, budget={"n_trials": 8}, train={"batch_size": 32, "lr": 0.01})
     assert main(["search", str(study_file)]) == 0
-    later = _trials(study_file)[6:]
+    later = stored_trials(study_file)[6:]
     assert len(later) == 2 and "duplicate_of" not in later[0].user_attrs and "train_s" in later[0].user_attrs
     assert all(t.user_attrs.get("duplicate_of", 6) >= 6 for t in later)
 
@@ -250,4 +240,4 @@ def test_nas_run_chains_the_steps_and_reuses_what_is_done(searchable, tmp_path, 
     assert len(best) == 1 and ArchConfig.load(best[0]).depth == 2
     assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0  # all done: no new trial
     assert "0 trial(s) finished in this run" in " ".join(capsys.readouterr().out.split())
-    assert len(_trials(study_file)) == 2
+    assert len(stored_trials(study_file)) == 2

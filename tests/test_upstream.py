@@ -1,0 +1,61 @@
+"""Every private use of Optuna and Ray in nas.upstream, on the real libraries: an upgrade that moves one fails here,
+by name."""
+
+import pickle
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.upstream import optuna_internals, ray_internals
+
+
+def _study(tmp_path, **storage_options):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}", **storage_options)
+    return optuna.create_study(study_name="s", storage=storage)
+
+
+def test_a_trial_run_under_heartbeat_is_failed_once_its_worker_goes_silent(tmp_path):
+    study = _study(tmp_path, heartbeat_interval=1, grace_period=1)
+    beating, silent = study.ask(), study.ask()
+    with optuna_internals.heartbeat(study, beating):
+        time.sleep(0.2)
+    time.sleep(2.5)  # past the grace period (the storage's clock counts whole seconds): the thread stopped
+    optuna.storages.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.get_trials()}
+    # only a trial that ever beat can go stale: the heartbeat reached the storage
+    assert states == {beating.number: TrialState.FAIL, silent.number: TrialState.RUNNING}
+    optuna_internals.record_heartbeat(study, silent)
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[silent.number].state == TrialState.FAIL
+
+
+def test_fail_trial_fails_a_running_trial_from_its_frozen_copy(tmp_path):
+    study = _study(tmp_path)
+    study.ask()
+    frozen = study.get_trials(states=(TrialState.RUNNING,))[0]
+    optuna_internals.fail_trial(study, frozen, "left running")
+    trial = study.get_trials()[0]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "left running"
+
+
+def test_the_ray_searchers_optuna_trials_metric_and_state(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    searcher = OptunaSearch(space=lambda trial: {"x": trial.suggest_int("x", 0, 3)}, metric="accuracy", mode="max",
+                            study_name="s", storage=storage)
+    assert ray_internals.metric(searcher) == "accuracy"
+    assert searcher.suggest("ray-1") is not None
+    trial = ray_internals.pending_trial(searcher, "ray-1")
+    assert isinstance(trial, optuna.Trial) and ray_internals.pending_trial(searcher, "ray-2") is None
+    ray_internals.tell(searcher, "ray-1", 0.5, TrialState.COMPLETE)
+    assert ray_internals.pending_trial(searcher, "ray-1") is None  # told once
+    stored = optuna.load_study(study_name="s", storage=storage).trials
+    assert [(t.state, t.value) for t in stored] == [(TrialState.COMPLETE, 0.5)]
+    state = ray_internals.picklable_state(searcher)
+    assert pickle.loads(pickle.dumps(state))["_metric"] == "accuracy"  # what Ray's experiment state pickles
+    with pytest.raises(Exception):
+        pickle.dumps(searcher.__dict__)  # without the fix it does not pickle
