@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write  # noqa: E402
 
 from nas.data import digits  # noqa: E402
-from search_spaces import ArchConfig, BlockConfig, MoEConfig, SearchSpace, build_model, create_model  # noqa: E402
+from nas.study import Study  # noqa: E402
+from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model, create_model  # noqa: E402
 
 PRIMITIVES = {
     "shift qkv": (BlockConfig(qkv="shift"), "attn"),
@@ -46,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    space = SearchSpace.from_yaml(args.study)
+    space = Study.load(args.study).space
     teacher = create_model(space.model).eval()
     x = digits(space.model.kwargs.get("img_size", 224), split="test").tensors[0][: args.images]
 

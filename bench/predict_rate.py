@@ -22,11 +22,11 @@ from latency_model import db  # noqa: E402
 from latency_model.predictor import Predictor  # noqa: E402
 from latency_model.profile import profile  # noqa: E402
 from latency_model.settings import LatencySettings  # noqa: E402
-from search_spaces import SearchSpace  # noqa: E402
+from nas.study import Study  # noqa: E402
 
 
 def main() -> None:
-    space = SearchSpace.from_yaml("studies/quickstart.yaml")
+    space = Study.load("studies/quickstart.yaml").space
     with tempfile.TemporaryDirectory() as tmp:
         settings = LatencySettings(db=f"sqlite:///{tmp}/rate.db", trials=0, repeats=3, calibration=4,
                                    device="rate").resolved()

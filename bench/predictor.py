@@ -35,6 +35,7 @@ from latency_model.predictor import Predictor, PredictorRefused, check, router_l
 from latency_model.profile import profile  # noqa: E402
 from latency_model.settings import LatencySettings  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402
+from nas.study import Study  # noqa: E402
 from search_spaces import SearchSpace, build_model  # noqa: E402
 
 DEIT_TINY = {
@@ -122,7 +123,7 @@ def main() -> None:
     parser.add_argument("--hog", action="store_true", help="also profile with a CPU hog running (a second table)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    spaces = [("quickstart", SearchSpace.from_yaml("studies/quickstart.yaml"), (1, 8))]
+    spaces = [("quickstart", Study.load("studies/quickstart.yaml").space, (1, 8))]
     if not args.skip_deit:
         from search_spaces import ModelSpec
 

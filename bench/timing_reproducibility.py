@@ -42,9 +42,9 @@ SETTINGS: dict[str, dict] = {
 def configs(seed: int, count: int):
     import numpy as np
 
-    from search_spaces import SearchSpace
+    from nas.study import Study
 
-    space = SearchSpace.from_yaml(STUDY)
+    space = Study.load(STUDY).space
     rng = np.random.default_rng(seed)
     return [space.sample(rng) for _ in range(count)]
 

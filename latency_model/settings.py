@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from search_spaces.config import ConfigError, _check_keys
 
@@ -111,23 +110,3 @@ class LatencySettings:
                                                       f"check) or at least 4 (the check leaves one model out of a "
                                                       f"three-number fit), got {values['calibration']}")
         return cls(**values)
-
-    @classmethod
-    def from_study(cls, path: str | Path, **overrides: Any) -> "LatencySettings":
-        """The study's settings, with ``overrides`` (e.g. from the command line; None values ignored) applied
-        before the defaults that depend on them (device name, predictor path) are filled in."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as e:
-            raise ConfigError("", f"cannot read study file: {e.strerror}", str(path)) from None
-        except yaml.YAMLError as e:
-            raise ConfigError("", f"not valid YAML: {e}", str(path)) from None
-        try:
-            if not isinstance(data, Mapping):
-                raise ConfigError("", "a study file is a mapping of sections")
-            settings = cls.from_dict(data.get("latency"))
-        except ConfigError as e:
-            raise e.in_file(path) from None
-        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-        return settings.resolved(path.parent)

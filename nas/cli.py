@@ -17,10 +17,11 @@ from rich.table import Table
 from kernels.spec import KernelError
 from latency_model.db import LatencyDBError
 from latency_model.predictor import PredictorError
-from search_spaces import ArchConfig, ConfigError, SearchSpace, build_model
+from search_spaces import ArchConfig, ConfigError, build_model
 from search_spaces.reparam import weight_counts
 
 from .search import SearchError
+from .study import Study
 from .train import TrainingDiverged
 from . import kernel_commands, latency_commands, search_commands
 
@@ -29,7 +30,7 @@ console = Console()
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Draw architectures from a study's space, build each on the study's model and print its choices."""
-    space = SearchSpace.from_yaml(args.study)
+    space = Study.load(args.study).space
     rng = np.random.default_rng(args.seed)
     dense_total = weight_counts(build_model(ArchConfig.dense(space.model, space.depth))).total
     console.print(

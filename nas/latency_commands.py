@@ -13,14 +13,15 @@ from rich.table import Table
 from latency_model.db import DEFAULT_URL
 from search_spaces.config import ConfigError
 
+from .study import Study
+
 console = Console()
 
 
 def _settings(args: argparse.Namespace):
-    from latency_model.settings import LatencySettings
-
-    return LatencySettings.from_study(
-        args.study, target=args.target, device=args.device, db=args.db, trials=getattr(args, "trials", None),
+    """The study's latency settings with the command line's overrides (the whole study file is validated)."""
+    return Study.load(args.study).latency_with(
+        target=args.target, device=args.device, db=args.db, trials=getattr(args, "trials", None),
         batch_sizes=tuple(args.batch) if args.batch else None,
     )
 
@@ -36,13 +37,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def run_profile(args: argparse.Namespace):
     """Measure what the table lacks for the study's space, with a progress bar; returns the profile's summary."""
     from latency_model.profile import profile
-    from search_spaces import SearchSpace
 
     from kernels.tuning import cache_dir
 
     from .disk import ensure_database_writable, ensure_writable
 
-    space = SearchSpace.from_yaml(args.study)
+    space = Study.load(args.study).space
     settings = _settings(args)
     ensure_database_writable(settings.db, "latency.db")  # a full disk or read-only folder: said before any work
     ensure_writable(Path(args.cache) if args.cache else cache_dir(), "kernel cache (--cache, $SHIFTADD_CACHE)")
@@ -104,7 +104,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .disk import ensure_writable
 
     if args.study:
-        settings = LatencySettings.from_study(args.study, db=args.db, device=args.device)
+        settings = Study.load(args.study).latency_with(db=args.db, device=args.device)
         out = Path(args.out or settings.predictor)
         fix = f"nas profile {args.study} --remeasure"
     elif args.device and args.out:

@@ -254,10 +254,18 @@ class Study:
     pruner: Choice
     storage: str
     search: SearchSettings = SearchSettings()
+    # the latency: section as written, before the defaults that depend on the target and the folder were filled in
+    declared_latency: LatencySettings = field(default=LatencySettings(), repr=False, compare=False)
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    def latency_with(self, **overrides: Any) -> LatencySettings:
+        """The latency settings with ``overrides`` (e.g. from the command line; None values ignored) applied before
+        the defaults that depend on them (device name, predictor path) are filled in."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self.declared_latency, **given).resolved(self.folder) if given else self.latency
 
     @property
     def teacher_path(self) -> Path:
@@ -318,15 +326,15 @@ class Study:
             raise ConfigError("storage", f"expected a database URL like sqlite:///studies/x.db or "
                                          f"postgresql://user@host/db, got {shown}")
         _check_database_url(storage)
-        latency = LatencySettings.from_dict(data.get("latency")).resolved(folder)
+        declared_latency = LatencySettings.from_dict(data.get("latency"))
         return cls(
             path=path, name=name, model=model, checkpoint=folder / checkpoint if checkpoint else None,
             data=DataSpec.from_dict(data.get("data"), folder),
             space=SearchSpace.from_dict(data.get("space"), model),
-            objectives=objectives, latency=latency, budget=Budget.from_dict(data.get("budget")),
+            objectives=objectives, latency=declared_latency.resolved(folder), budget=Budget.from_dict(data.get("budget")),
             train=TrainSettings.from_dict(data.get("train")),
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
-            storage=storage, search=SearchSettings.from_dict(data.get("search")),
+            storage=storage, search=SearchSettings.from_dict(data.get("search")), declared_latency=declared_latency,
         )
 
 

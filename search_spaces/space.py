@@ -29,11 +29,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import yaml
 
 from .config import (
     MLP_KINDS,
@@ -172,26 +170,6 @@ class SearchSpace:
             raise ConfigError("space.additive.binarize", f"unknown binarization {binarize!r} (choose from "
                                                          f"{', '.join(BINARIZE_KINDS)})")
         return cls(model, tuple(blocks), tuple(top_k), tuple(experts), tied, binarize)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "SearchSpace":
-        """Read the ``model:`` and ``space:`` sections of a study file."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise ConfigError("", f"cannot read study file: {e.strerror}", str(path)) from None
-        except yaml.YAMLError as e:
-            raise ConfigError("", f"not valid YAML: {e}", str(path)) from None
-        try:
-            if not isinstance(data, Mapping) or "model" not in data:
-                raise ConfigError("model", "the study file has no model section")
-            model = data["model"]
-            if isinstance(model, Mapping):  # a study's model section may name its dense weights: not the space's
-                model = {key: value for key, value in model.items() if key != "checkpoint"}
-            return cls.from_dict(data.get("space"), ModelSpec.from_dict(model))
-        except ConfigError as e:
-            raise e.in_file(path) from None
 
     # ---- drawing architectures --------------------------------------------------------------------------------
     def _decide(self, pick, prefix: str, choices: BlockChoices) -> BlockConfig:

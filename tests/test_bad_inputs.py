@@ -38,7 +38,8 @@ def test_the_corpus_has_at_least_twenty_cases():
     assert len(CASES) + len(DYNAMIC) >= 20
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["file"] or " ".join(c["command"][:4]) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['command'][0]} {c['file']}" if c["file"] else " ".join(c["command"][:4])
+                                           for c in CASES])
 def test_corpus_case(case, capsys):
     argv = [arg.format(file=CORPUS / case["file"], dir=CORPUS) for arg in case["command"]]
     code, output = _run(argv, capsys)

@@ -51,10 +51,13 @@ def test_suggest_through_optuna_and_enqueue_a_known_config(tiny_spec):
 
 
 def test_space_from_study_file_and_depth_from_timm(tmp_path):
+    from nas.study import Study
+
     path = tmp_path / "study.yaml"
     # no depth in kwargs: the depth comes from the timm model definition (deit_tiny has 12 blocks)
-    path.write_text(yaml.safe_dump({"model": {"name": "deit_tiny_patch16_224", "kwargs": {"img_size": 32}}}))
-    assert SearchSpace.from_yaml(path).depth == 12
+    path.write_text(yaml.safe_dump({"name": "s", "model": {"name": "deit_tiny_patch16_224",
+                                                           "kwargs": {"img_size": 32}}}))
+    assert Study.load(path).space.depth == 12
 
 
 @pytest.mark.parametrize(
@@ -76,13 +79,15 @@ def test_bad_spaces_name_the_key(tiny_spec, space, where, what):
 
 
 def test_bad_study_file_names_file_and_model(tmp_path):
+    from nas.study import Study
+
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"model": {"name": "not_a_model"}}))
+    path.write_text(yaml.safe_dump({"name": "s", "model": {"name": "not_a_model"}}))
     with pytest.raises(ConfigError, match=r"s.yaml: model.name: unknown timm model 'not_a_model'"):
-        SearchSpace.from_yaml(path)
-    path.write_text("space: {}\n")
-    with pytest.raises(ConfigError, match=r"s.yaml: model: the study file has no model section"):
-        SearchSpace.from_yaml(path)
+        Study.load(path)
+    path.write_text("name: s\nspace: {}\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: missing key\(s\) 'model'"):
+        Study.load(path)
 
 
 def test_params_round_trip_to_the_same_architecture(tiny_spec):
