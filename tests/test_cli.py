@@ -36,7 +36,7 @@ def test_show_validates_a_config(tmp_path, capsys):
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: {name: deit_tiny_patch16_224, kwargs: {depth: 2}}\nspace: {choices: {mlp: [dense, moe2]}}\n")
+    bad.write_text("name: bad\nmodel: {name: deit_tiny_patch16_224, kwargs: {depth: 2}}\nspace: {choices: {mlp: [dense, moe2]}}\n")
     run = subprocess.run(
         [sys.executable, "-m", "nas.cli", "sample", str(bad)], capture_output=True, text=True, cwd=ROOT
     )
