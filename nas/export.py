@@ -21,7 +21,7 @@ from search_spaces import ArchConfig
 from search_spaces.config import ConfigError
 
 from .disk import ensure_writable
-from .objective import SEARCH_ACCURACY, TEST_ACCURACY
+from . import attributes as attr
 from .study import Study
 from .train import standard_error
 
@@ -51,11 +51,11 @@ def best_trial(ostudy: optuna.Study, tolerance_se: float = BEST_TOLERANCE_SE) ->
     front = pareto_trials(ostudy)
     if not front:
         raise ConfigError("--trial", "the study has no complete trial yet")
-    top = front[0].user_attrs[SEARCH_ACCURACY]
-    margin = tolerance_se * standard_error(top, front[0].user_attrs.get("search_images", 0))
+    top = front[0].user_attrs[attr.SEARCH_ACCURACY]
+    margin = tolerance_se * standard_error(top, front[0].user_attrs.get(attr.SEARCH_IMAGES, 0))
     margin = 0.0 if math.isnan(margin) else margin
-    return min((t for t in front if t.user_attrs[SEARCH_ACCURACY] >= top - margin - 1e-12),
-               key=lambda t: t.user_attrs["latency_ms"])
+    return min((t for t in front if t.user_attrs[attr.SEARCH_ACCURACY] >= top - margin - 1e-12),
+               key=lambda t: t.user_attrs[attr.LATENCY_MS])
 
 
 def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
@@ -83,14 +83,12 @@ def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
 
 def provenance(study: Study, trial: FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
+    copied = (attr.SEARCH_ACCURACY, attr.SEARCH_SE, attr.TEST_ACCURACY, attr.TEST_SE, attr.LATENCY_MS,
+              attr.LATENCY_BREAKDOWN, attr.MOE_SPLIT, attr.REFERENCE)
     return {
         "study_file": str(study.path.resolve()),  # nas finetune works from any folder
-        "study": study.name, "trial": trial.number,
-        SEARCH_ACCURACY: attrs.get(SEARCH_ACCURACY), "search_se": attrs.get("search_se"),
-        TEST_ACCURACY: attrs.get(TEST_ACCURACY), "test_se": attrs.get("test_se"),
-        "latency_ms": attrs.get("latency_ms"),
-        "latency_device": study.latency.device, "latency_breakdown": attrs.get("latency_breakdown"),
-        "moe_split": attrs.get("moe_split"), "reference": attrs.get("reference"),
+        "study": study.name, "trial": trial.number, "latency_device": study.latency.device,
+        **{key: attrs.get(key) for key in copied},
     }
 
 
@@ -106,7 +104,7 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Pa
     ensure_writable(out, "--out", need_mb=1)
     paths = []
     for trial in choose(ostudy, which):
-        config = ArchConfig.from_json(trial.user_attrs["config"])
+        config = ArchConfig.from_json(trial.user_attrs[attr.CONFIG])
         paths.append(write_config(out / f"trial-{trial.number}.yaml", config, provenance(study, trial)))
     return paths
 
@@ -133,8 +131,8 @@ class FinetuneResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config_id": self.config.id, TEST_ACCURACY: self.test_accuracy, "test_se": self.test_se,
-                SEARCH_ACCURACY: self.search_accuracy, "search_accuracy_history": self.history,
+        return {attr.CONFIG_ID: self.config.id, attr.TEST_ACCURACY: self.test_accuracy, attr.TEST_SE: self.test_se,
+                attr.SEARCH_ACCURACY: self.search_accuracy, attr.SEARCH_ACCURACY_HISTORY: self.history,
                 "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "weights": str(self.weights),
                 "seconds": round(self.seconds, 1)}
 

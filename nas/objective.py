@@ -25,13 +25,11 @@ from search_spaces import ArchConfig, build_model
 from search_spaces.ops.moe import MoEMlp
 from search_spaces.reparam import transformer_blocks, weight_counts
 
+from . import attributes as attr
 from . import data
 from .study import Study
 from .teacher import load_teacher
 from .train import Evaluation, LossWeights, Trainer, evaluate
-
-# The trial attributes of the two accuracies (Optuna's objective value is the search accuracy).
-SEARCH_ACCURACY, TEST_ACCURACY = "search_accuracy", "test_accuracy"
 
 # Stops a trial early: called after each epoch with (epoch, accuracy); True means "stop, this trial is pruned".
 Reporter = Callable[[int, float], bool]
@@ -68,13 +66,14 @@ class TrialResult:
     def user_attrs(self) -> dict[str, Any]:
         """What a stored trial carries (both backends), JSON-serializable."""
         return {
-            "config": self.config.to_json(), "config_id": self.config.id,
-            SEARCH_ACCURACY: self.search.accuracy, "search_se": round(self.search.standard_error, 6),
-            "search_images": self.search.count, TEST_ACCURACY: self.test.accuracy,
-            "test_se": round(self.test.standard_error, 6), "test_images": self.test.count,
-            "latency_ms": self.latency_ms, "latency_breakdown": self.prediction,
-            "moe_split": {str(k): v for k, v in self.moe_shares.items()}, "search_accuracy_history": self.history,
-            "weights": self.weights, "train_s": round(self.train_s, 3),
+            attr.CONFIG: self.config.to_json(), attr.CONFIG_ID: self.config.id,
+            attr.SEARCH_ACCURACY: self.search.accuracy, attr.SEARCH_SE: round(self.search.standard_error, 6),
+            attr.SEARCH_IMAGES: self.search.count, attr.TEST_ACCURACY: self.test.accuracy,
+            attr.TEST_SE: round(self.test.standard_error, 6), attr.TEST_IMAGES: self.test.count,
+            attr.LATENCY_MS: self.latency_ms, attr.LATENCY_BREAKDOWN: self.prediction,
+            attr.MOE_SPLIT: {str(k): v for k, v in self.moe_shares.items()},
+            attr.SEARCH_ACCURACY_HISTORY: self.history, attr.WEIGHTS: self.weights,
+            attr.TRAIN_S: round(self.train_s, 3),
         }
 
 
@@ -159,7 +158,7 @@ def _scored_before(trial, config: ArchConfig, recipe: str):
     from optuna.trial import TrialState
 
     for earlier in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if earlier.user_attrs.get("config_id") == config.id and earlier.user_attrs.get("recipe") == recipe:
+        if earlier.user_attrs.get(attr.CONFIG_ID) == config.id and earlier.user_attrs.get(attr.RECIPE) == recipe:
             return earlier
     return None
 
@@ -173,14 +172,14 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
 
     def objective(trial: optuna.Trial):
         config = study.space.suggest(trial)
-        trial.set_user_attr("config", config.to_json())
-        trial.set_user_attr("recipe", recipe)
+        trial.set_user_attr(attr.CONFIG, config.to_json())
+        trial.set_user_attr(attr.RECIPE, recipe)
         earlier = _scored_before(trial, config, recipe)
         if earlier is not None:  # training is seeded, so it would repeat this result: reuse it, spend no time
             for key, value in earlier.user_attrs.items():
-                if key not in ("worker", "wall_s", "reference", "train_s"):  # train_s: this trial trained nothing
+                if key not in attr.RUN_ONLY:  # e.g. train_s: this trial trained nothing
                     trial.set_user_attr(key, value)
-            trial.set_user_attr("duplicate_of", earlier.number)
+            trial.set_user_attr(attr.DUPLICATE_OF, earlier.number)
             for key, value in earlier.constraints.items():
                 trial.set_constraint(key, value)
             return tuple(earlier.values) if study.objectives.multi else earlier.values[0]
@@ -198,7 +197,7 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
         for key, value in result.user_attrs().items():
             trial.set_user_attr(key, value)
         if study.objectives.latency_budget_ms is not None:
-            trial.set_constraint("latency_ms", result.latency_ms - study.objectives.latency_budget_ms)
+            trial.set_constraint(attr.LATENCY_MS, result.latency_ms - study.objectives.latency_budget_ms)
         if study.objectives.multi:
             return result.accuracy, result.latency_ms
         return result.accuracy

@@ -25,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.config import ConfigError
 
+from . import attributes as attr
 from .disk import ensure_database_writable, ensure_writable
 from .search import SearchError, open_study, storage_of
 from .study import Study, create_sampler
@@ -130,20 +131,20 @@ class StudySearcher(OptunaSearch):
         if trial is None:
             return
         result = result or {}
-        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr(attr.RAY_TRIAL_ID, trial_id)
         for key, value in {**self._where.pop(trial_id, {}), **result}.items():
             if key in NODE_KEYS:  # a dead worker sends no result: its node is the one it last reported from
-                trial.set_user_attr(f"ray_{key}", value)
+                trial.set_user_attr(f"{attr.RAY_NODE_PREFIX}{key}", value)
         if self._arch_space is not None:
             try:
-                trial.set_user_attr("config", self._arch_space.from_params(trial.params).to_json())
+                trial.set_user_attr(attr.CONFIG, self._arch_space.from_params(trial.params).to_json())
             except ConfigError:
                 pass  # parameters still incomplete: the trial failed before its architecture was drawn
         if result.get("time_total_s") is not None:
-            trial.set_user_attr("wall_s", round(float(result["time_total_s"]), 3))
+            trial.set_user_attr(attr.WALL_S, round(float(result["time_total_s"]), 3))
         if error or "fail_reason" in result:
             reason = result.get("fail_reason") or "the Ray worker running this trial died or raised"
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(attr.FAIL_REASON, reason)
             state, values = TrialState.FAIL, None
         elif result.get(FINAL):
             for key, value in json.loads(result.get("attrs", "{}")).items():
@@ -174,7 +175,7 @@ def _fail_stale(ostudy) -> int:
     """Trials left RUNNING by an interrupted Ray driver: nobody will finish them (one Ray driver per study). Trials of
     Optuna-backend workers (they carry ``worker``) are left to those workers' heartbeats."""
     running = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    stale = [t for t in running if "worker" not in t.user_attrs]
+    stale = [t for t in running if attr.WORKER not in t.user_attrs]
     for t in stale:
         fail_trial(ostudy, t, "left running by an interrupted search")
     return len(stale)

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces import ArchConfig
 from search_spaces.space import BLOCK_KEYS
 
-from .objective import SEARCH_ACCURACY, TEST_ACCURACY
+from . import attributes as attr
 
 
 @dataclass
@@ -37,15 +37,15 @@ class Point:
 
     @property
     def search_se(self) -> float:
-        return float(self.trial.user_attrs.get("search_se", math.nan))
+        return float(self.trial.user_attrs.get(attr.SEARCH_SE, math.nan))
 
     @property
     def test_accuracy(self) -> float:
-        return float(self.trial.user_attrs.get(TEST_ACCURACY, math.nan))
+        return float(self.trial.user_attrs.get(attr.TEST_ACCURACY, math.nan))
 
     @property
     def test_se(self) -> float:
-        return float(self.trial.user_attrs.get("test_se", math.nan))
+        return float(self.trial.user_attrs.get(attr.TEST_SE, math.nan))
 
     @property
     def test_text(self) -> str:
@@ -57,9 +57,9 @@ def points(ostudy: optuna.Study) -> list[Point]:
     out = []
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         attrs = t.user_attrs
-        if "config" in attrs and SEARCH_ACCURACY in attrs and "latency_ms" in attrs:
-            out.append(Point(t, ArchConfig.from_json(attrs["config"]), float(attrs[SEARCH_ACCURACY]),
-                             float(attrs["latency_ms"]), attrs.get("reference")))
+        if attr.CONFIG in attrs and attr.SEARCH_ACCURACY in attrs and attr.LATENCY_MS in attrs:
+            out.append(Point(t, ArchConfig.from_json(attrs[attr.CONFIG]), float(attrs[attr.SEARCH_ACCURACY]),
+                             float(attrs[attr.LATENCY_MS]), attrs.get(attr.REFERENCE)))
     return out
 
 
@@ -82,12 +82,12 @@ def write_csv(pts: list[Point], front: list[Point], path: Path) -> Path:
     depth = max((p.config.depth for p in pts), default=0)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial", SEARCH_ACCURACY, "search_se", TEST_ACCURACY, "test_se", "latency_ms", "pareto",
-                         "reference", "config_id", "wall_s"] + [f"block{i}" for i in range(depth)])
+        writer.writerow(["trial", attr.SEARCH_ACCURACY, attr.SEARCH_SE, attr.TEST_ACCURACY, attr.TEST_SE,
+                         attr.LATENCY_MS, "pareto", attr.REFERENCE, attr.CONFIG_ID, attr.WALL_S] + [f"block{i}" for i in range(depth)])
         for p in sorted(pts, key=lambda p: p.trial.number):
             writer.writerow([p.trial.number, f"{p.accuracy:.4f}", f"{p.search_se:.4f}", f"{p.test_accuracy:.4f}",
                              f"{p.test_se:.4f}", f"{p.latency_ms:.4f}", int(id(p) in on_front),
-                             p.reference or "", p.config.id, p.trial.user_attrs.get("wall_s", "")]
+                             p.reference or "", p.config.id, p.trial.user_attrs.get(attr.WALL_S, "")]
                             + [b.describe() for b in p.config.blocks])
     return path
 

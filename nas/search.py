@@ -27,6 +27,7 @@ from latency_model.db import redact
 from search_spaces import ArchConfig
 from search_spaces.config import ConfigError
 
+from . import attributes as attr
 from .disk import ensure_database_writable
 from .study import Study, create_pruner, create_sampler
 from .upstream.optuna_internals import heartbeat
@@ -105,15 +106,15 @@ def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> op
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             ostudy.set_metric_names(list(study.objectives.metrics))
-        ostudy.set_user_attr("study_file", str(study.path))
-        ostudy.set_user_attr("model", study.model.to_dict())
-        ostudy.set_user_attr("latency_device", study.latency.device)
+        ostudy.set_user_attr(attr.STUDY_FILE, str(study.path))
+        ostudy.set_user_attr(attr.STUDY_MODEL, study.model.to_dict())
+        ostudy.set_user_attr(attr.STUDY_LATENCY_DEVICE, study.latency.device)
         for name, config in reference_configs(study).items():
             try:
                 params = study.space.params_of(config)
             except ConfigError:
                 continue  # not in this space: a search cannot propose it, so the report shows no such point
-            ostudy.enqueue_trial(params, user_attrs={"reference": name})
+            ostudy.enqueue_trial(params, user_attrs={attr.REFERENCE: name})
     return ostudy
 
 
@@ -161,7 +162,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
         trial = _claim(study, ostudy, n_trials)
         if trial is None:
             break
-        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        trial.set_user_attr(attr.WORKER, f"{os.uname().nodename}:{os.getpid()}")
         start = time.perf_counter()
         values = None
         try:
@@ -171,10 +172,10 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except Exception as e:  # noqa: BLE001 - any failure of one trial fails that trial, not the search
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            trial.set_user_attr(attr.FAIL_REASON, f"{type(e).__name__}: {e}"[:2000])
+            trial.set_user_attr(attr.TRACEBACK, traceback.format_exc()[-4000:])
             state = TrialState.FAIL
-        trial.set_user_attr("wall_s", round(time.perf_counter() - start, 3))
+        trial.set_user_attr(attr.WALL_S, round(time.perf_counter() - start, 3))
         ostudy.tell(trial, values, state=state)
         failed_in_a_row = failed_in_a_row + 1 if state == TrialState.FAIL else 0
         ran += 1
@@ -215,7 +216,7 @@ def progress_of(ostudy: optuna.Study) -> Progress:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         if len(ostudy.directions) > 1:
-            architectures = {t.user_attrs.get("config_id", t.number) for t in ostudy.best_trials}
+            architectures = {t.user_attrs.get(attr.CONFIG_ID, t.number) for t in ostudy.best_trials}
             best = f"Pareto front: {len(architectures)} architectures"  # repeats of one count once
         else:
             try:
@@ -223,7 +224,7 @@ def progress_of(ostudy: optuna.Study) -> Progress:
                 best = f"best: trial {t.number}, search accuracy {t.value:.4f}"
             except ValueError:
                 best = "no feasible trial yet"
-    failures = [(t.number, t.user_attrs.get("fail_reason", "unknown")) for t in trials if t.state == TrialState.FAIL]
+    failures = [(t.number, t.user_attrs.get(attr.FAIL_REASON, "unknown")) for t in trials if t.state == TrialState.FAIL]
     return Progress(counts, best, failures)
 
 

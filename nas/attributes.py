@@ -1,0 +1,43 @@
+"""The user attributes that stored trials and studies carry: one schema, written by both search backends and read by
+export, report and the tests. Optuna stores each value as JSON.
+
+A name here is the contract with every study already stored: renaming one orphans the stored value (``nas report``
+skips trials without :data:`SEARCH_ACCURACY`, for example), so a rename needs a note in README.
+"""
+
+from __future__ import annotations
+
+# ---- what a trial found (nas.objective.TrialResult.user_attrs) ----------------------------------------------------
+CONFIG = "config"  # the ArchConfig as JSON (ArchConfig.from_json)
+CONFIG_ID = "config_id"  # ArchConfig.id: the same architecture has the same id in every study
+RECIPE = "recipe"  # hash of the training recipe (nas.objective.training_recipe): a result is reused only under it
+SEARCH_ACCURACY = "search_accuracy"  # top-1 on the search split: what selects (Optuna's objective value)
+SEARCH_SE = "search_se"  # its binomial standard error
+SEARCH_IMAGES = "search_images"  # images in the search split
+SEARCH_ACCURACY_HISTORY = "search_accuracy_history"  # search accuracy after each epoch
+TEST_ACCURACY = "test_accuracy"  # top-1 on the test split: what is reported, never used to select
+TEST_SE = "test_se"
+TEST_IMAGES = "test_images"
+LATENCY_MS = "latency_ms"  # predicted latency (the second objective)
+LATENCY_BREAKDOWN = "latency_breakdown"  # Prediction.to_dict(): per block and part, composition, MoE tokens
+MOE_SPLIT = "moe_split"  # MoE block -> share of token assignments per expert on the search split
+WEIGHTS = "weights"  # parameter count and share of linear weights that are shifts
+TRAIN_S = "train_s"  # seconds spent training
+
+# ---- how a trial ran -----------------------------------------------------------------------------------------------
+REFERENCE = "reference"  # on the enqueued reference trials: "dense" or "paper"
+DUPLICATE_OF = "duplicate_of"  # number of the earlier trial whose result this one reused
+WORKER = "worker"  # host:pid of the Optuna-backend worker that ran it (Ray trials have none)
+WALL_S = "wall_s"  # seconds from claim to tell
+FAIL_REASON = "fail_reason"  # one line: why a failed trial failed
+TRACEBACK = "traceback"  # the end of a failed trial's traceback
+RAY_TRIAL_ID = "ray_trial_id"  # the Ray Tune trial that ran it
+RAY_NODE_PREFIX = "ray_"  # + the node keys Ray reports (ray_node_id, ...)
+
+# A trial that reuses an earlier trial's result copies every attribute but these (they describe one run).
+RUN_ONLY = frozenset({WORKER, WALL_S, REFERENCE, TRAIN_S})
+
+# ---- the study's own attributes ------------------------------------------------------------------------------------
+STUDY_FILE = "study_file"  # path of the study file that created the study
+STUDY_MODEL = "model"  # ModelSpec.to_dict()
+STUDY_LATENCY_DEVICE = "latency_device"  # the device the latencies are predicted for
