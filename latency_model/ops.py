@@ -120,9 +120,10 @@ def expert_ops(load: MoELoad, index: int, kinds: Sequence[str], assignments_per_
     if len(load.histograms) != len(kinds):
         raise ValueError(f"block {index}: an MoE load of {len(load.histograms)} experts for experts {list(kinds)}")
     most = max(len(h) - 1 for h in load.histograms)
-    if most > assignments_per_image:
-        raise ValueError(f"block {index}: an MoE load with {most} assignments per image, more than the block's "
-                         f"{assignments_per_image} (tokens x top_k): it was measured on another model")
+    if most > assignments_per_image * load.images:
+        raise ValueError(f"block {index}: an MoE load with {most} assignments per {load.images} image(s), more than "
+                         f"the block's {assignments_per_image} per image (tokens x top_k): it was measured on "
+                         f"another model")
     assignments = assignments_per_image * batch
     buckets = np.asarray(token_buckets(assignments))
     ops = []

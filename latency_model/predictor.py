@@ -246,11 +246,11 @@ def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max
 
 
 def router_loads(model) -> dict[int, MoELoad]:
-    """Per MoE block of a model that has run a forward pass: how its router spread that pass's images, for
-    :meth:`Predictor.predict`."""
+    """Per MoE block of a model that has run a forward pass: exactly what its router sent each expert in that pass
+    (:meth:`MoELoad.of_pass`), to price that pass's batch size as it ran, e.g. next to its timing."""
     from search_spaces.ops.moe import router_counts
 
-    return {i: MoELoad.from_counts(counts.cpu().numpy()) for i, counts in router_counts(model).items()}
+    return {i: MoELoad.of_pass(counts.cpu().numpy()) for i, counts in router_counts(model).items()}
 
 
 _PART_NAMES = {"module.block_frame": "norms+residuals", "module.attention": "attention",

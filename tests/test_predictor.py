@@ -148,6 +148,12 @@ def test_moe_experts_are_priced_at_the_buckets_each_image_runs_them_at():
     assert experts(either, batch=2) == [(0, 5, 0.5), (0, 10, 0.25), (1, 5, 0.5), (1, 10, 0.25)]
     with pytest.raises(ValueError, match="measured on another model"):
         block_ops(dims, 1, 0, block, MoELoad.from_counts([[9, 0]]))
+    # a timed pass of those two images is priced as it ran: each expert at 5 of 10 tokens, every time
+    timed = MoELoad.of_pass([[5, 0], [0, 5]])
+    assert experts(timed, batch=2) == [(0, 5, 1.0), (1, 5, 1.0)]
+    assert MoELoad.from_json(timed.to_json()) == timed
+    with pytest.raises(ValueError, match="passes of 2 images cannot price a batch of 1"):
+        block_ops(dims, 1, 0, block, timed)
 
 
 def test_a_trials_moe_price_is_the_average_of_its_images_prices(profiled):

@@ -78,18 +78,29 @@ class MoELoad:
     the whole batch, and bucketing is a step function: the bucket of the average count is not the average bucket,
     and an expert that some images skip costs nothing for them. So an expert is priced over this distribution, taken
     to the batch size by treating its images as independent draws (the batch's count is the sum of its images').
+
+    A timed forward pass is described exactly instead: ``images`` > 1 makes each histogram count whole passes of
+    that many images (:meth:`of_pass`), which price that batch size as it ran.
     """
 
-    histograms: tuple[tuple[float, ...], ...]  # expert -> share of images by assignment count (index = count)
+    histograms: tuple[tuple[float, ...], ...]  # expert -> share of samples by assignment count (index = count)
+    images: int = 1  # images per sample
 
     @classmethod
-    def from_counts(cls, per_image) -> "MoELoad":
-        """From the assignments each image sent each expert (``[images, experts]`` integers)."""
+    def from_counts(cls, per_image, images: int = 1) -> "MoELoad":
+        """From the assignments each sample (an image, or a pass of ``images`` images) sent each expert
+        (``[samples, experts]`` integers)."""
         counts = np.asarray(per_image, dtype=np.int64)
         if counts.ndim != 2 or counts.shape[0] == 0 or (counts < 0).any():
             raise ValueError(f"per-image expert counts must be a non-empty [images, experts] array, got {counts.shape}")
         length = int(counts.max()) + 1
-        return cls(tuple(tuple((np.bincount(c, minlength=length) / len(c)).tolist()) for c in counts.T))
+        return cls(tuple(tuple((np.bincount(c, minlength=length) / len(c)).tolist()) for c in counts.T), images)
+
+    @classmethod
+    def of_pass(cls, per_image) -> "MoELoad":
+        """Exactly what one forward pass sent each expert (``[images, experts]``): prices that pass's batch size."""
+        counts = np.asarray(per_image, dtype=np.int64)
+        return cls.from_counts(counts.sum(0, keepdims=True), images=len(counts))
 
     @classmethod
     def at_shares(cls, shares: Sequence[float], assignments: int) -> "MoELoad":
@@ -99,9 +110,11 @@ class MoELoad:
 
     @classmethod
     def from_json(cls, value: Any) -> "MoELoad":
-        """From :meth:`to_json`'s form, ``{"images": [[[count, share], ...], ...]}`` (one list per expert)."""
+        """From :meth:`to_json`'s form, ``{"images": [[[count, share], ...], ...]}`` (one list per expert), with
+        ``"per_sample": N`` for a load of passes of N images."""
         try:
             experts = value["images"]
+            images = int(value.get("per_sample", 1))
             length = 1 + max(int(c) for expert in experts for c, _ in expert)
             histograms = []
             for expert in experts:
@@ -112,7 +125,7 @@ class MoELoad:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"an MoE load must look like {{'images': [[[count, share], ...], ...]}}, got {value!r}"
                              ) from e
-        return cls(tuple(histograms))
+        return cls(tuple(histograms), images)
 
     @classmethod
     def parse(cls, value: Any) -> "MoELoad | list[float]":
@@ -122,7 +135,11 @@ class MoELoad:
         return cls.from_json(value)
 
     def to_json(self) -> dict[str, Any]:
-        return {"images": [[[c, round(p, 6)] for c, p in enumerate(h) if p > 0] for h in self.histograms]}
+        out: dict[str, Any] = {"images": [[[c, round(p, 6)] for c, p in enumerate(h) if p > 0]
+                                          for h in self.histograms]}
+        if self.images != 1:
+            out["per_sample"] = self.images
+        return out
 
     @property
     def shares(self) -> list[float]:
@@ -132,13 +149,16 @@ class MoELoad:
 
     def batch_counts(self, expert: int, batch: int) -> np.ndarray:
         """The distribution of the token count a batch of ``batch`` images sends expert ``expert`` (index = count)."""
+        if batch % self.images:
+            raise ValueError(f"an MoE load of passes of {self.images} images cannot price a batch of {batch}")
         one = np.asarray(self.histograms[expert], dtype=np.float64)
-        if batch == 1:
+        times = batch // self.images
+        if times == 1:
             return one
-        # The sum of independent images: the batch-fold convolution, as a power of the Fourier transform.
-        size = batch * (len(one) - 1) + 1
+        # The sum of independent samples: the times-fold convolution, as a power of the Fourier transform.
+        size = times * (len(one) - 1) + 1
         n = 1 << max(1, (size - 1).bit_length())
-        dist = np.fft.irfft(np.fft.rfft(one, n) ** batch, n)[:size]
+        dist = np.fft.irfft(np.fft.rfft(one, n) ** times, n)[:size]
         dist[dist < 1e-12] = 0.0
         return dist / dist.sum()
 
