@@ -15,7 +15,6 @@ A second request for a task that is cached with at least as many trials loads th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,17 +29,12 @@ from typing import Any
 import tvm
 
 from . import target as targets
+from .cache import cache_dir, file_lock
 from .spec import KernelError, KernelSpec
 from .tvm_import import import_tensor_intrinsics
 
 DEFAULT_TRIALS = 64
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """Root of the kernel cache: ``$SHIFTADD_CACHE`` or ``~/.cache/shiftadd-nas/tvm``."""
-    env = os.environ.get("SHIFTADD_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "shiftadd-nas" / "tvm"
 
 
 @dataclass
@@ -96,18 +90,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One process at a time builds a given task (others wait, then find it cached)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -261,7 +243,7 @@ def get_kernel(
     if trials > 0 and targets.is_cuda(target) and not tvm.cuda().exist:
         raise KernelError(f"{spec.key}: tuning for CUDA needs a GPU on this machine; use trials=0 to compile only")
     folder = task_dir(spec, target, root)
-    with _locked(folder):
+    with file_lock(folder / ".lock"):  # one process at a time builds a task (others wait, then find it cached)
         meta_path, library = folder / "meta.json", folder / "kernel.so"
         work_dir = folder / "tuning"
         meta = _Meta.read(meta_path)

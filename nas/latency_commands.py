@@ -38,7 +38,7 @@ def run_profile(args: argparse.Namespace):
     """Measure what the table lacks for the study's space, with a progress bar; returns the profile's summary."""
     from latency_model.profile import profile
 
-    from kernels.tuning import cache_dir
+    from kernels.cache import cache_dir
 
     from .disk import ensure_database_writable, ensure_writable
 

@@ -87,12 +87,11 @@ def set_router_latencies(model: torch.nn.Module, config: ArchConfig, predictor: 
 class Evaluator:
     """Scores architectures of one study. Built once per worker: it loads the teacher, the data and the predictor."""
 
-    def __init__(self, study: Study, threads: int | None = None, teacher: torch.nn.Module | None = None,
+    def __init__(self, study: Study, teacher: torch.nn.Module | None = None,
                  predictor: Predictor | None = None) -> None:
         """``teacher`` and ``predictor`` default to the study's files; a Ray worker on another node gets them
-        passed in instead (they travel with the trial)."""
-        if threads:
-            torch.set_num_threads(threads)
+        passed in instead (they travel with the trial). The process's threads are its entry point's to set
+        (:mod:`nas.process`)."""
         self.study = study
         self.teacher = teacher if teacher is not None else load_teacher(study)
         dims = ModelDims.of(study.model)

@@ -27,6 +27,7 @@ from search_spaces.config import ConfigError
 
 from . import attributes as attr
 from .disk import ensure_database_writable, ensure_writable
+from .process import set_torch_threads, set_tvm_threads
 from .search import SearchError, open_study, storage_of
 from .study import Study, create_sampler
 from .upstream import ray_internals
@@ -54,7 +55,8 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
     import ray
     from ray import tune
 
-    os.environ["TVM_NUM_THREADS"] = str(threads)
+    set_tvm_threads(threads)
+    set_torch_threads(threads)
     from latency_model.predictor import Predictor
     from search_spaces.reparam import create_model
 
@@ -64,7 +66,7 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
     arch = study.space.from_params(_flatten(config))
     teacher = create_model(study.model)
     teacher.load_state_dict(teacher_state)
-    evaluator = Evaluator(study, threads=threads, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor))
+    evaluator = Evaluator(study, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor))
     # Every result carries both metrics (Ray checks for them); before the end, latency is priced at the default split.
     early_latency = evaluator.predictor.predict(arch, evaluator.batch).total_ms
     node = ray.get_runtime_context().get_node_id()

@@ -8,7 +8,6 @@ finished (complete or pruned) trials; failed trials do not count, so they are re
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import time
@@ -17,18 +16,19 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from kernels.cache import file_lock, lock_dir
 from latency_model.db import redact
 from search_spaces import ArchConfig
 from search_spaces.config import ConfigError
 
 from . import attributes as attr
 from .disk import ensure_database_writable
+from .process import quiet_search_worker_warnings, set_torch_threads
 from .study import Study, create_pruner, create_sampler
 from .upstream.optuna_internals import heartbeat
 
@@ -122,14 +122,8 @@ def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> op
 def _claim_lock(study: Study) -> Iterator[None]:
     """A lock around "count the trials, start one" shared by the workers of this machine."""
     key = hashlib.sha256(f"{study.storage}\0{study.name}".encode()).hexdigest()[:16]
-    folder = Path(os.environ.get("SHIFTADD_CACHE", Path.home() / ".cache" / "shiftadd-nas")) / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(lock_dir() / f"{key}.lock"):
+        yield
 
 
 def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | None:
@@ -150,12 +144,13 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     from .objective import Evaluator, optuna_objective
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # this loop does what Study.optimize does around a trial (heartbeat thread, tell), which Optuna warns about
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    quiet_search_worker_warnings()
+    if threads:
+        set_torch_threads(threads)
     study = Study.load(study_path, storage=storage)
     ostudy = open_study(study, heartbeat=True)
     ostudy.sampler = create_sampler(study, (stored_at_start, worker))
-    objective = optuna_objective(Evaluator(study, threads=threads))
+    objective = optuna_objective(Evaluator(study))
     deadline = time.monotonic() + timeout_s if timeout_s else None
     ran, failed_in_a_row = 0, 0
     while (deadline is None or time.monotonic() < deadline) and failed_in_a_row < MAX_CONSECUTIVE_FAILURES:
