@@ -18,9 +18,9 @@ from .study import Study
 console = Console()
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace, study: Study | None = None):
     """The study's latency settings with the command line's overrides (the whole study file is validated)."""
-    return Study.load(args.study).latency_with(
+    return (study or Study.load(args.study)).latency_with(
         target=args.target, device=args.device, db=args.db, trials=getattr(args, "trials", None),
         batch_sizes=tuple(args.batch) if args.batch else None,
     )
@@ -42,8 +42,8 @@ def run_profile(args: argparse.Namespace):
 
     from .disk import ensure_database_writable, ensure_writable
 
-    space = Study.load(args.study).space
-    settings = _settings(args)
+    study = Study.load(args.study)
+    space, settings = study.space, _settings(args, study)
     ensure_database_writable(settings.db, "latency.db")  # a full disk or read-only folder: said before any work
     ensure_writable(Path(args.cache) if args.cache else cache_dir(), "kernel cache (--cache, $SHIFTADD_CACHE)")
     console.print(

@@ -158,7 +158,7 @@ class StudySearcher(OptunaSearch):
                 values = result[metric]
                 trial.report(values, result["training_iteration"])
             if self._latency_budget_ms is not None:
-                trial.set_constraint("latency_ms", result["latency_ms"] - self._latency_budget_ms)
+                trial.set_constraint(attr.LATENCY_MS, result["latency_ms"] - self._latency_budget_ms)
             state = TrialState.COMPLETE
         else:  # stopped by the scheduler before its last epoch
             state, values = TrialState.PRUNED, None
