@@ -26,7 +26,7 @@ from record import write  # noqa: E402
 
 import optuna  # noqa: E402
 
-from nas import ray_search, search  # noqa: E402
+from nas import pipeline  # noqa: E402
 from nas.study import Study  # noqa: E402
 
 
@@ -42,10 +42,9 @@ def main() -> None:
             study = Study.load(args.study, storage=f"sqlite:///{tmp}/{backend}-{concurrency}.db")
             study = replace(study, budget=replace(study.budget, n_trials=args.trials))
             start = time.perf_counter()
-            if backend == "optuna":
-                search.search(study, args.trials, workers=concurrency)
-            else:
-                ray_search.search(study, args.trials, workers=concurrency, cpus_per_trial=2 / concurrency)
+            cpus = 2 / concurrency if backend == "ray" else 1.0
+            pipeline.search(study, backend, pipeline.SearchOptions(args.trials, workers=concurrency,
+                                                                   cpus_per_trial=cpus))
             wall = time.perf_counter() - start
             trials = optuna.load_study(study_name=study.name, storage=study.storage).get_trials()
             done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -18,7 +18,7 @@ import numpy as np
 import tvm
 
 from . import target as targets
-from .spec import KernelError, KernelSpec
+from .spec import KernelError, KernelResourceError, KernelSpec
 from .tuning import DEFAULT_TRIALS, CompiledKernel, get_kernel
 
 DEFAULT_REPEATS = 15
@@ -126,7 +126,7 @@ def random_arguments(spec: KernelSpec, device, seed: int = 0) -> tuple[list[np.n
 
 def _time(module, device, args, repeats: int, min_repeat_ms: int, local: bool = True) -> Timing:
     if repeats < 1:
-        raise KernelError(f"repeats must be >= 1, got {repeats}")
+        raise KernelError("repeats", f"must be >= 1, got {repeats}")
     module["main"](*args)  # warm-up: page in the code and the data
     evaluator = module.time_evaluator("main", device, number=1, repeat=repeats, min_repeat_ms=min_repeat_ms)
     if not local:  # this machine's CPU says nothing of a remote device's: the spread is the check there
@@ -142,7 +142,7 @@ def time_kernel(
     """Time a compiled kernel on this machine, on random inputs of its shape."""
     device = _device(kernel.target)
     if not device.exist:
-        raise KernelError(f"{kernel.spec.key}: no {device} on this machine to time it on")
+        raise KernelResourceError("target", f"{kernel.spec.key}: no {device} on this machine to time it on")
     return _time(kernel.module, device, random_arguments(kernel.spec, device)[1], repeats, min_repeat_ms)
 
 
@@ -150,7 +150,7 @@ def parse_tracker(address: str) -> tuple[str, int]:
     """``HOST:PORT`` to ``(host, port)``, with a clear error."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise KernelError(f"--rpc-tracker must be HOST:PORT, got {address!r}")
+        raise KernelError("--rpc-tracker", f"must be HOST:PORT, got {address!r}")
     return host, int(port)
 
 
@@ -173,13 +173,15 @@ def time_remote(
     try:
         session = rpc.connect_tracker(host, port).request(device_key, session_timeout=session_timeout)
     except (RuntimeError, OSError) as e:  # TVM raises RuntimeError subclasses
-        raise KernelError(f"cannot get device {device_key!r} from the RPC tracker at {tracker}: {e}") from None
+        raise KernelResourceError("--rpc-tracker", f"cannot get device {device_key!r} from the RPC tracker at "
+                                                     f"{tracker}: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         library = Path(tmp) / f"{kernel.spec.key}.so"
         if kernel.library is not None:
             library.write_bytes(kernel.library.read_bytes())
         else:
-            raise KernelError(f"{kernel.spec.key}: only cached kernels (with a library file) can be timed remotely")
+            raise KernelError("--rpc-tracker", f"{kernel.spec.key}: only cached kernels (with a library file) can be "
+                                               "timed remotely")
         session.upload(str(library))
         module = session.load_module(library.name)
     device = _device(kernel.target, session)
@@ -197,7 +199,7 @@ def measure(
 ) -> tuple[CompiledKernel, Timing]:
     """Get (tune or load) a task's kernel and time it, locally or through ``tracker`` + ``device_key``."""
     if (tracker is None) != (device_key is None):
-        raise KernelError("--rpc-tracker and --device-key go together: give both or neither")
+        raise KernelError("--device-key", "--rpc-tracker and --device-key go together: give both or neither")
     kernel = get_kernel(spec, target, trials, **tuning)
     if tracker is not None:
         return kernel, time_remote(kernel, tracker, device_key, repeats)

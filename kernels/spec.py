@@ -12,9 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from search_spaces.errors import ConfigError, ResourceError
 
-class KernelError(ValueError):
-    """A kernel request that cannot be served: unknown kernel or variant, bad shape, unsupported dtype."""
+
+class KernelError(ConfigError):
+    """A kernel request that cannot be served: unknown kernel or variant, bad shape, unsupported dtype, bad target.
+    ``where`` names the argument (``kernel``, ``variant``, ``M``, ``dtype``, ``target``, ``trials``) as ``nas kernels``
+    and the Python API call it."""
+
+
+class KernelResourceError(ResourceError):
+    """This machine cannot build or time a kernel: no such device here, an RPC tracker that does not answer."""
 
 
 @dataclass(frozen=True)
@@ -63,19 +71,20 @@ class KernelSpec:
         if key not in REGISTRY:
             kernels = sorted({k for k, _ in REGISTRY})
             if self.kernel not in kernels:
-                raise KernelError(f"unknown kernel {self.kernel!r} (choose from {', '.join(kernels)})")
+                raise KernelError("kernel", f"unknown kernel {self.kernel!r} (choose from {', '.join(kernels)})")
             variants = sorted(v for k, v in REGISTRY if k == self.kernel)
-            raise KernelError(f"{self.kernel}: unknown variant {self.variant!r} (choose from {', '.join(variants)})")
+            raise KernelError("variant", f"{self.kernel}: unknown variant {self.variant!r} (choose from "
+                                         f"{', '.join(variants)})")
         definition = REGISTRY[key]
         for name in ("M", "K", "N"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise KernelError(f"{self.kernel}: {name} must be a positive integer, got {value!r}")
+                raise KernelError(name, f"{self.kernel}: {name} must be a positive integer, got {value!r}")
             object.__setattr__(self, name, int(value))
         dtype = self.dtype or definition.dtypes[0]
         if dtype not in definition.dtypes:
             raise KernelError(
-                f"{self.kernel}/{self.variant}: unsupported dtype {dtype!r} (supported: {', '.join(definition.dtypes)})"
+                "dtype", f"{self.kernel}/{self.variant}: unsupported dtype {dtype!r} (supported: {', '.join(definition.dtypes)})"
             )
         object.__setattr__(self, "dtype", dtype)
         object.__setattr__(self, "definition", definition)

@@ -57,8 +57,8 @@ def resolve(target: str | dict[str, Any] | tvm.target.Target) -> tvm.target.Targ
         try:
             return tvm.target.Target(json.loads(text))
         except (ValueError, RuntimeError) as e:  # JSONDecodeError is a ValueError; TVM raises RuntimeError
-            raise KernelError(f"target {text!r} is not a valid TVM target: {e}") from None
-    raise KernelError(f"unknown target {text!r}: use 'cpu', 'cuda', 'cuda:sm_XX' or a TVM target dict as JSON")
+            raise KernelError("target", f"{text!r} is not a valid TVM target: {e}") from None
+    raise KernelError("target", f"unknown target {text!r}: use 'cpu', 'cuda', 'cuda:sm_XX' or a TVM target dict as JSON")
 
 
 def is_cuda(target: tvm.target.Target) -> bool:

@@ -30,7 +30,7 @@ import tvm
 
 from . import target as targets
 from .cache import cache_dir, file_lock
-from .spec import KernelError, KernelSpec
+from .spec import KernelError, KernelResourceError, KernelSpec
 from .tvm_import import import_tensor_intrinsics
 
 DEFAULT_TRIALS = 64
@@ -59,7 +59,7 @@ class CompiledKernel:
             self.function(*args)
         except (ValueError, TypeError) as e:  # TVM checks every argument; its message names the one at fault
             expected = ", ".join(f"{name}{list(shape)} {dtype}" for name, shape, dtype in self.spec.args())
-            raise KernelError(f"kernel {self.spec.key} takes ({expected}): {str(e).splitlines()[0]}") from None
+            raise KernelError("arguments", f"kernel {self.spec.key} takes ({expected}): {str(e).splitlines()[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -238,10 +238,11 @@ def get_kernel(
         on_trials: called with the number of trials measured after each tuning iteration (for progress bars).
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
-        raise KernelError(f"trials must be a non-negative integer, got {trials!r}")
+        raise KernelError("trials", f"trials must be a non-negative integer, got {trials!r}")
     target = targets.resolve(target)
     if trials > 0 and targets.is_cuda(target) and not tvm.cuda().exist:
-        raise KernelError(f"{spec.key}: tuning for CUDA needs a GPU on this machine; use trials=0 to compile only")
+        raise KernelResourceError("trials", f"{spec.key}: tuning for CUDA needs a GPU on this machine; use trials=0 to "
+                                             "compile only")
     folder = task_dir(spec, target, root)
     with file_lock(folder / ".lock"):  # one process at a time builds a task (others wait, then find it cached)
         meta_path, library = folder / "meta.json", folder / "kernel.so"
@@ -266,7 +267,7 @@ def get_kernel(
             tuning_seconds = time.perf_counter() - start
             mod, known = _tuned_schedule(spec, target, work_dir), trials
             if mod is None:
-                raise KernelError(f"{spec.key}: tuning produced no valid schedule (see {work_dir / 'logs'})")
+                raise KernelResourceError(str(work_dir / "logs"), f"{spec.key}: tuning produced no valid schedule")
         tuned = mod is not None
         if mod is None:
             mod = _default_schedule(spec, target)

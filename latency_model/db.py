@@ -43,12 +43,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from search_spaces.errors import ResourceError
+
 SCHEMA_VERSION = 5
 DEFAULT_URL = "sqlite:///studies/latency.db"
 
 
-class LatencyDBError(RuntimeError):
-    """The measurement database cannot be opened or used; the message says which URL and why."""
+class LatencyDBError(ResourceError):
+    """The measurement database cannot be opened or used; ``where`` is the setting that names it (``latency.db``),
+    the message says which URL and why."""
 
 
 class Base(DeclarativeBase):
@@ -190,7 +193,7 @@ def connect(url: str = DEFAULT_URL) -> Engine:
     try:
         engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
     except (ArgumentError, NoSuchModuleError) as e:
-        raise LatencyDBError(f"measurement database URL {redact(url)!r} is not usable: {e}") from None
+        raise LatencyDBError("latency.db", f"measurement database URL {redact(url)!r} is not usable: {e}") from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -210,8 +213,8 @@ def connect(url: str = DEFAULT_URL) -> Engine:
         except OperationalError as e:
             if attempt < 2 and "already exists" in str(e.orig):
                 continue
-            raise LatencyDBError(f"cannot open measurement database {redact(url)}: {e.orig}") from None
-    raise LatencyDBError(f"cannot open measurement database {redact(url)}: schema creation kept racing")
+            raise LatencyDBError("latency.db", f"cannot open measurement database {redact(url)}: {e.orig}") from None
+    raise LatencyDBError("latency.db", f"cannot open measurement database {redact(url)}: schema creation kept racing")
 
 
 def _create_or_migrate(engine: Engine) -> None:
@@ -224,6 +227,7 @@ def _create_or_migrate(engine: Engine) -> None:
         version = connection.execute(select(func.max(SchemaVersion.version))).scalar() or 1
         if version > SCHEMA_VERSION:
             raise LatencyDBError(
+                "latency.db",
                 f"the measurement database has schema {version}, newer than this code's {SCHEMA_VERSION}: upgrade"
             )
         while version < SCHEMA_VERSION:
@@ -264,7 +268,7 @@ def get_or_create_device(engine: Engine, name: str, target: Mapping[str, Any], *
                 return device.id
         except IntegrityError:
             continue  # another process inserted it between our select and insert
-    raise LatencyDBError(f"cannot register device {name!r}")
+    raise LatencyDBError("latency.db", f"cannot register device {name!r}")
 
 
 @dataclass(frozen=True)

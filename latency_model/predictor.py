@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig
+from search_spaces.errors import StateError
 
 from .db import ModelRow, Row
 from .ops import MoELoad, config_ops, latency_split
@@ -42,8 +43,9 @@ RIDGE = 1e-3
 LOO = "models (leave-one-out)"
 
 
-class PredictorError(ValueError):
-    """A predictor file is missing, malformed, for another device, or cannot price an op."""
+class PredictorError(StateError):
+    """A predictor file is missing, malformed, for another device, or cannot price an op: refit it
+    (``nas profile`` + ``nas fit-latency``). ``where`` is the file, or the study key that names it."""
 
 
 def _key(op: str, variant: str, shape: dict[str, int] | tuple, dtype: str) -> str:
@@ -79,7 +81,7 @@ class PowerLaw:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PowerLaw":
         if data.get("form") != "power_law":
-            raise PredictorError(f"unknown model form {data.get('form')!r}")
+            raise PredictorError("latency.predictor", f"unknown model form {data.get('form')!r}")
         return cls(list(data["dims"]), [float(c) for c in data["coef"]])
 
 
@@ -195,7 +197,7 @@ def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
 
 class PredictorRefused(PredictorError):
     """The measurements cannot make a predictor worth searching with (noisy, too few, or failing the
-    out-of-sample check); the message says which, and the fix."""
+    out-of-sample check); ``where`` is the measurement table, the message says which problem, and the fix."""
 
 
 def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max_model_error: float,
@@ -214,10 +216,10 @@ def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max
         return ", ".join(labels[:limit]) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
 
     if rows and all(r.noisy for r in rows):
-        raise PredictorRefused(f"every one of the {len(rows)} measurements is marked noisy (taken while other "
+        raise PredictorRefused("latency.db", f"every one of the {len(rows)} measurements is marked noisy (taken while other "
                                f"processes competed for the CPU): on a quiet machine run `{fix}`")
     if noisy and not allow_noisy:
-        raise PredictorRefused(f"{len(noisy)} timing(s) are marked noisy ({names(noisy)}): on a quiet machine run "
+        raise PredictorRefused("latency.db", f"{len(noisy)} timing(s) are marked noisy ({names(noisy)}): on a quiet machine run "
                                f"`{fix}` (or fit anyway with --allow-noisy)")
     counts = defaultdict(int)
     for m in models:
@@ -225,7 +227,7 @@ def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max
     short = {b: n for b, n in counts.items() if n < MIN_CALIBRATION_MODELS}
     if short:
         b, n = next(iter(short.items()))
-        raise PredictorRefused(f"{n} whole-model timing(s) at batch {b}: at least {MIN_CALIBRATION_MODELS} are "
+        raise PredictorRefused("latency.db", f"{n} whole-model timing(s) at batch {b}: at least {MIN_CALIBRATION_MODELS} are "
                                f"needed to check the predictor out of sample (set latency.calibration >= "
                                f"{MIN_CALIBRATION_MODELS} and run `{fix}`)")
     found: dict[str, Any] = {"max_model_error": max_model_error, "models": len(checks), "noisy_allowed": len(noisy)}
@@ -238,7 +240,7 @@ def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max
         worst = sorted(checks, key=lambda c: -c.error)[:3]
         shown = ", ".join(f"{c.config_id} measured {c.measured_ms:.3g} ms, predicted {c.predicted_ms:.3g}"
                           for c in worst)
-        raise PredictorRefused(f"whole-model error out of sample is {loo.mape:.0%} (leave-one-out MAPE; at most "
+        raise PredictorRefused("latency.db", f"whole-model error out of sample is {loo.mape:.0%} (leave-one-out MAPE; at most "
                                f"{max_model_error:.0%} accepted): the timings do not agree with each other, as when "
                                f"they were taken on a busy machine (worst: {shown}); on a quiet machine run "
                                f"`{fix} all`")
@@ -297,7 +299,7 @@ class Predictor:
         ``"models (leave-one-out)"``: each whole model predicted by the calibration fitted without it. The
         leave-one-out checks themselves are in ``predictor.model_checks``."""
         if not rows:
-            raise PredictorError(f"no measurements for device {device!r}: run `nas profile` first")
+            raise PredictorError("latency.device", f"no measurements for device {device!r}: run `nas profile` first")
         groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
         for row in rows:
             groups[(row.op, row.variant, row.dtype)].append(row)
@@ -351,7 +353,7 @@ class Predictor:
         model = self.models.get(f"{op}|{variant}|{dtype}")
         if model is None:
             raise PredictorError(
-                f"the predictor for {self.device!r} has no measurements of {op} ({variant or 'any variant'}): "
+                "latency.predictor", f"the predictor for {self.device!r} has no measurements of {op} ({variant or 'any variant'}): "
                 "profile this study's space with `nas profile` and refit"
             )
         return model.predict(shape)
@@ -361,7 +363,7 @@ class Predictor:
         vector of the latency-aware balance loss."""
         choice = config.blocks[block]
         if choice.mlp != "moe" or choice.moe is None:
-            raise PredictorError(f"block {block} of {config.id} has no MoE MLP (its mlp is {choice.mlp!r})")
+            raise PredictorError(f"blocks[{block}].mlp", f"{config.id} has no MoE MLP (its mlp is {choice.mlp!r})")
         from .ops import ModelDims
 
         dims = ModelDims.of(config.model)
@@ -427,9 +429,9 @@ class Predictor:
         try:
             data = json.loads(path.read_text())
         except OSError as e:
-            raise PredictorError(f"{path}: cannot read predictor file: {e.strerror}") from None
+            raise PredictorError(str(path), f"cannot read predictor file: {e.strerror}") from None
         except ValueError as e:
-            raise PredictorError(f"{path}: not a predictor file (invalid JSON: {e})") from None
+            raise PredictorError(str(path), f"not a predictor file (invalid JSON: {e})") from None
         return cls.from_dict(data, path, device, allow_other_device)
 
     @classmethod
@@ -438,10 +440,10 @@ class Predictor:
         """A predictor from :meth:`to_dict` output (``source`` names it in errors)."""
         path = source
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PredictorError(f"{path}: not a predictor file (format is {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
+            raise PredictorError(str(path), f"not a predictor file (format is {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
         if device is not None and data["device"] != device and not allow_other_device:
             raise PredictorError(
-                f"{path}: fitted for device {data['device']!r}, not {device!r}; refit on this device "
+                str(path), f"fitted for device {data['device']!r}, not {device!r}; refit on this device "
                 "(nas profile + nas fit-latency) or allow another device explicitly"
             )
         try:
@@ -449,15 +451,15 @@ class Predictor:
             lookup = {str(k): float(v) for k, v in data["lookup"].items()}
             calibration = {int(b): [float(x) for x in coef] for b, coef in data.get("calibration", {}).items()}
         except (KeyError, TypeError, ValueError) as e:
-            raise PredictorError(f"{path}: malformed predictor file ({type(e).__name__}: {e})") from None
+            raise PredictorError(str(path), f"malformed predictor file ({type(e).__name__}: {e})") from None
         bad = [k for k, v in lookup.items() if not (math.isfinite(v) and v > 0)]
         if bad:
-            raise PredictorError(f"{path}: holds a latency that is not a positive number ({bad[0]}: {lookup[bad[0]]})"
+            raise PredictorError(str(path), f"holds a latency that is not a positive number ({bad[0]}: {lookup[bad[0]]})"
                                  ": refit with `nas fit-latency`")
         for batch, coef in calibration.items():
             if len(coef) != 3 or not all(math.isfinite(x) for x in coef) or coef[0] < 1 - 1e-9 or min(coef[1:]) < 0:
                 raise PredictorError(
-                    f"{path}: its composition at batch {batch} ({coef}) can price a model below the sum of its parts, "
+                    str(path), f"its composition at batch {batch} ({coef}) can price a model below the sum of its parts, "
                     "down to zero or less: fitted by an earlier version on noisy timings, or edited; refit with "
                     "`nas fit-latency` (which now constrains it and checks it out of sample)")
         return cls(data["device"], lookup, models, data.get("meta", {}), calibration)

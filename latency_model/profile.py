@@ -187,6 +187,7 @@ def profile(
                 db.add_failure(engine, device_id, job.label, reason[:4000], settings.trials)
             except SQLAlchemyError as write_error:  # the table itself takes no writes (disk full, read-only)
                 raise db.LatencyDBError(
+                    "latency.db",
                     f"cannot write to the measurement table {db.redact(settings.db)} "
                     f"({type(write_error).__name__}: {str(write_error).splitlines()[0]}); stopped after "
                     f"{len(summary.measured)} new measurement(s), which are kept; the failed job was {job.label}: "

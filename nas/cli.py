@@ -1,7 +1,9 @@
-"""The ``nas`` command. Each subcommand is one stage of the pipeline and can be run alone.
+"""The ``nas`` command. Each subcommand is one step of :mod:`nas.pipeline` and can be run alone; a command parses its
+arguments, calls the step and prints the result.
 
-Errors in user input (study files, config files, arguments) print one line naming the file, key and value, and exit
-with status 2; they never print a traceback.
+The product's errors (:mod:`search_spaces.errors`: bad input, an environment that cannot serve the work, a step run
+before the one it needs) print one line naming where to act (file and key, flag, path or URL) and exit with status 2;
+they never print a traceback.
 """
 
 from __future__ import annotations
@@ -14,15 +16,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kernels.spec import KernelError
-from latency_model.db import LatencyDBError
-from latency_model.predictor import PredictorError
-from search_spaces import ArchConfig, ConfigError, build_model
+from search_spaces import ArchConfig, build_model
+from search_spaces.errors import ShiftAddError
 from search_spaces.reparam import weight_counts
 
-from .search import SearchError
+from .process import quiet_optuna_logging
 from .study import Study
-from .train import TrainingDiverged
 from . import kernel_commands, latency_commands, search_commands
 
 console = Console()
@@ -118,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_optuna_logging()
     try:
         return args.handler(args)
-    except (ConfigError, KernelError, LatencyDBError, PredictorError, SearchError, TrainingDiverged) as e:
+    except ShiftAddError as e:  # bad input, environment or state: one line saying what and where
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from search_spaces.config import ConfigError
+from search_spaces.errors import ResourceError
 
 MIN_FREE_MB = 100
 
@@ -18,12 +18,12 @@ def ensure_writable(folder: str | Path, where: str, need_mb: int = MIN_FREE_MB) 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(where, f"cannot create folder {folder}: {e.strerror}") from None
+        raise ResourceError(where, f"cannot create folder {folder}: {e.strerror}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(where, f"folder {folder} is not writable")
+        raise ResourceError(where, f"folder {folder} is not writable")
     free_mb = shutil.disk_usage(folder).free / 2**20
     if free_mb < need_mb:
-        raise ConfigError(where, f"only {free_mb:.0f} MB free on the disk of {folder} (need at least {need_mb} MB)")
+        raise ResourceError(where, f"only {free_mb:.0f} MB free on the disk of {folder} (need at least {need_mb} MB)")
     return folder
 
 

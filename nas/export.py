@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import ArchConfig
-from search_spaces.config import ConfigError
+from search_spaces.errors import ConfigError, StateError
 
 from .disk import ensure_writable
 from . import attributes as attr
@@ -47,10 +47,10 @@ def best_trial(ostudy: optuna.Study, tolerance_se: float = BEST_TOLERANCE_SE) ->
         try:
             return ostudy.best_trial
         except ValueError:
-            raise ConfigError("--trial", "the study has no complete (feasible) trial yet") from None
+            raise StateError("--trial", "the study has no complete (feasible) trial yet") from None
     front = pareto_trials(ostudy)
     if not front:
-        raise ConfigError("--trial", "the study has no complete trial yet")
+        raise StateError("--trial", "the study has no complete trial yet")
     top = front[0].user_attrs[attr.SEARCH_ACCURACY]
     margin = tolerance_se * standard_error(top, front[0].user_attrs.get(attr.SEARCH_IMAGES, 0))
     margin = 0.0 if math.isnan(margin) else margin
@@ -65,7 +65,7 @@ def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
     if which == "pareto":
         front = pareto_trials(ostudy)
         if not front:
-            raise ConfigError("--trial", "the study has no complete trial yet")
+            raise StateError("--trial", "the study has no complete trial yet")
         return front
     try:
         number = int(which)

@@ -84,7 +84,7 @@ def _default_variant(kernel: str) -> str:
     options = [v for k, v in variants(kernel)]
     if not options:
         known = sorted({k for k, _ in variants()})
-        raise KernelError(f"unknown kernel {kernel!r} (choose from {', '.join(known)})")
+        raise KernelError("kernel", f"unknown kernel {kernel!r} (choose from {', '.join(known)})")
     from kernels.matshift import DEFAULT_VARIANT
 
     return {"matmul": "fp32", "matshift": DEFAULT_VARIANT, "matadd": "binary_real"}.get(kernel, options[0])

@@ -11,47 +11,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from latency_model.db import DEFAULT_URL
-from search_spaces.config import ConfigError
 
+from . import pipeline
 from .study import Study
 
 console = Console()
 
 
-def _settings(args: argparse.Namespace, study: Study | None = None):
-    """The study's latency settings with the command line's overrides (the whole study file is validated)."""
-    return (study or Study.load(args.study)).latency_with(
-        target=args.target, device=args.device, db=args.db, trials=getattr(args, "trials", None),
-        batch_sizes=tuple(args.batch) if args.batch else None,
-    )
+def _profile_options(args: argparse.Namespace) -> pipeline.ProfileOptions:
+    return pipeline.ProfileOptions(target=args.target, device=args.device, db=args.db,
+                                   trials=getattr(args, "trials", None),
+                                   batch_sizes=tuple(args.batch) if args.batch else None, kernel_cache=args.cache,
+                                   rpc_tracker=getattr(args, "rpc_tracker", None),
+                                   device_key=getattr(args, "device_key", None),
+                                   remeasure=getattr(args, "remeasure", None))
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
-    summary = run_profile(args)
-    if summary.noisy:
-        return 1
-    console.print(f"next: nas fit-latency {args.study}")
-    return 1 if summary.failed else 0
-
-
-def run_profile(args: argparse.Namespace):
-    """Measure what the table lacks for the study's space, with a progress bar; returns the profile's summary."""
-    from latency_model.profile import profile
-
-    from kernels.cache import cache_dir
-
-    from .disk import ensure_database_writable, ensure_writable
-
-    study = Study.load(args.study)
-    space, settings = study.space, _settings(args, study)
-    ensure_database_writable(settings.db, "latency.db")  # a full disk or read-only folder: said before any work
-    ensure_writable(Path(args.cache) if args.cache else cache_dir(), "kernel cache (--cache, $SHIFTADD_CACHE)")
+def show_profile(study: Study, options: pipeline.ProfileOptions):
+    """Profile with a progress bar and a line per noisy timing; returns the profile's summary."""
+    settings = options.settings(study)
     console.print(
-        f"profiling [bold]{args.study}[/] on device [bold]{settings.device}[/] ({settings.target}), "
+        f"profiling [bold]{study.path}[/] on device [bold]{settings.device}[/] ({settings.target}), "
         f"batch sizes {list(settings.batch_sizes)}, {settings.trials} tuning trials per kernel"
         + (" [yellow](untuned)[/]" if settings.trials == 0 else "")
-        + (f", re-timing {'every row' if args.remeasure == 'all' else 'the rows marked noisy and the whole models'}"
-           if args.remeasure else "")
+        + (f", re-timing {'every row' if options.remeasure == 'all' else 'the rows marked noisy and the whole models'}"
+           if options.remeasure else "")
     )
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -71,11 +55,8 @@ def run_profile(args: argparse.Namespace):
                                                          f"{attempt + 1} of {settings.retimes + 1})"),
                 highlight=False)
 
-        summary = profile(
-            space, settings, kernel_root=args.cache, tracker=args.rpc_tracker, device_key=args.device_key,
-            remeasure=args.remeasure, on_start=on_start, on_done=lambda job, seconds: progress.advance(task),
-            on_noisy=on_noisy,
-        )
+        summary = pipeline.profile(study, options, on_start=on_start,
+                                   on_done=lambda job, seconds: progress.advance(task), on_noisy=on_noisy)
     if summary.start_contention > settings.max_contention:
         console.print(f"[yellow]warning:[/] other processes used {summary.start_contention:.0%} of the CPU when the "
                       f"profile started (load average {summary.load_average:.2f}): timings taken on a busy machine "
@@ -90,73 +71,62 @@ def run_profile(args: argparse.Namespace):
     if summary.noisy:
         console.print(f"[red]{len(summary.noisy)} timing(s) stayed noisy and are marked[/] (another process competed "
                       f"for the CPU, or the repeats spread wider than {settings.max_spread:.0%}); `nas fit-latency` "
-                      f"refuses them. On a quiet machine run: nas profile {args.study} --remeasure",
+                      f"refuses them. On a quiet machine run: nas profile {study.path} --remeasure",
                       highlight=False)
     return summary
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit, check, and only then write the predictor; a check that fails writes nothing and exits 1."""
-    from latency_model import db
-    from latency_model.predictor import LOO, Predictor, PredictorRefused, check
-    from latency_model.settings import LatencySettings
+def cmd_profile(args: argparse.Namespace) -> int:
+    summary = show_profile(Study.load(args.study), _profile_options(args))
+    if summary.noisy:
+        return 1
+    console.print(f"next: nas fit-latency {args.study}")
+    return 1 if summary.failed else 0
 
-    from .disk import ensure_writable
 
-    if args.study:
-        settings = Study.load(args.study).latency_with(db=args.db, device=args.device)
-        out = Path(args.out or settings.predictor)
-        fix = f"nas profile {args.study} --remeasure"
-    elif args.device and args.out:
-        settings = LatencySettings(db=args.db or DEFAULT_URL, device=args.device)
-        out = Path(args.out)
-        fix = "nas profile STUDY --remeasure"
-    else:
-        raise ConfigError("", "give a study file, or --device and --out (and --db unless the default)")
-    max_error = args.max_model_error if args.max_model_error is not None else settings.max_model_error
-    ensure_writable(out.parent, "--out" if not args.study else "latency.predictor", need_mb=1)
-    engine = db.connect(settings.db)
-    rows = db.latest(engine, settings.device)
-    if not rows:
-        known = ", ".join(db.devices(engine)) or "none"
-        raise ConfigError("latency.device" if args.study else "--device",
-                          f"no measurements for device {settings.device!r} in {db.redact(settings.db)} "
-                          f"(devices: {known}); run `nas profile` first", str(args.study) if args.study else None)
-    models = db.model_rows(engine, settings.device)
-    predictor, accuracy = Predictor.fit(rows, settings.device, holdout=args.holdout, seed=args.seed,
-                                        meta=db.device_info(engine, settings.device), models=models)
-    table = Table(title=f"accuracy of the fitted op models on the {args.holdout:.0%} of shapes held out, and of the "
-                        "whole-model totals (in sample, and each model left out of the fit)", title_justify="left")
+def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitResult:
+    """Fit with the accuracy table, then say whether the predictor was written or refused."""
+    from latency_model.predictor import LOO
+
+    fit = pipeline.fit_latency(study, options)
+    table = Table(title=f"accuracy of the fitted op models on the {options.holdout:.0%} of shapes held out, and of "
+                        "the whole-model totals (in sample, and each model left out of the fit)", title_justify="left")
     for column in ("op", "held out", "RMSE ms", "MAPE", "within ±5 %", "within ±10 %"):
         table.add_column(column)
-    for name, acc in sorted(accuracy.items(), key=lambda kv: ("|" not in kv[0], kv[0])):
+    for name, acc in sorted(fit.accuracy.items(), key=lambda kv: ("|" not in kv[0], kv[0])):
         table.add_row(name, str(acc.count), f"{acc.rmse_ms:.4f}", f"{acc.mape:.1%}", f"{acc.within_5pct:.0%}",
                       f"{acc.within_10pct:.0%}")
     console.print(table)
-    try:
-        gate = check(rows, models, predictor.model_checks, max_error, fix, allow_noisy=args.allow_noisy)
-    except PredictorRefused as e:
-        console.print(f"[red]refused:[/] {e}; {out} was not written", highlight=False)
-        return 1
-    predictor.meta["gate"] = gate
-    path = predictor.save(out)
+    if fit.refused is not None:
+        console.print(f"[red]refused:[/] {fit.refused.detail}; {fit.out} was not written", highlight=False)
+        return fit
+    gate = fit.gate
     if gate["checked"]:
         console.print(f"whole models out of sample: {gate['model_within_10pct']:.0%} within ±10 %, MAPE "
-                      f"{gate['model_mape']:.1%} (accepted up to {max_error:.0%}), {accuracy[LOO].count} models")
+                      f"{gate['model_mape']:.1%} (accepted up to {fit.max_model_error:.0%}), "
+                      f"{fit.accuracy[LOO].count} models")
     else:
         console.print("[yellow]no whole-model timings: the composition is not calibrated and the predictor is "
                       "unchecked[/] (latency.calibration: 0)")
     if gate["noisy_allowed"]:
         console.print(f"[yellow]{gate['noisy_allowed']} timing(s) marked noisy were fitted (--allow-noisy)[/]")
-    console.print(f"fitted on {len(rows)} measurements of {settings.device}; wrote {path}")
-    return 0
+    console.print(f"fitted on {fit.rows} measurements of {fit.settings.device}; wrote {fit.path}")
+    return fit
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit, check, and only then write the predictor; a check that fails writes nothing and exits 1."""
+    options = pipeline.FitOptions(db=args.db, device=args.device, out=args.out, holdout=args.holdout, seed=args.seed,
+                                  max_model_error=args.max_model_error, allow_noisy=args.allow_noisy)
+    fit = show_fit(Study.load(args.study) if args.study else None, options)
+    return 1 if fit.refused is not None else 0
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
     from latency_model.predictor import Predictor
     from search_spaces import ArchConfig
 
-    settings = _settings(args)
+    settings = _profile_options(args).settings(Study.load(args.study))
     config = ArchConfig.load(args.config)
     predictor = Predictor.load(args.predictor or settings.predictor, device=settings.device,
                                allow_other_device=args.allow_other_device)

@@ -1,4 +1,5 @@
-"""Process-wide settings, made at entry points only (a search worker process, a Ray trial), each by one function."""
+"""Process-wide settings, made at entry points only (the ``nas`` command, a search worker process, a Ray trial),
+each by one function."""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ def quiet_search_worker_warnings() -> None:
     """A search worker runs each trial as ``Study.optimize`` does (heartbeat thread, tell) but outside it, and Optuna
     warns about that on every trial; the warning says nothing a user can act on."""
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def quiet_optuna_logging() -> None:
+    """Optuna logs every trial at INFO; the commands' progress displays say what matters."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -15,19 +15,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces.config import ConfigError
+from search_spaces.errors import ConfigError
 
 from . import attributes as attr
 from .disk import ensure_database_writable, ensure_writable
 from .process import set_torch_threads, set_tvm_threads
+from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .search import SearchError, open_study, storage_of
 from .study import Study, create_sampler
 from .upstream import ray_internals
@@ -166,13 +166,6 @@ class StudySearcher(OptunaSearch):
 
 
 
-@dataclass
-class RaySummary:
-    ran: int
-    seconds: float
-    finished: int
-
-
 def _fail_stale(ostudy) -> int:
     """Trials left RUNNING by an interrupted Ray driver: nobody will finish them (one Ray driver per study). Trials of
     Optuna-backend workers (they carry ``worker``) are left to those workers' heartbeats."""
@@ -183,109 +176,130 @@ def _fail_stale(ostudy) -> int:
     return len(stale)
 
 
-def search(study: Study, n_trials: int | None = None, workers: int = 1, ray_address: str | None = None,
-           cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-           on_trial: Callable[[str, str], None] | None = None, timeout_s: float | None = None) -> RaySummary:
-    """Run (or continue) the study's search as Ray Tune trials, ``workers`` at a time; no trial starts after
-    ``timeout_s`` (default: the study's ``budget.timeout_s``)."""
-    import ray
-    from ray import tune
+class RayDriver(SearchDriver):
+    """Ray Tune trials, on a local Ray or a cluster, with Optuna as Ray's searcher on the study's storage."""
 
-    from .objective import Evaluator
+    name = "ray"
 
-    n_trials = n_trials or study.budget.n_trials
-    if study.pruner.name not in ("none", "asha"):
-        raise ConfigError("pruner.name", f"the Ray backend stops trials with ASHA: use {{name: asha}} or "
-                                         f"{{name: none}}, not {study.pruner.name!r}", str(study.path))
-    ensure_database_writable(study.storage, "storage")
-    ensure_writable(study.folder / "runs" / study.name / "ray", "Ray's results folder")
-    evaluator = Evaluator(study)  # the teacher and predictor that travel with every trial; fails early and clearly
-    ostudy = open_study(study)
-    stale = _fail_stale(ostudy)
-    finished = len(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    remaining = n_trials - finished
-    if remaining <= 0:
-        return RaySummary(0, 0.0, finished)
+    def check(self, study: Study, options: SearchOptions) -> None:
+        if study.pruner.name not in ("none", "asha"):
+            raise ConfigError("pruner.name", f"the Ray backend stops trials with ASHA: use {{name: asha}} or "
+                                             f"{{name: none}}, not {study.pruner.name!r}", str(study.path))
 
-    if ray_address:
+    def describe(self, study: Study, options: SearchOptions) -> str:
+        where = f"the Ray cluster at {options.ray_address}" if options.ray_address else "a local Ray"
+        return (f"on {where}: up to {options.workers} concurrent trial(s), {options.cpus_per_trial} CPU and "
+                f"{options.gpus_per_trial} GPU each")
+
+    def run(self, study: Study, options: SearchOptions, events: SearchEvents = SearchEvents()) -> SearchSummary:
+        """Run (or continue) the study's search as Ray Tune trials, ``options.workers`` at a time; no trial starts
+        after the timeout."""
+        import ray
+        from ray import tune
+
+        from .objective import Evaluator
+
+        self.check(study, options)
+        n_trials, workers = options.trials_for(study), options.workers
+        cpus_per_trial, gpus_per_trial = options.cpus_per_trial, options.gpus_per_trial
+        ensure_database_writable(study.storage, "storage")
+        ensure_writable(study.folder / "runs" / study.name / "ray", "Ray's results folder")
+        evaluator = Evaluator(study)  # the teacher and predictor that travel with every trial; fails early, clearly
+        ostudy = open_study(study)
+        stale = _fail_stale(ostudy)
+        notes = (f"{stale} trial(s) left running by an interrupted search were marked FAIL",) if stale else ()
+        before = progress_of(ostudy)
+        remaining = n_trials - before.finished
+        if remaining <= 0:
+            return SearchSummary(self.name, before, before, 0.0, notes)
+        _init_ray(options.ray_address, cpus_per_trial, workers)
         try:
-            ray.init(address=ray_address, logging_level="warning", log_to_driver=False)
-        except (ConnectionError, RuntimeError) as e:
-            hint = ""
-            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-                # `ray start` turns token authentication on; a client joining by address presents its token only
-                # when told to, from the start of the process
-                hint = (" (if the cluster uses token authentication, the default of `ray start`: run with "
-                        "RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
-            raise SearchError(f"cannot join the Ray cluster at {ray_address}: {str(e).splitlines()[0]}{hint}") \
-                from None
-    else:
+            multi = study.objectives.multi
+            metric = list(study.objectives.metrics) if multi else "accuracy"
+            mode = ["max", "min"] if multi else "max"
+
+            def define(trial) -> None:
+                study.space.suggest(trial)
+
+            sampler = create_sampler(study, (len(ostudy.trials),))  # a continued search draws new architectures
+            searcher = StudySearcher(space=define, metric=metric, mode=mode, sampler=sampler, study_name=study.name,
+                                     storage=storage_of(study.storage), arch_space=study.space,
+                                     latency_budget_ms=study.objectives.latency_budget_ms,
+                                     timeout_s=options.timeout_for(study))
+            scheduler = None
+            if study.pruner.name == "asha":
+                from ray.tune.schedulers import ASHAScheduler
+
+                kwargs = {"max_t": study.budget.epochs, "grace_period": 1, "reduction_factor": 2,
+                          **study.pruner.kwargs}
+                try:
+                    scheduler = ASHAScheduler(time_attr="training_iteration", metric="accuracy", mode="max", **kwargs)
+                except (TypeError, ValueError) as e:
+                    raise ConfigError("pruner", f"asha does not take {study.pruner.kwargs}: {e}", str(study.path)) \
+                        from None
+            threads = max(1, int(cpus_per_trial))
+            run = tune.with_parameters(trainable, study_text=study.path.read_text(), study_path=str(study.path),
+                                       teacher_state=evaluator.teacher.state_dict(),
+                                       predictor=evaluator.predictor.to_dict(), threads=threads)
+            tuner = tune.Tuner(
+                tune.with_resources(run, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                            max_concurrent_trials=workers),
+                run_config=tune.RunConfig(
+                    name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", verbose=0,
+                    callbacks=[_Progress(events, ostudy)],
+                    storage_path=str((study.folder / "runs" / study.name / "ray").resolve()),
+                    failure_config=tune.FailureConfig(max_failures=0)),
+            )
+            start = time.perf_counter()
+            tuner.fit()
+            seconds = time.perf_counter() - start
+        finally:
+            ray.shutdown()
+        after = progress_of(ostudy)
+        events.progress(after)
+        return SearchSummary(self.name, before, after, seconds, notes)
+
+
+def _init_ray(ray_address: str | None, cpus_per_trial: float, workers: int) -> None:
+    """Join the cluster at ``ray_address``, or start a light local Ray sized for ``workers`` trials."""
+    import ray
+
+    if not ray_address:
         ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_per_trial * workers)), include_dashboard=False,
                  object_store_memory=256 * 1024**2, logging_level="warning", log_to_driver=False)
+        return
     try:
-        multi = study.objectives.multi
-        metric = list(study.objectives.metrics) if multi else "accuracy"
-        mode = ["max", "min"] if multi else "max"
-
-        def define(trial) -> None:
-            study.space.suggest(trial)
-
-        sampler = create_sampler(study, (len(ostudy.trials),))  # a continued search draws new architectures
-        searcher = StudySearcher(space=define, metric=metric, mode=mode, sampler=sampler, study_name=study.name,
-                                 storage=storage_of(study.storage),
-                                 arch_space=study.space, latency_budget_ms=study.objectives.latency_budget_ms,
-                                 timeout_s=timeout_s if timeout_s is not None else study.budget.timeout_s)
-        scheduler = None
-        if study.pruner.name == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
-            kwargs = {"max_t": study.budget.epochs, "grace_period": 1, "reduction_factor": 2,
-                      **study.pruner.kwargs}
-            try:
-                scheduler = ASHAScheduler(time_attr="training_iteration", metric="accuracy", mode="max", **kwargs)
-            except (TypeError, ValueError) as e:
-                raise ConfigError("pruner", f"asha does not take {study.pruner.kwargs}: {e}", str(study.path)) \
-                    from None
-        threads = max(1, int(cpus_per_trial))
-        run = tune.with_parameters(trainable, study_text=study.path.read_text(), study_path=str(study.path),
-                                   teacher_state=evaluator.teacher.state_dict(),
-                                   predictor=evaluator.predictor.to_dict(), threads=threads)
-        callbacks = [_Progress(on_trial)] if on_trial else []
-        tuner = tune.Tuner(
-            tune.with_resources(run, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=workers),
-            run_config=tune.RunConfig(
-                name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", verbose=0, callbacks=callbacks,
-                storage_path=str((study.folder / "runs" / study.name / "ray").resolve()),
-                failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        start = time.perf_counter()
-        tuner.fit()
-        seconds = time.perf_counter() - start
-    finally:
-        ray.shutdown()
-    after = len(ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    if stale and on_trial:
-        on_trial("-", f"{stale} trial(s) left running by an interrupted search were marked FAIL")
-    return RaySummary(after - finished, seconds, after)
+        ray.init(address=ray_address, logging_level="warning", log_to_driver=False)
+    except (ConnectionError, RuntimeError) as e:
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            # `ray start` turns token authentication on; a client joining by address presents its token only
+            # when told to, from the start of the process
+            hint = (" (if the cluster uses token authentication, the default of `ray start`: run with "
+                    "RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise SearchError("--ray-address", f"cannot join the Ray cluster at {ray_address}: "
+                                           f"{str(e).splitlines()[0]}{hint}") from None
 
 
 class _Progress(Callback):
-    """Tells ``on_trial`` how each Ray trial ended, in the driver."""
+    """Tells the caller's :class:`SearchEvents` how each Ray trial ended, and the storage's state, in the driver."""
 
-    def __init__(self, on_trial: Callable[[str, str], None]) -> None:
-        self.on_trial = on_trial
+    def __init__(self, events: SearchEvents, ostudy) -> None:
+        self.events = events
+        self.ostudy = ostudy
 
     def __getstate__(self) -> dict:  # Ray pickles callbacks into its experiment state; the printer stays here
-        return {"on_trial": None}
+        return {"events": SearchEvents(), "ostudy": None}
+
+    def _ended(self, trial, state: str) -> None:
+        self.events.trial(trial.trial_id, state)
+        if self.ostudy is not None:
+            self.events.progress(progress_of(self.ostudy))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
-        state = "complete" if last.get(FINAL) else ("failed" if "fail_reason" in last else "stopped early")
-        if self.on_trial:
-            self.on_trial(trial.trial_id, state)
+        self._ended(trial, "complete" if last.get(FINAL) else ("failed" if "fail_reason" in last else "stopped early"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        if self.on_trial:
-            self.on_trial(trial.trial_id, "failed (worker died or raised)")
+        self._ended(trial, "failed (worker died or raised)")

@@ -13,9 +13,8 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -24,11 +23,12 @@ from optuna.trial import TrialState
 from kernels.cache import file_lock, lock_dir
 from latency_model.db import redact
 from search_spaces import ArchConfig
-from search_spaces.config import ConfigError
+from search_spaces.errors import ConfigError, ResourceError, ShiftAddError, StateError
 
 from . import attributes as attr
 from .disk import ensure_database_writable
-from .process import quiet_search_worker_warnings, set_torch_threads
+from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
+from .process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
 from .study import Study, create_pruner, create_sampler
 from .upstream.optuna_internals import heartbeat
 
@@ -39,8 +39,9 @@ SQLITE_TIMEOUT_S = 60
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-class SearchError(RuntimeError):
-    """The search could not go on (its workers stopped); what is stored stays valid and a re-run continues."""
+class SearchError(ResourceError):
+    """The search could not go on (its workers stopped, the cluster cannot be joined); ``where`` is the storage or the
+    flag to look at. What is stored stays valid and a re-run continues."""
 
 
 def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> optuna.storages.RDBStorage:
@@ -60,9 +61,9 @@ def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> op
                          "heartbeat_stale_trial_callback": retry}
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (ImportError, ModuleNotFoundError) as e:
-        raise ConfigError("storage", f"no database driver for {redact(url)}: {e}") from None
+        raise ResourceError("storage", f"no database driver for {redact(url)}: {e}") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy/optuna raise many kinds for a bad URL or server
-        raise ConfigError("storage", f"cannot open {redact(url)}: {type(e).__name__}: {str(e).splitlines()[0]}") \
+        raise ResourceError("storage", f"cannot open {redact(url)}: {type(e).__name__}: {str(e).splitlines()[0]}") \
             from None
     if url.startswith("sqlite"):
         with storage.engine.connect() as connection:  # WAL persists in the file: readers stop blocking writers
@@ -98,7 +99,7 @@ def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> op
                                  pruner=create_pruner(study))
     if not create:
         known = ", ".join(sorted(existing)) or "none"
-        raise ConfigError("name", f"no study {study.name!r} in {redact(study.storage)} (studies there: {known}); "
+        raise StateError("name", f"no study {study.name!r} in {redact(study.storage)} (studies there: {known}); "
                                   f"run `nas search {study.path}` first", str(study.path))
     ostudy = optuna.create_study(study_name=study.name, storage=storage, directions=directions,
                                  sampler=create_sampler(study), pruner=create_pruner(study), load_if_exists=True)
@@ -143,7 +144,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     Returns how many trials this worker ran."""
     from .objective import Evaluator, optuna_objective
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna_logging()
     quiet_search_worker_warnings()
     if threads:
         set_torch_threads(threads)
@@ -175,7 +176,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
         failed_in_a_row = failed_in_a_row + 1 if state == TrialState.FAIL else 0
         ran += 1
     if failed_in_a_row >= MAX_CONSECUTIVE_FAILURES:
-        raise SearchError(f"{failed_in_a_row} trials in a row failed; this worker stopped")
+        raise SearchError("storage", f"{failed_in_a_row} trials in a row failed; this worker stopped")
     return ran
 
 
@@ -184,100 +185,70 @@ def _worker_main(*args: Any) -> None:
 
     try:
         run_worker(*args)
-    except (ConfigError, SearchError) as e:
+    except ShiftAddError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
-@dataclass
-class Progress:
-    """What the storage says about a study right now."""
+class OptunaDriver(SearchDriver):
+    """Worker processes on this machine, each claiming trials from the study's storage (see the module's text)."""
 
-    counts: dict[str, int] = field(default_factory=dict)
-    best: str = ""
-    failures: list[tuple[int, str]] = field(default_factory=list)
+    name = "optuna"
 
-    @property
-    def finished(self) -> int:
-        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+    def check(self, study: Study, options: SearchOptions) -> None:
+        if options.ray_address:
+            raise ConfigError("--ray-address", "only with --backend ray")
 
+    def describe(self, study: Study, options: SearchOptions) -> str:
+        return (f"{options.trials_for(study)} trials, {options.workers} worker process(es), {study.budget.epochs} "
+                f"epochs of {study.budget.steps_per_epoch or 'all'} steps per trial")
 
-def progress_of(ostudy: optuna.Study) -> Progress:
-    trials = ostudy.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    best = ""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
-        if len(ostudy.directions) > 1:
-            architectures = {t.user_attrs.get(attr.CONFIG_ID, t.number) for t in ostudy.best_trials}
-            best = f"Pareto front: {len(architectures)} architectures"  # repeats of one count once
-        else:
-            try:
-                t = ostudy.best_trial
-                best = f"best: trial {t.number}, search accuracy {t.value:.4f}"
-            except ValueError:
-                best = "no feasible trial yet"
-    failures = [(t.number, t.user_attrs.get(attr.FAIL_REASON, "unknown")) for t in trials if t.state == TrialState.FAIL]
-    return Progress(counts, best, failures)
+    def run(self, study: Study, options: SearchOptions, events: SearchEvents = SearchEvents(),
+            poll_s: float = 1.0) -> SearchSummary:
+        import multiprocessing
 
+        from .objective import Evaluator
 
-@dataclass
-class SearchSummary:
-    before: Progress
-    after: Progress
-    seconds: float
-    workers: int
-
-
-def search(study: Study, n_trials: int | None = None, workers: int = 1, timeout_s: float | None = None,
-           on_progress: Callable[[Progress], None] | None = None, poll_s: float = 1.0) -> SearchSummary:
-    """Run (or continue) the study's search with ``workers`` local processes until ``n_trials`` trials finished."""
-    import multiprocessing
-
-    from .objective import Evaluator
-
-    n_trials = n_trials or study.budget.n_trials
-    timeout_s = timeout_s if timeout_s is not None else study.budget.timeout_s
-    ensure_database_writable(study.storage, "storage")  # a full disk or read-only folder: said before any work
-    Evaluator(study)  # fail here, once and clearly, if the teacher, data or predictor is missing
-    ostudy = open_study(study)
-    before = progress_of(ostudy)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # torch and TVM threads do not survive fork
-    processes = [context.Process(target=_worker_main, name=f"nas-worker-{i}",
-                                 args=(str(study.path), study.storage, n_trials, timeout_s, threads, i,
-                                       sum(before.counts.values())))
-                 for i in range(workers)]
-    start = time.perf_counter()
-    for p in processes:
-        p.start()
-    try:
-        while any(p.is_alive() for p in processes):
-            if on_progress is not None:
-                on_progress(progress_of(ostudy))
+        self.check(study, options)
+        n_trials, timeout_s, workers = options.trials_for(study), options.timeout_for(study), options.workers
+        ensure_database_writable(study.storage, "storage")  # a full disk or read-only folder: said before any work
+        Evaluator(study)  # fail here, once and clearly, if the teacher, data or predictor is missing
+        ostudy = open_study(study)
+        before = progress_of(ostudy)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # torch and TVM threads do not survive fork
+        processes = [context.Process(target=_worker_main, name=f"nas-worker-{i}",
+                                     args=(str(study.path), study.storage, n_trials, timeout_s, threads, i,
+                                           sum(before.counts.values())))
+                     for i in range(workers)]
+        start = time.perf_counter()
+        for p in processes:
+            p.start()
+        try:
+            while any(p.is_alive() for p in processes):
+                events.progress(progress_of(ostudy))
+                for p in processes:
+                    p.join(timeout=poll_s / len(processes))
+        except KeyboardInterrupt:
             for p in processes:
-                p.join(timeout=poll_s / len(processes))
-    except KeyboardInterrupt:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            p.join()
-        raise
-    after = progress_of(ostudy)
-    if on_progress is not None:
-        on_progress(after)
-    bad = [p for p in processes if p.exitcode not in (0, None)]
-    if bad and after.finished < n_trials:
-        codes = ", ".join(f"{p.name} exit {p.exitcode}" for p in bad)
-        last = f"; last failure: trial {after.failures[-1][0]}: {after.failures[-1][1]}" if after.failures else ""
-        raise SearchError(f"search workers stopped early ({codes}); {after.finished} of {n_trials} trials "
-                          f"finished{last}. Fix the cause and run the same command again to continue")
-    orphans = after.counts.get("RUNNING", 0)
-    if orphans and after.finished < n_trials:  # every worker here has ended: those trials' workers died earlier
-        grace = 2 * study.search.heartbeat_s
-        raise SearchError(f"{orphans} trial(s) are still RUNNING from a worker that died (an earlier run, or "
-                          f"another machine); they count against n_trials until their heartbeat is {grace} s old, "
-                          f"then they are marked FAIL and queued again: run the same command again after that")
-    return SearchSummary(before, after, time.perf_counter() - start, workers)
+                p.terminate()
+            for p in processes:
+                p.join()
+            raise
+        after = progress_of(ostudy)
+        events.progress(after)
+        bad = [p for p in processes if p.exitcode not in (0, None)]
+        if bad and after.finished < n_trials:
+            codes = ", ".join(f"{p.name} exit {p.exitcode}" for p in bad)
+            last = f"; last failure: trial {after.failures[-1][0]}: {after.failures[-1][1]}" if after.failures else ""
+            raise SearchError("--workers", f"search workers stopped early ({codes}); {after.finished} of {n_trials} "
+                                           f"trials finished{last}. Fix the cause and run the same command again to "
+                                           "continue")
+        orphans = after.counts.get("RUNNING", 0)
+        if orphans and after.finished < n_trials:  # every worker here has ended: those trials' workers died earlier
+            grace = 2 * study.search.heartbeat_s
+            raise SearchError("storage", f"{orphans} trial(s) are still RUNNING from a worker that died (an earlier "
+                                         f"run, or another machine); they count against n_trials until their "
+                                         f"heartbeat is {grace} s old, then they are marked FAIL and queued again: "
+                                         "run the same command again after that")
+        return SearchSummary(self.name, before, after, time.perf_counter() - start)

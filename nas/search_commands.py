@@ -4,68 +4,37 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search_spaces.config import ConfigError
+from search_spaces.errors import ConfigError
 
+from . import pipeline
+from .driver import BACKENDS, get_driver
 from .study import Study
 
 console = Console()
 
 
 def _load(args: argparse.Namespace) -> Study:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress display says what matters
     return Study.load(args.study, storage=getattr(args, "storage", None))
 
 
-@contextmanager
-def _in_study(study: Study) -> Iterator[None]:
-    """Errors about a study's files and settings name the study file too."""
-    try:
-        yield
-    except ConfigError as e:
-        raise (e.in_file(study.path) if e.source is None else e) from None
-
-
-def _data(study: Study):
-    from latency_model.ops import ModelDims
-
-    from . import data
-
-    dims = ModelDims.of(study.model)
-    return data.load(study.data, dims.img, dims.classes)
+def _search_options(args: argparse.Namespace) -> pipeline.SearchOptions:
+    return pipeline.SearchOptions(n_trials=args.n_trials, workers=args.workers, timeout_s=getattr(args, "timeout", None),
+                                  ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+                                  gpus_per_trial=args.gpus_per_trial)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file without running it: every section, the model, the data and the space."""
     from latency_model.db import redact
 
-    from latency_model.predictor import Predictor, PredictorError
-
-    from .teacher import load_teacher
-
-    from .study import create_pruner, create_sampler
-
     study = _load(args)
-    with _in_study(study):
-        create_sampler(study)  # their arguments are checked when built
-        create_pruner(study)
-        splits = _data(study)
-        if study.checkpoint is not None:
-            load_teacher(study)  # the checkpoint reads and fits the model
-        if Path(study.latency.predictor).is_file():
-            try:
-                Predictor.load(study.latency.predictor, device=study.latency.device)  # fitted for this device
-            except PredictorError as e:
-                raise ConfigError("latency.predictor", str(e)) from None
+    splits = pipeline.validate(study).splits
     console.print(f"[green]ok[/] {study.path}: study {study.name!r}")
     console.print(f"  model {study.model.name}, {study.space.depth} blocks, {study.space.size():,} architectures")
     console.print(f"  data {study.data.source}: {len(splits.train)} train / {len(splits.search)} search / "
@@ -81,12 +50,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .teacher import pretrain
-
-    study = _load(args)
-    with _in_study(study):
-        splits = _data(study)
+def show_pretrain(study: Study, force: bool = False) -> None:
+    """Pretrain the teacher with a progress bar, and say what was done."""
     epochs = study.budget.pretrain_epochs
     with Progress(TextColumn("pretraining the dense teacher"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
@@ -95,30 +60,33 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
             progress.update(task, advance=1, description=f"loss {loss:.3f}, search accuracy {accuracy:.3f}")
 
-        result = pretrain(study, splits.train, splits.search, force=args.force, on_epoch=on_epoch)
+        result = pipeline.pretrain(study, force=force, on_epoch=on_epoch)
     if result.cached:
         console.print(f"teacher already trained for this study: {result.path} (search accuracy "
                       f"{result.search_accuracy:.3f}); --force retrains")
     else:
         console.print(f"trained the teacher for {result.epochs} epochs in {result.seconds:.0f} s: search accuracy "
                       f"{result.search_accuracy:.3f}; wrote {result.path}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    show_pretrain(_load(args), force=args.force)
     return 0
 
 
-def _run_search(study: Study, n_trials: int | None, workers: int, timeout_s: float | None) -> None:
-    from .search import search
-
-    total = n_trials or study.budget.n_trials
+def show_search(study: Study, backend: str, options: pipeline.SearchOptions) -> pipeline.SearchSummary:
+    """Run the search with a progress bar (and a line per change when the output is not a terminal)."""
+    driver = get_driver(backend)
+    driver.check(study, options)
+    total = options.trials_for(study)
+    console.print(f"search [bold]{study.name}[/] {driver.describe(study, options)}")
     shown_failures: set[int] = set()
-    console.print(f"search [bold]{study.name}[/]: {total} trials, {workers} worker process(es), "
-                  f"{study.budget.epochs} epochs of {study.budget.steps_per_epoch or 'all'} steps per trial")
     with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("starting workers", total=total)
-
+        task = progress.add_task("starting", total=total)
         last_line = ""
 
-        def on_progress(p) -> None:
+        def on_progress(p: pipeline.Progress) -> None:
             nonlocal last_line
             c = p.counts
             line = (f"done {c.get('COMPLETE', 0)}, running {c.get('RUNNING', 0)}, pruned {c.get('PRUNED', 0)}, "
@@ -132,33 +100,20 @@ def _run_search(study: Study, n_trials: int | None, workers: int, timeout_s: flo
                     shown_failures.add(number)
                     progress.console.print(f"[red]trial {number} failed[/]: {reason.splitlines()[0][:200]}")
 
-        summary = search(study, n_trials, workers, timeout_s, on_progress=on_progress)
-    ran = summary.after.finished - summary.before.finished
-    console.print(f"{ran} trial(s) finished in this run ({summary.seconds:.0f} s), {summary.after.finished} in the "
-                  f"study; {summary.after.best}")
+        def on_trial(trial_id: str, state: str) -> None:
+            progress.console.print(f"  {backend} trial {trial_id}: {state}")
 
-
-def _run_ray_search(study: Study, args: argparse.Namespace) -> None:
-    from .ray_search import search
-
-    where = f"the Ray cluster at {args.ray_address}" if args.ray_address else "a local Ray"
-    console.print(f"search [bold]{study.name}[/] on {where}: up to {args.workers} concurrent trial(s), "
-                  f"{args.cpus_per_trial} CPU and {args.gpus_per_trial} GPU each")
-    summary = search(study, args.n_trials, args.workers, args.ray_address, args.cpus_per_trial,
-                     args.gpus_per_trial, on_trial=lambda tid, state: console.print(f"  ray trial {tid}: {state}"),
-                     timeout_s=getattr(args, "timeout", None))
-    console.print(f"{summary.ran} trial(s) finished in this run ({summary.seconds:.0f} s), {summary.finished} in "
-                  "the study")
+        events = pipeline.SearchEvents(on_progress=on_progress, on_trial=on_trial if backend == "ray" else None)
+        summary = driver.run(study, options, events)
+    for note in summary.notes:
+        console.print(f"[yellow]{note}[/]")
+    console.print(f"{summary.ran} trial(s) finished in this run ({summary.seconds:.0f} s), {summary.after.finished} "
+                  f"in the study; {summary.after.best}")
+    return summary
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    study = _load(args)
-    if args.backend == "ray":
-        _run_ray_search(study, args)
-    else:
-        if args.ray_address:
-            raise ConfigError("--ray-address", "only with --backend ray")
-        _run_search(study, args.n_trials, args.workers, args.timeout)
+    show_search(_load(args), args.backend, _search_options(args))
     console.print(f"next: nas report {args.study}   |   nas dashboard {args.study}")
     return 0
 
@@ -171,7 +126,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .search import storage_of
 
     if not (args.study or args.storage):
-        raise ConfigError("", "give a study file or --storage URL")
+        raise ConfigError("study", "give a study file or --storage URL")
     url = args.storage or Study.load(args.study).storage
     storage = storage_of(url)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -183,17 +138,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(study: Study):
-    from .search import open_study
-
-    return open_study(study, create=False)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
-
-    study = _load(args)
-    paths = export(study, _open(study), args.trial, args.out)
+    paths = pipeline.export(_load(args), args.trial, args.out)
     for path in paths:
         console.print(f"wrote {path}")
     console.print(f"next: nas finetune {paths[0]} --out {args.out / 'finetuned'}")
@@ -201,21 +147,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .export import finetune, read_export
-
-    config, origin = read_export(args.config)
-    study_file = args.study or origin.get("study_file")
-    if not study_file:
-        raise ConfigError("provenance.study_file", "this config names no study; give --study STUDY.yaml",
-                          str(args.config))
-    study = Study.load(study_file)
-    epochs = args.epochs or study.budget.finetune_epochs
-    with Progress(TextColumn(f"fine-tuning {config.id}"), BarColumn(), MofNCompleteColumn(),
+    job = pipeline.FinetuneJob.of(args.config, args.study, args.epochs)
+    with Progress(TextColumn(f"fine-tuning {job.config.id}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("", total=epochs)
-        result = finetune(study, config, epochs, args.out, measure=not args.no_measure, origin=origin,
-                          on_epoch=lambda e, acc: progress.update(task, advance=1,
-                                                                  description=f"search acc {acc:.3f}"))
+        task = progress.add_task("", total=job.epochs)
+        result = pipeline.finetune(job, args.out, measure=not args.no_measure,
+                                   on_epoch=lambda e, acc: progress.update(task, advance=1,
+                                                                           description=f"search acc {acc:.3f}"))
     line = (f"test accuracy {result.test_accuracy:.4f} ± {result.test_se:.4f} (1 SE), search accuracy "
             f"{result.search_accuracy:.4f}, predicted latency {result.predicted_ms:.3f} ms")
     if result.measured_ms is not None:
@@ -242,14 +180,7 @@ def _print_front(rep) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report
-
-    from .disk import ensure_writable
-
-    study = _load(args)
-    out = ensure_writable(args.out or study.folder / "runs" / study.name / "report", "--out", need_mb=1)
-    rep = report(_open(study), out, f"{study.name}: {study.model.name} on {study.data.source}, "
-                                    f"{study.latency.device}")
+    rep = pipeline.report(_load(args), args.out)
     _print_front(rep)
     console.print("wrote " + ", ".join(str(f) for f in rep.files))
     return 0
@@ -257,35 +188,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """profile -> fit-latency -> pretrain -> search -> report -> export best, each step skipped when done."""
-    from latency_model.predictor import Predictor, PredictorError
-
-    from . import latency_commands
-    from .export import export
-    from .report import report
-    from .teacher import is_pretrained
-
-    from .disk import ensure_database_writable, ensure_writable
+    from .latency_commands import show_fit, show_profile
 
     study = _load(args)
+    options = _search_options(args)
+    get_driver(args.backend).check(study, options)  # a flag the backend refuses: said before step 1
     started = time.perf_counter()
-    out = args.out or study.folder / "runs" / study.name
-    settings = study.latency
-    # every place the steps write to, checked before the first step: not a full disk found at step 4
-    ensure_database_writable(settings.db, "latency.db")
-    ensure_writable(Path(settings.predictor).parent, "latency.predictor", need_mb=1)
-    if study.checkpoint is None:  # pretrain writes the teacher next to the study
-        ensure_writable(study.teacher_path.parent, "model.checkpoint")
-    ensure_database_writable(study.storage, "storage")
-    ensure_writable(out, "--out")
-    trials = settings.trials if args.kernel_trials is None else args.kernel_trials
+    out = args.out or pipeline.report_folder(study)
+    pipeline.preflight(study, out)
+    profiling = pipeline.ProfileOptions(trials=args.kernel_trials)
+    trials = profiling.settings(study).trials
     # Profiling what the table already holds is a quick no-op, and it catches a space with shapes the table lacks
     # (another study's predictor file in the same folder, shapes that failed last time).
-    console.print(f"[bold]1/6 profile[/] kernels and modules of the space on {settings.device}, {trials} tuning "
+    console.print(f"[bold]1/6 profile[/] kernels and modules of the space on {study.latency.device}, {trials} tuning "
                   "trials per kernel" + (" (untuned default schedules: quick, slower kernels)" if trials == 0
                                          else ""))
-    ns = argparse.Namespace(study=args.study, target=None, device=None, db=None, batch=None, cache=None,
-                            trials=trials, rpc_tracker=None, device_key=None, remeasure=None)
-    profiled = latency_commands.run_profile(ns)
+    profiled = show_profile(study, profiling)
     if profiled.noisy:
         console.print("[red]stopped before the search:[/] a search priced by noisy timings optimises a number no "
                       "machine produces", highlight=False)
@@ -293,37 +211,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if profiled.failed:
         console.print(f"[yellow]{len(profiled.failed)} shape(s) could not be measured[/]: the predictor prices them "
                       "with its fitted model; the next `nas run` or `nas profile` tries them again")
-    try:
-        up_to_date = not profiled.measured and Predictor.load(settings.predictor, device=settings.device) is not None
-    except PredictorError:  # missing, unreadable, or fitted for another device
-        up_to_date = False
-    if up_to_date:
-        console.print(f"[dim]2/6 latency predictor: {settings.predictor} (up to date)[/]")
-    else:
+    if pipeline.needs_fit(study, profiled):
         console.print("[bold]2/6 fit-latency[/]")
-        fitted = latency_commands.cmd_fit(argparse.Namespace(study=args.study, db=None, device=None, out=None,
-                                                              holdout=0.2, seed=0, max_model_error=None,
-                                                              allow_noisy=False))
-        if fitted != 0:
+        if show_fit(study, pipeline.FitOptions()).refused is not None:
             console.print("[red]stopped before the search:[/] the predictor did not pass its check (above)")
             return 1
-    if study.checkpoint is None and not is_pretrained(study):
+    else:
+        console.print(f"[dim]2/6 latency predictor: {study.latency.predictor} (up to date)[/]")
+    if pipeline.needs_pretrain(study):
         console.print("[bold]3/6 pretrain[/] the dense teacher")
-        cmd_pretrain(argparse.Namespace(study=args.study, storage=args.storage, force=False))
+        show_pretrain(study)
     else:
         console.print(f"[dim]3/6 teacher: {study.teacher_path} (cached)[/]")
     console.print("[bold]4/6 search[/]")
-    if args.backend == "ray":
-        _run_ray_search(study, args)
-    else:
-        _run_search(study, args.n_trials, args.workers, None)
+    show_search(study, args.backend, options)
     console.print("[bold]5/6 report[/]")
-    ostudy = _open(study)
-    rep = report(ostudy, out / "report", f"{study.name}: {study.model.name} on {study.data.source}, "
-                                         f"{study.latency.device}")
+    rep = pipeline.report(study, out / "report")
     _print_front(rep)
     console.print("[bold]6/6 export[/] the best trial")
-    paths = export(study, ostudy, "best", out / "best")
+    paths = pipeline.export(study, "best", out / "best")
     console.print(f"\ndone in {time.perf_counter() - started:.0f} s.")
     console.print(f"  report:    {', '.join(str(f) for f in rep.files)}")
     console.print(f"  best:      {paths[0]}")
@@ -363,7 +269,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
         parser.add_argument("--workers", type=positive_int, default=1,
                             help="optuna backend: local worker processes sharing the storage (CPU threads are split "
                                  "between them); ray backend: trials run at once (default: 1)")
-        parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
+        parser.add_argument("--backend", choices=BACKENDS, default="optuna",
                             help="optuna: local processes (default); ray: Ray Tune trials, on a local Ray or a cluster")
         parser.add_argument("--ray-address", metavar="auto|HOST:PORT",
                             help="join this Ray cluster (default: start a light local Ray for this search)")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from search_spaces.config import ConfigError
+from search_spaces.errors import ConfigError, StateError
 from search_spaces.reparam import create_model
 
 from .checkpoints import load_weights, save_weights
@@ -68,12 +68,12 @@ def _matches(study: Study, meta: dict[str, str] | None) -> bool:
 
 
 def load_teacher(study: Study) -> nn.Module:
-    """The dense teacher, in eval mode. Raises ConfigError if there is none yet (run ``nas pretrain``)."""
+    """The dense teacher, in eval mode. Raises StateError if there is none yet (run ``nas pretrain``)."""
     model = create_model(study.model)
     if study.checkpoint is not None:
         return load_weights(model, study.checkpoint, "model.checkpoint").eval()
     if not is_pretrained(study):
-        raise ConfigError("model.checkpoint", f"no teacher weights for this study at {study.teacher_path}: "
+        raise StateError("model.checkpoint", f"no teacher weights for this study at {study.teacher_path}: "
                                               f"run `nas pretrain {study.path}` (or give model.checkpoint)",
                           str(study.path))
     return load_weights(model, study.teacher_path, "teacher").eval()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from search_spaces.errors import ConfigError
 from search_spaces.ops.moe import MoELoad, MoEMlp, moe_aux_loss, router_counts
 from search_spaces.ops.shift import ShiftLinear
 
@@ -23,8 +24,8 @@ from search_spaces.ops.shift import ShiftLinear
 TOKEN_PARAMETERS = ("pos_embed", "cls_token", "dist_token", "reg_token")
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or infinite: the recipe (``train.lr`` and the rest) does not train this model."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Trainer:
                 loss = loss + self.weights.moe * aux
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise TrainingDiverged(f"loss is {value} at step {self.step + 1} (epoch step "
+                raise TrainingDiverged("train.lr", f"loss is {value} at step {self.step + 1} (epoch step "
                                        f"{self.step % self.steps_per_epoch + 1} of {self.steps_per_epoch})")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -27,26 +27,12 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 from .ops.attention import ATTENTION_KINDS, BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
 
 PROJECTION_KINDS = ("dense", "shift")
 MLP_KINDS = ("dense", "shift", "moe")
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names where (file, key path) and what."""
-
-    def __init__(self, where: str, message: str, source: str | None = None) -> None:
-        self.where = where
-        self.source = source
-        self.detail = message
-        prefix = f"{source}: " if source else ""
-        super().__init__(f"{prefix}{where}: {message}" if where else f"{prefix}{message}")
-
-    def in_file(self, source: str | Path) -> "ConfigError":
-        """The same error, attributed to a file."""
-        return ConfigError(self.where, self.detail, str(source))
 
 
 def _check_keys(data: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Mapping:

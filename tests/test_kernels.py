@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kernels import KernelError, KernelSpec
+from kernels.spec import KernelResourceError
 from kernels.check import all_specs, check
 from kernels.matadd import pack_bits, pack_nibbles
 from kernels.matshift import pack
@@ -186,7 +187,7 @@ def test_remote_timing_through_an_rpc_tracker_on_loopback(tmp_path):
             try:
                 timing = time_remote(kernel, f"127.0.0.1:{tracker.port}", "loopback-cpu", repeats=3, session_timeout=30)
                 break
-            except KernelError:
+            except KernelResourceError:  # not registered yet
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)

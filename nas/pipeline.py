@@ -1,0 +1,325 @@
+"""The steps of a search, as functions: what the ``nas`` commands call, and what a script or a notebook can call.
+
+Each step takes a :class:`~nas.study.Study` and typed options, returns a result value, prints nothing and is
+idempotent: profiling what the table holds, fitting a predictor that is up to date, pretraining a cached teacher or
+searching a study that has its trials is a quick no-op. Progress is reported through optional callbacks, which the
+CLI turns into progress bars. Errors are :class:`search_spaces.errors.ShiftAddError` with a ``where`` to act on.
+
+    profile -> fit_latency -> pretrain -> search -> report -> export -> finetune
+
+Example::
+
+    from nas import pipeline
+    from nas.study import Study
+
+    study = Study.load("studies/quickstart.yaml")
+    profiled = pipeline.profile(study, pipeline.ProfileOptions(trials=0))
+    if pipeline.needs_fit(study, profiled):
+        pipeline.fit_latency(study)
+    pipeline.pretrain(study)
+    summary = pipeline.search(study, "optuna", pipeline.SearchOptions(n_trials=4))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search_spaces.errors import ConfigError, ShiftAddError, StateError
+
+from .driver import Progress, SearchEvents, SearchOptions, SearchSummary, get_driver
+from .study import Study
+
+if TYPE_CHECKING:
+    from search_spaces import ArchConfig
+    from latency_model.predictor import Accuracy, Predictor, PredictorRefused
+    from latency_model.profile import Summary as ProfileSummary
+    from latency_model.settings import LatencySettings
+
+    from .data import Splits
+    from .export import FinetuneResult
+    from .report import Report
+    from .teacher import PretrainResult
+
+__all__ = ["FitOptions", "FitResult", "ProfileOptions", "Progress", "SearchEvents", "SearchOptions", "SearchSummary",
+           "Validation", "FinetuneJob", "export", "finetune", "fit_latency", "in_study", "load_data", "needs_fit", "needs_pretrain", "preflight",
+           "pretrain", "profile", "report", "search", "validate"]
+
+
+@contextmanager
+def in_study(study: Study) -> Iterator[None]:
+    """Errors about a study's files and settings name the study file too."""
+    try:
+        yield
+    except ShiftAddError as e:
+        raise (e.in_file(study.path) if e.source is None else e) from None
+
+
+def load_data(study: Study) -> "Splits":
+    """The study's train / search / test splits, checked against its model."""
+    from latency_model.ops import ModelDims
+
+    from . import data
+
+    dims = ModelDims.of(study.model)
+    with in_study(study):
+        return data.load(study.data, dims.img, dims.classes)
+
+
+# ---- validate -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Validation:
+    study: Study
+    splits: "Splits"
+
+
+def validate(study: Study) -> Validation:
+    """Check what a study needs without running anything: its sampler and pruner arguments, its data, its teacher
+    checkpoint (when given) and its predictor file (when there is one)."""
+    from latency_model.predictor import Predictor, PredictorError
+
+    from .study import create_pruner, create_sampler
+    from .teacher import load_teacher
+
+    with in_study(study):
+        create_sampler(study)  # their arguments are checked when built
+        create_pruner(study)
+        splits = load_data(study)
+        if study.checkpoint is not None:
+            load_teacher(study)  # the checkpoint reads and fits the model
+        if Path(study.latency.predictor).is_file():
+            try:
+                Predictor.load(study.latency.predictor, device=study.latency.device)  # fitted for this device
+            except PredictorError as e:
+                raise ConfigError("latency.predictor", str(e)) from None
+    return Validation(study, splits)
+
+
+# ---- profile --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProfileOptions:
+    """Overrides of the study's ``latency:`` section (None: the study's), and where kernels come from."""
+
+    target: str | None = None
+    device: str | None = None
+    db: str | None = None
+    trials: int | None = None  # MetaSchedule trials per kernel; 0: untuned default schedules
+    batch_sizes: tuple[int, ...] | None = None
+    kernel_cache: Path | None = None  # default: $SHIFTADD_CACHE (kernels.cache)
+    rpc_tracker: str | None = None  # HOST:PORT: time the kernels on a remote device
+    device_key: str | None = None  # that device's key at the tracker
+    remeasure: str | None = None  # "noisy": re-time the marked rows and the whole models; "all": every row
+
+    def settings(self, study: Study) -> "LatencySettings":
+        """The study's latency settings with these overrides applied."""
+        return study.latency_with(target=self.target, device=self.device, db=self.db, trials=self.trials,
+                                  batch_sizes=self.batch_sizes)
+
+
+def profile(study: Study, options: ProfileOptions = ProfileOptions(), *,
+            on_start: Callable | None = None, on_done: Callable | None = None,
+            on_noisy: Callable | None = None) -> "ProfileSummary":
+    """Measure what the table lacks for the study's space (see :func:`latency_model.profile.profile`, whose
+    callbacks these are). The table and the kernel cache are checked writable before any work."""
+    from kernels.cache import cache_dir
+    from latency_model.profile import profile as measure_missing
+
+    from .disk import ensure_database_writable, ensure_writable
+
+    settings = options.settings(study)
+    ensure_database_writable(settings.db, "latency.db")  # a full disk or read-only folder: said before any work
+    ensure_writable(options.kernel_cache or cache_dir(), "kernel cache (--cache, $SHIFTADD_CACHE)")
+    return measure_missing(study.space, settings, kernel_root=options.kernel_cache, tracker=options.rpc_tracker,
+                           device_key=options.device_key, remeasure=options.remeasure, on_start=on_start,
+                           on_done=on_done, on_noisy=on_noisy)
+
+
+# ---- fit-latency ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FitOptions:
+    """Overrides of the study's ``latency:`` section, and the fit's own settings."""
+
+    db: str | None = None
+    device: str | None = None
+    out: Path | None = None  # the predictor file (default: the study's latency.predictor)
+    holdout: float = 0.2  # share of shapes held out to score the op models
+    seed: int = 0  # of that split
+    max_model_error: float | None = None  # default: the study's latency.max_model_error
+    allow_noisy: bool = False  # fit rows marked noisy (said in the file)
+
+
+@dataclass
+class FitResult:
+    """A fit, written or refused. ``accuracy`` is the out-of-sample accuracy per op model (and of the whole
+    models, :data:`latency_model.predictor.LOO`); ``refused`` says why nothing was written."""
+
+    settings: "LatencySettings"
+    out: Path
+    rows: int
+    predictor: "Predictor"
+    accuracy: dict[str, "Accuracy"]
+    max_model_error: float
+    gate: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # the file written; None when refused
+    refused: "PredictorRefused | None" = None
+
+
+def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitResult:
+    """Fit the predictor on the latest measurements, check it out of sample, and only then write it. A check that
+    fails writes nothing (``refused``); the previous file stays. Without a study, ``options`` must give the device
+    and the output file."""
+    from latency_model import db
+    from latency_model.db import DEFAULT_URL
+    from latency_model.predictor import Predictor, PredictorRefused, check
+    from latency_model.settings import LatencySettings
+
+    from .disk import ensure_writable
+
+    if study is not None:
+        settings = study.latency_with(db=options.db, device=options.device)
+        out = Path(options.out or settings.predictor)
+        fix = f"nas profile {study.path} --remeasure"
+    elif options.device and options.out:
+        settings = LatencySettings(db=options.db or DEFAULT_URL, device=options.device)
+        out = Path(options.out)
+        fix = "nas profile STUDY --remeasure"
+    else:
+        raise ConfigError("", "give a study file, or --device and --out (and --db unless the default)")
+    max_error = options.max_model_error if options.max_model_error is not None else settings.max_model_error
+    ensure_writable(out.parent, "latency.predictor" if study is not None else "--out", need_mb=1)
+    engine = db.connect(settings.db)
+    rows = db.latest(engine, settings.device)
+    if not rows:
+        known = ", ".join(db.devices(engine)) or "none"
+        raise StateError("latency.device" if study is not None else "--device",
+                         f"no measurements for device {settings.device!r} in {db.redact(settings.db)} "
+                         f"(devices: {known}); run `nas profile` first", str(study.path) if study else None)
+    models = db.model_rows(engine, settings.device)
+    predictor, accuracy = Predictor.fit(rows, settings.device, holdout=options.holdout, seed=options.seed,
+                                        meta=db.device_info(engine, settings.device), models=models)
+    result = FitResult(settings, out, len(rows), predictor, accuracy, max_error)
+    try:
+        result.gate = check(rows, models, predictor.model_checks, max_error, fix, allow_noisy=options.allow_noisy)
+    except PredictorRefused as e:
+        result.refused = e
+        return result
+    predictor.meta["gate"] = result.gate
+    result.path = predictor.save(out)
+    return result
+
+
+def needs_fit(study: Study, profiled: "ProfileSummary | None" = None) -> bool:
+    """True when the study's predictor file is missing, unreadable, fitted for another device, or older than
+    measurements ``profiled`` just added."""
+    from latency_model.predictor import Predictor, PredictorError
+
+    if profiled is not None and profiled.measured:
+        return True
+    try:
+        Predictor.load(study.latency.predictor, device=study.latency.device)
+    except PredictorError:
+        return True
+    return False
+
+
+# ---- pretrain -------------------------------------------------------------------------------------------------------
+def pretrain(study: Study, force: bool = False,
+             on_epoch: Callable[[int, float, float], None] | None = None) -> "PretrainResult":
+    """Train the dense teacher on the study's data (cached next to the study; ``force`` retrains).
+    ``on_epoch(epoch, loss, search_accuracy)`` after each epoch."""
+    from .teacher import pretrain as train_teacher
+
+    splits = load_data(study)
+    return train_teacher(study, splits.train, splits.search, force=force, on_epoch=on_epoch)
+
+
+def needs_pretrain(study: Study) -> bool:
+    """True when the study names no checkpoint and its teacher file is missing or stale."""
+    from .teacher import is_pretrained
+
+    return study.checkpoint is None and not is_pretrained(study)
+
+
+# ---- search ---------------------------------------------------------------------------------------------------------
+def search(study: Study, backend: str = "optuna", options: SearchOptions = SearchOptions(),
+           events: SearchEvents = SearchEvents()) -> SearchSummary:
+    """Run (or continue) the study's search on ``backend`` (see :mod:`nas.driver`)."""
+    driver = get_driver(backend)
+    driver.check(study, options)
+    return driver.run(study, options, events)
+
+
+# ---- report, export, finetune ---------------------------------------------------------------------------------------
+def report_folder(study: Study) -> Path:
+    return study.folder / "runs" / study.name
+
+
+def report(study: Study, out: Path | None = None) -> "Report":
+    """The Pareto plot, the allocation chart and the CSV of the study's trials, in ``out`` (default:
+    ``<study folder>/runs/<name>/report``)."""
+    from .disk import ensure_writable
+    from .report import report as write_report
+    from .search import open_study
+
+    out = ensure_writable(out or report_folder(study) / "report", "--out", need_mb=1)
+    return write_report(open_study(study, create=False), out, f"{study.name}: {study.model.name} on "
+                                                             f"{study.data.source}, {study.latency.device}")
+
+
+def export(study: Study, which: str, out: Path) -> list[Path]:
+    """Write the ArchConfig files of the chosen trials (``best``, ``pareto`` or a trial number) into ``out``."""
+    from .export import export as write_configs
+    from .search import open_study
+
+    return write_configs(study, open_study(study, create=False), which, out)
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    """What ``nas finetune`` will train: the architecture, the study it comes from, and for how many epochs."""
+
+    config: "ArchConfig"
+    origin: dict[str, Any]  # the export's provenance (empty for a plain ArchConfig file)
+    study: Study
+    epochs: int
+
+    @classmethod
+    def of(cls, config_file: Path, study_file: Path | None = None, epochs: int | None = None) -> "FinetuneJob":
+        """An exported (or plain) ArchConfig file; the study is the one the export names unless ``study_file`` is
+        given, ``epochs`` defaults to its ``budget.finetune_epochs``."""
+        from .export import read_export
+
+        config, origin = read_export(config_file)
+        study_file = study_file or origin.get("study_file")
+        if not study_file:
+            raise ConfigError("provenance.study_file", "this config names no study; give --study STUDY.yaml",
+                              str(config_file))
+        study = Study.load(study_file)
+        return cls(config, origin, study, epochs or study.budget.finetune_epochs)
+
+
+def finetune(job: FinetuneJob, out: Path, measure: bool = True,
+             on_epoch: Callable[[int, float], None] | None = None) -> "FinetuneResult":
+    """Fine-tune the job's architecture from the teacher and score it on the test split, writing the weights, the
+    config and ``result.json`` into ``out``; with ``measure``, time it on the kernels."""
+    from .export import finetune as train_config
+
+    return train_config(job.study, job.config, job.epochs, out, measure=measure, origin=job.origin,
+                        on_epoch=on_epoch)
+
+
+# ---- run ------------------------------------------------------------------------------------------------------------
+def preflight(study: Study, out: Path) -> None:
+    """Every place ``nas run``'s steps write to, checked before the first: not a full disk found at step 4."""
+    from .disk import ensure_database_writable, ensure_writable
+
+    settings = study.latency
+    ensure_database_writable(settings.db, "latency.db")
+    ensure_writable(Path(settings.predictor).parent, "latency.predictor", need_mb=1)
+    if study.checkpoint is None:  # pretrain writes the teacher next to the study
+        ensure_writable(study.teacher_path.parent, "model.checkpoint")
+    ensure_database_writable(study.storage, "storage")
+    ensure_writable(out, "--out")
