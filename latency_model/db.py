@@ -10,9 +10,10 @@ repeats), ``contention`` (share of the CPU other processes used meanwhile), ``at
 is re-timed) and ``noisy`` (still noisy after its last attempt). ``nas fit-latency`` refuses a table whose newest rows
 are marked noisy; ``nas profile --remeasure`` re-times them (a new row, newest wins).
 
-An *op* is what the predictor composes a model from: a TVM kernel (``tvm.matmul``, ``tvm.matshift``,
-``tvm.matadd``) or a torch-side part (``torch.linear``, ``torch.layernorm``, ...). Its shape is a small dict of named
-integers (``{"M": 197, "K": 192, "N": 576}``), stored as canonical JSON.
+An *op* is what the predictor composes a model from: a module a model runs (``module.attention``, ``module.mlp``,
+...) or a TVM kernel (``tvm.matmul``, ``tvm.matshift``, ``tvm.matadd``); :mod:`latency_model.keys` names them. Its
+shape is a small dict of named integers (``{"M": 197, "K": 192, "N": 576}``), stored as canonical JSON
+(:func:`~latency_model.keys.shape_key`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, Ope
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from search_spaces.errors import ResourceError
+
+from .keys import measurement_key, model_key, shape_key
 
 SCHEMA_VERSION = 5
 DEFAULT_URL = "sqlite:///studies/latency.db"
@@ -139,11 +142,6 @@ class Failure(Base):
     reason: Mapped[str] = mapped_column(Text)
     trials: Mapped[int] = mapped_column(Integer, default=0)
     failed_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc))
-
-
-def shape_key(shape: Mapping[str, int]) -> str:
-    """Canonical JSON of a shape: the same dims always give the same text."""
-    return json.dumps({k: int(v) for k, v in sorted(shape.items())}, separators=(",", ":"))
 
 
 # ---- migrations: version n -> n + 1, each keeping every row ---------------------------------------------------
@@ -304,7 +302,7 @@ def add_measurement(engine: Engine, device_id: int, op: str, variant: str, shape
     with Session(engine) as session, session.begin():
         session.add(
             Measurement(
-                device_id=device_id, op=op, variant=variant, shape=shape_key(shape), dtype=dtype, tuned=tuned,
+                device_id=device_id, op=str(op), variant=variant, shape=shape_key(shape), dtype=dtype, tuned=tuned,
                 trials=trials, tuning_record=tuning_record, median_ms=timing.median_ms, min_ms=timing.min_ms,
                 max_ms=timing.max_ms, std_ms=timing.std_ms, repeats=timing.repeats,
                 **_quality(timing, attempts, noisy),
@@ -347,8 +345,8 @@ def measured_keys(engine: Engine, device: str) -> set[tuple[str, str, str, str]]
 def noisy_keys(engine: Engine, device: str) -> set[tuple]:
     """Row keys (as :func:`measured_keys`, and ``("model", config, batch)`` for whole models) whose newest timing is
     marked noisy: what ``nas profile --remeasure`` re-times."""
-    keys: set[tuple] = {(r.op, r.variant, shape_key(r.shape), r.dtype) for r in latest(engine, device) if r.noisy}
-    return keys | {("model", m.config, m.batch) for m in model_rows(engine, device) if m.noisy}
+    keys: set[tuple] = {measurement_key(r.op, r.variant, r.shape, r.dtype) for r in latest(engine, device) if r.noisy}
+    return keys | {model_key(m.config, m.batch) for m in model_rows(engine, device) if m.noisy}
 
 
 def add_model_measurement(engine: Engine, device_id: int, config_json: str, batch: int,

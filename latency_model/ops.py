@@ -33,6 +33,8 @@ from search_spaces.ops.moe import MoELoad, token_buckets
 from kernels.matshift import DEFAULT_VARIANT
 from kernels.spec import KernelSpec
 
+from .keys import OpName, attention_variant, measurement_key
+
 
 @dataclass(frozen=True)
 class ModelDims:
@@ -95,16 +97,17 @@ class Op:
         return dict(self.shape)
 
     @property
-    def key(self) -> tuple[str, str, tuple, str]:
-        return (self.op, self.variant, self.shape, self.dtype)
+    def key(self) -> tuple[str, str, str, str]:
+        """Its measurement key: the row that times it."""
+        return measurement_key(self.op, self.variant, self.shape, self.dtype)
 
 
 def _shape(**dims: int) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((k, int(v)) for k, v in dims.items()))
 
 
-def attention_variant(block: BlockConfig) -> str:
-    return f"{block.attention}/{block.qkv}/{block.proj}"
+def block_attention_variant(block: BlockConfig) -> str:
+    return attention_variant(block.attention, block.qkv, block.proj)
 
 
 def latency_split(expert_latency: list[float]) -> list[float]:
@@ -131,13 +134,13 @@ def expert_ops(load: MoELoad, index: int, kinds: Sequence[str], assignments_per_
         dist = load.batch_counts(e, batch)
         counts = np.nonzero(dist[1:])[0] + 1  # a pass that sends an expert no token does not run it
         shares = np.bincount(np.searchsorted(buckets, counts), weights=dist[counts], minlength=len(buckets))
-        ops += [Op("module.mlp", kind, _shape(M=int(buckets[b]), C=c, Hd=hidden), index, float(shares[b]),
+        ops += [Op(OpName.MLP, kind, _shape(M=int(buckets[b]), C=c, Hd=hidden), index, float(shares[b]),
                    expert=e) for b in np.nonzero(shares)[0]]
     return ops
 
 
 def frame_op(dims: ModelDims, batch: int) -> Op:
-    return Op("module.frame", "", _shape(B=batch, img=dims.img, patch=dims.patch, C=dims.embed_dim,
+    return Op(OpName.FRAME, "", _shape(B=batch, img=dims.img, patch=dims.patch, C=dims.embed_dim,
                                          classes=dims.classes))
 
 
@@ -149,15 +152,15 @@ def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
     t, c = dims.tokens, dims.embed_dim
     m = batch * t
     ops = [
-        Op("module.block_frame", "", _shape(B=batch, T=t, C=c), index),
-        Op("module.attention", attention_variant(block), _shape(B=batch, T=t, C=c, H=dims.heads), index),
+        Op(OpName.BLOCK_FRAME, "", _shape(B=batch, T=t, C=c), index),
+        Op(OpName.ATTENTION, block_attention_variant(block), _shape(B=batch, T=t, C=c, H=dims.heads), index),
     ]
     if block.mlp in ("dense", "shift"):
-        ops.append(Op("module.mlp", block.mlp, _shape(M=m, C=c, Hd=dims.mlp_hidden), index))
+        ops.append(Op(OpName.MLP, block.mlp, _shape(M=m, C=c, Hd=dims.mlp_hidden), index))
         return ops
     assert block.moe is not None
     experts = block.moe.experts
-    ops.append(Op("module.moe_router", "", _shape(M=m, C=c, E=len(experts), K=block.moe.top_k), index))
+    ops.append(Op(OpName.MOE_ROUTER, "", _shape(M=m, C=c, E=len(experts), K=block.moe.top_k), index))
     per_image = block.moe.top_k * t
     if routing is None:
         routing = [1.0 / len(experts)] * len(experts)
@@ -183,15 +186,15 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
                             seen.setdefault(op.key, op)
             for mlp in choices.mlp:
                 if mlp != "moe":
-                    op = Op("module.mlp", mlp, _shape(M=m, C=dims.embed_dim, Hd=dims.mlp_hidden))
+                    op = Op(OpName.MLP, mlp, _shape(M=m, C=dims.embed_dim, Hd=dims.mlp_hidden))
                     seen.setdefault(op.key, op)
                     continue
                 for k in space.moe_top_k:
-                    router = Op("module.moe_router", "", _shape(M=m, C=dims.embed_dim, E=len(space.moe_experts), K=k))
+                    router = Op(OpName.MOE_ROUTER, "", _shape(M=m, C=dims.embed_dim, E=len(space.moe_experts), K=k))
                     seen.setdefault(router.key, router)
                 for kind in set(space.moe_experts):
                     for tokens in sorted({t for k in space.moe_top_k for t in token_buckets(k * m)}):
-                        op = Op("module.mlp", kind, _shape(M=tokens, C=dims.embed_dim, Hd=dims.mlp_hidden))
+                        op = Op(OpName.MLP, kind, _shape(M=tokens, C=dims.embed_dim, Hd=dims.mlp_hidden))
                         seen.setdefault(op.key, op)
     return list(seen.values())
 

@@ -36,6 +36,7 @@ from search_spaces import ArchConfig, BlockConfig
 from search_spaces.errors import StateError
 
 from .db import ModelRow, Row
+from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
 from .ops import MoELoad, config_ops, latency_split
 
 FORMAT = "shiftadd-latency-predictor/1"
@@ -46,11 +47,6 @@ LOO = "models (leave-one-out)"
 class PredictorError(StateError):
     """A predictor file is missing, malformed, for another device, or cannot price an op: refit it
     (``nas profile`` + ``nas fit-latency``). ``where`` is the file, or the study key that names it."""
-
-
-def _key(op: str, variant: str, shape: dict[str, int] | tuple, dtype: str) -> str:
-    dims = dict(shape)
-    return f"{op}|{variant}|{json.dumps({k: int(v) for k, v in sorted(dims.items())}, separators=(',', ':'))}|{dtype}"
 
 
 @dataclass
@@ -255,8 +251,7 @@ def router_loads(model) -> dict[int, MoELoad]:
     return {i: MoELoad.of_pass(counts.cpu().numpy()) for i, counts in router_counts(model).items()}
 
 
-_PART_NAMES = {"module.block_frame": "norms+residuals", "module.attention": "attention",
-               "module.moe_router": "router"}
+_PART_NAMES = {OpName.BLOCK_FRAME: "norms+residuals", OpName.ATTENTION: "attention", OpName.MOE_ROUTER: "router"}
 
 
 class Predictor:
@@ -279,11 +274,10 @@ class Predictor:
         # For interpolation in M: (op, variant, other dims, dtype) -> sorted [(M, ms)]
         self._by_m: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for key, ms in lookup.items():
-            op, variant, shape_text, dtype = key.split("|")
-            shape = json.loads(shape_text)
+            op, variant, shape, dtype = parse_lookup_key(key)
             if "M" in shape:
                 m = shape.pop("M")
-                self._by_m[_key(op, variant, shape, dtype)].append((m, ms))
+                self._by_m[lookup_key(op, variant, shape, dtype)].append((m, ms))
         for points in self._by_m.values():
             points.sort()
 
@@ -308,7 +302,7 @@ class Predictor:
         pooled: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
         for (op, variant, dtype), group in sorted(groups.items()):
             shapes, ms = [r.shape for r in group], [r.median_ms for r in group]
-            fitted[f"{op}|{variant}|{dtype}"] = PowerLaw.fit(shapes, ms)
+            fitted[fitted_model_key(op, variant, dtype)] = PowerLaw.fit(shapes, ms)
             n_test = int(round(holdout * len(group)))
             if n_test == 0 or len(group) - n_test < 2:
                 continue  # too few shapes to hold any out
@@ -317,13 +311,13 @@ class Predictor:
             model = PowerLaw.fit([shapes[i] for i in train], [ms[i] for i in train])
             predicted = [model.predict(shapes[i]) for i in test]
             measured = [ms[i] for i in test]
-            accuracy[f"{op}|{variant}|{dtype}"] = Accuracy.of(predicted, measured)
+            accuracy[fitted_model_key(op, variant, dtype)] = Accuracy.of(predicted, measured)
             for name in ("all", op.split(".")[0]):
                 pooled[name][0].extend(predicted)
                 pooled[name][1].extend(measured)
         for name, (predicted, measured) in pooled.items():
             accuracy[name] = Accuracy.of(predicted, measured)
-        lookup = {_key(r.op, r.variant, r.shape, r.dtype): r.median_ms for r in rows}
+        lookup = {lookup_key(r.op, r.variant, r.shape, r.dtype): r.median_ms for r in rows}
         predictor = cls(device, lookup, fitted, {})
         if models:
             predictor.calibration, accuracy["calibration"], predictor.model_checks = _fit_calibration(predictor,
@@ -339,18 +333,18 @@ class Predictor:
     # ---- prediction ---------------------------------------------------------------------------------------------
     def op_ms(self, op: str, variant: str, shape: dict[str, int], dtype: str = "float32") -> float:
         """The latency of one op at one shape (lookup, then interpolation in M, then the fitted model)."""
-        exact = self.lookup.get(_key(op, variant, shape, dtype))
+        exact = self.lookup.get(lookup_key(op, variant, shape, dtype))
         if exact is not None:
             return exact
         if "M" in shape:
             rest = {k: v for k, v in shape.items() if k != "M"}
-            points = self._by_m.get(_key(op, variant, rest, dtype))
+            points = self._by_m.get(lookup_key(op, variant, rest, dtype))
             if points and points[0][0] <= shape["M"] <= points[-1][0]:
                 ms_ = [m for m, _ in points]
                 i = bisect.bisect_left(ms_, shape["M"])
                 (m0, t0), (m1, t1) = points[i - 1], points[i]
                 return t0 + (t1 - t0) * (shape["M"] - m0) / (m1 - m0)
-        model = self.models.get(f"{op}|{variant}|{dtype}")
+        model = self.models.get(fitted_model_key(op, variant, dtype))
         if model is None:
             raise PredictorError(
                 "latency.predictor", f"the predictor for {self.device!r} has no measurements of {op} ({variant or 'any variant'}): "
@@ -368,7 +362,7 @@ class Predictor:
 
         dims = ModelDims.of(config.model)
         shape = {"M": batch * dims.tokens, "C": dims.embed_dim, "Hd": dims.mlp_hidden}
-        return [self.op_ms("module.mlp", kind, shape) for kind in choice.moe.experts]
+        return [self.op_ms(OpName.MLP, kind, shape) for kind in choice.moe.experts]
 
     def predict(self, config: ArchConfig, batch: int = 1,
                 moe_loads: Mapping[int, MoELoad | Sequence[float]] | None = None) -> Prediction:

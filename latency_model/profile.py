@@ -34,6 +34,7 @@ from search_spaces import ArchConfig, SearchSpace, build_model
 from search_spaces.config import BlockConfig
 
 from . import db
+from .keys import kernel_op, measurement_key, model_key
 from .ops import ModelDims, Op, kernel_tasks, space_ops
 from .predictor import on_kernels, router_loads
 from .settings import LatencySettings
@@ -66,11 +67,11 @@ class Job:
     @property
     def row_key(self) -> tuple:
         if isinstance(self.item, Calibration):
-            return ("model", self.item.config.to_json(), self.item.batch)
+            return model_key(self.item.config.to_json(), self.item.batch)
         if isinstance(self.item, KernelSpec):
             s = self.item
-            return (f"tvm.{s.kernel}", s.variant, db.shape_key({"M": s.M, "K": s.K, "N": s.N}), s.dtype)
-        return (self.item.op, self.item.variant, db.shape_key(self.item.dims), self.item.dtype)
+            return measurement_key(kernel_op(s.kernel), s.variant, {"M": s.M, "K": s.K, "N": s.N}, s.dtype)
+        return measurement_key(self.item.op, self.item.variant, self.item.dims, self.item.dtype)
 
 
 @dataclass

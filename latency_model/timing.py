@@ -18,6 +18,7 @@ from kernels.runtime import KernelSet, to_kernels
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.config import ModelSpec
 
+from .keys import OpName, split_attention_variant
 from .ops import Op
 
 
@@ -59,23 +60,23 @@ def _one_block(spec: ModelSpec, block: BlockConfig, kernels: KernelSet) -> nn.Mo
 def build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, torch.Tensor]:
     """The module an op times, with an input of its shape."""
     d = op.dims
-    if op.op == "module.frame":
+    if op.op == OpName.FRAME:
         frame = to_kernels(build_model(ArchConfig(ModelSpec(spec.name, {**spec.kwargs, "depth": 1}),
                                                   (BlockConfig(),))), kernels)
         frame.blocks = nn.Sequential()
         return frame, torch.randn(d["B"], 3, d["img"], d["img"])
-    if op.op == "module.block_frame":
+    if op.op == OpName.BLOCK_FRAME:
         block = _one_block(spec, BlockConfig(), kernels).blocks[0]
         block.attn, block.mlp = _PassThrough(), _PassThrough()
         return block, torch.randn(d["B"], d["T"], d["C"])
-    if op.op == "module.attention":
-        attention, qkv, proj = op.variant.split("/")
+    if op.op == OpName.ATTENTION:
+        attention, qkv, proj = split_attention_variant(op.variant)
         block = _one_block(spec, BlockConfig(attention, qkv, proj, "dense"), kernels).blocks[0]
         return block.attn, torch.randn(d["B"], d["T"], d["C"])
-    if op.op == "module.mlp":
+    if op.op == OpName.MLP:
         block = _one_block(spec, BlockConfig(mlp=op.variant), kernels).blocks[0]
         return block.mlp, torch.randn(1, d["M"], d["C"])
-    if op.op == "module.moe_router":
+    if op.op == OpName.MOE_ROUTER:
         experts = ("dense",) * d["E"]
         top_k = d.get("K", 1)  # tables profiled before the router was priced per top_k have no K: top-1
         block = _one_block(spec, BlockConfig(mlp="moe", moe=MoEConfig(top_k, experts)), kernels).blocks[0]

@@ -179,9 +179,10 @@ def profiled_trials(study: Study) -> int:
     """The tuning trials the study's kernels were profiled with, so a measurement runs the kernels the predictor
     was fitted on (and a demo profiled untuned does not start tuning here)."""
     from latency_model import db
+    from latency_model.keys import is_kernel_op
 
     rows = db.latest(db.connect(study.latency.db), study.latency.device)
-    tvm = [r.trials for r in rows if r.op.startswith("tvm.")]
+    tvm = [r.trials for r in rows if is_kernel_op(r.op)]
     return max(tvm) if tvm else study.latency.trials
 
 

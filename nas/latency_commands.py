@@ -86,6 +86,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitResult:
     """Fit with the accuracy table, then say whether the predictor was written or refused."""
+    from latency_model.keys import is_fitted_model_key
     from latency_model.predictor import LOO
 
     fit = pipeline.fit_latency(study, options)
@@ -93,7 +94,7 @@ def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitR
                         "the whole-model totals (in sample, and each model left out of the fit)", title_justify="left")
     for column in ("op", "held out", "RMSE ms", "MAPE", "within ±5 %", "within ±10 %"):
         table.add_column(column)
-    for name, acc in sorted(fit.accuracy.items(), key=lambda kv: ("|" not in kv[0], kv[0])):
+    for name, acc in sorted(fit.accuracy.items(), key=lambda kv: (not is_fitted_model_key(kv[0]), kv[0])):
         table.add_row(name, str(acc.count), f"{acc.rmse_ms:.4f}", f"{acc.mape:.1%}", f"{acc.within_5pct:.0%}",
                       f"{acc.within_10pct:.0%}")
     console.print(table)

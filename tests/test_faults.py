@@ -246,5 +246,5 @@ def test_a_measurement_table_that_takes_no_writes_stops_the_profile_with_one_lin
     monkeypatch.setattr(db, "add_failure", full)
     assert main(["profile", str(study_file), "--cache", str(tmp_path / "kernels")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot write to the measurement table") and "disk is full" in err
+    assert err.startswith("error: latency.db: cannot write to the measurement table") and "disk is full" in err
     assert "Traceback" not in err
