@@ -187,7 +187,7 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
         out = Path(options.out)
         fix = "nas profile STUDY --remeasure"
     else:
-        raise ConfigError("", "give a study file, or --device and --out (and --db unless the default)")
+        raise ConfigError("study", "give a study file, or --device and --out (and --db unless the default)")
     max_error = options.max_model_error if options.max_model_error is not None else settings.max_model_error
     ensure_writable(out.parent, "latency.predictor" if study is not None else "--out", need_mb=1)
     engine = db.connect(settings.db)

@@ -1,7 +1,7 @@
 """The errors the product raises on purpose: one base, three kinds, each saying what went wrong and where to act.
 
-``where`` is always a place a user can act on: a key path in a file (``source`` names the file), a command-line flag,
-a path or a database URL. The ``nas`` command catches :class:`ShiftAddError` alone, prints its one line and exits with
+``where`` is always a place a user can act on: a key path in a file (``source`` names the file; an empty key when the
+whole file is at fault, e.g. not valid YAML), a command-line flag or argument, a path or a database URL. The ``nas`` command catches :class:`ShiftAddError` alone, prints its one line and exits with
 status 2; anything else that escapes is a bug and keeps its traceback.
 
 - :class:`ConfigError`: the user's input is wrong (a study or config file, a flag, an argument). Fix the input.
