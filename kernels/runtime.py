@@ -1,10 +1,12 @@
 """Run a reparameterized model's multiplication-free layers on the compiled TVM kernels.
 
-``to_kernels(model)`` returns an inference copy of ``model`` in which every :class:`ShiftLinear` runs the ``matshift``
-kernel and every :class:`AdditiveAttention` runs its two binary products on the ``binary_real`` ``matadd`` kernel;
-everything else stays in torch. MoE experts get their tokens padded up to a fixed grid of counts
-(:func:`search_spaces.ops.moe.token_buckets`), so their kernels are compiled for a few shapes, not one per batch. Tensors cross into TVM through DLPack, without copies: the kernels read torch's
-buffers and write their outputs into torch tensors allocated here.
+``to_kernels(model)`` returns an inference copy of ``model`` in which every primitive that declares how it runs on the
+kernels (``run_on_kernels`` in :mod:`search_spaces.registry`) does: every :class:`ShiftLinear` runs the ``matshift``
+kernel (:class:`KernelShiftLinear`), every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its
+binary product (:class:`KernelBinaryProduct`); everything else stays in torch. MoE experts get their tokens padded up
+to a fixed grid of counts (:func:`search_spaces.ops.moe.token_buckets`), so their kernels are compiled for a few
+shapes, not one per batch. Tensors cross into TVM through DLPack, without copies: the kernels read torch's buffers
+and write their outputs into torch tensors allocated here.
 
 Kernels are fetched per shape from the tuning cache (:func:`kernels.tuning.get_kernel`): a shape seen for the first
 time is tuned (or, with ``trials=0``, compiled with the default schedule), later calls reuse it.
@@ -13,14 +15,12 @@ time is tuned (or, with ``trials=0``, compiled with the default schedule), later
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from search_spaces.ops.attention import AdditiveAttention
-from search_spaces.ops.moe import MoEMlp
+from search_spaces import registry
 from search_spaces.ops.shift import ShiftLinear, from_fixed_point, to_fixed_point
 
 from . import matshift
@@ -91,17 +91,15 @@ class KernelShiftLinear(nn.Module):
         return from_fixed_point(y_int, self.frac_bits, self.bias, x.dtype).reshape(*lead, self.out_features)
 
 
-class KernelAdditiveAttention(nn.Module):
-    """Inference-only :class:`AdditiveAttention` whose products ``K_bᵀV`` and ``Q_b(K_bᵀV)`` run on ``matadd``."""
+class KernelBinaryProduct:
+    """``codes @ values`` on the ``binary_real`` ``matadd`` kernel, for each leading index (batch, head): codes
+    {0, 1} ``[..., M, K]``, values float32 ``[..., K, N]``. What :class:`AdditiveAttention` runs its products with."""
 
-    def __init__(self, attention: AdditiveAttention, kernels: KernelSet) -> None:
-        super().__init__()
-        self.attention = attention
+    def __init__(self, kernels: KernelSet) -> None:
         self.kernels = kernels
-        attention.mix = self.mix  # the frame (projections, heads, norms) stays the module's own
 
-    def _binary_real(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """``codes @ values`` for each [batch, head]: codes {0,1} [.., M, K], values float32 [.., K, N]."""
+    @torch.no_grad()
+    def __call__(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         *lead, m, k = codes.shape
         n = values.shape[-1]
         kernel = self.kernels.get("matadd", "binary_real", m, k, n, "float32")
@@ -115,35 +113,20 @@ class KernelAdditiveAttention(nn.Module):
                 out[i].copy_(result)
         return out.reshape(*lead, m, n).to(values.dtype)
 
-    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        att = self.attention
-        q_b, k_b = att.codes(q, k)
-        kv = self._binary_real(k_b.transpose(-2, -1), v)
-        x = 0.5 * v + self._binary_real(q_b, kv) / math.pi
-        x = x / (x.norm(dim=-1, keepdim=True) + att.eps)
-        return x + att.dconv(v)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        return self.attention(x, attn_mask=attn_mask, is_causal=is_causal)
-
 
 def _swap(module: nn.Module, kernels: KernelSet) -> None:
+    """Bottom-up: a primitive's children (an attention's shift projections, an MoE's experts) first, then itself."""
     for name, child in module.named_children():
-        if isinstance(child, MoEMlp):
-            child.pad_to_buckets = True  # experts see a few token counts, not one kernel shape per batch
-            _swap(child, kernels)
-        elif isinstance(child, ShiftLinear):
-            setattr(module, name, KernelShiftLinear(child, kernels))
-        elif isinstance(child, AdditiveAttention):
-            _swap(child, kernels)  # its qkv/proj may be shift layers too
-            setattr(module, name, KernelAdditiveAttention(child, kernels))
-        else:
-            _swap(child, kernels)
+        _swap(child, kernels)
+        run_on_kernels = registry.kernel_runner(child)
+        if run_on_kernels is not None:
+            replacement = run_on_kernels(child, kernels)
+            if replacement is not child:
+                setattr(module, name, replacement)
 
 
 def to_kernels(model: nn.Module, kernels: KernelSet | None = None) -> nn.Module:
-    """An inference (eval-mode) copy of ``model`` whose shift layers and additive attentions run on TVM kernels.
+    """An inference (eval-mode) copy of ``model`` whose primitives run on the TVM kernels where they can.
 
     Example:
         >>> fast = to_kernels(model, KernelSet("cpu", trials=64))   # doctest: +SKIP

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from search_spaces import ArchConfig, BlockConfig, SearchSpace
+from search_spaces import ArchConfig, BlockConfig, SearchSpace, registry
 from search_spaces.config import ModelSpec
 from search_spaces.ops.moe import MoELoad, token_buckets
 
@@ -155,7 +155,7 @@ def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
         Op(OpName.BLOCK_FRAME, "", _shape(B=batch, T=t, C=c), index),
         Op(OpName.ATTENTION, block_attention_variant(block), _shape(B=batch, T=t, C=c, H=dims.heads), index),
     ]
-    if block.mlp in ("dense", "shift"):
+    if not registry.get("mlp", block.mlp).routed:
         ops.append(Op(OpName.MLP, block.mlp, _shape(M=m, C=c, Hd=dims.mlp_hidden), index))
         return ops
     assert block.moe is not None
@@ -185,7 +185,7 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
                         for op in block_ops(dims, batch, 0, block)[:2]:
                             seen.setdefault(op.key, op)
             for mlp in choices.mlp:
-                if mlp != "moe":
+                if not registry.get("mlp", mlp).routed:
                     op = Op(OpName.MLP, mlp, _shape(M=m, C=dims.embed_dim, Hd=dims.mlp_hidden))
                     seen.setdefault(op.key, op)
                     continue
@@ -201,27 +201,35 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
 
 def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: str = DEFAULT_VARIANT
                  ) -> list[KernelSpec]:
-    """Every TVM kernel shape the space can produce: each linear as matmul and matshift, the attention products
-    as matmul (msa, linear) and matadd (additive), per batch size and head."""
+    """Every TVM kernel shape the space can produce, per batch size: what each primitive it offers declares
+    (``kernel_tasks`` in :mod:`search_spaces.registry`) at the block's sizes; an MoE's experts at every token count
+    they run at. A task that names no variant takes the default one (``matshift_variant`` for matshift)."""
     dims = ModelDims.of(space.model)
-    c, hd, t, d = dims.embed_dim, dims.mlp_hidden, dims.tokens, dims.head_dim
     specs: dict[str, KernelSpec] = {}
+    defaults = {"matshift": matshift_variant}
 
-    def add(*items: KernelSpec) -> None:
-        for spec in items:
+    def add(tasks: Iterable[registry.KernelTask]) -> None:
+        for kernel, variant, m, k, n in tasks:
+            spec = KernelSpec(kernel, variant or defaults[kernel], m, k, n)
             specs.setdefault(spec.key, spec)
 
     for batch in batches:
-        m = batch * t
-        for k, n in ((c, 3 * c), (c, c), (c, hd), (hd, c)):
-            add(KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matshift", matshift_variant, m, k, n))
-        add(KernelSpec("matmul", "fp32", t, d, t), KernelSpec("matmul", "fp32", t, t, d))  # softmax attention
-        add(KernelSpec("matmul", "fp32", d, t, d), KernelSpec("matmul", "fp32", t, d, d))  # linear attention
-        add(KernelSpec("matadd", "binary_real", d, t, d), KernelSpec("matadd", "binary_real", t, d, d))
-        if "moe" in {mlp for choices in space.blocks for mlp in choices.mlp}:
-            for tokens in sorted({t for k in space.moe_top_k for t in token_buckets(k * m)}):
-                add(KernelSpec("matshift", matshift_variant, tokens, c, hd),
-                    KernelSpec("matshift", matshift_variant, tokens, hd, c))
+        shapes = registry.Shapes(batch, dims.tokens, dims.embed_dim, dims.heads, dims.mlp_hidden)
+        for choices in dict.fromkeys(space.blocks):
+            for name in choices.attention:
+                add(registry.get("attention", name).tasks(shapes))
+            for key in ("qkv", "proj"):
+                for name in choices.get(key):
+                    add(registry.get("linear", name).tasks(shapes, shapes.linear_layers(key)))
+            for name in choices.mlp:
+                mlp = registry.get("mlp", name)
+                add(mlp.tasks(shapes, shapes.linear_layers("mlp")))
+                if not mlp.routed:
+                    continue
+                for tokens in sorted({t for k in space.moe_top_k for t in token_buckets(k * shapes.rows)}):
+                    bucket = replace(shapes, batch=1, tokens=tokens)
+                    for kind in dict.fromkeys(space.moe_experts):
+                        add(registry.get("expert", kind).tasks(bucket, bucket.linear_layers("mlp")))
     return list(specs.values())
 
 

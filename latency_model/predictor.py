@@ -34,6 +34,7 @@ import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig
 from search_spaces.errors import StateError
+from search_spaces.registry import on_kernels
 
 from .db import ModelRow, Row
 from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
@@ -119,14 +120,8 @@ class Prediction:
                 "blocks": self.blocks, "moe_tokens": {str(k): v for k, v in self.moe_tokens.items()}}
 
 
-def on_kernels(b: BlockConfig) -> bool:
-    """Whether a block runs part of its work on the TVM kernels (shift layers, additive attention, shift experts)."""
-    shift_expert = b.moe is not None and "shift" in b.moe.experts
-    return "shift" in (b.qkv, b.proj, b.mlp) or b.attention == "additive" or shift_expert
-
-
 def kernel_blocks(config: ArchConfig) -> int:
-    """Blocks with at least one part on the TVM kernels."""
+    """Blocks with at least one part on the TVM kernels (:func:`search_spaces.registry.on_kernels`)."""
     return sum(on_kernels(b) for b in config.blocks)
 
 

@@ -32,11 +32,12 @@ from kernels.spec import KernelSpec
 from kernels.tuning import task_dir
 from search_spaces import ArchConfig, SearchSpace, build_model
 from search_spaces.config import BlockConfig
+from search_spaces.registry import get as primitive, on_kernels
 
 from . import db
 from .keys import kernel_op, measurement_key, model_key
 from .ops import ModelDims, Op, kernel_tasks, space_ops
-from .predictor import on_kernels, router_loads
+from .predictor import router_loads
 from .settings import LatencySettings
 from .timing import time_model, time_op
 
@@ -107,6 +108,11 @@ def plan(space: SearchSpace, settings: LatencySettings, modules: bool = True) ->
     return jobs
 
 
+def _in_torch(slot: str, options: tuple[str, ...], current: str) -> str:
+    """The first option of a slot that runs in torch and needs no settings of its own, else ``current``."""
+    return next((o for o in options if not (primitive(slot, o).on_kernels or primitive(slot, o).routed)), current)
+
+
 def calibration_configs(space: SearchSpace, count: int, seed: int = 0) -> list[ArchConfig]:
     """Whole models for the composition calibration, spread over 0..depth blocks on the kernels (the fewest first),
     so the fit can tell its per-kernel-block cost from its constant; architectures drawn uniformly nearly all have
@@ -124,12 +130,13 @@ def calibration_configs(space: SearchSpace, count: int, seed: int = 0) -> list[A
             if sum(on_kernels(b) for b in blocks) <= target:
                 break
             if on_kernels(blocks[j]):
-                choices = space.blocks[j]
-                blocks[j] = BlockConfig(next((a for a in choices.attention if a != "additive"), blocks[j].attention),
-                                        "dense" if "dense" in choices.qkv else blocks[j].qkv,
-                                        "dense" if "dense" in choices.proj else blocks[j].proj,
-                                        "dense" if "dense" in choices.mlp else blocks[j].mlp,
-                                        None if "dense" in choices.mlp else blocks[j].moe)
+                choices, block = space.blocks[j], blocks[j]
+                mlp = _in_torch("mlp", choices.mlp, block.mlp)
+                attention = _in_torch("attention", choices.attention, block.attention)
+                blocks[j] = BlockConfig(attention, _in_torch("linear", choices.qkv, block.qkv),
+                                        _in_torch("linear", choices.proj, block.proj), mlp,
+                                        block.moe if mlp == block.mlp else None,
+                                        block.binarize if attention == block.attention else None)
         candidate = ArchConfig(config.model, tuple(blocks))
         if candidate in configs:  # a small space has few ways to leave blocks off the kernels: take the draw
             candidate = config

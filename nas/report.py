@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import ArchConfig
-from search_spaces.space import BLOCK_KEYS
+from search_spaces.space import block_options
 
 from . import attributes as attr
 
@@ -132,9 +132,10 @@ def plot_allocation(front: list[Point], path: Path) -> Path:
     import numpy as np
 
     depth = front[0].config.depth
-    fig, axes = plt.subplots(1, len(BLOCK_KEYS), figsize=(3.0 * len(BLOCK_KEYS), 0.9 + 0.35 * len(front)),
+    keys = block_options()
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 0.9 + 0.35 * len(front)),
                              squeeze=False)
-    for ax, (key, options) in zip(axes[0], BLOCK_KEYS.items()):
+    for ax, (key, options) in zip(axes[0], keys.items()):
         grid = np.array([[options.index(getattr(b, key)) for b in p.config.blocks] for p in front])
         ax.imshow(grid, cmap=plt.get_cmap("Set2", len(options)), vmin=-0.5, vmax=len(options) - 0.5,
                   aspect="auto")

@@ -1,6 +1,8 @@
 """The study file: one YAML file holds everything a search needs, validated on load.
 
     name: quickstart                      # the Optuna study name; default storage sqlite:///<dir>/<name>.db
+    plugins: []                           # Python modules to import first: they register primitives
+                                          #   (search_spaces.registry), in every process that reads the study
     model:
       name: deit_tiny_patch16_224         # timm VisionTransformer + kwargs (see search_spaces.config)
       kwargs: {img_size: 32, patch_size: 4, depth: 4, embed_dim: 64, num_heads: 2, num_classes: 10}
@@ -62,8 +64,8 @@ from search_spaces.space import SearchSpace
 
 from .shapes import DEFAULT_IMAGES
 
-SECTIONS = ("name", "model", "data", "space", "objectives", "latency", "budget", "train", "sampler", "pruner",
-            "storage", "search")
+SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "budget", "train", "sampler",
+            "pruner", "storage", "search")
 METRICS = ("accuracy", "latency_ms")
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband", "asha")
@@ -254,6 +256,7 @@ class Study:
     pruner: Choice
     storage: str
     search: SearchSettings = SearchSettings()
+    plugins: tuple[str, ...] = ()
     # the latency: section as written, before the defaults that depend on the target and the folder were filled in
     declared_latency: LatencySettings = field(default=LatencySettings(), repr=False, compare=False)
 
@@ -305,6 +308,7 @@ class Study:
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
             raise ConfigError("name", f"expected a name of letters, digits, '-', '_' or '.', got {name!r}")
         folder = path.parent
+        plugins = load_plugins(data.get("plugins"), folder)  # before the space: it may name their primitives
         model_data = _check_keys(data["model"], "model", ("name",), ("kwargs", "checkpoint"))
         checkpoint = model_data.get("checkpoint")
         if checkpoint is not None and (not isinstance(checkpoint, str) or not checkpoint):
@@ -334,8 +338,29 @@ class Study:
             objectives=objectives, latency=declared_latency.resolved(folder), budget=Budget.from_dict(data.get("budget")),
             train=TrainSettings.from_dict(data.get("train")),
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
-            storage=storage, search=SearchSettings.from_dict(data.get("search")), declared_latency=declared_latency,
+            storage=storage, search=SearchSettings.from_dict(data.get("search")), plugins=plugins,
+            declared_latency=declared_latency,
         )
+
+
+def load_plugins(names: Any, folder: Path) -> tuple[str, ...]:
+    """Import the modules a study names under ``plugins:`` (importable from the study's folder too), so the
+    primitives they register exist before the space is read. Importing one twice is harmless."""
+    import importlib
+    import sys
+
+    if names is None:
+        return ()
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError("plugins", f"expected a list of Python module names, got {names!r}")
+    if str(folder.resolve()) not in sys.path:
+        sys.path.append(str(folder.resolve()))
+    for i, name in enumerate(names):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - a plugin's import can fail in any way; say which and why
+            raise ConfigError(f"plugins[{i}]", f"cannot import {name!r}: {type(e).__name__}: {e}") from None
+    return tuple(names)
 
 
 def _check_database_url(url: str) -> None:

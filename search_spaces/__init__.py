@@ -1,6 +1,6 @@
 """What can be searched: the primitives, the architecture type, the search space and the reparameterization."""
 
-from . import reparam
+from . import registry, reparam
 from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig
 from .reparam import UnsupportedModelError, build_model, create_model
 from .space import BlockChoices, SearchSpace
@@ -16,5 +16,6 @@ __all__ = [
     "UnsupportedModelError",
     "build_model",
     "create_model",
+    "registry",
     "reparam",
 ]

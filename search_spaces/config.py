@@ -27,12 +27,10 @@ from typing import Any
 
 import yaml
 
+from . import registry
 from .errors import ConfigError
-from .ops.attention import ATTENTION_KINDS, BINARIZE_KINDS
+from .ops.attention import BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
-
-PROJECTION_KINDS = ("dense", "shift")
-MLP_KINDS = ("dense", "shift", "moe")
 
 
 def _check_keys(data: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Mapping:
@@ -116,7 +114,7 @@ class MoEConfig:
         if len(self.experts) < 2:
             raise ConfigError(f"{where}.experts", f"need at least two experts, got {list(self.experts)}")
         for i, kind in enumerate(self.experts):
-            _check_choice(kind, f"{where}.experts[{i}]", EXPERT_KINDS, "expert kind")
+            _check_choice(kind, f"{where}.experts[{i}]", registry.names("expert"), "expert kind")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= len(self.experts):
             raise ConfigError(
                 f"{where}.top_k",
@@ -154,16 +152,16 @@ class BlockConfig:
             object.__setattr__(self, "binarize", BINARIZE_KINDS[0])
 
     def validate(self, where: str) -> None:
-        _check_choice(self.attention, f"{where}.attention", ATTENTION_KINDS, "attention")
+        _check_choice(self.attention, f"{where}.attention", registry.names("attention"), "attention")
         if self.attention == "additive":
             _check_choice(self.binarize, f"{where}.binarize", BINARIZE_KINDS, "binarization")
         elif self.binarize is not None:
             raise ConfigError(f"{where}.binarize", f"binarize is an option of additive attention; this block's "
                                                    f"attention is {self.attention!r}")
-        _check_choice(self.qkv, f"{where}.qkv", PROJECTION_KINDS, "projection")
-        _check_choice(self.proj, f"{where}.proj", PROJECTION_KINDS, "projection")
-        _check_choice(self.mlp, f"{where}.mlp", MLP_KINDS, "mlp")
-        if self.mlp == "moe":
+        _check_choice(self.qkv, f"{where}.qkv", registry.names("linear"), "projection")
+        _check_choice(self.proj, f"{where}.proj", registry.names("linear"), "projection")
+        _check_choice(self.mlp, f"{where}.mlp", registry.names("mlp"), "mlp")
+        if registry.get("mlp", self.mlp).routed:
             if self.moe is None:
                 raise ConfigError(f"{where}.moe", "mlp is 'moe' but the block has no moe settings")
             self.moe.validate(f"{where}.moe")
@@ -186,7 +184,7 @@ class BlockConfig:
     def from_dict(cls, data: Any, where: str) -> "BlockConfig":
         data = _check_keys(data, where, ("attention", "qkv", "proj", "mlp"), ("moe", "binarize"))
         moe = data.get("moe")
-        if moe is None and data["mlp"] == "moe":
+        if moe is None and data["mlp"] in registry.names("mlp") and registry.get("mlp", data["mlp"]).routed:
             moe_config: MoEConfig | None = MoEConfig()
         else:
             moe_config = None if moe is None else MoEConfig.from_dict(moe, f"{where}.moe")

@@ -1,8 +1,9 @@
 """In-place reparameterization of timm Vision Transformers by an :class:`ArchConfig`.
 
-``apply(model, config)`` swaps each block's attention and MLP for the primitives the config names, converting the
-dense weights (shift layers from ``ShiftLinear.from_dense``, MoE experts from copies of the dense MLP). Parts the
-config leaves ``msa``/``dense`` are not touched, so they stay bit-identical.
+``apply(model, config)`` swaps each block's attention, projections and MLP for the primitives the config names, each
+built from the dense module by its declaration in :mod:`search_spaces.registry` (shift layers from
+``ShiftLinear.from_dense``, MoE experts from copies of the dense MLP). Parts the config leaves ``msa``/``dense`` are
+not touched, so they stay bit-identical.
 
 Supported: timm ``VisionTransformer`` and its subclasses (ViT, DeiT, DeiT-distilled), whose blocks are
 ``model.blocks[i]`` with ``.attn`` (timm ``Attention``) and ``.mlp`` (timm ``Mlp``). Other families raise
@@ -19,8 +20,8 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, _thaw
-from .ops.attention import AdditiveAttention, LinearAttention
 from .ops.moe import MoEMlp
 from .ops.shift import ShiftLinear
 
@@ -68,22 +69,16 @@ def _check_block(block: nn.Module, where: str) -> None:
 
 def _apply_block(block: nn.Module, choice: BlockConfig) -> None:
     attn = block.attn
-    if choice.qkv == "shift":
-        attn.qkv = ShiftLinear.from_dense(attn.qkv)
-    if choice.proj == "shift":
-        attn.proj = ShiftLinear.from_dense(attn.proj)
-    if choice.attention == "linear":
-        block.attn = LinearAttention(attn)
-    elif choice.attention == "additive":
-        block.attn = AdditiveAttention(attn, binarize=choice.binarize)
-
-    mlp = block.mlp
-    if choice.mlp == "shift":
-        mlp.fc1 = ShiftLinear.from_dense(mlp.fc1)
-        mlp.fc2 = ShiftLinear.from_dense(mlp.fc2)
-    elif choice.mlp == "moe":
-        assert choice.moe is not None  # guaranteed by BlockConfig.validate
-        block.mlp = MoEMlp.from_dense(mlp, choice.moe.experts, choice.moe.top_k)
+    for name in ("qkv", "proj"):  # first: the attention built next keeps the converted projections
+        linear = registry.get("linear", getattr(choice, name))
+        if linear.build is not None:
+            setattr(attn, name, linear.build(getattr(attn, name), choice))
+    attention = registry.get("attention", choice.attention)
+    if attention.build is not None:
+        block.attn = attention.build(attn, choice)
+    mlp = registry.get("mlp", choice.mlp)
+    if mlp.build is not None:
+        block.mlp = mlp.build(block.mlp, choice)
 
 
 def apply(model: nn.Module, config: ArchConfig) -> nn.Module:

@@ -28,30 +28,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from .config import (
-    MLP_KINDS,
-    PROJECTION_KINDS,
-    ArchConfig,
-    BlockConfig,
-    ConfigError,
-    ModelSpec,
-    MoEConfig,
-    _check_keys,
-)
-from .ops.attention import ATTENTION_KINDS, BINARIZE_KINDS
+from . import registry
+from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig, _check_keys
+from .ops.attention import BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
 
-BLOCK_KEYS: dict[str, tuple[str, ...]] = {
-    "attention": ATTENTION_KINDS,
-    "qkv": PROJECTION_KINDS,
-    "proj": PROJECTION_KINDS,
-    "mlp": MLP_KINDS,
-}
+# The keys of a block's choices and the registry slot whose primitives each offers.
+BLOCK_SLOTS = {"attention": "attention", "qkv": "linear", "proj": "linear", "mlp": "mlp"}
+
+
+def block_options() -> dict[str, tuple[str, ...]]:
+    """Every option of each key of a block: the registered primitives of its slot."""
+    return {key: registry.names(slot) for key, slot in BLOCK_SLOTS.items()}
+
+
+def _options(key: str):
+    return field(default_factory=lambda: registry.names(BLOCK_SLOTS[key]))
 
 
 class _Suggester(Protocol):
@@ -64,28 +61,27 @@ class _Suggester(Protocol):
 class BlockChoices:
     """The options one block may take, per key."""
 
-    attention: tuple[str, ...] = ATTENTION_KINDS
-    qkv: tuple[str, ...] = PROJECTION_KINDS
-    proj: tuple[str, ...] = PROJECTION_KINDS
-    mlp: tuple[str, ...] = MLP_KINDS
+    attention: tuple[str, ...] = _options("attention")
+    qkv: tuple[str, ...] = _options("qkv")
+    proj: tuple[str, ...] = _options("proj")
+    mlp: tuple[str, ...] = _options("mlp")
 
     def get(self, key: str) -> tuple[str, ...]:
         return getattr(self, key)
 
     @classmethod
     def from_dict(cls, data: Any, where: str, base: "BlockChoices | None" = None) -> "BlockChoices":
-        data = _check_keys(data or {}, where, (), tuple(BLOCK_KEYS))
-        values = {key: (base or cls()).get(key) for key in BLOCK_KEYS}
+        data = _check_keys(data or {}, where, (), tuple(BLOCK_SLOTS))
+        values = {key: (base or cls()).get(key) for key in BLOCK_SLOTS}
         for key, raw in data.items():
             options = [raw] if isinstance(raw, str) else raw
             if not isinstance(options, list | tuple) or not options:
                 raise ConfigError(f"{where}.{key}", f"expected a non-empty list of options, got {raw!r}")
             for j, option in enumerate(options):
-                if option not in BLOCK_KEYS[key]:
-                    raise ConfigError(
-                        f"{where}.{key}[{j}]",
-                        f"unknown {key} option {option!r} (choose from {', '.join(BLOCK_KEYS[key])})",
-                    )
+                known = registry.names(BLOCK_SLOTS[key])
+                if option not in known:
+                    raise ConfigError(f"{where}.{key}[{j}]",
+                                      f"unknown {key} option {option!r} (choose from {', '.join(known)})")
             if len(set(options)) != len(options):
                 raise ConfigError(f"{where}.{key}", f"options repeat: {list(options)}")
             values[key] = tuple(options)
@@ -173,7 +169,7 @@ class SearchSpace:
 
     # ---- drawing architectures --------------------------------------------------------------------------------
     def _decide(self, pick, prefix: str, choices: BlockChoices) -> BlockConfig:
-        values = {key: pick(f"{prefix}{key}", choices.get(key)) for key in BLOCK_KEYS}
+        values = {key: pick(f"{prefix}{key}", choices.get(key)) for key in BLOCK_SLOTS}
         moe = None
         if values["mlp"] == "moe":
             moe = MoEConfig(pick(f"{prefix}moe_top_k", self.moe_top_k), self.moe_experts)

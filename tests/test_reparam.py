@@ -16,7 +16,7 @@ from search_spaces import (
     reparam,
 )
 from search_spaces.ops import AdditiveAttention, LinearAttention, MoEMlp, ShiftLinear, moe_aux_loss
-from search_spaces.space import BLOCK_KEYS
+from search_spaces.space import block_options
 
 
 def test_dense_config_leaves_outputs_bit_identical(tiny_spec):
@@ -60,7 +60,7 @@ def test_shift_conversion_uses_the_dense_weights(tiny_spec):
 
 
 def test_every_op_combination_runs_forward_and_backward():
-    combos = list(itertools.product(*BLOCK_KEYS.values()))
+    combos = list(itertools.product(*block_options().values()))
     assert len(combos) == 36
     # one block per combination, in one model
     spec = ModelSpec(

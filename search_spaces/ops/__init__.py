@@ -1,11 +1,11 @@
-"""The multiplication-free primitives as torch modules."""
+"""The multiplication-free primitives as torch modules (what each choice is named and how it is built and run:
+:mod:`search_spaces.registry`)."""
 
-from .attention import ATTENTION_KINDS, AdditiveAttention, LinearAttention, binarize_ste
+from .attention import AdditiveAttention, LinearAttention, binarize_ste
 from .moe import EXPERT_KINDS, MoEMlp, RouterStats, balance_loss, cv_squared, moe_aux_loss, shift_mlp
 from .shift import ShiftLinear, shift_matmul_int, shift_range, to_fixed_point
 
 __all__ = [
-    "ATTENTION_KINDS",
     "AdditiveAttention",
     "EXPERT_KINDS",
     "LinearAttention",

@@ -4,7 +4,8 @@
 - :class:`LinearAttention`: kernelized attention with the positive feature map ``elu + 1``, O(N) in tokens.
 - :class:`AdditiveAttention`: ShiftAddViT's binary linear-angular attention. Queries and keys are L2-normalized per
   head and binarized to {0, 1} codes, then ``out = normalize(0.5·v + (1/π)·Q_b (K_bᵀ V)) + dwconv(v)``. The two
-  products with a binary operand are sums of selected rows (the ``matadd`` kernels): no multiplications.
+  products with a binary operand are sums of selected rows: no multiplications. They run through the module's
+  ``binary_product`` (torch's matmul by default; :mod:`kernels.runtime` gives it the ``matadd`` kernel).
 
 Binarization (:data:`BINARIZE_KINDS`, the ``binarize`` option of an additive block):
 
@@ -18,12 +19,12 @@ Binarization (:data:`BINARIZE_KINDS`, the ``binarize`` option of an additive blo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTENTION_KINDS = ("msa", "linear", "additive")
 BINARIZE_KINDS = ("tensor", "token")
 
 
@@ -112,6 +113,9 @@ class AdditiveAttention(_ProjectedAttention):
         nn.init.zeros_(self.dconv.weight)
         self.dconv.to(next(source.parameters()).device)
         self.last_codes: tuple[torch.Tensor, torch.Tensor] | None = None
+        # codes {0, 1} [..., M, K] x values [..., K, N] -> [..., M, N]; an implementation without multiplications
+        # (kernels.runtime.KernelBinaryProduct) is given by the kernel runtime
+        self.binary_product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.matmul
 
     def extra_repr(self) -> str:
         return f"binarize={self.binarize}"
@@ -125,7 +129,7 @@ class AdditiveAttention(_ProjectedAttention):
     def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_b, k_b = self.codes(q, k)
         self.last_codes = (q_b.detach(), k_b.detach())
-        kv = k_b.transpose(-2, -1) @ v  # binary x real: masked row sums (matadd)
-        x = 0.5 * v + (q_b @ kv) / math.pi  # binary x real again
+        kv = self.binary_product(k_b.transpose(-2, -1), v)  # binary x real: masked row sums
+        x = 0.5 * v + self.binary_product(q_b, kv) / math.pi  # binary x real again
         x = x / (x.norm(dim=-1, keepdim=True) + self.eps)
         return x + self.dconv(v)

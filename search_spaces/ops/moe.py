@@ -22,7 +22,7 @@ from torch.distributions.normal import Normal
 
 from .shift import ShiftLinear
 
-EXPERT_KINDS = ("dense", "shift")
+EXPERT_KINDS = ("dense", "shift")  # the default experts of an MoE: the paper's (search_spaces.registry has them all)
 
 
 def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -206,16 +206,11 @@ class MoEMlp(nn.Module):
 
     @classmethod
     def from_dense(cls, mlp: nn.Module, kinds: tuple[str, ...] = EXPERT_KINDS, top_k: int = 1) -> "MoEMlp":
-        """Experts initialized from the dense timm ``Mlp`` being replaced (shift experts converted from it)."""
-        experts = []
-        for kind in kinds:
-            if kind == "dense":
-                experts.append(copy.deepcopy(mlp))
-            elif kind == "shift":
-                experts.append(shift_mlp(mlp))
-            else:
-                raise ValueError(f"unknown expert kind {kind!r} (choose from {', '.join(EXPERT_KINDS)})")
-        moe = cls(experts, list(kinds), mlp.fc1.in_features, top_k=top_k)
+        """Experts initialized from the dense timm ``Mlp`` being replaced, each by its ``expert`` primitive
+        (:mod:`search_spaces.registry`: a dense copy, or a copy converted to shift layers)."""
+        from ..registry import experts_of
+
+        moe = cls(experts_of(mlp, kinds), list(kinds), mlp.fc1.in_features, top_k=top_k)
         return moe.to(mlp.fc1.weight.device)
 
     @torch.no_grad()

@@ -1,0 +1,280 @@
+"""The primitives: one declaration per choice of each slot of a block, with what every stage needs of it.
+
+A block has four slots, each with its choices:
+
+- ``attention``: the token mixer, built from the dense timm ``Attention`` (``msa``, ``linear``, ``additive``);
+- ``linear``: a projection of the attention (``qkv``, ``proj``) or of a dense MLP (``dense``, ``shift``);
+- ``mlp``: the MLP, built from the dense timm ``Mlp`` (``dense``, ``shift``, ``moe``);
+- ``expert``: one expert of an MoE MLP, built from the dense ``Mlp`` (``dense``, ``shift``).
+
+A :class:`Primitive` says how to build it from the dense module (``reparam.apply``), whether and how it runs on the
+compiled TVM kernels (``kernels.runtime.to_kernels``), the kernel shapes it needs (``nas profile`` tunes and times
+them) and how the latency model prices it (one op of its slot, or, ``routed``, a router plus its experts).
+:class:`~search_spaces.config.BlockConfig` validates against the registry and a search space offers every
+registered choice unless a study narrows it.
+
+A new primitive is its module plus one :func:`register` call, e.g. in a module a study names under ``plugins:``
+(imported by every process that reads the study, search workers and Ray trials included)::
+
+    from search_spaces import registry
+
+    registry.register(registry.Primitive(
+        "attention", "pooling", build=lambda attn, block: PoolingAttention(attn), module=PoolingAttention,
+        description="average pooling over tokens"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import BlockConfig
+
+SLOTS = ("attention", "linear", "mlp", "expert")
+
+# A kernel shape a primitive needs: (kernel, variant or None for the kernel's default variant, M, K, N).
+KernelTask = tuple[str, "str | None", int, int, int]
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """The sizes one block runs at, for one batch size: what a primitive's kernel shapes are made of."""
+
+    batch: int
+    tokens: int  # per image
+    channels: int
+    heads: int
+    hidden: int  # MLP hidden width
+
+    @property
+    def rows(self) -> int:
+        """Tokens of the whole batch: the M of the block's linear layers."""
+        return self.batch * self.tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.channels // self.heads
+
+    def linear_layers(self, slot: str) -> tuple[tuple[int, int], ...]:
+        """``(in, out)`` of the linear layers a slot holds: the attention's qkv and proj, the MLP's fc1 and fc2."""
+        c, hd = self.channels, self.hidden
+        return {"qkv": ((c, 3 * c),), "proj": ((c, c),), "mlp": ((c, hd), (hd, c))}[slot]
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One choice of one slot.
+
+    Attributes:
+        slot: one of :data:`SLOTS`.
+        name: the choice's name in configs and study files.
+        build: ``build(dense_module, block) -> module``: the replacement, made from the slot's dense module (it may
+            convert that module in place and return it). None: the dense module stays, bit-identical.
+        module: the class ``build`` makes; the kernel runtime finds the primitive's modules by it (needed with
+            ``run_on_kernels``).
+        run_on_kernels: ``run_on_kernels(module, kernels) -> module``: the inference module that runs it on the
+            compiled kernels (a ``kernels.runtime.KernelSet``), called after its children are converted. None:
+            nothing of its own changes (its children may still run on the kernels).
+        on_kernels: part of its work runs on the TVM kernels (itself or its children): the latency model counts
+            such blocks, which pay the cost of crossing into TVM.
+        kernel_tasks: ``kernel_tasks(shapes, layers) -> [KernelTask]``: the kernel shapes it needs; ``layers`` are
+            the ``(in, out)`` of the linear layers it stands for (linear and MLP slots).
+        routed: an MLP that routes each token to some of its experts (priced as its router plus each expert at the
+            token counts it runs at).
+        description: one line for ``--help`` and the docs.
+    """
+
+    slot: str
+    name: str
+    build: Callable[[nn.Module, "BlockConfig"], nn.Module] | None = None
+    module: type[nn.Module] | None = None
+    run_on_kernels: Callable[[nn.Module, Any], nn.Module] | None = None
+    kernel_tasks: Callable[[Shapes, tuple[tuple[int, int], ...]], list[KernelTask]] | None = None
+    on_kernels: bool = False
+    routed: bool = False
+    description: str = ""
+
+    def tasks(self, shapes: Shapes, layers: tuple[tuple[int, int], ...] = ()) -> list[KernelTask]:
+        return self.kernel_tasks(shapes, layers) if self.kernel_tasks is not None else []
+
+
+_REGISTRY: dict[tuple[str, str], Primitive] = {}
+
+
+def register(primitive: Primitive) -> Primitive:
+    """Add a primitive (a second registration of the same slot and name replaces the first: re-importing a plugin
+    module is harmless)."""
+    if primitive.slot not in SLOTS:
+        raise ValueError(f"unknown slot {primitive.slot!r} (choose from {', '.join(SLOTS)})")
+    if not primitive.name or not primitive.name.replace("_", "").isalnum():
+        raise ValueError(f"a primitive's name is letters, digits and '_', got {primitive.name!r}")
+    if primitive.run_on_kernels is not None and primitive.module is None:
+        raise ValueError(f"{primitive.slot} {primitive.name!r}: give the module class its build makes, so the kernel "
+                         "runtime can find its modules")
+    _REGISTRY[(primitive.slot, primitive.name)] = primitive
+    return primitive
+
+
+def unregister(slot: str, name: str) -> None:
+    """Remove a primitive (tests that register one remove it again)."""
+    _REGISTRY.pop((slot, name), None)
+
+
+def names(slot: str) -> tuple[str, ...]:
+    """The choices of a slot, in registration order (built-in ones first)."""
+    return tuple(name for s, name in _REGISTRY if s == slot)
+
+
+def get(slot: str, name: str, where: str = "") -> Primitive:
+    """The primitive of a slot's choice; an unknown one is a :class:`ConfigError` at ``where``."""
+    try:
+        return _REGISTRY[(slot, name)]
+    except KeyError:
+        raise ConfigError(where or slot, f"unknown {slot} option {name!r} (choose from {', '.join(names(slot))})") \
+            from None
+
+
+def primitives() -> Iterator[Primitive]:
+    yield from _REGISTRY.values()
+
+
+def kernel_runner(module: nn.Module) -> Callable[[nn.Module, Any], nn.Module] | None:
+    """How ``module`` runs on the kernels, if it is a primitive's module that does (matched by exact class)."""
+    for primitive in _REGISTRY.values():
+        if primitive.run_on_kernels is not None and primitive.module is type(module):
+            return primitive.run_on_kernels
+    return None
+
+
+def block_primitives(block: "BlockConfig") -> list[Primitive]:
+    """Every primitive a block's choices use: attention, qkv, proj, MLP and, for a routed MLP, its experts."""
+    used = [get("attention", block.attention), get("linear", block.qkv), get("linear", block.proj),
+            get("mlp", block.mlp)]
+    if block.moe is not None:
+        used += [get("expert", kind) for kind in block.moe.experts]
+    return used
+
+
+def on_kernels(block: "BlockConfig") -> bool:
+    """Whether a block runs part of its work on the TVM kernels."""
+    return any(p.on_kernels for p in block_primitives(block))
+
+
+# ---- the built-in primitives -----------------------------------------------------------------------------------
+def _matmul(shapes: Shapes, layers) -> list[KernelTask]:
+    return [("matmul", "fp32", shapes.rows, k, n) for k, n in layers]
+
+
+def _matshift(shapes: Shapes, layers) -> list[KernelTask]:
+    return [("matshift", None, shapes.rows, k, n) for k, n in layers]
+
+
+def _shift_linear(linear: nn.Module, block=None) -> nn.Module:
+    from .ops.shift import ShiftLinear
+
+    return ShiftLinear.from_dense(linear)
+
+
+def _shift_on_kernels(layer: nn.Module, kernels) -> nn.Module:
+    from kernels.runtime import KernelShiftLinear
+
+    return KernelShiftLinear(layer, kernels)
+
+
+def _linear_attention(attn: nn.Module, block) -> nn.Module:
+    from .ops.attention import LinearAttention
+
+    return LinearAttention(attn)
+
+
+def _additive_attention(attn: nn.Module, block) -> nn.Module:
+    from .ops.attention import AdditiveAttention
+
+    return AdditiveAttention(attn, binarize=block.binarize)
+
+
+def _additive_on_kernels(attention: nn.Module, kernels) -> nn.Module:
+    from kernels.runtime import KernelBinaryProduct
+
+    attention.binary_product = KernelBinaryProduct(kernels)
+    return attention
+
+
+def _shift_mlp(mlp: nn.Module, block=None) -> nn.Module:
+    mlp.fc1 = _shift_linear(mlp.fc1)
+    mlp.fc2 = _shift_linear(mlp.fc2)
+    return mlp
+
+
+def _moe(mlp: nn.Module, block) -> nn.Module:
+    from .ops.moe import MoEMlp
+
+    return MoEMlp.from_dense(mlp, block.moe.experts, block.moe.top_k)
+
+
+def experts_of(mlp: nn.Module, kinds) -> list[nn.Module]:
+    """The experts of an MoE built from a dense MLP, one per kind, each by its ``expert`` primitive."""
+    return [get("expert", kind).build(mlp, None) for kind in kinds]
+
+
+def _moe_on_kernels(moe: nn.Module, kernels) -> nn.Module:
+    moe.pad_to_buckets = True  # experts see a few token counts, not one kernel shape per batch
+    return moe
+
+
+def _dense_expert(mlp: nn.Module, block=None) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(mlp)
+
+
+def _shift_expert(mlp: nn.Module, block=None) -> nn.Module:
+    from .ops.moe import shift_mlp
+
+    return shift_mlp(mlp)
+
+
+def _register_builtins() -> None:
+    from .ops.attention import AdditiveAttention, LinearAttention
+    from .ops.moe import MoEMlp
+    from .ops.shift import ShiftLinear
+
+    def products(kernel: str, variant: str, linear_in_tokens: bool):
+        def tasks(s: Shapes, layers) -> list[KernelTask]:
+            t, d = s.tokens, s.head_dim
+            if linear_in_tokens:  # K^T V then Q (K^T V): D x T x D and T x D x D
+                return [(kernel, variant, d, t, d), (kernel, variant, t, d, d)]
+            return [(kernel, variant, t, d, t), (kernel, variant, t, t, d)]  # softmax: Q K^T, then P V
+        return tasks
+
+    for primitive in (
+        Primitive("attention", "msa", kernel_tasks=products("matmul", "fp32", False),
+                  description="timm's softmax attention (its projections may still be shift layers)"),
+        Primitive("attention", "linear", _linear_attention, LinearAttention,
+                  kernel_tasks=products("matmul", "fp32", True),
+                  description="kernelized linear attention, elu + 1 feature map, linear in tokens"),
+        Primitive("attention", "additive", _additive_attention, AdditiveAttention, _additive_on_kernels,
+                  products("matadd", "binary_real", True), on_kernels=True,
+                  description="ShiftAddViT's binary linear-angular attention: its products are additions"),
+        Primitive("linear", "dense", kernel_tasks=_matmul, description="the dense linear layer"),
+        Primitive("linear", "shift", _shift_linear, ShiftLinear, _shift_on_kernels, _matshift, on_kernels=True,
+                  description="weights as signed powers of two: products are bit shifts"),
+        Primitive("mlp", "dense", kernel_tasks=_matmul, description="the dense MLP"),
+        Primitive("mlp", "shift", _shift_mlp, kernel_tasks=_matshift, on_kernels=True,
+                  description="the MLP with both layers as shift layers"),
+        Primitive("mlp", "moe", _moe, MoEMlp, _moe_on_kernels, routed=True,
+                  description="a mixture of experts (space.moe.experts), routed by a latency-aware balance loss"),
+        Primitive("expert", "dense", _dense_expert, kernel_tasks=_matmul, description="a copy of the dense MLP"),
+        Primitive("expert", "shift", _shift_expert, kernel_tasks=_matshift, on_kernels=True,
+                  description="a copy of the MLP with shift layers"),
+    ):
+        register(primitive)
+
+
+_register_builtins()
