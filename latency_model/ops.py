@@ -239,7 +239,7 @@ def config_ops(config: ArchConfig, batch: int,
     dims = ModelDims.of(config.model)
     yield frame_op(dims, batch)
     for i, block in enumerate(config.blocks):
-        spread = routing(i, block) if block.mlp == "moe" and routing is not None else None
+        spread = routing(i, block) if block.moe is not None and routing is not None else None
         yield from block_ops(dims, batch, i, block, spread)
 
 

@@ -351,7 +351,7 @@ class Predictor:
         """Per-expert latency of block ``block``'s MoE, each expert priced at the full token count: the ``lat``
         vector of the latency-aware balance loss."""
         choice = config.blocks[block]
-        if choice.mlp != "moe" or choice.moe is None:
+        if choice.moe is None:
             raise PredictorError(f"blocks[{block}].mlp", f"{config.id} has no MoE MLP (its mlp is {choice.mlp!r})")
         from .ops import ModelDims
 
@@ -378,13 +378,13 @@ class Predictor:
         blocks: list[dict[str, float]] = [defaultdict(float) for _ in config.blocks]
         fixed = 0.0
         moe_tokens: dict[int, list[float]] = {i: [0.0] * len(b.moe.experts) for i, b in enumerate(config.blocks)
-                                              if b.mlp == "moe" and b.moe is not None}
+                                              if b.moe is not None}
         for op in config_ops(config, batch, split):
             ms = op.count * self.op_ms(op.op, op.variant, op.dims, op.dtype)
             if op.block is None:
                 fixed += ms
                 continue
-            part = _PART_NAMES.get(op.op) or (f"expert:{op.variant}" if config.blocks[op.block].mlp == "moe"
+            part = _PART_NAMES.get(op.op) or (f"expert:{op.variant}" if config.blocks[op.block].moe is not None
                                                else "mlp")
             blocks[op.block][part] += ms
             if op.expert is not None:

@@ -171,7 +171,7 @@ class SearchSpace:
     def _decide(self, pick, prefix: str, choices: BlockChoices) -> BlockConfig:
         values = {key: pick(f"{prefix}{key}", choices.get(key)) for key in BLOCK_SLOTS}
         moe = None
-        if values["mlp"] == "moe":
+        if registry.get("mlp", values["mlp"]).routed:
             moe = MoEConfig(pick(f"{prefix}moe_top_k", self.moe_top_k), self.moe_experts)
         binarize = self.binarize if values["attention"] == "additive" else None
         return BlockConfig(values["attention"], values["qkv"], values["proj"], values["mlp"], moe, binarize)
@@ -226,7 +226,7 @@ class SearchSpace:
         """Number of distinct architectures in the space."""
 
         def per_block(c: BlockChoices) -> int:
-            mlp = sum(len(self.moe_top_k) if m == "moe" else 1 for m in c.mlp)
+            mlp = sum(len(self.moe_top_k) if registry.get("mlp", m).routed else 1 for m in c.mlp)
             return len(c.attention) * len(c.qkv) * len(c.proj) * mlp
 
         if self.tied:

@@ -1,7 +1,7 @@
 """The multiplication-free primitives as torch modules (what each choice is named and how it is built and run:
 :mod:`search_spaces.registry`)."""
 
-from .attention import AdditiveAttention, LinearAttention, binarize_ste
+from .attention import AdditiveAttention, LinearAttention, ProjectedAttention, binarize_ste
 from .moe import EXPERT_KINDS, MoEMlp, RouterStats, balance_loss, cv_squared, moe_aux_loss, shift_mlp
 from .shift import ShiftLinear, shift_matmul_int, shift_range, to_fixed_point
 
@@ -10,6 +10,7 @@ __all__ = [
     "EXPERT_KINDS",
     "LinearAttention",
     "MoEMlp",
+    "ProjectedAttention",
     "RouterStats",
     "ShiftLinear",
     "balance_loss",

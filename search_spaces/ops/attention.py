@@ -42,8 +42,9 @@ def binarize_ste(x: torch.Tensor, kind: str = "tensor") -> torch.Tensor:
     return surrogate + (codes - surrogate).detach()
 
 
-class _ProjectedAttention(nn.Module):
-    """Shared frame of the replacement attentions: timm's projections, heads and norms around a token mixer."""
+class ProjectedAttention(nn.Module):
+    """Shared frame of the replacement attentions: timm's projections, heads and norms around a token mixer. A new
+    attention primitive subclasses it and implements :meth:`mix` (see :mod:`search_spaces.registry`)."""
 
     def __init__(self, source: nn.Module) -> None:
         super().__init__()
@@ -76,7 +77,7 @@ class _ProjectedAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class LinearAttention(_ProjectedAttention):
+class LinearAttention(ProjectedAttention):
     """Linear attention ``φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K))`` with ``φ = elu + 1`` (Katharopoulos et al., 2020)."""
 
     eps = 1e-6
@@ -88,7 +89,7 @@ class LinearAttention(_ProjectedAttention):
         return (q @ kv) / (normalizer + self.eps)
 
 
-class AdditiveAttention(_ProjectedAttention):
+class AdditiveAttention(ProjectedAttention):
     """ShiftAddViT's additive (binary linear-angular) attention.
 
     The depthwise convolution over tokens (kernel ``res_kernel_size`` per head, as in Castling-ViT) starts at zero,

@@ -1,0 +1,100 @@
+"""The primitive registry: every stage reads it, so a primitive declared in one plugin module (here written by this
+test) is drawn, built, profiled, priced and searched, in the search's worker processes too."""
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from nas.cli import main
+from nas.study import Study
+from search_fixtures import PLUMBING_NOISE, TINY_MODEL, stored_trials, write_study
+from search_spaces import BlockConfig, build_model, registry
+from search_spaces.ops.attention import AdditiveAttention
+
+PLUGIN = "pooled_attention"
+SOURCE = textwrap.dedent('''
+    """A new attention primitive: every token adds its head's mean value (no attention matrix, linear in tokens)."""
+    from search_spaces import registry
+    from search_spaces.ops.attention import ProjectedAttention
+
+
+    class PooledAttention(ProjectedAttention):
+        def mix(self, q, k, v):
+            return v + v.mean(dim=-2, keepdim=True)
+
+
+    registry.register(registry.Primitive(
+        "attention", "pooled", build=lambda attn, block: PooledAttention(attn), module=PooledAttention,
+        description="each token adds the mean value of its head"))
+''')
+
+
+@pytest.fixture
+def plugin_study(tmp_path):
+    (tmp_path / f"{PLUGIN}.py").write_text(SOURCE)
+    study = write_study(tmp_path / "pooled.yaml", {
+        "name": "pooled", "model": TINY_MODEL, "plugins": [PLUGIN],
+        "space": {"choices": {"attention": ["pooled"], "qkv": ["dense", "shift"], "proj": ["dense"],
+                              "mlp": ["dense"]}},
+        "latency": {"db": f"sqlite:///{tmp_path / 'latency.db'}", "predictor": str(tmp_path / "predictor.json"),
+                    "trials": 0, "repeats": 3, "calibration": 4, **PLUMBING_NOISE},
+        "budget": {"n_trials": 2, "epochs": 1, "steps_per_epoch": 2, "pretrain_epochs": 1},
+        "train": {"batch_size": 32}})
+    yield study
+    registry.unregister("attention", "pooled")  # the other tests' spaces offer the built-in primitives only
+    sys.modules.pop(PLUGIN, None)
+    sys.path[:] = [p for p in sys.path if p != str(tmp_path.resolve())]
+
+
+def test_a_primitive_from_a_plugin_runs_through_every_stage(plugin_study, tmp_path, capsys):
+    assert "pooled" not in registry.names("attention")
+    study = Study.load(plugin_study)  # imports the plugin, which registers the primitive
+    assert registry.names("attention")[-1] == "pooled" and study.plugins == (PLUGIN,)
+    config = study.space.sample(np.random.default_rng(0))
+    assert {b.attention for b in config.blocks} == {"pooled"}
+    model = build_model(config)
+    assert all(type(block.attn).__name__ == "PooledAttention" for block in model.blocks)
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    capsys.readouterr()
+
+    assert main(["profile", str(plugin_study)]) == 0
+    assert main(["fit-latency", str(plugin_study)]) == 0
+    config.save(tmp_path / "arch.yaml")
+    assert main(["latency", str(plugin_study), "--config", str(tmp_path / "arch.yaml")]) == 0
+    said = capsys.readouterr().out
+    assert "pooled qkv=" in said and "predicted" in said  # priced from its own measured module op
+
+    assert main(["pretrain", str(plugin_study)]) == 0
+    assert main(["search", str(plugin_study), "--workers", "1"]) == 0  # a worker process imports the plugin
+    trials = [t for t in stored_trials(plugin_study) if t.state.name == "COMPLETE"]
+    assert len(trials) == 2 and all(t.params.get("b0.attention", "pooled") == "pooled" for t in trials)
+    assert all('"attention": "pooled"' in t.user_attrs["config"] for t in trials)
+
+
+def test_registered_primitives_declare_what_each_stage_needs():
+    for primitive in registry.primitives():
+        assert primitive.run_on_kernels is None or primitive.module is not None, primitive
+    shapes = registry.Shapes(batch=2, tokens=17, channels=32, heads=2, hidden=128)
+    additive = registry.get("attention", "additive")
+    assert additive.tasks(shapes) == [("matadd", "binary_real", 16, 17, 16), ("matadd", "binary_real", 17, 16, 16)]
+    assert registry.get("linear", "shift").tasks(shapes, shapes.linear_layers("qkv")) == [("matshift", None, 34, 32, 96)]
+    assert registry.on_kernels(BlockConfig("msa", "dense", "dense", "shift"))
+    assert not registry.on_kernels(BlockConfig("linear", "dense", "dense", "dense"))
+    with pytest.raises(ValueError, match="unknown slot"):
+        registry.register(registry.Primitive("norm", "rms"))
+    with pytest.raises(ValueError, match="module class"):
+        registry.register(registry.Primitive("attention", "fast", run_on_kernels=lambda m, k: m))
+
+
+def test_the_kernel_runtime_gives_additive_attention_its_binary_product(tmp_path, tiny_spec):
+    from kernels.runtime import KernelBinaryProduct, KernelSet, to_kernels
+    from search_spaces import ArchConfig
+
+    model = build_model(ArchConfig(tiny_spec, (BlockConfig("additive"), BlockConfig()))).eval()
+    fast = to_kernels(model, KernelSet("cpu", trials=0, root=tmp_path))
+    attention = fast.blocks[0].attn
+    assert type(attention) is AdditiveAttention and isinstance(attention.binary_product, KernelBinaryProduct)
+    assert model.blocks[0].attn.binary_product is torch.matmul  # the original is left as it was
