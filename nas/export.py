@@ -109,6 +109,18 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Pa
     return paths
 
 
+def named_study(path: str | Path) -> str | None:
+    """The study file an exported config names in its provenance, read without validating the config (whose
+    primitives may come from that study's plugins); None when it names none or cannot be read."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # read_export says what is wrong with the file
+    origin = data.get("provenance") if isinstance(data, dict) else None
+    study = origin.get("study_file") if isinstance(origin, dict) else None
+    return study if isinstance(study, str) and study else None
+
+
 def read_export(path: str | Path) -> tuple[ArchConfig, dict[str, Any]]:
     """An exported (or plain) ArchConfig file and its provenance (empty for a plain one)."""
     config = ArchConfig.load(path)  # validates, with errors naming the file

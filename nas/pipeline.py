@@ -290,14 +290,14 @@ class FinetuneJob:
     def of(cls, config_file: Path, study_file: Path | None = None, epochs: int | None = None) -> "FinetuneJob":
         """An exported (or plain) ArchConfig file; the study is the one the export names unless ``study_file`` is
         given, ``epochs`` defaults to its ``budget.finetune_epochs``."""
-        from .export import read_export
+        from .export import named_study, read_export
 
+        study_file = study_file or named_study(config_file)
+        study = Study.load(study_file) if study_file else None  # first: its plugins register primitives
         config, origin = read_export(config_file)
-        study_file = study_file or origin.get("study_file")
-        if not study_file:
+        if study is None:
             raise ConfigError("provenance.study_file", "this config names no study; give --study STUDY.yaml",
                               str(config_file))
-        study = Study.load(study_file)
         return cls(config, origin, study, epochs or study.budget.finetune_epochs)
 
 

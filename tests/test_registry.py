@@ -73,6 +73,16 @@ def test_a_primitive_from_a_plugin_runs_through_every_stage(plugin_study, tmp_pa
     assert len(trials) == 2 and all(t.params.get("b0.attention", "pooled") == "pooled" for t in trials)
     assert all('"attention": "pooled"' in t.user_attrs["config"] for t in trials)
 
+    # an exported config names its study, which is read first: its plugin registers the primitive again
+    registry.unregister("attention", "pooled")
+    sys.modules.pop(PLUGIN, None)
+    assert main(["export", str(plugin_study), "--trial", "best", "--out", str(tmp_path / "best")]) == 0
+    exported = next((tmp_path / "best").glob("trial-*.yaml"))
+    registry.unregister("attention", "pooled")
+    sys.modules.pop(PLUGIN, None)
+    assert main(["finetune", str(exported), "--out", str(tmp_path / "tuned"), "--epochs", "1", "--no-measure"]) == 0
+    assert (tmp_path / "tuned" / "model.safetensors").is_file()
+
 
 def test_registered_primitives_declare_what_each_stage_needs():
     for primitive in registry.primitives():
