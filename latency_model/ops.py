@@ -21,63 +21,18 @@ which ``nas profile`` tunes and times for the kernel-level table.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig, SearchSpace, registry
-from search_spaces.config import ModelSpec
+from search_spaces.families import ModelDims
 from search_spaces.ops.moe import MoELoad, token_buckets
 
 from kernels.matshift import DEFAULT_VARIANT
 from kernels.spec import KernelSpec
 
 from .keys import OpName, attention_variant, measurement_key
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    """The sizes that shape every op of a ViT."""
-
-    img: int
-    patch: int
-    embed_dim: int
-    heads: int
-    mlp_hidden: int
-    classes: int
-    prefix_tokens: int
-
-    @property
-    def tokens(self) -> int:
-        return (self.img // self.patch) ** 2 + self.prefix_tokens
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.heads
-
-    @classmethod
-    @functools.lru_cache(maxsize=64)
-    def of(cls, spec: ModelSpec) -> "ModelDims":
-        """Read the sizes off the timm model (built on the meta device: no memory, no weights; cached)."""
-        import torch
-
-        from search_spaces.reparam import create_model, transformer_blocks
-
-        with torch.device("meta"):
-            model = create_model(spec)
-        block = transformer_blocks(model)[0]
-        img = model.patch_embed.img_size
-        patch = model.patch_embed.patch_size
-        return cls(
-            img=int(img[0] if isinstance(img, tuple | list) else img),
-            patch=int(patch[0] if isinstance(patch, tuple | list) else patch),
-            embed_dim=int(model.embed_dim),
-            heads=int(block.attn.num_heads),
-            mlp_hidden=int(block.mlp.fc1.out_features),
-            classes=int(model.num_classes),
-            prefix_tokens=int(model.num_prefix_tokens),
-        )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from kernels.measure import CpuContention, Timing
 from kernels.runtime import KernelSet, to_kernels
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.config import ModelSpec
+from search_spaces.families import family_for
 
 from .keys import OpName, split_attention_variant
 from .ops import Op
@@ -53,7 +54,7 @@ def time_callable(fn: Callable[[], object], repeats: int = 15, min_repeat_ms: fl
 
 
 def _one_block(spec: ModelSpec, block: BlockConfig, kernels: KernelSet) -> nn.Module:
-    one = ModelSpec(spec.name, {**spec.kwargs, "depth": 1})
+    one = family_for(spec).with_depth(spec, 1)
     return to_kernels(build_model(ArchConfig(one, (block,))), kernels)
 
 
@@ -61,9 +62,7 @@ def build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, to
     """The module an op times, with an input of its shape."""
     d = op.dims
     if op.op == OpName.FRAME:
-        frame = to_kernels(build_model(ArchConfig(ModelSpec(spec.name, {**spec.kwargs, "depth": 1}),
-                                                  (BlockConfig(),))), kernels)
-        frame.blocks = nn.Sequential()
+        frame = family_for(spec).frame(_one_block(spec, BlockConfig(), kernels))
         return frame, torch.randn(d["B"], 3, d["img"], d["img"])
     if op.op == OpName.BLOCK_FRAME:
         block = _one_block(spec, BlockConfig(), kernels).blocks[0]

@@ -5,9 +5,8 @@ built from the dense module by its declaration in :mod:`search_spaces.registry` 
 ``ShiftLinear.from_dense``, MoE experts from copies of the dense MLP). Parts the config leaves ``msa``/``dense`` are
 not touched, so they stay bit-identical.
 
-Supported: timm ``VisionTransformer`` and its subclasses (ViT, DeiT, DeiT-distilled), whose blocks are
-``model.blocks[i]`` with ``.attn`` (timm ``Attention``) and ``.mlp`` (timm ``Mlp``). Other families raise
-:class:`UnsupportedModelError`.
+Where a model's blocks are and what their layers must be is its family's (:mod:`search_spaces.families`; today
+``vit``: timm ``VisionTransformer`` and its subclasses). Other families raise :class:`UnsupportedModelError`.
 """
 
 from __future__ import annotations
@@ -16,18 +15,13 @@ import copy
 from dataclasses import dataclass
 
 import timm
-from timm.layers import Attention, Mlp
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, _thaw
+from .families import UnsupportedModelError, family_of  # noqa: F401 - UnsupportedModelError: reparam's error, re-exported
 from .ops.moe import MoEMlp
 from .ops.shift import ShiftLinear
-
-
-class UnsupportedModelError(ConfigError):
-    """The model family (or one of its layers) cannot be reparameterized yet."""
 
 
 def create_model(spec: ModelSpec) -> nn.Module:
@@ -43,28 +37,9 @@ def create_model(spec: ModelSpec) -> nn.Module:
         raise ConfigError("model.kwargs", f"timm cannot build {spec.name!r} with {kwargs}: {e}") from None
 
 
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The searchable blocks of a supported model, in order."""
-    if isinstance(model, VisionTransformer):
-        return model.blocks
-    raise UnsupportedModelError(
-        "model.name",
-        f"{type(model).__name__} is not supported yet: reparameterization handles timm VisionTransformer "
-        "models (ViT, DeiT); PVTv2 and other families are planned",
-    )
-
-
-def _check_block(block: nn.Module, where: str) -> None:
-    if not isinstance(getattr(block, "attn", None), Attention):
-        raise UnsupportedModelError(
-            where, f"attention is {type(getattr(block, 'attn', None)).__name__}, expected a dense timm Attention "
-            "(was the model already reparameterized?)"
-        )
-    if not isinstance(getattr(block, "mlp", None), Mlp):
-        raise UnsupportedModelError(
-            where, f"mlp is {type(getattr(block, 'mlp', None)).__name__}, expected a dense timm Mlp "
-            "(was the model already reparameterized?)"
-        )
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The searchable blocks of a supported model, in order (its family says where they are)."""
+    return family_of(model).blocks(model)
 
 
 def _apply_block(block: nn.Module, choice: BlockConfig) -> None:
@@ -88,13 +63,14 @@ def apply(model: nn.Module, config: ArchConfig) -> nn.Module:
         ConfigError: the config's block count differs from the model's.
         UnsupportedModelError: the model family, or a block's layers, cannot be reparameterized.
     """
-    blocks = transformer_blocks(model)
+    family = family_of(model)
+    blocks = family.blocks(model)
     if len(blocks) != config.depth:
         raise ConfigError("blocks", f"the config has {config.depth} blocks but the model has {len(blocks)}")
     # Check every block first so a failure leaves the model untouched.
     for i, (block, choice) in enumerate(zip(blocks, config.blocks)):
         if not choice.is_dense:
-            _check_block(block, f"blocks[{i}]")
+            family.check_block(block, f"blocks[{i}]")
     for block, choice in zip(blocks, config.blocks):
         _apply_block(block, choice)
     return model
