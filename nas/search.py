@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import traceback
 import warnings
@@ -37,6 +38,8 @@ STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 SQLITE_TIMEOUT_S = 60
 # A worker whose trials fail this many times in a row stops: the cause is the setup, not one architecture.
 MAX_CONSECUTIVE_FAILURES = 3
+# How long a started worker waits for the others to be ready before it claims a trial anyway.
+READY_TIMEOUT_S = 300
 
 
 class SearchError(ResourceError):
@@ -138,10 +141,12 @@ def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | 
 
 
 def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: float | None, threads: int,
-               worker: int = 0, stored_at_start: int = 0) -> int:
+               worker: int = 0, stored_at_start: int = 0, ready=None) -> int:
     """One search worker (a process of its own): claim, run and tell trials until ``n_trials`` are planned.
     ``stored_at_start`` (the study's trial count when the search started) and ``worker`` seed its sampler.
-    Returns how many trials this worker ran."""
+    ``ready`` (a barrier shared by the workers of one search) holds the first claim until every worker has loaded
+    its teacher, data and predictor, so the trials are shared from the first one, not taken by whichever process
+    started first. Returns how many trials this worker ran."""
     from .objective import Evaluator, optuna_objective
 
     quiet_optuna_logging()
@@ -152,6 +157,11 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     ostudy = open_study(study, heartbeat=True)
     ostudy.sampler = create_sampler(study, (stored_at_start, worker))
     objective = optuna_objective(Evaluator(study))
+    if ready is not None:
+        try:
+            ready.wait(timeout=READY_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            pass  # a worker that failed to start does not hold up the others
     deadline = time.monotonic() + timeout_s if timeout_s else None
     ran, failed_in_a_row = 0, 0
     while (deadline is None or time.monotonic() < deadline) and failed_in_a_row < MAX_CONSECUTIVE_FAILURES:
@@ -217,9 +227,10 @@ class OptunaDriver(SearchDriver):
         before = progress_of(ostudy)
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")  # torch and TVM threads do not survive fork
+        ready = context.Barrier(workers) if workers > 1 else None
         processes = [context.Process(target=_worker_main, name=f"nas-worker-{i}",
                                      args=(str(study.path), study.storage, n_trials, timeout_s, threads, i,
-                                           sum(before.counts.values())))
+                                           sum(before.counts.values()), ready))
                      for i in range(workers)]
         start = time.perf_counter()
         for p in processes:
