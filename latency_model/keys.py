@@ -77,9 +77,16 @@ def parse_lookup_key(key: str) -> tuple[str, str, dict[str, int], str]:
     return op, variant, json.loads(shape_text), dtype
 
 
-def fitted_model_key(op: str, variant: str, dtype: str) -> str:
-    """The key of an op's fitted latency model in a predictor file (one model over all its shapes)."""
-    return f"{op}|{variant}|{dtype}"
+# Dims only some families' ops have (PVTv2: an attention's reduction ratio R and pooled keys P, the grid G of an
+# MLP's depthwise conv): an op with them is another module than the same op without, and is fitted apart.
+LAYOUT_DIMS = ("G", "P", "R")
+
+
+def fitted_model_key(op: str, variant: str, dtype: str, shape: Shape = ()) -> str:
+    """The key of an op's fitted latency model in a predictor file: one model over all its shapes of one layout
+    (the :data:`LAYOUT_DIMS` the shape has, if any, end the key: ``module.mlp|dense|float32|G``)."""
+    layout = ",".join(d for d in LAYOUT_DIMS if d in dict(shape))
+    return f"{op}|{variant}|{dtype}" + (f"|{layout}" if layout else "")
 
 
 def is_fitted_model_key(key: str) -> bool:

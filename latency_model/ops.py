@@ -1,17 +1,21 @@
 """What a model executes, as a list of ops with shapes: the one decomposition that profiling and prediction share.
 
-A ViT forward on this system is composed of
+A forward pass on this system is composed of
 
-- ``module.frame``: everything outside the blocks (patch embedding, class token and positions, final norm, head),
-  shape ``{B, img, patch, C, classes}``;
-- per block, ``module.block_frame`` (the two layer norms and residual adds, ``{B, T, C}``), the attention module
-  ``module.attention`` (variant ``<attention>/<qkv>/<proj>``, ``{B, T, C, H}``) and the MLP module ``module.mlp``
-  (variant ``dense`` or ``shift``, ``{M, C, Hd}`` with ``M = B·T`` tokens);
+- ``module.frame``: everything outside the blocks (ViT: patch embedding, class token and positions, final norm,
+  head, ``{B, img, patch, C, classes}``; PVTv2: the patch embedding, each stage's downsampling and norm, the head,
+  ``{B, img, C0, C, S, classes}``);
+- per block, at that block's own sizes (a PVTv2's stages differ), ``module.block_frame`` (the two layer norms and
+  residual adds, ``{B, T, C}``), the attention module ``module.attention`` (variant ``<attention>/<qkv>/<proj>``,
+  ``{B, T, C, H}``, plus the reduction ratio ``R`` (and ``P`` with ``linear=True``) of a PVTv2 attention that keeps
+  its spatial reduction) and the MLP module ``module.mlp`` (variant ``dense`` or ``shift``, ``{M, C, Hd}`` with
+  ``M = B·T`` tokens, plus ``G``/``T``, the grid its depthwise conv runs over, for a PVTv2);
 - for an MoE MLP, ``module.moe_router`` (routing and dispatch at the block's ``top_k``, ``{M, C, E, K}``) plus each
   expert as a ``module.mlp`` at the token count the kernels run it on (its tokens padded up to the next bucket of
   :func:`search_spaces.ops.moe.token_buckets`). Experts run one after the other, so a block costs the router plus
   the sum of its experts. How many tokens an expert gets varies from image to image (:class:`MoELoad`), and so does
-  its bucket: an expert is one op per bucket, its ``count`` the share of forward passes that run it there.
+  its bucket: an expert is one op per bucket, its ``count`` the share of forward passes that run it there. (A
+  PVTv2 expert that gets every token has the key of the whole MLP: its scatter to the grid is left unpriced.)
 
 These are timed as the modules run here (dense parts in torch, shift layers and additive attention on the TVM
 kernels, see :mod:`kernels.runtime`). Separately, :func:`kernel_tasks` lists the TVM kernel shapes a config produces,
@@ -26,7 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig, SearchSpace, registry
-from search_spaces.families import ModelDims
+from search_spaces.families import BlockDims, ModelDims
 from search_spaces.ops.moe import MoELoad, token_buckets
 
 from kernels.matshift import DEFAULT_VARIANT
@@ -72,8 +76,31 @@ def latency_split(expert_latency: list[float]) -> list[float]:
     return [w / sum(inverse) for w in inverse]
 
 
+def attention_shape(dims: BlockDims, batch: int, attention: str) -> tuple[tuple[str, int], ...]:
+    """The shape of a block's attention op: ``{B, T, C, H}``, plus the family's dims of the dense attention's layout
+    when the choice keeps it (PVTv2's reduction ratio)."""
+    extra = dict(dims.attention_dims) if registry.get("attention", attention).keeps_dense else {}
+    return _shape(B=batch, T=dims.tokens, C=dims.channels, H=dims.heads, **extra)
+
+
+def mlp_shape(dims: BlockDims, batch: int, tokens: int | None = None) -> tuple[tuple[str, int], ...]:
+    """The shape of an MLP op at ``tokens`` rows (default: the whole batch's): ``{M, C, Hd}``, plus, for an MLP
+    that mixes neighbouring tokens (PVTv2's depthwise conv), ``G`` grid cells of the batch and ``T`` per image. An
+    MoE expert runs at its bucket's rows with the conv over the whole grid."""
+    rows = batch * dims.tokens if tokens is None else tokens
+    grid = {"G": batch * dims.tokens, "T": dims.tokens} if dims.spatial_mlp else {}
+    return _shape(M=rows, C=dims.channels, Hd=dims.hidden, **grid)
+
+
+def block_shapes(dims: BlockDims, batch: int, attention: str) -> registry.Shapes:
+    """The sizes a block's primitives take their kernel shapes from, for one attention choice (a choice that keeps
+    the dense attention keeps its spatial reduction)."""
+    reduced = dims.kv_tokens if registry.get("attention", attention).keeps_dense else None
+    return registry.Shapes(batch, dims.tokens, dims.channels, dims.heads, dims.hidden, reduced)
+
+
 def expert_ops(load: MoELoad, index: int, kinds: Sequence[str], assignments_per_image: int, batch: int,
-               c: int, hidden: int) -> list[Op]:
+               dims: BlockDims) -> list[Op]:
     """Each expert of an MoE block as one ``module.mlp`` op per bucket it runs at, ``count`` = share of passes."""
     if len(load.histograms) != len(kinds):
         raise ValueError(f"block {index}: an MoE load of {len(load.histograms)} experts for experts {list(kinds)}")
@@ -89,29 +116,29 @@ def expert_ops(load: MoELoad, index: int, kinds: Sequence[str], assignments_per_
         dist = load.batch_counts(e, batch)
         counts = np.nonzero(dist[1:])[0] + 1  # a pass that sends an expert no token does not run it
         shares = np.bincount(np.searchsorted(buckets, counts), weights=dist[counts], minlength=len(buckets))
-        ops += [Op(OpName.MLP, kind, _shape(M=int(buckets[b]), C=c, Hd=hidden), index, float(shares[b]),
-                   expert=e) for b in np.nonzero(shares)[0]]
+        ops += [Op(OpName.MLP, kind, mlp_shape(dims, batch, int(buckets[b])), index, float(shares[b]), expert=e)
+                for b in np.nonzero(shares)[0]]
     return ops
 
 
 def frame_op(dims: ModelDims, batch: int) -> Op:
-    return Op(OpName.FRAME, "", _shape(B=batch, img=dims.img, patch=dims.patch, C=dims.embed_dim,
-                                         classes=dims.classes))
+    return Op(OpName.FRAME, "", _shape(B=batch, **dict(dims.frame)))
 
 
 def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
               routing: MoELoad | Sequence[float] | None = None) -> list[Op]:
-    """The ops of one block. For an MoE MLP, ``routing`` is how its router spreads tokens: a measured
-    :class:`MoELoad`, or the share of token assignments each expert gets from every image (default: equal); each
-    expert is priced at the buckets the kernels run it at (:func:`expert_ops`)."""
-    t, c = dims.tokens, dims.embed_dim
+    """The ops of block ``index``, at its own sizes. For an MoE MLP, ``routing`` is how its router spreads tokens: a
+    measured :class:`MoELoad`, or the share of token assignments each expert gets from every image (default:
+    equal); each expert is priced at the buckets the kernels run it at (:func:`expert_ops`)."""
+    own = dims.blocks[index]
+    t, c = own.tokens, own.channels
     m = batch * t
     ops = [
         Op(OpName.BLOCK_FRAME, "", _shape(B=batch, T=t, C=c), index),
-        Op(OpName.ATTENTION, block_attention_variant(block), _shape(B=batch, T=t, C=c, H=dims.heads), index),
+        Op(OpName.ATTENTION, block_attention_variant(block), attention_shape(own, batch, block.attention), index),
     ]
     if not registry.get("mlp", block.mlp).routed:
-        ops.append(Op(OpName.MLP, block.mlp, _shape(M=m, C=c, Hd=dims.mlp_hidden), index))
+        ops.append(Op(OpName.MLP, block.mlp, mlp_shape(own, batch), index))
         return ops
     assert block.moe is not None
     experts = block.moe.experts
@@ -121,7 +148,16 @@ def block_ops(dims: ModelDims, batch: int, index: int, block: BlockConfig,
         routing = [1.0 / len(experts)] * len(experts)
     if not isinstance(routing, MoELoad):
         routing = MoELoad.at_shares(routing, per_image)
-    return ops + expert_ops(routing, index, experts, per_image, batch, c, dims.mlp_hidden)
+    return ops + expert_ops(routing, index, experts, per_image, batch, own)
+
+
+def _distinct_blocks(space: SearchSpace) -> list[tuple[int, BlockDims]]:
+    """One block index per distinct (choices, sizes) of the space: the blocks whose ops cover every block's."""
+    dims = ModelDims.of(space.model)
+    seen: dict[tuple, tuple[int, BlockDims]] = {}
+    for i, (choices, own) in enumerate(zip(space.blocks, dims.blocks)):
+        seen.setdefault((choices, own), (i, own))
+    return list(seen.values())
 
 
 def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
@@ -131,25 +167,26 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
     for batch in batches:
         op = frame_op(dims, batch)
         seen.setdefault(op.key, op)
-        m = batch * dims.tokens
-        for choices in set(space.blocks):
+        for index, own in _distinct_blocks(space):
+            choices = space.blocks[index]
+            m = batch * own.tokens
             for attention in choices.attention:
                 for qkv in choices.qkv:
                     for proj in choices.proj:
                         block = BlockConfig(attention, qkv, proj, "dense")
-                        for op in block_ops(dims, batch, 0, block)[:2]:
+                        for op in block_ops(dims, batch, index, block)[:2]:
                             seen.setdefault(op.key, op)
             for mlp in choices.mlp:
                 if not registry.get("mlp", mlp).routed:
-                    op = Op(OpName.MLP, mlp, _shape(M=m, C=dims.embed_dim, Hd=dims.mlp_hidden))
+                    op = Op(OpName.MLP, mlp, mlp_shape(own, batch))
                     seen.setdefault(op.key, op)
                     continue
                 for k in space.moe_top_k:
-                    router = Op(OpName.MOE_ROUTER, "", _shape(M=m, C=dims.embed_dim, E=len(space.moe_experts), K=k))
+                    router = Op(OpName.MOE_ROUTER, "", _shape(M=m, C=own.channels, E=len(space.moe_experts), K=k))
                     seen.setdefault(router.key, router)
                 for kind in set(space.moe_experts):
                     for tokens in sorted({t for k in space.moe_top_k for t in token_buckets(k * m)}):
-                        op = Op(OpName.MLP, kind, _shape(M=tokens, C=dims.embed_dim, Hd=dims.mlp_hidden))
+                        op = Op(OpName.MLP, kind, mlp_shape(own, batch, tokens))
                         seen.setdefault(op.key, op)
     return list(seen.values())
 
@@ -157,9 +194,8 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
 def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: str = DEFAULT_VARIANT
                  ) -> list[KernelSpec]:
     """Every TVM kernel shape the space can produce, per batch size: what each primitive it offers declares
-    (``kernel_tasks`` in :mod:`search_spaces.registry`) at the block's sizes; an MoE's experts at every token count
+    (``kernel_tasks`` in :mod:`search_spaces.registry`) at each block's sizes; an MoE's experts at every token count
     they run at. A task that names no variant takes the default one (``matshift_variant`` for matshift)."""
-    dims = ModelDims.of(space.model)
     specs: dict[str, KernelSpec] = {}
     defaults = {"matshift": matshift_variant}
 
@@ -169,13 +205,16 @@ def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: s
             specs.setdefault(spec.key, spec)
 
     for batch in batches:
-        shapes = registry.Shapes(batch, dims.tokens, dims.embed_dim, dims.heads, dims.mlp_hidden)
-        for choices in dict.fromkeys(space.blocks):
+        for index, own in _distinct_blocks(space):
+            choices = space.blocks[index]
             for name in choices.attention:
+                shapes = block_shapes(own, batch, name)
                 add(registry.get("attention", name).tasks(shapes))
-            for key in ("qkv", "proj"):
-                for name in choices.get(key):
-                    add(registry.get("linear", name).tasks(shapes, shapes.linear_layers(key)))
+                for qkv in choices.qkv:
+                    add(registry.get("linear", qkv).tasks(shapes, shapes.linear_layers("qkv")))
+            shapes = registry.Shapes(batch, own.tokens, own.channels, own.heads, own.hidden)
+            for name in choices.proj:
+                add(registry.get("linear", name).tasks(shapes, shapes.linear_layers("proj")))
             for name in choices.mlp:
                 mlp = registry.get("mlp", name)
                 add(mlp.tasks(shapes, shapes.linear_layers("mlp")))
@@ -198,5 +237,5 @@ def config_ops(config: ArchConfig, batch: int,
         yield from block_ops(dims, batch, i, block, spread)
 
 
-__all__ = ["ModelDims", "MoELoad", "Op", "block_ops", "config_ops", "expert_ops", "frame_op", "kernel_tasks",
-           "latency_split", "space_ops"]
+__all__ = ["BlockDims", "ModelDims", "MoELoad", "Op", "attention_shape", "block_ops", "block_shapes", "config_ops",
+           "expert_ops", "frame_op", "kernel_tasks", "latency_split", "mlp_shape", "space_ops"]

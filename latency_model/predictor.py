@@ -34,6 +34,7 @@ import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig
 from search_spaces.errors import StateError
+from search_spaces.families import family_for
 from search_spaces.registry import on_kernels
 
 from .db import ModelRow, Row
@@ -149,6 +150,7 @@ class ModelCheck:
     batch: int
     measured_ms: float
     predicted_ms: float
+    family: str = "vit"
 
     @property
     def error(self) -> float:
@@ -158,32 +160,45 @@ class ModelCheck:
 MIN_CALIBRATION_MODELS = 4  # a three-number fit, checked with one model left out
 
 
+def family_key(config: ArchConfig) -> str:
+    """The model family a config's composition is calibrated within (``vit``, ``pvt_v2``)."""
+    return family_for(config.model).key
+
+
 def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
-                     ) -> tuple[dict[int, list[float]], Accuracy, list[ModelCheck]]:
-    """Per batch size, the composition fitted on every whole-model timing; its in-sample accuracy; and each model
-    predicted by the fit without it (leave-one-out), for batch sizes with at least :data:`MIN_CALIBRATION_MODELS`.
+                     ) -> tuple[dict[tuple[str, int], list[float]], Accuracy, list[ModelCheck]]:
+    """Per model family and batch size, the composition fitted on its whole-model timings; its in-sample accuracy;
+    and each model predicted by the fit without it (leave-one-out), where there are at least
+    :data:`MIN_CALIBRATION_MODELS`. Families compose differently (a PVTv2 crosses into TVM at four sizes, a ViT at
+    one), so each has its own.
 
     Ops timed one at a time in a loop miss what running them back to back costs: torch's and TVM's thread pools
     handing the cores to each other, and caches that no longer hold one module's data. That cost is measured
     here rather than assumed."""
-    by_batch: dict[int, list[tuple[float, int, float, str]]] = defaultdict(list)
+    by_batch: dict[tuple[str, int], list[tuple[float, int, float, str]]] = defaultdict(list)
     for row in models:
         config = ArchConfig.from_json(row.config)
         routing = {block: MoELoad.parse(value) for block, value in row.moe_routing.items()}
         parts = predictor.predict(config, row.batch, moe_loads=routing).total_ms
-        by_batch[row.batch].append((parts, kernel_blocks(config), row.median_ms, config.id))
+        by_batch[(family_key(config), row.batch)].append((parts, kernel_blocks(config), row.median_ms, config.id))
     calibration, predicted, measured, checks = {}, [], [], []
-    for batch, points in sorted(by_batch.items()):
+    for (family, batch), points in sorted(by_batch.items()):
         if len(points) < MIN_CALIBRATION_MODELS:
             continue
         plain = [(p, k, m) for p, k, m, _ in points]
-        coef = calibration[batch] = _composition(plain)
+        coef = calibration[(family, batch)] = _composition(plain)
         predicted.extend(_compose(coef, p, k) for p, k, _ in plain)
         measured.extend(m for _, _, m in plain)
         for i, (p, k, m, config_id) in enumerate(points):
             without = _composition(plain[:i] + plain[i + 1:])
-            checks.append(ModelCheck(config_id, batch, m, _compose(without, p, k)))
+            checks.append(ModelCheck(config_id, batch, m, _compose(without, p, k), family))
     return calibration, Accuracy.of(predicted, measured), checks
+
+
+def _calibration_key(text: str) -> tuple[str, int]:
+    """``family/batch`` of a predictor file's calibration; a bare batch (files from before families) is a ViT's."""
+    family, _, batch = str(text).rpartition("/")
+    return family or "vit", int(batch)
 
 
 class PredictorRefused(PredictorError):
@@ -214,11 +229,11 @@ def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max
                                f"`{fix}` (or fit anyway with --allow-noisy)")
     counts = defaultdict(int)
     for m in models:
-        counts[m.batch] += 1
+        counts[(family_key(ArchConfig.from_json(m.config)), m.batch)] += 1
     short = {b: n for b, n in counts.items() if n < MIN_CALIBRATION_MODELS}
     if short:
-        b, n = next(iter(short.items()))
-        raise PredictorRefused("latency.db", f"{n} whole-model timing(s) at batch {b}: at least {MIN_CALIBRATION_MODELS} are "
+        (family, b), n = next(iter(short.items()))
+        raise PredictorRefused("latency.db", f"{n} whole-model timing(s) of the {family} family at batch {b}: at least {MIN_CALIBRATION_MODELS} are "
                                f"needed to check the predictor out of sample (set latency.calibration >= "
                                f"{MIN_CALIBRATION_MODELS} and run `{fix}`)")
     found: dict[str, Any] = {"max_model_error": max_model_error, "models": len(checks), "noisy_allowed": len(noisy)}
@@ -258,7 +273,8 @@ class Predictor:
     """
 
     def __init__(self, device: str, lookup: dict[str, float], models: dict[str, PowerLaw],
-                 meta: dict[str, Any] | None = None, calibration: dict[int, list[float]] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, calibration: dict[tuple[str, int], list[float]] | None = None
+                 ) -> None:
         self.device = device
         self.lookup = lookup
         self.models = models
@@ -289,15 +305,15 @@ class Predictor:
         leave-one-out checks themselves are in ``predictor.model_checks``."""
         if not rows:
             raise PredictorError("latency.device", f"no measurements for device {device!r}: run `nas profile` first")
-        groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+        groups: dict[str, list[Row]] = defaultdict(list)
         for row in rows:
-            groups[(row.op, row.variant, row.dtype)].append(row)
+            groups[fitted_model_key(row.op, row.variant, row.dtype, row.shape)].append(row)
         rng = np.random.default_rng(seed)
         fitted, accuracy = {}, {}
         pooled: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
-        for (op, variant, dtype), group in sorted(groups.items()):
+        for key, group in sorted(groups.items()):
             shapes, ms = [r.shape for r in group], [r.median_ms for r in group]
-            fitted[fitted_model_key(op, variant, dtype)] = PowerLaw.fit(shapes, ms)
+            fitted[key] = PowerLaw.fit(shapes, ms)
             n_test = int(round(holdout * len(group)))
             if n_test == 0 or len(group) - n_test < 2:
                 continue  # too few shapes to hold any out
@@ -306,8 +322,8 @@ class Predictor:
             model = PowerLaw.fit([shapes[i] for i in train], [ms[i] for i in train])
             predicted = [model.predict(shapes[i]) for i in test]
             measured = [ms[i] for i in test]
-            accuracy[fitted_model_key(op, variant, dtype)] = Accuracy.of(predicted, measured)
-            for name in ("all", op.split(".")[0]):
+            accuracy[key] = Accuracy.of(predicted, measured)
+            for name in ("all", group[0].op.split(".")[0]):
                 pooled[name][0].extend(predicted)
                 pooled[name][1].extend(measured)
         for name, (predicted, measured) in pooled.items():
@@ -320,6 +336,11 @@ class Predictor:
             if predictor.model_checks:
                 accuracy[LOO] = Accuracy.of([c.predicted_ms for c in predictor.model_checks],
                                             [c.measured_ms for c in predictor.model_checks])
+                families = sorted({c.family for c in predictor.model_checks})
+                for family in families if len(families) > 1 else ():
+                    own = [c for c in predictor.model_checks if c.family == family]
+                    accuracy[f"{LOO}: {family}"] = Accuracy.of([c.predicted_ms for c in own],
+                                                               [c.measured_ms for c in own])
         predictor.meta = {"fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": len(rows),
                           "model_rows": len(models or []), "holdout": holdout,
                           "accuracy": {k: v.to_dict() for k, v in accuracy.items()}, **(meta or {})}
@@ -339,7 +360,7 @@ class Predictor:
                 i = bisect.bisect_left(ms_, shape["M"])
                 (m0, t0), (m1, t1) = points[i - 1], points[i]
                 return t0 + (t1 - t0) * (shape["M"] - m0) / (m1 - m0)
-        model = self.models.get(fitted_model_key(op, variant, dtype))
+        model = self.models.get(fitted_model_key(op, variant, dtype, shape))
         if model is None:
             raise PredictorError(
                 "latency.predictor", f"the predictor for {self.device!r} has no measurements of {op} ({variant or 'any variant'}): "
@@ -353,10 +374,9 @@ class Predictor:
         choice = config.blocks[block]
         if choice.moe is None:
             raise PredictorError(f"blocks[{block}].mlp", f"{config.id} has no MoE MLP (its mlp is {choice.mlp!r})")
-        from .ops import ModelDims
+        from .ops import ModelDims, mlp_shape
 
-        dims = ModelDims.of(config.model)
-        shape = {"M": batch * dims.tokens, "C": dims.embed_dim, "Hd": dims.mlp_hidden}
+        shape = dict(mlp_shape(ModelDims.of(config.model).blocks[block], batch))
         return [self.op_ms(OpName.MLP, kind, shape) for kind in choice.moe.experts]
 
     def predict(self, config: ArchConfig, batch: int = 1,
@@ -392,15 +412,16 @@ class Predictor:
         per_block = [dict(b) for b in blocks]
         parts = fixed + sum(sum(b.values()) for b in per_block)
         composition = 0.0
-        if batch in self.calibration:
-            composition = _compose(self.calibration[batch], parts, kernel_blocks(config)) - parts
+        coef = self.calibration.get((family_key(config), batch))
+        if coef is not None:
+            composition = _compose(coef, parts, kernel_blocks(config)) - parts
         return Prediction(parts + composition, fixed, per_block, moe_tokens, composition)
 
     # ---- files --------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "device": self.device, "meta": self.meta, "lookup": self.lookup,
                 "models": {k: m.to_dict() for k, m in self.models.items()},
-                "calibration": {str(b): coef for b, coef in self.calibration.items()}}
+                "calibration": {f"{family}/{b}": coef for (family, b), coef in self.calibration.items()}}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -438,14 +459,15 @@ class Predictor:
         try:
             models = {k: PowerLaw.from_dict(v) for k, v in data["models"].items()}
             lookup = {str(k): float(v) for k, v in data["lookup"].items()}
-            calibration = {int(b): [float(x) for x in coef] for b, coef in data.get("calibration", {}).items()}
+            calibration = {_calibration_key(k): [float(x) for x in coef]
+                           for k, coef in data.get("calibration", {}).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise PredictorError(str(path), f"malformed predictor file ({type(e).__name__}: {e})") from None
         bad = [k for k, v in lookup.items() if not (math.isfinite(v) and v > 0)]
         if bad:
             raise PredictorError(str(path), f"holds a latency that is not a positive number ({bad[0]}: {lookup[bad[0]]})"
                                  ": refit with `nas fit-latency`")
-        for batch, coef in calibration.items():
+        for (_, batch), coef in calibration.items():
             if len(coef) != 3 or not all(math.isfinite(x) for x in coef) or coef[0] < 1 - 1e-9 or min(coef[1:]) < 0:
                 raise PredictorError(
                     str(path), f"its composition at batch {batch} ({coef}) can price a model below the sum of its parts, "

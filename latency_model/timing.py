@@ -1,7 +1,7 @@
 """Timing the modules a model executes (torch parts, and shift/additive parts on the TVM kernels), op by op.
 
-Each op of :mod:`latency_model.ops` is rebuilt as the module the model runs (a one-block model of the same
-dimensions, converted with :func:`kernels.runtime.to_kernels`), fed an input of its shape and timed: warm-up, then
+Each op of :mod:`latency_model.ops` is rebuilt as the module the model runs (inside the model cut down by its family
+to one block of each size, converted with :func:`kernels.runtime.to_kernels`), fed an input of its shape and timed: warm-up, then
 ``repeats`` repeats of as many calls as last ``min_repeat_ms``, the median being the figure used.
 """
 
@@ -17,7 +17,8 @@ from kernels.measure import CpuContention, Timing
 from kernels.runtime import KernelSet, to_kernels
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.config import ModelSpec
-from search_spaces.families import family_for
+from search_spaces.families import ModelDims, family_for
+from search_spaces.ops.moe import GridExpert
 
 from .keys import OpName, split_attention_variant
 from .ops import Op
@@ -53,42 +54,74 @@ def time_callable(fn: Callable[[], object], repeats: int = 15, min_repeat_ms: fl
     return Timing.from_seconds(per_call).with_contention(contention.share)
 
 
-def _one_block(spec: ModelSpec, block: BlockConfig, kernels: KernelSet) -> nn.Module:
-    one = family_for(spec).with_depth(spec, 1)
-    return to_kernels(build_model(ArchConfig(one, (block,))), kernels)
+def _one_block(spec: ModelSpec, index: int, block: BlockConfig, kernels: KernelSet) -> tuple[nn.Module, nn.Module]:
+    """The model cut down for timing (its family's :meth:`~search_spaces.families.Family.timing_spec`), converted to
+    the kernels, with ``block`` at the place of block ``index`` of the full model; returns the model and that block."""
+    family, dims = family_for(spec), ModelDims.of(spec)
+    small = family.timing_spec(spec)
+    at = family.timing_index(dims, index)
+    blocks = [BlockConfig()] * len(ModelDims.of(small).blocks)
+    blocks[at] = block
+    model = to_kernels(build_model(ArchConfig(small, tuple(blocks))), kernels)
+    return model, family.blocks(model)[at]
 
 
-def build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, torch.Tensor]:
-    """The module an op times, with an input of its shape."""
+def _block_of(op: Op, dims: ModelDims) -> int:
+    """The first block of the model that runs at the op's sizes."""
     d = op.dims
+    wanted = {"channels": d["C"]}
+    if "T" in d:
+        wanted["tokens"] = d["T"]
+    if "H" in d:
+        wanted["heads"] = d["H"]
+    if "Hd" in d:
+        wanted["hidden"] = d["Hd"]
+    wanted.update({k: d[k] for k in ("R", "P") if k in d})
+    return dims.find_block(**wanted)
+
+
+def build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, tuple]:
+    """The module an op times, with the arguments of one call at its shape."""
+    d = op.dims
+    family, dims = family_for(spec), ModelDims.of(spec)
     if op.op == OpName.FRAME:
-        frame = family_for(spec).frame(_one_block(spec, BlockConfig(), kernels))
-        return frame, torch.randn(d["B"], 3, d["img"], d["img"])
+        model, _ = _one_block(spec, 0, BlockConfig(), kernels)
+        return family.frame(model), (torch.randn(d["B"], 3, dims.img, dims.img),)
+    index = _block_of(op, dims)
+    extra = family.call_args(dims.blocks[index])
     if op.op == OpName.BLOCK_FRAME:
-        block = _one_block(spec, BlockConfig(), kernels).blocks[0]
+        _, block = _one_block(spec, index, BlockConfig(), kernels)
         block.attn, block.mlp = _PassThrough(), _PassThrough()
-        return block, torch.randn(d["B"], d["T"], d["C"])
+        return block, (torch.randn(d["B"], d["T"], d["C"]), *extra)
     if op.op == OpName.ATTENTION:
         attention, qkv, proj = split_attention_variant(op.variant)
-        block = _one_block(spec, BlockConfig(attention, qkv, proj, "dense"), kernels).blocks[0]
-        return block.attn, torch.randn(d["B"], d["T"], d["C"])
+        _, block = _one_block(spec, index, BlockConfig(attention, qkv, proj, "dense"), kernels)
+        return block.attn, (torch.randn(d["B"], d["T"], d["C"]), *extra)
     if op.op == OpName.MLP:
-        block = _one_block(spec, BlockConfig(mlp=op.variant), kernels).blocks[0]
-        return block.mlp, torch.randn(1, d["M"], d["C"])
+        _, block = _one_block(spec, index, BlockConfig(mlp=op.variant), kernels)
+        if "G" not in d:
+            return block.mlp, (torch.randn(1, d["M"], d["C"]),)
+        images = d["G"] // d["T"]
+        if d["M"] == d["G"]:  # the whole MLP over the batch's grid
+            return block.mlp, (torch.randn(images, d["T"], d["C"]), *extra)
+        routed = min(d["M"], d["G"])  # an expert: its rows, padded to the bucket, at positions spread over the grid
+        rows = torch.randperm(d["G"], generator=torch.Generator().manual_seed(0))[:routed].sort().values
+        grid = (images, *dims.blocks[index].grid)
+        return GridExpert(block.mlp), (torch.randn(d["M"], d["C"]), rows, grid)
     if op.op == OpName.MOE_ROUTER:
         experts = ("dense",) * d["E"]
         top_k = d.get("K", 1)  # tables profiled before the router was priced per top_k have no K: top-1
-        block = _one_block(spec, BlockConfig(mlp="moe", moe=MoEConfig(top_k, experts)), kernels).blocks[0]
+        _, block = _one_block(spec, index, BlockConfig(mlp="moe", moe=MoEConfig(top_k, experts)), kernels)
         block.mlp.experts = nn.ModuleList(_PassThrough() for _ in range(d["E"]))
-        return block.mlp, torch.randn(1, d["M"], d["C"])
+        return block.mlp, (torch.randn(1, d["M"], d["C"]),)
     raise ValueError(f"no module for op {op.op!r}")
 
 
 @torch.no_grad()
 def time_op(op: Op, spec: ModelSpec, kernels: KernelSet, repeats: int = 15) -> Timing:
-    module, x = build_op(op, spec, kernels)
+    module, args = build_op(op, spec, kernels)
     module.eval()
-    return time_callable(lambda: module(x), repeats=repeats)
+    return time_callable(lambda: module(*args), repeats=repeats)
 
 
 @torch.no_grad()

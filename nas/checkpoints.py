@@ -82,6 +82,14 @@ def load_weights(model: nn.Module, path: str | Path, where: str = "checkpoint") 
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", shapes)):
             if items:
                 parts.append(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})")
+        from search_spaces.families import UnsupportedModelError, family_of
+
+        try:
+            hint = family_of(model).mismatch_hint(model, state)
+        except UnsupportedModelError:
+            hint = None
+        if hint:
+            parts.insert(0, hint)
         raise ConfigError(where, f"{path} does not match the model; " + "; ".join(parts))
     model.load_state_dict(state)
     return model

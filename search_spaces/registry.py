@@ -51,6 +51,9 @@ class Shapes:
     channels: int
     heads: int
     hidden: int  # MLP hidden width
+    # Tokens keys and values are projected from, apart from the queries (PVTv2's spatial-reduction attention);
+    # None: one fused qkv over every token.
+    kv_tokens: int | None = None
 
     @property
     def rows(self) -> int:
@@ -61,10 +64,18 @@ class Shapes:
     def head_dim(self) -> int:
         return self.channels // self.heads
 
-    def linear_layers(self, slot: str) -> tuple[tuple[int, int], ...]:
-        """``(in, out)`` of the linear layers a slot holds: the attention's qkv and proj, the MLP's fc1 and fc2."""
-        c, hd = self.channels, self.hidden
-        return {"qkv": ((c, 3 * c),), "proj": ((c, c),), "mlp": ((c, hd), (hd, c))}[slot]
+    @property
+    def attended(self) -> int:
+        """Tokens each query attends over."""
+        return self.tokens if self.kv_tokens is None else self.kv_tokens
+
+    def linear_layers(self, slot: str) -> tuple[tuple[int, int, int], ...]:
+        """``(rows, in, out)`` of the linear layers a slot holds: the attention's qkv (or q and kv) and proj, the
+        MLP's fc1 and fc2."""
+        m, c, hd = self.rows, self.channels, self.hidden
+        if slot == "qkv":
+            return ((m, c, 3 * c),) if self.kv_tokens is None else ((m, c, c), (self.batch * self.kv_tokens, c, 2 * c))
+        return {"proj": ((m, c, c),), "mlp": ((m, c, hd), (m, hd, c))}[slot]
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,7 @@ class Primitive:
         on_kernels: part of its work runs on the TVM kernels (itself or its children): the latency model counts
             such blocks, which pay the cost of crossing into TVM.
         kernel_tasks: ``kernel_tasks(shapes, layers) -> [KernelTask]``: the kernel shapes it needs; ``layers`` are
-            the ``(in, out)`` of the linear layers it stands for (linear and MLP slots).
+            the ``(rows, in, out)`` of the linear layers it stands for (linear and MLP slots).
         routed: an MLP that routes each token to some of its experts (priced as its router plus each expert at the
             token counts it runs at).
         description: one line for ``--help`` and the docs.
@@ -95,12 +106,18 @@ class Primitive:
     build: Callable[[nn.Module, "BlockConfig"], nn.Module] | None = None
     module: type[nn.Module] | None = None
     run_on_kernels: Callable[[nn.Module, Any], nn.Module] | None = None
-    kernel_tasks: Callable[[Shapes, tuple[tuple[int, int], ...]], list[KernelTask]] | None = None
+    kernel_tasks: Callable[[Shapes, tuple[tuple[int, int, int], ...]], list[KernelTask]] | None = None
     on_kernels: bool = False
     routed: bool = False
     description: str = ""
 
-    def tasks(self, shapes: Shapes, layers: tuple[tuple[int, int], ...] = ()) -> list[KernelTask]:
+    @property
+    def keeps_dense(self) -> bool:
+        """It keeps the slot's dense module (its projections may still change): what a family's dense layout
+        (PVTv2's spatial reduction) is kept for."""
+        return self.build is None
+
+    def tasks(self, shapes: Shapes, layers: tuple[tuple[int, int, int], ...] = ()) -> list[KernelTask]:
         return self.kernel_tasks(shapes, layers) if self.kernel_tasks is not None else []
 
 
@@ -168,11 +185,11 @@ def on_kernels(block: "BlockConfig") -> bool:
 
 # ---- the built-in primitives -----------------------------------------------------------------------------------
 def _matmul(shapes: Shapes, layers) -> list[KernelTask]:
-    return [("matmul", "fp32", shapes.rows, k, n) for k, n in layers]
+    return [("matmul", "fp32", m, k, n) for m, k, n in layers]
 
 
 def _matshift(shapes: Shapes, layers) -> list[KernelTask]:
-    return [("matshift", None, shapes.rows, k, n) for k, n in layers]
+    return [("matshift", None, m, k, n) for m, k, n in layers]
 
 
 def _shift_linear(linear: nn.Module, block=None) -> nn.Module:
@@ -247,10 +264,10 @@ def _register_builtins() -> None:
 
     def products(kernel: str, variant: str, linear_in_tokens: bool):
         def tasks(s: Shapes, layers) -> list[KernelTask]:
-            t, d = s.tokens, s.head_dim
+            t, kv, d = s.tokens, s.attended, s.head_dim
             if linear_in_tokens:  # K^T V then Q (K^T V): D x T x D and T x D x D
-                return [(kernel, variant, d, t, d), (kernel, variant, t, d, d)]
-            return [(kernel, variant, t, d, t), (kernel, variant, t, t, d)]  # softmax: Q K^T, then P V
+                return [(kernel, variant, d, kv, d), (kernel, variant, t, d, d)]
+            return [(kernel, variant, t, d, kv), (kernel, variant, t, kv, d)]  # softmax: Q K^T, then P V
         return tasks
 
     for primitive in (

@@ -5,8 +5,8 @@ built from the dense module by its declaration in :mod:`search_spaces.registry` 
 ``ShiftLinear.from_dense``, MoE experts from copies of the dense MLP). Parts the config leaves ``msa``/``dense`` are
 not touched, so they stay bit-identical.
 
-Where a model's blocks are and what their layers must be is its family's (:mod:`search_spaces.families`; today
-``vit``: timm ``VisionTransformer`` and its subclasses). Other families raise :class:`UnsupportedModelError`.
+Where a model's blocks are, what their layers must be and how its attention and MLP map onto the primitives is its
+family's (:mod:`search_spaces.families`: ``vit`` and ``pvt_v2``). Other families raise :class:`UnsupportedModelError`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, _thaw
-from .families import UnsupportedModelError, family_of  # noqa: F401 - UnsupportedModelError: reparam's error, re-exported
+from .families import Family, UnsupportedModelError, family_named, family_of  # noqa: F401 - re-exported
 from .ops.moe import MoEMlp
 from .ops.shift import ShiftLinear
 
@@ -29,6 +29,9 @@ def create_model(spec: ModelSpec) -> nn.Module:
     if not timm.is_model(spec.name):
         raise ConfigError("model.name", f"unknown timm model {spec.name!r} (see timm.list_models())")
     kwargs = _thaw(spec.kwargs)
+    family = family_named(spec.name)
+    if family is not None:
+        kwargs = family.create_kwargs(kwargs)
     try:
         return timm.create_model(spec.name, pretrained=False, **kwargs)
     except TypeError as e:
@@ -42,18 +45,22 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return family_of(model).blocks(model)
 
 
-def _apply_block(block: nn.Module, choice: BlockConfig) -> None:
+def apply_block(family: Family, block: nn.Module, choice: BlockConfig) -> None:
+    """Reparameterize one block of a model of ``family`` in place by ``choice``."""
     attn = block.attn
-    for name in ("qkv", "proj"):  # first: the attention built next keeps the converted projections
-        linear = registry.get("linear", getattr(choice, name))
-        if linear.build is not None:
-            setattr(attn, name, linear.build(getattr(attn, name), choice))
     attention = registry.get("attention", choice.attention)
+    if attention.build is not None:  # a token mixer of its own: built from the projections as the family lays them out
+        attn = family.attention_source(attn)
+    for key in ("qkv", "proj"):  # first: the attention built next keeps the converted projections
+        linear = registry.get("linear", getattr(choice, key))
+        if linear.build is not None:
+            for name in family.projections(attn, key):
+                setattr(attn, name, linear.build(getattr(attn, name), choice))
     if attention.build is not None:
         block.attn = attention.build(attn, choice)
     mlp = registry.get("mlp", choice.mlp)
     if mlp.build is not None:
-        block.mlp = mlp.build(block.mlp, choice)
+        block.mlp = family.adapt_mlp(mlp.build(block.mlp, choice))
 
 
 def apply(model: nn.Module, config: ArchConfig) -> nn.Module:
@@ -72,7 +79,7 @@ def apply(model: nn.Module, config: ArchConfig) -> nn.Module:
         if not choice.is_dense:
             family.check_block(block, f"blocks[{i}]")
     for block, choice in zip(blocks, config.blocks):
-        _apply_block(block, choice)
+        apply_block(family, block, choice)
     return model
 
 

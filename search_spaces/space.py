@@ -17,7 +17,9 @@ It is read from the ``model:`` and ``space:`` sections of a study file::
         experts: [dense, shift]    # fixed
       additive:                    # used by blocks whose attention is additive
         binarize: tensor           # fixed: tensor (the paper's: mean of the whole Q/K) or token (per-token mean)
-      blocks:                      # per-block overrides of `choices`, by block index
+      stages:                      # per-stage overrides of `choices`, by stage index (a PVTv2's; a ViT has stage 0)
+        0: {attention: [msa, linear]}
+      blocks:                      # per-block overrides (of `stages`, then `choices`), by block index over the stages
         0: {attention: [msa]}
 
 :meth:`SearchSpace.suggest` is define-by-run, so the same function is Optuna's objective space and Ray Tune's
@@ -138,20 +140,34 @@ class SearchSpace:
     def from_dict(cls, space: Any, model: ModelSpec, depth: int | None = None) -> "SearchSpace":
         """Build from the ``space:`` mapping of a study (``depth`` defaults to the model's)."""
         space = _check_keys(space if space is not None else {}, "space", (),
-                            ("tied", "choices", "moe", "additive", "blocks"))
+                            ("tied", "choices", "moe", "additive", "stages", "blocks"))
         depth = model_depth(model) if depth is None else depth
         tied = space.get("tied", False)
         if not isinstance(tied, bool):
             raise ConfigError("space.tied", f"expected true or false, got {tied!r}")
         base = BlockChoices.from_dict(space.get("choices"), "space.choices")
         blocks = [base] * depth
+        stages = space.get("stages") or {}
+        if not isinstance(stages, Mapping):
+            raise ConfigError("space.stages", f"expected a mapping of stage index to choices, got {stages!r}")
+        if stages:
+            from .families import ModelDims
+
+            of_block = [b.stage for b in ModelDims.of(model).blocks]
+            count = max(of_block) + 1
+            for index, choices in stages.items():
+                if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+                    raise ConfigError("space.stages", f"stage index {index!r} is not in 0..{count - 1} (the model "
+                                                      f"has {count} stage{'s' if count > 1 else ''})")
+                own = BlockChoices.from_dict(choices, f"space.stages.{index}", base)
+                blocks = [own if stage == index else b for b, stage in zip(blocks, of_block)]
         overrides = space.get("blocks") or {}
         if not isinstance(overrides, Mapping):
             raise ConfigError("space.blocks", f"expected a mapping of block index to choices, got {overrides!r}")
         for index, choices in overrides.items():
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth:
                 raise ConfigError("space.blocks", f"block index {index!r} is not in 0..{depth - 1}")
-            blocks[index] = BlockChoices.from_dict(choices, f"space.blocks.{index}", base)
+            blocks[index] = BlockChoices.from_dict(choices, f"space.blocks.{index}", blocks[index])
         moe = _check_keys(space.get("moe") or {}, "space.moe", (), ("top_k", "experts"))
         top_k = moe.get("top_k", [1])
         top_k = [top_k] if isinstance(top_k, int) else top_k

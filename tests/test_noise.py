@@ -78,7 +78,7 @@ def _table(parts_ms=1.0, overhead=0.2):
 def test_composition_never_goes_below_its_parts_and_is_checked_out_of_sample():
     rows, models = _table()
     predictor, accuracy = Predictor.fit(rows, "dev", models=models)
-    a, b, c = predictor.calibration[1]
+    a, b, c = predictor.calibration[("vit", 1)]
     assert a >= 1 and b == pytest.approx(0.2, abs=1e-6) and c >= 0
     assert accuracy["models (leave-one-out)"].count == len(CONFIGS)
     assert check(rows, models, predictor.model_checks, 0.25, "fix")["model_within_10pct"] == 1.0
@@ -86,7 +86,7 @@ def test_composition_never_goes_below_its_parts_and_is_checked_out_of_sample():
     # does not go negative to follow them; every prediction stays at least the sum of its parts
     fast = [ModelRow(m.config, 1, {}, 0.3 * m.median_ms) for m in models]
     predictor, _ = Predictor.fit(rows, "dev", models=fast)
-    assert predictor.calibration[1] == [1.0, 0.0, 0.0]
+    assert predictor.calibration[("vit", 1)] == [1.0, 0.0, 0.0]
     for config in CONFIGS:
         p = predictor.predict(config)
         assert p.total_ms >= p.fixed_ms + sum(sum(b.values()) for b in p.blocks) > 0

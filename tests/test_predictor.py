@@ -81,7 +81,7 @@ def profiled(tmp_path_factory):
     models = db.model_rows(engine, settings.device)
     assert len(models) == settings.calibration  # whole models timed for the composition calibration
     predictor, accuracy = Predictor.fit(db.latest(engine, settings.device), settings.device, models=models)
-    assert set(predictor.calibration) == {1} and accuracy["calibration"].count == settings.calibration
+    assert set(predictor.calibration) == {("vit", 1)} and accuracy["calibration"].count == settings.calibration
     return space, settings, predictor, root
 
 

@@ -1,15 +1,23 @@
 """Model families: one adapter per timm family says where its searchable blocks are, what sizes each block runs at,
-and how to cut it down for timing. Everything that needs to know a model's layout asks its family.
+how its layers map onto the primitives, and how to cut it down for timing. Everything that needs to know a model's
+layout asks its family.
 
-Supported: ``vit`` (timm ``VisionTransformer`` and its subclasses: ViT, DeiT). A new family is one :class:`Family`
-subclass registered with :func:`register`.
+Supported:
+
+- ``vit``: timm ``VisionTransformer`` and its subclasses (ViT, DeiT), every block at one size;
+- ``pvt_v2``: timm ``PyramidVisionTransformerV2`` (``pvt_v2_b0`` ... ``b5``, ``linear=True`` too), blocks indexed in
+  order over its stages, each stage at its own size.
+
+A new family is one :class:`Family` subclass registered with :func:`register` (see ``vit.py``, ``pvt_v2.py``).
 """
 
 from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -22,35 +30,90 @@ class UnsupportedModelError(ConfigError):
 
 
 @dataclass(frozen=True)
-class ModelDims:
-    """The sizes that shape every op of a model whose blocks all run at one size (the ViT layout)."""
+class BlockDims:
+    """The sizes one block runs at (per image)."""
 
-    img: int
-    patch: int
-    embed_dim: int
+    tokens: int
+    channels: int
     heads: int
-    mlp_hidden: int
-    classes: int
-    prefix_tokens: int
-
-    @property
-    def tokens(self) -> int:
-        return (self.img // self.patch) ** 2 + self.prefix_tokens
+    hidden: int  # MLP hidden width
+    stage: int = 0
+    grid: tuple[int, int] | None = None  # (H, W) of its tokens, for a family whose blocks see the grid (PVTv2)
+    # Tokens the dense attention projects keys and values from, when it does so apart from the queries (PVTv2's
+    # spatial reduction); None: one fused qkv over every token.
+    kv_tokens: int | None = None
+    # Dims that tell the dense attention's module apart beyond {B, T, C, H} (PVTv2: the reduction ratio R, and P for
+    # linear=True's pooled keys): part of its measurement key. The other attention primitives drop the reduction.
+    attention_dims: tuple[tuple[str, int], ...] = ()
 
     @property
     def head_dim(self) -> int:
-        return self.embed_dim // self.heads
+        return self.channels // self.heads
+
+    @property
+    def spatial_mlp(self) -> bool:
+        """Its MLP mixes neighbouring tokens (a depthwise conv over the grid): an MLP op carries the grid."""
+        return self.grid is not None
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes that shape every op of a model: its input, its frame (what runs outside the blocks) and each block."""
+
+    img: int
+    classes: int
+    frame: tuple[tuple[str, int], ...]  # the frame op's dims besides the batch
+    blocks: tuple[BlockDims, ...]
+
+    @property
+    def stages(self) -> int:
+        return 1 + max((b.stage for b in self.blocks), default=0)
+
+    # Of the first block: the sizes of every block in a ViT.
+    @property
+    def tokens(self) -> int:
+        return self.blocks[0].tokens
+
+    @property
+    def embed_dim(self) -> int:
+        return self.blocks[0].channels
+
+    @property
+    def heads(self) -> int:
+        return self.blocks[0].heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return self.blocks[0].hidden
+
+    @property
+    def head_dim(self) -> int:
+        return self.blocks[0].head_dim
+
+    def find_block(self, **wanted: int) -> int:
+        """The first block whose sizes are ``wanted`` (field names of :class:`BlockDims`, or attention dims)."""
+        for i, block in enumerate(self.blocks):
+            have = {**block.__dict__, **dict(block.attention_dims)}
+            if all(have.get(k) == v for k, v in wanted.items()):
+                return i
+        raise ValueError(f"no block of this model runs at {wanted}")
 
     @classmethod
     def of(cls, spec: ModelSpec) -> "ModelDims":
         """The sizes of the model a spec names (read off it built on the meta device: no memory, no weights)."""
-        return _dims_of(spec)
+        return _meta_model_family(spec)[1]
 
 
 class Family(ABC):
-    """What the rest of the product needs to know of one timm model family."""
+    """What the rest of the product needs to know of one timm model family.
 
-    name: str
+    The abstract methods say where the blocks are and what they hold; the others have the defaults of a ViT-like
+    layout (blocks called with tokens alone, one fused ``qkv``) and a family overrides what differs.
+    """
+
+    key: str  # short, in predictor files and reports: "vit"
+    name: str  # what errors list: the key and the timm models it covers
+    timm_modules: tuple[str, ...] = ()  # timm model modules whose model names are of this family (create_kwargs)
 
     @abstractmethod
     def matches(self, model: nn.Module) -> bool:
@@ -69,12 +132,41 @@ class Family(ABC):
         """The sizes its ops run at (read off a model built on the meta device)."""
 
     @abstractmethod
-    def with_depth(self, spec: ModelSpec, depth: int) -> ModelSpec:
-        """The same model with ``depth`` blocks: what one block is timed inside."""
+    def timing_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The same model cut down to as few blocks as hold one of every size: what a block is timed inside."""
 
     @abstractmethod
     def frame(self, model: nn.Module) -> nn.Module:
         """The model without its blocks: everything a forward pass runs outside them (timed as one op)."""
+
+    def timing_index(self, dims: ModelDims, block: int) -> int:
+        """Which block of the :meth:`timing_spec` model runs at the sizes of block ``block`` of the full model."""
+        return 0
+
+    def create_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The study's ``model.kwargs`` as timm's constructor of this family takes them."""
+        return dict(kwargs)
+
+    def call_args(self, dims: BlockDims) -> tuple:
+        """What a block, its attention and its MLP take besides the tokens (PVTv2: the grid size)."""
+        return ()
+
+    def attention_source(self, attn: nn.Module) -> nn.Module:
+        """What an attention primitive that replaces the dense attention is built from: a module with ``qkv``,
+        ``proj``, ``num_heads``, ``head_dim`` (and optionally ``q_norm``, ``k_norm``), as timm's ViT attention."""
+        return attn
+
+    def projections(self, attn: nn.Module, key: str) -> tuple[str, ...]:
+        """The attributes of ``attn`` that a block's ``qkv`` or ``proj`` choice converts."""
+        return (key,)
+
+    def adapt_mlp(self, mlp: nn.Module) -> nn.Module:
+        """An MLP primitive's module as this family's blocks call it."""
+        return mlp
+
+    def mismatch_hint(self, model: nn.Module, state: Mapping[str, Any]) -> str | None:
+        """Why a state dict that does not fit ``model`` may be of a sibling variant (a study key to fix), if known."""
+        return None
 
 
 _FAMILIES: list[Family] = []
@@ -83,6 +175,10 @@ _FAMILIES: list[Family] = []
 def register(family: Family) -> Family:
     _FAMILIES.append(family)
     return family
+
+
+def names() -> list[str]:
+    return [family.name for family in _FAMILIES]
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,8 +198,15 @@ def family_for(spec: ModelSpec) -> Family:
     return _meta_model_family(spec)[0]
 
 
-def _dims_of(spec: ModelSpec) -> ModelDims:
-    return _meta_model_family(spec)[1]
+def family_named(name: str) -> Family | None:
+    """The family a timm model name belongs to, known from the timm module that defines it (None: not known by
+    name; :func:`family_of` still tells from the built model)."""
+    import timm
+
+    for family in _FAMILIES:
+        if family.timm_modules and timm.models.is_model_in_modules(name, list(family.timm_modules)):
+            return family
+    return None
 
 
 def family_of(model: nn.Module) -> Family:
@@ -112,9 +215,12 @@ def family_of(model: nn.Module) -> Family:
         if family.matches(model):
             return family
     raise UnsupportedModelError("model.name", f"{type(model).__name__} is not supported yet (supported: "
-                                              f"{', '.join(f.name for f in _FAMILIES)})")
+                                              f"{'; '.join(names())})")
 
 
-from . import vit  # noqa: E402  (the built-in families register themselves)
+# The built-in families register themselves, in this order (the order errors list them in).
+from . import vit  # noqa: E402, I001
+from . import pvt_v2  # noqa: E402
 
-__all__ = ["Family", "ModelDims", "UnsupportedModelError", "family_for", "family_of", "register", "vit"]
+__all__ = ["BlockDims", "Family", "ModelDims", "UnsupportedModelError", "family_for", "family_named", "family_of",
+           "names", "pvt_v2", "register", "vit"]

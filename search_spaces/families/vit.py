@@ -8,7 +8,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..config import ModelSpec
-from . import Family, ModelDims, UnsupportedModelError, register
+from . import BlockDims, Family, ModelDims, UnsupportedModelError, register
 
 
 def _first(value) -> int:
@@ -16,6 +16,7 @@ def _first(value) -> int:
 
 
 class ViT(Family):
+    key = "vit"
     name = "vit (timm VisionTransformer: ViT, DeiT)"
 
     def matches(self, model: nn.Module) -> bool:
@@ -33,14 +34,15 @@ class ViT(Family):
                                                    "(was the model already reparameterized?)")
 
     def dims(self, model: nn.Module) -> ModelDims:
-        block = model.blocks[0]
-        return ModelDims(img=_first(model.patch_embed.img_size), patch=_first(model.patch_embed.patch_size),
-                         embed_dim=int(model.embed_dim), heads=int(block.attn.num_heads),
-                         mlp_hidden=int(block.mlp.fc1.out_features), classes=int(model.num_classes),
-                         prefix_tokens=int(model.num_prefix_tokens))
+        img, patch = _first(model.patch_embed.img_size), _first(model.patch_embed.patch_size)
+        tokens = (img // patch) ** 2 + int(model.num_prefix_tokens)
+        blocks = tuple(BlockDims(tokens=tokens, channels=int(model.embed_dim), heads=int(block.attn.num_heads),
+                                 hidden=int(block.mlp.fc1.out_features)) for block in model.blocks)
+        frame = (("img", img), ("patch", patch), ("C", int(model.embed_dim)), ("classes", int(model.num_classes)))
+        return ModelDims(img=img, classes=int(model.num_classes), frame=frame, blocks=blocks)
 
-    def with_depth(self, spec: ModelSpec, depth: int) -> ModelSpec:
-        return ModelSpec(spec.name, {**spec.kwargs, "depth": depth})
+    def timing_spec(self, spec: ModelSpec) -> ModelSpec:
+        return ModelSpec(spec.name, {**spec.kwargs, "depth": 1})
 
     def frame(self, model: nn.Module) -> nn.Module:
         model.blocks = nn.Sequential()

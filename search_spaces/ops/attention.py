@@ -64,7 +64,10 @@ class ProjectedAttention(nn.Module):
         """Token mixing on ``[B, H, N, D]`` tensors."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, feat_size: tuple[int, int] | None = None, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        """``x`` is ``[B, N, C]``. ``feat_size``, the token grid a pyramid family's blocks pass (PVTv2), is not needed:
+        the mixers attend over the token sequence."""
         if attn_mask is not None or is_causal:
             raise ValueError(f"{type(self).__name__} does not support attention masks")
         b, n, _ = x.shape

@@ -47,6 +47,30 @@ def shift_mlp(mlp: nn.Module) -> nn.Module:
     return out
 
 
+class GridExpert(nn.Module):
+    """An expert made from an MLP with a depthwise conv over the token grid between its layers (PVTv2's
+    ``fc1 -> [relu] -> dwconv -> act -> fc2``), run on the tokens routed to it: ``fc1`` and ``fc2`` on those tokens
+    only, the conv over the grid with every token routed elsewhere at zero, so a token's neighbours count when they
+    came to this expert too."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``x``: ``[P, C]``, its first ``len(rows)`` rows the tokens at flat positions ``rows`` of the ``grid``
+        ``(images, H, W)`` (the rest padding); returns ``[P, C]``."""
+        mlp, n = self.mlp, rows.numel()
+        images, h, w = grid
+        hidden = mlp.fc1(x)
+        canvas = hidden.new_zeros(images * h * w, hidden.shape[-1]).index_copy(0, rows, hidden[:n])
+        canvas = canvas.reshape(images, h, w, -1).permute(0, 3, 1, 2)
+        mixed = mlp.dwconv(mlp.relu(canvas)).permute(0, 2, 3, 1).reshape(images * h * w, -1)[rows]
+        if len(hidden) > n:  # keep the padded shape the kernels were compiled for
+            mixed = torch.cat([mixed, mixed.new_zeros(len(hidden) - n, mixed.shape[1])])
+        return mlp.drop(mlp.fc2(mlp.drop(mlp.act(mixed))))
+
+
 def token_buckets(assignments: int, points: int = 8) -> list[int]:
     """The token counts an expert's batch is padded up to when compiled kernels run it: ``assignments/points``,
     ``2·assignments/points``, ..., ``assignments`` (``assignments`` = tokens × top_k). Kernels are compiled per shape,
@@ -260,7 +284,9 @@ class MoEMlp(nn.Module):
         prob_if_out = normal.cdf((clean - threshold_out) / noise_std)
         return torch.where(is_in, prob_if_in, prob_if_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, feat_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """``x``: ``[..., C]``; ``feat_size``: the token grid ``(H, W)`` of a pyramid family's block (PVTv2), whose
+        experts (:class:`GridExpert`) take the positions of their tokens."""
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
         gates, top_idx, load = self._gates(tokens)
@@ -273,7 +299,13 @@ class MoEMlp(nn.Module):
             if self.pad_to_buckets:
                 size = bucket_tokens(rows.numel(), top_idx.numel())
                 chosen = torch.cat([chosen, chosen.new_zeros(size - rows.numel(), chosen.shape[1])])
-            y = expert(chosen)[: rows.numel()] * gates[rows, e : e + 1].to(tokens.dtype)
+            if isinstance(expert, GridExpert):
+                if feat_size is None:
+                    raise ValueError("experts over a token grid need the grid: call with feat_size")
+                ran = expert(chosen, rows, (tokens.shape[0] // (feat_size[0] * feat_size[1]), *feat_size))
+            else:
+                ran = expert(chosen)
+            y = ran[: rows.numel()] * gates[rows, e : e + 1].to(tokens.dtype)
             out = out.index_add(0, rows, y)
         importance = gates.sum(0)
         self.aux_loss = balance_loss(importance, load, self.expert_latency)
