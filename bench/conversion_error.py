@@ -1,13 +1,14 @@
-"""Relative output error of each primitive right after conversion from a dense tiny DeiT (no fine-tuning).
+"""Relative output error of each primitive right after conversion from a dense model (no fine-tuning): the tiny DeiT of
+the quick-start and the shrunk PVTv2-b0 of the PVT quick-start.
 
-For each primitive, every block of the quick-start model is converted to it; on 256 real digits images we compare
+For each primitive, every block of the study's model is converted to it; on 256 real digits images we compare
 (a) each converted module's output with the dense module's output on the same input, averaged over blocks, and
 (b) the model's logits. Relative error = ||y_converted - y_dense|| / ||y_dense||.
 
 The model is timm's random initialization (no weights are downloaded); after `nas pretrain` lands, pass
 ``--checkpoint`` to measure on a trained teacher.
 
-    python bench/conversion_error.py [--study studies/quickstart.yaml]
+    python bench/conversion_error.py [--study studies/quickstart.yaml --study studies/pvt_quickstart.yaml]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from record import write  # noqa: E402
 from nas.data import digits  # noqa: E402
 from nas.study import Study  # noqa: E402
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model, create_model  # noqa: E402
+from search_spaces.families import ModelDims, family_of  # noqa: E402
 
 PRIMITIVES = {
     "shift qkv": (BlockConfig(qkv="shift"), "attn"),
@@ -39,22 +41,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@torch.no_grad()
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", default="studies/quickstart.yaml")
-    parser.add_argument("--images", type=int, default=256)
-    args = parser.parse_args()
-
+def errors_of(study_file: str, images: int) -> list[dict]:
     torch.manual_seed(0)
-    space = Study.load(args.study).space
+    space = Study.load(study_file).space
     teacher = create_model(space.model).eval()
-    x = digits(space.model.kwargs.get("img_size", 224), split="test").tensors[0][: args.images]
+    family = family_of(teacher)
+    x = digits(ModelDims.of(space.model).img, split="test").tensors[0][:images]
 
-    inputs: dict[tuple[int, str], torch.Tensor] = {}
+    inputs: dict[tuple[int, str], tuple] = {}
+    blocks = family.blocks(teacher)
     hooks = [
-        getattr(block, part).register_forward_pre_hook(lambda m, a, key=(i, part): inputs.__setitem__(key, a[0]))
-        for i, block in enumerate(teacher.blocks)
+        getattr(block, part).register_forward_pre_hook(lambda m, a, key=(i, part): inputs.__setitem__(key, a))
+        for i, block in enumerate(blocks)
         for part in ("attn", "mlp")
     ]
     logits = teacher(x)
@@ -65,24 +63,40 @@ def main() -> None:
     for name, (block, part) in PRIMITIVES.items():
         student = build_model(ArchConfig(space.model, (block,) * space.depth), teacher).eval()
         module_errors = [
-            rel_err(getattr(sb, part)(inputs[(i, part)]), getattr(tb, part)(inputs[(i, part)]))
-            for i, (sb, tb) in enumerate(zip(student.blocks, teacher.blocks))
+            rel_err(getattr(sb, part)(*inputs[(i, part)]), getattr(tb, part)(*inputs[(i, part)]))
+            for i, (sb, tb) in enumerate(zip(family.blocks(student), blocks))
         ]
         rows.append(
             {
+                "model": f"{family.key}: {space.model.name}",
                 "primitive": name,
                 "module_rel_err": sum(module_errors) / len(module_errors),
                 "module_rel_err_max": max(module_errors),
                 "logits_rel_err": rel_err(student(x), logits),
             }
         )
-        print(f"{name:30s} module {rows[-1]['module_rel_err']:.4f} (max {rows[-1]['module_rel_err_max']:.4f})  "
-              f"logits {rows[-1]['logits_rel_err']:.4f}")
+        print(f"{rows[-1]['model']:20s} {name:30s} module {rows[-1]['module_rel_err']:.4f} "
+              f"(max {rows[-1]['module_rel_err_max']:.4f})  logits {rows[-1]['logits_rel_err']:.4f}")
+    return rows
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", action="append", help="a study file (repeat; default: both quick-starts)")
+    parser.add_argument("--images", type=int, default=256)
+    args = parser.parse_args()
+    studies = args.study or ["studies/quickstart.yaml", "studies/pvt_quickstart.yaml"]
+    rows, models = [], []
+    for study_file in studies:
+        rows += errors_of(study_file, args.images)
+        spec = Study.load(study_file).model
+        models.append(f"{spec.name} {dict(spec.kwargs)}")
     write(
         "conversion-error",
         rows,
-        notes=f"Model: {space.model.name} {dict(space.model.kwargs)} (timm random init), {len(x)} digits held-out (test) images. "
-        "Every block converted to the primitive; module error averaged over blocks.",
+        notes=f"Models (timm random init): {'; '.join(models)}. {args.images} digits held-out (test) images. "
+        "Every block converted to the primitive; module error averaged over blocks (a PVTv2's over its stages).",
     )
 
 
