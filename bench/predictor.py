@@ -10,7 +10,13 @@ spin on the cores (stopped before the held-out models are measured): what the no
 what the predictor fitted on that table would have predicted. Writes ``bench/results/predictor.{json,md}`` and the
 parity plot ``predictor-parity.png``.
 
-    python bench/predictor.py [--trials 16] [--configs 20] [--skip-deit] [--hog]
+Spaces: the quick-start (ViT), the PVT quick-start (a shrunk PVTv2-b0, every block priced at its stage's sizes) and,
+unless ``--skip-deit``, DeiT-Tiny at 224.
+
+    python bench/predictor.py [--trials 16] [--configs 20] [--skip-deit] [--skip-pvt] [--hog]
+
+On 2 cores with untuned kernels the two quick-start spaces take about 12 minutes; ``--hog`` re-times nearly every
+job of its profile and takes over an hour with the PVT space (``--skip-pvt`` for the quick-start's alone).
 """
 
 from __future__ import annotations
@@ -120,10 +126,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12345,
                         help="seed of the evaluated configs (profiling calibrates on seed 0's: keep them apart)")
     parser.add_argument("--skip-deit", action="store_true", help="only the quick-start space")
+    parser.add_argument("--skip-pvt", action="store_true", help="without the PVT quick-start space")
     parser.add_argument("--hog", action="store_true", help="also profile with a CPU hog running (a second table)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     spaces = [("quickstart", Study.load("studies/quickstart.yaml").space, (1, 8))]
+    if not args.skip_pvt:
+        spaces.append(("pvt-quickstart", Study.load("studies/pvt_quickstart.yaml").space, (1, 8)))
     if not args.skip_deit:
         from search_spaces import ModelSpec
 
@@ -147,9 +156,10 @@ def main() -> None:
                 "model_worst_error": float(errors.max()), "model_mape": float(errors.mean()), "models": len(selected)}
 
     quiet = [r for r in rows if r["profiled"] == "quiet"]
+    per_space = {name: figures([r for r in quiet if r["space"] == name]) for name, _, _ in spaces}
     kernel_within = [acc["tvm"]["within_10pct"] for key, acc in accuracies.items() if "tvm" in acc and "quiet" in key]
     summary = {"kernel_within_10pct (held-out kernel shapes, labelled: not the search's figure)":
-               float(np.mean(kernel_within)) if kernel_within else None, **figures(quiet)}
+               float(np.mean(kernel_within)) if kernel_within else None, **figures(quiet), "per_space": per_space}
     if args.hog:
         summary["profiled_with_hog"] = figures([r for r in rows if r["profiled"] == "hog"])
     summary["gate"] = gates

@@ -233,7 +233,8 @@ def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max
     short = {b: n for b, n in counts.items() if n < MIN_CALIBRATION_MODELS}
     if short:
         (family, b), n = next(iter(short.items()))
-        raise PredictorRefused("latency.db", f"{n} whole-model timing(s) of the {family} family at batch {b}: at least {MIN_CALIBRATION_MODELS} are "
+        raise PredictorRefused("latency.db", f"{n} whole-model timing(s) of the {family} family at batch {b}: at "
+                               f"least {MIN_CALIBRATION_MODELS} are "
                                f"needed to check the predictor out of sample (set latency.calibration >= "
                                f"{MIN_CALIBRATION_MODELS} and run `{fix}`)")
     found: dict[str, Any] = {"max_model_error": max_model_error, "models": len(checks), "noisy_allowed": len(noisy)}

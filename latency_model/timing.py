@@ -1,8 +1,8 @@
 """Timing the modules a model executes (torch parts, and shift/additive parts on the TVM kernels), op by op.
 
 Each op of :mod:`latency_model.ops` is rebuilt as the module the model runs (inside the model cut down by its family
-to one block of each size, converted with :func:`kernels.runtime.to_kernels`), fed an input of its shape and timed: warm-up, then
-``repeats`` repeats of as many calls as last ``min_repeat_ms``, the median being the figure used.
+to one block of each size, converted with :func:`kernels.runtime.to_kernels`), fed an input of its shape and timed:
+warm-up, then ``repeats`` repeats of as many calls as last ``min_repeat_ms``, the median being the figure used.
 """
 
 from __future__ import annotations
