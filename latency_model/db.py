@@ -23,6 +23,7 @@ import platform
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -184,6 +185,23 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url.split("@", 1)[-1] if "@" in url else url
+
+
+def anchor_sqlite(url: str, folder: Path) -> str:
+    """``url`` with a relative SQLite file path made relative to ``folder`` (a study's), as every other path of a
+    study file is; SQLAlchemy alone would resolve it against the current directory. Other URLs are returned as
+    given."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # refused with its key where it is checked
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:") or Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(folder / database)).render_as_string(hide_password=False)
 
 
 def connect(url: str = DEFAULT_URL) -> Engine:

@@ -4,7 +4,8 @@
       target: cpu                          # cpu | cuda | cuda:sm_XX | a TVM target dict
       device: null                         # name in the measurement table (default: from the target,
                                            #   e.g. cpu-rocketlake-2c)
-      db: null                             # any SQLAlchemy URL (default: sqlite:///<study folder>/latency.db)
+      db: null                             # any SQLAlchemy URL (default: sqlite:///<study folder>/latency.db;
+                                           #   a relative SQLite path is relative to the study's folder)
       predictor: null                      # default: latency_<device>.json; relative to the study's folder
       batch_sizes: [1]                     # batch sizes to profile and predict at
       trials: 64                           # MetaSchedule trials per kernel (0: untuned default schedules)
@@ -27,7 +28,7 @@ from typing import Any
 
 from search_spaces.config import ConfigError, _check_keys
 
-from .db import DEFAULT_URL
+from .db import DEFAULT_URL, anchor_sqlite
 
 KEYS = ("target", "device", "db", "predictor", "batch_sizes", "trials", "repeats", "calibration", "max_spread",
         "max_contention", "retimes", "max_model_error")
@@ -69,7 +70,10 @@ class LatencySettings:
         device = self.device or default_device_name(self.target)
         predictor = self.predictor or f"latency_{device}.json"
         predictor = str(folder / predictor if study_dir is not None or not self.predictor else predictor)
-        db = self.db or (DEFAULT_URL if study_dir is None else f"sqlite:///{folder / 'latency.db'}")
+        if self.db:
+            db = self.db if study_dir is None else anchor_sqlite(self.db, study_dir)
+        else:
+            db = DEFAULT_URL if study_dir is None else f"sqlite:///{folder / 'latency.db'}"
         return replace(self, device=device, predictor=predictor, db=db)
 
     @classmethod

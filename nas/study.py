@@ -58,6 +58,7 @@ from typing import Any
 
 import yaml
 
+from latency_model.db import anchor_sqlite
 from latency_model.settings import LatencySettings
 from search_spaces.config import ConfigError, ModelSpec, _check_keys
 from search_spaces.space import SearchSpace
@@ -330,6 +331,8 @@ class Study:
             raise ConfigError("storage", f"expected a database URL like sqlite:///studies/x.db or "
                                          f"postgresql://user@host/db, got {shown}")
         _check_database_url(storage)
+        if data.get("storage"):
+            storage = anchor_sqlite(storage, folder)
         declared_latency = LatencySettings.from_dict(data.get("latency"))
         return cls(
             path=path, name=name, model=model, checkpoint=folder / checkpoint if checkpoint else None,

@@ -98,6 +98,9 @@ class Primitive:
             the ``(rows, in, out)`` of the linear layers it stands for (linear and MLP slots).
         routed: an MLP that routes each token to some of its experts (priced as its router plus each expert at the
             token counts it runs at).
+        families: the model families (``Family.key``: ``vit``, ``pvt_v2``) whose blocks it can take; None: every
+            family. A search space leaves it out of the others' default choices and refuses it where named, and
+            ``reparam.apply`` refuses a config that puts it on a block of another family.
         description: one line for ``--help`` and the docs.
     """
 
@@ -109,6 +112,7 @@ class Primitive:
     kernel_tasks: Callable[[Shapes, tuple[tuple[int, int, int], ...]], list[KernelTask]] | None = None
     on_kernels: bool = False
     routed: bool = False
+    families: tuple[str, ...] | None = None
     description: str = ""
 
     @property
@@ -116,6 +120,10 @@ class Primitive:
         """It keeps the slot's dense module (its projections may still change): what a family's dense layout
         (PVTv2's spatial reduction) is kept for."""
         return self.build is None
+
+    def takes(self, family: str) -> bool:
+        """Whether it can take a block of the model family ``family``."""
+        return self.families is None or family in self.families
 
     def tasks(self, shapes: Shapes, layers: tuple[tuple[int, int, int], ...] = ()) -> list[KernelTask]:
         return self.kernel_tasks(shapes, layers) if self.kernel_tasks is not None else []
@@ -176,6 +184,30 @@ def block_primitives(block: "BlockConfig") -> list[Primitive]:
     if block.moe is not None:
         used += [get("expert", kind) for kind in block.moe.experts]
     return used
+
+
+# A block's keys and the slot whose primitives each names.
+BLOCK_KEYS = {"attention": "attention", "qkv": "linear", "proj": "linear", "mlp": "mlp"}
+
+
+def refusal(slot: str, name: str, family: str) -> str | None:
+    """Why a block of ``family`` cannot take the choice ``name`` of ``slot`` (None: it can)."""
+    primitive = get(slot, name)
+    if primitive.takes(family):
+        return None
+    return f"{slot} {name!r} is declared for {', '.join(primitive.families)} blocks only, not {family}"
+
+
+def check_family(block: "BlockConfig", family: str, where: str) -> None:
+    """Refuse (:class:`ConfigError` at ``where.<key>``) a block choice that its model's family cannot take."""
+    for key, slot in BLOCK_KEYS.items():
+        why = refusal(slot, getattr(block, key), family)
+        if why is not None:
+            raise ConfigError(f"{where}.{key}", why)
+    for i, kind in enumerate(block.moe.experts if block.moe is not None else ()):
+        why = refusal("expert", kind, family)
+        if why is not None:
+            raise ConfigError(f"{where}.moe.experts[{i}]", why)
 
 
 def on_kernels(block: "BlockConfig") -> bool:

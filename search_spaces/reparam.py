@@ -67,7 +67,8 @@ def apply(model: nn.Module, config: ArchConfig) -> nn.Module:
     """Reparameterize ``model`` in place by ``config`` and return it.
 
     Raises:
-        ConfigError: the config's block count differs from the model's.
+        ConfigError: the config's block count differs from the model's, or a block takes a primitive declared for
+            other families.
         UnsupportedModelError: the model family, or a block's layers, cannot be reparameterized.
     """
     family = family_of(model)
@@ -76,6 +77,7 @@ def apply(model: nn.Module, config: ArchConfig) -> nn.Module:
         raise ConfigError("blocks", f"the config has {config.depth} blocks but the model has {len(blocks)}")
     # Check every block first so a failure leaves the model untouched.
     for i, (block, choice) in enumerate(zip(blocks, config.blocks)):
+        registry.check_family(choice, family.key, f"blocks[{i}]")
         if not choice.is_dense:
             family.check_block(block, f"blocks[{i}]")
     for block, choice in zip(blocks, config.blocks):

@@ -41,7 +41,7 @@ from .ops.attention import BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
 
 # The keys of a block's choices and the registry slot whose primitives each offers.
-BLOCK_SLOTS = {"attention": "attention", "qkv": "linear", "proj": "linear", "mlp": "mlp"}
+BLOCK_SLOTS = registry.BLOCK_KEYS
 
 
 def block_options() -> dict[str, tuple[str, ...]]:
@@ -72,9 +72,20 @@ class BlockChoices:
         return getattr(self, key)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str, base: "BlockChoices | None" = None) -> "BlockChoices":
+    def of_family(cls, family: str | None) -> "BlockChoices":
+        """Every registered option a block of ``family`` can take (None: every option)."""
+        if family is None:
+            return cls()
+        return cls(**{key: tuple(name for name in registry.names(slot) if registry.get(slot, name).takes(family))
+                      for key, slot in BLOCK_SLOTS.items()})
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str, base: "BlockChoices | None" = None,
+                  family: str | None = None) -> "BlockChoices":
+        """Choices from a study's mapping, the keys it omits taken from ``base``; an option that a block of the
+        model's ``family`` cannot take is refused where it is named."""
         data = _check_keys(data or {}, where, (), tuple(BLOCK_SLOTS))
-        values = {key: (base or cls()).get(key) for key in BLOCK_SLOTS}
+        values = {key: (base or cls.of_family(family)).get(key) for key in BLOCK_SLOTS}
         for key, raw in data.items():
             options = [raw] if isinstance(raw, str) else raw
             if not isinstance(options, list | tuple) or not options:
@@ -84,6 +95,9 @@ class BlockChoices:
                 if option not in known:
                     raise ConfigError(f"{where}.{key}[{j}]",
                                       f"unknown {key} option {option!r} (choose from {', '.join(known)})")
+                why = registry.refusal(BLOCK_SLOTS[key], option, family) if family is not None else None
+                if why is not None:
+                    raise ConfigError(f"{where}.{key}[{j}]", f"{why}: this model is a {family}")
             if len(set(options)) != len(options):
                 raise ConfigError(f"{where}.{key}", f"options repeat: {list(options)}")
             values[key] = tuple(options)
@@ -103,6 +117,16 @@ def model_depth(model: ModelSpec) -> int:
 
     with torch.device("meta"):
         return len(transformer_blocks(create_model(model)))
+
+
+def _family_if_restricted(model: ModelSpec) -> str | None:
+    """The model's family key when some registered primitive is declared for some families only (None otherwise:
+    every option fits every family, and the model need not be built to know it)."""
+    if all(p.families is None for p in registry.primitives()):
+        return None
+    from .families import family_for
+
+    return family_for(model).key
 
 
 @dataclass(frozen=True)
@@ -145,7 +169,8 @@ class SearchSpace:
         tied = space.get("tied", False)
         if not isinstance(tied, bool):
             raise ConfigError("space.tied", f"expected true or false, got {tied!r}")
-        base = BlockChoices.from_dict(space.get("choices"), "space.choices")
+        family = _family_if_restricted(model)
+        base = BlockChoices.from_dict(space.get("choices"), "space.choices", family=family)
         blocks = [base] * depth
         stages = space.get("stages") or {}
         if not isinstance(stages, Mapping):
@@ -159,7 +184,7 @@ class SearchSpace:
                 if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
                     raise ConfigError("space.stages", f"stage index {index!r} is not in 0..{count - 1} (the model "
                                                       f"has {count} stage{'s' if count > 1 else ''})")
-                own = BlockChoices.from_dict(choices, f"space.stages.{index}", base)
+                own = BlockChoices.from_dict(choices, f"space.stages.{index}", base, family)
                 blocks = [own if stage == index else b for b, stage in zip(blocks, of_block)]
         overrides = space.get("blocks") or {}
         if not isinstance(overrides, Mapping):
@@ -167,7 +192,7 @@ class SearchSpace:
         for index, choices in overrides.items():
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth:
                 raise ConfigError("space.blocks", f"block index {index!r} is not in 0..{depth - 1}")
-            blocks[index] = BlockChoices.from_dict(choices, f"space.blocks.{index}", blocks[index])
+            blocks[index] = BlockChoices.from_dict(choices, f"space.blocks.{index}", blocks[index], family)
         moe = _check_keys(space.get("moe") or {}, "space.moe", (), ("top_k", "experts"))
         top_k = moe.get("top_k", [1])
         top_k = [top_k] if isinstance(top_k, int) else top_k
@@ -176,6 +201,10 @@ class SearchSpace:
         experts = moe.get("experts", list(EXPERT_KINDS))
         if not isinstance(experts, list | tuple):
             raise ConfigError("space.moe.experts", f"expected a list of expert kinds, got {experts!r}")
+        for j, kind in enumerate(experts if family is not None else ()):
+            why = registry.refusal("expert", kind, family) if kind in registry.names("expert") else None
+            if why is not None:
+                raise ConfigError(f"space.moe.experts[{j}]", f"{why}: this model is a {family}")
         additive = _check_keys(space.get("additive") or {}, "space.additive", (), ("binarize",))
         binarize = additive.get("binarize", BINARIZE_KINDS[0])
         if binarize not in BINARIZE_KINDS:

@@ -108,3 +108,35 @@ def test_the_kernel_runtime_gives_additive_attention_its_binary_product(tmp_path
     attention = fast.blocks[0].attn
     assert type(attention) is AdditiveAttention and isinstance(attention.binary_product, KernelBinaryProduct)
     assert model.blocks[0].attn.binary_product is torch.matmul  # the original is left as it was
+
+
+def test_a_primitive_declared_for_one_family_is_refused_on_another(tmp_path, capsys):
+    """A plugin's attention declared for ViT blocks only: a PVTv2 study's default space leaves it out, a space that
+    names it is refused where it does, and a config that puts it on a PVTv2 block is refused with the block."""
+    from search_spaces import ArchConfig, ConfigError, ModelSpec, SearchSpace
+
+    (tmp_path / f"{PLUGIN}.py").write_text(SOURCE.replace('description=', 'families=("vit",), description='))
+    pvt = {"name": "pvt_v2_b0", "kwargs": {"img_size": 32, "depths": [1, 1], "embed_dims": [16, 32],
+                                            "num_heads": [1, 2], "sr_ratios": [2, 1], "mlp_ratios": [2, 2],
+                                            "num_classes": 10}}
+    try:
+        named = write_study(tmp_path / "named.yaml", {"name": "named", "model": pvt, "plugins": [PLUGIN],
+                                                      "space": {"stages": {1: {"attention": ["msa", "pooled"]}}}})
+        assert main(["validate", str(named)]) == 2
+        said = capsys.readouterr().err
+        assert "space.stages.1.attention[1]" in said and "'pooled' is declared for vit blocks only" in said
+        assert "Traceback" not in said
+
+        assert "pooled" in registry.names("attention")  # the plugin was imported before the space was read
+        spec = ModelSpec(pvt["name"], pvt["kwargs"])
+        assert all("pooled" not in b.attention for b in SearchSpace.from_dict({}, spec).blocks)
+        vit = SearchSpace.from_dict({}, ModelSpec(TINY_MODEL["name"], TINY_MODEL["kwargs"]))
+        assert all("pooled" in b.attention for b in vit.blocks)
+
+        config = ArchConfig(spec, (BlockConfig(), BlockConfig("pooled")))
+        with pytest.raises(ConfigError, match=r"blocks\[1\]\.attention: attention 'pooled' is declared for vit"):
+            build_model(config)
+    finally:
+        registry.unregister("attention", "pooled")
+        sys.modules.pop(PLUGIN, None)
+        sys.path[:] = [p for p in sys.path if p != str(tmp_path.resolve())]

@@ -32,6 +32,16 @@ def test_defaults_and_paths_relative_to_the_study(tmp_path):
     assert draws(0) == draws(0) and draws(0) != draws(1)  # reproducible, and parallel workers draw differently
 
 
+def test_relative_sqlite_urls_are_relative_to_the_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # not the study's folder: SQLAlchemy alone would put the files here
+    study = Study.load(_write(tmp_path, storage="sqlite:///runs/s.db", latency={"db": "sqlite:///m.db"}))
+    assert study.storage == f"sqlite:///{tmp_path}/runs/s.db" and study.latency.db == f"sqlite:///{tmp_path}/m.db"
+    absolute = Study.load(_write(tmp_path, storage=f"sqlite:///{tmp_path}/a.db", latency={"db": "sqlite://"}))
+    assert absolute.storage == f"sqlite:///{tmp_path}/a.db" and absolute.latency.db == "sqlite://"
+    other = Study.load(_write(tmp_path, storage="postgresql://u:secret@host/db"))
+    assert other.storage == "postgresql://u:secret@host/db"
+
+
 @pytest.mark.parametrize("sections, where, words", [
     ({"budgets": {}}, "unknown key(s) 'budgets'", ""),
     ({"budget": {"n_trials": 0}}, "budget.n_trials", ">= 1"),
