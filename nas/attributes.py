@@ -33,9 +33,10 @@ FAIL_REASON = "fail_reason"  # one line: why a failed trial failed
 TRACEBACK = "traceback"  # the end of a failed trial's traceback
 RAY_TRIAL_ID = "ray_trial_id"  # the Ray Tune trial that ran it
 RAY_NODE_PREFIX = "ray_"  # + the node keys Ray reports (ray_node_id, ...)
+DASHBOARD_ERROR = "dashboard_error"  # why the trial's note or artifact could not be written (the trial stands)
 
 # A trial that reuses an earlier trial's result copies every attribute but these (they describe one run).
-RUN_ONLY = frozenset({WORKER, WALL_S, REFERENCE, TRAIN_S})
+RUN_ONLY = frozenset({WORKER, WALL_S, REFERENCE, TRAIN_S, DASHBOARD_ERROR})
 
 # ---- the study's own attributes ------------------------------------------------------------------------------------
 STUDY_FILE = "study_file"  # path of the study file that created the study

@@ -92,10 +92,14 @@ def provenance(study: Study, trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def config_text(config: ArchConfig, origin: dict[str, Any]) -> str:
+    """An exported ArchConfig file's text: the architecture and its ``provenance``."""
+    return yaml.safe_dump({**config.to_dict(), "provenance": origin}, sort_keys=False)
+
+
 def write_config(path: Path, config: ArchConfig, origin: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump({**config.to_dict(), "provenance": origin}, sort_keys=False)
-    path.write_text(text)
+    path.write_text(config_text(config, origin))
     return path
 
 

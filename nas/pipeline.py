@@ -208,6 +208,10 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
         return result
     predictor.meta["gate"] = result.gate
     result.path = predictor.save(out)
+    if study is not None:
+        from .dashboard import publish_stored_study
+
+        publish_stored_study(study)  # the study's note names the predictor and its accuracy
     return result
 
 
@@ -264,9 +268,15 @@ def report(study: Study, out: Path | None = None) -> "Report":
     from .report import report as write_report
     from .search import open_study
 
+    from .dashboard import artifact_location, artifact_store, publish_study, replace_study_artifacts
+
     out = ensure_writable(out or report_folder(study) / "report", "--out", need_mb=1)
-    return write_report(open_study(study, create=False), out, f"{study.name}: {study.model.name} on "
-                                                             f"{study.data.source}, {study.latency.device}")
+    ostudy = open_study(study, create=False)
+    written = write_report(ostudy, out, f"{study.name}: {study.model.name} on {study.data.source}, "
+                                        f"{study.latency.device}")
+    replace_study_artifacts(ostudy, artifact_store(artifact_location(study)), written.files)
+    publish_study(study, ostudy)
+    return written
 
 
 def export(study: Study, which: str, out: Path) -> list[Path]:
@@ -305,10 +315,17 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
              on_epoch: Callable[[int, float], None] | None = None) -> "FinetuneResult":
     """Fine-tune the job's architecture from the teacher and score it on the test split, writing the weights, the
     config and ``result.json`` into ``out``; with ``measure``, time it on the kernels."""
+    from . import attributes as attr
+    from .dashboard import note_finetune
     from .export import finetune as train_config
 
-    return train_config(job.study, job.config, job.epochs, out, measure=measure, origin=job.origin,
-                        on_epoch=on_epoch)
+    result = train_config(job.study, job.config, job.epochs, out, measure=measure, origin=job.origin,
+                          on_epoch=on_epoch)
+    trial = job.origin.get("trial")
+    if job.origin.get("study") == job.study.name and isinstance(trial, int):
+        note_finetune(job.study, trial, {"epochs": job.epochs, attr.TEST_ACCURACY: result.test_accuracy,
+                                         attr.TEST_SE: result.test_se, "measured_ms": result.measured_ms})
+    return result
 
 
 # ---- run ------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.errors import ConfigError
 
 from . import attributes as attr
+from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
 from .disk import ensure_database_writable, ensure_writable
 from .process import set_torch_threads, set_tvm_threads
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
@@ -97,7 +98,7 @@ class StudySearcher(OptunaSearch):
     # Ray pickles the searcher into its experiment state for Tuner.restore. This one resumes through the Optuna
     # study instead, and its storage connection, sampler and space cannot be pickled: leave them out.
     def __getstate__(self) -> dict:
-        return {**ray_internals.picklable_state(self), "_arch_space": None}
+        return {**ray_internals.picklable_state(self), "_arch_space": None, "_study": None, "_store": None}
 
     def save(self, checkpoint_path: str) -> None:
         import pickle
@@ -109,9 +110,10 @@ class StudySearcher(OptunaSearch):
         raise NotImplementedError("resume a search by running `nas search --backend ray` again")
 
     def __init__(self, *args, arch_space=None, latency_budget_ms: float | None = None,
-                 timeout_s: float | None = None, **kwargs) -> None:
+                 timeout_s: float | None = None, study: Study | None = None, artifacts=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._arch_space = arch_space  # rebuilds a trial's ArchConfig from its parameters
+        self._study, self._store = study, artifacts  # each trial's note and artifact (nas.dashboard)
         self._latency_budget_ms = latency_budget_ms
         self._where: dict[str, dict[str, Any]] = {}  # Ray trial id -> the node it last reported from
         # like the Optuna backend's timeout: no new trial after it, running ones finish (Tune's time_budget_s
@@ -162,6 +164,8 @@ class StudySearcher(OptunaSearch):
             state = TrialState.COMPLETE
         else:  # stopped by the scheduler before its last epoch
             state, values = TrialState.PRUNED, None
+        if self._study is not None:
+            publish_trial(self._study, trial, state, self._store)
         ray_internals.tell(self, trial_id, values, state)
 
 
@@ -205,7 +209,9 @@ class RayDriver(SearchDriver):
         ensure_database_writable(study.storage, "storage")
         ensure_writable(study.folder / "runs" / study.name / "ray", "Ray's results folder")
         evaluator = Evaluator(study)  # the teacher and predictor that travel with every trial; fails early, clearly
+        store = artifact_store(artifact_location(study))
         ostudy = open_study(study)
+        publish_study(study, ostudy)
         stale = _fail_stale(ostudy)
         notes = (f"{stale} trial(s) left running by an interrupted search were marked FAIL",) if stale else ()
         before = progress_of(ostudy)
@@ -225,7 +231,7 @@ class RayDriver(SearchDriver):
             searcher = StudySearcher(space=define, metric=metric, mode=mode, sampler=sampler, study_name=study.name,
                                      storage=storage_of(study.storage), arch_space=study.space,
                                      latency_budget_ms=study.objectives.latency_budget_ms,
-                                     timeout_s=options.timeout_for(study))
+                                     timeout_s=options.timeout_for(study), study=study, artifacts=store)
             scheduler = None
             if study.pruner.name == "asha":
                 from ray.tune.schedulers import ASHAScheduler
@@ -258,6 +264,7 @@ class RayDriver(SearchDriver):
             ray.shutdown()
         after = progress_of(ostudy)
         events.progress(after)
+        publish_study(study, ostudy)
         return SearchSummary(self.name, before, after, seconds, notes)
 
 

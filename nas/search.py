@@ -27,6 +27,7 @@ from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError, ResourceError, ShiftAddError, StateError
 
 from . import attributes as attr
+from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
 from .disk import ensure_database_writable
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
@@ -107,9 +108,6 @@ def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> op
     ostudy = optuna.create_study(study_name=study.name, storage=storage, directions=directions,
                                  sampler=create_sampler(study), pruner=create_pruner(study), load_if_exists=True)
     if not ostudy.user_attrs:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ostudy.set_metric_names(list(study.objectives.metrics))
         ostudy.set_user_attr(attr.STUDY_FILE, str(study.path))
         ostudy.set_user_attr(attr.STUDY_MODEL, study.model.to_dict())
         ostudy.set_user_attr(attr.STUDY_LATENCY_DEVICE, study.latency.device)
@@ -157,6 +155,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     ostudy = open_study(study, heartbeat=True)
     ostudy.sampler = create_sampler(study, (stored_at_start, worker))
     objective = optuna_objective(Evaluator(study))
+    store = artifact_store(artifact_location(study))
     if ready is not None:
         try:
             ready.wait(timeout=READY_TIMEOUT_S)
@@ -182,6 +181,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
             trial.set_user_attr(attr.TRACEBACK, traceback.format_exc()[-4000:])
             state = TrialState.FAIL
         trial.set_user_attr(attr.WALL_S, round(time.perf_counter() - start, 3))
+        publish_trial(study, trial, state, store)
         ostudy.tell(trial, values, state=state)
         failed_in_a_row = failed_in_a_row + 1 if state == TrialState.FAIL else 0
         ran += 1
@@ -223,7 +223,9 @@ class OptunaDriver(SearchDriver):
         n_trials, timeout_s, workers = options.trials_for(study), options.timeout_for(study), options.workers
         ensure_database_writable(study.storage, "storage")  # a full disk or read-only folder: said before any work
         Evaluator(study)  # fail here, once and clearly, if the teacher, data or predictor is missing
+        artifact_store(artifact_location(study))  # and if the artifact store cannot be used
         ostudy = open_study(study)
+        publish_study(study, ostudy)
         before = progress_of(ostudy)
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")  # torch and TVM threads do not survive fork
@@ -248,6 +250,7 @@ class OptunaDriver(SearchDriver):
             raise
         after = progress_of(ostudy)
         events.progress(after)
+        publish_study(study, ostudy)  # the references' results
         bad = [p for p in processes if p.exitcode not in (0, None)]
         if bad and after.finished < n_trials:
             codes = ", ".join(f"{p.name} exit {p.exitcode}" for p in bad)

@@ -125,16 +125,23 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from .search import storage_of
 
+    from .dashboard import artifact_location, artifact_store
+
     if not (args.study or args.storage):
         raise ConfigError("study", "give a study file or --storage URL")
-    url = args.storage or Study.load(args.study).storage
+    study = Study.load(args.study) if args.study else None
+    url = args.storage or study.storage
     storage = storage_of(url)
+    location = args.artifacts or (artifact_location(study) if study is not None else None)
+    store = artifact_store(location, "--artifacts" if args.artifacts else "artifacts") if location else None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/] serving on {args.host}: anyone who can reach this machine can read and "
                       "edit the studies; optuna-dashboard has no authentication")
     console.print(f"optuna-dashboard for {redact(url)} at [bold]http://{args.host}:{args.port}/[/] (Ctrl-C stops it)",
                   highlight=False)
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    console.print(f"  artifacts: {location}" if location else "  artifacts: none (give --artifacts FOLDER or a study file)",
+                  highlight=False)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
     return 0
 
 
@@ -289,6 +296,8 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine "
                                                                "only; 0.0.0.0 exposes it to the network)")
     dashboard.add_argument("--port", type=positive_int, default=8080, help="port (default: 8080)")
+    dashboard.add_argument("--artifacts", help="the artifact store to serve: a folder, s3://BUCKET or gs://BUCKET "
+                                               "(default: the study's `artifacts:`, runs/<name>/artifacts)")
 
     export = add("export", cmd_export, "write the ArchConfig of chosen trials with their metrics and latency")
     study_arg(export)

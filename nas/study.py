@@ -44,8 +44,10 @@
     search:
       heartbeat_s: 60                     # a worker's trials beat this often; one silent for 2 beats is FAIL
       retries: 1                          # a trial failed that way is queued again this many times
+    artifacts: null                       # optuna-dashboard's artifact store: a folder (default runs/<name>/artifacts
+                                          #   next to the file), s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]
 
-Relative paths (checkpoint, data path, storage file) are relative to the study file's folder.
+Relative paths (checkpoint, data path, storage file, artifacts) are relative to the study file's folder.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from search_spaces.space import SearchSpace
 from .shapes import DEFAULT_IMAGES
 
 SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "budget", "train", "sampler",
-            "pruner", "storage", "search")
+            "pruner", "storage", "search", "artifacts")
 METRICS = ("accuracy", "latency_ms")
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband", "asha")
@@ -258,6 +260,7 @@ class Study:
     storage: str
     search: SearchSettings = SearchSettings()
     plugins: tuple[str, ...] = ()
+    artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.dashboard.artifact_location: the default)
     # the latency: section as written, before the defaults that depend on the target and the folder were filled in
     declared_latency: LatencySettings = field(default=LatencySettings(), repr=False, compare=False)
 
@@ -334,6 +337,14 @@ class Study:
         if data.get("storage"):
             storage = anchor_sqlite(storage, folder)
         declared_latency = LatencySettings.from_dict(data.get("latency"))
+        artifacts = data.get("artifacts")
+        if artifacts is not None and (not isinstance(artifacts, str) or not artifacts):
+            raise ConfigError("artifacts", f"expected a folder or an s3:// or gs:// URL, got {artifacts!r}")
+        if artifacts and "://" not in artifacts:
+            artifacts = str(folder / artifacts)
+        elif artifacts and artifacts.split("://")[0] not in ("s3", "gs", "file"):
+            raise ConfigError("artifacts", f"unknown artifact store {artifacts!r}: a folder, s3://BUCKET[/PREFIX] or "
+                                           "gs://BUCKET[/PREFIX]")
         return cls(
             path=path, name=name, model=model, checkpoint=folder / checkpoint if checkpoint else None,
             data=DataSpec.from_dict(data.get("data"), folder),
@@ -342,7 +353,7 @@ class Study:
             train=TrainSettings.from_dict(data.get("train")),
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
             storage=storage, search=SearchSettings.from_dict(data.get("search")), plugins=plugins,
-            declared_latency=declared_latency,
+            artifacts=artifacts or "", declared_latency=declared_latency,
         )
 
 

@@ -42,6 +42,20 @@ def stored_trials(study_file) -> list:
     return optuna.load_study(study_name=study.name, storage=study.storage).get_trials()
 
 
+def trial_notes(study_file) -> dict[int, tuple[str, list[str]]]:
+    """Each stored trial's optuna-dashboard note and the file names of its artifacts, by trial number."""
+    import optuna
+    from optuna_dashboard import get_note
+
+    from nas.study import Study
+
+    study = Study.load(study_file)
+    ostudy = optuna.load_study(study_name=study.name, storage=study.storage)
+    return {t.number: (get_note(optuna.trial.Trial(ostudy, t._trial_id)),
+                       [a.filename for a in optuna.artifacts.get_all_artifact_meta(t, storage=ostudy._storage)])
+            for t in ostudy.get_trials()}
+
+
 def base_study(root: Path) -> dict:
     return {
         "name": "tiny",

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from nas.cli import main
 
-from search_fixtures import stored_trials
+from search_fixtures import stored_trials, trial_notes
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -30,6 +30,9 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
         assert t.values == [attrs["search_accuracy"], attrs["latency_ms"]] and "test_accuracy" in attrs
         assert {"config", "latency_breakdown", "moe_split", "weights"} <= set(attrs)
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 4
+    for number, (note, artifacts) in trial_notes(study_file).items():  # what optuna-dashboard shows of each
+        assert note.startswith(f"## Trial {number}: complete") and "| block | attention |" in note
+        assert artifacts == [f"trial-{number}.yaml"]
     assert main(["export", str(study_file), "--trial", "best", "--out", str(tmp_path / "best")]) == 0
     # resuming: the same command with a larger budget runs only the missing trials
     assert main(["search", str(study_file), "--backend", "ray", "--n-trials", "5"]) == 0
@@ -59,6 +62,9 @@ def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
             assert len(t.user_attrs["search_accuracy_history"]) == 4
             assert sorted(t.intermediate_values) == [1, 2, 3, 4] and t.intermediate_values[4] == t.value
             assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs["latency_ms"] - 1000.0)}
+    notes = trial_notes(study_file)
+    for t in trials:
+        assert notes[t.number][0].startswith(f"## Trial {t.number}: {t.state.name.lower()}")
 
 
 def test_joins_a_cluster_started_with_ray_start(searchable, tmp_path):

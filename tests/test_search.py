@@ -7,6 +7,7 @@ import sys
 import time
 import urllib.request
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -59,6 +60,12 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     assert main(["finetune", str(exported[0]), "--epochs", "1", "--out", str(tuned)]) == 0
     result = json.loads((tuned / "result.json").read_text())
     assert result["measured_ms"] > 0 and result["predicted_ms"] > 0
+    # the trial it came from says so in its note on the dashboard
+    from optuna_dashboard import get_note
+
+    ostudy = optuna.load_study(study_name="tiny", storage=Study.load(study_file).storage)
+    note = get_note(optuna.trial.Trial(ostudy, ostudy.trials[data["provenance"]["trial"]]._trial_id))
+    assert f"after `nas finetune` (1 epoch): test {result['test_accuracy']:.4f}" in note
     # the documented one-call rebuild gives the fine-tuned model: same test accuracy
     from nas import data as datasets
     from nas.train import evaluate

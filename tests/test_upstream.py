@@ -59,3 +59,15 @@ def test_the_ray_searchers_optuna_trials_metric_and_state(tmp_path):
     assert pickle.loads(pickle.dumps(state))["_metric"] == "accuracy"  # what Ray's experiment state pickles
     with pytest.raises(Exception):
         pickle.dumps(searcher.__dict__)  # without the fix it does not pickle
+
+
+def test_study_artifacts_and_removing_one(tmp_path):
+    study = _study(tmp_path)
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    (tmp_path / "chart.png").write_bytes(b"png")
+    kept, removed = (optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(tmp_path / "chart.png"),
+                                                      study_or_trial=study) for _ in range(2))
+    assert optuna_internals.study_artifacts(study) == {kept: "chart.png", removed: "chart.png"}
+    optuna_internals.remove_study_artifact(study, store, removed)
+    assert optuna_internals.study_artifacts(study) == {kept: "chart.png"}
+    assert (tmp_path / kept).is_file() and not (tmp_path / removed).exists()

@@ -25,3 +25,29 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
     trial's process; this works from any process on the storage)."""
     study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def study_artifacts(study: optuna.Study) -> dict[str, str]:
+    """The artifacts of a study, id -> file name, without the removed ones (whose record optuna-dashboard leaves as
+    null, which ``optuna.artifacts.get_all_artifact_meta`` cannot read)."""
+    import json
+
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+
+    found = {}
+    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+        meta = json.loads(value) if key.startswith(ARTIFACTS_ATTR_PREFIX) and isinstance(value, str) else None
+        if isinstance(meta, dict):
+            found[meta["artifact_id"]] = meta["filename"]
+    return found
+
+
+def remove_study_artifact(study: optuna.Study, store, artifact_id: str) -> None:
+    """Remove an artifact of a study: its file from the store and its record from the study (as optuna-dashboard's
+    delete button does; Optuna has no public call for it)."""
+    import json
+
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+
+    store.remove(artifact_id)
+    study._storage.set_study_system_attr(study._study_id, ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(None))
