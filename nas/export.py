@@ -176,6 +176,7 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
         return False
 
     result, model = evaluator.run(config, epochs=epochs, full_epochs=True, report=report)
+    model = model.cpu()  # saved, and timed on the study's latency target, from the CPU
     out.mkdir(parents=True, exist_ok=True)
     weights = save_weights(model, out / "model.safetensors", {"config": config.to_json()})
     test_se = round(result.test.standard_error, 6)

@@ -27,6 +27,7 @@ from search_spaces.reparam import transformer_blocks, weight_counts
 
 from . import attributes as attr
 from . import data
+from .device import Placement, resolve
 from .study import Study
 from .teacher import load_teacher
 from .train import Evaluation, LossWeights, Trainer, evaluate
@@ -88,12 +89,14 @@ class Evaluator:
     """Scores architectures of one study. Built once per worker: it loads the teacher, the data and the predictor."""
 
     def __init__(self, study: Study, teacher: torch.nn.Module | None = None,
-                 predictor: Predictor | None = None) -> None:
+                 predictor: Predictor | None = None, placement: Placement | None = None) -> None:
         """``teacher`` and ``predictor`` default to the study's files; a Ray worker on another node gets them
-        passed in instead (they travel with the trial). The process's threads are its entry point's to set
+        passed in instead (they travel with the trial). ``placement`` defaults to the study's ``train.device`` and
+        ``train.precision`` as this machine resolves them. The process's threads are its entry point's to set
         (:mod:`nas.process`)."""
         self.study = study
-        self.teacher = teacher if teacher is not None else load_teacher(study)
+        self.placement = placement or resolve(study.train.device, study.train.precision)
+        self.teacher = (teacher if teacher is not None else load_teacher(study)).to(self.placement.device)
         dims = ModelDims.of(study.model)
         self.splits = data.load(study.data, dims.img, dims.classes)
         settings = study.latency
@@ -121,13 +124,14 @@ class Evaluator:
             steps_per_epoch=None if full_epochs else budget.steps_per_epoch,
             batch_size=train.batch_size, lr=train.lr, weight_decay=train.weight_decay, teacher=self.teacher,
             weights=LossWeights(train.distill_alpha, train.distill_temperature, train.moe_loss_weight),
-            seed=train.seed if seed is None else seed,
+            seed=train.seed if seed is None else seed, placement=self.placement, loader_workers=train.loader_workers,
         )
         history: list[float] = []
         evaluation = None
         for epoch in range(epochs):
             trainer.train_epoch()
-            evaluation = evaluate(model, self.splits.search)
+            evaluation = evaluate(model, self.splits.search, placement=self.placement,
+                                  loader_workers=train.loader_workers)
             history.append(evaluation.accuracy)
             if report is not None and report(epoch, evaluation.accuracy):
                 raise Pruned(epoch, evaluation.accuracy)
@@ -135,7 +139,8 @@ class Evaluator:
         prediction = self.predictor.predict(config, self.batch, moe_loads=evaluation.moe_loads)
         counts = weight_counts(model)
         result = TrialResult(
-            config=config, search=evaluation, test=evaluate(model, self.splits.test), latency_ms=prediction.total_ms,
+            config=config, search=evaluation, latency_ms=prediction.total_ms,
+            test=evaluate(model, self.splits.test, placement=self.placement, loader_workers=train.loader_workers),
             prediction=prediction.to_dict(), history=history,
             weights={"total": counts.total, "shift_share": round(counts.shift_share, 4)},
             train_s=time.perf_counter() - start,
@@ -147,7 +152,7 @@ def training_recipe(study: Study) -> str:
     """What a trial's result depends on besides its architecture: the trial budget, the training settings and the
     data. A result is reused for a repeated architecture only under the same recipe."""
     recipe = {"epochs": study.budget.epochs, "steps_per_epoch": study.budget.steps_per_epoch,
-              "train": asdict(study.train), "data": asdict(study.data)}
+              "train": study.train.recipe(), "data": asdict(study.data)}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -34,6 +34,7 @@ from .driver import Progress, SearchEvents, SearchOptions, SearchSummary, get_dr
 from .study import Study
 
 if TYPE_CHECKING:
+    from .device import Placement
     from search_spaces import ArchConfig
     from latency_model.predictor import Accuracy, Predictor, PredictorRefused
     from latency_model.profile import Summary as ProfileSummary
@@ -74,6 +75,7 @@ def load_data(study: Study) -> "Splits":
 class Validation:
     study: Study
     splits: "Splits"
+    placement: "Placement"  # where training runs on this machine
 
 
 def validate(study: Study) -> Validation:
@@ -87,6 +89,7 @@ def validate(study: Study) -> Validation:
     with in_study(study):
         create_sampler(study)  # their arguments are checked when built
         create_pruner(study)
+        placement = training_placement(study)
         splits = load_data(study)
         if study.checkpoint is not None:
             load_teacher(study)  # the checkpoint reads and fits the model
@@ -95,7 +98,16 @@ def validate(study: Study) -> Validation:
                 Predictor.load(study.latency.predictor, device=study.latency.device)  # fitted for this device
             except PredictorError as e:
                 raise ConfigError("latency.predictor", str(e)) from None
-    return Validation(study, splits)
+    return Validation(study, splits, placement)
+
+
+def training_placement(study: Study) -> "Placement":
+    """Where the study trains on this machine: ``train.device`` and ``train.precision`` resolved; ``cuda`` on a
+    machine without one is a :class:`ConfigError` here, before any work."""
+    from .device import resolve
+
+    with in_study(study):
+        return resolve(study.train.device, study.train.precision)
 
 
 # ---- profile --------------------------------------------------------------------------------------------------------
@@ -297,13 +309,16 @@ class FinetuneJob:
     epochs: int
 
     @classmethod
-    def of(cls, config_file: Path, study_file: Path | None = None, epochs: int | None = None) -> "FinetuneJob":
+    def of(cls, config_file: Path, study_file: Path | None = None, epochs: int | None = None,
+           device: str | None = None) -> "FinetuneJob":
         """An exported (or plain) ArchConfig file; the study is the one the export names unless ``study_file`` is
-        given, ``epochs`` defaults to its ``budget.finetune_epochs``."""
+        given, ``epochs`` defaults to its ``budget.finetune_epochs``, ``device`` (``--device``) overrides its
+        ``train.device``."""
         from .export import named_study, read_export
 
         study_file = study_file or named_study(config_file)
-        study = Study.load(study_file) if study_file else None  # first: its plugins register primitives
+        # the study first: its plugins register primitives the config may name
+        study = Study.load(study_file).on_device(device) if study_file else None
         config, origin = read_export(config_file)
         if study is None:
             raise ConfigError("provenance.study_file", "this config names no study; give --study STUDY.yaml",
@@ -333,6 +348,7 @@ def preflight(study: Study, out: Path) -> None:
     """Every place ``nas run``'s steps write to, checked before the first: not a full disk found at step 4."""
     from .disk import ensure_database_writable, ensure_writable
 
+    training_placement(study)  # a device this machine does not have: said before step 1
     settings = study.latency
     ensure_database_writable(settings.db, "latency.db")
     ensure_writable(Path(settings.predictor).parent, "latency.predictor", need_mb=1)

@@ -26,6 +26,7 @@ from search_spaces.errors import ConfigError
 
 from . import attributes as attr
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
+from .device import Placement
 from .disk import ensure_database_writable, ensure_writable
 from .process import set_torch_threads, set_tvm_threads
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
@@ -50,8 +51,14 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def trial_device(device: str, gpus_per_trial: float) -> str:
+    """Where a Ray trial trains: on the GPU Ray gave it (Ray sets ``CUDA_VISIBLE_DEVICES``, so it is ``cuda`` in
+    the trial) when it has one and the study does not say ``cpu``; on the CPU otherwise, whatever the node has."""
+    return "cpu" if device == "cpu" or gpus_per_trial <= 0 else "cuda"
+
+
 def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_state: dict, predictor: dict,
-              threads: int) -> None:
+              threads: int, device: str = "cpu") -> None:
     """One Ray Tune trial: rebuild the architecture from the searcher's parameters and score it."""
     import ray
     from ray import tune
@@ -63,7 +70,7 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
 
     from .objective import Evaluator
 
-    study = Study.parse(study_text, study_path)
+    study = Study.parse(study_text, study_path).on_device(device)
     arch = study.space.from_params(_flatten(config))
     teacher = create_model(study.model)
     teacher.load_state_dict(teacher_state)
@@ -189,11 +196,22 @@ class RayDriver(SearchDriver):
         if study.pruner.name not in ("none", "asha"):
             raise ConfigError("pruner.name", f"the Ray backend stops trials with ASHA: use {{name: asha}} or "
                                              f"{{name: none}}, not {study.pruner.name!r}", str(study.path))
+        device = study.train.device
+        if device.startswith("cuda:"):
+            raise ConfigError("train.device", f"{device} names one GPU of one machine; on Ray use cuda (or auto) "
+                                              "and --gpus-per-trial: Ray gives each trial its GPU", str(study.path))
+        if device == "cuda" and options.gpus_per_trial <= 0:
+            raise ConfigError("--gpus-per-trial", "train.device is cuda: give each trial a GPU with --gpus-per-trial "
+                                                  "1 (or a fraction), which Ray then assigns")
+        if study.train.precision == "fp16" and trial_device(device, options.gpus_per_trial) == "cpu":
+            raise ConfigError("train.precision", "fp16 needs a CUDA device and these trials train on the CPU "
+                                                 "(--gpus-per-trial 0): use bf16 or fp32", str(study.path))
 
     def describe(self, study: Study, options: SearchOptions) -> str:
         where = f"the Ray cluster at {options.ray_address}" if options.ray_address else "a local Ray"
+        device = trial_device(study.train.device, options.gpus_per_trial)
         return (f"on {where}: up to {options.workers} concurrent trial(s), {options.cpus_per_trial} CPU and "
-                f"{options.gpus_per_trial} GPU each")
+                f"{options.gpus_per_trial} GPU each, training on {'its GPU' if device == 'cuda' else 'the CPU'}")
 
     def run(self, study: Study, options: SearchOptions, events: SearchEvents = SearchEvents()) -> SearchSummary:
         """Run (or continue) the study's search as Ray Tune trials, ``options.workers`` at a time; no trial starts
@@ -208,7 +226,8 @@ class RayDriver(SearchDriver):
         cpus_per_trial, gpus_per_trial = options.cpus_per_trial, options.gpus_per_trial
         ensure_database_writable(study.storage, "storage")
         ensure_writable(study.folder / "runs" / study.name / "ray", "Ray's results folder")
-        evaluator = Evaluator(study)  # the teacher and predictor that travel with every trial; fails early, clearly
+        # the teacher and predictor that travel with every trial (on the CPU: the trials train); fails early, clearly
+        evaluator = Evaluator(study, placement=Placement())
         store = artifact_store(artifact_location(study))
         ostudy = open_study(study)
         publish_study(study, ostudy)
@@ -246,7 +265,8 @@ class RayDriver(SearchDriver):
             threads = max(1, int(cpus_per_trial))
             run = tune.with_parameters(trainable, study_text=study.path.read_text(), study_path=str(study.path),
                                        teacher_state=evaluator.teacher.state_dict(),
-                                       predictor=evaluator.predictor.to_dict(), threads=threads)
+                                       predictor=evaluator.predictor.to_dict(), threads=threads,
+                                       device=trial_device(study.train.device, gpus_per_trial))
             tuner = tune.Tuner(
                 tune.with_resources(run, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
@@ -269,22 +289,27 @@ class RayDriver(SearchDriver):
 
 
 def _init_ray(ray_address: str | None, cpus_per_trial: float, workers: int) -> None:
-    """Join the cluster at ``ray_address``, or start a light local Ray sized for ``workers`` trials."""
+    """Join the cluster at ``ray_address``, or start a light local Ray sized for ``workers`` trials, whatever
+    cluster another process started (or left behind) on this machine."""
     import ray
 
     if not ray_address:
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_per_trial * workers)), include_dashboard=False,
-                 object_store_memory=256 * 1024**2, logging_level="warning", log_to_driver=False)
+        # "local": a new Ray of its own; without it ray.init joins the cluster named by RAY_ADDRESS or by the last
+        # one started here (/tmp/ray/ray_current_cluster), even a dead one, and refuses num_cpus for it
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_per_trial * workers)),
+                 include_dashboard=False, object_store_memory=256 * 1024**2, logging_level="warning",
+                 log_to_driver=False)
         return
+    if ray_internals.cluster_token() and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        # `ray start` turns token authentication on; a driver presents the token it finds only in token mode
+        ray_internals.use_token_authentication()
     try:
         ray.init(address=ray_address, logging_level="warning", log_to_driver=False)
     except (ConnectionError, RuntimeError) as e:
         hint = ""
-        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-            # `ray start` turns token authentication on; a client joining by address presents its token only
-            # when told to, from the start of the process
-            hint = (" (if the cluster uses token authentication, the default of `ray start`: run with "
-                    "RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        if not ray_internals.cluster_token():
+            hint = (" (if the cluster uses token authentication, the default of `ray start`: copy the head's "
+                    "~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN)")
         raise SearchError("--ray-address", f"cannot join the Ray cluster at {ray_address}: "
                                            f"{str(e).splitlines()[0]}{hint}") from None
 

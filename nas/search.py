@@ -28,6 +28,7 @@ from search_spaces.errors import ConfigError, ResourceError, ShiftAddError, Stat
 
 from . import attributes as attr
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
+from .device import Placement, resolve, worker_device
 from .disk import ensure_database_writable
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
@@ -139,19 +140,20 @@ def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | 
 
 
 def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: float | None, threads: int,
-               worker: int = 0, stored_at_start: int = 0, ready=None) -> int:
+               worker: int = 0, stored_at_start: int = 0, ready=None, device: str | None = None) -> int:
     """One search worker (a process of its own): claim, run and tell trials until ``n_trials`` are planned.
     ``stored_at_start`` (the study's trial count when the search started) and ``worker`` seed its sampler.
     ``ready`` (a barrier shared by the workers of one search) holds the first claim until every worker has loaded
     its teacher, data and predictor, so the trials are shared from the first one, not taken by whichever process
-    started first. Returns how many trials this worker ran."""
+    started first. ``device`` is where it trains (the driver's choice for this worker, see
+    :func:`nas.device.worker_device`; None: the study's). Returns how many trials this worker ran."""
     from .objective import Evaluator, optuna_objective
 
     quiet_optuna_logging()
     quiet_search_worker_warnings()
     if threads:
         set_torch_threads(threads)
-    study = Study.load(study_path, storage=storage)
+    study = Study.load(study_path, storage=storage).on_device(device)
     ostudy = open_study(study, heartbeat=True)
     ostudy.sampler = create_sampler(study, (stored_at_start, worker))
     objective = optuna_objective(Evaluator(study))
@@ -210,8 +212,11 @@ class OptunaDriver(SearchDriver):
             raise ConfigError("--ray-address", "only with --backend ray")
 
     def describe(self, study: Study, options: SearchOptions) -> str:
-        return (f"{options.trials_for(study)} trials, {options.workers} worker process(es), {study.budget.epochs} "
-                f"epochs of {study.budget.steps_per_epoch or 'all'} steps per trial")
+        devices = [worker_device(study.train.device, i) for i in range(options.workers)]
+        where = devices[0] if len(set(devices)) == 1 else ", ".join(f"worker {i} on {d}" for i, d in
+                                                                     enumerate(devices))
+        return (f"{options.trials_for(study)} trials, {options.workers} worker process(es) training on {where}, "
+                f"{study.budget.epochs} epochs of {study.budget.steps_per_epoch or 'all'} steps per trial")
 
     def run(self, study: Study, options: SearchOptions, events: SearchEvents = SearchEvents(),
             poll_s: float = 1.0) -> SearchSummary:
@@ -222,7 +227,12 @@ class OptunaDriver(SearchDriver):
         self.check(study, options)
         n_trials, timeout_s, workers = options.trials_for(study), options.timeout_for(study), options.workers
         ensure_database_writable(study.storage, "storage")  # a full disk or read-only folder: said before any work
-        Evaluator(study)  # fail here, once and clearly, if the teacher, data or predictor is missing
+        devices = [worker_device(study.train.device, i) for i in range(workers)]
+        for device in set(devices):  # a device this machine does not have: said before any work
+            resolve(device, study.train.precision)
+        # fail here, once and clearly, if the teacher, data or predictor is missing (loaded on the CPU: the workers
+        # train, this process only watches)
+        Evaluator(study, placement=Placement())
         artifact_store(artifact_location(study))  # and if the artifact store cannot be used
         ostudy = open_study(study)
         publish_study(study, ostudy)
@@ -232,7 +242,7 @@ class OptunaDriver(SearchDriver):
         ready = context.Barrier(workers) if workers > 1 else None
         processes = [context.Process(target=_worker_main, name=f"nas-worker-{i}",
                                      args=(str(study.path), study.storage, n_trials, timeout_s, threads, i,
-                                           sum(before.counts.values()), ready))
+                                           sum(before.counts.values()), ready, devices[i]))
                      for i in range(workers)]
         start = time.perf_counter()
         for p in processes:

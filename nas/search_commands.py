@@ -20,7 +20,7 @@ console = Console()
 
 
 def _load(args: argparse.Namespace) -> Study:
-    return Study.load(args.study, storage=getattr(args, "storage", None))
+    return Study.load(args.study, storage=getattr(args, "storage", None)).on_device(getattr(args, "device", None))
 
 
 def _search_options(args: argparse.Namespace) -> pipeline.SearchOptions:
@@ -34,7 +34,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from latency_model.db import redact
 
     study = _load(args)
-    splits = pipeline.validate(study).splits
+    checked = pipeline.validate(study)
+    splits = checked.splits
     console.print(f"[green]ok[/] {study.path}: study {study.name!r}")
     console.print(f"  model {study.model.name}, {study.space.depth} blocks, {study.space.size():,} architectures")
     console.print(f"  data {study.data.source}: {len(splits.train)} train / {len(splits.search)} search / "
@@ -42,6 +43,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     console.print(f"  objectives {list(study.objectives.metrics)}"
                   + (f", latency budget {study.objectives.latency_budget_ms} ms"
                      if study.objectives.latency_budget_ms else ""))
+    console.print(f"  training on {checked.placement.describe()} (train.device {study.train.device})")
     console.print(f"  budget {study.budget.n_trials} trials x {study.budget.epochs} epochs "
                   f"({study.budget.steps_per_epoch or 'full'} steps each); sampler {study.sampler.name}, "
                   f"pruner {study.pruner.name}")
@@ -154,7 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    job = pipeline.FinetuneJob.of(args.config, args.study, args.epochs)
+    job = pipeline.FinetuneJob.of(args.config, args.study, args.epochs, args.device)
     with Progress(TextColumn(f"fine-tuning {job.config.id}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("", total=job.epochs)
@@ -262,12 +264,18 @@ def add_commands(add, positive_int, non_negative_int) -> None:
             parser.add_argument("--storage", help="Optuna storage URL (default: the study's, "
                                                   "else sqlite:///<study folder>/<name>.db)")
 
+    def device_arg(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--device", metavar="auto|cpu|cuda|cuda:N",
+                            help="where to train (default: the study's train.device, auto: CUDA when there is one)")
+
     validate = add("validate", cmd_validate, "check a study file (every section, the model, the data) without "
                                              "running anything")
     study_arg(validate, storage=False)
+    device_arg(validate)
 
     pretrain = add("pretrain", cmd_pretrain, "train the dense teacher on the study's data (cached next to the study)")
     study_arg(pretrain, storage=False)
+    device_arg(pretrain)
     pretrain.add_argument("--force", action="store_true", help="retrain even if the teacher file is up to date")
 
     def search_options(parser: argparse.ArgumentParser) -> None:
@@ -288,6 +296,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
                                         "with --backend ray)")
     study_arg(search)
     search_options(search)
+    device_arg(search)
     search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
 
     dashboard = add("dashboard", cmd_dashboard, "serve optuna-dashboard for a study's storage")
@@ -314,6 +323,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     finetune.add_argument("--out", type=Path, required=True, help="folder for model.safetensors, arch.yaml, "
                                                                    "result.json")
     finetune.add_argument("--no-measure", action="store_true", help="skip timing the model on the kernels")
+    device_arg(finetune)
 
     report = add("report", cmd_report, "Pareto plot, per-block allocation chart and CSV of a study")
     study_arg(report)
@@ -323,6 +333,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
                               "export best (each step skipped when already done)")
     study_arg(run)
     search_options(run)
+    device_arg(run)
     run.add_argument("--kernel-trials", type=non_negative_int,
                      help="MetaSchedule trials per kernel when profiling (default: the study's latency.trials; "
                           "0: untuned default schedules)")

@@ -37,6 +37,9 @@
       distill_temperature: 2.0
       moe_loss_weight: 0.01               # weight of the latency-aware MoE balance loss
       seed: 0
+      device: auto                        # auto (CUDA when there is one, else the CPU) | cpu | cuda | cuda:N
+      precision: fp32                     # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler, CUDA)
+      loader_workers: null                # DataLoader processes (null: 0 in memory, up to 4 for an imagefolder)
     sampler: {name: tpe, seed: 0}         # tpe | nsga2 | random
     pruner: {name: none}                  # none | median | hyperband | asha (single objective only; kwargs passed
                                           #   on). asha: Optuna's SuccessiveHalvingPruner, Ray's ASHAScheduler
@@ -54,7 +57,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,14 +204,34 @@ class TrainSettings:
     distill_temperature: float = 2.0
     moe_loss_weight: float = 0.01
     seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (nas.device)
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    loader_workers: int | None = None  # DataLoader processes; None: 0 for in-memory data, up to 4 for an imagefolder
+
+    # Where and how fast a model trains, not what it learns: left out of the recipe a cached result is keyed by.
+    PLACEMENT = ("device", "loader_workers")
 
     @classmethod
     def from_dict(cls, data: Any) -> "TrainSettings":
-        return _section(cls, data, "train", {
+        from .device import check_device, check_precision
+
+        settings = _section(cls, data, "train", {
             "batch_size": {"integer": True, "minimum": 1}, "lr": {"above": 0}, "pretrain_lr": {"above": 0}, "weight_decay": {"minimum": 0},
             "distill_alpha": {"minimum": 0, "maximum": 1}, "distill_temperature": {"above": 0},
             "moe_loss_weight": {"minimum": 0}, "seed": {"integer": True, "minimum": 0},
+            "loader_workers": {"integer": True, "minimum": 0},
         })
+        check_device(settings.device)
+        check_precision(settings.precision)
+        return settings
+
+    def recipe(self) -> dict[str, Any]:
+        """The settings a trained model depends on (a cache key): every field but where it trains; ``precision``
+        only when it is not fp32, so results keyed before it existed stay valid."""
+        values = {k: v for k, v in asdict(self).items() if k not in self.PLACEMENT}
+        if values["precision"] == "fp32":
+            del values["precision"]
+        return values
 
 
 @dataclass(frozen=True)
@@ -273,6 +296,14 @@ class Study:
         the defaults that depend on them (device name, predictor path) are filled in."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(self.declared_latency, **given).resolved(self.folder) if given else self.latency
+
+    def on_device(self, device: str | None) -> "Study":
+        """The study with ``train.device`` set from the command line (``--device``; None: as it is)."""
+        if device is None:
+            return self
+        from .device import check_device
+
+        return replace(self, train=replace(self.train, device=check_device(device, "--device")))
 
     @property
     def teacher_path(self) -> Path:

@@ -22,6 +22,7 @@ from search_spaces.reparam import create_model
 from .checkpoints import load_weights, save_weights
 from .disk import ensure_writable
 from .study import Study
+from .device import resolve
 from .train import LossWeights, Trainer, evaluate
 
 
@@ -39,7 +40,7 @@ def _fingerprint(study: Study) -> dict[str, str]:
     return {"model": json.dumps(study.model.to_dict(), sort_keys=True),
             "data": json.dumps(asdict(study.data), sort_keys=True),
             "epochs": str(study.budget.pretrain_epochs),
-            "train": json.dumps({k: v for k, v in asdict(study.train).items() if k not in ("lr", "distill_alpha",
+            "train": json.dumps({k: v for k, v in study.train.recipe().items() if k not in ("lr", "distill_alpha",
                                 "distill_temperature", "moe_loss_weight")}, sort_keys=True)}
 
 
@@ -95,15 +96,18 @@ def pretrain(study: Study, train_set: Dataset, search_set: Dataset, force: bool 
     torch.manual_seed(study.train.seed)
     model = create_model(study.model)
     epochs = study.budget.pretrain_epochs
+    placement = resolve(study.train.device, study.train.precision)
     trainer = Trainer(model, train_set, epochs=epochs, steps_per_epoch=None, batch_size=study.train.batch_size,
                       lr=study.train.pretrain_lr, weight_decay=study.train.weight_decay,
-                      weights=LossWeights(distill_alpha=0.0), seed=study.train.seed)
+                      weights=LossWeights(distill_alpha=0.0), seed=study.train.seed, placement=placement,
+                      loader_workers=study.train.loader_workers)
     accuracy = 0.0
     for epoch in range(epochs):
         loss = trainer.train_epoch()
-        accuracy = evaluate(model, search_set).accuracy
+        accuracy = evaluate(model, search_set, placement=placement,
+                            loader_workers=study.train.loader_workers).accuracy
         if on_epoch is not None:
             on_epoch(epoch, loss, accuracy)
     metadata = {**_fingerprint(study), "search_accuracy": f"{accuracy:.6f}"}
-    save_weights(model, study.teacher_path, metadata)
+    save_weights(model.cpu(), study.teacher_path, metadata)
     return PretrainResult(str(study.teacher_path), epochs, accuracy, time.perf_counter() - start, cached=False)

@@ -8,17 +8,20 @@ of scoring a broken model.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from search_spaces.errors import ConfigError
 from search_spaces.ops.moe import MoELoad, MoEMlp, moe_aux_loss, router_counts
 from search_spaces.ops.shift import ShiftLinear
+
+from .device import Placement
 
 # Parameters that are tokens or embeddings added to the input, not weights of a product: never decayed.
 TOKEN_PARAMETERS = ("pos_embed", "cls_token", "dist_token", "reg_token")
@@ -70,13 +73,31 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _is_in_memory(dataset: Dataset) -> bool:
+    """Tensors already decoded (shapes, digits): a loader process would only copy them."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, TensorDataset)
+
+
+def loader(dataset: Dataset, batch_size: int, placement: Placement, workers: int | None = None,
+           **kwargs) -> DataLoader:
+    """A DataLoader for ``placement``: pinned memory for CUDA, and ``workers`` processes (None: none for data held
+    in memory, up to 4 for images decoded from files)."""
+    if workers is None:
+        workers = 0 if _is_in_memory(dataset) else min(4, max(1, (os.cpu_count() or 1) // 2))
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=placement.pin_memory,
+                      persistent_workers=workers > 0, **kwargs)
+
+
+def _batches(dataset: Dataset, batch_size: int, seed: int, placement: Placement, workers: int | None
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches (a new order every pass)."""
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
-                        generator=generator)
+    batches = loader(dataset, batch_size, placement, workers, shuffle=True, drop_last=len(dataset) > batch_size,
+                     generator=generator)
     while True:
-        yield from loader
+        yield from batches
 
 
 class Trainer:
@@ -91,12 +112,17 @@ class Trainer:
 
     def __init__(self, model: nn.Module, train_set: Dataset, *, epochs: int, steps_per_epoch: int | None,
                  batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
-                 teacher: nn.Module | None = None, weights: LossWeights = LossWeights(), seed: int = 0) -> None:
-        self.model, self.teacher, self.weights = model, teacher, weights
+                 teacher: nn.Module | None = None, weights: LossWeights = LossWeights(), seed: int = 0,
+                 placement: Placement = Placement(), loader_workers: int | None = None) -> None:
+        self.placement = placement
+        self.model, self.teacher, self.weights = model.to(placement.device), teacher, weights
+        if teacher is not None:
+            teacher.to(placement.device)
         per_pass = max(1, len(train_set) // batch_size)
         self.steps_per_epoch = steps_per_epoch or per_pass
-        self.batches = _batches(train_set, batch_size, seed)
+        self.batches = _batches(train_set, batch_size, seed, placement, loader_workers)
         self.optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
+        self.scaler = placement.scaler()
         total = epochs * self.steps_per_epoch
         warmup = max(1, total // 20)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -112,24 +138,28 @@ class Trainer:
         self.model.train()
         total = 0.0
         for _ in range(self.steps_per_epoch):
-            images, labels = next(self.batches)
-            teacher_logits = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(images)
-            logits = self.model(images)
-            loss = distillation_loss(logits, labels, teacher_logits, self.weights)
-            aux = moe_aux_loss(self.model)
-            if aux is not None and self.weights.moe > 0:
-                loss = loss + self.weights.moe * aux
+            images, labels = self.placement.put(*next(self.batches))
+            with self.placement.autocast():
+                teacher_logits = None
+                if self.teacher is not None:
+                    with torch.no_grad():  # once per batch, on the device, beside the student
+                        teacher_logits = self.teacher(images)
+                logits = self.model(images)
+                loss = distillation_loss(logits.float(), labels,
+                                         None if teacher_logits is None else teacher_logits.float(), self.weights)
+                aux = moe_aux_loss(self.model)
+                if aux is not None and self.weights.moe > 0:
+                    loss = loss + self.weights.moe * aux.float()
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged("train.lr", f"loss is {value} at step {self.step + 1} (epoch step "
                                        f"{self.step % self.steps_per_epoch + 1} of {self.steps_per_epoch})")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op unless fp16)
             nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.schedule.step()
             self.step += 1
             total += value
@@ -160,12 +190,17 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> Evaluation:
-    """Top-1 accuracy, and how the routers spread every evaluated image's tokens (what the predictor prices)."""
-    model.eval()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, placement: Placement = Placement(),
+             loader_workers: int | None = None) -> Evaluation:
+    """Top-1 accuracy, and how the routers spread every evaluated image's tokens (what the predictor prices), with
+    the model on ``placement``'s device."""
+    model.eval().to(placement.device)
     correct, counts = 0, {}
-    for images, labels in DataLoader(dataset, batch_size=batch_size):
-        correct += int((model(images).argmax(-1) == labels).sum())
+    for images, labels in loader(dataset, batch_size, placement, loader_workers):
+        images, labels = placement.put(images, labels)
+        with placement.autocast():
+            predicted = model(images).argmax(-1)
+        correct += int((predicted == labels).sum())
         for block, per_image in router_counts(model).items():
             counts.setdefault(block, []).append(per_image.cpu())
     loads = {block: MoELoad.from_counts(torch.cat(parts).numpy()) for block, parts in counts.items()}

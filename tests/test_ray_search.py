@@ -67,28 +67,53 @@ def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
         assert notes[t.number][0].startswith(f"## Trial {t.number}: {t.state.name.lower()}")
 
 
-def test_joins_a_cluster_started_with_ray_start(searchable, tmp_path):
-    study_file = searchable(tmp_path, budget={"n_trials": 2})
+def test_the_cluster_recipe_as_written_runs_trials_on_both_nodes(searchable, tmp_path):
+    """README's recipe, step by step, on this machine: a head, a second node that joins with the head's token copied
+    to its home, and a driver that joins with --ray-address and presents the token it finds."""
+    study_file = searchable(tmp_path, budget={"n_trials": 4})
     port = 20000 + os.getpid() % 20000
-    env = {**os.environ, "RAY_ADDRESS": ""}
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                    "--include-dashboard", "false", "--disable-usage-stats"], check=True, env=env,
-                   capture_output=True)
-    token_env = {**env, "RAY_AUTH_MODE": "token"}  # `ray start` enables token authentication
+    head_home, node_home = tmp_path / "head", tmp_path / "node"
+    node_home.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+    def ray_cli(home, *args, **env):
+        done = subprocess.run([ray, *args], env={**clean, "HOME": str(home), **env}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    head_home.mkdir()
     try:
+        ray_cli(head_home, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus",
+                "1", "--include-dashboard", "false", "--disable-usage-stats")
+        (node_home / ".ray").mkdir()
+        (node_home / ".ray" / "auth_token").write_text((head_home / ".ray" / "auth_token").read_text())  # "scp"
+        ray_cli(node_home, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+                "--num-cpus", "1", "--disable-usage-stats", RAY_AUTH_MODE="token")
         joined = subprocess.run([sys.executable, "-m", "nas.cli", "search", str(study_file), "--backend", "ray",
-                                 "--ray-address", f"127.0.0.1:{port}"], env=token_env, capture_output=True, text=True)
+                                 "--ray-address", f"127.0.0.1:{port}", "--workers", "2"],
+                                env={**clean, "HOME": str(node_home)}, capture_output=True, text=True)
         assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
-        nodes = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address='127.0.0.1:%d'); "
-                                "print(json.dumps([n['NodeID'] for n in ray.nodes()]))" % port],
-                               env=token_env, capture_output=True, text=True, check=True)
-        cluster_nodes = set(json.loads(nodes.stdout.strip().splitlines()[-1]))
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+        subprocess.run([ray, "stop", "--force"], env={**clean, "HOME": str(head_home)}, capture_output=True)
     trials = stored_trials(study_file)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert all(t.user_attrs["ray_node_id"] in cluster_nodes for t in trials)  # ran on that cluster's node
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({t.user_attrs["ray_node_id"] for t in trials}) == 2  # one CPU per node: both ran trials
+
+
+def test_a_local_ray_starts_its_own_whatever_cluster_this_machine_points_to(searchable, tmp_path):
+    """A cluster that ended without `ray stop` leaves its address behind (RAY_ADDRESS, /tmp/ray/ray_current_cluster);
+    a search that asked for a local Ray starts one of its own anyway."""
+    study_file = searchable(tmp_path, budget={"n_trials": 1})
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}  # nothing listens there
+    done = subprocess.run([sys.executable, "-m", "nas.cli", "search", str(study_file), "--backend", "ray"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert [t.state for t in stored_trials(study_file)] == [TrialState.COMPLETE]
+    unreachable = subprocess.run([sys.executable, "-m", "nas.cli", "search", str(study_file), "--backend", "ray",
+                                  "--ray-address", "127.0.0.1:9", "--n-trials", "2"], env=env, capture_output=True,
+                                 text=True, timeout=300)
+    assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
+    assert "--ray-address: cannot join the Ray cluster at 127.0.0.1:9" in unreachable.stderr
 
 
 def _trial_workers():

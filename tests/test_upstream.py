@@ -71,3 +71,21 @@ def test_study_artifacts_and_removing_one(tmp_path):
     optuna_internals.remove_study_artifact(study, store, removed)
     assert optuna_internals.study_artifacts(study) == {kept: "chart.png"}
     assert (tmp_path / kept).is_file() and not (tmp_path / removed).exists()
+
+
+def test_the_cluster_token_a_driver_would_present(tmp_path, monkeypatch):
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ray_internals.cluster_token() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-the-head\n")  # where `ray start --head` writes it
+    assert ray_internals.cluster_token() == "from-the-head"
+    (tmp_path / "elsewhere").write_text("from-a-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere"))
+    assert ray_internals.cluster_token() == "from-a-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-the-environment")
+    assert ray_internals.cluster_token() == "from-the-environment"
+    from ray._raylet import AuthenticationTokenLoader, Config  # what use_token_authentication refreshes
+
+    assert callable(Config.initialize) and callable(AuthenticationTokenLoader.instance().reset_cache)

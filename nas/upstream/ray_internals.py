@@ -37,3 +37,30 @@ def metric(searcher: Any) -> str | list[str]:
 def picklable_state(searcher: Any) -> dict[str, Any]:
     """The searcher's ``__dict__`` without what cannot be pickled (see ``_UNPICKLABLE``)."""
     return {**searcher.__dict__, **_UNPICKLABLE}
+
+
+def cluster_token() -> str | None:
+    """The Ray cluster token this process would present: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``
+    names, or ``~/.ray/auth_token`` (where `ray start` writes it), in Ray's order; None when there is none."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"]
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def use_token_authentication() -> None:
+    """Present the cluster token from now on in this process: ``RAY_AUTH_MODE=token``, and Ray's config re-read
+    (it reads the variable once, when ``ray`` is imported)."""
+    import os
+
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
