@@ -14,8 +14,9 @@ A forward pass on this system is composed of
   expert as a ``module.mlp`` at the token count the kernels run it on (its tokens padded up to the next bucket of
   :func:`search_spaces.ops.moe.token_buckets`). Experts run one after the other, so a block costs the router plus
   the sum of its experts. How many tokens an expert gets varies from image to image (:class:`MoELoad`), and so does
-  its bucket: an expert is one op per bucket, its ``count`` the share of forward passes that run it there. (A
-  PVTv2 expert that gets every token has the key of the whole MLP: its scatter to the grid is left unpriced.)
+  its bucket: an expert is one op per bucket, its ``count`` the share of forward passes that run it there. A PVTv2
+  expert carries ``X=1``: it scatters its rows onto the grid for its conv and gathers them back
+  (:class:`~search_spaces.ops.moe.GridExpert`), which the whole MLP does not, even when it gets every token.
 
 These are timed as the modules run here (dense parts in torch, shift layers and additive attention on the TVM
 kernels, see :mod:`kernels.runtime`). Separately, :func:`kernel_tasks` lists the TVM kernel shapes a config produces,
@@ -83,12 +84,14 @@ def attention_shape(dims: BlockDims, batch: int, attention: str) -> tuple[tuple[
     return _shape(B=batch, T=dims.tokens, C=dims.channels, H=dims.heads, **extra)
 
 
-def mlp_shape(dims: BlockDims, batch: int, tokens: int | None = None) -> tuple[tuple[str, int], ...]:
+def mlp_shape(dims: BlockDims, batch: int, tokens: int | None = None, expert: bool = False
+              ) -> tuple[tuple[str, int], ...]:
     """The shape of an MLP op at ``tokens`` rows (default: the whole batch's): ``{M, C, Hd}``, plus, for an MLP
     that mixes neighbouring tokens (PVTv2's depthwise conv), ``G`` grid cells of the batch and ``T`` per image. An
-    MoE expert runs at its bucket's rows with the conv over the whole grid."""
+    MoE ``expert`` of such an MLP runs at its bucket's rows with the conv over the whole grid, scattered there and
+    gathered back (``X=1``)."""
     rows = batch * dims.tokens if tokens is None else tokens
-    grid = {"G": batch * dims.tokens, "T": dims.tokens} if dims.spatial_mlp else {}
+    grid = {"G": batch * dims.tokens, "T": dims.tokens, **({"X": 1} if expert else {})} if dims.spatial_mlp else {}
     return _shape(M=rows, C=dims.channels, Hd=dims.hidden, **grid)
 
 
@@ -116,7 +119,8 @@ def expert_ops(load: MoELoad, index: int, kinds: Sequence[str], assignments_per_
         dist = load.batch_counts(e, batch)
         counts = np.nonzero(dist[1:])[0] + 1  # a pass that sends an expert no token does not run it
         shares = np.bincount(np.searchsorted(buckets, counts), weights=dist[counts], minlength=len(buckets))
-        ops += [Op(OpName.MLP, kind, mlp_shape(dims, batch, int(buckets[b])), index, float(shares[b]), expert=e)
+        ops += [Op(OpName.MLP, kind, mlp_shape(dims, batch, int(buckets[b]), expert=True), index, float(shares[b]),
+                   expert=e)
                 for b in np.nonzero(shares)[0]]
     return ops
 
@@ -186,7 +190,7 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
                     seen.setdefault(router.key, router)
                 for kind in set(space.moe_experts):
                     for tokens in sorted({t for k in space.moe_top_k for t in token_buckets(k * m)}):
-                        op = Op(OpName.MLP, kind, mlp_shape(own, batch, tokens))
+                        op = Op(OpName.MLP, kind, mlp_shape(own, batch, tokens, expert=True))
                         seen.setdefault(op.key, op)
     return list(seen.values())
 

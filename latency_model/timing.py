@@ -102,7 +102,7 @@ def build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, tu
         if "G" not in d:
             return block.mlp, (torch.randn(1, d["M"], d["C"]),)
         images = d["G"] // d["T"]
-        if d["M"] == d["G"]:  # the whole MLP over the batch's grid
+        if not d.get("X"):  # the whole MLP over the batch's grid
             return block.mlp, (torch.randn(images, d["T"], d["C"]), *extra)
         routed = min(d["M"], d["G"])  # an expert: its rows, padded to the bucket, at positions spread over the grid
         rows = torch.randperm(d["G"], generator=torch.Generator().manual_seed(0))[:routed].sort().values

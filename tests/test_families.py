@@ -118,6 +118,10 @@ def test_space_ops_cover_every_sampled_configs_ops_at_each_stage():
     assert all(("R" in op.dims) == op.variant.startswith("msa/") for op in attention)  # others drop the reduction
     mlps = [op for op in space_ops(space, [2]) if op.op == "module.mlp"]
     assert all(op.dims["G"] == 2 * op.dims["T"] for op in mlps)
+    # an expert scatters onto the grid even with every token (X): another module than the whole MLP at that size
+    experts = {(op.dims["M"], op.dims["C"]) for op in mlps if op.dims.get("X") == 1}
+    wholes = {(op.dims["M"], op.dims["C"]) for op in mlps if "X" not in op.dims}
+    assert experts & wholes and all(op.dims["M"] == op.dims["G"] for op in mlps if "X" not in op.dims)
     tasks = {(s.kernel, s.M, s.K, s.N) for s in kernel_tasks(space, [1])}
     assert ("matshift", 64, 16, 16) in tasks and ("matshift", 4, 16, 32) in tasks  # msa's q, and kv at 2x2 tokens
     assert ("matshift", 64, 16, 48) in tasks  # the fused qkv of additive/linear attention
@@ -149,6 +153,19 @@ def test_timing_cuts_a_pvt_down_to_one_block_per_stage():
     assert [family.timing_index(ModelDims.of(SMALL), i) for i in range(4)] == [0, 0, 1, 2]
     frame = family.frame(create_model(small))
     assert frame(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+
+def test_an_expert_is_timed_with_its_scatter_even_when_it_gets_every_token(tmp_path):
+    from kernels.runtime import KernelSet
+    from latency_model.ops import Op, mlp_shape
+    from latency_model.timing import build_op
+
+    kernels, dims = KernelSet("cpu", trials=0, root=tmp_path), ModelDims.of(SMALL).blocks[0]
+    expert, args = build_op(Op("module.mlp", "dense", mlp_shape(dims, 1, dims.tokens, expert=True)), SMALL, kernels)
+    assert isinstance(expert, GridExpert) and expert(*args).shape == (64, 16)
+    whole, _ = build_op(Op("module.mlp", "dense", mlp_shape(dims, 1)), SMALL, kernels)
+    assert not isinstance(whole, GridExpert)
 
 
 def test_pvt_quickstart_runs_end_to_end(tmp_path, capsys):
