@@ -1,6 +1,5 @@
 """The Ray Tune backend on a real local Ray: trials land in the Optuna RDB study with the right states."""
 
-import json
 import os
 import signal
 import subprocess
