@@ -59,7 +59,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """Validate an ArchConfig file and print it."""
+    """Validate an ArchConfig file and print it (after the study it names, or --study, whose plugins may register
+    the primitives it uses)."""
+    from pathlib import Path
+
+    from .export import named_study
+    from .study import Study
+
+    study_file = args.study or named_study(args.config)
+    if study_file is not None and (args.study or Path(study_file).is_file()):
+        Study.load(study_file)
     config = ArchConfig.load(args.config)
     console.print(f"[bold]{args.config}[/]: architecture {config.id} of {config.model.name}")
     for line in config.describe():
@@ -108,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = add("show", cmd_show, "validate an architecture (ArchConfig) file and print its per-block choices")
     show.add_argument("config", help="ArchConfig file (YAML or JSON)")
+    show.add_argument("--study", help="study file whose plugins to load first (default: the one an exported config "
+                                      "names, when it is there)")
 
     kernel_commands.add_commands(add, positive_int, non_negative_int)
     latency_commands.add_commands(add, positive_int, non_negative_int)

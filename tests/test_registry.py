@@ -82,6 +82,10 @@ def test_a_primitive_from_a_plugin_runs_through_every_stage(plugin_study, tmp_pa
     sys.modules.pop(PLUGIN, None)
     assert main(["finetune", str(exported), "--out", str(tmp_path / "tuned"), "--epochs", "1", "--no-measure"]) == 0
     assert (tmp_path / "tuned" / "model.safetensors").is_file()
+    registry.unregister("attention", "pooled")
+    sys.modules.pop(PLUGIN, None)
+    capsys.readouterr()
+    assert main(["show", str(exported)]) == 0 and "pooled qkv=" in capsys.readouterr().out  # nas show too
 
 
 def test_registered_primitives_declare_what_each_stage_needs():
