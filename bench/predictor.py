@@ -92,10 +92,33 @@ def run_space(name: str, space: SearchSpace, batches: tuple[int, ...], args, db_
             predicted = predictor.predict(config, batch, moe_loads=router_loads(model)).total_ms
             rows.append({"space": name, "profiled": condition, "config": config.id, "batch": batch,
                          "predicted_ms": predicted,
-                         "measured_ms": measured, "error": predicted / measured - 1})
+                         "measured_ms": measured, "error": predicted / measured - 1, **block_counts(config)})
             print(f"  {name} {i + 1}/{args.configs} {config.id} b{batch}: predicted {predicted:.3f} ms, "
                   f"measured {measured:.3f} ms ({100 * (predicted / measured - 1):+.1f} %)", flush=True)
     return {k: v.to_dict() for k, v in accuracy.items()}, rows, gate
+
+
+def block_counts(config) -> dict[str, int]:
+    """How many blocks take each non-dense choice: what an error that grows with one of them points at."""
+    blocks = config.blocks
+    return {"moe_blocks": sum(b.mlp == "moe" for b in blocks), "shift_mlp_blocks": sum(b.mlp == "shift" for b in blocks),
+            "additive_blocks": sum(b.attention == "additive" for b in blocks),
+            "linear_blocks": sum(b.attention == "linear" for b in blocks)}
+
+
+def bias(rows: list[dict]) -> dict:
+    """Per batch size: the median error, and the correlation of the error with each block count (a choice priced
+    too low or too high makes the error fall or rise with how many blocks take it)."""
+    out = {}
+    for batch in sorted({r["batch"] for r in rows}):
+        selected = [r for r in rows if r["batch"] == batch]
+        errors = np.array([r["error"] for r in selected])
+        found = {"median_error": float(np.median(errors))}
+        for key in ("moe_blocks", "shift_mlp_blocks", "additive_blocks", "linear_blocks"):
+            counts = np.array([r[key] for r in selected])
+            found[f"corr_error_{key}"] = float(np.corrcoef(counts, errors)[0, 1]) if counts.std() > 0 else None
+        out[f"batch {batch}"] = found
+    return out
 
 
 def parity_plot(rows: list[dict], path: Path) -> None:
@@ -156,7 +179,8 @@ def main() -> None:
                 "model_worst_error": float(errors.max()), "model_mape": float(errors.mean()), "models": len(selected)}
 
     quiet = [r for r in rows if r["profiled"] == "quiet"]
-    per_space = {name: figures([r for r in quiet if r["space"] == name]) for name, _, _ in spaces}
+    per_space = {name: {**figures([r for r in quiet if r["space"] == name]),
+                        "bias": bias([r for r in quiet if r["space"] == name])} for name, _, _ in spaces}
     kernel_within = [acc["tvm"]["within_10pct"] for key, acc in accuracies.items() if "tvm" in acc and "quiet" in key]
     summary = {"kernel_within_10pct (held-out kernel shapes, labelled: not the search's figure)":
                float(np.mean(kernel_within)) if kernel_within else None, **figures(quiet), "per_space": per_space}
