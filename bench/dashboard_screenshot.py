@@ -84,9 +84,9 @@ def main() -> None:
             raise SystemExit(f"no study {name!r} in its storage: run `nas run {args.study}` first")
         RESULTS.mkdir(exist_ok=True)
         shots = [screenshot(browser, f"{base}/dashboard/studies/{study_id}/note",
-                            RESULTS / "dashboard-study-note.png", "1400,1100"),
+                            RESULTS / "dashboard-study-note.png", "1500,1000"),
                  screenshot(browser, f"{base}/dashboard/studies/{study_id}/trials?numbers={args.trial}",
-                            RESULTS / "dashboard-trial.png", "1400,1600")]
+                            RESULTS / "dashboard-trial.png", "1900,1500")]
     finally:
         server.terminate()
         server.wait(timeout=30)
