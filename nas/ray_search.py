@@ -300,6 +300,7 @@ def _init_ray(ray_address: str | None, cpus_per_trial: float, workers: int) -> N
                  include_dashboard=False, object_store_memory=256 * 1024**2, logging_level="warning",
                  log_to_driver=False)
         return
+    _check_reachable(ray_address)
     if ray_internals.cluster_token() and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         # `ray start` turns token authentication on; a driver presents the token it finds only in token mode
         ray_internals.use_token_authentication()
@@ -312,6 +313,22 @@ def _init_ray(ray_address: str | None, cpus_per_trial: float, workers: int) -> N
                     "~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN)")
         raise SearchError("--ray-address", f"cannot join the Ray cluster at {ray_address}: "
                                            f"{str(e).splitlines()[0]}{hint}") from None
+
+
+def _check_reachable(ray_address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT where nothing answers is one line at once (Ray itself retries for minutes); ``auto`` and other
+    forms are Ray's to resolve."""
+    import socket
+
+    host, _, port = ray_address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SearchError("--ray-address", f"cannot join the Ray cluster at {ray_address}: nothing answers there "
+                                           f"({e.strerror or e}); is its head running (`ray start --head --port "
+                                           f"{port}`)?") from None
 
 
 class _Progress(Callback):

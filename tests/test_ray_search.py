@@ -82,8 +82,9 @@ def test_the_cluster_recipe_as_written_runs_trials_on_both_nodes(searchable, tmp
 
     head_home.mkdir()
     try:
+        ray_cli(head_home, "get-auth-token", "--generate")
         ray_cli(head_home, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus",
-                "1", "--include-dashboard", "false", "--disable-usage-stats")
+                "1", "--include-dashboard", "false", "--disable-usage-stats", RAY_AUTH_MODE="token")
         (node_home / ".ray").mkdir()
         (node_home / ".ray" / "auth_token").write_text((head_home / ".ray" / "auth_token").read_text())  # "scp"
         ray_cli(node_home, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
@@ -107,7 +108,8 @@ def test_a_local_ray_starts_its_own_whatever_cluster_this_machine_points_to(sear
     done = subprocess.run([sys.executable, "-m", "nas.cli", "search", str(study_file), "--backend", "ray"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert [t.state for t in stored_trials(study_file)] == [TrialState.COMPLETE]
+    # the first reference ran; the second stays queued (budget.n_trials 1)
+    assert [t.state for t in stored_trials(study_file)] == [TrialState.COMPLETE, TrialState.WAITING]
     unreachable = subprocess.run([sys.executable, "-m", "nas.cli", "search", str(study_file), "--backend", "ray",
                                   "--ray-address", "127.0.0.1:9", "--n-trials", "2"], env=env, capture_output=True,
                                  text=True, timeout=300)
