@@ -223,23 +223,35 @@ def publish_trial(study: Study, trial: optuna.Trial, state: TrialState, store=No
 
 def note_finetune(study: Study, number: int, finetuned: Mapping[str, Any]) -> bool:
     """Add what ``nas finetune`` found to the note of the stored trial it fine-tuned (the trial's attributes are
-    final once it is told: the note is where a later result goes). False when the study is not in its storage."""
+    final once it is told: the note is where a later result goes). False when there is no such stored trial."""
     from optuna_dashboard import save_note
 
-    from .search import open_study
-    from search_spaces.errors import StateError
-
-    try:
-        ostudy = open_study(study, create=False)
-    except (StateError, ResourceError):
-        return False
-    trials = ostudy.get_trials(deepcopy=False)
+    ostudy = _stored(study)
+    trials = ostudy.get_trials(deepcopy=False) if ostudy is not None else []
     if not 0 <= number < len(trials):
         return False
     frozen = trials[number]
     save_note(optuna.trial.Trial(ostudy, frozen._trial_id),
               trial_note(number, frozen.state, frozen.user_attrs, study.latency.device, finetuned))
     return True
+
+
+def _stored(study: Study) -> optuna.Study | None:
+    """The study's Optuna study when its storage holds it; None otherwise (and no SQLite file is created to find
+    out)."""
+    from sqlalchemy.engine import make_url
+
+    from search_spaces.errors import StateError
+
+    from .search import open_study
+
+    url = make_url(study.storage)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        return None
+    try:
+        return open_study(study, create=False)
+    except (StateError, ResourceError):
+        return None
 
 
 # ---- the study note -------------------------------------------------------------------------------------------------
@@ -346,14 +358,8 @@ def publish_study(study: Study, ostudy: optuna.Study) -> bool:
 
 def publish_stored_study(study: Study) -> bool:
     """:func:`publish_study` for a study that may not be in its storage yet (then there is nothing to note)."""
-    from .search import open_study
-    from search_spaces.errors import StateError
-
-    try:
-        ostudy = open_study(study, create=False)
-    except (StateError, ResourceError):
-        return False
-    return publish_study(study, ostudy)
+    ostudy = _stored(study)
+    return publish_study(study, ostudy) if ostudy is not None else False
 
 
 __all__ = ["OBJECTIVE_NAMES", "REFERENCES", "architecture_table", "artifact_location", "artifact_store",
