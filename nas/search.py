@@ -28,7 +28,7 @@ from search_spaces.errors import ConfigError, ResourceError, ShiftAddError, Stat
 
 from . import attributes as attr
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
-from .device import Placement, resolve, worker_device
+from .device import Placement, resolve, resolve_device, worker_device
 from .disk import ensure_database_writable
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
@@ -192,6 +192,15 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     return ran
 
 
+def _worker_devices(study: Study, workers: int) -> list[str]:
+    """Where each local worker trains, resolved on this machine (:func:`nas.device.worker_device`: round robin over
+    the GPUs); a device or precision this machine cannot give is a :class:`ConfigError` here, before any work."""
+    devices = [str(resolve_device(worker_device(study.train.device, i))) for i in range(workers)]
+    for device in set(devices):
+        resolve(device, study.train.precision)
+    return devices
+
+
 def _worker_main(*args: Any) -> None:
     import sys
 
@@ -212,7 +221,7 @@ class OptunaDriver(SearchDriver):
             raise ConfigError("--ray-address", "only with --backend ray")
 
     def describe(self, study: Study, options: SearchOptions) -> str:
-        devices = [worker_device(study.train.device, i) for i in range(options.workers)]
+        devices = _worker_devices(study, options.workers)
         where = devices[0] if len(set(devices)) == 1 else ", ".join(f"worker {i} on {d}" for i, d in
                                                                      enumerate(devices))
         return (f"{options.trials_for(study)} trials, {options.workers} worker process(es) training on {where}, "
@@ -227,9 +236,7 @@ class OptunaDriver(SearchDriver):
         self.check(study, options)
         n_trials, timeout_s, workers = options.trials_for(study), options.timeout_for(study), options.workers
         ensure_database_writable(study.storage, "storage")  # a full disk or read-only folder: said before any work
-        devices = [worker_device(study.train.device, i) for i in range(workers)]
-        for device in set(devices):  # a device this machine does not have: said before any work
-            resolve(device, study.train.precision)
+        devices = _worker_devices(study, workers)  # a device this machine lacks: said before any work
         # fail here, once and clearly, if the teacher, data or predictor is missing (loaded on the CPU: the workers
         # train, this process only watches)
         Evaluator(study, placement=Placement())
