@@ -175,11 +175,12 @@ def trial_note(number: int, state: TrialState, attrs: Mapping[str, Any], device:
         lines += architecture_table(config, breakdown, attrs.get(attr.MOE_SPLIT)) + [""]
         if breakdown:
             lines += [f"Predicted for `{device}`: **{breakdown['total_ms']:.3g} ms** = blocks + "
-                      f"{breakdown['fixed_ms']:.3g} ms outside the blocks (patch embedding, head) + "
+                      f"{breakdown['fixed_ms']:.3g} ms outside the blocks (patch embedding, downsampling, head) + "
                       f"{breakdown.get('composition_ms', 0.0):.3g} ms for running them back to back (calibrated on "
                       "whole models).", ""]
-        lines += [f"Architecture id `{config.id}`; its ArchConfig file is this trial's artifact "
-                  f"(`trial-{number}.yaml`, ready for `nas finetune`).", ""]
+        artifact = (f"; its ArchConfig file is this trial's artifact (`trial-{number}.yaml`, ready for "
+                    "`nas finetune`)") if state == TrialState.COMPLETE else ""
+        lines += [f"Architecture id `{config.id}`{artifact}.", ""]
     if attrs.get(attr.SEARCH_ACCURACY) is not None or attrs.get(attr.TEST_ACCURACY) is not None:
         lines += ["### Accuracy", "",
                   f"- search split (what selects): {_accuracy(attrs, attr.SEARCH_ACCURACY, attr.SEARCH_SE, attr.SEARCH_IMAGES)}",

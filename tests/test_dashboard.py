@@ -135,6 +135,8 @@ def test_a_trial_note_says_what_a_person_needs(tiny_spec):
     assert "**Duplicate** of trial 3" in duplicate and "Predicted for `cpu-x`: **1.5 ms**" in duplicate
     failed = trial_note(8, TrialState.FAIL, {"fail_reason": "TrainingDiverged: loss is nan"}, "cpu-x")
     assert failed.startswith("## Trial 8: fail") and "**Failed**: TrainingDiverged: loss is nan" in failed
+    pruned = trial_note(9, TrialState.PRUNED, {"config": config.to_json()}, "cpu-x")
+    assert f"Architecture id `{config.id}`." in pruned and "artifact" not in pruned  # only complete trials have one
 
 
 def test_artifact_stores(tmp_path):
