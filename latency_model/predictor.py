@@ -128,12 +128,25 @@ def kernel_blocks(config: ArchConfig) -> int:
 
 def _composition(points: list[tuple[float, int, float]]) -> list[float]:
     """``[a, b, c]`` of ``measured ≈ a · parts + b · kernel blocks + c`` with ``a >= 1``, ``b >= 0``, ``c >= 0``:
-    non-negative least squares on what the whole model costs beyond its parts."""
+    non-negative least squares on what the whole model costs beyond its parts, in relative error (a model of 0.5 ms
+    counts as much as one of 50 ms), made robust by Huber weights (iteratively reweighted): one whole-model timing
+    that a hiccup of the machine made 100× slow is one bad check, not a constant that prices every model 20× high."""
     from scipy.optimize import nnls
 
     x = np.array([[p, k, 1.0] for p, k, _ in points])
-    extra = np.array([m - p for p, _, m in points])
-    coef, _ = nnls(x, extra)
+    measured = np.array([m for _, _, m in points])
+    extra = measured - x[:, 0]
+    weights = 1.0 / measured
+    coef = nnls(x * weights[:, None], extra * weights)[0]
+    for _ in range(50):
+        residual = (x @ coef - extra) / measured
+        scale = max(1.4826 * float(np.median(np.abs(residual))), 0.01)  # MAD; at least 1 % of the model
+        huber = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(residual), 1e-12))
+        weights = np.sqrt(huber) / measured
+        refit = nnls(x * weights[:, None], extra * weights)[0]
+        if np.allclose(refit, coef, rtol=1e-6, atol=1e-9):
+            break
+        coef = refit
     return [1.0 + float(coef[0]), float(coef[1]), float(coef[2])]
 
 
