@@ -1,7 +1,11 @@
-"""TVM kernels vs torch fp32 at the paper's shapes: tuned matmul, matshift (both sign forms), matadd (both forms).
+"""TVM kernels vs torch fp32 and torch int8 at the paper's shapes: tuned matmul, matshift (its three sign forms),
+matadd (its forms).
 
 For every shape, torch fp32 (2 threads) and each TVM kernel are timed in the same run, interleaved, so the ratio
-``torch_fp32_median_ms / median_ms`` (the speedup, > 1 is faster than torch) is measured under the same load.
+``torch_fp32_median_ms / median_ms`` (the speedup, > 1 is faster than torch) is measured under the same load. At the
+linear layers' shapes torch's int8 path is timed too (``quantize_dynamic`` of an ``nn.Linear``: activations
+quantized per call, int8 weights, fbgemm/oneDNN on x86), the other way a CPU user makes a linear layer cheaper:
+``speedup_vs_int8 = torch_int8_median_ms / median_ms``.
 Each kernel's floor on this CPU is ``max(ops / peak lane rate, bytes / bandwidth)``, with the peak fp32 lane rate
 taken from a large torch GEMM and the bandwidth from a large copy, both measured here.
 
@@ -38,7 +42,7 @@ def tasks() -> list[KernelSpec]:
     specs = []
     for m, k, n in MLP_SHAPES + DEIT_TINY_SHAPES:
         specs += [KernelSpec("matmul", "fp32", m, k, n)]
-        specs += [KernelSpec("matshift", v, m, k, n) for v in ("mul", "select")]
+        specs += [KernelSpec("matshift", v, m, k, n) for v in ("xor", "mul", "select")]
     for m, k, n in ATTENTION_SHAPES:
         specs += [KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matadd", "binary_real", m, k, n, "float32"),
                   KernelSpec("matadd", "lut4", m, k, n, "float32")]
@@ -52,6 +56,20 @@ def torch_fp32_ms(m: int, k: int, n: int) -> float:
     x, w = torch.randn(m, k), torch.randn(n, k)
     timer = benchmark.Timer("torch.nn.functional.linear(x, w)", globals={"x": x, "w": w, "torch": torch})
     return timer.blocked_autorange(min_run_time=0.5).median * 1e3
+
+
+def torch_int8_ms(m: int, k: int, n: int) -> float:
+    """The same linear layer on torch's int8 path: dynamic quantization (int8 weights, activations per call)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(k, n, bias=False)),
+                                                       {torch.nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(m, k)
+    with torch.no_grad():
+        timer = benchmark.Timer("layer(x)", globals={"x": x, "layer": layer})
+        return timer.blocked_autorange(min_run_time=0.5).median * 1e3
 
 
 def peak_fp32_lane_rate() -> float:
@@ -91,6 +109,8 @@ def main() -> None:
     rows = []
     for spec, kernel in kernels.items():
         torch_ms = torch_fp32_ms(spec.M, spec.K, spec.N)
+        linear = (spec.M, spec.K, spec.N) in MLP_SHAPES + DEIT_TINY_SHAPES
+        int8_ms = torch_int8_ms(spec.M, spec.K, spec.N) if linear else None
         timing = time_kernel(kernel, repeats=args.repeats)
         floor_ms = 1e3 * max(spec.ops() / lane_rate, spec.bytes_moved() / bandwidth)
         rows.append(
@@ -104,6 +124,8 @@ def main() -> None:
                 "std_ms": timing.std_ms,
                 "torch_fp32_median_ms": torch_ms,
                 "speedup_vs_torch": torch_ms / timing.median_ms,
+                "torch_int8_median_ms": int8_ms if linear else "",
+                "speedup_vs_int8": int8_ms / timing.median_ms if linear else "",
                 "floor_ms": floor_ms,
                 "floor_fraction": floor_ms / timing.median_ms,
                 "trials": kernel.trials,
@@ -111,9 +133,10 @@ def main() -> None:
                 "tuning_s": round(kernel.tuning_seconds, 1),
             }
         )
+        int8 = f"  int8 {int8_ms:8.4f} ms" if linear else ""
         print(
             f"{spec.key:42s} {timing.median_ms:8.4f} ms  torch {torch_ms:8.4f} ms  x{torch_ms / timing.median_ms:5.2f}"
-            f"  floor {floor_ms:.4f} ms",
+            f"{int8}  floor {floor_ms:.4f} ms",
             flush=True,
         )
     write(
@@ -122,8 +145,10 @@ def main() -> None:
         notes=(
             f"speedup_vs_torch = torch fp32 (2 threads) median / kernel median, same run. floor_ms = max(ops / "
             f"{lane_rate / 1e9:.1f} G fp32-lane-ops/s (torch 1536^3 GEMM here), bytes / {bandwidth / 1e9:.1f} GB/s "
-            "(64 MiB copy here)); floor_fraction = floor / kernel time (1 = at the floor). tuning_s is the time of the "
-            "run that tuned the kernel (cached since)."
+            "(64 MiB copy here)); floor_fraction = floor / kernel time (1 = at the floor); ops count 32-bit lane "
+            "operations per term (matmul: 1 fused multiply-add; matshift xor: shift, and, xor, add; mul: shift, "
+            "multiply, add; select: shift, negate, blend, add). torch_int8 = quantize_dynamic(nn.Linear) at the "
+            "linear shapes, same run. tuning_s is the time of the run that tuned the kernel (cached since)."
         ),
     )
 

@@ -9,7 +9,7 @@ import numpy as np
 import tvm
 
 from . import target as targets
-from .measure import random_arguments
+from .measure import arguments
 from .spec import KernelSpec, variants
 from .tuning import compile_untuned, get_kernel
 
@@ -28,15 +28,22 @@ class CheckResult:
         return self.status != "FAILED"
 
 
+AWKWARD_BATCH = 3  # variants that take a batch are checked with one too
+
+
 def all_specs(shapes=AWKWARD_SHAPES) -> Iterator[KernelSpec]:
     for kernel, variant in variants():
-        for dtype in KernelSpec(kernel, variant, 1, 1, 1).definition.dtypes:
-            for m, k, n in shapes:
-                yield KernelSpec(kernel, variant, m, k, n, dtype)
+        definition = KernelSpec(kernel, variant, 1, 1, 1).definition
+        batches = (1, AWKWARD_BATCH) if definition.batched_compute is not None else (1,)
+        for dtype in definition.dtypes:
+            for batch in batches:
+                for m, k, n in shapes:
+                    yield KernelSpec(kernel, variant, m, k, n, dtype, batch=batch)
 
 
 def check(spec: KernelSpec, target="cpu", trials: int = 0, seed: int = 0, root=None) -> CheckResult:
-    """Run one kernel on random inputs and compare with the reference: bit-exact for integer outputs."""
+    """Run one kernel on random inputs, and on inputs at the ends of the value range where its variant defines them
+    (saturation, int32 wrap-around), and compare with the reference: bit-exact for integer outputs."""
     target = targets.resolve(target)
     device = tvm.cuda(0) if targets.is_cuda(target) else tvm.cpu(0)
     try:
@@ -46,14 +53,28 @@ def check(spec: KernelSpec, target="cpu", trials: int = 0, seed: int = 0, root=N
         return CheckResult(spec, "FAILED", None, f"compile: {type(e).__name__}: {e}")
     if not device.exist:
         return CheckResult(spec, "compiled", None, f"no {device} here to run it")
-    inputs, args = random_arguments(spec, device, seed)
-    kernel(*args)
-    got, want = args[-1].numpy(), spec.reference(*inputs)
+    cases = [("random inputs", spec.random_inputs(np.random.default_rng(seed)))]
+    if spec.definition.extreme_inputs is not None:
+        cases.append(("extreme inputs", spec.extreme_inputs(np.random.default_rng(seed))))
+    worst = None
+    for name, inputs in cases:
+        args = arguments(spec, device, inputs)
+        kernel(*args)
+        result = _compare(spec, args[-1].numpy(), spec.reference(*inputs), name)
+        if not result.ok:
+            return result
+        worst = result if worst is None or result.max_error > worst.max_error else worst
+    return worst
+
+
+def _compare(spec: KernelSpec, got: np.ndarray, want: np.ndarray, inputs: str) -> CheckResult:
     if np.issubdtype(want.dtype, np.integer):
         exact = np.array_equal(got, want)
         error = float(np.abs(got.astype(np.int64) - want.astype(np.int64)).max())
-        return CheckResult(spec, "exact" if exact else "FAILED", error, "" if exact else "integer output differs")
+        return CheckResult(spec, "exact" if exact else "FAILED", error,
+                           "" if exact else f"integer output differs on {inputs}")
     error = float(np.abs(got - want).max())
     scale = float(np.abs(want).max()) or 1.0
     ok = error <= 1e-5 * scale * max(1, spec.K) ** 0.5
-    return CheckResult(spec, "close" if ok else "FAILED", error, "" if ok else f"error {error:.3g} vs scale {scale:.3g}")
+    return CheckResult(spec, "close" if ok else "FAILED", error,
+                       "" if ok else f"error {error:.3g} vs scale {scale:.3g} on {inputs}")

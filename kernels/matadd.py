@@ -55,6 +55,17 @@ def _binary_real(M: int, K: int, N: int, dtype: str = "float32"):
     return te.create_prim_func([B, V, Y])
 
 
+def _binary_real_batched(batch: int, M: int, K: int, N: int, dtype: str = "float32"):
+    """``batch`` independent products in one call: every (image, head) of an additive attention at once."""
+    B = te.placeholder((batch, M, K), "int8", name="B")
+    V = te.placeholder((batch, K, N), dtype, name="V")
+    k = te.reduce_axis((0, K), name="k")
+    zero = te.const(0, dtype)
+    Y = te.compute((batch, M, N), lambda b, i, j: te.sum(te.if_then_else(B[b, i, k] != 0, V[b, k, j], zero), axis=k),
+                   name="Y")
+    return te.create_prim_func([B, V, Y])
+
+
 def _binary_real_reference(M, K, N, b: np.ndarray, v: np.ndarray) -> np.ndarray:
     if v.dtype == np.int32:
         return ((b != 0).astype(np.int64) @ v.astype(np.int64)).astype(np.int32)
@@ -75,6 +86,7 @@ register(
         dtypes=("float32", "int32"),
         args=_binary_real_args,
         compute=_binary_real,
+        batched_compute=_binary_real_batched,
         reference=_binary_real_reference,
         random_inputs=_binary_real_inputs,
         ops=lambda M, K, N: 2 * M * K * N,  # blend + add per term

@@ -119,9 +119,13 @@ def _device(target: tvm.target.Target, session=None):
 def random_arguments(spec: KernelSpec, device, seed: int = 0) -> tuple[list[np.ndarray], list]:
     """Random inputs of a task (numpy) and the kernel's arguments on ``device``: those inputs plus a zero output."""
     inputs = spec.random_inputs(np.random.default_rng(seed))
+    return inputs, arguments(spec, device, inputs)
+
+
+def arguments(spec: KernelSpec, device, inputs: list[np.ndarray]) -> list:
+    """The kernel's arguments on ``device``: ``inputs`` plus a zero output."""
     _, shape, dtype = spec.args()[-1]
-    args = [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.tensor(np.zeros(shape, dtype), device)]
-    return inputs, args
+    return [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.tensor(np.zeros(shape, dtype), device)]
 
 
 def _time(module, device, args, repeats: int, min_repeat_ms: int, local: bool = True) -> Timing:

@@ -15,6 +15,7 @@ time is tuned (or, with ``trials=0``, compiled with the default schedule), later
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from search_spaces import registry
 from search_spaces.ops.shift import ShiftLinear, from_fixed_point, to_fixed_point
 
 from . import matshift
+from .dispatch import Dispatch
 from . import target as targets
 from .spec import KernelSpec
 from .tuning import CompiledKernel, get_kernel
@@ -37,7 +39,10 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
 
 
 class KernelSet:
-    """The compiled kernels of one target, fetched per task on first use and kept in memory."""
+    """The compiled kernels of one target, fetched per task on first use and kept in memory.
+
+    ``dispatch`` (:class:`kernels.dispatch.Dispatch`, from this device's kernel timings) picks the matshift variant
+    per shape; shapes it has no timing of run ``matshift_variant``."""
 
     def __init__(
         self,
@@ -45,22 +50,29 @@ class KernelSet:
         trials: int = 0,
         root: Path | None = None,
         matshift_variant: str = matshift.DEFAULT_VARIANT,
+        dispatch: Dispatch | None = None,
     ) -> None:
         self.target = targets.resolve(target)
         self.trials = trials
         self.root = root
         self.matshift_variant = matshift_variant
+        self.dispatch = dispatch or Dispatch()
         self._loaded: dict[tuple, CompiledKernel] = {}
 
-    def get(self, kernel: str, variant: str, m: int, k: int, n: int, dtype: str = "") -> CompiledKernel:
+    def get(self, kernel: str, variant: str, m: int, k: int, n: int, dtype: str = "", batch: int = 1
+            ) -> CompiledKernel:
         """The kernel of a task; called on every forward, so a loaded one is a plain dict lookup (the KernelSpec is
         built and validated only the first time)."""
-        key = (kernel, variant, m, k, n, dtype)
+        key = (kernel, variant, m, k, n, dtype, batch)
         loaded = self._loaded.get(key)
         if loaded is None:
-            spec = KernelSpec(kernel, variant, m, k, n, dtype)
+            spec = KernelSpec(kernel, variant, m, k, n, dtype, batch=batch)
             loaded = self._loaded[key] = get_kernel(spec, self.target, self.trials, root=self.root)
         return loaded
+
+    def matshift(self, m: int, k: int, n: int) -> str:
+        """The matshift variant to run at this shape: the fastest measured here, else the default."""
+        return self.dispatch.variant("matshift", m, k, n, "int32", self.matshift_variant)
 
     @property
     def specs(self) -> list[KernelSpec]:
@@ -69,16 +81,27 @@ class KernelSet:
 
 
 class KernelShiftLinear(nn.Module):
-    """Inference-only :class:`ShiftLinear` on the ``matshift`` kernel (weights packed once, at construction)."""
+    """Inference-only :class:`ShiftLinear` on the ``matshift`` kernel. Its weights are packed for a variant the first
+    time that variant runs it (the variant can differ with the number of rows, see :meth:`KernelSet.matshift`)."""
 
     def __init__(self, layer: ShiftLinear, kernels: KernelSet) -> None:
         super().__init__()
         shift, sign = layer.quantized()
         self.in_features, self.out_features, self.frac_bits = layer.in_features, layer.out_features, layer.frac_bits
-        self.register_buffer("amount", (-shift).contiguous())  # right-shift amounts, int8, >= 0
+        self.register_buffer("shift", shift.contiguous())  # int8 codes, <= 0
         self.register_buffer("sign", sign.contiguous())
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
         self.kernels = kernels
+        self._packed: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    def packed(self, variant: str) -> tuple[torch.Tensor, ...]:
+        """The weights as ``variant`` takes them (:data:`kernels.matshift.PACKERS`)."""
+        weights = self._packed.get(variant)
+        if weights is None:
+            arrays = matshift.PACKERS[variant](self.shift.cpu().numpy(), self.sign.cpu().numpy())
+            weights = self._packed[variant] = tuple(_aligned(torch.from_numpy(a).to(self.shift.device))
+                                                    for a in arrays)
+        return weights
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,14 +109,16 @@ class KernelShiftLinear(nn.Module):
         x_int = _aligned(to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits))
         m = x_int.shape[0]
         y_int = torch.empty(m, self.out_features, dtype=torch.int32, device=x.device)
-        kernel = self.kernels.get("matshift", self.kernels.matshift_variant, m, self.in_features, self.out_features)
-        kernel(x_int, self.amount, self.sign, y_int)
+        variant = self.kernels.matshift(m, self.in_features, self.out_features)
+        kernel = self.kernels.get("matshift", variant, m, self.in_features, self.out_features)
+        kernel(x_int, *self.packed(variant), y_int)
         return from_fixed_point(y_int, self.frac_bits, self.bias, x.dtype).reshape(*lead, self.out_features)
 
 
 class KernelBinaryProduct:
-    """``codes @ values`` on the ``binary_real`` ``matadd`` kernel, for each leading index (batch, head): codes
-    {0, 1} ``[..., M, K]``, values float32 ``[..., K, N]``. What :class:`AdditiveAttention` runs its products with."""
+    """``codes @ values`` on the ``binary_real`` ``matadd`` kernel: codes {0, 1} ``[..., M, K]``, values float32
+    ``[..., K, N]``, every leading index (batch, head) in one kernel call. What :class:`AdditiveAttention` runs its
+    products with."""
 
     def __init__(self, kernels: KernelSet) -> None:
         self.kernels = kernels
@@ -102,15 +127,12 @@ class KernelBinaryProduct:
     def __call__(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         *lead, m, k = codes.shape
         n = values.shape[-1]
-        kernel = self.kernels.get("matadd", "binary_real", m, k, n, "float32")
-        b = codes.to(torch.int8).reshape(-1, m, k).contiguous()
-        v = values.to(torch.float32).reshape(-1, k, n).contiguous()
-        out = torch.empty(b.shape[0], m, n, dtype=torch.float32, device=values.device)
-        for i in range(b.shape[0]):
-            result = _aligned(out[i])
-            kernel(_aligned(b[i]), _aligned(v[i]), result)
-            if result.data_ptr() != out[i].data_ptr():
-                out[i].copy_(result)
+        batch = math.prod(lead)
+        kernel = self.kernels.get("matadd", "binary_real", m, k, n, "float32", batch=batch)
+        b = _aligned(codes.to(torch.int8).reshape(batch, m, k))
+        v = _aligned(values.to(torch.float32).reshape(batch, k, n))
+        out = torch.empty(batch, m, n, dtype=torch.float32, device=values.device)
+        kernel(b if batch > 1 else b[0], v if batch > 1 else v[0], out if batch > 1 else out[0])
         return out.reshape(*lead, m, n).to(values.dtype)
 
 

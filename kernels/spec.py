@@ -38,6 +38,10 @@ class Definition:
     random_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]]
     ops: Callable[[int, int, int], int]  # elementary operations in 32-bit vector lanes, for the compute floor
     doc: str = ""
+    # the PrimFunc of a batch of independent products, (batch, M, K, N, dtype) -> PrimFunc; None: one product per call
+    batched_compute: Callable[[int, int, int, int, str], Any] | None = None
+    # inputs at the ends of the value range (saturation, wrap-around), for `nas kernels check`; None: random only
+    extreme_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]] | None = None
 
 
 REGISTRY: dict[tuple[str, str], Definition] = {}
@@ -55,7 +59,8 @@ def _load_definitions() -> None:
 @dataclass(frozen=True)
 class KernelSpec:
     """One kernel task: ``kernel`` in {matmul, matshift, matadd}, its ``variant``, the logical shape
-    ``Y[M, N] = X[M, K] ∘ W[K, N]`` and the value dtype."""
+    ``Y[M, N] = X[M, K] ∘ W[K, N]``, the value dtype, and ``batch`` independent products in one call (every
+    argument then has a leading ``batch`` axis; only variants with a ``batched_compute`` take one)."""
 
     kernel: str
     variant: str
@@ -63,6 +68,7 @@ class KernelSpec:
     K: int
     N: int
     dtype: str = ""
+    batch: int = 1
     definition: Definition = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -76,7 +82,7 @@ class KernelSpec:
             raise KernelError("variant", f"{self.kernel}: unknown variant {self.variant!r} (choose from "
                                          f"{', '.join(variants)})")
         definition = REGISTRY[key]
-        for name in ("M", "K", "N"):
+        for name in ("M", "K", "N", "batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise KernelError(name, f"{self.kernel}: {name} must be a positive integer, got {value!r}")
@@ -86,36 +92,59 @@ class KernelSpec:
             raise KernelError(
                 "dtype", f"{self.kernel}/{self.variant}: unsupported dtype {dtype!r} (supported: {', '.join(definition.dtypes)})"
             )
+        if self.batch > 1 and definition.batched_compute is None:
+            raise KernelError("batch", f"{self.kernel}/{self.variant} computes one product per call, not a batch of "
+                                       f"{self.batch}")
         object.__setattr__(self, "dtype", dtype)
         object.__setattr__(self, "definition", definition)
 
     @property
     def key(self) -> str:
-        """A file-name-safe unique name, e.g. ``matshift-select-int32-196x192x768``."""
-        return f"{self.kernel}-{self.variant}-{self.dtype}-{self.M}x{self.K}x{self.N}"
+        """A file-name-safe unique name, e.g. ``matshift-select-int32-196x192x768``, or with a batch
+        ``matadd-binary_real-float32-b24x64x197x64``."""
+        batch = f"b{self.batch}x" if self.batch > 1 else ""
+        return f"{self.kernel}-{self.variant}-{self.dtype}-{batch}{self.M}x{self.K}x{self.N}"
 
     def args(self) -> list[tuple[str, tuple[int, ...], str]]:
         """``(name, shape, dtype)`` of each argument, inputs first, the output last."""
-        return self.definition.args(self.M, self.K, self.N, self.dtype)
+        lead = (self.batch,) if self.batch > 1 else ()
+        return [(name, lead + tuple(shape), dtype)
+                for name, shape, dtype in self.definition.args(self.M, self.K, self.N, self.dtype)]
 
     def prim_func(self):
+        if self.batch > 1:
+            return self.definition.batched_compute(self.batch, self.M, self.K, self.N, self.dtype)
         return self.definition.compute(self.M, self.K, self.N, self.dtype)
 
     def reference(self, *inputs: np.ndarray) -> np.ndarray:
+        if self.batch > 1:
+            return np.stack([self.definition.reference(self.M, self.K, self.N, *(a[i] for a in inputs))
+                             for i in range(self.batch)])
         return self.definition.reference(self.M, self.K, self.N, *inputs)
 
+    def _inputs(self, generate, rng: np.random.Generator) -> list[np.ndarray]:
+        if self.batch > 1:
+            draws = [generate(self.M, self.K, self.N, self.dtype, rng) for _ in range(self.batch)]
+            return [np.ascontiguousarray(np.stack(parts)) for parts in zip(*draws)]
+        return generate(self.M, self.K, self.N, self.dtype, rng)
+
     def random_inputs(self, rng: np.random.Generator) -> list[np.ndarray]:
-        return self.definition.random_inputs(self.M, self.K, self.N, self.dtype, rng)
+        return self._inputs(self.definition.random_inputs, rng)
+
+    def extreme_inputs(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Inputs at the ends of the value range (:attr:`Definition.extreme_inputs`); random ones where undefined."""
+        return self._inputs(self.definition.extreme_inputs or self.definition.random_inputs, rng)
 
     def ops(self) -> int:
-        return self.definition.ops(self.M, self.K, self.N)
+        return self.batch * self.definition.ops(self.M, self.K, self.N)
 
     def bytes_moved(self) -> int:
         """Bytes of every argument read or written once: the memory-traffic floor."""
         return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in self.args())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kernel": self.kernel, "variant": self.variant, "M": self.M, "K": self.K, "N": self.N, "dtype": self.dtype}
+        shape = {"kernel": self.kernel, "variant": self.variant, "M": self.M, "K": self.K, "N": self.N, "dtype": self.dtype}
+        return {**shape, "batch": self.batch} if self.batch > 1 else shape
 
 
 def variants(kernel: str | None = None) -> list[tuple[str, str]]:

@@ -95,14 +95,23 @@ def _write_atomic(path: Path, text: str) -> None:
 @contextlib.contextmanager
 def _quiet_tvm_logs() -> Iterator[None]:
     """MetaSchedule logs every iteration to the console at its logger's level; raise that level so the console
-    stays clean. Its full DEBUG logs still go to ``tuning/logs/`` of the task."""
+    stays clean. Its full DEBUG logs still go to ``tuning/logs/`` of the task.
+
+    MetaSchedule also re-configures its logger by the names of the handlers it finds there, and fails
+    (``'NoneType' object has no attribute 'format'``) on a handler without a name, such as one a logging capture
+    (pytest's, an application's) attached; those are set aside while it tunes and put back after."""
     logger = logging.getLogger("tvm.s_tir.meta_schedule")
     old_level = logger.level
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
     logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         logger.setLevel(old_level)
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 def _irmodule(spec: KernelSpec) -> tvm.IRModule:

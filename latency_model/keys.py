@@ -5,7 +5,7 @@ A row of the measurement table is an *op* at a *shape*: ``(op, variant, shape, d
 - Module ops (:class:`OpName`) are the parts a model runs, timed as torch modules (see :mod:`latency_model.ops`);
   an attention op's variant is ``<attention>/<qkv>/<proj>`` (:func:`attention_variant`), an MLP's its kind.
 - Kernel ops are the TVM kernels, named ``tvm.<kernel>`` (:func:`kernel_op`), variant and dtype as in
-  :class:`kernels.spec.KernelSpec`, shape ``{M, K, N}``.
+  :class:`kernels.spec.KernelSpec`, shape ``{M, K, N}`` (:func:`kernel_shape`; ``B`` added for a batched one).
 - Whole models are rows of their own, keyed ``("model", config JSON, batch)`` (:func:`model_key`).
 
 Stored tables and predictor files hold these strings: changing one orphans what is stored.
@@ -34,6 +34,13 @@ class OpName(StrEnum):
 def kernel_op(kernel: str) -> str:
     """The op name of a TVM kernel's rows: ``tvm.matmul``."""
     return f"{KERNEL_PREFIX}{kernel}"
+
+
+def kernel_shape(spec) -> dict[str, int]:
+    """The shape of a kernel row (a :class:`kernels.spec.KernelSpec`): ``{M, K, N}``, and ``B`` for a batch of
+    products in one call."""
+    shape = {"M": spec.M, "K": spec.K, "N": spec.N}
+    return {**shape, "B": spec.batch} if spec.batch > 1 else shape
 
 
 def is_kernel_op(op: str) -> bool:

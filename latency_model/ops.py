@@ -34,6 +34,7 @@ from search_spaces import ArchConfig, BlockConfig, SearchSpace, registry
 from search_spaces.families import BlockDims, ModelDims
 from search_spaces.ops.moe import MoELoad, token_buckets
 
+from kernels.dispatch import CANDIDATES
 from kernels.matshift import DEFAULT_VARIANT
 from kernels.spec import KernelSpec
 
@@ -195,18 +196,27 @@ def space_ops(space: SearchSpace, batches: Iterable[int]) -> list[Op]:
     return list(seen.values())
 
 
-def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: str = DEFAULT_VARIANT
-                 ) -> list[KernelSpec]:
+def kernel_tasks(space: SearchSpace, batches: Iterable[int], matshift_variant: str = DEFAULT_VARIANT,
+                 every_candidate: bool = False) -> list[KernelSpec]:
     """Every TVM kernel shape the space can produce, per batch size: what each primitive it offers declares
     (``kernel_tasks`` in :mod:`search_spaces.registry`) at each block's sizes; an MoE's experts at every token count
-    they run at. A task that names no variant takes the default one (``matshift_variant`` for matshift)."""
+    they run at. A task that names no variant takes the default one (``matshift_variant`` for matshift), or with
+    ``every_candidate`` each variant dispatch chooses between (:data:`kernels.dispatch.CANDIDATES`), as
+    ``nas profile`` times them."""
     specs: dict[str, KernelSpec] = {}
     defaults = {"matshift": matshift_variant}
 
     def add(tasks: Iterable[registry.KernelTask]) -> None:
-        for kernel, variant, m, k, n in tasks:
-            spec = KernelSpec(kernel, variant or defaults[kernel], m, k, n)
-            specs.setdefault(spec.key, spec)
+        for kernel, variant, m, k, n, *batch in tasks:
+            if variant is not None:
+                chosen = (variant,)
+            elif every_candidate and kernel in CANDIDATES:
+                chosen = CANDIDATES[kernel]
+            else:
+                chosen = (defaults[kernel],)
+            for name in chosen:
+                spec = KernelSpec(kernel, name, m, k, n, batch=batch[0] if batch else 1)
+                specs.setdefault(spec.key, spec)
 
     for batch in batches:
         for index, own in _distinct_blocks(space):

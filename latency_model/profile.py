@@ -26,6 +26,7 @@ import torch
 from sqlalchemy.exc import SQLAlchemyError
 
 from kernels import target as targets
+from kernels.dispatch import Dispatch
 from kernels.measure import CpuContention, Timing, measure, time_kernel, time_remote
 from kernels.runtime import KernelSet, to_kernels
 from kernels.spec import KernelSpec
@@ -35,7 +36,7 @@ from search_spaces.config import BlockConfig
 from search_spaces.registry import get as primitive, on_kernels
 
 from . import db
-from .keys import kernel_op, measurement_key, model_key
+from .keys import KERNEL_PREFIX, is_kernel_op, kernel_op, kernel_shape, measurement_key, model_key
 from .ops import ModelDims, Op, kernel_tasks, space_ops
 from .predictor import router_loads
 from .settings import LatencySettings
@@ -71,7 +72,7 @@ class Job:
             return model_key(self.item.config.to_json(), self.item.batch)
         if isinstance(self.item, KernelSpec):
             s = self.item
-            return measurement_key(kernel_op(s.kernel), s.variant, {"M": s.M, "K": s.K, "N": s.N}, s.dtype)
+            return measurement_key(kernel_op(s.kernel), s.variant, kernel_shape(s), s.dtype)
         return measurement_key(self.item.op, self.item.variant, self.item.dims, self.item.dtype)
 
 
@@ -85,6 +86,7 @@ class Summary:
     noisy: list[tuple[str, Timing]] = field(default_factory=list)  # still noisy after every try: marked in the table
     start_contention: float = 0.0  # share of the CPU other processes used just before the profile started
     load_average: float = 0.0
+    dispatch: str = ""  # which variant each dispatched kernel runs at how many shapes (Dispatch.describe)
 
 
 REMEASURE = ("noisy", "all")
@@ -100,7 +102,7 @@ def competition(sample_s: float = 0.5) -> tuple[float, float]:
 
 def plan(space: SearchSpace, settings: LatencySettings, modules: bool = True) -> list[Job]:
     """Every job of the space, kernels first (tuning) so module timings find their kernels cached."""
-    jobs = [Job(spec) for spec in kernel_tasks(space, settings.batch_sizes)]
+    jobs = [Job(spec) for spec in kernel_tasks(space, settings.batch_sizes, every_candidate=True)]
     if modules:
         jobs += [Job(op) for op in space_ops(space, settings.batch_sizes)]
         configs = calibration_configs(space, settings.calibration)
@@ -181,6 +183,9 @@ def profile(
     torch.set_num_threads(max(1, targets.cpu_threads()))
     start = time.perf_counter()
     for index, job in enumerate(todo):
+        if not isinstance(job.item, KernelSpec) and not kernels.dispatch:
+            # the kernels are timed first: modules and whole models run the variant that measured fastest
+            kernels.dispatch = table_dispatch(engine, settings.device)
         if on_start:
             on_start(job, index, len(todo))
         job_start = time.perf_counter()
@@ -203,7 +208,23 @@ def profile(
         if on_done:
             on_done(job, time.perf_counter() - job_start)
     summary.seconds = time.perf_counter() - start
+    summary.dispatch = table_dispatch(engine, settings.device).describe()
     return summary
+
+
+def table_dispatch(engine, device: str) -> Dispatch:
+    """Per kernel shape, the variant that measured fastest in ``device``'s kernel rows (noisy rows left out)."""
+    rows = db.latest(engine, device)
+    return Dispatch.from_timings(
+        (r.op.removeprefix(KERNEL_PREFIX), r.variant, r.shape["M"], r.shape["K"], r.shape["N"], r.dtype, r.median_ms)
+        for r in rows if is_kernel_op(r.op) and "B" not in r.shape and not r.noisy)
+
+
+def table_kernels(settings: LatencySettings, trials: int | None = None, kernel_root: Path | None = None) -> KernelSet:
+    """The kernels a study's models run on: its target, tuned with ``trials`` (default: the study's), each shape on
+    the variant its measurement table found fastest (:func:`table_dispatch`): the models its predictor priced."""
+    return KernelSet(settings.target, settings.trials if trials is None else trials, kernel_root,
+                     dispatch=table_dispatch(db.connect(settings.db), settings.device))
 
 
 def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, device_key):

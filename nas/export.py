@@ -204,11 +204,11 @@ def profiled_trials(study: Study) -> int:
 
 
 def study_kernels(study: Study):
-    """The study's compiled kernels at the tuning its table was profiled with (a :class:`kernels.runtime.KernelSet`),
-    so a model run on them is the model the predictor priced."""
-    from kernels.runtime import KernelSet
+    """The study's compiled kernels at the tuning its table was profiled with, each shape on the variant the table
+    found fastest (a :class:`kernels.runtime.KernelSet`), so a model run on them is the model the predictor priced."""
+    from latency_model.profile import table_kernels
 
-    return KernelSet(study.latency.target, profiled_trials(study))
+    return table_kernels(study.latency, profiled_trials(study))
 
 
 def measure_latency(study: Study, model) -> float:

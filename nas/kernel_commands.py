@@ -16,7 +16,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from kernels.check import AWKWARD_SHAPES, all_specs, check
 
     table = Table(title=f"kernels on {args.target}: each against its numpy reference", title_justify="left")
-    for column in ("kernel", "variant", "dtype", "M x K x N", "result", "max error"):
+    for column in ("kernel", "variant", "dtype", "[batch x] M x K x N", "result", "max error"):
         table.add_column(column)
     failures = 0
     specs = list(all_specs(AWKWARD_SHAPES))
@@ -27,7 +27,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             failures += not result.ok
             error = "" if result.max_error is None else f"{result.max_error:.3g}"
             status = result.status if result.ok else f"[red]{result.status}[/] {result.detail}"
-            table.add_row(spec.kernel, spec.variant, spec.dtype, f"{spec.M}x{spec.K}x{spec.N}", status, error)
+            batch = f"{spec.batch} x " if spec.batch > 1 else ""
+            table.add_row(spec.kernel, spec.variant, spec.dtype, f"{batch}{spec.M}x{spec.K}x{spec.N}", status, error)
             bar.advance(task)
     console.print(table)
     if failures:
@@ -43,7 +44,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from kernels.tuning import task_dir
     from kernels import target as targets
 
-    spec = KernelSpec(args.kernel, args.variant or _default_variant(args.kernel), args.M, args.K, args.N, args.dtype or "")
+    spec = KernelSpec(args.kernel, args.variant or _default_variant(args.kernel), args.M, args.K, args.N, args.dtype or "",
+                      batch=args.batch)
     progress = Progress(
         TextColumn(f"tuning {spec.key}"),
         BarColumn(),
@@ -107,9 +109,11 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     check = sub.add_parser(
         "check",
         help="run every kernel on random inputs and compare with its numpy reference",
-        description="Run every kernel variant at shapes that are not multiples of the tile sizes and compare with "
-        "its numpy reference: integer kernels must match bit for bit, float kernels within fp32 rounding. On a "
-        "CUDA target without a GPU the kernels are compiled (to CUDA source) but not run.",
+        description="Run every kernel variant at shapes that are not multiples of the tile sizes (and with a batch, "
+        "where a variant takes one) and compare with its numpy reference: integer kernels must match bit for bit, "
+        "on random inputs and, where a variant defines them, on inputs at the ends of int32 that make the sums "
+        "wrap around; float kernels within fp32 rounding. --trials checks the tuned kernels. On a CUDA target "
+        "without a GPU the kernels are compiled (to CUDA source) but not run.",
     )
     common(check)
     check.add_argument("--trials", type=non_negative_int, default=0, help="tune each kernel first (default: 0)")
@@ -127,9 +131,13 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     tune.add_argument("N", type=positive_int)
     tune.add_argument(
         "--variant",
-        help="matmul: fp32; matshift: mul (default) or select; matadd: binary_real (default) or packed_popcount",
+        help="matmul: fp32; matshift: xor (default, no multiply), mul or select; matadd: binary_real (default), "
+             "lut4 or packed_popcount",
     )
     tune.add_argument("--dtype", help="value dtype where a variant takes several (matadd binary_real: float32, int32)")
+    tune.add_argument("--batch", type=positive_int, default=1,
+                      help="independent products in one call, for a variant that takes a batch (matadd binary_real: "
+                           "additive attention runs every (image, head) at once); default: 1")
     tune.add_argument("--trials", type=non_negative_int, default=64, help="MetaSchedule trials; 0 = untuned (default: 64)")
     tune.add_argument("--repeats", type=positive_int, default=15, help="timing repeats (default: 15)")
     tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="time on a remote device registered with this tracker")

@@ -66,6 +66,8 @@ def show_profile(study: Study, options: pipeline.ProfileOptions):
         f"re-timed as noisy {len(summary.retimed)}, still noisy {len(summary.noisy)} "
         f"({summary.seconds:.0f} s); table: {settings.db}"
     )
+    if summary.dispatch:
+        console.print(f"kernel variants run (the fastest measured per shape): {summary.dispatch}", highlight=False)
     for label, reason in summary.failed:
         console.print(f"  [red]failed[/] {label}: {reason}")
     if summary.noisy:
@@ -134,13 +136,14 @@ def cmd_latency(args: argparse.Namespace) -> int:
     batch = args.batch[0] if args.batch else settings.batch_sizes[0]
     measured, loads = None, None
     if args.measure:
-        from kernels.runtime import KernelSet, to_kernels
+        from kernels.runtime import to_kernels
         from latency_model.ops import ModelDims
         from latency_model.predictor import router_loads
+        from latency_model.profile import table_kernels
         from latency_model.timing import time_model
         from search_spaces import build_model
 
-        model = to_kernels(build_model(config), KernelSet(settings.target, settings.trials, args.cache))
+        model = to_kernels(build_model(config), table_kernels(settings, kernel_root=args.cache))
         measured = time_model(model, batch, ModelDims.of(config.model).img, repeats=settings.repeats).median_ms
         loads = router_loads(model)  # compare like with like: MoE blocks at the split this model's routers made
     prediction = predictor.predict(config, batch, moe_loads=loads)

@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 
 SLOTS = ("attention", "linear", "mlp", "expert")
 
-# A kernel shape a primitive needs: (kernel, variant or None for the kernel's default variant, M, K, N).
-KernelTask = tuple[str, "str | None", int, int, int]
+# A kernel shape a primitive needs: (kernel, variant or None for the kernel's default variant, M, K, N), and
+# optionally a sixth item, the batch of independent products one call computes (1 if absent).
+KernelTask = tuple[str, "str | None", int, int, int] | tuple[str, "str | None", int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -294,12 +295,16 @@ def _register_builtins() -> None:
     from .ops.moe import MoEMlp
     from .ops.shift import ShiftLinear
 
-    def products(kernel: str, variant: str, linear_in_tokens: bool):
+    def products(kernel: str, variant: str, linear_in_tokens: bool, batched: bool = False):
+        """The two products of an attention per (image, head); ``batched``: all of them in one call."""
         def tasks(s: Shapes, layers) -> list[KernelTask]:
             t, kv, d = s.tokens, s.attended, s.head_dim
             if linear_in_tokens:  # K^T V then Q (K^T V): D x T x D and T x D x D
-                return [(kernel, variant, d, kv, d), (kernel, variant, t, d, d)]
-            return [(kernel, variant, t, d, kv), (kernel, variant, t, kv, d)]  # softmax: Q K^T, then P V
+                shapes = [(d, kv, d), (t, d, d)]
+            else:
+                shapes = [(t, d, kv), (t, kv, d)]  # softmax: Q K^T, then P V
+            batch = (s.batch * s.heads,) if batched else ()
+            return [(kernel, variant, *shape, *batch) for shape in shapes]
         return tasks
 
     for primitive in (
@@ -309,7 +314,7 @@ def _register_builtins() -> None:
                   kernel_tasks=products("matmul", "fp32", True),
                   description="kernelized linear attention, elu + 1 feature map, linear in tokens"),
         Primitive("attention", "additive", _additive_attention, AdditiveAttention, _additive_on_kernels,
-                  products("matadd", "binary_real", True), on_kernels=True,
+                  products("matadd", "binary_real", True, batched=True), on_kernels=True,
                   description="ShiftAddViT's binary linear-angular attention: its products are additions"),
         Primitive("linear", "dense", kernel_tasks=_matmul, description="the dense linear layer"),
         Primitive("linear", "shift", _shift_linear, ShiftLinear, _shift_on_kernels, _matshift, on_kernels=True,

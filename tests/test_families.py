@@ -173,7 +173,9 @@ def test_pvt_quickstart_runs_end_to_end(tmp_path, capsys):
     data = yaml.safe_load((ROOT / "studies" / "pvt_quickstart.yaml").read_text())
     data["budget"] = {"n_trials": 3, "epochs": 1, "steps_per_epoch": 2, "pretrain_epochs": 1, "finetune_epochs": 1}
     data["data"]["images"] = 600
-    data["latency"].update(trials=0, repeats=3, calibration=4, max_spread=10.0, max_contention=1.0)
+    # plumbing, not timing: a shared CI machine's noise must not stop the run (the gate has tests of its own)
+    data["latency"].update(trials=0, repeats=3, calibration=4, max_spread=10.0, max_contention=1.0,
+                           max_model_error=10.0)
     study = tmp_path / "pvt_quickstart.yaml"
     study.write_text(yaml.safe_dump(data))
     assert main(["run", str(study), "--kernel-trials", "0"]) == 0

@@ -13,9 +13,10 @@ from kernels import KernelError, KernelSpec
 from kernels.spec import KernelResourceError
 from kernels.check import all_specs, check
 from kernels.matadd import pack_bits, pack_nibbles
-from kernels.matshift import pack
+from kernels.dispatch import Dispatch
+from kernels.matshift import pack, pack_xor, unpack_xor
 from kernels.measure import measure, time_remote
-from kernels.runtime import KernelSet, to_kernels
+from kernels.runtime import KernelBinaryProduct, KernelSet, to_kernels
 from kernels.tuning import cuda_source, get_kernel, task_dir
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.ops import ShiftLinear
@@ -129,16 +130,62 @@ def test_dlpack_bridge_shares_memory_and_matches_torch(tmp_path):
 
 def test_shift_layers_on_kernels_equal_the_torch_integer_path_bit_for_bit(tmp_path):
     layer = ShiftLinear.from_dense(nn.Linear(40, 24))
+    with torch.no_grad():
+        layer.weight[0, :5] = 0.0  # zero weights (sign code 0) take their own path in the xor variant
     model = nn.Sequential(layer)
     kernels = KernelSet("cpu", trials=0, root=tmp_path)
     fast = to_kernels(model, kernels)
     x = torch.randn(3, 11, 40)
     assert torch.equal(fast(x), layer.forward_int(x))
-    assert [s.key for s in kernels.specs] == ["matshift-mul-int32-33x40x24"]
+    assert [s.key for s in kernels.specs] == ["matshift-xor-int32-33x40x24"]  # the multiplication-free default
     # the packed weights are the kernel's contract
     shift, sign = layer.quantized()
+    assert (sign == 0).sum() >= 5
+    packed = pack_xor(shift.numpy(), sign.numpy())
+    assert all(np.array_equal(a.numpy(), b) for a, b in zip(fast[0].packed("xor"), packed, strict=True))
     r, s = pack(shift.numpy(), sign.numpy())
-    assert np.array_equal(fast[0].amount.numpy(), r) and np.array_equal(fast[0].sign.numpy(), s)
+    assert all(np.array_equal(a, b) for a, b in zip(unpack_xor(*packed), (r, s), strict=True))
+
+    # where the measurements say another variant is faster at a shape, that shape runs it, with the same result
+    measured = Dispatch.from_timings([("matshift", "xor", 33, 40, 24, "int32", 2.0),
+                                      ("matshift", "mul", 33, 40, 24, "int32", 1.0)])
+    dispatched = KernelSet("cpu", trials=0, root=tmp_path, dispatch=measured)
+    other = to_kernels(model, dispatched)
+    assert torch.equal(other(x), layer.forward_int(x))
+    assert torch.equal(other(x[:1]), layer.forward_int(x[:1]))  # 11 rows: not measured, the default variant
+    assert sorted(s.key for s in dispatched.specs) == ["matshift-mul-int32-33x40x24", "matshift-xor-int32-11x40x24"]
+
+
+def test_dispatch_takes_the_fastest_candidate_per_shape_and_ignores_the_rest():
+    measured = Dispatch.from_timings([
+        ("matshift", "mul", 8, 16, 4, "int32", 1.0), ("matshift", "select", 8, 16, 4, "int32", 0.5),
+        ("matshift", "xor", 8, 16, 4, "int32", 0.7), ("matshift", "xor", 9, 16, 4, "int32", 0.1),
+        ("matmul", "fp32", 8, 16, 4, "float32", 0.01)])  # not a variant of the shift product
+    assert measured.variant("matshift", 8, 16, 4, "int32", default="xor") == "select"
+    assert measured.variant("matshift", 9, 16, 4, "int32", default="mul") == "xor"
+    assert measured.variant("matshift", 10, 16, 4, "int32", default="mul") == "mul"
+    assert measured.describe() == "matshift: select fastest at 1 of 2 shape(s), xor at 1"
+    assert measured.to_dict() == {"matshift-8x16x4-int32": "select", "matshift-9x16x4-int32": "xor"}
+
+
+def test_batched_binary_products_run_in_one_call_and_only_where_a_variant_takes_a_batch(tmp_path):
+    kernels = KernelSet("cpu", trials=0, root=tmp_path)
+    product = KernelBinaryProduct(kernels)
+    codes, values = (torch.rand(2, 3, 17, 8) < 0.5).float(), torch.randn(2, 3, 8, 5)
+    torch.testing.assert_close(product(codes, values), codes @ values, rtol=1e-5, atol=1e-5)
+    assert [s.key for s in kernels.specs] == ["matadd-binary_real-float32-b6x17x8x5"]
+    assert product(codes[:1, :1], values[:1, :1]).shape == (1, 1, 17, 5)
+    assert kernels.specs[-1].batch == 1  # a batch of one is the plain kernel
+    with pytest.raises(KernelError, match="matshift/mul computes one product per call, not a batch of 4"):
+        KernelSpec("matshift", "mul", 4, 4, 4, batch=4)
+
+
+def test_tuned_kernels_pass_the_check_too(tmp_path):
+    for spec in (KernelSpec("matshift", "xor", 37, 70, 29), KernelSpec("matadd", "binary_real", 13, 64, 20,
+                                                                          batch=3)):
+        result = check(spec, "cpu", trials=2, root=tmp_path)
+        assert result.ok, result.detail
+        assert get_kernel(spec, "cpu", trials=2, root=tmp_path).tuned
 
 
 def test_a_reparameterized_model_runs_on_kernels(tmp_path, tiny_spec):
@@ -157,11 +204,15 @@ def test_a_reparameterized_model_runs_on_kernels(tmp_path, tiny_spec):
         torch.testing.assert_close(fast.blocks[1].attn(tokens), block(tokens), rtol=1e-4, atol=1e-5)
         assert fast(x).shape == (2, 10) and torch.isfinite(fast(x)).all()
     kinds = {(s.kernel, s.variant) for s in kernels.specs}
-    assert kinds == {("matshift", "mul"), ("matadd", "binary_real")}
+    assert kinds == {("matshift", "xor"), ("matadd", "binary_real")}
+    heads = model.blocks[1].attn.num_heads
+    # each attention product of every (image, head) in one kernel call
+    assert {s.batch for s in kernels.specs if s.kernel == "matadd"} == {2 * heads}
     assert isinstance(model.blocks[0].attn.qkv, ShiftLinear)  # the original model is untouched
 
 
 @pytest.mark.parametrize("kernel, variant", [("matmul", "fp32"), ("matshift", "select"), ("matshift", "mul"),
+                                             ("matshift", "xor"),
                                              ("matadd", "binary_real"), ("matadd", "lut4"),
                                              ("matadd", "packed_popcount")])
 def test_cuda_source_is_generated_for_each_kernel(kernel, variant):

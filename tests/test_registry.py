@@ -93,7 +93,8 @@ def test_registered_primitives_declare_what_each_stage_needs():
         assert primitive.run_on_kernels is None or primitive.module is not None, primitive
     shapes = registry.Shapes(batch=2, tokens=17, channels=32, heads=2, hidden=128)
     additive = registry.get("attention", "additive")
-    assert additive.tasks(shapes) == [("matadd", "binary_real", 16, 17, 16), ("matadd", "binary_real", 17, 16, 16)]
+    # both products of every (image, head) in one call each: a batch of 2 images x 2 heads
+    assert additive.tasks(shapes) == [("matadd", "binary_real", 16, 17, 16, 4), ("matadd", "binary_real", 17, 16, 16, 4)]
     assert registry.get("linear", "shift").tasks(shapes, shapes.linear_layers("qkv")) == [("matshift", None, 34, 32, 96)]
     assert registry.on_kernels(BlockConfig("msa", "dense", "dense", "shift"))
     assert not registry.on_kernels(BlockConfig("linear", "dense", "dense", "dense"))
