@@ -34,11 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, write  # noqa: E402
 
-from kernels.runtime import KernelSet, to_kernels  # noqa: E402
+from kernels.runtime import to_kernels  # noqa: E402
 from latency_model import db  # noqa: E402
 from latency_model.ops import ModelDims  # noqa: E402
 from latency_model.predictor import Predictor, PredictorRefused, check, router_loads  # noqa: E402
-from latency_model.profile import profile  # noqa: E402
+from latency_model.profile import profile, table_kernels  # noqa: E402
 from latency_model.settings import LatencySettings  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402
 from nas.study import Study  # noqa: E402
@@ -79,7 +79,7 @@ def run_space(name: str, space: SearchSpace, batches: tuple[int, ...], args, db_
     gate.update(condition=condition, retimed=len(summary.retimed), marked_noisy=len(summary.noisy),
                 profiled=len(summary.measured), start_contention=round(summary.start_contention, 3))
     print(f"{name} ({condition}) gate: {gate}", flush=True)
-    kernels = KernelSet("cpu", args.trials)
+    kernels = table_kernels(settings, args.trials)  # each shape on the variant the profile found fastest
     rng = np.random.default_rng(args.seed)
     img = ModelDims.of(space.model).img
     rows = []

@@ -1,8 +1,7 @@
 """Variant dispatch by measurement: at each shape, the variant of a product that measured fastest on this device.
 
-Some kernels have several variants that compute the same product from the same layer (``matshift``: ``xor``,
-``mul``, ``select``, each bit-exact to the same reference), and which is fastest depends on the shape and the
-machine. ``nas profile`` times every candidate variant at every shape the space produces (:data:`CANDIDATES`); a
+Some kernels have several variants that compute the same product from the same layer (``matshift``: ``xor`` and
+``mul``, bit-exact to the same reference), and which is fastest depends on the shape and the machine. ``nas profile`` times every candidate variant at every shape the space produces (:data:`CANDIDATES`); a
 :class:`Dispatch` built from those timings tells the kernel runtime which one to run, so the modules ``nas profile``
 times next, and the models a search prices, run the fastest measured variant. A shape with no timing runs the
 kernel's default variant.
@@ -19,8 +18,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-# kernel -> the variants dispatch chooses between (each takes the same layer, packed its own way)
-CANDIDATES: dict[str, tuple[str, ...]] = {"matshift": ("xor", "mul", "select")}
+# kernel -> the variants dispatch chooses between (each takes the same layer, packed its own way). matshift's
+# ``select`` is left out: tuned, it was never the fastest of the three at the bench's seven linear shapes
+# (bench/results/kernels-cpu.md), and timing it would add a third to the tuning time of every profile.
+CANDIDATES: dict[str, tuple[str, ...]] = {"matshift": ("xor", "mul")}
 
 Shape = tuple[str, int, int, int, str]  # kernel, M, K, N, dtype
 

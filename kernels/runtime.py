@@ -2,8 +2,9 @@
 
 ``to_kernels(model)`` returns an inference copy of ``model`` in which every primitive that declares how it runs on the
 kernels (``run_on_kernels`` in :mod:`search_spaces.registry`) does: every :class:`ShiftLinear` runs the ``matshift``
-kernel (:class:`KernelShiftLinear`), every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its
-binary product (:class:`KernelBinaryProduct`); everything else stays in torch. MoE experts get their tokens padded up
+kernel (:class:`KernelShiftLinear`) in the variant the device's measurements found fastest at its shape
+(:mod:`kernels.dispatch`), every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its binary
+product, all (image, head) pairs in one call (:class:`KernelBinaryProduct`); everything else stays in torch. MoE experts get their tokens padded up
 to a fixed grid of counts (:func:`search_spaces.ops.moe.token_buckets`), so their kernels are compiled for a few
 shapes, not one per batch. Tensors cross into TVM through DLPack, without copies: the kernels read torch's buffers
 and write their outputs into torch tensors allocated here.

@@ -289,9 +289,15 @@ def _tuning_line(study: Study) -> str:
     except Exception:  # noqa: BLE001 - a table that cannot be read yet is said as such
         return "- kernels: not profiled yet"
     if trials == 0:
-        return ("- kernels: **untuned** (default schedules, `--kernel-trials 0`): the multiplication-free kernels run "
+        line = ("- kernels: **untuned** (default schedules, `--kernel-trials 0`): the multiplication-free kernels run "
                 "slower than they would tuned")
-    return f"- kernels: tuned, {trials} MetaSchedule trials per kernel"
+    else:
+        line = f"- kernels: tuned, {trials} MetaSchedule trials per kernel"
+    from latency_model import db
+    from latency_model.profile import table_dispatch
+
+    dispatch = table_dispatch(db.connect(study.latency.db), study.latency.device)
+    return line + (f"; variants run (fastest measured per shape): {dispatch.describe()}" if dispatch else "")
 
 
 def file_hash(path: Path) -> str:

@@ -186,6 +186,7 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
     from latency_model import db
     from latency_model.db import DEFAULT_URL
     from latency_model.predictor import Predictor, PredictorRefused, check
+    from latency_model.profile import table_dispatch
     from latency_model.settings import LatencySettings
 
     from .disk import ensure_writable
@@ -219,6 +220,8 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
         result.refused = e
         return result
     predictor.meta["gate"] = result.gate
+    # the kernel variant its module timings ran at each shape (kernels.dispatch), for the file's reader
+    predictor.meta["kernel_variants"] = table_dispatch(engine, settings.device).to_dict()
     result.path = predictor.save(out)
     if study is not None:
         from .dashboard import publish_stored_study

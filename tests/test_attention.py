@@ -1,6 +1,7 @@
 import pytest
 import torch
 from timm.layers import Attention
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from search_spaces.ops import AdditiveAttention, LinearAttention, binarize_ste
@@ -106,3 +107,18 @@ def test_linear_attention_cost_grows_linearly_in_tokens():
 def test_attention_masks_are_refused_clearly():
     with pytest.raises(ValueError, match="does not support attention masks"):
         LinearAttention(_timm_attention())(torch.randn(1, 4, 32), attn_mask=torch.ones(4, 4, dtype=torch.bool))
+
+
+def test_the_token_conv_is_the_depthwise_conv_it_replaces_with_the_same_gradients():
+    from search_spaces.ops.attention import token_conv
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 3, kernel_size=(9, 1), padding=(4, 0), groups=3, bias=False)
+    v = torch.randn(2, 3, 11, 5, requires_grad=True)  # fewer tokens than twice the kernel: padding on both sides
+    ours, theirs = token_conv(v, conv.weight), conv(v)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, (v, conv.weight), grad)
+    theirs_grads = torch.autograd.grad(theirs, (v, conv.weight), grad)
+    for a, b in zip(ours_grads, theirs_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

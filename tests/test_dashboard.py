@@ -58,6 +58,7 @@ def test_the_dashboard_shows_notes_and_artifacts_of_a_finished_search(searchable
         note = detail["note"]["body"]
         for text in ("## tiny", f"`{study_file}` (sha256", "deit_tiny_patch16_224", "digits",
                      "predicted for device `cpu-", "within ±10 %", "**untuned**",
+                     "variants run (fastest measured per shape): matshift:",
                      "trial 0, the all-dense model (the teacher's architecture) (complete): search accuracy",
                      "trial 1, the paper's allocation", f"nas run {study_file}"):
             assert text in note, f"{text!r} not in the study note:\n{note}"

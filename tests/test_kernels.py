@@ -161,11 +161,13 @@ def test_dispatch_takes_the_fastest_candidate_per_shape_and_ignores_the_rest():
         ("matshift", "mul", 8, 16, 4, "int32", 1.0), ("matshift", "select", 8, 16, 4, "int32", 0.5),
         ("matshift", "xor", 8, 16, 4, "int32", 0.7), ("matshift", "xor", 9, 16, 4, "int32", 0.1),
         ("matmul", "fp32", 8, 16, 4, "float32", 0.01)])  # not a variant of the shift product
-    assert measured.variant("matshift", 8, 16, 4, "int32", default="xor") == "select"
+    # select is not a candidate (never the fastest in the kernel bench): its timing does not make it run
+    assert measured.variant("matshift", 8, 16, 4, "int32", default="mul") == "xor"
     assert measured.variant("matshift", 9, 16, 4, "int32", default="mul") == "xor"
     assert measured.variant("matshift", 10, 16, 4, "int32", default="mul") == "mul"
-    assert measured.describe() == "matshift: select fastest at 1 of 2 shape(s), xor at 1"
-    assert measured.to_dict() == {"matshift-8x16x4-int32": "select", "matshift-9x16x4-int32": "xor"}
+    measured.timings[("matshift", 8, 16, 4, "int32")]["mul"] = 0.6
+    assert measured.describe() == "matshift: mul fastest at 1 of 2 shape(s), xor at 1"
+    assert measured.to_dict() == {"matshift-8x16x4-int32": "mul", "matshift-9x16x4-int32": "xor"}
 
 
 def test_batched_binary_products_run_in_one_call_and_only_where_a_variant_takes_a_batch(tmp_path):

@@ -184,6 +184,7 @@ def test_a_profile_beside_a_cpu_hog_is_caught_and_a_quiet_remeasure_passes(searc
     assert main(["fit-latency", str(study)]) == 0
     meta = json.loads((tmp_path / "predictor.json").read_text())["meta"]
     assert meta["gate"]["checked"] and meta["gate"]["model_mape"] <= 1.5
+    assert meta["kernel_variants"] and set(meta["kernel_variants"].values()) <= {"xor", "mul", "select"}
 
 
 def test_nas_run_stops_before_searching_on_a_refused_predictor(searchable, tmp_path, capsys):

@@ -98,6 +98,34 @@ def test_predict_is_within_a_loose_bound_of_measure(profiled):
     assert 0.33 < prediction.total_ms / measured < 3.0  # sanity only: accuracy figures live in bench/
 
 
+def test_profile_times_every_matshift_variant_and_the_models_run_the_fastest(profiled):
+    from collections import defaultdict
+
+    from kernels.dispatch import CANDIDATES
+    from latency_model.profile import table_dispatch, table_kernels
+
+    space, settings, predictor, root = profiled
+    engine = db.connect(settings.db)
+    rows = db.latest(engine, settings.device)
+    shift = defaultdict(dict)
+    for row in rows:
+        if row.op == "tvm.matshift":
+            shift[(row.shape["M"], row.shape["K"], row.shape["N"])][row.variant] = row.median_ms
+    assert shift and all(set(timed) == set(CANDIDATES["matshift"]) for timed in shift.values())
+    dispatch = table_dispatch(engine, settings.device)
+    for (m, k, n), timed in shift.items():
+        assert dispatch.variant("matshift", m, k, n, "int32", default="none") == min(timed, key=timed.get)
+    # additive attention's products are timed as the runtime calls them: every (image, head) in one call
+    assert {r.shape.get("B") for r in rows if r.op == "tvm.matadd"} == {TINY.kwargs["num_heads"]}
+
+    config = ArchConfig(TINY, (BlockConfig("msa", "shift", "dense", "shift"), BlockConfig()))
+    kernels = table_kernels(settings, kernel_root=root / "kernels")
+    to_kernels(build_model(config), kernels)(torch.randn(1, 3, 16, 16))
+    ran = {(s.M, s.K, s.N): s.variant for s in kernels.specs if s.kernel == "matshift"}
+    assert ran and all(variant == dispatch.variant("matshift", *shape, "int32", "none")
+                       for shape, variant in ran.items())
+
+
 def test_expert_latencies_order_experts_like_their_measured_modules(profiled):
     space, settings, predictor, root = profiled
     config = ArchConfig(TINY, (BlockConfig(mlp="moe", moe=MoEConfig(1, ("dense", "shift"))), BlockConfig()))

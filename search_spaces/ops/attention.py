@@ -92,6 +92,21 @@ class LinearAttention(ProjectedAttention):
         return (q @ kv) / (normalizer + self.eps)
 
 
+def token_conv(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The depthwise convolution over tokens of :class:`AdditiveAttention` (``nn.Conv2d(H, H, (k, 1), groups=H)``
+    on ``v [B, H, T, D]``, zero padding), as ``k`` shifted, weighted sums of ``v``: the same function as the conv
+    (within fp32 rounding) and its gradient, but oneDNN's depthwise conv in this layout took 13 ms at 784 tokens and
+    batch 8 where the sums take 0.9 ms (15x; at 197 tokens the two are within 10 %), and it was two thirds of the
+    additive attention module's time."""
+    taps = weight[:, 0, :, 0]  # [H, k]
+    k, tokens = taps.shape[1], v.shape[2]
+    padded = F.pad(v, (0, 0, k // 2, k // 2))
+    out = taps[:, 0].view(1, -1, 1, 1) * padded[:, :, :tokens]
+    for s in range(1, k):
+        out = out + taps[:, s].view(1, -1, 1, 1) * padded[:, :, s:s + tokens]
+    return out
+
+
 class AdditiveAttention(ProjectedAttention):
     """ShiftAddViT's additive (binary linear-angular) attention.
 
@@ -136,4 +151,4 @@ class AdditiveAttention(ProjectedAttention):
         kv = self.binary_product(k_b.transpose(-2, -1), v)  # binary x real: masked row sums
         x = 0.5 * v + self.binary_product(q_b, kv) / math.pi  # binary x real again
         x = x / (x.norm(dim=-1, keepdim=True) + self.eps)
-        return x + self.dconv(v)
+        return x + token_conv(v, self.dconv.weight)
