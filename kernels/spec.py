@@ -40,6 +40,8 @@ class Definition:
     doc: str = ""
     # the PrimFunc of a batch of independent products, (batch, M, K, N, dtype) -> PrimFunc; None: one product per call
     batched_compute: Callable[[int, int, int, int, str], Any] | None = None
+    # a hand-written CPU schedule used untuned, (IRModule, M, K, N) -> IRModule, or None where it does not apply
+    cpu_schedule: Callable[[Any, int, int, int], Any] | None = None
     # inputs at the ends of the value range (saturation, wrap-around), for `nas kernels check`; None: random only
     extreme_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]] | None = None
 

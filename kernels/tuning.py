@@ -5,7 +5,9 @@ Cache layout, under ``cache_dir()`` (``$SHIFTADD_CACHE`` or ``~/.cache/shiftadd-
     <target fingerprint>/target.json            the target these kernels were compiled for
     <target fingerprint>/<task key>/tuning/     MetaSchedule's JSON database (workloads + tuning records) and logs
     <target fingerprint>/<task key>/kernel.so   the compiled library
-    <target fingerprint>/<task key>/meta.json   written last: trials, tuned or not, tuning time, library checksum
+    <target fingerprint>/<task key>/meta.json   written last: trials, tuned or not, tuning time, library checksum,
+                                                and the schedule compiled (MetaSchedule's best, or a variant's
+                                                hand-written one where that timed faster here; untuned: "default")
 
 ``meta.json`` is the commit marker: an entry without it, or whose library checksum does not match, was interrupted or
 corrupted and is rebuilt (from the tuning database when that still loads, else by tuning again), never loaded.
@@ -119,8 +121,13 @@ def _irmodule(spec: KernelSpec) -> tvm.IRModule:
 
 
 def _default_schedule(spec: KernelSpec, target: tvm.target.Target) -> tvm.IRModule:
-    """The untuned schedule: TVM's defaults on CPU; on CUDA, dlight's generic GPU rules (thread binding)."""
+    """The untuned schedule: on CPU the variant's hand-written schedule where it has one for this shape
+    (``Definition.cpu_schedule``), else TVM's defaults; on CUDA, dlight's generic GPU rules (thread binding)."""
     mod = _irmodule(spec)
+    if not targets.is_cuda(target) and spec.definition.cpu_schedule is not None:
+        scheduled = spec.definition.cpu_schedule(mod, spec.M, spec.K, spec.N)
+        if scheduled is not None:
+            return scheduled
     if targets.is_cuda(target):
         from tvm.s_tir import dlight
 
@@ -226,6 +233,28 @@ def _export(mod: tvm.IRModule, target: tvm.target.Target, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _faster_of(spec: KernelSpec, target: tvm.target.Target, tuned: tvm.IRModule) -> tuple[tvm.IRModule, str]:
+    """MetaSchedule's best, or the variant's hand-written CPU schedule where that one times faster here (at a
+    few dozen trials MetaSchedule often does not find what the hand-written tile does: it was slower at 4 of the 7
+    linear shapes of ``bench/results/kernel-schedules.md``); with the name of the one taken, for ``meta.json``."""
+    if targets.is_cuda(target) or spec.definition.cpu_schedule is None:
+        return tuned, "metaschedule"
+    hand = spec.definition.cpu_schedule(_irmodule(spec), spec.M, spec.K, spec.N)
+    if hand is None:
+        return tuned, "metaschedule"
+    from .measure import random_arguments
+
+    device = tvm.cpu(0)
+    _, args = random_arguments(spec, device)
+    times = []
+    for mod in (tuned, hand):
+        executable = tvm.compile(mod, target=target)
+        executable["main"](*args)  # warm-up
+        evaluator = executable.mod.time_evaluator("main", device, number=1, repeat=5, min_repeat_ms=20)
+        times.append(sorted(evaluator(*args).results)[2])
+    return (hand, "hand") if times[1] < times[0] else (tuned, "metaschedule")
+
+
 def task_dir(spec: KernelSpec, target: tvm.target.Target, root: Path | None = None) -> Path:
     """The cache folder of one task on one target."""
     return (root or cache_dir()) / targets.fingerprint(target) / spec.key
@@ -278,11 +307,15 @@ def get_kernel(
             if mod is None:
                 raise KernelResourceError(str(work_dir / "logs"), f"{spec.key}: tuning produced no valid schedule")
         tuned = mod is not None
+        schedule = "metaschedule"
         if mod is None:
-            mod = _default_schedule(spec, target)
+            mod, schedule = _default_schedule(spec, target), "default"
+        else:
+            mod, schedule = _faster_of(spec, target, mod)
         _export(mod, target, library)
         meta = _Meta(known if tuned else 0, tuned, tuning_seconds, _sha256(library))
-        record = {**meta.__dict__, "spec": spec.to_dict(), "target": targets.describe(target), "tvm": tvm.__version__}
+        record = {**meta.__dict__, "schedule": schedule, "spec": spec.to_dict(), "target": targets.describe(target),
+                  "tvm": tvm.__version__}
         _write_atomic(meta_path, json.dumps(record, indent=2) + "\n")
         return _load(spec, target, library, meta, cache_hit=False)
 

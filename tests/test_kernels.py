@@ -250,3 +250,19 @@ def test_remote_timing_through_an_rpc_tracker_on_loopback(tmp_path):
     finally:
         server.terminate()
         tracker.terminate()
+
+
+def test_an_untuned_xor_kernel_runs_its_hand_written_schedule_and_a_tuned_one_the_faster_of_two(tmp_path):
+    import json
+
+    from kernels.tuning import compile_untuned
+
+    spec = KernelSpec("matshift", "xor", 37, 70, 48)  # 48 outputs: a tile of 16; 37 rows: a partial tile
+    source = compile_untuned(spec).mod.inspect_source()
+    assert "parallel" in source.lower()  # spread over the cores: TVM's default schedule is one serial loop nest
+    assert check(spec, "cpu").status == "exact"
+    assert spec.definition.cpu_schedule(None, 37, 70, 29) is None  # no vector tile divides 29: TVM's default
+    kernel = get_kernel(spec, "cpu", trials=2, root=tmp_path)
+    meta = json.loads((task_dir(spec, kernel.target, tmp_path) / "meta.json").read_text())
+    assert kernel.tuned and meta["schedule"] in ("hand", "metaschedule")
+    assert check(spec, "cpu", trials=2, root=tmp_path).status == "exact"
