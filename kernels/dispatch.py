@@ -1,7 +1,8 @@
 """Variant dispatch by measurement: at each shape, the variant of a product that measured fastest on this device.
 
 Some kernels have several variants that compute the same product from the same layer (``matshift``: ``xor`` and
-``mul``, bit-exact to the same reference), and which is fastest depends on the shape and the machine. ``nas profile`` times every candidate variant at every shape the space produces (:data:`CANDIDATES`); a
+``mul``, bit-exact to the same reference), and which is fastest depends on the shape and the machine.
+``nas profile`` times every candidate variant at every shape the space produces (:data:`CANDIDATES`); a
 :class:`Dispatch` built from those timings tells the kernel runtime which one to run, so the modules ``nas profile``
 times next, and the models a search prices, run the fastest measured variant. A shape with no timing runs the
 kernel's default variant.
@@ -52,7 +53,7 @@ class Dispatch:
         return Counter(min(ms, key=ms.get) for shape, ms in self.timings.items() if shape[0] == kernel)
 
     def describe(self) -> str:
-        """One line per dispatched kernel: ``matshift: xor fastest at 10 of 12 shapes, mul at 2``."""
+        """One clause per dispatched kernel: ``matshift: xor fastest at 10 of 12 shape(s), mul at 2``."""
         lines = []
         for kernel in sorted({shape[0] for shape in self.timings}):
             wins = self.wins(kernel).most_common()
