@@ -4,8 +4,8 @@ Some kernels have several variants that compute the same product from the same l
 ``mul``, bit-exact to the same reference), and which is fastest depends on the shape and the machine.
 ``nas profile`` times every candidate variant at every shape the space produces (:data:`CANDIDATES`); a
 :class:`Dispatch` built from those timings tells the kernel runtime which one to run, so the modules ``nas profile``
-times next, and the models a search prices, run the fastest measured variant. A shape with no timing runs the
-kernel's default variant.
+times next, and the models a search prices, run the fastest measured variant. A shape where not every candidate
+was timed (no timing, or rows from before a candidate existed) runs the kernel's default variant.
 
 Example:
     >>> d = Dispatch.from_timings([("matshift", "mul", 197, 192, 576, "int32", 1.1),
@@ -43,19 +43,26 @@ class Dispatch:
                 timings[(kernel, int(m), int(k), int(n), dtype)][variant] = float(ms)
         return cls(dict(timings))
 
+    def _compared(self) -> dict[Shape, dict[str, float]]:
+        """The shapes where every candidate was timed: only there is one known to be the fastest (a table may hold
+        shapes timed before a candidate existed, with one variant only)."""
+        return {shape: ms for shape, ms in self.timings.items() if set(ms) == set(CANDIDATES[shape[0]])}
+
     def variant(self, kernel: str, m: int, k: int, n: int, dtype: str, default: str) -> str:
-        """The fastest measured variant at this shape, else ``default``."""
+        """The fastest variant at this shape where every candidate was timed there, else ``default``."""
         measured = self.timings.get((kernel, m, k, n, dtype))
-        return min(measured, key=measured.get) if measured else default
+        if not measured or set(measured) != set(CANDIDATES[kernel]):
+            return default
+        return min(measured, key=measured.get)
 
     def wins(self, kernel: str) -> Counter:
-        """How many measured shapes each variant of ``kernel`` is the fastest at."""
-        return Counter(min(ms, key=ms.get) for shape, ms in self.timings.items() if shape[0] == kernel)
+        """How many compared shapes each variant of ``kernel`` is the fastest at."""
+        return Counter(min(ms, key=ms.get) for shape, ms in self._compared().items() if shape[0] == kernel)
 
     def describe(self) -> str:
         """One clause per dispatched kernel: ``matshift: xor fastest at 10 of 12 shape(s), mul at 2``."""
         lines = []
-        for kernel in sorted({shape[0] for shape in self.timings}):
+        for kernel in sorted({shape[0] for shape in self._compared()}):
             wins = self.wins(kernel).most_common()
             total = sum(n for _, n in wins)
             (first, count), rest = wins[0], wins[1:]
@@ -66,7 +73,7 @@ class Dispatch:
     def to_dict(self) -> dict[str, str]:
         """``{"matshift-197x192x576-int32": "xor", ...}``: the choice at each measured shape."""
         return {f"{kernel}-{m}x{k}x{n}-{dtype}": min(ms, key=ms.get)
-                for (kernel, m, k, n, dtype), ms in sorted(self.timings.items())}
+                for (kernel, m, k, n, dtype), ms in sorted(self._compared().items())}
 
     def __bool__(self) -> bool:
-        return bool(self.timings)
+        return bool(self._compared())

@@ -10,7 +10,8 @@ Cache layout, under ``cache_dir()`` (``$SHIFTADD_CACHE`` or ``~/.cache/shiftadd-
                                                 hand-written one where that timed faster here; untuned: "default")
 
 ``meta.json`` is the commit marker: an entry without it, or whose library checksum does not match, was interrupted or
-corrupted and is rebuilt (from the tuning database when that still loads, else by tuning again), never loaded.
+corrupted and is rebuilt (from the tuning database when that still loads, else by tuning again), never loaded; so is
+one built from other code (its ``source`` fingerprint differs: a kernel definition or schedule changed since).
 A second request for a task that is cached with at least as many trials loads the library and touches nothing.
 """
 
@@ -70,12 +71,14 @@ class _Meta:
     tuned: bool
     tuning_seconds: float
     library_sha256: str | None
+    source: str | None = None  # _source_hash of what was compiled: a kernel whose code has changed since is rebuilt
 
     @classmethod
     def read(cls, path: Path) -> "_Meta | None":
         try:
             data = json.loads(path.read_text())
-            return cls(int(data["trials"]), bool(data["tuned"]), float(data["tuning_seconds"]), data["library_sha256"])
+            return cls(int(data["trials"]), bool(data["tuned"]), float(data["tuning_seconds"]), data["library_sha256"],
+                       data.get("source"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -118,6 +121,13 @@ def _quiet_tvm_logs() -> Iterator[None]:
 
 def _irmodule(spec: KernelSpec) -> tvm.IRModule:
     return tvm.IRModule({"main": spec.prim_func()})
+
+
+def _source_hash(spec: KernelSpec, target: tvm.target.Target) -> str:
+    """A fingerprint of the task's code: its computation and its untuned schedule (a hand-written one included).
+    A cache entry built from other code (an earlier version of the definition or the schedule) does not match and
+    is rebuilt; a tuning database of the same computation still serves that rebuild."""
+    return hashlib.sha256(_default_schedule(spec, target).script().encode()).hexdigest()[:16]
 
 
 def _default_schedule(spec: KernelSpec, target: tvm.target.Target) -> tvm.IRModule:
@@ -286,7 +296,9 @@ def get_kernel(
         meta_path, library = folder / "meta.json", folder / "kernel.so"
         work_dir = folder / "tuning"
         meta = _Meta.read(meta_path)
-        satisfied = meta is not None and (meta.tuned or trials == 0) and meta.trials >= trials
+        source = _source_hash(spec, target)
+        satisfied = (meta is not None and (meta.tuned or trials == 0) and meta.trials >= trials
+                     and meta.source == source)
         if satisfied and library.exists() and meta.library_sha256 == _sha256(library):
             return _load(spec, target, library, meta, cache_hit=True)
 
@@ -313,7 +325,7 @@ def get_kernel(
         else:
             mod, schedule = _faster_of(spec, target, mod)
         _export(mod, target, library)
-        meta = _Meta(known if tuned else 0, tuned, tuning_seconds, _sha256(library))
+        meta = _Meta(known if tuned else 0, tuned, tuning_seconds, _sha256(library), source)
         record = {**meta.__dict__, "schedule": schedule, "spec": spec.to_dict(), "target": targets.describe(target),
                   "tvm": tvm.__version__}
         _write_atomic(meta_path, json.dumps(record, indent=2) + "\n")

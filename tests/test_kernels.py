@@ -160,11 +160,14 @@ def test_dispatch_takes_the_fastest_candidate_per_shape_and_ignores_the_rest():
     measured = Dispatch.from_timings([
         ("matshift", "mul", 8, 16, 4, "int32", 1.0), ("matshift", "select", 8, 16, 4, "int32", 0.5),
         ("matshift", "xor", 8, 16, 4, "int32", 0.7), ("matshift", "xor", 9, 16, 4, "int32", 0.1),
+        ("matshift", "mul", 9, 16, 4, "int32", 0.3), ("matshift", "mul", 11, 16, 4, "int32", 0.2),
         ("matmul", "fp32", 8, 16, 4, "float32", 0.01)])  # not a variant of the shift product
     # select is not a candidate (never the fastest in the kernel bench): its timing does not make it run
     assert measured.variant("matshift", 8, 16, 4, "int32", default="mul") == "xor"
     assert measured.variant("matshift", 9, 16, 4, "int32", default="mul") == "xor"
     assert measured.variant("matshift", 10, 16, 4, "int32", default="mul") == "mul"
+    # a shape timed in one variant only (a table from before the other existed) is not a comparison
+    assert measured.variant("matshift", 11, 16, 4, "int32", default="xor") == "xor"
     measured.timings[("matshift", 8, 16, 4, "int32")]["mul"] = 0.6
     assert measured.describe() == "matshift: mul fastest at 1 of 2 shape(s), xor at 1"
     assert measured.to_dict() == {"matshift-8x16x4-int32": "mul", "matshift-9x16x4-int32": "xor"}
@@ -266,3 +269,16 @@ def test_an_untuned_xor_kernel_runs_its_hand_written_schedule_and_a_tuned_one_th
     meta = json.loads((task_dir(spec, kernel.target, tmp_path) / "meta.json").read_text())
     assert kernel.tuned and meta["schedule"] in ("hand", "metaschedule")
     assert check(spec, "cpu", trials=2, root=tmp_path).status == "exact"
+
+
+def test_a_cache_entry_built_from_other_kernel_code_is_rebuilt_not_loaded(tmp_path):
+    import json
+
+    kernel = get_kernel(TINY, "cpu", trials=0, root=tmp_path)
+    meta_path = task_dir(TINY, kernel.target, tmp_path) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["source"] and get_kernel(TINY, "cpu", trials=0, root=tmp_path).cache_hit
+    meta_path.write_text(json.dumps({**meta, "source": "from-an-older-definition"}))  # as after an upgrade
+    rebuilt = get_kernel(TINY, "cpu", trials=0, root=tmp_path)
+    assert not rebuilt.cache_hit and json.loads(meta_path.read_text())["source"] == meta["source"]
+    assert get_kernel(TINY, "cpu", trials=0, root=tmp_path).cache_hit
