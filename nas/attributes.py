@@ -22,7 +22,8 @@ LATENCY_MS = "latency_ms"  # predicted latency (the second objective)
 LATENCY_BREAKDOWN = "latency_breakdown"  # Prediction.to_dict(): per block and part, composition, MoE tokens
 MOE_SPLIT = "moe_split"  # MoE block -> share of token assignments per expert on the search split
 WEIGHTS = "weights"  # parameter count and share of linear weights that are shifts
-TRAIN_S = "train_s"  # seconds spent training
+TRAIN_S = "train_s"  # seconds spent training (supernet mode: extracting, and the optional few steps)
+EVALUATION = "evaluation"  # how its weights were obtained: "finetune" (its own) or "supernet" (inherited)
 
 # ---- how a trial ran -----------------------------------------------------------------------------------------------
 REFERENCE = "reference"  # on the enqueued reference trials: "dense" or "paper"

@@ -104,12 +104,25 @@ def write_config(path: Path, config: ArchConfig, origin: dict[str, Any]) -> Path
 
 
 def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Path]:
-    """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``."""
+    """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``; a trial scored in supernet mode also gets
+    the weights it inherited, ``trial-<n>.safetensors`` (named in its provenance: ``nas finetune`` starts there)."""
+    from .checkpoints import save_weights
+
     ensure_writable(out, "--out", need_mb=1)
-    paths = []
+    paths, supernet = [], None
     for trial in choose(ostudy, which):
         config = ArchConfig.from_json(trial.user_attrs[attr.CONFIG])
-        paths.append(write_config(out / f"trial-{trial.number}.yaml", config, provenance(study, trial)))
+        origin = provenance(study, trial)
+        if trial.user_attrs.get(attr.EVALUATION) == "supernet":
+            if supernet is None:
+                from .supernet import load_supernet
+                from .teacher import load_teacher
+
+                supernet = load_supernet(study, load_teacher(study))
+            weights = save_weights(supernet.extract(config), out / f"trial-{trial.number}.safetensors",
+                                   {"config": config.to_json()})
+            origin["weights"] = weights.name
+        paths.append(write_config(out / f"trial-{trial.number}.yaml", config, origin))
     return paths
 
 
@@ -154,10 +167,11 @@ class FinetuneResult:
 
 
 def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: bool = True,
-             on_epoch=None, origin: dict[str, Any] | None = None) -> FinetuneResult:
-    """Fine-tune ``config`` from the teacher for ``epochs`` full passes over the train split (same losses as a
-    trial), score it on the test split; save the weights (safetensors) and the config into ``out``; predict and (with
-    ``measure``) time its latency on the kernels."""
+             on_epoch=None, origin: dict[str, Any] | None = None, initial: Path | None = None) -> FinetuneResult:
+    """Fine-tune ``config`` from the teacher (or from ``initial``, the weights a supernet-mode export wrote) for
+    ``epochs`` full passes over the train split (same losses as a trial), score it on the test split; save the
+    weights (safetensors) and the config into ``out``; predict and (with ``measure``) time its latency on the
+    kernels."""
     from .checkpoints import save_weights
     from .objective import Evaluator
 
@@ -166,7 +180,7 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
                                    f"{study.model.to_dict()}")
     ensure_writable(out, "--out")
     start = time.perf_counter()
-    evaluator = Evaluator(study)
+    evaluator = Evaluator(study, mode="finetune")
     history: list[float] = []
 
     def report(epoch: int, accuracy: float) -> bool:
@@ -175,12 +189,13 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
             on_epoch(epoch, accuracy)
         return False
 
-    result, model = evaluator.run(config, epochs=epochs, full_epochs=True, report=report)
+    result, model = evaluator.run(config, epochs=epochs, full_epochs=True, report=report, initial=initial)
     model = model.cpu()  # saved, and timed on the study's latency target, from the CPU
     out.mkdir(parents=True, exist_ok=True)
     weights = save_weights(model, out / "model.safetensors", {"config": config.to_json()})
     test_se = round(result.test.standard_error, 6)
     write_config(out / "arch.yaml", config, {**(origin or {}), "finetune_epochs": epochs,
+                                             "finetune_from": str(initial) if initial else "teacher",
                                              "finetune_test_accuracy": result.test.accuracy,
                                              "finetune_test_se": test_se})
     measured = None

@@ -1,4 +1,5 @@
-"""One trial: ArchConfig -> (search-split accuracy after a short distilled fine-tune, predicted latency).
+"""One trial: ArchConfig -> (search-split accuracy after a short distilled fine-tune, or with weights inherited from
+the study's supernet, and predicted latency).
 
 The search split is what trials are scored, pruned and chosen on; the test split is evaluated once at the end of a
 trial and only stored (``test_accuracy``), never returned to the sampler (see :mod:`nas.data`).
@@ -15,7 +16,8 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,10 +29,14 @@ from search_spaces.reparam import transformer_blocks, weight_counts
 
 from . import attributes as attr
 from . import data
+from .checkpoints import load_weights
 from .device import Placement, resolve
 from .study import Study
 from .teacher import load_teacher
 from .train import Evaluation, LossWeights, Trainer, evaluate
+
+if TYPE_CHECKING:
+    from search_spaces.supernet import Supernet
 
 # Stops a trial early: called after each epoch with (epoch, accuracy); True means "stop, this trial is pruned".
 Reporter = Callable[[int, float], bool]
@@ -54,6 +60,7 @@ class TrialResult:
     history: list[float] = field(default_factory=list)  # search accuracy after each epoch
     weights: dict[str, float] = field(default_factory=dict)
     train_s: float = 0.0
+    evaluation: str = "finetune"  # how the weights were obtained: a fine-tune of its own, or the supernet's
 
     @property
     def accuracy(self) -> float:
@@ -74,7 +81,7 @@ class TrialResult:
             attr.LATENCY_MS: self.latency_ms, attr.LATENCY_BREAKDOWN: self.prediction,
             attr.MOE_SPLIT: {str(k): v for k, v in self.moe_shares.items()},
             attr.SEARCH_ACCURACY_HISTORY: self.history, attr.WEIGHTS: self.weights,
-            attr.TRAIN_S: round(self.train_s, 3),
+            attr.TRAIN_S: round(self.train_s, 3), attr.EVALUATION: self.evaluation,
         }
 
 
@@ -89,14 +96,22 @@ class Evaluator:
     """Scores architectures of one study. Built once per worker: it loads the teacher, the data and the predictor."""
 
     def __init__(self, study: Study, teacher: torch.nn.Module | None = None,
-                 predictor: Predictor | None = None, placement: Placement | None = None) -> None:
-        """``teacher`` and ``predictor`` default to the study's files; a Ray worker on another node gets them
-        passed in instead (they travel with the trial). ``placement`` defaults to the study's ``train.device`` and
-        ``train.precision`` as this machine resolves them. The process's threads are its entry point's to set
-        (:mod:`nas.process`)."""
+                 predictor: Predictor | None = None, placement: Placement | None = None,
+                 supernet: "Supernet | None" = None, mode: str | None = None) -> None:
+        """``teacher``, ``predictor`` and (in supernet mode) ``supernet`` default to the study's files; a Ray worker
+        on another node gets them passed in instead (they travel with the trial). ``placement`` defaults to the
+        study's ``train.device`` and ``train.precision`` as this machine resolves them. ``mode`` overrides the
+        study's ``evaluation.mode`` (``nas finetune`` always fine-tunes). The process's threads are its entry
+        point's to set (:mod:`nas.process`)."""
         self.study = study
         self.placement = placement or resolve(study.train.device, study.train.precision)
-        self.teacher = (teacher if teacher is not None else load_teacher(study)).to(self.placement.device)
+        teacher = teacher if teacher is not None else load_teacher(study)
+        self.supernet = None
+        if (mode or study.evaluation.mode) == "supernet":
+            from .supernet import load_supernet
+
+            self.supernet = (supernet if supernet is not None else load_supernet(study, teacher)).eval()
+        self.teacher = teacher.to(self.placement.device)
         dims = ModelDims.of(study.model)
         self.splits = data.load(study.data, dims.img, dims.classes)
         settings = study.latency
@@ -104,32 +119,48 @@ class Evaluator:
         self.batch = settings.batch_sizes[0]
 
     def run(self, config: ArchConfig, epochs: int | None = None, full_epochs: bool = False,
-            report: Reporter | None = None, seed: int | None = None) -> tuple[TrialResult, torch.nn.Module]:
-        """Fine-tune ``config`` from the teacher (distillation + MoE loss) on the train split, score it on the search
-        split after every epoch and on the test split once at the end. Epochs are the study's trial budget
-        (``epochs``, ``steps_per_epoch``) unless given; ``full_epochs``: whole passes.
+            report: Reporter | None = None, seed: int | None = None,
+            initial: Path | None = None) -> tuple[TrialResult, torch.nn.Module]:
+        """Fine-tune mode: fine-tune ``config`` from the teacher (distillation + MoE loss) on the train split, score
+        it on the search split after every epoch and on the test split once at the end. Epochs are the study's trial
+        budget (``epochs``, ``steps_per_epoch``) unless given; ``full_epochs``: whole passes. ``initial``: start
+        from these weights of ``config`` (an exported supernet subnet's) instead of the teacher's.
+
+        Supernet mode: ``config`` inherits its weights from the supernet, takes ``evaluation.finetune_steps`` steps
+        of the same recipe (one "epoch"), and is scored the same way.
 
         Raises:
             Pruned: ``report`` asked to stop.
             TrainingDiverged: the loss became NaN or infinite.
         """
         budget, train = self.study.budget, self.study.train
-        epochs = epochs or budget.epochs
         start = time.perf_counter()
         torch.manual_seed(train.seed if seed is None else seed)
-        model = build_model(config, self.teacher).requires_grad_(True)  # every weight is fine-tuned
+        if self.supernet is not None:
+            model = self.supernet.extract(config)
+            epochs, steps = 1, self.study.evaluation.finetune_steps
+        else:
+            model = build_model(config, self.teacher)
+            if initial is not None:
+                load_weights(model, initial, "weights")
+            epochs = epochs or budget.epochs
+            steps = None if full_epochs else budget.steps_per_epoch
+        model.requires_grad_(True)  # every weight is fine-tuned
         set_router_latencies(model, config, self.predictor, self.batch)
-        trainer = Trainer(
-            model, self.splits.train, epochs=epochs,
-            steps_per_epoch=None if full_epochs else budget.steps_per_epoch,
-            batch_size=train.batch_size, lr=train.lr, weight_decay=train.weight_decay, teacher=self.teacher,
-            weights=LossWeights(train.distill_alpha, train.distill_temperature, train.moe_loss_weight),
-            seed=train.seed if seed is None else seed, placement=self.placement, loader_workers=train.loader_workers,
-        )
+        trainer = None
+        if steps != 0:
+            trainer = Trainer(
+                model, self.splits.train, epochs=epochs, steps_per_epoch=steps,
+                batch_size=train.batch_size, lr=train.lr, weight_decay=train.weight_decay, teacher=self.teacher,
+                weights=LossWeights(train.distill_alpha, train.distill_temperature, train.moe_loss_weight),
+                seed=train.seed if seed is None else seed, placement=self.placement,
+                loader_workers=train.loader_workers,
+            )
         history: list[float] = []
         evaluation = None
         for epoch in range(epochs):
-            trainer.train_epoch()
+            if trainer is not None:
+                trainer.train_epoch()
             evaluation = evaluate(model, self.splits.search, placement=self.placement,
                                   loader_workers=train.loader_workers)
             history.append(evaluation.accuracy)
@@ -143,9 +174,14 @@ class Evaluator:
             test=evaluate(model, self.splits.test, placement=self.placement, loader_workers=train.loader_workers),
             prediction=prediction.to_dict(), history=history,
             weights={"total": counts.total, "shift_share": round(counts.shift_share, 4)},
-            train_s=time.perf_counter() - start,
+            train_s=time.perf_counter() - start, evaluation=self.mode,
         )
         return result, model
+
+    @property
+    def mode(self) -> str:
+        """How this evaluator scores: ``finetune`` or ``supernet``."""
+        return "finetune" if self.supernet is None else "supernet"
 
 
 def training_recipe(study: Study) -> str:
@@ -153,6 +189,9 @@ def training_recipe(study: Study) -> str:
     data. A result is reused for a repeated architecture only under the same recipe."""
     recipe = {"epochs": study.budget.epochs, "steps_per_epoch": study.budget.steps_per_epoch,
               "train": study.train.recipe(), "data": asdict(study.data)}
+    if study.evaluation.supernet:  # (fine-tune mode's key is as it was before supernets: stored results stay valid)
+        recipe["evaluation"] = {"finetune_steps": study.evaluation.finetune_steps,
+                                **study.evaluation.supernet_recipe()}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -5,7 +5,7 @@ idempotent: profiling what the table holds, fitting a predictor that is up to da
 searching a study that has its trials is a quick no-op. Progress is reported through optional callbacks, which the
 CLI turns into progress bars. Errors are :class:`search_spaces.errors.ShiftAddError` with a ``where`` to act on.
 
-    profile -> fit_latency -> pretrain -> search -> report -> export -> finetune
+    profile -> fit_latency -> pretrain -> [supernet] -> search -> report -> export -> finetune
 
 Example::
 
@@ -43,11 +43,12 @@ if TYPE_CHECKING:
     from .data import Splits
     from .export import FinetuneResult
     from .report import Report
+    from .supernet import SupernetResult
     from .teacher import PretrainResult
 
 __all__ = ["FitOptions", "FitResult", "ProfileOptions", "Progress", "SearchEvents", "SearchOptions", "SearchSummary",
-           "Validation", "FinetuneJob", "export", "finetune", "fit_latency", "in_study", "load_data", "needs_fit", "needs_pretrain", "preflight",
-           "pretrain", "profile", "report", "search", "validate"]
+           "Validation", "FinetuneJob", "export", "finetune", "fit_latency", "in_study", "load_data", "needs_fit", "needs_pretrain", "needs_supernet",
+           "preflight", "pretrain", "profile", "report", "search", "supernet", "validate"]
 
 
 @contextmanager
@@ -262,6 +263,40 @@ def needs_pretrain(study: Study) -> bool:
     return study.checkpoint is None and not is_pretrained(study)
 
 
+# ---- supernet -------------------------------------------------------------------------------------------------------
+def supernet(study: Study, force: bool = False,
+             on_step: Callable[[int, int, float], None] | None = None) -> "SupernetResult":
+    """Train the study's weight-sharing supernet (cached next to the study; a killed run resumes; ``force``
+    retrains). Needs the teacher and the latency predictor (the cheapest subnet, the MoE expert latencies).
+    ``on_step(step, steps, loss)`` after each step. A supernet too large for this machine's memory is refused
+    before anything is loaded."""
+    from latency_model.predictor import Predictor, PredictorError
+
+    from .supernet import check_memory, train
+    from .teacher import load_teacher
+
+    with in_study(study):
+        placement = training_placement(study)
+        check_memory(study, placement)
+        teacher = load_teacher(study)
+        try:
+            predictor = Predictor.load(study.latency.predictor, device=study.latency.device)
+        except PredictorError as e:
+            raise StateError("latency.predictor", f"{e}; run `nas fit-latency {study.path}` first") from None
+        splits = load_data(study)
+        return train(study, splits.train, teacher, predictor, force=force, on_step=on_step, placement=placement)
+
+
+def needs_supernet(study: Study) -> bool:
+    """True when the study searches in supernet mode and its supernet file is missing, unfinished or stale."""
+    if not study.evaluation.supernet:
+        return False
+    from .supernet import is_trained
+    from .teacher import load_teacher
+
+    return not is_trained(study, load_teacher(study))
+
+
 # ---- search ---------------------------------------------------------------------------------------------------------
 def search(study: Study, backend: str = "optuna", options: SearchOptions = SearchOptions(),
            events: SearchEvents = SearchEvents()) -> SearchSummary:
@@ -310,6 +345,7 @@ class FinetuneJob:
     origin: dict[str, Any]  # the export's provenance (empty for a plain ArchConfig file)
     study: Study
     epochs: int
+    initial: Path | None = None  # the weights a supernet-mode export wrote next to the config: training starts there
 
     @classmethod
     def of(cls, config_file: Path, study_file: Path | None = None, epochs: int | None = None,
@@ -326,7 +362,14 @@ class FinetuneJob:
         if study is None:
             raise ConfigError("provenance.study_file", "this config names no study; give --study STUDY.yaml",
                               str(config_file))
-        return cls(config, origin, study, epochs or study.budget.finetune_epochs)
+        initial = None
+        if origin.get("weights"):
+            initial = Path(config_file).parent / str(origin["weights"])
+            if not initial.is_file():
+                raise ConfigError("provenance.weights", f"the inherited weights {initial} are missing (export the "
+                                                        "trial again, or delete the key to start from the teacher)",
+                                  str(config_file))
+        return cls(config, origin, study, epochs or study.budget.finetune_epochs, initial)
 
 
 def finetune(job: FinetuneJob, out: Path, measure: bool = True,
@@ -338,7 +381,7 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
     from .export import finetune as train_config
 
     result = train_config(job.study, job.config, job.epochs, out, measure=measure, origin=job.origin,
-                          on_epoch=on_epoch)
+                          on_epoch=on_epoch, initial=job.initial)
     trial = job.origin.get("trial")
     if job.origin.get("study") == job.study.name and isinstance(trial, int):
         note_finetune(job.study, trial, {"epochs": job.epochs, attr.TEST_ACCURACY: result.test_accuracy,
@@ -357,5 +400,10 @@ def preflight(study: Study, out: Path) -> None:
     ensure_writable(Path(settings.predictor).parent, "latency.predictor", need_mb=1)
     if study.checkpoint is None:  # pretrain writes the teacher next to the study
         ensure_writable(study.teacher_path.parent, "model.checkpoint")
+    if study.evaluation.supernet:  # and the supernet, which must fit in memory
+        ensure_writable(study.supernet_path.parent, "evaluation.mode")
+        from .supernet import check_memory
+
+        check_memory(study, training_placement(study))
     ensure_database_writable(study.storage, "storage")
     ensure_writable(out, "--out")

@@ -6,8 +6,8 @@ and ``nas report`` read.
 PRUNED, not COMPLETE with a partial value; a trial whose worker died is FAIL even if it had reported results; every
 Optuna trial carries the Ray trial id, the node, and the same user attributes as the Optuna backend.
 
-The trainable gets the study text, the teacher and the predictor through Ray's object store, so a worker node needs
-neither the study folder nor the files in it (an ``imagefolder`` dataset must still be on a shared path).
+The trainable gets the study text, the teacher, the predictor and (supernet mode) the supernet's weights through
+Ray's object store, so a worker node needs neither the study folder nor the files in it (an ``imagefolder`` dataset must still be on a shared path).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def trial_device(device: str, gpus_per_trial: float) -> str:
 
 
 def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_state: dict, predictor: dict,
-              threads: int, device: str = "cpu") -> None:
+              threads: int, device: str = "cpu", supernet_state: dict | None = None) -> None:
     """One Ray Tune trial: rebuild the architecture from the searcher's parameters and score it."""
     import ray
     from ray import tune
@@ -74,7 +74,12 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
     arch = study.space.from_params(_flatten(config))
     teacher = create_model(study.model)
     teacher.load_state_dict(teacher_state)
-    evaluator = Evaluator(study, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor))
+    supernet = None
+    if supernet_state is not None:  # supernet mode: the trained weights came through the object store
+        from .supernet import supernet_from_state
+
+        supernet = supernet_from_state(study, teacher.eval(), supernet_state)
+    evaluator = Evaluator(study, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor), supernet=supernet)
     # Every result carries both metrics (Ray checks for them); before the end, latency is priced at the default split.
     early_latency = evaluator.predictor.predict(arch, evaluator.batch).total_ms
     node = ray.get_runtime_context().get_node_id()
@@ -220,6 +225,7 @@ class RayDriver(SearchDriver):
         from ray import tune
 
         from .objective import Evaluator
+        from .supernet import supernet_state
 
         self.check(study, options)
         n_trials, workers = options.trials_for(study), options.workers
@@ -266,7 +272,9 @@ class RayDriver(SearchDriver):
             run = tune.with_parameters(trainable, study_text=study.path.read_text(), study_path=str(study.path),
                                        teacher_state=evaluator.teacher.state_dict(),
                                        predictor=evaluator.predictor.to_dict(), threads=threads,
-                                       device=trial_device(study.train.device, gpus_per_trial))
+                                       device=trial_device(study.train.device, gpus_per_trial),
+                                       supernet_state=None if evaluator.supernet is None else
+                                       supernet_state(evaluator.supernet))
             tuner = tune.Tuner(
                 tune.with_resources(run, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,

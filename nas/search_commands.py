@@ -1,4 +1,4 @@
-"""``nas validate``, ``pretrain``, ``search``, ``dashboard``, ``export``, ``finetune``, ``report`` and ``run``."""
+"""``nas validate``, ``pretrain``, ``supernet``, ``search``, ``dashboard``, ``export``, ``finetune``, ``report`` and ``run``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,36 @@ def show_pretrain(study: Study, force: bool = False) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     show_pretrain(_load(args), force=args.force)
+    return 0
+
+
+def show_supernet(study: Study, force: bool = False) -> None:
+    """Train the supernet with a progress bar, and say what was done."""
+    steps = study.evaluation.supernet_steps
+    with Progress(TextColumn("training the supernet"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("", total=steps)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, description=f"loss {loss:.3f}")
+
+        result = pipeline.supernet(study, force=force, on_step=on_step)
+    if result.set_aside:
+        console.print(f"[yellow]not used:[/] {result.set_aside}", highlight=False)
+    if result.cached:
+        console.print(f"supernet already trained for this study: {result.path}; --force retrains")
+        return
+    resumed = f", resumed at step {result.resumed_from}" if result.resumed_from else ""
+    console.print(f"trained the supernet for {result.steps} steps in {result.seconds:.0f} s{resumed}; wrote "
+                  f"{result.path}")
+
+
+def cmd_supernet(args: argparse.Namespace) -> int:
+    study = _load(args)
+    if not study.evaluation.supernet:
+        console.print(f"[yellow]note:[/] {study.path} scores trials in {study.evaluation.mode} mode; set "
+                      "evaluation.mode: supernet for its trials to use this supernet", highlight=False)
+    show_supernet(study, force=args.force)
     return 0
 
 
@@ -196,7 +226,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """profile -> fit-latency -> pretrain -> search -> report -> export best, each step skipped when done."""
+    """profile -> fit-latency -> pretrain [-> supernet] -> search -> report -> export best, each step skipped when
+    done."""
     from .latency_commands import show_fit, show_profile
 
     study = _load(args)
@@ -232,6 +263,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         show_pretrain(study)
     else:
         console.print(f"[dim]3/6 teacher: {study.teacher_path} (cached)[/]")
+    if study.evaluation.supernet:
+        if pipeline.needs_supernet(study):
+            console.print("[bold]3/6 supernet[/]: trials will inherit its weights (evaluation.mode: supernet)")
+            show_supernet(study)
+        else:
+            console.print(f"[dim]3/6 supernet: {study.supernet_path} (cached)[/]")
     console.print("[bold]4/6 search[/]")
     show_search(study, args.backend, options)
     console.print("[bold]5/6 report[/]")
@@ -277,6 +314,13 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     study_arg(pretrain, storage=False)
     device_arg(pretrain)
     pretrain.add_argument("--force", action="store_true", help="retrain even if the teacher file is up to date")
+
+    supernet = add("supernet", cmd_supernet, "train the study's weight-sharing supernet, from which trials inherit "
+                                             "their weights in evaluation.mode: supernet (cached next to the study; "
+                                             "a killed run resumes)")
+    study_arg(supernet, storage=False)
+    device_arg(supernet)
+    supernet.add_argument("--force", action="store_true", help="retrain even if the supernet file is up to date")
 
     def search_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--n-trials", type=positive_int, help="finished trials to reach (default: the study's "

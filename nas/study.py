@@ -40,6 +40,13 @@
       device: auto                        # auto (CUDA when there is one, else the CPU) | cpu | cuda | cuda:N
       precision: fp32                     # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler, CUDA)
       loader_workers: null                # DataLoader processes (null: 0 in memory, up to 4 for an imagefolder)
+    evaluation:
+      mode: finetune                      # finetune: each trial fine-tunes its own copy of the teacher (the budget
+                                          #   above) | supernet: it inherits weights from the study's supernet
+      finetune_steps: 0                   # supernet mode: steps of the trial recipe after inheriting (0: none)
+      supernet_steps: 1000                # `nas supernet`: training steps (sandwich rule, distilled from the teacher)
+      random_subnets: 2                   # per step, besides the densest and the predicted-cheapest subnet
+      supernet_lr: null                   # null: train.lr
     sampler: {name: tpe, seed: 0}         # tpe | nsga2 | random
     pruner: {name: none}                  # none | median | hyperband | asha (single objective only; kwargs passed
                                           #   on). asha: Optuna's SuccessiveHalvingPruner, Ray's ASHAScheduler
@@ -70,8 +77,8 @@ from search_spaces.space import SearchSpace
 
 from .shapes import DEFAULT_IMAGES
 
-SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "budget", "train", "sampler",
-            "pruner", "storage", "search", "artifacts")
+SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "budget", "train", "evaluation",
+            "sampler", "pruner", "storage", "search", "artifacts")
 METRICS = ("accuracy", "latency_ms")
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband", "asha")
@@ -234,6 +241,40 @@ class TrainSettings:
         return values
 
 
+EVALUATION_MODES = ("finetune", "supernet")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a trial scores its architecture: ``finetune`` (its own short fine-tune from the teacher) or ``supernet``
+    (weights inherited from the study's weight-sharing supernet, then ``finetune_steps`` steps of the same recipe);
+    and how ``nas supernet`` trains that supernet."""
+
+    mode: str = "finetune"
+    finetune_steps: int = 0
+    supernet_steps: int = 1000  # sandwich steps of `nas supernet`
+    random_subnets: int = 2  # per step, besides the densest and the cheapest subnet (the sandwich rule)
+    supernet_lr: float | None = None  # None: train.lr
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "EvaluationSettings":
+        settings = _section(cls, data, "evaluation", {
+            "finetune_steps": {"integer": True, "minimum": 0}, "supernet_steps": {"integer": True, "minimum": 1},
+            "random_subnets": {"integer": True, "minimum": 0}, "supernet_lr": {"above": 0, "optional": True}})
+        if settings.mode not in EVALUATION_MODES:
+            raise ConfigError("evaluation.mode", f"expected one of {', '.join(EVALUATION_MODES)}, got "
+                                                 f"{settings.mode!r}")
+        return settings
+
+    @property
+    def supernet(self) -> bool:
+        return self.mode == "supernet"
+
+    def supernet_recipe(self) -> dict[str, Any]:
+        """What the supernet's weights depend on besides the model, space, data, teacher and train settings."""
+        return {"steps": self.supernet_steps, "random_subnets": self.random_subnets, "lr": self.supernet_lr}
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     heartbeat_s: int = 60
@@ -282,6 +323,7 @@ class Study:
     pruner: Choice
     storage: str
     search: SearchSettings = SearchSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     plugins: tuple[str, ...] = ()
     artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.dashboard.artifact_location: the default)
     # the latency: section as written, before the defaults that depend on the target and the folder were filled in
@@ -309,6 +351,11 @@ class Study:
     def teacher_path(self) -> Path:
         """The dense weights: the study's checkpoint, else where ``nas pretrain`` writes them."""
         return self.checkpoint or self.folder / f"{self.name}-teacher.safetensors"
+
+    @property
+    def supernet_path(self) -> Path:
+        """Where ``nas supernet`` writes the study's weight-sharing supernet."""
+        return self.folder / f"{self.name}-supernet.safetensors"
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "Study":
@@ -376,14 +423,21 @@ class Study:
         elif artifacts and artifacts.split("://")[0] not in ("s3", "gs", "file"):
             raise ConfigError("artifacts", f"unknown artifact store {artifacts!r}: a folder, s3://BUCKET[/PREFIX] or "
                                            "gs://BUCKET[/PREFIX]")
+        space = SearchSpace.from_dict(data.get("space"), model)
+        evaluation = EvaluationSettings.from_dict(data.get("evaluation"))
+        if evaluation.supernet:
+            from search_spaces.supernet import check_shareable
+
+            check_shareable(space)
         return cls(
             path=path, name=name, model=model, checkpoint=folder / checkpoint if checkpoint else None,
             data=DataSpec.from_dict(data.get("data"), folder),
-            space=SearchSpace.from_dict(data.get("space"), model),
+            space=space,
             objectives=objectives, latency=declared_latency.resolved(folder), budget=Budget.from_dict(data.get("budget")),
             train=TrainSettings.from_dict(data.get("train")),
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
             storage=storage, search=SearchSettings.from_dict(data.get("search")), plugins=plugins,
+            evaluation=evaluation,
             artifacts=artifacts or "", declared_latency=declared_latency,
         )
 

@@ -151,9 +151,11 @@ class Family(ABC):
         """What a block, its attention and its MLP take besides the tokens (PVTv2: the grid size)."""
         return ()
 
-    def attention_source(self, attn: nn.Module) -> nn.Module:
+    def attention_source(self, attn: nn.Module, shared: bool = False) -> nn.Module:
         """What an attention primitive that replaces the dense attention is built from: a module with ``qkv``,
-        ``proj``, ``num_heads``, ``head_dim`` (and optionally ``q_norm``, ``k_norm``), as timm's ViT attention."""
+        ``proj``, ``num_heads``, ``head_dim`` (and optionally ``q_norm``, ``k_norm``), as timm's ViT attention.
+        ``shared``: for a supernet, whose attentions all run the dense attention's own projection layers (a family
+        that would fuse copies of them must not)."""
         return attn
 
     def projections(self, attn: nn.Module, key: str) -> tuple[str, ...]:

@@ -37,22 +37,39 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+class ConcatenatedLinear(nn.Module):
+    """Linear layers on the same input with their outputs concatenated: the fused ``qkv`` of a supernet, whose
+    ``q`` and ``kv`` stay the layers (and weights) its spatial-reduction attention runs."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([layer(x) for layer in self.layers], dim=-1)
+
+
 class FusedProjections(nn.Module):
     """A PVTv2 attention's projections as one fused ``qkv`` (the rows of ``q``, then of ``kv``: queries, keys,
     values, each head-major as timm's ViT lays them out), with its heads and output projection: what a token-mixing
     primitive is built from. The spatial reduction (``sr``, ``norm``, ``pool``) is dropped: keys and values are
     projected from every token."""
 
-    def __init__(self, attn: Attention) -> None:
+    def __init__(self, attn: Attention, shared: bool = False) -> None:
+        """``shared``: ``qkv`` runs ``attn``'s own ``q`` and ``kv`` layers (a supernet's, whose weights the
+        spatial-reduction attention shares) instead of a fused copy of their weights."""
         super().__init__()
         q, kv = attn.q, attn.kv
         self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
-        self.qkv = nn.Linear(q.in_features, q.out_features + kv.out_features, bias=q.bias is not None,
-                             device=q.weight.device, dtype=q.weight.dtype)
-        with torch.no_grad():
-            self.qkv.weight.copy_(torch.cat([q.weight, kv.weight]))
-            if q.bias is not None:
-                self.qkv.bias.copy_(torch.cat([q.bias, kv.bias]))
+        if shared:
+            self.qkv = ConcatenatedLinear(q, kv)
+        else:
+            self.qkv = nn.Linear(q.in_features, q.out_features + kv.out_features, bias=q.bias is not None,
+                                 device=q.weight.device, dtype=q.weight.dtype)
+            with torch.no_grad():
+                self.qkv.weight.copy_(torch.cat([q.weight, kv.weight]))
+                if q.bias is not None:
+                    self.qkv.bias.copy_(torch.cat([q.bias, kv.bias]))
         self.q_norm = self.k_norm = nn.Identity()
         self.proj, self.proj_drop = attn.proj, attn.proj_drop
 
@@ -130,8 +147,8 @@ class PvtV2(Family):
     def call_args(self, dims: BlockDims) -> tuple:
         return (dims.grid,)
 
-    def attention_source(self, attn: nn.Module) -> nn.Module:
-        return FusedProjections(attn)
+    def attention_source(self, attn: nn.Module, shared: bool = False) -> nn.Module:
+        return FusedProjections(attn, shared)
 
     def projections(self, attn: nn.Module, key: str) -> tuple[str, ...]:
         if key == "qkv" and not hasattr(attn, "qkv"):

@@ -41,6 +41,13 @@ def quantize_codes(w: torch.Tensor, shift_min: int, shift_max: int) -> tuple[tor
     return torch.round(torch.log2(magnitude)).clamp_(shift_min, shift_max), torch.sign(w)
 
 
+def straight_through_shift(w: torch.Tensor, shift_min: int, shift_max: int) -> torch.Tensor:
+    """``sign(w) * 2**round(log2|w|)`` (shifts clamped to the range) in the forward pass, the identity in the
+    backward pass: how a latent real weight computes as a shift weight (DeepShift-Q)."""
+    shift, sign = quantize_codes(w.detach(), shift_min, shift_max)
+    return w + (sign * torch.exp2(shift) - w).detach()
+
+
 def to_fixed_point(x: torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> torch.Tensor:
     """Float activations to int32 fixed point with ``frac_bits`` fraction bits (round to nearest, saturating)."""
     info = torch.iinfo(torch.int32)
@@ -150,9 +157,7 @@ class ShiftLinear(nn.Module):
     def effective_weight(self) -> torch.Tensor:
         """The weight the layer computes with, ``sign * 2**shift``; its gradient flows straight to the latent
         weight."""
-        w = self.weight
-        shift, sign = quantize_codes(w.detach(), self.shift_min, self.shift_max)
-        return w + (sign * torch.exp2(shift) - w).detach()
+        return straight_through_shift(self.weight, self.shift_min, self.shift_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))

@@ -1,0 +1,207 @@
+"""The weight-sharing supernet: its subnets are the models build_model makes, every choice trains under the sandwich
+rule, its file resumes after a kill and is refused when it is not this study's, and supernet-mode searches run on
+both backends, export inherited weights and fine-tune from them."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nas.cli import main
+from nas.study import Study
+from search_fixtures import stored_trials
+from search_spaces import ArchConfig, ModelSpec, build_model
+from search_spaces.reparam import create_model
+from search_spaces.space import SearchSpace
+from search_spaces.supernet import Supernet
+
+PVT = ModelSpec("pvt_v2_b0", {"img_size": 32, "depths": [1, 1], "embed_dims": [16, 32], "num_heads": [1, 2],
+                              "sr_ratios": [2, 1], "mlp_ratios": [2, 2], "num_classes": 5})
+SUPERNET = {"mode": "supernet", "supernet_steps": 6, "random_subnets": 2}
+
+
+def _module_types(model: torch.nn.Module) -> list[str]:
+    return [type(m).__name__ for m in model.modules()]
+
+
+@pytest.mark.parametrize("family", ["vit", "pvt_v2"])
+def test_a_subnet_is_build_model_of_its_architecture_with_the_inherited_weights(family, tiny_spec):
+    spec = tiny_spec if family == "vit" else PVT
+    space = SearchSpace.from_dict({"moe": {"top_k": [1, 2]}}, spec)
+    teacher = create_model(spec).eval()
+    supernet = Supernet.from_dense(teacher, space)
+    with torch.no_grad():  # the choices' own parameters away from their initial values, so copying them matters
+        for name, p in supernet.named_parameters():
+            if "options" in name or ".moe." in name:
+                p.normal_(0, 0.2)
+            else:
+                p.add_(torch.randn_like(p) * 0.02)  # and the shared weights away from the teacher's
+    supernet.eval()
+    images = torch.randn(3, 3, spec.kwargs["img_size"], spec.kwargs["img_size"])
+    rng = np.random.default_rng(0)
+    configs = [space.sample(rng) for _ in range(12)]
+    assert {b.attention for c in configs for b in c.blocks} == {"msa", "linear", "additive"}
+    assert {b.mlp for c in configs for b in c.blocks} == {"dense", "shift", "moe"}
+    for config in configs:
+        subnet = supernet.extract(config)
+        expected = build_model(config, teacher)
+        assert _module_types(subnet) == _module_types(expected)  # the same types, in the same places
+        assert subnet.state_dict().keys() == expected.state_dict().keys()
+        with torch.no_grad():
+            inherited = subnet(images)
+            shared = supernet.activate(config)(images)
+            teacher_built = expected(images)
+        torch.testing.assert_close(inherited, shared, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(inherited, teacher_built, atol=1e-3)  # it inherited the supernet's weights
+    # the supernet keeps one copy of the shared weights: only the choices' own parameters come on top
+    own = sum(p.numel() for n, p in supernet.named_parameters() if "options" in n or ".moe." in n)
+    assert sum(p.numel() for p in supernet.parameters()) == sum(p.numel() for p in teacher.parameters()) + own
+
+
+def test_a_config_outside_the_space_is_refused(tiny_spec):
+    space = SearchSpace.from_dict({"choices": {"attention": ["msa", "linear"]}}, tiny_spec)
+    supernet = Supernet.from_dense(create_model(tiny_spec), space)
+    config = ArchConfig.from_dict({"model": tiny_spec.to_dict(), "blocks": [
+        {"attention": "additive", "qkv": "dense", "proj": "dense", "mlp": "dense"}] * 2})
+    with pytest.raises(Exception, match="not in this space"):
+        supernet.activate(config)
+
+
+def _study(searchable, folder: Path, **evaluation) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return searchable(folder, evaluation={**SUPERNET, **evaluation})
+
+
+def test_every_choice_trains_under_the_sandwich_rule(searchable, tmp_path):
+    from nas import pipeline
+    from nas.teacher import load_teacher
+
+    study = Study.load(_study(searchable, tmp_path, supernet_steps=8, random_subnets=3))
+    before = Supernet.from_dense(load_teacher(study), study.space)
+    initial = {n: p.detach().clone() for n, p in before.named_parameters()}
+    result = pipeline.supernet(study)
+    assert not result.cached and result.steps == 8
+    from latency_model.predictor import Predictor
+
+    predictor = Predictor.load(study.latency.predictor)
+    rng = np.random.default_rng(1)
+    drawn = [predictor.predict(study.space.sample(rng)).total_ms for _ in range(30)]
+    assert predictor.predict(result.cheapest).total_ms <= min(drawn)  # the sandwich's cheap anchor is the cheapest
+    from nas.supernet import load_supernet
+
+    trained = load_supernet(study, load_teacher(study))
+    unmoved = [n for n, p in trained.named_parameters()
+               if torch.equal(p.detach(), initial[n]) and not n.endswith("noise.weight")]
+    # every shared weight, each attention's own conv and each router moved (the noise gate starts at zero and
+    # receives gradient only through the smoothed load of top-k < experts; it is checked by the MoE tests)
+    assert unmoved == []
+    assert pipeline.supernet(study).cached  # a second run is a cache hit
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(searchable, tmp_path):
+    from nas.supernet import read_checkpoint, fingerprint
+    from nas.teacher import load_teacher
+
+    study_file = _study(searchable, tmp_path, supernet_steps=400)
+    study = Study.load(study_file)
+    code = ("import nas.supernet as s; s.CHECKPOINT_EVERY_S = 0.2; from nas.cli import main; "
+            f"main(['supernet', {str(study_file)!r}])")
+    worker = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    fp = fingerprint(study, load_teacher(study))
+    deadline = time.monotonic() + 240
+    step = 0
+    while time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.3)
+        if study.supernet_path.is_file():
+            try:
+                step = int(read_checkpoint(study.supernet_path, fp)[0]["step"])
+            except Exception:  # noqa: BLE001 - caught between the two halves of os.replace: try again
+                continue
+            if step >= 3:
+                break
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert 3 <= step < 400, "the worker did not checkpoint in time"
+    checkpointed = int(read_checkpoint(study.supernet_path, fp)[0]["step"])
+    short = Study.load(_study(searchable, tmp_path, supernet_steps=400))
+    from nas import pipeline
+
+    result = pipeline.supernet(short)
+    assert result.resumed_from == checkpointed and result.steps == 400
+    meta, _ = read_checkpoint(study.supernet_path, fp)
+    assert meta["step"] == "400"
+
+
+def test_a_file_of_another_space_truncated_or_edited_is_refused_with_one_line(searchable, tmp_path, capsys):
+    study_file = _study(searchable, tmp_path / "a", supernet_steps=2)
+    assert main(["supernet", str(study_file)]) == 0
+    path = Study.load(study_file).supernet_path
+    good = path.read_bytes()
+    search = ["search", str(study_file), "--n-trials", "1"]
+
+    original = study_file.read_text()
+    other = yaml.safe_load(original)
+    other["space"] = {"choices": {"attention": ["msa", "linear"], "mlp": ["dense", "shift"]}}
+    study_file.write_text(yaml.safe_dump(other))
+    capsys.readouterr()
+    assert main(search) == 2
+    err = capsys.readouterr().err
+    assert "trained for another space than this study's" in err and "Traceback" not in err
+    assert path.read_bytes() == good  # refused, not rewritten
+
+    study_file.write_text(original)
+    path.write_bytes(good[: len(good) // 2])
+    assert main(search) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+    edited = bytearray(good)
+    edited[-5] ^= 0xFF  # a weight's bytes changed, the header intact
+    path.write_bytes(bytes(edited))
+    assert main(search) == 2
+    assert "checksum differs" in capsys.readouterr().err
+
+    assert main(["supernet", str(study_file)]) == 0  # training sets the damaged file aside and starts afresh
+    out = capsys.readouterr().out
+    assert "not used" in out and "checksum differs" in out
+    assert path.with_name(path.name.replace(".safetensors", ".stale.safetensors")).read_bytes() == bytes(edited)
+
+
+@pytest.mark.parametrize("backend", ["optuna", "ray"])
+def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_them(backend, searchable, tmp_path):
+    from nas.checkpoints import load_weights
+    from nas.supernet import load_supernet
+    from nas.teacher import load_teacher
+
+    study_file = _study(searchable, tmp_path, finetune_steps=2 if backend == "ray" else 0)
+    assert main(["supernet", str(study_file)]) == 0
+    assert main(["search", str(study_file), "--backend", backend, "--n-trials", "3"]) == 0
+    trials = [t for t in stored_trials(study_file) if t.state.name == "COMPLETE"]
+    assert len(trials) == 3
+    assert {t.user_attrs["evaluation"] for t in trials} == {"supernet"}
+    study = Study.load(study_file)
+    supernet = load_supernet(study, load_teacher(study))
+
+    out = tmp_path / "export"
+    assert main(["export", str(study_file), "--trial", "pareto", "--out", str(out)]) == 0
+    exported = sorted(out.glob("trial-*.yaml"))
+    assert exported
+    config = ArchConfig.load(exported[0])
+    weights = exported[0].with_suffix(".safetensors")
+    assert yaml.safe_load(exported[0].read_text())["provenance"]["weights"] == weights.name
+    model = load_weights(build_model(config), weights).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), supernet.extract(config)(images))
+    if backend == "optuna":
+        assert main(["finetune", str(exported[0]), "--epochs", "1", "--out", str(tmp_path / "ft"),
+                     "--no-measure"]) == 0
+        arch = yaml.safe_load((tmp_path / "ft" / "arch.yaml").read_text())["provenance"]
+        assert arch["finetune_from"] == str(weights)
