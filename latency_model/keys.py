@@ -85,9 +85,10 @@ def parse_lookup_key(key: str) -> tuple[str, str, dict[str, int], str]:
 
 
 # Dims only some families' ops have (PVTv2: an attention's reduction ratio R and pooled keys P, the grid G of an
-# MLP's depthwise conv, X=1 for an MoE expert of such an MLP, which scatters its rows onto that grid): an op with them
-# is another module than the same op without, and is fitted apart.
-LAYOUT_DIMS = ("G", "P", "R", "X")
+# MLP's depthwise conv, X=1 for an MoE expert of such an MLP, which scatters its rows onto that grid, the stage count
+# S of its frame): an op with them is another module than the same op without, and is fitted apart (one table
+# holds the measurements of every family profiled on the device).
+LAYOUT_DIMS = ("G", "P", "R", "S", "X")
 
 
 def fitted_model_key(op: str, variant: str, dtype: str, shape: Shape = ()) -> str:

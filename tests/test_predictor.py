@@ -36,6 +36,20 @@ def test_fit_recovers_a_known_power_law():
         2e-7 * 3000 * 3000 ** 1.1 * 3000 ** 0.8, rel=1e-3)
 
 
+def test_one_table_with_the_frames_of_two_families_fits_one_model_per_family():
+    # a ViT's frame and a PVTv2's have different dims (patch vs stages): one table holds both when both
+    # quick-starts are profiled on a device
+    vit = [_row("module.frame", "", {"B": 1, "C": c, "classes": 10, "img": 32, "patch": 4}, 0.01 * c)
+           for c in (32, 64, 128)]
+    pvt = [_row("module.frame", "", {"B": 1, "C0": c, "C": 4 * c, "S": 3, "img": 32, "classes": 10}, 0.03 * c)
+           for c in (16, 32, 64)]
+    predictor, _ = Predictor.fit(vit + pvt, "synthetic")
+    assert predictor.op_ms("module.frame", "", {"B": 1, "C": 96, "classes": 10, "img": 32, "patch": 4}) == \
+        pytest.approx(0.96, rel=1e-3)
+    assert predictor.op_ms("module.frame", "", {"B": 1, "C0": 48, "C": 192, "S": 3, "img": 32, "classes": 10}) == \
+        pytest.approx(1.44, rel=1e-3)
+
+
 def test_lookup_then_interpolation_in_m():
     rows = [_row("module.mlp", "shift", {"M": m, "C": 8, "Hd": 32}, 0.1 * m) for m in (10, 20, 40)]
     predictor, _ = Predictor.fit(rows, "dev")
