@@ -16,7 +16,7 @@ from latency_model.db import ModelRow, Row
 from latency_model.predictor import Predictor, PredictorError, PredictorRefused, check
 from nas.cli import main
 from search_fixtures import TINY_MODEL, write_study
-from search_spaces import ArchConfig, BlockConfig, ModelSpec
+from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig
 
 HOG = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 
@@ -202,3 +202,13 @@ def test_nas_run_stops_before_searching_on_a_refused_predictor(searchable, tmp_p
     assert main(["run", str(study)]) == 1
     out = capsys.readouterr().out
     assert "stopped before the search" in out and "4/6 search" not in out
+
+
+def test_whole_models_of_a_space_the_table_does_not_hold_are_left_out_of_the_calibration():
+    # one table serves every study profiled on a device; a whole model of another study whose ops were measured
+    # under other keys (or not at all) cannot calibrate this fit: it is left out, not a crash of the fit
+    rows, models = _table()
+    moe = ArchConfig(SPEC, (BlockConfig(mlp="moe", moe=MoEConfig()), BlockConfig()))  # no MoE rows in this table
+    predictor, accuracy = Predictor.fit(rows, "dev", models=models + [ModelRow(moe.to_json(), 1, {}, 5.0)])
+    assert accuracy["models (leave-one-out)"].count == len(CONFIGS)
+    assert moe.id not in {c.config_id for c in predictor.model_checks}
