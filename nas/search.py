@@ -224,8 +224,13 @@ class OptunaDriver(SearchDriver):
         devices = _worker_devices(study, options.workers)
         where = devices[0] if len(set(devices)) == 1 else ", ".join(f"worker {i} on {d}" for i, d in
                                                                      enumerate(devices))
+        if study.evaluation.supernet:
+            per_trial = (f"weights inherited from the supernet (+{study.evaluation.finetune_steps} steps) per "
+                         "trial")
+        else:
+            per_trial = f"{study.budget.epochs} epochs of {study.budget.steps_per_epoch or 'all'} steps per trial"
         return (f"{options.trials_for(study)} trials, {options.workers} worker process(es) training on {where}, "
-                f"{study.budget.epochs} epochs of {study.budget.steps_per_epoch or 'all'} steps per trial")
+                f"{per_trial}")
 
     def run(self, study: Study, options: SearchOptions, events: SearchEvents = SearchEvents(),
             poll_s: float = 1.0) -> SearchSummary:

@@ -49,6 +49,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                   f"pruner {study.pruner.name}")
     console.print(f"  storage {redact(study.storage)}; teacher {study.teacher_path}; "
                   f"predictor {study.latency.predictor}")
+    if study.evaluation.supernet:
+        console.print(f"  evaluation: supernet mode, trials inherit from {study.supernet_path} (+"
+                      f"{study.evaluation.finetune_steps} steps); `nas supernet` trains it in "
+                      f"{study.evaluation.supernet_steps} steps")
     return 0
 
 

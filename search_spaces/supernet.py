@@ -249,9 +249,6 @@ class Supernet(nn.Module):
                 block.mlp.expert_latency.fill_(1.0)  # set per trial from the predictor (nas.objective)
         return model.eval()
 
-    def parameter_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters())
-
 
 def _copy_own(target: nn.Module, source: nn.Module, what: str) -> None:
     """Copy into ``target`` (a module ``build_model`` made) every tensor ``source`` (the supernet's module of the same

@@ -169,10 +169,12 @@ def test_an_expert_is_timed_with_its_scatter_even_when_it_gets_every_token(tmp_p
 
 
 def test_pvt_quickstart_runs_end_to_end(tmp_path, capsys):
-    """`nas run` on the bundled PVT quick-start, CI-sized: profile, fit, pretrain, search, report, export."""
+    """`nas run` on the bundled PVT quick-start, CI-sized: profile, fit, pretrain, supernet, search, report,
+    export."""
     data = yaml.safe_load((ROOT / "studies" / "pvt_quickstart.yaml").read_text())
     data["budget"] = {"n_trials": 3, "epochs": 1, "steps_per_epoch": 2, "pretrain_epochs": 1, "finetune_epochs": 1}
     data["data"]["images"] = 600
+    data["evaluation"]["supernet_steps"] = 3  # the quick-start searches in supernet mode
     # plumbing, not timing: a shared CI machine's noise must not stop the run (the gate has tests of its own)
     data["latency"].update(trials=0, repeats=3, calibration=4, max_spread=10.0, max_contention=1.0,
                            max_model_error=10.0)

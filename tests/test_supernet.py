@@ -205,3 +205,16 @@ def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_the
                      "--no-measure"]) == 0
         arch = yaml.safe_load((tmp_path / "ft" / "arch.yaml").read_text())["provenance"]
         assert arch["finetune_from"] == str(weights)
+
+
+def test_nas_run_trains_the_supernet_after_the_teacher_and_reuses_it(searchable, tmp_path, capsys):
+    study_file = _study(searchable, tmp_path, supernet_steps=3)
+    study_file.write_text(study_file.read_text().replace("n_trials: 3", "n_trials: 2"))
+    out = tmp_path / "run"
+    assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "3/6 supernet" in said and "trained the supernet for 3 steps" in said
+    assert {t.user_attrs["evaluation"] for t in stored_trials(study_file)} == {"supernet"}
+    assert next((out / "best").glob("trial-*.safetensors"))  # the best trial's inherited weights
+    assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
+    assert "(cached)" in " ".join(capsys.readouterr().out.split()).split("3/6 supernet")[1]

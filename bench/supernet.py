@@ -1,0 +1,290 @@
+"""Does a supernet rank architectures as their own fine-tunes do, and what does it save? Supernet mode against
+fine-tune mode on the quick-start studies.
+
+For each study (a copy in ``--work``, with a copy of the repository's latency table):
+
+1. the teacher is pretrained with the study's recipe, then the supernet is trained (``nas supernet``: the sandwich
+   rule, ``--supernet-steps`` steps, ``--random-subnets`` random subnets per step);
+2. ``--archs`` architectures are drawn from the space with a fixed seed, none of them a sandwich anchor (the densest
+   and the predicted-cheapest subnet);
+3. each is scored three ways, on the test split: with the weights it inherits from the supernet; after
+   ``--finetune-steps`` steps of the trial recipe from there; and stand-alone, fine-tuned from the teacher with the
+   per-trial recipe (``budget.epochs`` x ``steps_per_epoch``), once per ``--seeds`` (the seed-to-seed agreement is the
+   ceiling any proxy can reach);
+4. Kendall's tau and Spearman's rho between each proxy and the stand-alone accuracy (seed 0);
+5. cost: the supernet's training time and the seconds per trial of each mode (a trial scores the search and the test
+   split, as a search does), hence trials per hour for a 200-trial study, supernet training included;
+6. equal wall time: fine-tune mode spends the stand-alone runs' time on its ``--archs`` trials; supernet mode spends the
+   same time on its training plus as many inherited-weight trials as fit. Each mode's Pareto set (its own search
+   accuracy x predicted latency) is then fine-tuned stand-alone, and the fronts compared by hypervolume on that test
+   accuracy x predicted latency.
+
+    python bench/supernet.py [--studies quickstart pvt_quickstart] [--archs 24] [--seeds 0 1]
+
+Writes ``bench/results/supernet.{json,md}``; ``summary`` holds ``kendall_tau``, ``spearman_rho``,
+``trials_per_hour_ratio`` and the rest per study. Stand-alone results are cached in ``--work`` (a rerun skips them).
+Latency is the predictor's, fitted on a profile of the space with untuned kernels (``--kernel-trials``, as
+``make demo`` does), not a fresh measurement of each architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import write  # noqa: E402
+
+from nas import pipeline  # noqa: E402
+from nas.objective import Evaluator  # noqa: E402
+from nas.study import Study  # noqa: E402
+from search_spaces import ArchConfig  # noqa: E402
+from search_spaces.supernet import densest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = ROOT / "studies"
+
+
+def kendall_tau(a, b) -> float:
+    """Kendall's tau-b (ties in either ranking counted as neither concordant nor discordant)."""
+    n, concordant, discordant, ties_a, ties_b = len(a), 0, 0, 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif da == db:
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return (concordant - discordant) / denominator if denominator else float("nan")
+
+
+def _ranks(values) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    order = values.argsort()
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for v in np.unique(values):  # ties share their mean rank
+        ranks[values == v] = ranks[values == v].mean()
+    return ranks
+
+
+def spearman_rho(a, b) -> float:
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """(accuracy, latency, id): those no other point beats on both (higher accuracy, lower latency)."""
+    return [p for p in points if not any((q[0] >= p[0] and q[1] <= p[1]) and (q[0] > p[0] or q[1] < p[1])
+                                         for q in points)]
+
+
+def hypervolume(points: list[tuple[float, float]], reference_ms: float) -> float:
+    """Area dominated by (accuracy, latency) points above accuracy 0 and below ``reference_ms``."""
+    area, best = 0.0, 0.0
+    front = sorted((p for p in points if p[1] < reference_ms), key=lambda p: p[1])
+    for i, (accuracy, latency) in enumerate(front):
+        best = max(best, accuracy)
+        right = front[i + 1][1] if i + 1 < len(front) else reference_ms
+        area += best * (right - latency)
+    return area
+
+
+def _copy_study(name: str, work: Path, args) -> Path:
+    data = yaml.safe_load((STUDIES / f"{name}.yaml").read_text())
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "latency.db").exists():  # the repository's table, completed for this space by the bench
+        shutil.copyfile(STUDIES / "latency.db", folder / "latency.db")
+    data["latency"] = {**data.get("latency", {}), "trials": args.kernel_trials}
+    data["evaluation"] = {"mode": "supernet", "supernet_steps": args.supernet_steps,
+                          "random_subnets": args.random_subnets, "finetune_steps": 0}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _scored(evaluator: Evaluator, config: ArchConfig, seed: int | None = None) -> dict:
+    start = time.perf_counter()
+    result, _ = evaluator.run(config, seed=seed)
+    return {"search": result.search.accuracy, "test": result.test.accuracy, "latency_ms": result.latency_ms,
+            "seconds": time.perf_counter() - start}
+
+
+def _draw(study: Study, count: int, seed: int, exclude: set[str]) -> list[ArchConfig]:
+    rng = np.random.default_rng(seed)
+    drawn: dict[str, ArchConfig] = {}
+    while len(drawn) < count:
+        config = study.space.sample(rng)
+        if config.id not in exclude:
+            drawn.setdefault(config.id, config)
+    return list(drawn.values())
+
+
+def bench_study(name: str, args) -> tuple[list[dict], dict]:
+    path = _copy_study(name, args.work, args)
+    cache_file = path.with_name("standalone.json")
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+
+    def standalone(config: ArchConfig, seed: int) -> dict:
+        key = f"{config.id}:{seed}:{study.budget.epochs}x{study.budget.steps_per_epoch}"
+        if key not in cache:
+            cache[key] = _scored(finetune, config, seed)
+            cache_file.write_text(json.dumps(cache, indent=1))
+        return cache[key]
+
+    study = Study.load(path)
+    profiled = pipeline.profile(study)  # what the table lacks for this space, as `make demo` does
+    if pipeline.needs_fit(study, profiled):
+        fitted = pipeline.fit_latency(study, pipeline.FitOptions(max_model_error=10.0))
+        assert fitted.refused is None, fitted.refused
+    pretrained = pipeline.pretrain(study)
+    print(f"{name}: teacher {'cached' if pretrained.cached else f'trained in {pretrained.seconds:.0f} s'}", flush=True)
+    if args.retrain and study.supernet_path.exists():
+        study.supernet_path.unlink()
+    trained = pipeline.supernet(study)
+    train_s = trained.seconds if not trained.cached else float(json.loads(
+        path.with_name("supernet-seconds.json").read_text())["seconds"])
+    if not trained.cached:
+        path.with_name("supernet-seconds.json").write_text(json.dumps({"seconds": trained.seconds}))
+    print(f"{name}: supernet {args.supernet_steps} steps in {train_s:.0f} s", flush=True)
+
+    inherited = Evaluator(study)
+    tuned = Evaluator(Study.load(path) if args.finetune_steps == 0 else _with_steps(path, args.finetune_steps))
+    finetune = Evaluator(study, mode="finetune")
+    from latency_model.predictor import Predictor
+
+    predictor = Predictor.load(study.latency.predictor)
+    from nas.supernet import cheapest
+
+    anchors = {densest(study.space).id, cheapest(study, predictor, study.latency.batch_sizes[0]).id}
+    archs = _draw(study, args.archs, args.seed, anchors)
+    rows = []
+    for i, config in enumerate(archs):
+        row = {"study": name, "arch": config.id, "describe": "; ".join(b.describe() for b in config.blocks)}
+        zero = _scored(inherited, config)
+        steps = _scored(tuned, config)
+        row.update({"inherited_test": zero["test"], "inherited_search": zero["search"],
+                    f"after_{args.finetune_steps}_steps_test": steps["test"], "latency_ms": round(zero["latency_ms"], 4),
+                    "inherited_s": round(zero["seconds"], 2), "steps_s": round(steps["seconds"], 2)})
+        for seed in args.seeds:
+            alone = standalone(config, seed)
+            row[f"standalone_test_seed{seed}"] = alone["test"]
+            row[f"standalone_search_seed{seed}"] = alone["search"]
+            row[f"standalone_s_seed{seed}"] = round(alone["seconds"], 1)
+        rows.append(row)
+        print(f"{name} {i + 1}/{len(archs)} {config.id}: inherited {zero['test']:.3f}, after steps {steps['test']:.3f}, "
+              f"stand-alone {row[f'standalone_test_seed{args.seeds[0]}']:.3f}", flush=True)
+
+    reference = [r[f"standalone_test_seed{args.seeds[0]}"] for r in rows]
+    summary = {"study": name, "archs": len(rows), "supernet_steps": args.supernet_steps,
+               "random_subnets": args.random_subnets,
+               "kendall_tau": round(kendall_tau([r["inherited_test"] for r in rows], reference), 3),
+               "spearman_rho": round(spearman_rho([r["inherited_test"] for r in rows], reference), 3),
+               f"kendall_tau_after_{args.finetune_steps}_steps": round(kendall_tau(
+                   [r[f"after_{args.finetune_steps}_steps_test"] for r in rows], reference), 3),
+               f"spearman_rho_after_{args.finetune_steps}_steps": round(spearman_rho(
+                   [r[f"after_{args.finetune_steps}_steps_test"] for r in rows], reference), 3)}
+    if len(args.seeds) > 1:
+        other = [r[f"standalone_test_seed{args.seeds[1]}"] for r in rows]
+        summary["kendall_tau_seed_to_seed"] = round(kendall_tau(other, reference), 3)
+        summary["spearman_rho_seed_to_seed"] = round(spearman_rho(other, reference), 3)
+    trial_supernet = float(np.mean([r["inherited_s"] for r in rows]))
+    trial_finetune = float(np.mean([r[f"standalone_s_seed{args.seeds[0]}"] for r in rows]))
+    trials = 200
+    summary.update({"supernet_train_s": round(train_s, 1), "seconds_per_trial_supernet": round(trial_supernet, 2),
+                    f"seconds_per_trial_supernet_{args.finetune_steps}_steps": round(float(np.mean(
+                        [r["steps_s"] for r in rows])), 2),
+                    "seconds_per_trial_finetune": round(trial_finetune, 2),
+                    "trials_per_hour_supernet": round(3600 * trials / (train_s + trials * trial_supernet), 1),
+                    "trials_per_hour_finetune": round(3600 / trial_finetune, 1),
+                    "trials_per_hour_ratio": round(trials * trial_finetune / (train_s + trials * trial_supernet), 2)})
+
+    # equal wall time: fine-tune mode's trials are the drawn architectures (a random sampler); supernet mode gets the
+    # same time for its training and its trials
+    wall = trial_finetune * len(rows)
+    budget_trials = max(0, int((wall - train_s) / trial_supernet))
+    more = _draw(study, budget_trials, args.seed + 1, anchors) if budget_trials else []
+    scored = {config.id: _scored(inherited, config) for config in more}
+    configs = {c.id: c for c in more}
+    finetune_front = pareto([(r[f"standalone_search_seed{args.seeds[0]}"], r["latency_ms"], r["arch"]) for r in rows])
+    supernet_front = pareto([(s["search"], s["latency_ms"], key) for key, s in scored.items()])
+    by_id = {r["arch"]: r for r in rows}
+    final = {}
+    for _, latency, key in supernet_front:  # what a user gets: each front member fine-tuned the trial way
+        config = configs[key]
+        final[key] = (standalone(config, args.seeds[0])["test"], latency)
+    finetune_points = [(by_id[key][f"standalone_test_seed{args.seeds[0]}"], latency) for _, latency, key in
+                       finetune_front]
+    supernet_points = list(final.values())
+    reference_ms = 1.1 * max([p[1] for p in finetune_points + supernet_points] + [r["latency_ms"] for r in rows])
+    summary.update({"equal_wall_s": round(wall, 1), "supernet_mode_trials_in_that_time": len(more),
+                    "finetune_front_size": len(finetune_points), "supernet_front_size": len(supernet_points),
+                    "hypervolume_finetune": round(hypervolume(finetune_points, reference_ms), 5),
+                    "hypervolume_supernet": round(hypervolume(supernet_points, reference_ms), 5),
+                    "hypervolume_reference_ms": round(reference_ms, 4)})
+    return rows, summary
+
+
+def _with_steps(path: Path, steps: int) -> Study:
+    data = yaml.safe_load(path.read_text())
+    data["evaluation"]["finetune_steps"] = steps
+    other = path.with_name(path.stem + f"-steps{steps}.yaml")
+    other.write_text(yaml.safe_dump(data, sort_keys=False))
+    study = Study.load(other)
+    # the same supernet file (its name follows the study's): share it
+    target = study.supernet_path
+    if not target.exists():
+        shutil.copyfile(Study.load(path).supernet_path, target)
+    return study
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", nargs="+", default=["quickstart", "pvt_quickstart"])
+    parser.add_argument("--archs", type=int, default=24)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seed", type=int, default=2026, help="of the drawn architectures")
+    parser.add_argument("--supernet-steps", type=int, default=300)
+    parser.add_argument("--random-subnets", type=int, default=1)
+    parser.add_argument("--finetune-steps", type=int, default=20)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/supernet-bench"))
+    parser.add_argument("--retrain", action="store_true", help="train the supernet again (its time is measured)")
+    parser.add_argument("--kernel-trials", type=int, default=0, help="of the profile the predictor is fitted on "
+                                                                      "(default 0: untuned, as `make demo`)")
+    parser.add_argument("--name", default="supernet")
+    args = parser.parse_args()
+    rows, summaries = [], []
+    for name in args.studies:
+        study_rows, summary = bench_study(name, args)
+        rows += study_rows
+        summaries.append(summary)
+        print(json.dumps(summary, indent=1), flush=True)
+    first = summaries[0]
+    notes = (f"{args.archs} architectures per study drawn with seed {args.seed} (no sandwich anchor); test split. "
+             "inherited: the supernet's weights as they are; after_K_steps: K steps of the trial recipe from them; "
+             "standalone: the per-trial fine-tune from the teacher. Latency: predicted. "
+             f"Quick-start: tau {first['kendall_tau']} (seed-to-seed ceiling "
+             f"{first.get('kendall_tau_seed_to_seed', 'n/a')}), trials/hour x{first['trials_per_hour_ratio']}.")
+    write(args.name, rows, notes, {"summary": {"kendall_tau": first["kendall_tau"],
+                                               "spearman_rho": first["spearman_rho"],
+                                               "trials_per_hour_ratio": first["trials_per_hour_ratio"]},
+                                   "per_study": summaries})
+
+
+if __name__ == "__main__":
+    main()
