@@ -1,7 +1,7 @@
 """Does a supernet rank architectures as their own fine-tunes do, and what does it save? Supernet mode against
 fine-tune mode on the quick-start studies.
 
-For each study (a copy in ``--work``, with a copy of the repository's latency table):
+For each study (a copy in ``--work``, with a copy of this machine's ``studies/latency.db`` if there is one):
 
 1. the teacher is pretrained with the study's recipe, then the supernet is trained (``nas supernet``: the sandwich
    rule, ``--supernet-steps`` steps, ``--random-subnets`` random subnets per step);
@@ -108,8 +108,8 @@ def _copy_study(name: str, work: Path, args) -> Path:
     data = yaml.safe_load((STUDIES / f"{name}.yaml").read_text())
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "latency.db").exists():  # the repository's table, completed for this space by the bench
-        shutil.copyfile(STUDIES / "latency.db", folder / "latency.db")
+    if not (folder / "latency.db").exists() and (STUDIES / "latency.db").exists():  # this machine's table (the
+        shutil.copyfile(STUDIES / "latency.db", folder / "latency.db")  # bench profiles what it lacks)
     data["latency"] = {**data.get("latency", {}), "trials": args.kernel_trials}
     data["evaluation"] = {"mode": "supernet", "supernet_steps": args.supernet_steps,
                           "random_subnets": args.random_subnets, "finetune_steps": 0}

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from search_spaces import ArchConfig
-from search_spaces.errors import ConfigError, ResourceError, StateError
+from search_spaces.errors import ResourceError, StateError
 from search_spaces.supernet import Supernet, densest, random_config
 
 from .device import Placement, resolve
