@@ -32,14 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import ArchConfig, BlockConfig
+from search_spaces import ArchConfig, BlockConfig, SearchSpace
 from search_spaces.errors import StateError
 from search_spaces.families import family_for
 from search_spaces.registry import on_kernels
 
 from .db import ModelRow, Row
 from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
-from .ops import MoELoad, config_ops, latency_split
+from .ops import MoELoad, config_ops, latency_split, space_ops
 
 FORMAT = "shiftadd-latency-predictor/1"
 RIDGE = 1e-3
@@ -367,6 +367,15 @@ class Predictor:
         return predictor, accuracy
 
     # ---- prediction ---------------------------------------------------------------------------------------------
+    def covers(self, space: SearchSpace, batches: Sequence[int]) -> bool:
+        """Whether every module op any architecture of ``space`` runs, at each batch size, can be priced."""
+        try:
+            for op in space_ops(space, batches):
+                self.op_ms(op.op, op.variant, op.dims, op.dtype)
+        except PredictorError:
+            return False
+        return True
+
     def op_ms(self, op: str, variant: str, shape: dict[str, int], dtype: str = "float32") -> float:
         """The latency of one op at one shape (lookup, then interpolation in M, then the fitted model)."""
         exact = self.lookup.get(lookup_key(op, variant, shape, dtype))

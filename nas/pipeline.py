@@ -232,17 +232,18 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
 
 
 def needs_fit(study: Study, profiled: "ProfileSummary | None" = None) -> bool:
-    """True when the study's predictor file is missing, unreadable, fitted for another device, or older than
-    measurements ``profiled`` just added."""
+    """True when the study's predictor file is missing, unreadable, fitted for another device, older than
+    measurements ``profiled`` just added, or cannot price some op of the study's space (a file fitted on another
+    space's rows, while the table already holds this one's: the file is local state, the table is shared)."""
     from latency_model.predictor import Predictor, PredictorError
 
     if profiled is not None and profiled.measured:
         return True
     try:
-        Predictor.load(study.latency.predictor, device=study.latency.device)
+        predictor = Predictor.load(study.latency.predictor, device=study.latency.device)
     except PredictorError:
         return True
-    return False
+    return not predictor.covers(study.space, study.latency.batch_sizes)
 
 
 # ---- pretrain -------------------------------------------------------------------------------------------------------

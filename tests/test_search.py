@@ -248,3 +248,13 @@ def test_nas_run_chains_the_steps_and_reuses_what_is_done(searchable, tmp_path, 
     assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0  # all done: no new trial
     assert "0 trial(s) finished in this run" in " ".join(capsys.readouterr().out.split())
     assert len(stored_trials(study_file)) == 2
+
+
+def test_a_predictor_that_cannot_price_the_space_is_refitted(searchable, tmp_path):
+    # the predictor file is local state beside a shared table: one fitted for another space (here: without shift
+    # projections) must not pass for up to date, or every trial would fail at its first prediction
+    from nas import pipeline
+
+    assert not pipeline.needs_fit(Study.load(searchable(tmp_path)))
+    wider = searchable(tmp_path, space={"choices": {"attention": ["msa"], "proj": ["dense", "shift"]}})
+    assert pipeline.needs_fit(Study.load(wider))
