@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from . import counts as oc
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -97,6 +98,12 @@ class Primitive:
             such blocks, which pay the cost of crossing into TVM.
         kernel_tasks: ``kernel_tasks(shapes, layers) -> [KernelTask]``: the kernel shapes it needs; ``layers`` are
             the ``(rows, in, out)`` of the linear layers it stands for (linear and MLP slots).
+        counts: ``counts(shapes, layers) -> OpCounts``: what one forward pass at ``shapes`` executes
+            (:mod:`search_spaces.counts`), for the energy estimate: an attention's token mixing (its projections are
+            the ``linear`` slot's), a linear choice's ``layers``, an MLP's layers and activation (a routed MLP: its
+            router and the weighting of its experts' outputs; each expert counts itself at the rows it runs). An
+            expert's counts must be affine in its rows (an MoE is priced at the expected rows of each expert). None:
+            the primitive cannot be priced in energy, and a study with ``energy_uj`` refuses a space that offers it.
         routed: an MLP that routes each token to some of its experts (priced as its router plus each expert at the
             token counts it runs at).
         families: the model families (``Family.key``: ``vit``, ``pvt_v2``) whose blocks it can take; None: every
@@ -111,6 +118,7 @@ class Primitive:
     module: type[nn.Module] | None = None
     run_on_kernels: Callable[[nn.Module, Any], nn.Module] | None = None
     kernel_tasks: Callable[[Shapes, tuple[tuple[int, int, int], ...]], list[KernelTask]] | None = None
+    counts: Callable[[Shapes, tuple[tuple[int, int, int], ...]], oc.OpCounts] | None = None
     on_kernels: bool = False
     routed: bool = False
     families: tuple[str, ...] | None = None
@@ -128,6 +136,13 @@ class Primitive:
 
     def tasks(self, shapes: Shapes, layers: tuple[tuple[int, int, int], ...] = ()) -> list[KernelTask]:
         return self.kernel_tasks(shapes, layers) if self.kernel_tasks is not None else []
+
+    def op_counts(self, shapes: Shapes, layers: tuple[tuple[int, int, int], ...] = ()) -> oc.OpCounts:
+        """What one forward pass at ``shapes`` executes; a primitive that declares no counts is a ConfigError."""
+        if self.counts is None:
+            raise ConfigError(f"{self.slot} {self.name!r}", "declares no operation counts (Primitive.counts), so "
+                                                            "energy_uj cannot price it")
+        return self.counts(shapes, layers)
 
 
 _REGISTRY: dict[tuple[str, str], Primitive] = {}
@@ -225,6 +240,66 @@ def _matshift(shapes: Shapes, layers) -> list[KernelTask]:
     return [("matshift", None, m, k, n) for m, k, n in layers]
 
 
+def _dense_layers(shapes: Shapes, layers) -> oc.OpCounts:
+    return oc.total(oc.linear(m, k, n) for m, k, n in layers)
+
+
+def _shift_layers(shapes: Shapes, layers) -> oc.OpCounts:
+    from .ops.shift import DEFAULT_WEIGHT_BITS
+
+    return oc.total(oc.shift_linear(m, k, n, DEFAULT_WEIGHT_BITS) for m, k, n in layers)
+
+
+def _mlp_counts(layer_counts):
+    """An MLP: its two layers and the GELU between them (a family's extra layout, PVTv2's depthwise conv, is the
+    family's to count)."""
+    def counts(shapes: Shapes, layers) -> oc.OpCounts:
+        return layer_counts(shapes, layers) + oc.gelu(shapes.rows * shapes.hidden)
+    return counts
+
+
+def _msa_counts(s: Shapes, layers=()) -> oc.OpCounts:
+    """Softmax attention per (image, head): queries scaled, ``Q Kᵀ``, the softmax over the attended tokens, ``P V``."""
+    t, kv, d, heads = s.tokens, s.attended, s.head_dim, s.batch * s.heads
+    return (oc.elementwise(heads * t * d, mult=1) + oc.product(t, d, kv, heads) + oc.softmax(heads * t, kv)
+            + oc.product(t, kv, d, heads))
+
+
+def _linear_attention_counts(s: Shapes, layers=()) -> oc.OpCounts:
+    """``φ = elu + 1`` on Q and K, ``Kᵀ V``, the normalizer ``Q · Σ K``, ``Q (Kᵀ V)`` and the division."""
+    t, kv, d, heads = s.tokens, s.attended, s.head_dim, s.batch * s.heads
+    feature_map = oc.elementwise(heads * (t + kv) * d, cmp=1, exp=1, add=1)  # elu: a compare, an exp, then + 1
+    key_sum = oc.elementwise(heads * kv * d, add=1)
+    return (feature_map + oc.product(d, kv, d, heads) + key_sum + oc.product(t, d, 1, heads)
+            + oc.product(t, d, d, heads) + oc.elementwise(heads * t * d, inputs=2, add=1, mult=1)
+            + oc.OpCounts({"exp.fp32": heads * t}))  # one reciprocal per query
+
+
+def _additive_attention_counts(s: Shapes, layers=()) -> oc.OpCounts:
+    """:class:`~search_spaces.ops.attention.AdditiveAttention`: Q and K normalized and binarized (a mean, a
+    comparison), ``K_bᵀ V`` and ``Q_b (K_bᵀ V)`` as sums of selected rows, ``0.5·V + (1/π)·...`` normalized, plus the
+    depthwise conv over tokens (9 taps)."""
+    from .ops.attention import TOKEN_CONV_TAPS as taps
+
+    t, d, heads = s.tokens, s.head_dim, s.batch * s.heads
+    codes = oc.l2_normalize(2 * heads * t, d) + oc.elementwise(2 * heads * t * d, add=1, cmp=1)
+    mix = oc.elementwise(heads * t * d, inputs=2, mult=2, add=1) + oc.l2_normalize(heads * t, d)
+    token_conv = oc.elementwise(heads * t * d, mult=taps, add=taps) + oc.weights_read(s.heads * taps)
+    return (codes + oc.binary_product(d, t, d, heads) + oc.binary_product(t, d, d, heads) + mix + token_conv
+            + oc.elementwise(heads * t * d, inputs=2, add=1))
+
+
+def _router_counts(s: Shapes, layers=()) -> oc.OpCounts:
+    """An MoE's router on every token (``C -> E`` logits, their softmax, the top-k by comparisons, the chosen gates
+    renormalized) and each expert's output weighted by its gate and added into the result. Counted at top-1 and two
+    experts unless ``layers`` gives ``((rows, experts, top_k),)``."""
+    rows, experts, top_k = layers[0] if layers else (s.rows, 2, 1)
+    assignments = rows * top_k
+    return (oc.linear(rows, s.channels, experts) + oc.softmax(rows, experts)
+            + oc.elementwise(rows * experts * top_k, cmp=1) + oc.elementwise(assignments, add=1, mult=1)
+            + oc.elementwise(assignments * s.channels, inputs=2, mult=1, add=1))
+
+
 def _shift_linear(linear: nn.Module, block=None) -> nn.Module:
     from .ops.shift import ShiftLinear
 
@@ -308,24 +383,28 @@ def _register_builtins() -> None:
         return tasks
 
     for primitive in (
-        Primitive("attention", "msa", kernel_tasks=products("matmul", "fp32", False),
+        Primitive("attention", "msa", kernel_tasks=products("matmul", "fp32", False), counts=_msa_counts,
                   description="timm's softmax attention (its projections may still be shift layers)"),
         Primitive("attention", "linear", _linear_attention, LinearAttention,
-                  kernel_tasks=products("matmul", "fp32", True),
+                  kernel_tasks=products("matmul", "fp32", True), counts=_linear_attention_counts,
                   description="kernelized linear attention, elu + 1 feature map, linear in tokens"),
         Primitive("attention", "additive", _additive_attention, AdditiveAttention, _additive_on_kernels,
-                  products("matadd", "binary_real", True, batched=True), on_kernels=True,
+                  products("matadd", "binary_real", True, batched=True), _additive_attention_counts, on_kernels=True,
                   description="ShiftAddViT's binary linear-angular attention: its products are additions"),
-        Primitive("linear", "dense", kernel_tasks=_matmul, description="the dense linear layer"),
-        Primitive("linear", "shift", _shift_linear, ShiftLinear, _shift_on_kernels, _matshift, on_kernels=True,
+        Primitive("linear", "dense", kernel_tasks=_matmul, counts=_dense_layers, description="the dense linear layer"),
+        Primitive("linear", "shift", _shift_linear, ShiftLinear, _shift_on_kernels, _matshift, _shift_layers,
+                  on_kernels=True,
                   description="weights as signed powers of two: products are bit shifts"),
-        Primitive("mlp", "dense", kernel_tasks=_matmul, description="the dense MLP"),
-        Primitive("mlp", "shift", _shift_mlp, kernel_tasks=_matshift, on_kernels=True,
+        Primitive("mlp", "dense", kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers), description="the dense MLP"),
+        Primitive("mlp", "shift", _shift_mlp, kernel_tasks=_matshift, counts=_mlp_counts(_shift_layers),
+                  on_kernels=True,
                   description="the MLP with both layers as shift layers"),
-        Primitive("mlp", "moe", _moe, MoEMlp, _moe_on_kernels, routed=True,
+        Primitive("mlp", "moe", _moe, MoEMlp, _moe_on_kernels, counts=_router_counts, routed=True,
                   description="a mixture of experts (space.moe.experts), routed by a latency-aware balance loss"),
-        Primitive("expert", "dense", _dense_expert, kernel_tasks=_matmul, description="a copy of the dense MLP"),
-        Primitive("expert", "shift", _shift_expert, kernel_tasks=_matshift, on_kernels=True,
+        Primitive("expert", "dense", _dense_expert, kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers),
+                  description="a copy of the dense MLP"),
+        Primitive("expert", "shift", _shift_expert, kernel_tasks=_matshift, counts=_mlp_counts(_shift_layers),
+                  on_kernels=True,
                   description="a copy of the MLP with shift layers"),
     ):
         register(primitive)

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import counts as oc
 from ..config import ModelSpec
 from ..errors import ConfigError
 
@@ -138,6 +139,21 @@ class Family(ABC):
     @abstractmethod
     def frame(self, model: nn.Module) -> nn.Module:
         """The model without its blocks: everything a forward pass runs outside them (timed as one op)."""
+
+    def frame_counts(self, dims: ModelDims, batch: int) -> oc.OpCounts:
+        """What one forward pass of ``batch`` images runs outside the blocks (:mod:`search_spaces.counts`): the
+        energy estimate's frame. A family without it cannot be priced in energy."""
+        raise NotImplementedError(f"the {self.key} family does not count its frame's operations (Family.frame_counts)")
+
+    def attention_layout_counts(self, dims: BlockDims, batch: int) -> oc.OpCounts:
+        """What the dense attention of a block runs besides its projections and its softmax attention (PVTv2: the
+        spatial reduction), counted when a block keeps it (``msa``)."""
+        return oc.NONE
+
+    def mlp_layout_counts(self, dims: BlockDims, batch: int) -> oc.OpCounts:
+        """What each run of a block's MLP (or of one MoE expert) executes besides its two layers and activation,
+        over the batch's whole token grid (PVTv2: the depthwise conv)."""
+        return oc.NONE
 
     def timing_index(self, dims: ModelDims, block: int) -> int:
         """Which block of the :meth:`timing_spec` model runs at the sizes of block ``block`` of the full model."""

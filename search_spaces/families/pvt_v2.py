@@ -27,6 +27,7 @@ import torch
 from timm.models.pvt_v2 import Attention, MlpWithDepthwiseConv, PyramidVisionTransformerV2
 from torch import nn
 
+from .. import counts as oc
 from ..config import ModelSpec
 from . import BlockDims, Family, ModelDims, UnsupportedModelError, register
 
@@ -138,6 +139,38 @@ class PvtV2(Family):
 
     def timing_index(self, dims: ModelDims, block: int) -> int:
         return dims.blocks[block].stage
+
+    def frame_counts(self, dims: ModelDims, batch: int) -> oc.OpCounts:
+        """The 7x7 stride-4 patch embedding and each later stage's 3x3 stride-2 downsampling (a conv and a norm
+        each), each stage's final norm, the average pool and the head."""
+        stages = {b.stage: b for b in dims.blocks}  # a stage's tokens and width (every block of it has the same)
+        out, inputs, width = oc.NONE, dims.img * dims.img, 3
+        for s in sorted(stages):
+            own = stages[s]
+            window = 49 if s == 0 else 9
+            out = (out + oc.conv(batch * own.tokens, width, own.channels, window, inputs=batch * inputs)
+                   + oc.layer_norm(batch * own.tokens, own.channels) * 2)  # the embedding's norm, the stage's norm
+            inputs, width = own.tokens, own.channels
+        return out + oc.elementwise(batch * inputs * width, add=1) + oc.linear(batch, width, dims.classes)
+
+    def attention_layout_counts(self, dims: BlockDims, batch: int) -> oc.OpCounts:
+        """The spatial reduction keys and values are projected from: an ``R x R`` stride-``R`` conv and a norm, or
+        with ``linear=True`` a 7x7 average pool, a 1x1 conv, a norm and a GELU."""
+        extra = dict(dims.attention_dims)
+        c, reduced = dims.channels, batch * (dims.kv_tokens or dims.tokens)
+        if "P" in extra:
+            return (oc.elementwise(batch * dims.tokens * c, add=1) + oc.conv(reduced, c, c, 1, inputs=reduced)
+                    + oc.layer_norm(reduced, c) + oc.gelu(reduced * c))
+        ratio = extra.get("R", 1)
+        if ratio == 1:
+            return oc.NONE
+        return oc.conv(reduced, c, c, ratio * ratio, inputs=batch * dims.tokens) + oc.layer_norm(reduced, c)
+
+    def mlp_layout_counts(self, dims: BlockDims, batch: int) -> oc.OpCounts:
+        """The 3x3 depthwise conv over the grid between the MLP's layers (after a ReLU with ``linear=True``)."""
+        cells, hidden = batch * dims.tokens, dims.hidden
+        relu = oc.elementwise(cells * hidden, cmp=1) if "P" in dict(dims.attention_dims) else oc.NONE
+        return relu + oc.conv(cells, hidden, hidden, 9, inputs=cells, groups=hidden)
 
     def frame(self, model: nn.Module) -> nn.Module:
         for stage in model.stages:

@@ -7,6 +7,7 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .. import counts as oc
 from ..config import ModelSpec
 from . import BlockDims, Family, ModelDims, UnsupportedModelError, register
 
@@ -43,6 +44,17 @@ class ViT(Family):
 
     def timing_spec(self, spec: ModelSpec) -> ModelSpec:
         return ModelSpec(spec.name, {**spec.kwargs, "depth": 1})
+
+    def frame_counts(self, dims: ModelDims, batch: int) -> oc.OpCounts:
+        """The patch embedding (a ``patch x patch`` conv, stride ``patch``), the prefix tokens and position embedding
+        added, the final norm over every token, and the head on one pooled token per image."""
+        frame = dict(dims.frame)
+        img, patch, c, classes = frame["img"], frame["patch"], frame["C"], frame["classes"]
+        patches, tokens = (img // patch) ** 2, dims.tokens
+        return (oc.conv(batch * patches, 3, c, patch * patch, inputs=batch * img * img)
+                + oc.weights_read((tokens - patches + tokens) * c)  # prefix tokens and position embedding
+                + oc.elementwise(batch * tokens * c, inputs=2, add=1) + oc.layer_norm(batch * tokens, c)
+                + oc.linear(batch, c, classes))
 
     def frame(self, model: nn.Module) -> nn.Module:
         model.blocks = nn.Sequential()

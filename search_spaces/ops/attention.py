@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 BINARIZE_KINDS = ("tensor", "token")
+TOKEN_CONV_TAPS = 9  # AdditiveAttention's depthwise conv over tokens: its default kernel size
 
 
 def binarize_ste(x: torch.Tensor, kind: str = "tensor") -> torch.Tensor:
@@ -116,7 +117,7 @@ class AdditiveAttention(ProjectedAttention):
 
     eps = 1e-6
 
-    def __init__(self, source: nn.Module, res_kernel_size: int = 9, binarize: str = "tensor") -> None:
+    def __init__(self, source: nn.Module, res_kernel_size: int = TOKEN_CONV_TAPS, binarize: str = "tensor") -> None:
         super().__init__(source)
         if binarize not in BINARIZE_KINDS:
             raise ValueError(f"unknown binarization {binarize!r} (choose from {', '.join(BINARIZE_KINDS)})")
