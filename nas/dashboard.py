@@ -30,6 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from latency_model.energy import NOTE as ENERGY_NOTE
 from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError, ResourceError
 
@@ -41,7 +42,8 @@ from .upstream.optuna_internals import remove_study_artifact, study_artifacts
 REFERENCES = {"dense": "the all-dense model (the teacher's architecture)",
               "paper": "the paper's allocation: additive attention and a dense + shift MoE in every block"}
 # The objective names the dashboard shows (a study's metrics, by their names in the study file).
-OBJECTIVE_NAMES = {"accuracy": "search_accuracy", "latency_ms": "predicted_latency_ms"}
+OBJECTIVE_NAMES = {"accuracy": "search_accuracy", "latency_ms": "predicted_latency_ms",
+                   "energy_uj": "estimated_energy_uj"}
 REMOTE_STORES = ("s3", "gs")
 
 
@@ -133,15 +135,18 @@ def _accuracy(attrs: Mapping[str, Any], key: str, se: str, images: str) -> str:
 
 
 def architecture_table(config: ArchConfig, breakdown: Mapping[str, Any] | None = None,
-                       moe_split: Mapping[str, Sequence[float]] | None = None) -> list[str]:
-    """One Markdown row per block: its choices, the MoE experts with the share of tokens each got, and the predicted
-    milliseconds of each part (``breakdown``: :meth:`Prediction.to_dict`)."""
+                       moe_split: Mapping[str, Sequence[float]] | None = None,
+                       energy: Mapping[str, Any] | None = None) -> list[str]:
+    """One Markdown row per block: its choices, the MoE experts with the share of tokens each got, the predicted
+    milliseconds of each part (``breakdown``: :meth:`Prediction.to_dict`) and the estimated µJ of the block, compute
+    + memory (``energy``: :meth:`EnergyEstimate.to_dict`)."""
     parts = (breakdown or {}).get("blocks") or [{} for _ in config.blocks]
+    energies = (energy or {}).get("blocks") or [None for _ in config.blocks]
     moe_split = moe_split or {}
     lines = ["| block | attention | qkv | proj | mlp | MoE experts (token share) | attention ms | mlp ms | "
-             "norms+residuals ms | block ms |",
-             "| ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
-    for i, (block, cost) in enumerate(zip(config.blocks, parts)):
+             "norms+residuals ms | block ms | block µJ (compute + memory) |",
+             "| ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for i, (block, cost, uj) in enumerate(zip(config.blocks, parts, energies)):
         attention = block.attention + (f" ({block.binarize})" if block.binarize else "")
         experts = ""
         if block.moe is not None:
@@ -152,8 +157,14 @@ def architecture_table(config: ArchConfig, breakdown: Mapping[str, Any] | None =
         total = sum(cost.values()) if cost else None
         lines.append(f"| {i} | {attention} | {block.qkv} | {block.proj} | {block.mlp} | {experts} | "
                      f"{_ms(cost.get('attention'))} | {_ms(mlp_ms)} | {_ms(cost.get('norms+residuals'))} | "
-                     f"{_ms(total)} |")
+                     f"{_ms(total)} | {_uj(uj)} |")
     return lines
+
+
+def _uj(energy: Mapping[str, float] | None) -> str:
+    if not energy:
+        return ""
+    return f"{energy['compute_uj'] + energy['memory_uj']:.3g} ({energy['compute_uj']:.3g} + {energy['memory_uj']:.3g})"
 
 
 def trial_note(number: int, state: TrialState, attrs: Mapping[str, Any], device: str,
@@ -172,12 +183,18 @@ def trial_note(number: int, state: TrialState, attrs: Mapping[str, Any], device:
         config = ArchConfig.from_json(attrs[attr.CONFIG])
         breakdown = attrs.get(attr.LATENCY_BREAKDOWN)
         lines += ["### Architecture and predicted latency", ""]
-        lines += architecture_table(config, breakdown, attrs.get(attr.MOE_SPLIT)) + [""]
+        energy = attrs.get(attr.ENERGY_BREAKDOWN)
+        lines += architecture_table(config, breakdown, attrs.get(attr.MOE_SPLIT), energy) + [""]
         if breakdown:
             lines += [f"Predicted for `{device}`: **{breakdown['total_ms']:.3g} ms** = blocks + "
                       f"{breakdown['fixed_ms']:.3g} ms outside the blocks (patch embedding, downsampling, head) + "
                       f"{breakdown.get('composition_ms', 0.0):.3g} ms for running them back to back (calibrated on "
                       "whole models).", ""]
+        if energy:
+            lines += [f"Estimated energy per image (unit costs `{energy['table']}`): **{energy['energy_uj']:.4g} µJ** "
+                      f"= compute {energy['compute_uj']:.4g} + memory {energy['memory_uj']:.4g} µJ (weights read "
+                      f"once from DRAM, activations on chip), {energy['frame']['compute_uj'] + energy['frame']['memory_uj']:.3g} "
+                      f"µJ of it outside the blocks: {energy.get('note', ENERGY_NOTE)}.", ""]
         artifact = (f"; its ArchConfig file is this trial's artifact (`trial-{number}.yaml`, ready for "
                     "`nas finetune`)") if state == TrialState.COMPLETE else ""
         lines += [f"Architecture id `{config.id}`{artifact}.", ""]
@@ -300,6 +317,18 @@ def _tuning_line(study: Study) -> str:
     return line + (f"; variants run (fastest measured per shape): {dispatch.describe()}" if dispatch else "")
 
 
+def _energy_lines(study: Study) -> list[str]:
+    table = study.energy.table
+    searched = "an objective" if "energy_uj" in study.objectives.metrics else (
+        "a budget" if study.objectives.energy_budget_uj is not None else "recorded, not searched on")
+    return ["### Energy", "",
+            f"- {searched}: {ENERGY_NOTE}",
+            f"- unit costs `{table.name}`: {table.source}",
+            "- per op: " + ", ".join(f"{k} {v:g}" for k, v in sorted(table.ops.items())) + " pJ; memory: weights "
+            f"{table.dram_pj_per_byte:g} pJ/byte (DRAM, read once per image), activations {table.sram_pj_per_byte:g} "
+            "pJ/byte (on-chip buffer, read and written by every op)", ""]
+
+
 def file_hash(path: Path) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -320,7 +349,7 @@ def study_note(study: Study, ostudy: optuna.Study) -> str:
              "", "### Latency", "",
              f"- predicted for device `{study.latency.device}` (TVM target `{study.latency.target}`, batch "
              f"{study.latency.batch_sizes[0]}); measurements in `{_redacted(study.latency.db)}`",
-             *_predictor_lines(study), _tuning_line(study), ""]
+             *_predictor_lines(study), _tuning_line(study), "", *_energy_lines(study)]
     references = [(t.number, t.user_attrs[attr.REFERENCE], t) for t in ostudy.get_trials(deepcopy=False)
                   if t.user_attrs.get(attr.REFERENCE)]
     if references:

@@ -31,18 +31,21 @@ BEST_TOLERANCE_SE = 1.0
 
 
 def pareto_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto-optimal complete trials on (accuracy, predicted latency), feasible ones only when a latency budget
-    applies, most accurate first; an architecture scored by several trials appears once."""
-    from .report import pareto_front, points
+    """The Pareto-optimal complete trials on the study's objectives (:func:`nas.report.front_metrics`), feasible
+    ones only when a budget applies, most accurate first; an architecture scored by several trials appears once."""
+    from .report import front_metrics, pareto_front, points
 
     feasible = [p for p in points(ostudy) if all(v <= 0 for v in p.trial.constraints.values())]
-    return [p.trial for p in sorted(pareto_front(feasible), key=lambda p: -p.accuracy)]
+    return [p.trial for p in sorted(pareto_front(feasible, front_metrics(ostudy)), key=lambda p: -p.accuracy)]
 
 
 def best_trial(ostudy: optuna.Study, tolerance_se: float = BEST_TOLERANCE_SE) -> FrozenTrial:
-    """Single objective: Optuna's best (feasible) trial. Pareto search: the fastest Pareto trial whose search
-    accuracy is within ``tolerance_se`` binomial standard errors (of the most accurate one, on the search split) of
-    the most accurate one. The test accuracy plays no part in the choice."""
+    """Single objective: Optuna's best (feasible) trial. Pareto search: of the Pareto trials whose search accuracy
+    is within ``tolerance_se`` binomial standard errors (of the most accurate one, on the search split) of the most
+    accurate one, the cheapest on the study's first hardware objective (``latency_ms`` in ``[accuracy, latency_ms,
+    energy_uj]``; ties broken by the next). The test accuracy plays no part in the choice."""
+    from .report import front_metrics
+
     if len(ostudy.directions) == 1:
         try:
             return ostudy.best_trial
@@ -54,8 +57,9 @@ def best_trial(ostudy: optuna.Study, tolerance_se: float = BEST_TOLERANCE_SE) ->
     top = front[0].user_attrs[attr.SEARCH_ACCURACY]
     margin = tolerance_se * standard_error(top, front[0].user_attrs.get(attr.SEARCH_IMAGES, 0))
     margin = 0.0 if math.isnan(margin) else margin
+    hardware = front_metrics(ostudy)[1:]
     return min((t for t in front if t.user_attrs[attr.SEARCH_ACCURACY] >= top - margin - 1e-12),
-               key=lambda t: t.user_attrs[attr.LATENCY_MS])
+               key=lambda t: tuple(t.user_attrs[m] for m in hardware))
 
 
 def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
@@ -84,7 +88,7 @@ def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
 def provenance(study: Study, trial: FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
     copied = (attr.SEARCH_ACCURACY, attr.SEARCH_SE, attr.TEST_ACCURACY, attr.TEST_SE, attr.LATENCY_MS,
-              attr.LATENCY_BREAKDOWN, attr.MOE_SPLIT, attr.REFERENCE)
+              attr.LATENCY_BREAKDOWN, attr.ENERGY_UJ, attr.ENERGY_BREAKDOWN, attr.MOE_SPLIT, attr.REFERENCE)
     return {
         "study_file": str(study.path.resolve()),  # nas finetune works from any folder
         "study": study.name, "trial": trial.number, "latency_device": study.latency.device,
@@ -158,12 +162,14 @@ class FinetuneResult:
     measured_ms: float | None
     weights: Path
     seconds: float
+    energy: dict[str, Any] | None = None  # EnergyEstimate.to_dict() at the fine-tuned model's MoE loads
 
     def to_dict(self) -> dict[str, Any]:
         return {attr.CONFIG_ID: self.config.id, attr.TEST_ACCURACY: self.test_accuracy, attr.TEST_SE: self.test_se,
                 attr.SEARCH_ACCURACY: self.search_accuracy, attr.SEARCH_ACCURACY_HISTORY: self.history,
-                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "weights": str(self.weights),
-                "seconds": round(self.seconds, 1)}
+                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
+                attr.ENERGY_UJ: None if self.energy is None else self.energy["energy_uj"],
+                attr.ENERGY_BREAKDOWN: self.energy, "weights": str(self.weights), "seconds": round(self.seconds, 1)}
 
 
 def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: bool = True,
@@ -202,7 +208,7 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
     if measure:
         measured = measure_latency(study, model)
     finetuned = FinetuneResult(config, result.test.accuracy, test_se, result.search.accuracy, history,
-                               result.latency_ms, measured, weights, time.perf_counter() - start)
+                               result.latency_ms, measured, weights, time.perf_counter() - start, result.energy)
     (out / "result.json").write_text(json.dumps(finetuned.to_dict(), indent=1) + "\n")
     return finetuned
 

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from latency_model.db import DEFAULT_URL
+from search_spaces.errors import ConfigError
 
 from . import pipeline
 from .study import Study
@@ -129,7 +130,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
     from latency_model.predictor import Predictor
     from search_spaces import ArchConfig
 
-    settings = _profile_options(args).settings(Study.load(args.study))
+    study = Study.load(args.study)
+    settings = _profile_options(args).settings(study)
     config = ArchConfig.load(args.config)
     predictor = Predictor.load(args.predictor or settings.predictor, device=settings.device,
                                allow_other_device=args.allow_other_device)
@@ -161,11 +163,29 @@ def cmd_latency(args: argparse.Namespace) -> int:
     if measured is not None:
         line += f", measured {measured:.3f} ms (ratio {prediction.total_ms / measured:.2f})"
     console.print(line)
+    energy = _energy(study, config)
     if args.json:
         print(json.dumps({"config_id": config.id, "batch": batch, "device": predictor.device,
                           "predicted_ms": prediction.total_ms, "measured_ms": measured,
-                          "breakdown": prediction.to_dict()}))
+                          "breakdown": prediction.to_dict(), **energy}))
     return 0
+
+
+def _energy(study: Study, config) -> dict:
+    """Print the architecture's energy estimate (one image, MoE experts at equal shares) and return its JSON keys:
+    ``energy_uj``, ``energy_breakdown``, ``op_counts`` and ``bytes`` (``{}`` where a primitive declares no counts)."""
+    from latency_model.energy import NOTE, estimate
+
+    try:
+        energy = estimate(config, study.energy)
+    except (ConfigError, NotImplementedError) as e:
+        console.print(f"[yellow]no energy estimate[/]: {e}")
+        return {}
+    console.print(f"estimated energy {energy.total_uj:.4g} µJ per image (compute {energy.compute_uj:.4g} + memory "
+                  f"{energy.memory_uj:.4g}; unit costs {energy.table}): {NOTE}")
+    counts = energy.counts.to_dict()
+    return {"energy_uj": energy.total_uj, "energy_breakdown": energy.to_dict(), "op_counts": counts["ops"],
+            "bytes": {"weights": counts["weight_bytes"], "activations": counts["activation_bytes"]}}
 
 
 def add_commands(add, positive_int, non_negative_int) -> None:
@@ -200,7 +220,8 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     fit.add_argument("--allow-noisy", action="store_true",
                      help="fit even though some timings are marked noisy (said in the output and the file)")
 
-    latency = add("latency", cmd_latency, "predict (and optionally measure) the latency of one architecture")
+    latency = add("latency", cmd_latency, "predict (and optionally measure) the latency of one architecture, and "
+                                          "estimate its energy per image")
     study_options(latency)
     latency.add_argument("--config", required=True, help="ArchConfig file (YAML or JSON)")
     latency.add_argument("--predictor", help="predictor file (default: the study's)")
@@ -209,4 +230,5 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     latency.add_argument("--measure", action="store_true",
                          help="also run the model on the kernels here and measure its forward latency")
     latency.add_argument("--trials", type=non_negative_int, help="tuning trials for kernels run with --measure")
-    latency.add_argument("--json", action="store_true", help="end with one JSON line: predicted_ms, measured_ms, ...")
+    latency.add_argument("--json", action="store_true", help="end with one JSON line: predicted_ms, measured_ms, "
+                                                             "energy_uj, op_counts (batch 1, by '<op>.<type>'), ...")

@@ -1,5 +1,5 @@
 """One trial: ArchConfig -> (search-split accuracy after a short distilled fine-tune, or with weights inherited from
-the study's supernet, and predicted latency).
+the study's supernet, predicted latency and estimated energy).
 
 The search split is what trials are scored, pruned and chosen on; the test split is evaluated once at the end of a
 trial and only stored (``test_accuracy``), never returned to the sampler (see :mod:`nas.data`).
@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from latency_model.energy import estimate as estimate_energy
 from latency_model.ops import ModelDims
 from latency_model.predictor import Predictor
 from search_spaces import ArchConfig, build_model
+from search_spaces.errors import ConfigError
 from search_spaces.ops.moe import MoEMlp
 from search_spaces.reparam import transformer_blocks, weight_counts
 
@@ -61,11 +63,23 @@ class TrialResult:
     weights: dict[str, float] = field(default_factory=dict)
     train_s: float = 0.0
     evaluation: str = "finetune"  # how the weights were obtained: a fine-tune of its own, or the supernet's
+    energy: dict[str, Any] | None = None  # EnergyEstimate.to_dict(); None where a primitive declares no counts
 
     @property
     def accuracy(self) -> float:
         """The search-split accuracy: the objective."""
         return self.search.accuracy
+
+    @property
+    def energy_uj(self) -> float:
+        return float("nan") if self.energy is None else float(self.energy["energy_uj"])
+
+    def metric(self, name: str) -> float:
+        """A metric of the study's objectives by its name there (``accuracy``, ``latency_ms``, ``energy_uj``)."""
+        return {"accuracy": self.accuracy, "latency_ms": self.latency_ms, "energy_uj": self.energy_uj}[name]
+
+    def values(self, metrics: tuple[str, ...]) -> tuple[float, ...]:
+        return tuple(self.metric(m) for m in metrics)
 
     @property
     def moe_shares(self) -> dict[int, list[float]]:
@@ -82,6 +96,7 @@ class TrialResult:
             attr.MOE_SPLIT: {str(k): v for k, v in self.moe_shares.items()},
             attr.SEARCH_ACCURACY_HISTORY: self.history, attr.WEIGHTS: self.weights,
             attr.TRAIN_S: round(self.train_s, 3), attr.EVALUATION: self.evaluation,
+            **({attr.ENERGY_UJ: self.energy_uj, attr.ENERGY_BREAKDOWN: self.energy} if self.energy else {}),
         }
 
 
@@ -169,7 +184,7 @@ class Evaluator:
         assert evaluation is not None
         prediction = self.predictor.predict(config, self.batch, moe_loads=evaluation.moe_loads)
         counts = weight_counts(model)
-        result = TrialResult(
+        result = TrialResult(energy=self.energy(config, evaluation.moe_loads),
             config=config, search=evaluation, latency_ms=prediction.total_ms,
             test=evaluate(model, self.splits.test, placement=self.placement, loader_workers=train.loader_workers),
             prediction=prediction.to_dict(), history=history,
@@ -177,6 +192,17 @@ class Evaluator:
             train_s=time.perf_counter() - start, evaluation=self.mode,
         )
         return result, model
+
+    def energy(self, config: ArchConfig, moe_loads=None) -> dict[str, Any] | None:
+        """The energy estimate of one image (``EnergyEstimate.to_dict``), MoE experts at the loads measured on the
+        search split; None where the space has a primitive that declares no operation counts (a study that
+        searches on energy refuses such a space when it is read)."""
+        try:
+            return estimate_energy(config, self.study.energy, routing=moe_loads).to_dict()
+        except (ConfigError, NotImplementedError):
+            if self.study.objectives.uses_energy:
+                raise
+            return None
 
     @property
     def mode(self) -> str:
@@ -204,6 +230,12 @@ def _scored_before(trial, config: ArchConfig, recipe: str):
         if earlier.user_attrs.get(attr.CONFIG_ID) == config.id and earlier.user_attrs.get(attr.RECIPE) == recipe:
             return earlier
     return None
+
+
+def set_constraints(trial, study: Study, metric: Callable[[str], float]) -> None:
+    """A constraint per budget of the study (``metric - budget``; feasible at <= 0), keyed by the metric's name."""
+    for name, budget in study.objectives.budgets.items():
+        trial.set_constraint(name, metric(name) - budget)
 
 
 def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
@@ -239,10 +271,9 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
             raise optuna.TrialPruned() from None
         for key, value in result.user_attrs().items():
             trial.set_user_attr(key, value)
-        if study.objectives.latency_budget_ms is not None:
-            trial.set_constraint(attr.LATENCY_MS, result.latency_ms - study.objectives.latency_budget_ms)
+        set_constraints(trial, study, result.metric)
         if study.objectives.multi:
-            return result.accuracy, result.latency_ms
+            return result.values(study.objectives.metrics)
         return result.accuracy
 
     return objective

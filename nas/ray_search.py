@@ -80,8 +80,12 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
 
         supernet = supernet_from_state(study, teacher.eval(), supernet_state)
     evaluator = Evaluator(study, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor), supernet=supernet)
-    # Every result carries both metrics (Ray checks for them); before the end, latency is priced at the default split.
-    early_latency = evaluator.predictor.predict(arch, evaluator.batch).total_ms
+    # Every result carries every metric (Ray checks for them); before the end, the hardware metrics are priced at the
+    # default MoE split.
+    early = {"latency_ms": evaluator.predictor.predict(arch, evaluator.batch).total_ms}
+    energy = evaluator.energy(arch)
+    if energy is not None:
+        early["energy_uj"] = energy["energy_uj"]
     node = ray.get_runtime_context().get_node_id()
 
     epochs = study.budget.epochs
@@ -90,17 +94,18 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
         # The last epoch's accuracy goes out with the final result: a scheduler stops every trial at its last
         # report (ASHA at max_t), and that report must be the one that says the trial ran to the end.
         if epoch + 1 < epochs:
-            tune.report({"accuracy": accuracy, "latency_ms": early_latency, "epoch": epoch + 1, "node_id": node})
+            tune.report({"accuracy": accuracy, **early, "epoch": epoch + 1, "node_id": node})
         return False
 
     try:
         result, _ = evaluator.run(arch, report=report)
     except Exception as e:  # noqa: BLE001 - the trial fails with its reason; Ray and the study go on
-        tune.report({"accuracy": float("nan"), "latency_ms": early_latency, "node_id": node,
+        tune.report({"accuracy": float("nan"), **early, "node_id": node,
                      "fail_reason": f"{type(e).__name__}: {e}"})
         return
     # Ray flattens nested results; the attributes travel as one JSON string
-    tune.report({"accuracy": result.accuracy, "latency_ms": result.latency_ms, "epoch": epochs, FINAL: True,
+    final = {m: result.metric(m) for m in early}
+    tune.report({"accuracy": result.accuracy, **final, "epoch": epochs, FINAL: True,
                  "node_id": node, "attrs": json.dumps(result.user_attrs())})
 
 
@@ -121,12 +126,12 @@ class StudySearcher(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         raise NotImplementedError("resume a search by running `nas search --backend ray` again")
 
-    def __init__(self, *args, arch_space=None, latency_budget_ms: float | None = None,
+    def __init__(self, *args, arch_space=None, budgets: dict[str, float] | None = None,
                  timeout_s: float | None = None, study: Study | None = None, artifacts=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._arch_space = arch_space  # rebuilds a trial's ArchConfig from its parameters
         self._study, self._store = study, artifacts  # each trial's note and artifact (nas.dashboard)
-        self._latency_budget_ms = latency_budget_ms
+        self._budgets = budgets or {}  # hardware metric -> budget: a constraint each (as the Optuna backend's)
         self._where: dict[str, dict[str, Any]] = {}  # Ray trial id -> the node it last reported from
         # like the Optuna backend's timeout: no new trial after it, running ones finish (Tune's time_budget_s
         # would stop them, and they would be stored as pruned)
@@ -171,8 +176,8 @@ class StudySearcher(OptunaSearch):
             else:  # the last epoch's accuracy, held back from the intermediate reports (see trainable)
                 values = result[metric]
                 trial.report(values, result["training_iteration"])
-            if self._latency_budget_ms is not None:
-                trial.set_constraint(attr.LATENCY_MS, result["latency_ms"] - self._latency_budget_ms)
+            for name, budget in self._budgets.items():
+                trial.set_constraint(name, result[name] - budget)
             state = TrialState.COMPLETE
         else:  # stopped by the scheduler before its last epoch
             state, values = TrialState.PRUNED, None
@@ -247,7 +252,7 @@ class RayDriver(SearchDriver):
         try:
             multi = study.objectives.multi
             metric = list(study.objectives.metrics) if multi else "accuracy"
-            mode = ["max", "min"] if multi else "max"
+            mode = ["max" if m == "accuracy" else "min" for m in metric] if multi else "max"
 
             def define(trial) -> None:
                 study.space.suggest(trial)
@@ -255,7 +260,7 @@ class RayDriver(SearchDriver):
             sampler = create_sampler(study, (len(ostudy.trials),))  # a continued search draws new architectures
             searcher = StudySearcher(space=define, metric=metric, mode=mode, sampler=sampler, study_name=study.name,
                                      storage=storage_of(study.storage), arch_space=study.space,
-                                     latency_budget_ms=study.objectives.latency_budget_ms,
+                                     budgets=study.objectives.budgets,
                                      timeout_s=options.timeout_for(study), study=study, artifacts=store)
             scheduler = None
             if study.pruner.name == "asha":

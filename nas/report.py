@@ -1,7 +1,9 @@
-"""``nas report``: what a search found, as a Pareto plot, a per-block allocation chart and a CSV.
+"""``nas report``: what a search found, as Pareto plots, a per-block allocation chart and a CSV.
 
-The Pareto front is chosen on (search accuracy ↑, predicted latency ↓) of the complete trials, whatever the study's
-objectives, so single-objective studies get the same picture. What the report *shows* for the front is the test
+The Pareto front is chosen on the study's objectives (search accuracy ↑, and predicted latency ↓ and/or estimated
+energy ↓) of the complete trials; a single-objective study gets the front on (search accuracy, predicted latency), so
+it gets the same picture. One plot per hardware metric against accuracy (``pareto.png`` for latency,
+``pareto-energy.png`` for energy) marks that front: a three-objective front is marked in both. What the report *shows* for the front is the test
 accuracy (data no selection has seen) with its binomial standard error: a front chosen and reported on the same
 images would flatter itself. The reference trials (the all-dense model and the paper's allocation, queued first in
 every new study) are marked.
@@ -23,6 +25,11 @@ from search_spaces.space import block_options
 from . import attributes as attr
 
 
+METRIC_LABELS = {"latency_ms": "predicted latency (ms)",
+                 "energy_uj": "estimated energy per image (µJ, operation counts x unit costs)"}
+PLOT_FILES = {"latency_ms": "pareto.png", "energy_uj": "pareto-energy.png"}
+
+
 @dataclass
 class Point:
     trial: FrozenTrial
@@ -30,10 +37,14 @@ class Point:
     accuracy: float  # on the search split: what the front is chosen on
     latency_ms: float
     reference: str | None
+    energy_uj: float = math.nan  # nan: a trial stored without an energy estimate
 
     @property
     def label(self) -> str:
         return self.reference or f"trial {self.trial.number}"
+
+    def value(self, metric: str) -> float:
+        return {"accuracy": self.accuracy, "latency_ms": self.latency_ms, "energy_uj": self.energy_uj}[metric]
 
     @property
     def search_se(self) -> float:
@@ -59,22 +70,35 @@ def points(ostudy: optuna.Study) -> list[Point]:
         attrs = t.user_attrs
         if attr.CONFIG in attrs and attr.SEARCH_ACCURACY in attrs and attr.LATENCY_MS in attrs:
             out.append(Point(t, ArchConfig.from_json(attrs[attr.CONFIG]), float(attrs[attr.SEARCH_ACCURACY]),
-                             float(attrs[attr.LATENCY_MS]), attrs.get(attr.REFERENCE)))
+                             float(attrs[attr.LATENCY_MS]), attrs.get(attr.REFERENCE),
+                             float(attrs.get(attr.ENERGY_UJ, math.nan))))
     return out
 
 
-def pareto_front(pts: list[Point]) -> list[Point]:
-    """Points no other point beats on both accuracy and latency, fastest first; an architecture scored by several
-    trials appears once (its first trial)."""
+def front_metrics(ostudy: optuna.Study) -> tuple[str, ...]:
+    """What the study's Pareto front is chosen on: its objectives (stored when it was created; a study created
+    before that optimizes accuracy and latency), and accuracy and latency for a single-objective study."""
+    metrics = tuple(ostudy.user_attrs.get(attr.STUDY_METRICS) or ("accuracy", "latency_ms"))
+    return metrics if len(metrics) > 1 else ("accuracy", "latency_ms")
+
+
+def pareto_front(pts: list[Point], metrics: tuple[str, ...] = ("accuracy", "latency_ms")) -> list[Point]:
+    """Points no other point beats on every metric (accuracy higher, the hardware metrics lower), cheapest on the
+    first hardware metric first; points without a value of some metric are left out, and an architecture scored by
+    several trials appears once (its first trial)."""
+    hardware = metrics[1:]
     first: dict[str, Point] = {}
     for p in sorted(pts, key=lambda p: p.trial.number):
-        first.setdefault(p.config.id, p)
+        if not any(math.isnan(p.value(m)) for m in metrics):
+            first.setdefault(p.config.id, p)
     pts = list(first.values())
-    front = [p for p in pts if not any(
-        q.accuracy >= p.accuracy and q.latency_ms <= p.latency_ms and (q.accuracy, q.latency_ms) != (p.accuracy,
-                                                                                                     p.latency_ms)
-        for q in pts)]
-    return sorted(front, key=lambda p: p.latency_ms)
+
+    def beats(q: Point, p: Point) -> bool:
+        at_least = q.accuracy >= p.accuracy and all(q.value(m) <= p.value(m) for m in hardware)
+        return at_least and any(q.value(m) != p.value(m) for m in metrics)
+
+    front = [p for p in pts if not any(beats(q, p) for q in pts)]
+    return sorted(front, key=lambda p: tuple(p.value(m) for m in hardware))
 
 
 def write_csv(pts: list[Point], front: list[Point], path: Path) -> Path:
@@ -83,37 +107,53 @@ def write_csv(pts: list[Point], front: list[Point], path: Path) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trial", attr.SEARCH_ACCURACY, attr.SEARCH_SE, attr.TEST_ACCURACY, attr.TEST_SE,
-                         attr.LATENCY_MS, "pareto", attr.REFERENCE, attr.CONFIG_ID, attr.WALL_S] + [f"block{i}" for i in range(depth)])
+                         attr.LATENCY_MS, attr.ENERGY_UJ, "pareto", attr.REFERENCE, attr.CONFIG_ID, attr.WALL_S]
+                        + [f"block{i}" for i in range(depth)])
         for p in sorted(pts, key=lambda p: p.trial.number):
             writer.writerow([p.trial.number, f"{p.accuracy:.4f}", f"{p.search_se:.4f}", f"{p.test_accuracy:.4f}",
-                             f"{p.test_se:.4f}", f"{p.latency_ms:.4f}", int(id(p) in on_front),
+                             f"{p.test_se:.4f}", f"{p.latency_ms:.4f}",
+                             "" if math.isnan(p.energy_uj) else f"{p.energy_uj:.4f}", int(id(p) in on_front),
                              p.reference or "", p.config.id, p.trial.user_attrs.get(attr.WALL_S, "")]
                             + [b.describe() for b in p.config.blocks])
     return path
 
 
-def plot_pareto(pts: list[Point], front: list[Point], title: str, path: Path) -> Path:
+def accuracy_label(pts: list[Point]) -> str:
+    """What the accuracy axis holds: the search split, after a fine-tune or with weights inherited from the
+    supernet (as the trials say they were scored)."""
+    modes = {p.trial.user_attrs.get(attr.EVALUATION, "finetune") for p in pts}
+    how = {"finetune": "after the trial's fine-tune", "supernet": "weights inherited from the supernet"}
+    return "search-split accuracy, " + " / ".join(how.get(m, m) for m in sorted(modes))
+
+
+def plot_pareto(pts: list[Point], front: list[Point], title: str, path: Path, metric: str = "latency_ms",
+                metrics: tuple[str, ...] = ("accuracy", "latency_ms")) -> Path:
+    """Accuracy against one hardware ``metric``; ``front`` (chosen on ``metrics``) marked, as a line where it is
+    this metric's own two-objective front, as points where it is a front of more objectives projected here."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    pts = [p for p in pts if not math.isnan(p.value(metric))]
+    front = sorted((p for p in front if not math.isnan(p.value(metric))), key=lambda p: p.value(metric))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.scatter([p.latency_ms for p in pts], [p.accuracy for p in pts], s=18, color="0.7", label="trials (search)")
-    ax.plot([p.latency_ms for p in front], [p.accuracy for p in front], "o-", color="tab:red", ms=5,
-            label="Pareto front (search)")
+    ax.scatter([p.value(metric) for p in pts], [p.accuracy for p in pts], s=18, color="0.7", label="trials (search)")
+    projected = len(metrics) > 2 or metric not in metrics
+    ax.plot([p.value(metric) for p in front], [p.accuracy for p in front], "o" if projected else "o-",
+            color="tab:red", ms=5, label=f"Pareto front on {', '.join(metrics)} (search)")
     tested = [p for p in front if not math.isnan(p.test_accuracy)]
     if tested:
-        ax.errorbar([p.latency_ms for p in tested], [p.test_accuracy for p in tested],
+        ax.errorbar([p.value(metric) for p in tested], [p.test_accuracy for p in tested],
                     yerr=[p.test_se for p in tested], fmt="D", mfc="none", color="tab:green", ms=5, capsize=2,
                     label="front on test (± 1 SE)")
     markers = {"dense": ("s", "black", "all dense"), "paper": ("^", "tab:blue", "paper allocation")}
     for p in pts:
         if p.reference in markers:
             marker, color, text = markers[p.reference]
-            ax.scatter([p.latency_ms], [p.accuracy], marker=marker, s=70, color=color, label=text, zorder=3)
-    ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("accuracy after the trial's fine-tune")
+            ax.scatter([p.value(metric)], [p.accuracy], marker=marker, s=70, color=color, label=text, zorder=3)
+    ax.set_xlabel(METRIC_LABELS[metric])
+    ax.set_ylabel(accuracy_label(pts))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -121,6 +161,10 @@ def plot_pareto(pts: list[Point], front: list[Point], title: str, path: Path) ->
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _energy_text(p: Point) -> str:
+    return "" if math.isnan(p.energy_uj) else f", {p.energy_uj:.1f} µJ"
 
 
 def plot_allocation(front: list[Point], path: Path) -> Path:
@@ -145,7 +189,7 @@ def plot_allocation(front: list[Point], path: Path) -> Path:
         ax.set_title(key, fontsize=9)
         ax.set_xticks(range(depth), [str(i) for i in range(depth)], fontsize=7)
         ax.set_xlabel("block", fontsize=8)
-        labels = [f"{p.label} ({p.latency_ms:.2f} ms, test {p.test_accuracy:.3f})" for p in front]
+        labels = [f"{p.label} ({p.latency_ms:.2f} ms{_energy_text(p)}, test {p.test_accuracy:.3f})" for p in front]
         ax.set_yticks(range(len(front)), labels if ax is axes[0][0] else [], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -158,14 +202,19 @@ class Report:
     points: list[Point]
     front: list[Point]
     files: list[Path]
+    metrics: tuple[str, ...] = ("accuracy", "latency_ms")  # what the front is chosen on
 
 
 def report(ostudy: optuna.Study, out: Path, title: str) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     pts = points(ostudy)
-    front = pareto_front(pts)
+    metrics = front_metrics(ostudy)
+    front = pareto_front(pts, metrics)
     files = [write_csv(pts, front, out / "trials.csv")]
     if pts:
-        files.append(plot_pareto(pts, front, title, out / "pareto.png"))
-        files.append(plot_allocation(front, out / "allocation.png"))
-    return Report(pts, front, files)
+        for metric, name in PLOT_FILES.items():
+            if any(not math.isnan(p.value(metric)) for p in pts):
+                files.append(plot_pareto(pts, front, title, out / name, metric, metrics))
+        if front:
+            files.append(plot_allocation(front, out / "allocation.png"))
+    return Report(pts, front, files, metrics)

@@ -112,6 +112,8 @@ def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> op
         ostudy.set_user_attr(attr.STUDY_FILE, str(study.path))
         ostudy.set_user_attr(attr.STUDY_MODEL, study.model.to_dict())
         ostudy.set_user_attr(attr.STUDY_LATENCY_DEVICE, study.latency.device)
+        ostudy.set_user_attr(attr.STUDY_METRICS, list(study.objectives.metrics))
+        ostudy.set_user_attr(attr.STUDY_ENERGY_TABLE, study.energy.to_dict())
         for name, config in reference_configs(study).items():
             try:
                 params = study.space.params_of(config)

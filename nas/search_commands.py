@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -10,10 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from latency_model.energy import NOTE as ENERGY_NOTE
 from search_spaces.errors import ConfigError
 
 from . import pipeline
 from .driver import BACKENDS, get_driver
+from .report import METRIC_LABELS
 from .study import Study
 
 console = Console()
@@ -40,9 +43,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     console.print(f"  model {study.model.name}, {study.space.depth} blocks, {study.space.size():,} architectures")
     console.print(f"  data {study.data.source}: {len(splits.train)} train / {len(splits.search)} search / "
                   f"{len(splits.test)} test images")
+    units = {"latency_ms": "ms", "energy_uj": "µJ"}
     console.print(f"  objectives {list(study.objectives.metrics)}"
-                  + (f", latency budget {study.objectives.latency_budget_ms} ms"
-                     if study.objectives.latency_budget_ms else ""))
+                  + "".join(f", {m.split('_')[0]} budget {b} {units[m]}" for m, b in study.objectives.budgets.items()))
+    if study.objectives.uses_energy:
+        table = study.energy.table
+        console.print(f"  energy: unit costs {table.name} ({ENERGY_NOTE})")
     console.print(f"  training on {checked.placement.describe()} (train.device {study.train.device})")
     console.print(f"  budget {study.budget.n_trials} trials x {study.budget.epochs} epochs "
                   f"({study.budget.steps_per_epoch or 'full'} steps each); sampler {study.sampler.name}, "
@@ -208,18 +214,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _print_front(rep) -> None:
-    table = Table(title="Pareto front, chosen on search accuracy vs predicted latency; test accuracy ± 1 SE is "
-                        "what to report", title_justify="left")
-    for column in ("trial", "search acc", "test acc ± SE", "latency ms", "architecture"):
+    chosen = "search accuracy vs " + " and ".join(METRIC_LABELS[m].split(" (")[0] for m in rep.metrics[1:])
+    table = Table(title=f"Pareto front, chosen on {chosen}; test accuracy ± 1 SE is what to report",
+                  title_justify="left")
+    energy = any(not math.isnan(p.energy_uj) for p in rep.points)
+    for column in ("trial", "search acc", "test acc ± SE", "latency ms", *(("energy µJ",) if energy else ()),
+                   "architecture"):
         table.add_column(column)
     for p in rep.front:
-        table.add_row(p.label, f"{p.accuracy:.4f}", p.test_text, f"{p.latency_ms:.3f}", "; ".join(
-            f"{i}:{b.describe()}" for i, b in enumerate(p.config.blocks)))
+        table.add_row(p.label, f"{p.accuracy:.4f}", p.test_text, f"{p.latency_ms:.3f}",
+                      *((f"{p.energy_uj:.3f}",) if energy else ()),
+                      "; ".join(f"{i}:{b.describe()}" for i, b in enumerate(p.config.blocks)))
     console.print(table)
     for p in rep.points:
         if p.reference and p not in rep.front:
             console.print(f"reference {p.reference}: search accuracy {p.accuracy:.4f}, test {p.test_text}, "
-                          f"{p.latency_ms:.3f} ms (not on the front)")
+                          f"{p.latency_ms:.3f} ms" + (f", {p.energy_uj:.3f} µJ" if energy else "")
+                          + " (not on the front)")
+    if energy:
+        console.print(f"energy: {ENERGY_NOTE}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -17,10 +17,14 @@
       seed: 0                             # seed of the search split (and of the shapes generator)
     space: {...}                          # see search_spaces.space
     objectives:
-      metrics: [accuracy, latency_ms]     # accuracy (maximized) and predicted latency (minimized): a Pareto search;
-                                          #   [accuracy] alone: a single objective ...
-      latency_budget_ms: null             # ... where configs predicted slower than this are infeasible
+      metrics: [accuracy, latency_ms]     # accuracy (maximized), then any of latency_ms (predicted) and energy_uj
+                                          #   (estimated), minimized: a Pareto search; [accuracy] alone: one objective
+      latency_budget_ms: null             # configs predicted slower are infeasible (latency_ms not an objective)
+      energy_budget_uj: null              # configs estimated to spend more are infeasible (energy_uj not one)
     latency: {...}                        # see latency_model.settings
+    energy:                               # the unit-cost table energy_uj is priced with (latency_model.energy)
+      table: horowitz45nm                 # horowitz45nm | shiftaddnas; ops: {shift.int32: 0.13, ...},
+                                          #   dram_pj_per_byte, sram_pj_per_byte override its entries
     budget:
       n_trials: 20                        # trials that finish (complete or pruned); a re-run continues up to it
       timeout_s: null                     # stop starting trials after this many seconds (per `nas search` run)
@@ -71,15 +75,17 @@ from typing import Any
 import yaml
 
 from latency_model.db import anchor_sqlite
+from latency_model.energy import EnergySettings, check_priceable
 from latency_model.settings import LatencySettings
 from search_spaces.config import ConfigError, ModelSpec, _check_keys
 from search_spaces.space import SearchSpace
 
 from .shapes import DEFAULT_IMAGES
 
-SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "budget", "train", "evaluation",
-            "sampler", "pruner", "storage", "search", "artifacts")
-METRICS = ("accuracy", "latency_ms")
+SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "energy", "budget", "train",
+            "evaluation", "sampler", "pruner", "storage", "search", "artifacts")
+METRICS = ("accuracy", "latency_ms", "energy_uj")
+BUDGETS = {"latency_ms": "latency_budget_ms", "energy_uj": "energy_budget_uj"}  # hardware metric -> its budget key
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband", "asha")
 DATA_SOURCES = ("shapes", "digits", "imagefolder")
@@ -157,30 +163,59 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class Objectives:
-    metrics: tuple[str, ...] = METRICS
+    """What trials are scored on: ``accuracy`` (maximized) and any hardware metrics (minimized), plus budgets that
+    make a trial over them infeasible, for a hardware metric that is not an objective."""
+
+    metrics: tuple[str, ...] = ("accuracy", "latency_ms")
     latency_budget_ms: float | None = None
+    energy_budget_uj: float | None = None
 
     @property
     def multi(self) -> bool:
-        return len(self.metrics) == 2
+        return len(self.metrics) > 1
+
+    @property
+    def hardware(self) -> tuple[str, ...]:
+        """The hardware metrics searched on (minimized), in the order given."""
+        return self.metrics[1:]
 
     @property
     def directions(self) -> list[str]:
         return ["maximize" if m == "accuracy" else "minimize" for m in self.metrics]
 
+    @property
+    def budgets(self) -> dict[str, float]:
+        """Hardware metric -> its budget, for the budgets given."""
+        given = {"latency_ms": self.latency_budget_ms, "energy_uj": self.energy_budget_uj}
+        return {m: b for m, b in given.items() if b is not None}
+
+    @property
+    def uses_energy(self) -> bool:
+        return "energy_uj" in self.metrics or self.energy_budget_uj is not None
+
     @classmethod
     def from_dict(cls, data: Any) -> "Objectives":
-        data = _check_keys(data if data is not None else {}, "objectives", (), ("metrics", "latency_budget_ms"))
-        metrics = data.get("metrics", list(METRICS))
-        if metrics not in (["accuracy", "latency_ms"], ["accuracy"]):
-            raise ConfigError("objectives.metrics", f"expected [accuracy, latency_ms] (a Pareto search) or [accuracy] "
-                                                    f"(with an optional latency_budget_ms), got {metrics!r}")
-        budget = _number(data, "latency_budget_ms", "objectives", above=0, optional=True) \
-            if "latency_budget_ms" in data else None
-        if budget is not None and len(metrics) == 2:
-            raise ConfigError("objectives.latency_budget_ms", "a latency budget is for the single objective "
-                                                              "[accuracy]; with latency_ms as an objective, remove it")
-        return cls(tuple(metrics), budget)
+        data = _check_keys(data if data is not None else {}, "objectives", (), ("metrics", *BUDGETS.values()))
+        metrics = data.get("metrics", ["accuracy", "latency_ms"])
+        allowed = ", ".join(METRICS)
+        if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+            raise ConfigError("objectives.metrics", f"expected a list like [accuracy, latency_ms, energy_uj], got "
+                                                    f"{metrics!r}")
+        for m in metrics:
+            if m not in METRICS:
+                raise ConfigError("objectives.metrics", f"unknown metric {m!r} (allowed: {allowed})")
+        if metrics[0] != "accuracy" or len(set(metrics)) != len(metrics):
+            raise ConfigError("objectives.metrics", f"expected accuracy first, then any of {', '.join(METRICS[1:])} "
+                                                    f"once each, got {metrics!r}")
+        budgets = {}
+        for metric, name in BUDGETS.items():
+            if name not in data:
+                continue
+            budgets[name] = _number(data, name, "objectives", above=0, optional=True)
+            if budgets[name] is not None and metric in metrics:
+                raise ConfigError(f"objectives.{name}", f"a budget is for a metric that is not an objective; with "
+                                                        f"{metric} in objectives.metrics, remove it")
+        return cls(tuple(metrics), **budgets)
 
 
 @dataclass(frozen=True)
@@ -324,6 +359,7 @@ class Study:
     storage: str
     search: SearchSettings = SearchSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    energy: EnergySettings = EnergySettings()
     plugins: tuple[str, ...] = ()
     artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.dashboard.artifact_location: the default)
     # the latency: section as written, before the defaults that depend on the target and the folder were filled in
@@ -403,8 +439,8 @@ class Study:
         objectives = Objectives.from_dict(data.get("objectives"))
         pruner = Choice.from_dict(data.get("pruner"), "pruner", PRUNERS, "none")
         if pruner.name != "none" and objectives.multi:
-            raise ConfigError("pruner.name", "Optuna prunes single-objective studies only; use {name: none} with "
-                                             "metrics [accuracy, latency_ms], or metrics [accuracy] to prune")
+            raise ConfigError("pruner.name", f"Optuna prunes single-objective studies only; use {{name: none}} with "
+                                             f"metrics {list(objectives.metrics)}, or metrics [accuracy] to prune")
         storage = data.get("storage") or f"sqlite:///{folder / name}.db"
         if not isinstance(storage, str) or "://" not in storage:
             shown = "a value that is not a URL (not shown: it may hold a password)" \
@@ -424,6 +460,9 @@ class Study:
             raise ConfigError("artifacts", f"unknown artifact store {artifacts!r}: a folder, s3://BUCKET[/PREFIX] or "
                                            "gs://BUCKET[/PREFIX]")
         space = SearchSpace.from_dict(data.get("space"), model)
+        energy = EnergySettings.from_dict(data.get("energy"))
+        if objectives.uses_energy:
+            check_priceable(space)
         evaluation = EvaluationSettings.from_dict(data.get("evaluation"))
         if evaluation.supernet:
             from search_spaces.supernet import check_shareable
@@ -437,7 +476,7 @@ class Study:
             train=TrainSettings.from_dict(data.get("train")),
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
             storage=storage, search=SearchSettings.from_dict(data.get("search")), plugins=plugins,
-            evaluation=evaluation,
+            evaluation=evaluation, energy=energy,
             artifacts=artifacts or "", declared_latency=declared_latency,
         )
 

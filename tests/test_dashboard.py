@@ -128,8 +128,16 @@ def test_a_trial_note_says_what_a_person_needs(tiny_spec):
                              "expert:shift": 0.3}, {"norms+residuals": 0.05, "attention": 0.1, "mlp": 0.08}]}
     rows = architecture_table(config, breakdown, {"0": [0.75, 0.25]})
     assert rows[2] == ("| 0 | additive (tensor) | shift | dense | moe | top-1: dense, shift (75% / 25%) | 0.4 | 0.52 | "
-                       "0.05 | 0.97 |")
-    assert rows[3] == "| 1 | msa | dense | dense | dense |  | 0.1 | 0.08 | 0.05 | 0.23 |"
+                       "0.05 | 0.97 |  |")
+    assert rows[3] == "| 1 | msa | dense | dense | dense |  | 0.1 | 0.08 | 0.05 | 0.23 |  |"
+    energy = {"table": "horowitz45nm", "energy_uj": 9.0, "compute_uj": 3.0, "memory_uj": 6.0,
+              "frame": {"compute_uj": 1.0, "memory_uj": 2.0},
+              "blocks": [{"compute_uj": 1.5, "memory_uj": 2.5}, {"compute_uj": 0.5, "memory_uj": 1.5}]}
+    rows = architecture_table(config, breakdown, {"0": [0.75, 0.25]}, energy)
+    assert rows[2].endswith("| 0.97 | 4 (1.5 + 2.5) |") and rows[3].endswith("| 0.23 | 2 (0.5 + 1.5) |")
+    note = trial_note(5, TrialState.COMPLETE, {"config": config.to_json(), "latency_breakdown": breakdown,
+                                               "energy_breakdown": energy}, "cpu-x")
+    assert "(unit costs `horowitz45nm`): **9 µJ** = compute 3 + memory 6 µJ" in note and "not a measurement" in note
 
     duplicate = trial_note(7, TrialState.COMPLETE, {"config": config.to_json(), "duplicate_of": 3,
                                                     "latency_breakdown": breakdown}, "cpu-x")

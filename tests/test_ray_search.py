@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_path):
-    study_file = searchable(tmp_path, budget={"n_trials": 4})
+    study_file = searchable(tmp_path, budget={"n_trials": 4},
+                            objectives={"metrics": ["accuracy", "latency_ms", "energy_uj"]})
     assert main(["search", str(study_file), "--backend", "ray", "--workers", "2"]) == 0
     trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -26,7 +27,9 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
     for t in trials:
         attrs = t.user_attrs
         assert attrs["ray_trial_id"] and attrs["ray_hostname"] and attrs["ray_node_ip"] and attrs["ray_node_id"]
-        assert t.values == [attrs["search_accuracy"], attrs["latency_ms"]] and "test_accuracy" in attrs
+        assert t.values == [attrs["search_accuracy"], attrs["latency_ms"], attrs["energy_uj"]]
+        assert attrs["energy_uj"] > 0 and attrs["energy_breakdown"]["table"] == "horowitz45nm"
+        assert "test_accuracy" in attrs
         assert {"config", "latency_breakdown", "moe_split", "weights"} <= set(attrs)
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 4
     for number, (note, artifacts) in trial_notes(study_file).items():  # what optuna-dashboard shows of each

@@ -119,7 +119,8 @@ def test_diverging_trials_fail_with_their_reason_and_keep_the_study(searchable, 
 
 
 def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path):
-    study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1e-6},
+    study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1e-6,
+                                                  "energy_budget_uj": 1e9},
                             pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
     assert main(["search", str(study_file)]) == 0
     trials = stored_trials(study_file)
@@ -128,22 +129,34 @@ def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path)
     assert all(len(t.values) == 1 for t in complete)
     # nothing is faster than 1 ns: every complete trial is infeasible, so there is no best to export
     assert complete and all(t.constraints["latency_ms"] > 0 for t in complete)
+    assert all(t.constraints["energy_uj"] == t.user_attrs["energy_uj"] - 1e9 < 0 for t in complete)
     assert main(["export", str(study_file), "--out", str(tmp_path / "x")]) == 2
 
 
-def test_report_writes_plots_and_csv(searchable, tmp_path):
-    study_file = searchable(tmp_path)
+def test_a_three_objective_search_reports_both_trade_offs(searchable, tmp_path, capsys):
+    study_file = searchable(tmp_path, objectives={"metrics": ["accuracy", "latency_ms", "energy_uj"]},
+                            energy={"table": "shiftaddnas"}, sampler={"name": "nsga2", "seed": 0})
     assert main(["search", str(study_file)]) == 0
+    trials = stored_trials(study_file)
+    assert all(t.values == [t.user_attrs[k] for k in ("search_accuracy", "latency_ms", "energy_uj")] for t in trials)
     out = tmp_path / "report"
     assert main(["report", str(study_file), "--out", str(out)]) == 0
+    assert "energy µJ" in capsys.readouterr().out
     import csv
 
     rows = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
     assert len(rows) == 3 and rows[0]["reference"] == "dense"
-    assert sum(int(r["pareto"]) for r in rows) >= 1  # at least one Pareto point
     assert all(0 <= float(r["test_accuracy"]) <= 1 and float(r["test_se"]) > 0 for r in rows)
-    for png in ("pareto.png", "allocation.png"):
+    # the front is chosen on all three: a row is on it exactly when no other row beats it on every one
+    values = [(float(r["search_accuracy"]), -float(r["latency_ms"]), -float(r["energy_uj"])) for r in rows]
+    dominated = [any(all(o >= v for o, v in zip(other, mine)) and other != mine for other in values)
+                 for mine in values]
+    assert [int(r["pareto"]) for r in rows] == [int(not d) for d in dominated]
+    for png in ("pareto.png", "pareto-energy.png", "allocation.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["export", str(study_file), "--out", str(tmp_path / "best")]) == 0
+    exported = yaml.safe_load(next((tmp_path / "best").glob("trial-*.yaml")).read_text())["provenance"]
+    assert exported["energy_uj"] > 0 and exported["energy_breakdown"]["table"] == "shiftaddnas"
 
 
 def test_dashboard_serves_the_study_on_loopback(searchable, tmp_path):
