@@ -359,7 +359,8 @@ def study_note(study: Study, ostudy: optuna.Study) -> str:
             if trial.state == TrialState.COMPLETE and trial.user_attrs.get(attr.SEARCH_ACCURACY) is not None:
                 a = trial.user_attrs
                 found = (f": search accuracy {a[attr.SEARCH_ACCURACY]:.4f}, test {a.get(attr.TEST_ACCURACY, math.nan):.4f}, "
-                         f"{a[attr.LATENCY_MS]:.3g} ms predicted")
+                         f"{a[attr.LATENCY_MS]:.3g} ms predicted"
+                         + (f", {a[attr.ENERGY_UJ]:.4g} µJ estimated" if a.get(attr.ENERGY_UJ) is not None else ""))
             lines.append(f"- trial {number}, {REFERENCES.get(name, name)} ({trial.state.name.lower()}){found}")
         lines.append("")
     lines += ["### Reproduce", "", "```", f"nas run {study.path}", f"nas report {study.path}", "```", "",

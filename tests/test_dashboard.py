@@ -63,7 +63,9 @@ def test_the_dashboard_shows_notes_and_artifacts_of_a_finished_search(searchable
                      "trial 1, the paper's allocation", f"nas run {study_file}"):
             assert text in note, f"{text!r} not in the study note:\n{note}"
 
-        assert sorted(a["filename"] for a in detail["artifacts"]) == ["allocation.png", "pareto.png", "trials.csv"]
+        assert "### Energy" in note and "recorded, not searched on" in note and "unit costs `horowitz45nm`" in note
+        assert sorted(a["filename"] for a in detail["artifacts"]) == ["allocation.png", "pareto-energy.png",
+                                                                      "pareto.png", "trials.csv"]
         chart = next(a for a in detail["artifacts"] if a["filename"] == "pareto.png")
         assert _get(f"{base}/artifacts/{summary['study_id']}/{chart['artifact_id']}")[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -76,8 +78,10 @@ def test_the_dashboard_shows_notes_and_artifacts_of_a_finished_search(searchable
             for i, block in enumerate(config.blocks):  # one row per block, with its choices and a price
                 row = next(line for line in body.splitlines() if line.startswith(f"| {i} | "))
                 assert f"| {block.qkv} | {block.proj} | {block.mlp} |" in row
-                assert float(row.rstrip(" |").rsplit("|", 1)[-1]) > 0
+                block_ms, block_uj = row.rstrip(" |").rsplit("|", 2)[-2:]
+                assert float(block_ms) > 0 and float(block_uj.split("(")[0]) > 0
             assert f"**{attrs['latency_ms']:.3g} ms**" in body
+            assert f"**{attrs['energy_uj']:.4g} µJ**" in body
             assert f"search split (what selects): {attrs['search_accuracy']:.4f}" in body
             assert f"test split (what to report): {attrs['test_accuracy']:.4f}" in body
             assert f"{attrs['weights']['total']:,}" in body
