@@ -184,12 +184,13 @@ class Evaluator:
         assert evaluation is not None
         prediction = self.predictor.predict(config, self.batch, moe_loads=evaluation.moe_loads)
         counts = weight_counts(model)
-        result = TrialResult(energy=self.energy(config, evaluation.moe_loads),
+        result = TrialResult(
             config=config, search=evaluation, latency_ms=prediction.total_ms,
             test=evaluate(model, self.splits.test, placement=self.placement, loader_workers=train.loader_workers),
             prediction=prediction.to_dict(), history=history,
             weights={"total": counts.total, "shift_share": round(counts.shift_share, 4)},
             train_s=time.perf_counter() - start, evaluation=self.mode,
+            energy=self.energy(config, evaluation.moe_loads),
         )
         return result, model
 
@@ -232,9 +233,10 @@ def _scored_before(trial, config: ArchConfig, recipe: str):
     return None
 
 
-def set_constraints(trial, study: Study, metric: Callable[[str], float]) -> None:
-    """A constraint per budget of the study (``metric - budget``; feasible at <= 0), keyed by the metric's name."""
-    for name, budget in study.objectives.budgets.items():
+def set_constraints(trial, budgets: dict[str, float], metric: Callable[[str], float]) -> None:
+    """A constraint per budget (hardware metric -> budget: ``metric - budget``, feasible at <= 0), keyed by the
+    metric's name; both backends set them so."""
+    for name, budget in budgets.items():
         trial.set_constraint(name, metric(name) - budget)
 
 
@@ -271,7 +273,7 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
             raise optuna.TrialPruned() from None
         for key, value in result.user_attrs().items():
             trial.set_user_attr(key, value)
-        set_constraints(trial, study, result.metric)
+        set_constraints(trial, study.objectives.budgets, result.metric)
         if study.objectives.multi:
             return result.values(study.objectives.metrics)
         return result.accuracy

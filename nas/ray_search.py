@@ -176,8 +176,9 @@ class StudySearcher(OptunaSearch):
             else:  # the last epoch's accuracy, held back from the intermediate reports (see trainable)
                 values = result[metric]
                 trial.report(values, result["training_iteration"])
-            for name, budget in self._budgets.items():
-                trial.set_constraint(name, result[name] - budget)
+            from .objective import set_constraints
+
+            set_constraints(trial, self._budgets, result.__getitem__)
             state = TrialState.COMPLETE
         else:  # stopped by the scheduler before its last epoch
             state, values = TrialState.PRUNED, None
