@@ -80,6 +80,12 @@ def test_profile_fit_and_latency_from_the_command_line(tmp_path, capsys):
     assert main(["latency", str(study), "--config", str(arch), "--measure", "--json", *cache]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["predicted_ms"] > 0 and last["measured_ms"] > 0 and len(last["breakdown"]["blocks"]) == 2
+    from latency_model.energy import estimate
+    from search_spaces import ArchConfig
+
+    expected = estimate(ArchConfig.load(arch))  # one image, the study's (default) table: the same figure anywhere
+    assert last["energy_uj"] == pytest.approx(expected.total_uj) and last["energy_breakdown"]["table"] == "horowitz45nm"
+    assert last["op_counts"]["mult.fp32"] == expected.counts.ops["mult.fp32"] > 0 and last["bytes"]["weights"] > 0
     # a predictor for another device is refused with one clear line
     assert main(["latency", str(study), "--config", str(arch), "--device", "elsewhere",
                  "--predictor", str(predictors[0])]) == 2

@@ -60,6 +60,7 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     assert main(["finetune", str(exported[0]), "--epochs", "1", "--out", str(tuned)]) == 0
     result = json.loads((tuned / "result.json").read_text())
     assert result["measured_ms"] > 0 and result["predicted_ms"] > 0
+    assert result["energy_uj"] == result["energy_breakdown"]["energy_uj"] > 0  # at the fine-tuned routers' split
     # the trial it came from says so in its note on the dashboard
     from optuna_dashboard import get_note
 
