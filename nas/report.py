@@ -123,7 +123,7 @@ def accuracy_label(pts: list[Point]) -> str:
     supernet (as the trials say they were scored)."""
     modes = {p.trial.user_attrs.get(attr.EVALUATION, "finetune") for p in pts}
     how = {"finetune": "after the trial's fine-tune", "supernet": "weights inherited from the supernet"}
-    return "search-split accuracy, " + " / ".join(how.get(m, m) for m in sorted(modes))
+    return "search-split accuracy\n(" + " / ".join(how.get(m, m) for m in sorted(modes)) + ")"
 
 
 def plot_pareto(pts: list[Point], front: list[Point], title: str, path: Path, metric: str = "latency_ms",
@@ -156,7 +156,7 @@ def plot_pareto(pts: list[Point], front: list[Point], title: str, path: Path, me
     ax.set_ylabel(accuracy_label(pts))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
