@@ -59,7 +59,6 @@ def _derived(ops: dict[str, float]) -> dict[str, float]:
             out.setdefault(f"logic.{dtype}", add)
             if f"mult.{dtype}" in ops and not dtype.startswith("int"):
                 out.setdefault(f"exp.{dtype}", 4 * (ops[f"mult.{dtype}"] + add))
-    out.setdefault("logic.bin", out.get("logic.int8", 0.03) / 8)
     return out
 
 
@@ -278,18 +277,16 @@ def estimate(config: ArchConfig, table: UnitCosts | EnergySettings | None = None
 def check_priceable(space, where: str = "space") -> None:
     """Refuse (one ConfigError) a space that offers a primitive declaring no operation counts, or a model family
     that does not count its frame: energy_uj could not price every architecture of it."""
-    from search_spaces.registry import get
-
-    for i, choices in enumerate(space.blocks):
+    for choices in space.blocks:
         for key, slot in registry.BLOCK_KEYS.items():
             for name in getattr(choices, key):
-                if get(slot, name).counts is None:
+                if registry.get(slot, name).counts is None:
                     raise ConfigError(f"{where}.{key}", f"{slot} {name!r} declares no operation counts "
                                                         "(Primitive.counts), so energy_uj cannot price it: remove "
                                                         "energy_uj from objectives.metrics or the choice from "
                                                         "the space")
     for name in set(space.moe_experts):
-        if get("expert", name).counts is None:
+        if registry.get("expert", name).counts is None:
             raise ConfigError(f"{where}.moe.experts", f"expert {name!r} declares no operation counts "
                                                       "(Primitive.counts), so energy_uj cannot price it")
     family = family_for(space.model)
