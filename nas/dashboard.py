@@ -298,6 +298,23 @@ def _predictor_lines(study: Study) -> list[str]:
     return lines
 
 
+def _pays_lines(study: Study) -> list[str]:
+    """Where each choice pays, as the study's predictor prices it (:mod:`latency_model.pays`)."""
+    from . import pipeline
+
+    pays = pipeline.where_it_pays(study)
+    if pays is None or not pays.ratios:
+        return []
+    lines = ["### Where each choice pays", "",
+             f"Each choice alone in a dense block, its part's predicted time over dense's on `{pays.device}` at batch "
+             f"{pays.batch} (below 1.0: faster than dense).", "",
+             "| blocks | slot | choice | ms | × dense |", "|---|---|---|---:|---:|"]
+    lines += [f"| {r.where} | {r.slot} | {r.choice} | {r.ms:.4f} | {'**' if r.pays else ''}{r.ratio:.2f}"
+              f"{'**' if r.pays else ''} |" for r in pays.ratios]
+    warning = pays.nothing_pays(study.objectives.metrics)
+    return lines + ([""] + [f"> {warning}"] if warning else []) + [""]
+
+
 def _tuning_line(study: Study) -> str:
     from .export import profiled_trials
 
@@ -349,7 +366,7 @@ def study_note(study: Study, ostudy: optuna.Study) -> str:
              "", "### Latency", "",
              f"- predicted for device `{study.latency.device}` (TVM target `{study.latency.target}`, batch "
              f"{study.latency.batch_sizes[0]}); measurements in `{_redacted(study.latency.db)}`",
-             *_predictor_lines(study), _tuning_line(study), "", *_energy_lines(study)]
+             *_predictor_lines(study), _tuning_line(study), "", *_pays_lines(study), *_energy_lines(study)]
     references = [(t.number, t.user_attrs[attr.REFERENCE], t) for t in ostudy.get_trials(deepcopy=False)
                   if t.user_attrs.get(attr.REFERENCE)]
     if references:

@@ -76,7 +76,38 @@ def show_profile(study: Study, options: pipeline.ProfileOptions):
                       f"for the CPU, or the repeats spread wider than {settings.max_spread:.0%}); `nas fit-latency` "
                       f"refuses them. On a quiet machine run: nas profile {study.path} --remeasure",
                       highlight=False)
+    if options.rpc_tracker is None:  # a remote profile times kernels only: there are no module parts to price
+        show_pays(pipeline.where_it_pays(study, settings, from_table=True), study)
     return summary
+
+
+def show_pays(pays, study: Study) -> None:
+    """Where each choice pays (:mod:`latency_model.pays`) as a table, and the line that warns when none does."""
+    if pays is None or not pays.ratios:
+        return
+    table = Table(title=f"where each choice pays on {pays.device}, batch {pays.batch}: each choice alone in a dense "
+                        "block, its part's priced time against dense's (below 1.0: faster than dense)",
+                  title_justify="left")
+    for column, justify in (("blocks", "left"), ("slot", "left"), ("choice", "left"), ("ms", "right"),
+                            ("dense ms", "right"), ("x dense", "right")):
+        table.add_column(column, justify=justify)
+    for r in pays.ratios:
+        colour = "green" if r.pays else "red"
+        table.add_row(r.where, r.slot, r.choice, f"{r.ms:.4f}", f"{r.dense_ms:.4f}", f"[{colour}]{r.ratio:.2f}[/]")
+    console.print(table)
+    for line in pays.unpriced[:3]:
+        console.print(f"  [yellow]not priced[/] {line}", highlight=False)
+    show_nothing_pays(pays, study)
+
+
+def show_nothing_pays(pays, study: Study) -> None:
+    """The one line saying that no choice beats dense anywhere, when latency is searched on and none does."""
+    objectives = study.objectives
+    if pays is None or ("latency_ms" not in objectives.metrics and objectives.latency_budget_ms is None):
+        return
+    line = pays.nothing_pays(objectives.metrics)
+    if line:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from .study import Study
 if TYPE_CHECKING:
     from .device import Placement
     from search_spaces import ArchConfig
+    from latency_model.pays import WhereItPays
     from latency_model.predictor import Accuracy, Predictor, PredictorRefused
     from latency_model.profile import Summary as ProfileSummary
     from latency_model.settings import LatencySettings
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FitOptions", "FitResult", "ProfileOptions", "Progress", "SearchEvents", "SearchOptions", "SearchSummary",
            "Validation", "FinetuneJob", "export", "finetune", "fit_latency", "in_study", "load_data", "needs_fit", "needs_pretrain", "needs_supernet",
-           "preflight", "pretrain", "profile", "report", "search", "supernet", "validate"]
+           "preflight", "pretrain", "profile", "report", "search", "supernet", "validate", "where_it_pays"]
 
 
 @contextmanager
@@ -231,6 +232,31 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
     return result
 
 
+def where_it_pays(study: Study, settings: "LatencySettings | None" = None,
+                  from_table: bool = False) -> "WhereItPays | None":
+    """Each choice of the study's space priced against dense, block by block
+    (:func:`latency_model.pays.where_it_pays`), at the study's first batch size: by its predictor file, or with
+    ``from_table`` by a predictor fitted here on the measurement table as it stands (unchecked, not written: what a
+    profile just measured). None when nothing can be priced yet."""
+    from latency_model import db
+    from latency_model.pays import where_it_pays as price
+    from latency_model.predictor import Predictor, PredictorError
+
+    settings = settings or study.latency
+    try:
+        if from_table:
+            engine = db.connect(settings.db)
+            rows = db.latest(engine, settings.device)
+            if not rows:
+                return None
+            predictor, _ = Predictor.fit(rows, settings.device, models=db.model_rows(engine, settings.device))
+        else:
+            predictor = Predictor.load(settings.predictor, device=settings.device)
+    except PredictorError:
+        return None
+    return price(study.space, predictor, settings.batch_sizes[0])
+
+
 def needs_fit(study: Study, profiled: "ProfileSummary | None" = None) -> bool:
     """True when the study's predictor file is missing, unreadable, fitted for another device, older than
     measurements ``profiled`` just added, or cannot price some op of the study's space (a file fitted on another
@@ -324,7 +350,7 @@ def report(study: Study, out: Path | None = None) -> "Report":
     out = ensure_writable(out or report_folder(study) / "report", "--out", need_mb=1)
     ostudy = open_study(study, create=False)
     written = write_report(ostudy, out, f"{study.name}: {study.model.name} on {study.data.source}, "
-                                        f"{study.latency.device}")
+                                        f"{study.latency.device}", where_it_pays(study))
     replace_study_artifacts(ostudy, artifact_store(artifact_location(study)), written.files)
     publish_study(study, ostudy)
     return written

@@ -3,10 +3,11 @@
 The Pareto front is chosen on the study's objectives (search accuracy ↑, and predicted latency ↓ and/or estimated
 energy ↓) of the complete trials; a single-objective study gets the front on (search accuracy, predicted latency), so
 it gets the same picture. One plot per hardware metric against accuracy (``pareto.png`` for latency,
-``pareto-energy.png`` for energy) marks that front: a three-objective front is marked in both. What the report *shows* for the front is the test
-accuracy (data no selection has seen) with its binomial standard error: a front chosen and reported on the same
-images would flatter itself. The reference trials (the all-dense model and the paper's allocation, queued first in
-every new study) are marked.
+``pareto-energy.png`` for energy) marks that front: a three-objective front is marked in both. What the report
+*shows* for the front is the test accuracy (data no selection has seen) with its binomial standard error: a front
+chosen and reported on the same images would flatter itself. The reference trials (the all-dense model and the
+paper's allocation, queued first in every new study) are marked. ``pays.png`` shows, per block, each choice's priced
+time against dense's (:mod:`latency_model.pays`): where a choice can pay on this device at all.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from latency_model.pays import SLOTS, WhereItPays
 from search_spaces import ArchConfig
 from search_spaces.space import block_options
 
@@ -197,6 +199,45 @@ def plot_allocation(front: list[Point], path: Path) -> Path:
     return path
 
 
+def plot_pays(pays: "WhereItPays", title: str, path: Path) -> Path:
+    """Where each choice pays: one panel per slot, a group of bars per set of alike blocks, one bar per choice at
+    its priced time over dense's (log scale; the line at 1.0 is dense)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slots = [s for s in SLOTS if any(r.slot == s for r in pays.ratios)]
+    wheres = list(dict.fromkeys(r.where for r in pays.ratios))
+    fig, axes = plt.subplots(1, len(slots), figsize=(3.2 * len(slots), 3.6), squeeze=False, sharey=True)
+    for ax, slot in zip(axes[0], slots):
+        rows = [r for r in pays.ratios if r.slot == slot]
+        choices = list(dict.fromkeys(r.choice for r in rows))
+        width = 0.8 / len(choices)
+        for c, choice in enumerate(choices):
+            xs, ys = [], []
+            for w, where in enumerate(wheres):
+                for r in rows:
+                    if r.where == where and r.choice == choice:
+                        xs.append(w - 0.4 + width * (c + 0.5))
+                        ys.append(r.ratio)
+            ax.bar(xs, ys, width, label=choice)
+            for x, y in zip(xs, ys):
+                ax.text(x, y, f"{y:.2f}", ha="center", va="bottom", fontsize=6)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_title(slot, fontsize=9)
+        ax.set_xticks(range(len(wheres)), [w.replace(" (", "\n(") for w in wheres], fontsize=6)
+        ax.legend(fontsize=6, loc="upper right")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("priced time / dense (below 1: pays)", fontsize=8)
+    fig.suptitle(f"{title}\nwhere each choice pays, batch {pays.batch}: each alone in a dense block", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 @dataclass
 class Report:
     points: list[Point]
@@ -205,7 +246,9 @@ class Report:
     metrics: tuple[str, ...] = ("accuracy", "latency_ms")  # what the front is chosen on
 
 
-def report(ostudy: optuna.Study, out: Path, title: str) -> Report:
+def report(ostudy: optuna.Study, out: Path, title: str, pays: "WhereItPays | None" = None) -> Report:
+    """``trials.csv``, a Pareto plot per hardware metric, the front's allocation chart and, given the study's
+    :class:`~latency_model.pays.WhereItPays`, ``pays.png``."""
     out.mkdir(parents=True, exist_ok=True)
     pts = points(ostudy)
     metrics = front_metrics(ostudy)
@@ -217,4 +260,6 @@ def report(ostudy: optuna.Study, out: Path, title: str) -> Report:
                 files.append(plot_pareto(pts, front, title, out / name, metric, metrics))
         if front:
             files.append(plot_allocation(front, out / "allocation.png"))
+    if pays is not None and pays.ratios:
+        files.append(plot_pays(pays, title, out / "pays.png"))
     return Report(pts, front, files, metrics)

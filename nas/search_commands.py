@@ -16,6 +16,7 @@ from search_spaces.errors import ConfigError
 
 from . import pipeline
 from .driver import BACKENDS, get_driver
+from .latency_commands import show_nothing_pays
 from .report import METRIC_LABELS
 from .study import Study
 
@@ -116,11 +117,15 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_search(study: Study, backend: str, options: pipeline.SearchOptions) -> pipeline.SearchSummary:
-    """Run the search with a progress bar (and a line per change when the output is not a terminal)."""
+def show_search(study: Study, backend: str, options: pipeline.SearchOptions, warn_nothing_pays: bool = True
+                ) -> pipeline.SearchSummary:
+    """Run the search with a progress bar (and a line per change when the output is not a terminal), after the line
+    that says so when no choice of the space is priced below dense anywhere (unless the caller has said it)."""
     driver = get_driver(backend)
     driver.check(study, options)
     total = options.trials_for(study)
+    if warn_nothing_pays:
+        show_nothing_pays(pipeline.where_it_pays(study), study)
     console.print(f"search [bold]{study.name}[/] {driver.describe(study, options)}")
     shown_failures: set[int] = set()
     with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -287,7 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             console.print(f"[dim]3/6 supernet: {study.supernet_path} (cached)[/]")
     console.print("[bold]4/6 search[/]")
-    show_search(study, args.backend, options)
+    show_search(study, args.backend, options, warn_nothing_pays=False)  # the profile's table ended with it
     console.print("[bold]5/6 report[/]")
     rep = pipeline.report(study, out / "report")
     _print_front(rep)

@@ -65,7 +65,8 @@ def test_the_dashboard_shows_notes_and_artifacts_of_a_finished_search(searchable
 
         assert "### Energy" in note and "recorded, not searched on" in note and "unit costs `horowitz45nm`" in note
         assert sorted(a["filename"] for a in detail["artifacts"]) == ["allocation.png", "pareto-energy.png",
-                                                                      "pareto.png", "trials.csv"]
+                                                                      "pareto.png", "pays.png", "trials.csv"]
+        assert "### Where each choice pays" in note and "| blocks 0-1 (17 tokens, 32 channels) | qkv | shift |" in note
         chart = next(a for a in detail["artifacts"] if a["filename"] == "pareto.png")
         assert _get(f"{base}/artifacts/{summary['study_id']}/{chart['artifact_id']}")[:8] == b"\x89PNG\r\n\x1a\n"
 

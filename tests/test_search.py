@@ -153,7 +153,7 @@ def test_a_three_objective_search_reports_both_trade_offs(searchable, tmp_path, 
     dominated = [any(all(o >= v for o, v in zip(other, mine)) and other != mine for other in values)
                  for mine in values]
     assert [int(r["pareto"]) for r in rows] == [int(not d) for d in dominated]
-    for png in ("pareto.png", "pareto-energy.png", "allocation.png"):
+    for png in ("pareto.png", "pareto-energy.png", "allocation.png", "pays.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["export", str(study_file), "--out", str(tmp_path / "best")]) == 0
     exported = yaml.safe_load(next((tmp_path / "best").glob("trial-*.yaml")).read_text())["provenance"]
