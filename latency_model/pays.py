@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, SearchSpace
-from search_spaces.families import ModelDims
+from search_spaces.families import ModelDims, family_for
 from search_spaces.registry import on_kernels
 
-from .predictor import Predictor, PredictorError, family_key
+from .keys import OpName
+from .ops import block_ops, latency_split
+from .predictor import Predictor, PredictorError
 
 SLOTS = ("attention", "qkv", "proj", "mlp")
 DENSE = BlockConfig()
-_NOT_MLP = ("attention", "norms+residuals")  # a block's predicted parts that are not its MLP's
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,16 @@ def slot_choices(space: SearchSpace, index: int) -> list[tuple[str, str, BlockCo
 
 def _part_ms(predictor: Predictor, space: SearchSpace, index: int, block: BlockConfig, slot: str, batch: int
              ) -> float:
-    """Block ``index``'s part that ``slot`` belongs to, in an otherwise dense model, as the predictor composes it."""
-    blocks = [DENSE] * space.depth
-    blocks[index] = block
-    config = ArchConfig(space.model, tuple(blocks))
-    parts = predictor.predict(config, batch).blocks[index]
-    ms = parts["attention"] if slot != "mlp" else sum(v for k, v in parts.items() if k not in _NOT_MLP)
-    a, b, _ = predictor.calibration.get((family_key(config), batch), (1.0, 0.0, 0.0))
+    """Block ``index``'s part that ``slot`` belongs to, with ``block``'s choices, as the predictor composes it (an
+    MoE at the split the latency-aware loss drives toward, as :meth:`Predictor.predict` prices it)."""
+    routing = None
+    if block.moe is not None:
+        config = ArchConfig(space.model, tuple(block if i == index else DENSE for i in range(space.depth)))
+        routing = latency_split(predictor.expert_latencies(config, index, batch))
+    parts = (OpName.ATTENTION,) if slot != "mlp" else (OpName.MLP, OpName.MOE_ROUTER)
+    ms = sum(op.count * predictor.op_ms(op.op, op.variant, op.dims, op.dtype)
+             for op in block_ops(ModelDims.of(space.model), batch, index, block, routing) if op.op in parts)
+    a, b, _ = predictor.calibration.get((family_for(space.model).key, batch), (1.0, 0.0, 0.0))
     return a * ms + (b if on_kernels(block) else 0.0)
 
 
