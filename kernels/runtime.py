@@ -16,7 +16,9 @@ time is tuned (or, with ``trials=0``, compiled with the default schedule), later
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import weakref
 from pathlib import Path
 
 import torch
@@ -81,6 +83,40 @@ class KernelSet:
         return [kernel.spec for kernel in self._loaded.values()]
 
 
+# ---- the kernels as torch custom ops ---------------------------------------------------------------------------------
+# torch.compile cannot trace into a TVM call; as custom ops (torch.library) the calls are opaque nodes of the graph, so
+# what runs around them (fixed-point conversion, binarization, norms, routing, residuals) is compiled and fused. An op
+# takes the integer handle of the Python object that runs it (its weights, its KernelSet), not the object itself.
+_RUNNERS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+_handles = itertools.count()
+
+
+def _register(runner: object) -> int:
+    handle = next(_handles)
+    _RUNNERS[handle] = runner
+    return handle
+
+
+@torch.library.custom_op("shiftadd::matshift", mutates_args=())
+def _matshift_op(x_int: torch.Tensor, handle: int) -> torch.Tensor:
+    return _RUNNERS[handle].run(x_int)
+
+
+@_matshift_op.register_fake
+def _(x_int: torch.Tensor, handle: int) -> torch.Tensor:
+    return x_int.new_empty(x_int.shape[0], _RUNNERS[handle].out_features)
+
+
+@torch.library.custom_op("shiftadd::binary_product", mutates_args=())
+def _binary_product_op(codes: torch.Tensor, values: torch.Tensor, handle: int) -> torch.Tensor:
+    return _RUNNERS[handle].run(codes, values)
+
+
+@_binary_product_op.register_fake
+def _(codes: torch.Tensor, values: torch.Tensor, handle: int) -> torch.Tensor:
+    return values.new_empty(*codes.shape[:-1], values.shape[-1])
+
+
 class KernelShiftLinear(nn.Module):
     """Inference-only :class:`ShiftLinear` on the ``matshift`` kernel. Its weights are packed for a variant the first
     time that variant runs it (the variant can differ with the number of rows, see :meth:`KernelSet.matshift`)."""
@@ -94,6 +130,11 @@ class KernelShiftLinear(nn.Module):
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
         self.kernels = kernels
         self._packed: dict[str, tuple[torch.Tensor, ...]] = {}
+        self.handle = _register(self)
+
+    def __setstate__(self, state) -> None:  # a copy (copy.deepcopy, pickle) runs its own weights
+        super().__setstate__(state)
+        self.handle = _register(self)
 
     def packed(self, variant: str) -> tuple[torch.Tensor, ...]:
         """The weights as ``variant`` takes them (:data:`kernels.matshift.PACKERS`)."""
@@ -104,15 +145,21 @@ class KernelShiftLinear(nn.Module):
                                                     for a in arrays)
         return weights
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x_int = _aligned(to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits))
+    def run(self, x_int: torch.Tensor) -> torch.Tensor:
+        """The integer product ``[M, in] -> [M, out]`` int32 on the kernel of the variant chosen for ``M``."""
+        x_int = _aligned(x_int)
         m = x_int.shape[0]
-        y_int = torch.empty(m, self.out_features, dtype=torch.int32, device=x.device)
+        y_int = torch.empty(m, self.out_features, dtype=torch.int32, device=x_int.device)
         variant = self.kernels.matshift(m, self.in_features, self.out_features)
         kernel = self.kernels.get("matshift", variant, m, self.in_features, self.out_features)
         kernel(x_int, *self.packed(variant), y_int)
+        return y_int
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x_int = to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits)
+        y_int = torch.ops.shiftadd.matshift(x_int, self.handle)
         return from_fixed_point(y_int, self.frac_bits, self.bias, x.dtype).reshape(*lead, self.out_features)
 
 
@@ -123,9 +170,13 @@ class KernelBinaryProduct:
 
     def __init__(self, kernels: KernelSet) -> None:
         self.kernels = kernels
+        self.handle = _register(self)
 
-    @torch.no_grad()
-    def __call__(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self.handle = _register(self)
+
+    def run(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         *lead, m, k = codes.shape
         n = values.shape[-1]
         batch = math.prod(lead)
@@ -135,6 +186,10 @@ class KernelBinaryProduct:
         out = torch.empty(batch, m, n, dtype=torch.float32, device=values.device)
         kernel(b if batch > 1 else b[0], v if batch > 1 else v[0], out if batch > 1 else out[0])
         return out.reshape(*lead, m, n).to(values.dtype)
+
+    @torch.no_grad()
+    def __call__(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return torch.ops.shiftadd.binary_product(codes, values, self.handle)
 
 
 def _swap(module: nn.Module, kernels: KernelSet) -> None:
@@ -158,3 +213,12 @@ def to_kernels(model: nn.Module, kernels: KernelSet | None = None) -> nn.Module:
     copied = copy.deepcopy(model).eval()
     _swap(copied, kernels or KernelSet())
     return copied
+
+
+# ---- the compiled runtime -------------------------------------------------------------------------------------------
+def compiled(module: nn.Module) -> nn.Module:
+    """``module`` under ``torch.compile``: inductor on the CPU fuses what runs between the kernels, which it sees as
+    the custom ops ``shiftadd::matshift`` and ``shiftadd::binary_product``. Compiled on the first call, per input
+    shape (static first; a size seen to change, an MoE expert's tokens, is then compiled once as dynamic); inductor's
+    cache on disk makes a later process's compile of the same graph quick."""
+    return torch.compile(module, backend="inductor")

@@ -18,6 +18,7 @@ Blocks with the same choices and sizes are one row (a ViT's blocks are all alike
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,12 +142,15 @@ def _part_ms(predictor: Predictor, space: SearchSpace, index: int, block: BlockC
     return a * ms + (b if on_kernels(block) else 0.0)
 
 
-def where_it_pays(space: SearchSpace, predictor: Predictor, batch: int = 1) -> WhereItPays:
-    """Each choice of ``space`` at each group of alike blocks, priced by ``predictor`` against dense."""
+def where_it_pays(space: SearchSpace, predictor: Predictor, batch: int = 1,
+                  blocks: Collection[int] | None = None) -> WhereItPays:
+    """Each choice of ``space`` at each group of alike blocks (of ``blocks`` only, if given), priced by
+    ``predictor`` against dense."""
     dims = ModelDims.of(space.model)
     groups: dict[tuple, list[int]] = {}
     for i, (choices, own) in enumerate(zip(space.blocks, dims.blocks)):
-        groups.setdefault((choices, own), []).append(i)
+        if blocks is None or i in blocks:
+            groups.setdefault((choices, own), []).append(i)
     result = WhereItPays(predictor.device, batch)
     for (_, own), members in groups.items():
         index = members[0]

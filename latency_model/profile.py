@@ -87,6 +87,7 @@ class Summary:
     start_contention: float = 0.0  # share of the CPU other processes used just before the profile started
     load_average: float = 0.0
     dispatch: str = ""  # which variant each dispatched kernel runs at how many shapes (Dispatch.describe)
+    first_calls_s: float = 0.0  # the first call of every module and model timed: in the compiled runtime, compiling
 
 
 REMEASURE = ("noisy", "all")
@@ -227,14 +228,19 @@ def table_kernels(settings: LatencySettings, trials: int | None = None, kernel_r
                      dispatch=table_dispatch(db.connect(settings.db), settings.device))
 
 
-def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, device_key):
+def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, device_key, summary: Summary):
     """The first timing of a job and a function that takes it again, plus what the row records besides."""
+
+    def first_call(seconds: float) -> None:
+        summary.first_calls_s += seconds
+
     if isinstance(job.item, Calibration):
         model = to_kernels(build_model(job.item.config), kernels)
         img = ModelDims.of(space.model).img
 
         def again() -> Timing:
-            return time_model(model, job.item.batch, img, repeats=settings.repeats)
+            return time_model(model, job.item.batch, img, repeats=settings.repeats, compiled=settings.compiled,
+                              on_first_call=first_call)
 
         return again(), again, {"moe_routing": {b: load.to_json() for b, load in router_loads(model).items()}}
     if isinstance(job.item, KernelSpec):
@@ -250,14 +256,15 @@ def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, 
         return timing, again, {"tuned": kernel.tuned, "trials": kernel.trials, "tuning_record": record}
 
     def again() -> Timing:
-        return time_op(job.item, space.model, kernels, repeats=settings.repeats)
+        return time_op(job.item, space.model, kernels, repeats=settings.repeats, compiled=settings.compiled,
+                       on_first_call=first_call)
 
     return again(), again, {"tuned": settings.trials > 0, "trials": settings.trials}
 
 
 def _measure(job: Job, space, settings, engine, device_id, kernels: KernelSet, kernel_root, tracker, device_key,
              summary: Summary, on_noisy=None) -> None:
-    timing, again, extra = _timed(job, space, settings, kernels, kernel_root, tracker, device_key)
+    timing, again, extra = _timed(job, space, settings, kernels, kernel_root, tracker, device_key, summary)
     attempts = 1
     while settings.is_noisy(timing) and attempts <= settings.retimes:
         if on_noisy:

@@ -16,10 +16,15 @@
       retimes: 2                           # a noisy timing is taken again up to this many times, then marked
       max_model_error: 0.5                 # nas fit-latency refuses a predictor whose whole-model error, out of
                                            #   sample (leave-one-out MAPE), is larger
+      runtime: eager                       # eager | compiled: how models run around the kernels (torch op by op,
+                                           #   or torch.compile'd); the device name says compiled, so the two
+                                           #   runtimes' measurements and predictors never mix
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,11 +32,24 @@ from typing import Any
 
 
 from search_spaces.config import ConfigError, _check_keys
+from search_spaces.errors import ResourceError
 
 from .db import DEFAULT_URL, anchor_sqlite
 
 KEYS = ("target", "device", "db", "predictor", "batch_sizes", "trials", "repeats", "calibration", "max_spread",
-        "max_contention", "retimes", "max_model_error")
+        "max_contention", "retimes", "max_model_error", "runtime")
+RUNTIMES = ("eager", "compiled")
+COMPILED_SUFFIX = "+compiled"  # ends the device name of the compiled runtime's measurements
+
+
+def check_compiler(where: str = "latency.runtime") -> None:
+    """The compiled runtime builds C++ with the compiler inductor uses (``$CXX``, else ``g++``): one line, before
+    any work, when there is none."""
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None:
+        raise ResourceError(where, f"the compiled runtime runs the glue around the kernels through torch.compile "
+                                   f"(inductor), which builds C++ with {compiler!r}, not found on PATH: install one "
+                                   f"(apt-get install g++), point $CXX at one, or use latency.runtime: eager")
 
 
 def default_device_name(target: Any) -> str:
@@ -59,6 +77,11 @@ class LatencySettings:
     max_contention: float = 0.1
     retimes: int = 2
     max_model_error: float = 0.5
+    runtime: str = "eager"
+
+    @property
+    def compiled(self) -> bool:
+        return self.runtime == "compiled"
 
     def is_noisy(self, timing: Any) -> bool:
         """Whether a timing is too noisy to fit: its repeats spread too wide, or other processes competed."""
@@ -68,6 +91,8 @@ class LatencySettings:
         """Fill the defaults that depend on the target (device name) and the study's folder (table, predictor)."""
         folder = study_dir or Path("studies")
         device = self.device or default_device_name(self.target)
+        if self.compiled and not device.endswith(COMPILED_SUFFIX):
+            device += COMPILED_SUFFIX
         predictor = self.predictor or f"latency_{device}.json"
         predictor = str(folder / predictor if study_dir is not None or not self.predictor else predictor)
         if self.db:
@@ -90,6 +115,11 @@ class LatencySettings:
                 if not isinstance(value, str) or not value:
                     raise ConfigError(f"{where}.{key}", f"expected a non-empty string, got {value!r}")
                 values[key] = value
+        if data.get("runtime") is not None:
+            if data["runtime"] not in RUNTIMES:
+                raise ConfigError(f"{where}.runtime", f"unknown runtime {data['runtime']!r}; expected one of "
+                                                      f"{', '.join(RUNTIMES)}")
+            values["runtime"] = data["runtime"]
         if "batch_sizes" in data:
             sizes = data["batch_sizes"]
             if not isinstance(sizes, list) or not sizes or any(

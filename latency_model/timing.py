@@ -15,6 +15,7 @@ from torch import nn
 
 from kernels.measure import CpuContention, Timing
 from kernels.runtime import KernelSet, to_kernels
+from kernels.runtime import compiled as torch_compiled
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.config import ModelSpec
 from search_spaces.families import ModelDims, family_for
@@ -32,11 +33,15 @@ class _PassThrough(nn.Module):
 
 
 def time_callable(fn: Callable[[], object], repeats: int = 15, min_repeat_ms: float = 20.0,
-                  warmup_ms: float = 100.0) -> Timing:
+                  warmup_ms: float = 100.0, on_first_call: Callable[[float], None] | None = None) -> Timing:
     """Per-call latency of ``fn``: warm up for ``warmup_ms`` (first calls load kernels and fill caches and the
     allocator; without it the first model timed in a process read 70 % slow), calibrate calls per repeat to last
-    ``min_repeat_ms``, then repeat."""
+    ``min_repeat_ms``, then repeat. ``on_first_call(seconds)`` hears what the first call took (in the compiled
+    runtime, mostly compiling)."""
+    start = time.perf_counter()
     fn()
+    if on_first_call is not None:
+        on_first_call(time.perf_counter() - start)
     deadline = time.perf_counter() + warmup_ms / 1e3
     while time.perf_counter() < deadline:
         fn()
@@ -117,16 +122,24 @@ def build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, tu
     raise ValueError(f"no module for op {op.op!r}")
 
 
-@torch.no_grad()
-def time_op(op: Op, spec: ModelSpec, kernels: KernelSet, repeats: int = 15) -> Timing:
-    module, args = build_op(op, spec, kernels)
+def _runtime(module: nn.Module, compiled: bool) -> nn.Module:
     module.eval()
-    return time_callable(lambda: module(*args), repeats=repeats)
+    return torch_compiled(module) if compiled else module
 
 
 @torch.no_grad()
-def time_model(model: nn.Module, batch: int, img: int, repeats: int = 15) -> Timing:
-    """Forward latency of a whole (kernel-converted) model at a batch size."""
-    model.eval()
+def time_op(op: Op, spec: ModelSpec, kernels: KernelSet, repeats: int = 15, compiled: bool = False,
+            on_first_call: Callable[[float], None] | None = None) -> Timing:
+    """An op's latency as the model runs it: eager, or ``compiled`` (:func:`kernels.runtime.compiled`)."""
+    module, args = build_op(op, spec, kernels)
+    module = _runtime(module, compiled)
+    return time_callable(lambda: module(*args), repeats=repeats, on_first_call=on_first_call)
+
+
+@torch.no_grad()
+def time_model(model: nn.Module, batch: int, img: int, repeats: int = 15, compiled: bool = False,
+               on_first_call: Callable[[float], None] | None = None) -> Timing:
+    """Forward latency of a whole (kernel-converted) model at a batch size, eager or ``compiled``."""
+    model = _runtime(model, compiled)
     x = torch.randn(batch, 3, img, img)
-    return time_callable(lambda: model(x), repeats=repeats, min_repeat_ms=50.0)
+    return time_callable(lambda: model(x), repeats=repeats, min_repeat_ms=50.0, on_first_call=on_first_call)

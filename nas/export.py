@@ -233,12 +233,13 @@ def study_kernels(study: Study):
 
 
 def measure_latency(study: Study, model) -> float:
-    """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size."""
+    """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size, in
+    the study's runtime (``latency.runtime``)."""
     from kernels.runtime import to_kernels
     from latency_model.ops import ModelDims
     from latency_model.timing import time_model
 
     settings = study.latency
     fast = to_kernels(model, study_kernels(study))
-    return time_model(fast, settings.batch_sizes[0], ModelDims.of(study.model).img,
-                      repeats=settings.repeats).median_ms
+    return time_model(fast, settings.batch_sizes[0], ModelDims.of(study.model).img, repeats=settings.repeats,
+                      compiled=settings.compiled).median_ms

@@ -33,7 +33,8 @@ def show_profile(study: Study, options: pipeline.ProfileOptions):
     settings = options.settings(study)
     console.print(
         f"profiling [bold]{study.path}[/] on device [bold]{settings.device}[/] ({settings.target}), "
-        f"batch sizes {list(settings.batch_sizes)}, {settings.trials} tuning trials per kernel"
+        f"batch sizes {list(settings.batch_sizes)}, {settings.runtime} runtime, {settings.trials} tuning trials per "
+        "kernel"
         + (" [yellow](untuned)[/]" if settings.trials == 0 else "")
         + (f", re-timing {'every row' if options.remeasure == 'all' else 'the rows marked noisy and the whole models'}"
            if options.remeasure else "")
@@ -65,7 +66,8 @@ def show_profile(study: Study, options: pipeline.ProfileOptions):
     console.print(
         f"measured {len(summary.measured)}, already in the table {summary.skipped}, failed {len(summary.failed)}, "
         f"re-timed as noisy {len(summary.retimed)}, still noisy {len(summary.noisy)} "
-        f"({summary.seconds:.0f} s); table: {settings.db}"
+        f"({summary.seconds:.0f} s" + (f", of which {summary.first_calls_s:.0f} s compiling (first calls)"
+                                        if settings.compiled else "") + f"); table: {settings.db}"
     )
     if summary.dispatch:
         console.print(f"kernel variants run (the fastest measured per shape): {summary.dispatch}", highlight=False)
@@ -169,6 +171,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
     batch = args.batch[0] if args.batch else settings.batch_sizes[0]
     measured, loads = None, None
     if args.measure:
+        if settings.compiled:
+            from latency_model.settings import check_compiler
+
+            check_compiler()
         from kernels.runtime import to_kernels
         from latency_model.ops import ModelDims
         from latency_model.predictor import router_loads
@@ -177,7 +183,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         from search_spaces import build_model
 
         model = to_kernels(build_model(config), table_kernels(settings, kernel_root=args.cache))
-        measured = time_model(model, batch, ModelDims.of(config.model).img, repeats=settings.repeats).median_ms
+        measured = time_model(model, batch, ModelDims.of(config.model).img, repeats=settings.repeats,
+                              compiled=settings.compiled).median_ms
         loads = router_loads(model)  # compare like with like: MoE blocks at the split this model's routers made
     prediction = predictor.predict(config, batch, moe_loads=loads)
     table = Table(title=f"architecture {config.id}, batch {batch}, device {predictor.device}", title_justify="left")
@@ -192,7 +199,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
     console.print(table)
     line = f"predicted {prediction.total_ms:.3f} ms"
     if measured is not None:
-        line += f", measured {measured:.3f} ms (ratio {prediction.total_ms / measured:.2f})"
+        line += (f", measured {measured:.3f} ms in the {settings.runtime} runtime (ratio "
+                 f"{prediction.total_ms / measured:.2f})")
     console.print(line)
     energy = _energy(study, config)
     if args.json:

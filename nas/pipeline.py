@@ -140,10 +140,13 @@ def profile(study: Study, options: ProfileOptions = ProfileOptions(), *,
     callbacks these are). The table and the kernel cache are checked writable before any work."""
     from kernels.cache import cache_dir
     from latency_model.profile import profile as measure_missing
+    from latency_model.settings import check_compiler
 
     from .disk import ensure_database_writable, ensure_writable
 
     settings = options.settings(study)
+    if settings.compiled:
+        check_compiler()
     ensure_database_writable(settings.db, "latency.db")  # a full disk or read-only folder: said before any work
     ensure_writable(options.kernel_cache or cache_dir(), "kernel cache (--cache, $SHIFTADD_CACHE)")
     return measure_missing(study.space, settings, kernel_root=options.kernel_cache, tracker=options.rpc_tracker,
@@ -403,10 +406,14 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
              on_epoch: Callable[[int, float], None] | None = None) -> "FinetuneResult":
     """Fine-tune the job's architecture from the teacher and score it on the test split, writing the weights, the
     config and ``result.json`` into ``out``; with ``measure``, time it on the kernels."""
+    from latency_model.settings import check_compiler
+
     from . import attributes as attr
     from .dashboard import note_finetune
     from .export import finetune as train_config
 
+    if measure and job.study.latency.compiled:
+        check_compiler()  # said before the training, not after it
     result = train_config(job.study, job.config, job.epochs, out, measure=measure, origin=job.origin,
                           on_epoch=on_epoch, initial=job.initial)
     trial = job.origin.get("trial")
@@ -421,8 +428,12 @@ def preflight(study: Study, out: Path) -> None:
     """Every place ``nas run``'s steps write to, checked before the first: not a full disk found at step 4."""
     from .disk import ensure_database_writable, ensure_writable
 
+    from latency_model.settings import check_compiler
+
     training_placement(study)  # a device this machine does not have: said before step 1
     settings = study.latency
+    if settings.compiled:
+        check_compiler()
     ensure_database_writable(settings.db, "latency.db")
     ensure_writable(Path(settings.predictor).parent, "latency.predictor", need_mb=1)
     if study.checkpoint is None:  # pretrain writes the teacher next to the study
