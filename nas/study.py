@@ -8,6 +8,8 @@
       kwargs: {img_size: 32, patch_size: 4, depth: 4, embed_dim: 64, num_heads: 2, num_classes: 10}
       checkpoint: null                    # dense weights (.safetensors, or a torch file read with weights_only);
                                           #   null: `nas pretrain` trains them into <dir>/<name>-teacher.safetensors
+      pretrained: false                   # true: `nas pretrain` starts from timm's published weights (downloaded;
+                                          #   a new head when num_classes differs) instead of a random init
     data:
       source: digits                      # shapes (generated) | digits (bundled) | imagefolder
       path: null                          # imagefolder: a folder with train/<class>/*.png and val/<class>/*.png
@@ -362,6 +364,7 @@ class Study:
     energy: EnergySettings = EnergySettings()
     plugins: tuple[str, ...] = ()
     artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.dashboard.artifact_location: the default)
+    pretrained: bool = False  # nas pretrain starts from timm's published weights
     # the latency: section as written, before the defaults that depend on the target and the folder were filled in
     declared_latency: LatencySettings = field(default=LatencySettings(), repr=False, compare=False)
 
@@ -427,11 +430,17 @@ class Study:
             raise ConfigError("name", f"expected a name of letters, digits, '-', '_' or '.', got {name!r}")
         folder = path.parent
         plugins = load_plugins(data.get("plugins"), folder)  # before the space: it may name their primitives
-        model_data = _check_keys(data["model"], "model", ("name",), ("kwargs", "checkpoint"))
+        model_data = _check_keys(data["model"], "model", ("name",), ("kwargs", "checkpoint", "pretrained"))
         checkpoint = model_data.get("checkpoint")
         if checkpoint is not None and (not isinstance(checkpoint, str) or not checkpoint):
             raise ConfigError("model.checkpoint", f"expected a file path, got {checkpoint!r}")
-        model = ModelSpec.from_dict({k: v for k, v in model_data.items() if k != "checkpoint"})
+        pretrained = model_data.get("pretrained", False)
+        if not isinstance(pretrained, bool):
+            raise ConfigError("model.pretrained", f"expected true or false, got {pretrained!r}")
+        if pretrained and checkpoint is not None:
+            raise ConfigError("model.pretrained", "give pretrained: true (nas pretrain fine-tunes timm's published "
+                                                  "weights) or a checkpoint (the teacher as it is), not both")
+        model = ModelSpec.from_dict({k: v for k, v in model_data.items() if k not in ("checkpoint", "pretrained")})
         import timm
 
         if not timm.is_model(model.name):
@@ -477,7 +486,7 @@ class Study:
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
             storage=storage, search=SearchSettings.from_dict(data.get("search")), plugins=plugins,
             evaluation=evaluation, energy=energy,
-            artifacts=artifacts or "", declared_latency=declared_latency,
+            artifacts=artifacts or "", declared_latency=declared_latency, pretrained=pretrained,
         )
 
 

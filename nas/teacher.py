@@ -38,6 +38,7 @@ class PretrainResult:
 def _fingerprint(study: Study) -> dict[str, str]:
     """What the pretrained weights depend on; a file with other values is stale."""
     return {"model": json.dumps(study.model.to_dict(), sort_keys=True),
+            **({"pretrained": "timm"} if study.pretrained else {}),  # (a teacher trained before this key stays valid)
             "data": json.dumps(asdict(study.data), sort_keys=True),
             "epochs": str(study.budget.pretrain_epochs),
             "train": json.dumps({k: v for k, v in study.train.recipe().items() if k not in ("lr", "distill_alpha",
@@ -65,7 +66,9 @@ def is_pretrained(study: Study) -> bool:
 
 
 def _matches(study: Study, meta: dict[str, str] | None) -> bool:
-    return meta is not None and all(meta.get(k) == v for k, v in _fingerprint(study).items())
+    wanted = _fingerprint(study)
+    return (meta is not None and all(meta.get(k) == v for k, v in wanted.items())
+            and meta.get("pretrained") == wanted.get("pretrained"))  # either way: random init or published weights
 
 
 def load_teacher(study: Study) -> nn.Module:
@@ -94,7 +97,7 @@ def pretrain(study: Study, train_set: Dataset, search_set: Dataset, force: bool 
     ensure_writable(study.teacher_path.parent, "model.checkpoint")
     start = time.perf_counter()
     torch.manual_seed(study.train.seed)
-    model = create_model(study.model)
+    model = create_model(study.model, pretrained=study.pretrained)
     epochs = study.budget.pretrain_epochs
     placement = resolve(study.train.device, study.train.precision)
     trainer = Trainer(model, train_set, epochs=epochs, steps_per_epoch=None, batch_size=study.train.batch_size,

@@ -19,25 +19,42 @@ from torch import nn
 
 from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, _thaw
+from .errors import ResourceError
 from .families import Family, UnsupportedModelError, family_named, family_of  # noqa: F401 - re-exported
 from .ops.moe import MoEMlp
 from .ops.shift import ShiftLinear
 
 
-def create_model(spec: ModelSpec) -> nn.Module:
-    """The timm model a spec names, randomly initialized (never downloads weights)."""
+def create_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
+    """The timm model a spec names, randomly initialized (never downloads weights), or with ``pretrained`` timm's
+    published weights for it (downloaded by timm, or read from where ``kwargs.pretrained_cfg_overlay`` points; the
+    head is new when ``num_classes`` differs from theirs)."""
     if not timm.is_model(spec.name):
         raise ConfigError("model.name", f"unknown timm model {spec.name!r} (see timm.list_models())")
     kwargs = _thaw(spec.kwargs)
     family = family_named(spec.name)
     if family is not None:
         kwargs = family.create_kwargs(kwargs)
+    if pretrained:
+        return _published(spec.name, kwargs)
     try:
         return timm.create_model(spec.name, pretrained=False, **kwargs)
     except TypeError as e:
         raise ConfigError("model.kwargs", f"timm rejected the arguments of {spec.name!r}: {e}") from None
     except (AssertionError, ValueError, RuntimeError) as e:
         raise ConfigError("model.kwargs", f"timm cannot build {spec.name!r} with {kwargs}: {e}") from None
+
+
+def _published(name: str, kwargs: dict) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (TypeError, AssertionError, ValueError) as e:
+        raise ConfigError("model.kwargs", f"timm cannot build {name!r} with {kwargs}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the hub's many network and cache errors: one line naming the way out
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ResourceError("model.pretrained", f"cannot get timm's published weights for {name!r} ({reason}): on a "
+                                                f"machine that cannot reach the Hugging Face hub, download them "
+                                                f"elsewhere and give model.checkpoint: <file> instead") from None
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
