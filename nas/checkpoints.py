@@ -66,9 +66,25 @@ def read_weights(path: str | Path, where: str = "checkpoint") -> dict[str, torch
 def load_weights(model: nn.Module, path: str | Path, where: str = "checkpoint") -> nn.Module:
     """Load ``path`` into ``model``; a checkpoint of another architecture gets an error naming the first
     differences, and ``model`` is left untouched."""
+    return _load_state(model, read_weights(path, where), path, where)
+
+
+def load_published(model: nn.Module, path: str | Path, where: str = "model.pretrained") -> nn.Module:
+    """A model's published weights (e.g. timm's ImageNet ones, downloaded on another machine) from a file into
+    ``model``, keeping ``model``'s own new classifier where the file's has another number of classes."""
+    state = read_weights(path, where)
+    own = model.state_dict()
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    for head in (heads,) if isinstance(heads, str) else heads:
+        for key in [k for k in state if k.startswith(f"{head}.")]:
+            if key in own and state[key].shape != own[key].shape:
+                state[key] = own[key]  # another class count: the study's head starts new
+    return _load_state(model, state, path, where)
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, where: str) -> nn.Module:
     from search_spaces.ops.shift import ShiftLinear, upgrade_legacy_state
 
-    state = read_weights(path, where)
     for name, module in model.named_modules():
         if isinstance(module, ShiftLinear):  # a file from before shift layers kept a latent weight
             upgrade_legacy_state(state, f"{name}." if name else "")

@@ -82,9 +82,12 @@ class Validation:
 
 def validate(study: Study) -> Validation:
     """Check what a study needs without running anything: its sampler and pruner arguments, its data, its teacher
-    checkpoint (when given) and its predictor file (when there is one)."""
+    checkpoint or published weights file (when given) and its predictor file (when there is one)."""
     from latency_model.predictor import Predictor, PredictorError
 
+    from search_spaces.reparam import create_model
+
+    from .checkpoints import load_published
     from .study import create_pruner, create_sampler
     from .teacher import load_teacher
 
@@ -95,6 +98,8 @@ def validate(study: Study) -> Validation:
         splits = load_data(study)
         if study.checkpoint is not None:
             load_teacher(study)  # the checkpoint reads and fits the model
+        if isinstance(study.pretrained, Path):
+            load_published(create_model(study.model), study.pretrained)  # the weights file reads and fits it
         if Path(study.latency.predictor).is_file():
             try:
                 Predictor.load(study.latency.predictor, device=study.latency.device)  # fitted for this device

@@ -9,7 +9,8 @@
       checkpoint: null                    # dense weights (.safetensors, or a torch file read with weights_only);
                                           #   null: `nas pretrain` trains them into <dir>/<name>-teacher.safetensors
       pretrained: false                   # true: `nas pretrain` starts from timm's published weights (downloaded;
-                                          #   a new head when num_classes differs) instead of a random init
+                                          #   a new head when num_classes differs) instead of a random init;
+                                          #   a file: those weights, downloaded elsewhere
     data:
       source: digits                      # shapes (generated) | digits (bundled) | imagefolder
       path: null                          # imagefolder: a folder with train/<class>/*.png and val/<class>/*.png
@@ -364,7 +365,7 @@ class Study:
     energy: EnergySettings = EnergySettings()
     plugins: tuple[str, ...] = ()
     artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.dashboard.artifact_location: the default)
-    pretrained: bool = False  # nas pretrain starts from timm's published weights
+    pretrained: bool | Path = False  # nas pretrain starts from timm's published weights: True (the hub) or a file
     # the latency: section as written, before the defaults that depend on the target and the folder were filled in
     declared_latency: LatencySettings = field(default=LatencySettings(), repr=False, compare=False)
 
@@ -435,11 +436,13 @@ class Study:
         if checkpoint is not None and (not isinstance(checkpoint, str) or not checkpoint):
             raise ConfigError("model.checkpoint", f"expected a file path, got {checkpoint!r}")
         pretrained = model_data.get("pretrained", False)
-        if not isinstance(pretrained, bool):
-            raise ConfigError("model.pretrained", f"expected true or false, got {pretrained!r}")
+        if isinstance(pretrained, str) and pretrained:
+            pretrained = folder / pretrained
+        elif not isinstance(pretrained, bool):
+            raise ConfigError("model.pretrained", f"expected true, false or a weights file, got {pretrained!r}")
         if pretrained and checkpoint is not None:
-            raise ConfigError("model.pretrained", "give pretrained: true (nas pretrain fine-tunes timm's published "
-                                                  "weights) or a checkpoint (the teacher as it is), not both")
+            raise ConfigError("model.pretrained", "give pretrained (nas pretrain fine-tunes published weights) or a "
+                                                  "checkpoint (the teacher as it is), not both")
         model = ModelSpec.from_dict({k: v for k, v in model_data.items() if k not in ("checkpoint", "pretrained")})
         import timm
 

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset
 from search_spaces.errors import ConfigError, StateError
 from search_spaces.reparam import create_model
 
-from .checkpoints import load_weights, save_weights
+from .checkpoints import load_published, load_weights, save_weights
 from .disk import ensure_writable
 from .study import Study
 from .device import resolve
@@ -38,11 +39,16 @@ class PretrainResult:
 def _fingerprint(study: Study) -> dict[str, str]:
     """What the pretrained weights depend on; a file with other values is stale."""
     return {"model": json.dumps(study.model.to_dict(), sort_keys=True),
-            **({"pretrained": "timm"} if study.pretrained else {}),  # (a teacher trained before this key stays valid)
+            **({"pretrained": _published_source(study)} if study.pretrained else {}),  # (older teachers stay valid)
             "data": json.dumps(asdict(study.data), sort_keys=True),
             "epochs": str(study.budget.pretrain_epochs),
             "train": json.dumps({k: v for k, v in study.train.recipe().items() if k not in ("lr", "distill_alpha",
                                 "distill_temperature", "moe_loss_weight")}, sort_keys=True)}
+
+
+def _published_source(study: Study) -> str:
+    """Where the published weights a teacher starts from come from: timm's hub, or a file."""
+    return "timm" if study.pretrained is True else str(study.pretrained)
 
 
 def _pretrained_metadata(study: Study) -> dict[str, str] | None:
@@ -97,7 +103,9 @@ def pretrain(study: Study, train_set: Dataset, search_set: Dataset, force: bool 
     ensure_writable(study.teacher_path.parent, "model.checkpoint")
     start = time.perf_counter()
     torch.manual_seed(study.train.seed)
-    model = create_model(study.model, pretrained=study.pretrained)
+    model = create_model(study.model, pretrained=study.pretrained is True)
+    if isinstance(study.pretrained, Path):
+        load_published(model, study.pretrained)
     epochs = study.budget.pretrain_epochs
     placement = resolve(study.train.device, study.train.precision)
     trainer = Trainer(model, train_set, epochs=epochs, steps_per_epoch=None, batch_size=study.train.batch_size,

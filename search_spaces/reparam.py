@@ -54,7 +54,7 @@ def _published(name: str, kwargs: dict) -> nn.Module:
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ResourceError("model.pretrained", f"cannot get timm's published weights for {name!r} ({reason}): on a "
                                                 f"machine that cannot reach the Hugging Face hub, download them "
-                                                f"elsewhere and give model.checkpoint: <file> instead") from None
+                                                f"elsewhere (timm's model.safetensors for it) and give model.pretrained: <that file>") from None
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
