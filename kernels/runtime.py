@@ -61,6 +61,11 @@ class KernelSet:
         self.matshift_variant = matshift_variant
         self.dispatch = dispatch or Dispatch()
         self._loaded: dict[tuple, CompiledKernel] = {}
+        self.handle = _register(self)
+
+    def __setstate__(self, state) -> None:  # a copy (copy.deepcopy, pickle) gets its own handle
+        self.__dict__.update(state)
+        self.handle = _register(self)
 
     def get(self, kernel: str, variant: str, m: int, k: int, n: int, dtype: str = "", batch: int = 1
             ) -> CompiledKernel:
@@ -77,6 +82,19 @@ class KernelSet:
         """The matshift variant to run at this shape: the fastest measured here, else the default."""
         return self.dispatch.variant("matshift", m, k, n, "int32", self.matshift_variant)
 
+    def binary_product(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``codes @ values`` on the ``binary_real`` ``matadd`` kernel: codes {0, 1} ``[..., M, K]``, values float32
+        ``[..., K, N]``, every leading index (batch, head) in one kernel call."""
+        *lead, m, k = codes.shape
+        n = values.shape[-1]
+        batch = math.prod(lead)
+        kernel = self.get("matadd", "binary_real", m, k, n, "float32", batch=batch)
+        b = _aligned(codes.to(torch.int8).reshape(batch, m, k))
+        v = _aligned(values.to(torch.float32).reshape(batch, k, n))
+        out = torch.empty(batch, m, n, dtype=torch.float32, device=values.device)
+        kernel(b if batch > 1 else b[0], v if batch > 1 else v[0], out if batch > 1 else out[0])
+        return out.reshape(*lead, m, n).to(values.dtype)
+
     @property
     def specs(self) -> list[KernelSpec]:
         """Every task used so far (what a model run needed)."""
@@ -86,7 +104,10 @@ class KernelSet:
 # ---- the kernels as torch custom ops ---------------------------------------------------------------------------------
 # torch.compile cannot trace into a TVM call; as custom ops (torch.library) the calls are opaque nodes of the graph, so
 # what runs around them (fixed-point conversion, binarization, norms, routing, residuals) is compiled and fused. An op
-# takes the integer handle of the Python object that runs it (its weights, its KernelSet), not the object itself.
+# takes a handle to the Python object that runs it (a layer's weights, a KernelSet), not the object itself. Dynamo
+# treats an integer attribute of a module as a constant and guards on it, so a per-layer integer would recompile the
+# block's graph for every layer (and past torch's recompile limit, run the rest eagerly): a layer's handle is a buffer
+# (an input of the graph), and the handle every additive attention shares is its KernelSet's.
 _RUNNERS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 _handles = itertools.count()
 
@@ -98,18 +119,18 @@ def _register(runner: object) -> int:
 
 
 @torch.library.custom_op("shiftadd::matshift", mutates_args=())
-def _matshift_op(x_int: torch.Tensor, handle: int) -> torch.Tensor:
-    return _RUNNERS[handle].run(x_int)
+def _matshift_op(x_int: torch.Tensor, handle: torch.Tensor, out_features: int) -> torch.Tensor:
+    return _RUNNERS[int(handle)].run(x_int)
 
 
 @_matshift_op.register_fake
-def _(x_int: torch.Tensor, handle: int) -> torch.Tensor:
-    return x_int.new_empty(x_int.shape[0], _RUNNERS[handle].out_features)
+def _(x_int: torch.Tensor, handle: torch.Tensor, out_features: int) -> torch.Tensor:
+    return x_int.new_empty(x_int.shape[0], out_features)
 
 
 @torch.library.custom_op("shiftadd::binary_product", mutates_args=())
 def _binary_product_op(codes: torch.Tensor, values: torch.Tensor, handle: int) -> torch.Tensor:
-    return _RUNNERS[handle].run(codes, values)
+    return _RUNNERS[handle].binary_product(codes, values)
 
 
 @_binary_product_op.register_fake
@@ -130,11 +151,11 @@ class KernelShiftLinear(nn.Module):
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
         self.kernels = kernels
         self._packed: dict[str, tuple[torch.Tensor, ...]] = {}
-        self.handle = _register(self)
+        self.register_buffer("handle", torch.tensor(_register(self)), persistent=False)
 
     def __setstate__(self, state) -> None:  # a copy (copy.deepcopy, pickle) runs its own weights
         super().__setstate__(state)
-        self.handle = _register(self)
+        self.handle = torch.tensor(_register(self))
 
     def packed(self, variant: str) -> tuple[torch.Tensor, ...]:
         """The weights as ``variant`` takes them (:data:`kernels.matshift.PACKERS`)."""
@@ -159,37 +180,20 @@ class KernelShiftLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x_int = to_fixed_point(x.reshape(-1, self.in_features), self.frac_bits)
-        y_int = torch.ops.shiftadd.matshift(x_int, self.handle)
+        y_int = torch.ops.shiftadd.matshift(x_int, self.handle, self.out_features)
         return from_fixed_point(y_int, self.frac_bits, self.bias, x.dtype).reshape(*lead, self.out_features)
 
 
 class KernelBinaryProduct:
-    """``codes @ values`` on the ``binary_real`` ``matadd`` kernel: codes {0, 1} ``[..., M, K]``, values float32
-    ``[..., K, N]``, every leading index (batch, head) in one kernel call. What :class:`AdditiveAttention` runs its
-    products with."""
+    """``codes @ values`` on the ``binary_real`` ``matadd`` kernel (:meth:`KernelSet.binary_product`), as the custom
+    op ``shiftadd::binary_product``: what :class:`AdditiveAttention` runs its products with."""
 
     def __init__(self, kernels: KernelSet) -> None:
         self.kernels = kernels
-        self.handle = _register(self)
-
-    def __setstate__(self, state) -> None:
-        self.__dict__.update(state)
-        self.handle = _register(self)
-
-    def run(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        *lead, m, k = codes.shape
-        n = values.shape[-1]
-        batch = math.prod(lead)
-        kernel = self.kernels.get("matadd", "binary_real", m, k, n, "float32", batch=batch)
-        b = _aligned(codes.to(torch.int8).reshape(batch, m, k))
-        v = _aligned(values.to(torch.float32).reshape(batch, k, n))
-        out = torch.empty(batch, m, n, dtype=torch.float32, device=values.device)
-        kernel(b if batch > 1 else b[0], v if batch > 1 else v[0], out if batch > 1 else out[0])
-        return out.reshape(*lead, m, n).to(values.dtype)
 
     @torch.no_grad()
     def __call__(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return torch.ops.shiftadd.binary_product(codes, values, self.handle)
+        return torch.ops.shiftadd.binary_product(codes, values, self.kernels.handle)
 
 
 def _swap(module: nn.Module, kernels: KernelSet) -> None:

@@ -53,20 +53,22 @@ class PredictorError(StateError):
 
 @dataclass
 class PowerLaw:
-    """``log(ms) = coef · [1, log d_1, ..., log d_n]`` over the named dims."""
+    """``log(ms) = coef · [1, log d_1, ..., log d_n]`` over the named dims. A dim a shape does not name is 1 (a
+    kernel's batch dim ``B`` is named only above 1, :func:`latency_model.keys.kernel_shape`)."""
 
     dims: list[str]
     coef: list[float]
 
     def predict(self, shape: dict[str, int]) -> float:
-        x = [1.0] + [math.log(max(1, shape[d])) for d in self.dims]
+        x = [1.0] + [math.log(max(1, shape.get(d, 1))) for d in self.dims]
         return math.exp(float(np.dot(self.coef, x)))
 
     @classmethod
     def fit(cls, shapes: list[dict[str, int]], ms: list[float]) -> "PowerLaw":
         # Dims that never vary carry no information and would make the system singular; ridge handles the rest.
-        dims = sorted(d for d in shapes[0] if len({s[d] for s in shapes}) > 1)
-        x = np.array([[1.0] + [math.log(max(1, s[d])) for d in dims] for s in shapes])
+        named = {d for s in shapes for d in s}
+        dims = sorted(d for d in named if len({s.get(d, 1) for s in shapes}) > 1)
+        x = np.array([[1.0] + [math.log(max(1, s.get(d, 1))) for d in dims] for s in shapes])
         y = np.log(np.asarray(ms))
         penalty = RIDGE * np.eye(x.shape[1])
         penalty[0, 0] = 0.0  # the intercept is not shrunk

@@ -36,6 +36,20 @@ def test_fit_recovers_a_known_power_law():
         2e-7 * 3000 * 3000 ** 1.1 * 3000 ** 0.8, rel=1e-3)
 
 
+def test_a_batched_kernel_fits_with_its_single_calls_where_the_batch_dim_is_not_named():
+    # a kernel's rows name B only above 1 (PVTv2 at 224 runs matadd on one image's heads at once in some stages and
+    # one head in others): the fit reads the missing B as 1 and learns its exponent from the rows that name it
+    rows = [_row("tvm.matadd", "binary_real", {"M": m, "K": 32, "N": 32, **({"B": b} if b > 1 else {})},
+                 1e-4 * m * b ** 0.9) for m in (49, 196, 784, 3136) for b in (1, 2, 5, 8)]
+    predictor, _ = Predictor.fit(rows, "synthetic", holdout=0.0)
+    model = predictor.models["tvm.matadd|binary_real|float32"]
+    assert model.dims == ["B", "M"]
+    assert predictor.op_ms("tvm.matadd", "binary_real", {"M": 500, "K": 32, "N": 32}) == pytest.approx(
+        1e-4 * 500, rel=1e-3)
+    assert predictor.op_ms("tvm.matadd", "binary_real", {"M": 500, "K": 32, "N": 32, "B": 4}) == pytest.approx(
+        1e-4 * 500 * 4 ** 0.9, rel=1e-3)
+
+
 def test_one_table_with_the_frames_of_two_families_fits_one_model_per_family():
     # a ViT's frame and a PVTv2's have different dims (patch vs stages): one table holds both when both
     # quick-starts are profiled on a device

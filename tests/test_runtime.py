@@ -30,6 +30,21 @@ def test_a_compiled_block_computes_what_the_eager_block_does(tmp_path):
     assert torch.equal(block.mlp.stats.per_image, eager_routing)  # the router's record, which prices MoE blocks
 
 
+@torch.no_grad()
+def test_blocks_of_one_shape_share_one_compiled_graph(tmp_path):
+    # each layer runs its own weights, but its handle is an input of the graph, not a constant dynamo guards on:
+    # a guard per layer would recompile the block for every layer, and past torch's recompile limit (8) run the
+    # rest of a deep model eagerly
+    spec = ModelSpec(TINY_MODEL["name"], TINY_MODEL["kwargs"])
+    block = BlockConfig("additive", "shift", "shift", "dense")
+    model = to_kernels(build_model(ArchConfig(spec, (block, block))), KernelSet("cpu", 0, tmp_path))
+    x = torch.randn(2, 17, 32)
+    torch._dynamo.reset()  # blocks of other shapes compiled by earlier tests are recompiles of the same code
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for layer in model.blocks:
+            torch.testing.assert_close(compiled(layer)(x), layer(x), rtol=1e-4, atol=1e-4)
+
+
 def _study(folder, runtime: str, db_url: str) -> str:
     data = {"name": f"tiny_{runtime}", "model": TINY_MODEL,
             "space": {"choices": {"attention": ["msa"], "qkv": ["dense", "shift"], "proj": ["dense"],
