@@ -220,9 +220,14 @@ def to_kernels(model: nn.Module, kernels: KernelSet | None = None) -> nn.Module:
 
 
 # ---- the compiled runtime -------------------------------------------------------------------------------------------
+RECOMPILE_LIMIT = 64  # graphs of one function: a 12-block model's experts, of two types, at each token bucket
 def compiled(module: nn.Module) -> nn.Module:
     """``module`` under ``torch.compile``: inductor on the CPU fuses what runs between the kernels, which it sees as
     the custom ops ``shiftadd::matshift`` and ``shiftadd::binary_product``. Compiled on the first call, per input
     shape (static first; a size seen to change, an MoE expert's tokens, is then compiled once as dynamic); inductor's
     cache on disk makes a later process's compile of the same graph quick."""
+    # An MoE's routing is data-dependent, so its experts run between graph breaks as frames of their own: one graph
+    # per expert type and token count, which in a deep model outnumber dynamo's default limit of recompiles of one
+    # function (8), past which the rest would silently run eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return torch.compile(module, backend="inductor")
