@@ -31,6 +31,7 @@ EVALUATION = "evaluation"  # how its weights were obtained: "finetune" (its own)
 REFERENCE = "reference"  # on the enqueued reference trials: "dense" or "paper"
 DUPLICATE_OF = "duplicate_of"  # number of the earlier trial whose result this one reused
 WORKER = "worker"  # host:pid of the Optuna-backend worker that ran it (Ray trials have none)
+SAMPLER_SEED = "sampler_seed"  # the seed of the sampler that proposed it (nas.study.sampler_seed of the driver's stream)
 WALL_S = "wall_s"  # seconds from claim to tell
 FAIL_REASON = "fail_reason"  # one line: why a failed trial failed
 TRACEBACK = "traceback"  # the end of a failed trial's traceback
@@ -39,7 +40,7 @@ RAY_NODE_PREFIX = "ray_"  # + the node keys Ray reports (ray_node_id, ...)
 DASHBOARD_ERROR = "dashboard_error"  # why the trial's note or artifact could not be written (the trial stands)
 
 # A trial that reuses an earlier trial's result copies every attribute but these (they describe one run).
-RUN_ONLY = frozenset({WORKER, WALL_S, REFERENCE, TRAIN_S, DASHBOARD_ERROR})
+RUN_ONLY = frozenset({WORKER, SAMPLER_SEED, WALL_S, REFERENCE, TRAIN_S, DASHBOARD_ERROR})
 
 # ---- the study's own attributes ------------------------------------------------------------------------------------
 STUDY_FILE = "study_file"  # path of the study file that created the study

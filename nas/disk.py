@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from kernels.cache import file_lock
 from search_spaces.errors import ResourceError
 
 MIN_FREE_MB = 100
@@ -40,3 +43,10 @@ def ensure_database_writable(url: str, where: str) -> None:
     path = sqlite_file(url)
     if path is not None:
         ensure_writable(path.parent, where)
+
+
+def lock_beside(path: Path, on_wait: Callable[[], None] | None = None) -> AbstractContextManager[None]:
+    """One process at a time makes ``path`` (a teacher, a supernet): it holds ``<path>.lock`` while it checks whether
+    the file is there and up to date and, if not, trains it; a second process (another driver on the same study)
+    waits, calling ``on_wait()`` first, then finds the file made instead of training its own."""
+    return file_lock(path.with_name(path.name + ".lock"), on_wait)

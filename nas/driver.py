@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ class SearchOptions:
     ray_address: str | None = None  # ray: join this cluster (default: a light local Ray for this search)
     cpus_per_trial: float = 1.0  # ray: CPUs reserved per trial; torch and TVM threads are capped to it
     gpus_per_trial: float = 0.0  # ray: GPUs reserved per trial
+    # seeds this run's samplers with the study's sampler.seed (nas.study.sampler_seed); drawn at random by default,
+    # so that drivers started together on one study propose different architectures. Each trial records the seed
+    # of the sampler that proposed it (attributes.SAMPLER_SEED).
+    driver_seed: int = field(default_factory=lambda: secrets.randbits(31))
 
     def trials_for(self, study: "Study") -> int:
         return self.n_trials or study.budget.n_trials

@@ -57,8 +57,13 @@ def show_profile(study: Study, options: pipeline.ProfileOptions):
                                                          f"{attempt + 1} of {settings.retimes + 1})"),
                 highlight=False)
 
+        def on_wait():
+            progress.console.print(f"another process is profiling into this table for {settings.device}: waiting "
+                                   "for it, then measuring what it left", highlight=False)
+
         summary = pipeline.profile(study, options, on_start=on_start,
-                                   on_done=lambda job, seconds: progress.advance(task), on_noisy=on_noisy)
+                                   on_done=lambda job, seconds: progress.advance(task), on_noisy=on_noisy,
+                                   on_wait=on_wait)
     if summary.start_contention > settings.max_contention:
         console.print(f"[yellow]warning:[/] other processes used {summary.start_contention:.0%} of the CPU when the "
                       f"profile started (load average {summary.load_average:.2f}): timings taken on a busy machine "

@@ -140,10 +140,14 @@ class ProfileOptions:
 
 def profile(study: Study, options: ProfileOptions = ProfileOptions(), *,
             on_start: Callable | None = None, on_done: Callable | None = None,
-            on_noisy: Callable | None = None) -> "ProfileSummary":
+            on_noisy: Callable | None = None, on_wait: Callable[[], None] | None = None) -> "ProfileSummary":
     """Measure what the table lacks for the study's space (see :func:`latency_model.profile.profile`, whose
-    callbacks these are). The table and the kernel cache are checked writable before any work."""
-    from kernels.cache import cache_dir
+    callbacks these are). The table and the kernel cache are checked writable before any work. One profile of a
+    table and device at a time on this machine (timings taken beside another profile would be noisy): another one
+    is waited for (``on_wait()`` says so), then this one measures what that one left."""
+    import hashlib
+
+    from kernels.cache import cache_dir, file_lock, lock_dir
     from latency_model.profile import profile as measure_missing
     from latency_model.settings import check_compiler
 
@@ -154,9 +158,11 @@ def profile(study: Study, options: ProfileOptions = ProfileOptions(), *,
         check_compiler()
     ensure_database_writable(settings.db, "latency.db")  # a full disk or read-only folder: said before any work
     ensure_writable(options.kernel_cache or cache_dir(), "kernel cache (--cache, $SHIFTADD_CACHE)")
-    return measure_missing(study.space, settings, kernel_root=options.kernel_cache, tracker=options.rpc_tracker,
-                           device_key=options.device_key, remeasure=options.remeasure, on_start=on_start,
-                           on_done=on_done, on_noisy=on_noisy)
+    key = hashlib.sha256(f"{settings.db}\0{settings.device}".encode()).hexdigest()[:16]
+    with file_lock(lock_dir() / f"profile-{key}.lock", on_wait):
+        return measure_missing(study.space, settings, kernel_root=options.kernel_cache, tracker=options.rpc_tracker,
+                               device_key=options.device_key, remeasure=options.remeasure, on_start=on_start,
+                               on_done=on_done, on_noisy=on_noisy)
 
 
 # ---- fit-latency ----------------------------------------------------------------------------------------------------
@@ -282,13 +288,15 @@ def needs_fit(study: Study, profiled: "ProfileSummary | None" = None) -> bool:
 
 # ---- pretrain -------------------------------------------------------------------------------------------------------
 def pretrain(study: Study, force: bool = False,
-             on_epoch: Callable[[int, float, float], None] | None = None) -> "PretrainResult":
+             on_epoch: Callable[[int, float, float], None] | None = None,
+             on_wait: Callable[[], None] | None = None) -> "PretrainResult":
     """Train the dense teacher on the study's data (cached next to the study; ``force`` retrains).
-    ``on_epoch(epoch, loss, search_accuracy)`` after each epoch."""
+    ``on_epoch(epoch, loss, search_accuracy)`` after each epoch; ``on_wait()`` when another process is training this
+    teacher (this one waits for it, then uses its file)."""
     from .teacher import pretrain as train_teacher
 
     splits = load_data(study)
-    return train_teacher(study, splits.train, splits.search, force=force, on_epoch=on_epoch)
+    return train_teacher(study, splits.train, splits.search, force=force, on_epoch=on_epoch, on_wait=on_wait)
 
 
 def needs_pretrain(study: Study) -> bool:
@@ -300,10 +308,12 @@ def needs_pretrain(study: Study) -> bool:
 
 # ---- supernet -------------------------------------------------------------------------------------------------------
 def supernet(study: Study, force: bool = False,
-             on_step: Callable[[int, int, float], None] | None = None) -> "SupernetResult":
+             on_step: Callable[[int, int, float], None] | None = None,
+             on_wait: Callable[[], None] | None = None) -> "SupernetResult":
     """Train the study's weight-sharing supernet (cached next to the study; a killed run resumes; ``force``
     retrains). Needs the teacher and the latency predictor (the cheapest subnet, the MoE expert latencies).
-    ``on_step(step, steps, loss)`` after each step. A supernet too large for this machine's memory is refused
+    ``on_step(step, steps, loss)`` after each step; ``on_wait()`` when another process is training this supernet
+    (this one waits for it, then uses its file). A supernet too large for this machine's memory is refused
     before anything is loaded."""
     from latency_model.predictor import Predictor, PredictorError
 
@@ -319,7 +329,8 @@ def supernet(study: Study, force: bool = False,
         except PredictorError as e:
             raise StateError("latency.predictor", f"{e}; run `nas fit-latency {study.path}` first") from None
         splits = load_data(study)
-        return train(study, splits.train, teacher, predictor, force=force, on_step=on_step, placement=placement)
+        return train(study, splits.train, teacher, predictor, force=force, on_step=on_step, placement=placement,
+                     on_wait=on_wait)
 
 
 def needs_supernet(study: Study) -> bool:

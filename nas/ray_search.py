@@ -31,7 +31,7 @@ from .disk import ensure_database_writable, ensure_writable
 from .process import set_torch_threads, set_tvm_threads
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .search import SearchError, open_study, storage_of
-from .study import Study, create_sampler
+from .study import Study, create_sampler, sampler_seed
 from .upstream import ray_internals
 from .upstream.optuna_internals import fail_trial
 
@@ -127,8 +127,10 @@ class StudySearcher(OptunaSearch):
         raise NotImplementedError("resume a search by running `nas search --backend ray` again")
 
     def __init__(self, *args, arch_space=None, budgets: dict[str, float] | None = None,
-                 timeout_s: float | None = None, study: Study | None = None, artifacts=None, **kwargs) -> None:
+                 timeout_s: float | None = None, study: Study | None = None, artifacts=None,
+                 sampler_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._sampler_seed = sampler_seed  # recorded on each trial
         self._arch_space = arch_space  # rebuilds a trial's ArchConfig from its parameters
         self._study, self._store = study, artifacts  # each trial's note and artifact (nas.dashboard)
         self._budgets = budgets or {}  # hardware metric -> budget: a constraint each (as the Optuna backend's)
@@ -153,6 +155,8 @@ class StudySearcher(OptunaSearch):
             return
         result = result or {}
         trial.set_user_attr(attr.RAY_TRIAL_ID, trial_id)
+        if self._sampler_seed is not None:
+            trial.set_user_attr(attr.SAMPLER_SEED, self._sampler_seed)
         for key, value in {**self._where.pop(trial_id, {}), **result}.items():
             if key in NODE_KEYS:  # a dead worker sends no result: its node is the one it last reported from
                 trial.set_user_attr(f"{attr.RAY_NODE_PREFIX}{key}", value)
@@ -258,8 +262,9 @@ class RayDriver(SearchDriver):
             def define(trial) -> None:
                 study.space.suggest(trial)
 
-            sampler = create_sampler(study, (len(ostudy.trials),))  # a continued search draws new architectures
-            searcher = StudySearcher(space=define, metric=metric, mode=mode, sampler=sampler, study_name=study.name,
+            stream = (options.driver_seed, len(ostudy.trials))  # a continued search draws new architectures
+            searcher = StudySearcher(space=define, metric=metric, mode=mode, sampler=create_sampler(study, stream),
+                                     sampler_seed=sampler_seed(study, stream), study_name=study.name,
                                      storage=storage_of(study.storage), arch_space=study.space,
                                      budgets=study.objectives.budgets,
                                      timeout_s=options.timeout_for(study), study=study, artifacts=store)

@@ -32,7 +32,7 @@ from .device import Placement, resolve, resolve_device, worker_device
 from .disk import ensure_database_writable
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
-from .study import Study, create_pruner, create_sampler
+from .study import Study, create_pruner, create_sampler, sampler_seed
 from .upstream.optuna_internals import heartbeat
 
 # Trials that use up the budget: finished ones and those running now (queued ones do not, until claimed).
@@ -142,9 +142,11 @@ def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | 
 
 
 def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: float | None, threads: int,
-               worker: int = 0, stored_at_start: int = 0, ready=None, device: str | None = None) -> int:
+               worker: int = 0, stored_at_start: int = 0, ready=None, device: str | None = None,
+               driver_seed: int = 0) -> int:
     """One search worker (a process of its own): claim, run and tell trials until ``n_trials`` are planned.
-    ``stored_at_start`` (the study's trial count when the search started) and ``worker`` seed its sampler.
+    ``driver_seed`` (:attr:`SearchOptions.driver_seed`), ``stored_at_start`` (the study's trial count when the search
+    started) and ``worker`` seed its sampler; each trial records that seed.
     ``ready`` (a barrier shared by the workers of one search) holds the first claim until every worker has loaded
     its teacher, data and predictor, so the trials are shared from the first one, not taken by whichever process
     started first. ``device`` is where it trains (the driver's choice for this worker, see
@@ -157,7 +159,8 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
         set_torch_threads(threads)
     study = Study.load(study_path, storage=storage).on_device(device)
     ostudy = open_study(study, heartbeat=True)
-    ostudy.sampler = create_sampler(study, (stored_at_start, worker))
+    stream = (driver_seed, stored_at_start, worker)
+    ostudy.sampler, seed = create_sampler(study, stream), sampler_seed(study, stream)
     objective = optuna_objective(Evaluator(study))
     store = artifact_store(artifact_location(study))
     if ready is not None:
@@ -172,6 +175,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
         if trial is None:
             break
         trial.set_user_attr(attr.WORKER, f"{os.uname().nodename}:{os.getpid()}")
+        trial.set_user_attr(attr.SAMPLER_SEED, seed)
         start = time.perf_counter()
         values = None
         try:
@@ -256,7 +260,7 @@ class OptunaDriver(SearchDriver):
         ready = context.Barrier(workers) if workers > 1 else None
         processes = [context.Process(target=_worker_main, name=f"nas-worker-{i}",
                                      args=(str(study.path), study.storage, n_trials, timeout_s, threads, i,
-                                           sum(before.counts.values()), ready, devices[i]))
+                                           sum(before.counts.values()), ready, devices[i], options.driver_seed))
                      for i in range(workers)]
         start = time.perf_counter()
         for p in processes:

@@ -30,7 +30,8 @@ def _load(args: argparse.Namespace) -> Study:
 def _search_options(args: argparse.Namespace) -> pipeline.SearchOptions:
     return pipeline.SearchOptions(n_trials=args.n_trials, workers=args.workers, timeout_s=getattr(args, "timeout", None),
                                   ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
-                                  gpus_per_trial=args.gpus_per_trial)
+                                  gpus_per_trial=args.gpus_per_trial,
+                                  **({} if args.driver_seed is None else {"driver_seed": args.driver_seed}))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -73,7 +74,11 @@ def show_pretrain(study: Study, force: bool = False) -> None:
         def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
             progress.update(task, advance=1, description=f"loss {loss:.3f}, search accuracy {accuracy:.3f}")
 
-        result = pipeline.pretrain(study, force=force, on_epoch=on_epoch)
+        def on_wait() -> None:
+            progress.console.print(f"another process is training this teacher ({study.teacher_path}): waiting for "
+                                   "it, then using its file")
+
+        result = pipeline.pretrain(study, force=force, on_epoch=on_epoch, on_wait=on_wait)
     if result.cached:
         console.print(f"teacher already trained for this study: {result.path} (search accuracy "
                       f"{result.search_accuracy:.3f}); --force retrains")
@@ -97,7 +102,11 @@ def show_supernet(study: Study, force: bool = False) -> None:
         def on_step(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, description=f"loss {loss:.3f}")
 
-        result = pipeline.supernet(study, force=force, on_step=on_step)
+        def on_wait() -> None:
+            progress.console.print(f"another process is training this supernet ({study.supernet_path}): waiting "
+                                   "for it, then using its file")
+
+        result = pipeline.supernet(study, force=force, on_step=on_step, on_wait=on_wait)
     if result.set_aside:
         console.print(f"[yellow]not used:[/] {result.set_aside}", highlight=False)
     if result.cached:
@@ -126,7 +135,8 @@ def show_search(study: Study, backend: str, options: pipeline.SearchOptions, war
     total = options.trials_for(study)
     if warn_nothing_pays:
         show_nothing_pays(pipeline.where_it_pays(study), study)
-    console.print(f"search [bold]{study.name}[/] {driver.describe(study, options)}")
+    console.print(f"search [bold]{study.name}[/] {driver.describe(study, options)}; driver seed "
+                  f"{options.driver_seed}")
     shown_failures: set[int] = set()
     with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console) as progress:
@@ -357,6 +367,10 @@ def add_commands(add, positive_int, non_negative_int) -> None:
         parser.add_argument("--cpus-per-trial", type=float, default=1.0,
                             help="ray: CPUs reserved per trial; torch and TVM threads are capped to it (default: 1)")
         parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray: GPUs per trial (default: 0)")
+        parser.add_argument("--driver-seed", type=int, metavar="N",
+                            help="seed this run's samplers with N and the study's sampler.seed (default: drawn at "
+                                 "random and printed, so that searches started together on one study propose "
+                                 "different architectures; each trial records its sampler's seed)")
 
     search = add("search", cmd_search, "run or continue the study's search (local worker processes, or Ray Tune "
                                         "with --backend ray)")

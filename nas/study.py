@@ -533,21 +533,27 @@ def _check_database_url(url: str) -> None:
         pass  # a known kind whose driver is missing: said when the search opens it
 
 
-def create_sampler(study: Study, stream: tuple[int, ...] = ()):
-    """The study's Optuna sampler. ``stream`` (e.g. the number of trials stored when a search run started, and the
-    worker) derives a seed of its own from the study's: parallel workers, and a resumed search, draw other
-    architectures than the ones already drawn, yet every run is reproducible."""
+def sampler_seed(study: Study, stream: tuple[int, ...] = ()) -> int:
+    """The seed of a sampler: the study's ``sampler.seed``, or one derived from it and ``stream`` (a search run's
+    driver seed, the trials stored when it started, its worker), so that drivers started together, workers of one
+    driver and a resumed search each draw their own architectures, and each run is reproducible from its stream."""
     import numpy as np
+
+    seed = study.sampler.kwargs.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("sampler.seed", f"expected an integer, got {seed!r}", str(study.path))
+    return int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0]) if stream else seed
+
+
+def create_sampler(study: Study, stream: tuple[int, ...] = ()):
+    """The study's Optuna sampler, seeded with :func:`sampler_seed` of ``stream``."""
     import optuna
 
     kwargs = dict(study.sampler.kwargs)
-    seed = kwargs.pop("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("sampler.seed", f"expected an integer, got {seed!r}", str(study.path))
+    kwargs.pop("seed", None)
+    seed = sampler_seed(study, stream)
     classes = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
                "random": optuna.samplers.RandomSampler}
-    if stream:
-        seed = int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
     try:
         return classes[study.sampler.name](seed=seed, **kwargs)
     except TypeError as e:

@@ -32,7 +32,7 @@ from search_spaces.errors import ResourceError, StateError
 from search_spaces.supernet import Supernet, densest, random_config
 
 from .device import Placement, resolve
-from .disk import ensure_writable
+from .disk import ensure_writable, lock_beside
 from .study import Study
 from .train import LossWeights, TrainingDiverged, _batches, distillation_loss, parameter_groups
 
@@ -276,12 +276,20 @@ class _ExpertLatencies:
 
 def train(study: Study, train_set, teacher: nn.Module, predictor, *, force: bool = False,
           on_step: Callable[[int, int, float], None] | None = None,
-          placement: Placement | None = None) -> SupernetResult:
-    """Train (or resume, or find cached) the study's supernet. ``on_step(step, steps, loss)`` after each step."""
+          placement: Placement | None = None, on_wait: Callable[[], None] | None = None) -> SupernetResult:
+    """Train (or resume, or find cached) the study's supernet. ``on_step(step, steps, loss)`` after each step. One
+    process at a time: another one training this supernet is waited for (``on_wait()`` says so), then its file is
+    used (or resumed, if that process died)."""
+    ensure_writable(study.supernet_path.parent, "evaluation")
+    with lock_beside(study.supernet_path, on_wait):
+        return _train(study, train_set, teacher, predictor, force, on_step,
+                      placement or resolve(study.train.device, study.train.precision))
+
+
+def _train(study: Study, train_set, teacher: nn.Module, predictor, force: bool,
+           on_step: Callable[[int, int, float], None] | None, placement: Placement) -> SupernetResult:
     settings, recipe = study.evaluation, study.train
     path = study.supernet_path
-    placement = placement or resolve(recipe.device, recipe.precision)
-    ensure_writable(path.parent, "evaluation")
     start = time.perf_counter()
     fp = fingerprint(study, teacher)
     steps = settings.supernet_steps

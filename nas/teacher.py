@@ -21,7 +21,7 @@ from search_spaces.errors import ConfigError, StateError
 from search_spaces.reparam import create_model
 
 from .checkpoints import load_published, load_weights, save_weights
-from .disk import ensure_writable
+from .disk import ensure_writable, lock_beside
 from .study import Study
 from .device import resolve
 from .train import LossWeights, Trainer, evaluate
@@ -90,17 +90,25 @@ def load_teacher(study: Study) -> nn.Module:
 
 
 def pretrain(study: Study, train_set: Dataset, search_set: Dataset, force: bool = False,
-             on_epoch: Callable[[int, float, float], None] | None = None) -> PretrainResult:
+             on_epoch: Callable[[int, float, float], None] | None = None,
+             on_wait: Callable[[], None] | None = None) -> PretrainResult:
     """Train the dense model on the study's train split, scored on its search split after each epoch (cached: a
-    second call with the same study is a no-op)."""
+    second call with the same study is a no-op). One process at a time: another one training this teacher is waited
+    for (``on_wait()`` says so), then its file is used."""
     if study.checkpoint is not None:
         raise ConfigError("model.checkpoint", f"the study gives a checkpoint ({study.checkpoint}); there is "
                                               "nothing to pretrain", str(study.path))
+    ensure_writable(study.teacher_path.parent, "model.checkpoint")
+    with lock_beside(study.teacher_path, on_wait):
+        return _pretrain(study, train_set, search_set, force, on_epoch)
+
+
+def _pretrain(study: Study, train_set: Dataset, search_set: Dataset, force: bool,
+              on_epoch: Callable[[int, float, float], None] | None) -> PretrainResult:
     meta = _pretrained_metadata(study)
     if not force and _matches(study, meta):
         return PretrainResult(str(study.teacher_path), int(meta["epochs"]), float(meta.get("search_accuracy", "nan")),
                               0.0, cached=True)
-    ensure_writable(study.teacher_path.parent, "model.checkpoint")
     start = time.perf_counter()
     torch.manual_seed(study.train.seed)
     model = create_model(study.model, pretrained=study.pretrained is True)

@@ -248,3 +248,29 @@ def test_a_measurement_table_that_takes_no_writes_stops_the_profile_with_one_lin
     err = capsys.readouterr().err
     assert err.startswith("error: latency.db: cannot write to the measurement table") and "disk is full" in err
     assert "Traceback" not in err
+
+
+def test_a_lock_held_elsewhere_is_said_then_waited_for_and_a_dead_holder_releases_it(tmp_path):
+    from nas.disk import lock_beside
+
+    teacher = tmp_path / "t-teacher.safetensors"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from nas.disk import lock_beside\n"
+                               f"with lock_beside(Path({str(teacher)!r})):\n"
+                               "    print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waited = []
+
+        def on_wait():  # the holder dies while this process waits: the kernel releases its lock
+            waited.append(time.monotonic())
+            holder.send_signal(signal.SIGKILL)
+
+        with lock_beside(teacher, on_wait):
+            assert len(waited) == 1
+        with lock_beside(teacher, on_wait):  # free now: taken without waiting
+            assert len(waited) == 1
+    finally:
+        holder.kill()
+        holder.wait()

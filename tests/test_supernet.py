@@ -218,3 +218,31 @@ def test_nas_run_trains_the_supernet_after_the_teacher_and_reuses_it(searchable,
     assert next((out / "best").glob("trial-*.safetensors"))  # the best trial's inherited weights
     assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
     assert "(cached)" in " ".join(capsys.readouterr().out.split()).split("3/6 supernet")[1]
+
+
+def test_two_drivers_started_together_train_one_teacher_and_one_supernet_and_draw_apart(searchable, tmp_path):
+    # two `nas run` on one study at once (two terminals): the second waits for the teacher and the supernet the
+    # first is training (a lock beside each file) instead of training its own, and the two drivers' samplers are
+    # seeded apart, each trial recording its sampler's seed
+    study_file = _study(searchable, tmp_path, supernet_steps=3)
+    data = yaml.safe_load(study_file.read_text())
+    data["model"].pop("checkpoint")  # the teacher is trained by `nas run`
+    data["budget"].update(n_trials=4, pretrain_epochs=1)
+    study_file.write_text(yaml.safe_dump(data))
+    runs = [subprocess.Popen([sys.executable, "-m", "nas.cli", "run", str(study_file), "--kernel-trials", "0",
+                              "--out", str(tmp_path / f"out{i}")], env={**os.environ, "COLUMNS": "200"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    said = [" ".join(run.communicate(timeout=900)[0].split()) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], said
+    both = " ".join(said)
+    assert both.count("trained the teacher for") == 1 and both.count("trained the supernet for") == 1, said
+    seeds = [int(s.split("driver seed ")[1].split()[0]) for s in said]
+    assert seeds[0] != seeds[1]
+    trials = stored_trials(study_file)
+    assert len(trials) == 4
+    by_worker: dict[str, set] = {}
+    for t in trials:
+        by_worker.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["sampler_seed"])
+    assert all(len(s) == 1 for s in by_worker.values())  # one sampler per worker process
+    if len(by_worker) == 2:  # both drivers ran trials: their samplers differ
+        assert len(set.union(*by_worker.values())) == 2
