@@ -48,3 +48,12 @@ STUDY_MODEL = "model"  # ModelSpec.to_dict()
 STUDY_LATENCY_DEVICE = "latency_device"  # the device the latencies are predicted for
 STUDY_METRICS = "metrics"  # objectives.metrics: what each of the study's values is
 STUDY_ENERGY_TABLE = "energy_table"  # UnitCosts.to_dict() of the table energies are priced with
+# + a trial's number: {test_accuracy, test_se, test_images} of a supernet-mode trial, evaluated when it was first
+# reported or exported (nas.objective.test_split; a told trial's own attributes cannot change any more)
+STUDY_TEST_SPLIT_PREFIX = "test_split:"
+
+
+def with_test_split(trial_attrs: dict, study_attrs: dict, number: int) -> dict:
+    """A trial's attributes, with its test split where that was evaluated after the trial (supernet mode)."""
+    later = study_attrs.get(f"{STUDY_TEST_SPLIT_PREFIX}{number}")
+    return {**trial_attrs, **later} if later and TEST_ACCURACY not in trial_attrs else trial_attrs

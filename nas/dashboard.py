@@ -134,6 +134,12 @@ def _accuracy(attrs: Mapping[str, Any], key: str, se: str, images: str) -> str:
     return f"{value:.4f}{spread}{count}"
 
 
+def _test_accuracy(attrs: Mapping[str, Any]) -> str:
+    if attrs.get(attr.TEST_ACCURACY) is None and attrs.get(attr.EVALUATION) == "supernet":
+        return "evaluated when the trial is reported or exported (`nas report`, `nas export`; supernet mode)"
+    return _accuracy(attrs, attr.TEST_ACCURACY, attr.TEST_SE, attr.TEST_IMAGES)
+
+
 def architecture_table(config: ArchConfig, breakdown: Mapping[str, Any] | None = None,
                        moe_split: Mapping[str, Sequence[float]] | None = None,
                        energy: Mapping[str, Any] | None = None) -> list[str]:
@@ -201,7 +207,7 @@ def trial_note(number: int, state: TrialState, attrs: Mapping[str, Any], device:
     if attrs.get(attr.SEARCH_ACCURACY) is not None or attrs.get(attr.TEST_ACCURACY) is not None:
         lines += ["### Accuracy", "",
                   f"- search split (what selects): {_accuracy(attrs, attr.SEARCH_ACCURACY, attr.SEARCH_SE, attr.SEARCH_IMAGES)}",
-                  f"- test split (what to report): {_accuracy(attrs, attr.TEST_ACCURACY, attr.TEST_SE, attr.TEST_IMAGES)}"]
+                  f"- test split (what to report): {_test_accuracy(attrs)}"]
         history = attrs.get(attr.SEARCH_ACCURACY_HISTORY)
         if history:
             lines.append(f"- search accuracy after each epoch: {', '.join(f'{a:.4f}' for a in history)}")
@@ -250,8 +256,19 @@ def note_finetune(study: Study, number: int, finetuned: Mapping[str, Any]) -> bo
         return False
     frozen = trials[number]
     save_note(optuna.trial.Trial(ostudy, frozen._trial_id),
-              trial_note(number, frozen.state, frozen.user_attrs, study.latency.device, finetuned))
+              trial_note(number, frozen.state, attr.with_test_split(frozen.user_attrs, ostudy.user_attrs, number),
+                         study.latency.device, finetuned))
     return True
+
+
+def note_test_split(study: Study, ostudy: optuna.Study, number: int) -> None:
+    """Rewrite a stored trial's note with the test accuracy evaluated after it (:func:`nas.objective.test_split`)."""
+    from optuna_dashboard import save_note
+
+    frozen = ostudy.get_trials(deepcopy=False)[number]
+    save_note(optuna.trial.Trial(ostudy, frozen._trial_id),
+              trial_note(number, frozen.state, attr.with_test_split(frozen.user_attrs, ostudy.user_attrs, number),
+                         study.latency.device))
 
 
 def _stored(study: Study) -> optuna.Study | None:
@@ -374,7 +391,7 @@ def study_note(study: Study, ostudy: optuna.Study) -> str:
         for number, name, trial in references:
             found = ""
             if trial.state == TrialState.COMPLETE and trial.user_attrs.get(attr.SEARCH_ACCURACY) is not None:
-                a = trial.user_attrs
+                a = attr.with_test_split(trial.user_attrs, ostudy.user_attrs, number)
                 found = (f": search accuracy {a[attr.SEARCH_ACCURACY]:.4f}, test {a.get(attr.TEST_ACCURACY, math.nan):.4f}, "
                          f"{a[attr.LATENCY_MS]:.3g} ms predicted"
                          + (f", {a[attr.ENERGY_UJ]:.4g} µJ estimated" if a.get(attr.ENERGY_UJ) is not None else ""))

@@ -85,8 +85,10 @@ def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
     return [trial]
 
 
-def provenance(study: Study, trial: FrozenTrial) -> dict[str, Any]:
-    attrs = trial.user_attrs
+def provenance(study: Study, trial: FrozenTrial, study_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where an exported trial comes from and what it scored (``study_attrs``: the stored study's attributes, which
+    hold a test accuracy evaluated after the trial)."""
+    attrs = attr.with_test_split(trial.user_attrs, study_attrs or {}, trial.number)
     copied = (attr.SEARCH_ACCURACY, attr.SEARCH_SE, attr.TEST_ACCURACY, attr.TEST_SE, attr.LATENCY_MS,
               attr.LATENCY_BREAKDOWN, attr.ENERGY_UJ, attr.ENERGY_BREAKDOWN, attr.MOE_SPLIT, attr.REFERENCE)
     return {
@@ -109,14 +111,19 @@ def write_config(path: Path, config: ArchConfig, origin: dict[str, Any]) -> Path
 
 def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Path]:
     """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``; a trial scored in supernet mode also gets
-    the weights it inherited, ``trial-<n>.safetensors`` (named in its provenance: ``nas finetune`` starts there)."""
+    the weights it inherited, ``trial-<n>.safetensors`` (named in its provenance: ``nas finetune`` starts there),
+    and its test accuracy evaluated first where its trial did not (:func:`nas.objective.test_split`)."""
     from .checkpoints import save_weights
+    from .objective import test_split
 
     ensure_writable(out, "--out", need_mb=1)
     paths, supernet = [], None
-    for trial in choose(ostudy, which):
+    chosen = choose(ostudy, which)
+    test_split(study, ostudy, chosen)
+    study_attrs = ostudy.user_attrs
+    for trial in chosen:
         config = ArchConfig.from_json(trial.user_attrs[attr.CONFIG])
-        origin = provenance(study, trial)
+        origin = provenance(study, trial, study_attrs)
         if trial.user_attrs.get(attr.EVALUATION) == "supernet":
             if supernet is None:
                 from .supernet import load_supernet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from rich.console import Console
@@ -17,6 +18,7 @@ from . import pipeline
 from .study import Study
 
 console = Console()
+MEASURE_ROUNDS = 3  # nas latency --measure: the model and the dense model timed in turn, this many times each
 
 
 def _profile_options(args: argparse.Namespace) -> pipeline.ProfileOptions:
@@ -174,7 +176,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.predictor or settings.predictor, device=settings.device,
                                allow_other_device=args.allow_other_device)
     batch = args.batch[0] if args.batch else settings.batch_sizes[0]
-    measured, loads = None, None
+    measured, loads, relative = None, None, None
     if args.measure:
         if settings.compiled:
             from latency_model.settings import check_compiler
@@ -185,12 +187,28 @@ def cmd_latency(args: argparse.Namespace) -> int:
         from latency_model.predictor import router_loads
         from latency_model.profile import table_kernels
         from latency_model.timing import time_model
-        from search_spaces import build_model
+        from search_spaces import BlockConfig, build_model
 
-        model = to_kernels(build_model(config), table_kernels(settings, kernel_root=args.cache))
-        measured = time_model(model, batch, ModelDims.of(config.model).img, repeats=settings.repeats,
-                              compiled=settings.compiled).median_ms
+        kernels = table_kernels(settings, kernel_root=args.cache)
+        img = ModelDims.of(config.model).img
+        model = to_kernels(build_model(config), kernels)
+        # The dense model of the same shape, timed in turn with this one in the same process: this machine's speed
+        # drifts between launches far more than the two models' ratio does
+        dense = ArchConfig(config.model, (BlockConfig(),) * config.depth)
+        models = {"model": model} if config == dense else {"model": model, "dense": to_kernels(build_model(dense),
+                                                                                                 kernels)}
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(MEASURE_ROUNDS):
+            for name, each in models.items():
+                times[name].append(time_model(each, batch, img, repeats=settings.repeats,
+                                              compiled=settings.compiled).median_ms)
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        measured = medians["model"]
         loads = router_loads(model)  # compare like with like: MoE blocks at the split this model's routers made
+        if "dense" in medians:
+            relative = (medians["model"] / medians["dense"],
+                        predictor.predict(config, batch, moe_loads=loads).total_ms
+                        / predictor.predict(dense, batch).total_ms, medians["dense"])
     prediction = predictor.predict(config, batch, moe_loads=loads)
     table = Table(title=f"architecture {config.id}, batch {batch}, device {predictor.device}", title_justify="left")
     table.add_column("block")
@@ -204,13 +222,20 @@ def cmd_latency(args: argparse.Namespace) -> int:
     console.print(table)
     line = f"predicted {prediction.total_ms:.3f} ms"
     if measured is not None:
-        line += (f", measured {measured:.3f} ms in the {settings.runtime} runtime (ratio "
+        line += (f", measured {measured:.3f} ms in the {settings.runtime} runtime (predicted / measured "
                  f"{prediction.total_ms / measured:.2f})")
     console.print(line)
+    if relative is not None:
+        measured_rel, predicted_rel, dense_ms = relative
+        console.print(f"relative to the dense model timed in turn with it ({dense_ms:.3f} ms): measured "
+                      f"{measured_rel:.3f}x, predicted {predicted_rel:.3f}x (predicted / measured "
+                      f"{predicted_rel / measured_rel:.2f})")
     energy = _energy(study, config)
     if args.json:
         print(json.dumps({"config_id": config.id, "batch": batch, "device": predictor.device,
                           "predicted_ms": prediction.total_ms, "measured_ms": measured,
+                          "measured_vs_dense": relative[0] if relative else None,
+                          "predicted_vs_dense": relative[1] if relative else None,
                           "breakdown": prediction.to_dict(), **energy}))
     return 0
 
@@ -272,7 +297,9 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     latency.add_argument("--allow-other-device", action="store_true",
                          help="use a predictor fitted for another device")
     latency.add_argument("--measure", action="store_true",
-                         help="also run the model on the kernels here and measure its forward latency")
+                         help="also run the model on the kernels here and measure its forward latency, in turn "
+                              "with the dense model of the same shape (the ratio of the two is what a drifting "
+                              "machine keeps)")
     latency.add_argument("--trials", type=non_negative_int, help="tuning trials for kernels run with --measure")
     latency.add_argument("--json", action="store_true", help="end with one JSON line: predicted_ms, measured_ms, "
                                                              "energy_uj, op_counts (batch 1, by '<op>.<type>'), ...")

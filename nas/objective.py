@@ -1,8 +1,11 @@
 """One trial: ArchConfig -> (search-split accuracy after a short distilled fine-tune, or with weights inherited from
 the study's supernet, predicted latency and estimated energy).
 
-The search split is what trials are scored, pruned and chosen on; the test split is evaluated once at the end of a
-trial and only stored (``test_accuracy``), never returned to the sampler (see :mod:`nas.data`).
+The search split is what trials are scored, pruned and chosen on; the test split is never returned to the sampler
+(see :mod:`nas.data`). A fine-tune-mode trial evaluates it once at its end and stores it (``test_accuracy``): its
+weights are gone afterwards. A supernet-mode trial does not: its model is the supernet's subnet, made again at will,
+so the test split is evaluated only for the trials someone reports or exports (:func:`test_split`), which keeps a
+trial's cost to the one evaluation that selects.
 
 :class:`Evaluator` holds what every trial of a worker shares (teacher, data, predictor) and scores one config;
 :func:`optuna_objective` wraps it for an Optuna trial (suggest, report per epoch for pruners, user attributes).
@@ -38,6 +41,9 @@ from .teacher import load_teacher
 from .train import Evaluation, LossWeights, Trainer, evaluate
 
 if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
     from search_spaces.supernet import Supernet
 
 # Stops a trial early: called after each epoch with (epoch, accuracy); True means "stop, this trial is pruned".
@@ -56,7 +62,7 @@ class Pruned(Exception):
 class TrialResult:
     config: ArchConfig
     search: Evaluation  # the accuracy that selects
-    test: Evaluation  # the accuracy that is reported
+    test: Evaluation | None  # the accuracy that is reported (None: not evaluated in the trial, supernet mode)
     latency_ms: float
     prediction: dict[str, Any]  # Prediction.to_dict(): total, fixed, per-block parts, MoE tokens
     history: list[float] = field(default_factory=list)  # search accuracy after each epoch
@@ -90,14 +96,19 @@ class TrialResult:
         return {
             attr.CONFIG: self.config.to_json(), attr.CONFIG_ID: self.config.id,
             attr.SEARCH_ACCURACY: self.search.accuracy, attr.SEARCH_SE: round(self.search.standard_error, 6),
-            attr.SEARCH_IMAGES: self.search.count, attr.TEST_ACCURACY: self.test.accuracy,
-            attr.TEST_SE: round(self.test.standard_error, 6), attr.TEST_IMAGES: self.test.count,
+            attr.SEARCH_IMAGES: self.search.count, **(test_attrs(self.test) if self.test is not None else {}),
             attr.LATENCY_MS: self.latency_ms, attr.LATENCY_BREAKDOWN: self.prediction,
             attr.MOE_SPLIT: {str(k): v for k, v in self.moe_shares.items()},
             attr.SEARCH_ACCURACY_HISTORY: self.history, attr.WEIGHTS: self.weights,
             attr.TRAIN_S: round(self.train_s, 3), attr.EVALUATION: self.evaluation,
             **({attr.ENERGY_UJ: self.energy_uj, attr.ENERGY_BREAKDOWN: self.energy} if self.energy else {}),
         }
+
+
+def test_attrs(test: Evaluation) -> dict[str, Any]:
+    """What a test-split evaluation stores: ``test_accuracy``, ``test_se``, ``test_images``."""
+    return {attr.TEST_ACCURACY: test.accuracy, attr.TEST_SE: round(test.standard_error, 6),
+            attr.TEST_IMAGES: test.count}
 
 
 def set_router_latencies(model: torch.nn.Module, config: ArchConfig, predictor: Predictor, batch: int) -> None:
@@ -135,14 +146,15 @@ class Evaluator:
 
     def run(self, config: ArchConfig, epochs: int | None = None, full_epochs: bool = False,
             report: Reporter | None = None, seed: int | None = None,
-            initial: Path | None = None) -> tuple[TrialResult, torch.nn.Module]:
+            initial: Path | None = None, test: bool | None = None) -> tuple[TrialResult, torch.nn.Module]:
         """Fine-tune mode: fine-tune ``config`` from the teacher (distillation + MoE loss) on the train split, score
         it on the search split after every epoch and on the test split once at the end. Epochs are the study's trial
         budget (``epochs``, ``steps_per_epoch``) unless given; ``full_epochs``: whole passes. ``initial``: start
         from these weights of ``config`` (an exported supernet subnet's) instead of the teacher's.
 
         Supernet mode: ``config`` inherits its weights from the supernet, takes ``evaluation.finetune_steps`` steps
-        of the same recipe (one "epoch"), and is scored the same way.
+        of the same recipe (one "epoch"), and is scored on the search split; on the test split only when ``test``
+        says so (its default is the mode's: True in fine-tune mode, False in supernet mode, see :func:`test_split`).
 
         Raises:
             Pruned: ``report`` asked to stop.
@@ -184,9 +196,11 @@ class Evaluator:
         assert evaluation is not None
         prediction = self.predictor.predict(config, self.batch, moe_loads=evaluation.moe_loads)
         counts = weight_counts(model)
+        if test is None:
+            test = self.supernet is None
         result = TrialResult(
             config=config, search=evaluation, latency_ms=prediction.total_ms,
-            test=evaluate(model, self.splits.test, placement=self.placement, loader_workers=train.loader_workers),
+            test=self.evaluate_test(model) if test else None,
             prediction=prediction.to_dict(), history=history,
             weights={"total": counts.total, "shift_share": round(counts.shift_share, 4)},
             train_s=time.perf_counter() - start, evaluation=self.mode,
@@ -204,6 +218,11 @@ class Evaluator:
             if self.study.objectives.uses_energy:
                 raise
             return None
+
+    def evaluate_test(self, model: torch.nn.Module) -> Evaluation:
+        """``model`` on the test split: what is reported, never what selects."""
+        return evaluate(model, self.splits.test, placement=self.placement,
+                        loader_workers=self.study.train.loader_workers)
 
     @property
     def mode(self) -> str:
@@ -279,3 +298,29 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
         return result.accuracy
 
     return objective
+
+
+def test_split(study: Study, ostudy: "optuna.Study", trials: list["FrozenTrial"],
+               on_trial: Callable[[int], None] | None = None) -> int:
+    """Evaluate on the test split the supernet-mode ``trials`` that have no test accuracy yet (a supernet-mode trial
+    scores the search split only): each subnet is made again as its trial made it (the supernet's weights, plus
+    ``evaluation.finetune_steps`` of the seeded recipe) and its test accuracy stored as a study attribute
+    (:data:`attributes.STUDY_TEST_SPLIT_PREFIX`; a told trial's own attributes are final), read back through
+    :func:`attributes.with_test_split`. The samplers never see it. ``on_trial(number)`` before each. Returns how many
+    were evaluated."""
+    from .dashboard import note_test_split
+
+    stored = ostudy.user_attrs
+    todo = [t for t in trials if t.user_attrs.get(attr.EVALUATION) == "supernet"
+            and attr.TEST_ACCURACY not in attr.with_test_split(t.user_attrs, stored, t.number)]
+    if not todo:
+        return 0
+    evaluator = Evaluator(study, mode="supernet")
+    for trial in todo:
+        if on_trial is not None:
+            on_trial(trial.number)
+        config = ArchConfig.from_json(trial.user_attrs[attr.CONFIG])
+        result, _ = evaluator.run(config, test=True)
+        ostudy.set_user_attr(f"{attr.STUDY_TEST_SPLIT_PREFIX}{trial.number}", test_attrs(result.test))
+        note_test_split(study, ostudy, trial.number)
+    return len(todo)

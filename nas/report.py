@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -40,6 +40,7 @@ class Point:
     latency_ms: float
     reference: str | None
     energy_uj: float = math.nan  # nan: a trial stored without an energy estimate
+    attrs: dict = field(default_factory=dict)  # the trial's attributes, with a test split evaluated after it
 
     @property
     def label(self) -> str:
@@ -54,11 +55,11 @@ class Point:
 
     @property
     def test_accuracy(self) -> float:
-        return float(self.trial.user_attrs.get(attr.TEST_ACCURACY, math.nan))
+        return float(self.attrs.get(attr.TEST_ACCURACY, math.nan))
 
     @property
     def test_se(self) -> float:
-        return float(self.trial.user_attrs.get(attr.TEST_SE, math.nan))
+        return float(self.attrs.get(attr.TEST_SE, math.nan))
 
     @property
     def test_text(self) -> str:
@@ -68,13 +69,22 @@ class Point:
 
 def points(ostudy: optuna.Study) -> list[Point]:
     out = []
+    study_attrs = ostudy.user_attrs
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        attrs = t.user_attrs
+        attrs = attr.with_test_split(t.user_attrs, study_attrs, t.number)
         if attr.CONFIG in attrs and attr.SEARCH_ACCURACY in attrs and attr.LATENCY_MS in attrs:
             out.append(Point(t, ArchConfig.from_json(attrs[attr.CONFIG]), float(attrs[attr.SEARCH_ACCURACY]),
                              float(attrs[attr.LATENCY_MS]), attrs.get(attr.REFERENCE),
-                             float(attrs.get(attr.ENERGY_UJ, math.nan))))
+                             float(attrs.get(attr.ENERGY_UJ, math.nan)), attrs))
     return out
+
+
+def shown_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
+    """The trials whose test accuracy a report shows: the Pareto front's and the reference trials'."""
+    pts = points(ostudy)
+    shown = {p.trial.number: p.trial for p in pareto_front(pts, front_metrics(ostudy))}
+    shown.update({p.trial.number: p.trial for p in pts if p.reference})
+    return [shown[n] for n in sorted(shown)]
 
 
 def front_metrics(ostudy: optuna.Study) -> tuple[str, ...]:
@@ -244,6 +254,7 @@ class Report:
     front: list[Point]
     files: list[Path]
     metrics: tuple[str, ...] = ("accuracy", "latency_ms")  # what the front is chosen on
+    untested: str = ""  # why the front's test accuracy could not be evaluated (supernet mode without its supernet)
 
 
 def report(ostudy: optuna.Study, out: Path, title: str, pays: "WhereItPays | None" = None) -> Report:

@@ -88,7 +88,14 @@ def reference_configs(study: Study) -> dict[str, ArchConfig]:
 
 def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> optuna.Study:
     """The study's Optuna study on its storage (created with the reference trials queued when new); with
-    ``heartbeat``, the storage watches its workers' trials (see :func:`storage_of`)."""
+    ``heartbeat``, the storage watches its workers' trials (see :func:`storage_of`). Processes of this machine open
+    it one at a time: two drivers started together would both create the storage's tables, or both queue the
+    reference trials."""
+    with _claim_lock(study):
+        return _open_study(study, create, heartbeat)
+
+
+def _open_study(study: Study, create: bool, heartbeat: bool) -> optuna.Study:
     settings = study.search
     storage = storage_of(study.storage, settings.heartbeat_s, settings.retries) if heartbeat else \
         storage_of(study.storage)

@@ -241,6 +241,9 @@ def _print_front(rep) -> None:
                       *((f"{p.energy_uj:.3f}",) if energy else ()),
                       "; ".join(f"{i}:{b.describe()}" for i, b in enumerate(p.config.blocks)))
     console.print(table)
+    if rep.untested:
+        console.print(f"[yellow]test accuracy not evaluated[/] for the supernet-mode trials shown: {rep.untested}",
+                      highlight=False)
     for p in rep.points:
         if p.reference and p not in rep.front:
             console.print(f"reference {p.reference}: search accuracy {p.accuracy:.4f}, test {p.test_text}, "
@@ -250,8 +253,13 @@ def _print_front(rep) -> None:
         console.print(f"energy: {ENERGY_NOTE}")
 
 
+def _on_test(number: int) -> None:
+    console.print(f"  trial {number}: evaluating its test split (supernet mode scores trials on the search split "
+                  "only)", highlight=False)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    rep = pipeline.report(_load(args), args.out)
+    rep = pipeline.report(_load(args), args.out, on_test=_on_test)
     _print_front(rep)
     console.print("wrote " + ", ".join(str(f) for f in rep.files))
     return 0
@@ -304,7 +312,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print("[bold]4/6 search[/]")
     show_search(study, args.backend, options, warn_nothing_pays=False)  # the profile's table ended with it
     console.print("[bold]5/6 report[/]")
-    rep = pipeline.report(study, out / "report")
+    rep = pipeline.report(study, out / "report", on_test=_on_test)
     _print_front(rep)
     console.print("[bold]6/6 export[/] the best trial")
     paths = pipeline.export(study, "best", out / "best")

@@ -81,8 +81,12 @@ def test_profile_fit_and_latency_from_the_command_line(tmp_path, capsys):
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["predicted_ms"] > 0 and last["measured_ms"] > 0 and len(last["breakdown"]["blocks"]) == 2
     from latency_model.energy import estimate
-    from search_spaces import ArchConfig
+    from search_spaces import ArchConfig, BlockConfig
 
+    # measured in turn with the dense model of the same shape: both ratios to it (none for the dense model itself)
+    is_dense = all(b == BlockConfig() for b in ArchConfig.load(arch).blocks)
+    assert (last["measured_vs_dense"] is None) == is_dense == (last["predicted_vs_dense"] is None)
+    assert is_dense or (last["measured_vs_dense"] > 0 and last["predicted_vs_dense"] > 0)
     expected = estimate(ArchConfig.load(arch))  # one image, the study's (default) table: the same figure anywhere
     assert last["energy_uj"] == pytest.approx(expected.total_uj) and last["energy_breakdown"]["table"] == "horowitz45nm"
     assert last["op_counts"]["mult.fp32"] == expected.counts.ops["mult.fp32"] > 0 and last["bytes"]["weights"] > 0

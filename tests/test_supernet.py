@@ -2,6 +2,7 @@
 rule, its file resumes after a kill and is refused when it is not this study's, and supernet-mode searches run on
 both backends, export inherited weights and fine-tune from them."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -186,6 +187,7 @@ def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_the
     trials = [t for t in stored_trials(study_file) if t.state.name == "COMPLETE"]
     assert len(trials) == 3
     assert {t.user_attrs["evaluation"] for t in trials} == {"supernet"}
+    assert not any("test_accuracy" in t.user_attrs for t in trials)  # a trial scores the search split only
     study = Study.load(study_file)
     supernet = load_supernet(study, load_teacher(study))
 
@@ -195,7 +197,20 @@ def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_the
     assert exported
     config = ArchConfig.load(exported[0])
     weights = exported[0].with_suffix(".safetensors")
-    assert yaml.safe_load(exported[0].read_text())["provenance"]["weights"] == weights.name
+    provenance = yaml.safe_load(exported[0].read_text())["provenance"]
+    assert provenance["weights"] == weights.name
+    # the export evaluated the test split of the trials it wrote (as the trial would have), and kept it for the
+    # report; the samplers never see it
+    if backend == "optuna":  # (the ray trial took finetune_steps of training: its model is not the bare subnet)
+        from nas.objective import Evaluator
+
+        expected = Evaluator(study).evaluate_test(supernet.extract(config)).accuracy
+        assert provenance["test_accuracy"] == pytest.approx(expected)
+    assert 0 <= provenance["test_accuracy"] <= 1 and provenance["test_se"] > 0
+    report = tmp_path / "report"
+    assert main(["report", str(study_file), "--out", str(report)]) == 0
+    tested = {row["trial"]: row["test_accuracy"] for row in csv.DictReader((report / "trials.csv").open())}
+    assert float(tested[str(provenance["trial"])]) == pytest.approx(provenance["test_accuracy"], abs=1e-4)
     model = load_weights(build_model(config), weights).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -240,6 +255,8 @@ def test_two_drivers_started_together_train_one_teacher_and_one_supernet_and_dra
     assert seeds[0] != seeds[1]
     trials = stored_trials(study_file)
     assert len(trials) == 4
+    references = [t.user_attrs["reference"] for t in trials if "reference" in t.user_attrs]
+    assert references and len(references) == len(set(references))  # the study was created once
     by_worker: dict[str, set] = {}
     for t in trials:
         by_worker.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["sampler_seed"])
