@@ -110,7 +110,7 @@ def run(study: Study, runtime: str, args, scratch: Path) -> list[dict]:
     predictor, accuracy = Predictor.fit(db.latest(engine, settings.device), settings.device,
                                         models=db.model_rows(engine, settings.device))
     best, nearest = cheapest(study.space, predictor)
-    configs = {"dense": ArchConfig(study.space.model, (BlockConfig(),) * study.space.depth),
+    configs = {"dense": ArchConfig.dense(study.space.model, study.space.depth),
                "paper's allocation": uniform(study.space, PAPER),
                "cheapest predicted": best}
     if best == configs["dense"]:  # then measure the nearest miss: is the predictor right that nothing pays?

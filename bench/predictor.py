@@ -5,7 +5,11 @@ For each space: profile it (kernels tuned with ``--trials``, cached; 8 whole mod
 composition calibration), fit the predictor with 20 % of the shapes held out and run its gate (noisy rows,
 leave-one-out whole-model error), then sample ``--configs`` other architectures, run each on the kernels (shift
 layers and additive attention on TVM, the rest in torch) and compare the measured forward latency (median of repeats)
-with ``predict`` at each batch size. With ``--hog``, the same again into a fresh table profiled while two processes
+with ``predict`` at each batch size. The held-out models are timed round-robin, ``--rounds`` times, together with
+the dense model of the space (the reference): each model's measured time is the median over rounds, and its time
+relative to the reference the median over rounds of its time over the reference's of the same round, compared with
+the predicted ratio. Per space and batch: Kendall's tau and Spearman's rho of predicted against measured, and the
+shares within 5 % and 10 %, absolute and relative to the reference. With ``--hog``, the same again into a fresh table profiled while two processes
 spin on the cores (stopped before the held-out models are measured): what the noise detection and the gate did, and
 what the predictor fitted on that table would have predicted. Writes ``bench/results/predictor.{json,md}`` and the
 parity plot ``predictor-parity.png``.
@@ -13,7 +17,7 @@ parity plot ``predictor-parity.png``.
 Spaces: the quick-start (ViT), the PVT quick-start (a shrunk PVTv2-b0, every block priced at its stage's sizes) and,
 unless ``--skip-deit``, DeiT-Tiny at 224.
 
-    python bench/predictor.py [--trials 16] [--configs 20] [--skip-deit] [--skip-pvt] [--hog]
+    python bench/predictor.py [--trials 16] [--configs 20] [--rounds 3] [--skip-deit] [--skip-pvt] [--hog]
 
 On 2 cores with untuned kernels the two quick-start spaces take about 12 minutes; ``--hog`` re-times nearly every
 job of its profile and takes over an hour with the PVT space (``--skip-pvt`` for the quick-start's alone).
@@ -42,7 +46,8 @@ from latency_model.profile import profile, table_kernels  # noqa: E402
 from latency_model.settings import LatencySettings  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402
 from nas.study import Study  # noqa: E402
-from search_spaces import SearchSpace, build_model  # noqa: E402
+from search_spaces import ArchConfig, SearchSpace, build_model  # noqa: E402
+from ranking import kendall_tau, spearman_rho  # noqa: E402
 
 DEIT_TINY = {
     "model": {"name": "deit_tiny_patch16_224", "kwargs": {"img_size": 224, "patch_size": 16, "num_classes": 1000}},
@@ -82,19 +87,37 @@ def run_space(name: str, space: SearchSpace, batches: tuple[int, ...], args, db_
     kernels = table_kernels(settings, args.trials)  # each shape on the variant the profile found fastest
     rng = np.random.default_rng(args.seed)
     img = ModelDims.of(space.model).img
-    rows = []
-    for i in range(args.configs):
+    dense = ArchConfig.dense(space.model, space.depth)
+    configs: dict[str, ArchConfig] = {}
+    while len(configs) < args.configs:  # distinct architectures, none the reference
         config = space.sample(rng)
-        model = to_kernels(build_model(config), kernels)
-        for batch in batches:
-            measured = time_model(model, batch, img, repeats=args.repeats).median_ms
+        if config != dense:
+            configs.setdefault(config.id, config)
+    models = {key: to_kernels(build_model(config), kernels) for key, config in configs.items()}
+    reference = to_kernels(build_model(dense), kernels)
+    rows = []
+    for batch in batches:
+        times: dict[str, list[float]] = {key: [] for key in models}
+        reference_times: list[float] = []
+        for r in range(args.rounds):  # round-robin: the machine's drift spreads over every model alike
+            reference_times.append(time_model(reference, batch, img, repeats=args.repeats).median_ms)
+            for key, model in models.items():
+                times[key].append(time_model(model, batch, img, repeats=args.repeats).median_ms)
+            print(f"  {name} b{batch}: round {r + 1}/{args.rounds} timed", flush=True)
+        predicted_reference = predictor.predict(dense, batch).total_ms
+        for key, config in configs.items():
+            measured = float(np.median(times[key]))
+            relative = float(np.median(np.array(times[key]) / np.array(reference_times)))
             # the converted model's routers are untrained: price MoE blocks at the split they actually make
-            predicted = predictor.predict(config, batch, moe_loads=router_loads(model)).total_ms
-            rows.append({"space": name, "profiled": condition, "config": config.id, "batch": batch,
-                         "predicted_ms": predicted,
-                         "measured_ms": measured, "error": predicted / measured - 1, **block_counts(config)})
-            print(f"  {name} {i + 1}/{args.configs} {config.id} b{batch}: predicted {predicted:.3f} ms, "
-                  f"measured {measured:.3f} ms ({100 * (predicted / measured - 1):+.1f} %)", flush=True)
+            predicted = predictor.predict(config, batch, moe_loads=router_loads(models[key])).total_ms
+            rows.append({"space": name, "profiled": condition, "config": key, "batch": batch,
+                         "predicted_ms": predicted, "measured_ms": measured, "error": predicted / measured - 1,
+                         "predicted_vs_dense": predicted / predicted_reference, "measured_vs_dense": relative,
+                         "relative_error": predicted / predicted_reference / relative - 1,
+                         "dense_ms": float(np.median(reference_times)), **block_counts(config)})
+            print(f"  {name} {key} b{batch}: predicted {predicted:.3f} ms, measured {measured:.3f} ms "
+                  f"({100 * (predicted / measured - 1):+.1f} %, relative to dense "
+                  f"{100 * rows[-1]['relative_error']:+.1f} %)", flush=True)
     return {k: v.to_dict() for k, v in accuracy.items()}, rows, gate
 
 
@@ -146,6 +169,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--configs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the held-out models")
     parser.add_argument("--seed", type=int, default=12345,
                         help="seed of the evaluated configs (profiling calibrates on seed 0's: keep them apart)")
     parser.add_argument("--skip-deit", action="store_true", help="only the quick-start space")
@@ -174,13 +198,25 @@ def main() -> None:
 
     def figures(selected: list[dict]) -> dict:
         errors = np.abs([r["error"] for r in selected])
+        relative = np.abs([r["relative_error"] for r in selected])
         return {"model_within_5pct": float(np.mean(errors <= 0.05)),
                 "model_within_10pct": float(np.mean(errors <= 0.10)),
+                "model_within_5pct_relative": float(np.mean(relative <= 0.05)),
+                "model_within_10pct_relative": float(np.mean(relative <= 0.10)),
                 "model_worst_error": float(errors.max()), "model_mape": float(errors.mean()), "models": len(selected)}
 
+    def ranking(selected: list[dict]) -> dict:
+        predicted, measured = [r["predicted_ms"] for r in selected], [r["measured_ms"] for r in selected]
+        return {"kendall_tau": round(kendall_tau(predicted, measured), 3),
+                "spearman_rho": round(spearman_rho(predicted, measured), 3)}
+
     quiet = [r for r in rows if r["profiled"] == "quiet"]
-    per_space = {name: {**figures([r for r in quiet if r["space"] == name]),
-                        "bias": bias([r for r in quiet if r["space"] == name])} for name, _, _ in spaces}
+    per_space = {}
+    for name, _, batches in spaces:
+        for batch in batches:
+            selected = [r for r in quiet if r["space"] == name and r["batch"] == batch]
+            per_space[f"{name}, batch {batch}"] = {**ranking(selected), **figures(selected)}
+        per_space[name] = {"bias": bias([r for r in quiet if r["space"] == name])}
     kernel_within = [acc["tvm"]["within_10pct"] for key, acc in accuracies.items() if "tvm" in acc and "quiet" in key]
     summary = {"kernel_within_10pct (held-out kernel shapes, labelled: not the search's figure)":
                float(np.mean(kernel_within)) if kernel_within else None, **figures(quiet), "per_space": per_space}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -42,6 +41,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ranking import kendall_tau, spearman_rho  # noqa: E402
 from record import write  # noqa: E402
 
 from nas import pipeline  # noqa: E402
@@ -52,40 +52,6 @@ from search_spaces.supernet import densest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "studies"
-
-
-def kendall_tau(a, b) -> float:
-    """Kendall's tau-b (ties in either ranking counted as neither concordant nor discordant)."""
-    n, concordant, discordant, ties_a, ties_b = len(a), 0, 0, 0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif da == db:
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
-    return (concordant - discordant) / denominator if denominator else float("nan")
-
-
-def _ranks(values) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    order = values.argsort()
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    for v in np.unique(values):  # ties share their mean rank
-        ranks[values == v] = ranks[values == v].mean()
-    return ranks
-
-
-def spearman_rho(a, b) -> float:
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
 
 
 def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:

@@ -10,6 +10,10 @@ repeats), ``contention`` (share of the CPU other processes used meanwhile), ``at
 is re-timed) and ``noisy`` (still noisy after its last attempt). ``nas fit-latency`` refuses a table whose newest rows
 are marked noisy; ``nas profile --remeasure`` re-times them (a new row, newest wins).
 
+A whole model's timing carries its reference (schema 6): ``reference_ms``, the dense model of the same shape and
+batch timed in turn with it in the same process. A machine's speed drifts between launches far more than two
+models' ratio does; the composition calibration reads each model's time at its launch's speed (``ModelRow.at_speed``).
+
 An *op* is what the predictor composes a model from: a module a model runs (``module.attention``, ``module.mlp``,
 ...) or a TVM kernel (``tvm.matmul``, ``tvm.matshift``, ``tvm.matadd``); :mod:`latency_model.keys` names them. Its
 shape is a small dict of named integers (``{"M": 197, "K": 192, "N": 576}``), stored as canonical JSON
@@ -49,7 +53,7 @@ from search_spaces.errors import ResourceError
 
 from .keys import measurement_key, model_key, shape_key
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_URL = "sqlite:///studies/latency.db"
 
 
@@ -129,6 +133,8 @@ class ModelMeasurement(Base):
     contention: Mapped[float] = mapped_column(Float, default=0.0)  # schema 5
     attempts: Mapped[int] = mapped_column(Integer, default=1)  # schema 5
     noisy: Mapped[bool] = mapped_column(Boolean, default=False)  # schema 5
+    # the dense model of the same shape and batch, timed in turn with this one (schema 6; None before)
+    reference_ms: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
     measured_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc))
 
 
@@ -174,7 +180,14 @@ def _migrate_4_to_5(connection) -> None:
                 connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
 
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
+def _migrate_5_to_6(connection) -> None:
+    """Schema 6 times a reference with each whole model; earlier rows have none (their composition reads them as
+    timed)."""
+    if "reference_ms" not in {c["name"] for c in inspect(connection).get_columns("model_measurements")}:
+        connection.execute(text("ALTER TABLE model_measurements ADD COLUMN reference_ms FLOAT"))
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5, 5: _migrate_5_to_6}
 
 
 def redact(url: str) -> str:
@@ -369,13 +382,14 @@ def noisy_keys(engine: Engine, device: str) -> set[tuple]:
 
 def add_model_measurement(engine: Engine, device_id: int, config_json: str, batch: int,
                           moe_routing: Mapping[int, Any], timing: Any, attempts: int = 1,
-                          noisy: bool = False) -> None:
-    """``moe_routing``: per MoE block, its routing as JSON-able data (``MoELoad.to_json()``)."""
+                          noisy: bool = False, reference_ms: float | None = None) -> None:
+    """``moe_routing``: per MoE block, its routing as JSON-able data (``MoELoad.to_json()``); ``reference_ms``: the
+    dense model timed in turn with it."""
     with Session(engine) as session, session.begin():
         session.add(ModelMeasurement(
             device_id=device_id, config=config_json, batch=batch, moe_shares=json.dumps(dict(moe_routing)),
             median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms, std_ms=timing.std_ms,
-            repeats=timing.repeats, **_quality(timing, attempts, noisy)))
+            repeats=timing.repeats, reference_ms=reference_ms, **_quality(timing, attempts, noisy)))
 
 
 @dataclass(frozen=True)
@@ -387,6 +401,14 @@ class ModelRow:
     spread: float = 0.0
     contention: float = 0.0
     noisy: bool = False
+    reference_ms: float | None = None  # the dense model timed in turn with it (tables before schema 6: None)
+
+    def at_speed(self, reference_ms: float | None) -> float:
+        """Its time had it been taken at the speed the dense model ran ``reference_ms`` at (its own time when it or
+        ``reference_ms`` has no reference): what makes timings of several launches comparable."""
+        if not self.reference_ms or not reference_ms:
+            return self.median_ms
+        return self.median_ms * reference_ms / self.reference_ms
 
 
 def add_failure(engine: Engine, device_id: int, job: str, reason: str, trials: int = 0) -> None:
@@ -409,7 +431,7 @@ def model_rows(engine: Engine, device: str) -> list[ModelRow]:
                  .where(Device.name == device).order_by(ModelMeasurement.measured_at, ModelMeasurement.id))
         newest = {(m.config, m.batch): m for m in session.scalars(query)}
         return [ModelRow(m.config, m.batch, {int(k): v for k, v in json.loads(m.moe_shares).items()}, m.median_ms,
-                         m.spread, m.contention, m.noisy)
+                         m.spread, m.contention, m.noisy, m.reference_ms)
                 for m in newest.values()]
 
 

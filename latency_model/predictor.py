@@ -189,8 +189,12 @@ def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
 
     Ops timed one at a time in a loop miss what running them back to back costs: torch's and TVM's thread pools
     handing the cores to each other, and caches that no longer hold one module's data. That cost is measured
-    here rather than assumed."""
-    by_batch: dict[tuple[str, int], list[tuple[float, int, float, str]]] = defaultdict(list)
+    here rather than assumed.
+
+    Each model's time is read at one speed of the machine per family and batch (:meth:`ModelRow.at_speed`: scaled
+    by its reference, the dense model timed in turn with it, to the median reference), so models timed in several
+    launches (a profile resumed, or re-timed with ``--remeasure``) compose as if timed in one."""
+    rows_by_batch: dict[tuple[str, int], list[tuple[float, int, ModelRow, str]]] = defaultdict(list)
     for row in models:
         config = ArchConfig.from_json(row.config)
         routing = {block: MoELoad.parse(value) for block, value in row.moe_routing.items()}
@@ -201,7 +205,12 @@ def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
             # under ops keyed otherwise then): it cannot calibrate this fit, and a study of that space is told to
             # profile when it predicts
             continue
-        by_batch[(family_key(config), row.batch)].append((parts, kernel_blocks(config), row.median_ms, config.id))
+        rows_by_batch[(family_key(config), row.batch)].append((parts, kernel_blocks(config), row, config.id))
+    by_batch: dict[tuple[str, int], list[tuple[float, int, float, str]]] = {}
+    for key, group in rows_by_batch.items():
+        references = [row.reference_ms for _, _, row, _ in group if row.reference_ms]
+        speed = float(np.median(references)) if references else None
+        by_batch[key] = [(parts, blocks, row.at_speed(speed), config_id) for parts, blocks, row, config_id in group]
     calibration, predicted, measured, checks = {}, [], [], []
     for (family, batch), points in sorted(by_batch.items()):
         if len(points) < MIN_CALIBRATION_MODELS:

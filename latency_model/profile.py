@@ -236,13 +236,21 @@ def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, 
 
     if isinstance(job.item, Calibration):
         model = to_kernels(build_model(job.item.config), kernels)
+        dense = to_kernels(build_model(ArchConfig.dense(space.model, space.depth)), kernels)
         img = ModelDims.of(space.model).img
+        references: dict[int, float] = {}  # id of a timing -> the dense model's time around it
 
-        def again() -> Timing:
-            return time_model(model, job.item.batch, img, repeats=settings.repeats, compiled=settings.compiled,
+        def timed(each) -> Timing:
+            return time_model(each, job.item.batch, img, repeats=settings.repeats, compiled=settings.compiled,
                               on_first_call=first_call)
 
-        return again(), again, {"moe_routing": {b: load.to_json() for b, load in router_loads(model).items()}}
+        def again() -> Timing:  # the dense model before and after: the machine's speed while the model ran
+            before, timing, after = timed(dense), timed(model), timed(dense)
+            references[id(timing)] = (before.median_ms + after.median_ms) / 2
+            return timing
+
+        return again(), again, {"moe_routing": {b: load.to_json() for b, load in router_loads(model).items()},
+                                "references": references}
     if isinstance(job.item, KernelSpec):
         kernel, timing = measure(job.item, kernels.target, settings.trials, settings.repeats, tracker, device_key,
                                  root=kernel_root)
@@ -283,7 +291,8 @@ def _measure(job: Job, space, settings, engine, device_id, kernels: KernelSet, k
         summary.noisy.append((job.label, timing))
     if isinstance(job.item, Calibration):
         db.add_model_measurement(engine, device_id, job.item.config.to_json(), job.item.batch, extra["moe_routing"],
-                                 timing, attempts=attempts, noisy=noisy)
+                                 timing, attempts=attempts, noisy=noisy,
+                                 reference_ms=extra["references"].get(id(timing)))
         return
     op, variant, shape_text, dtype = job.row_key
     db.add_measurement(engine, device_id, op, variant, json.loads(shape_text), dtype=dtype, timing=timing,

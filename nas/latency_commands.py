@@ -187,14 +187,14 @@ def cmd_latency(args: argparse.Namespace) -> int:
         from latency_model.predictor import router_loads
         from latency_model.profile import table_kernels
         from latency_model.timing import time_model
-        from search_spaces import BlockConfig, build_model
+        from search_spaces import build_model
 
         kernels = table_kernels(settings, kernel_root=args.cache)
         img = ModelDims.of(config.model).img
         model = to_kernels(build_model(config), kernels)
         # The dense model of the same shape, timed in turn with this one in the same process: this machine's speed
         # drifts between launches far more than the two models' ratio does
-        dense = ArchConfig(config.model, (BlockConfig(),) * config.depth)
+        dense = ArchConfig.dense(config.model, config.depth)
         models = {"model": model} if config == dense else {"model": model, "dense": to_kernels(build_model(dense),
                                                                                                  kernels)}
         times: dict[str, list[float]] = {name: [] for name in models}

@@ -94,6 +94,23 @@ def test_composition_never_goes_below_its_parts_and_is_checked_out_of_sample():
         check(rows, fast, predictor.model_checks, 0.25, "nas profile s.yaml --remeasure")
 
 
+def test_models_timed_in_a_slower_launch_compose_at_one_speed_through_their_references():
+    rows, models = _table()
+    # a third of the models re-timed in a launch where the machine ran 1.6x slower: the dense model timed in turn
+    # with each says so, and the composition reads every model at one speed (the median reference's: the first
+    # launch's here)
+    slow = [i % 3 == 1 for i in range(len(models))]
+    drifted = [ModelRow(m.config, 1, {}, m.median_ms * (1.6 if s else 1.0), reference_ms=1.6 if s else 1.0)
+               for m, s in zip(models, slow)]
+    steady, _ = Predictor.fit(rows, "dev", models=models)
+    predictor, _ = Predictor.fit(rows, "dev", models=drifted)
+    assert predictor.calibration[("vit", 1)] == pytest.approx(steady.calibration[("vit", 1)], rel=1e-6)
+    assert max(c.error for c in predictor.model_checks) < 0.01
+    # without the references the same timings mislead the fit
+    blind, _ = Predictor.fit(rows, "dev", models=[ModelRow(m.config, 1, {}, m.median_ms) for m in drifted])
+    assert max(c.error for c in blind.model_checks) > 0.05
+
+
 def test_one_whole_model_timed_during_a_hiccup_is_one_failed_check_not_a_shift_of_every_prediction():
     rows, models = _table()
     # as on a shared CI machine: one of the whole models timed 100x its true cost

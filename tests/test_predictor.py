@@ -108,6 +108,7 @@ def profiled(tmp_path_factory):
     engine = db.connect(settings.db)
     models = db.model_rows(engine, settings.device)
     assert len(models) == settings.calibration  # whole models timed for the composition calibration
+    assert all(m.reference_ms > 0 for m in models)  # each between two timings of the dense model
     predictor, accuracy = Predictor.fit(db.latest(engine, settings.device), settings.device, models=models)
     assert set(predictor.calibration) == {("vit", 1)} and accuracy["calibration"].count == settings.calibration
     return space, settings, predictor, root
