@@ -49,7 +49,7 @@ STUDY_LATENCY_DEVICE = "latency_device"  # the device the latencies are predicte
 STUDY_METRICS = "metrics"  # objectives.metrics: what each of the study's values is
 STUDY_ENERGY_TABLE = "energy_table"  # UnitCosts.to_dict() of the table energies are priced with
 # + a trial's number: {test_accuracy, test_se, test_images} of a supernet-mode trial, evaluated when it was first
-# reported or exported (nas.objective.test_split; a told trial's own attributes cannot change any more)
+# reported or exported (nas.objective.score_test_split; a told trial's own attributes cannot change any more)
 STUDY_TEST_SPLIT_PREFIX = "test_split:"
 
 

@@ -262,7 +262,8 @@ def note_finetune(study: Study, number: int, finetuned: Mapping[str, Any]) -> bo
 
 
 def note_test_split(study: Study, ostudy: optuna.Study, number: int) -> None:
-    """Rewrite a stored trial's note with the test accuracy evaluated after it (:func:`nas.objective.test_split`)."""
+    """Rewrite a stored trial's note with the test accuracy evaluated after it
+    (:func:`nas.objective.score_test_split`)."""
     from optuna_dashboard import save_note
 
     frozen = ostudy.get_trials(deepcopy=False)[number]

@@ -112,14 +112,14 @@ def write_config(path: Path, config: ArchConfig, origin: dict[str, Any]) -> Path
 def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Path]:
     """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``; a trial scored in supernet mode also gets
     the weights it inherited, ``trial-<n>.safetensors`` (named in its provenance: ``nas finetune`` starts there),
-    and its test accuracy evaluated first where its trial did not (:func:`nas.objective.test_split`)."""
+    and its test accuracy evaluated first where its trial did not (:func:`nas.objective.score_test_split`)."""
     from .checkpoints import save_weights
-    from .objective import test_split
+    from .objective import score_test_split
 
     ensure_writable(out, "--out", need_mb=1)
     paths, supernet = [], None
     chosen = choose(ostudy, which)
-    test_split(study, ostudy, chosen)
+    score_test_split(study, ostudy, chosen)
     study_attrs = ostudy.user_attrs
     for trial in chosen:
         config = ArchConfig.from_json(trial.user_attrs[attr.CONFIG])

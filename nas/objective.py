@@ -4,7 +4,7 @@ the study's supernet, predicted latency and estimated energy).
 The search split is what trials are scored, pruned and chosen on; the test split is never returned to the sampler
 (see :mod:`nas.data`). A fine-tune-mode trial evaluates it once at its end and stores it (``test_accuracy``): its
 weights are gone afterwards. A supernet-mode trial does not: its model is the supernet's subnet, made again at will,
-so the test split is evaluated only for the trials someone reports or exports (:func:`test_split`), which keeps a
+so the test split is evaluated only for the trials someone reports or exports (:func:`score_test_split`), which keeps a
 trial's cost to the one evaluation that selects.
 
 :class:`Evaluator` holds what every trial of a worker shares (teacher, data, predictor) and scores one config;
@@ -96,7 +96,7 @@ class TrialResult:
         return {
             attr.CONFIG: self.config.to_json(), attr.CONFIG_ID: self.config.id,
             attr.SEARCH_ACCURACY: self.search.accuracy, attr.SEARCH_SE: round(self.search.standard_error, 6),
-            attr.SEARCH_IMAGES: self.search.count, **(test_attrs(self.test) if self.test is not None else {}),
+            attr.SEARCH_IMAGES: self.search.count, **(tested_attrs(self.test) if self.test is not None else {}),
             attr.LATENCY_MS: self.latency_ms, attr.LATENCY_BREAKDOWN: self.prediction,
             attr.MOE_SPLIT: {str(k): v for k, v in self.moe_shares.items()},
             attr.SEARCH_ACCURACY_HISTORY: self.history, attr.WEIGHTS: self.weights,
@@ -105,7 +105,7 @@ class TrialResult:
         }
 
 
-def test_attrs(test: Evaluation) -> dict[str, Any]:
+def tested_attrs(test: Evaluation) -> dict[str, Any]:
     """What a test-split evaluation stores: ``test_accuracy``, ``test_se``, ``test_images``."""
     return {attr.TEST_ACCURACY: test.accuracy, attr.TEST_SE: round(test.standard_error, 6),
             attr.TEST_IMAGES: test.count}
@@ -154,7 +154,8 @@ class Evaluator:
 
         Supernet mode: ``config`` inherits its weights from the supernet, takes ``evaluation.finetune_steps`` steps
         of the same recipe (one "epoch"), and is scored on the search split; on the test split only when ``test``
-        says so (its default is the mode's: True in fine-tune mode, False in supernet mode, see :func:`test_split`).
+        says so (its default is the mode's: True in fine-tune mode, False in supernet mode, see
+        :func:`score_test_split`).
 
         Raises:
             Pruned: ``report`` asked to stop.
@@ -300,7 +301,7 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
     return objective
 
 
-def test_split(study: Study, ostudy: "optuna.Study", trials: list["FrozenTrial"],
+def score_test_split(study: Study, ostudy: "optuna.Study", trials: list["FrozenTrial"],
                on_trial: Callable[[int], None] | None = None) -> int:
     """Evaluate on the test split the supernet-mode ``trials`` that have no test accuracy yet (a supernet-mode trial
     scores the search split only): each subnet is made again as its trial made it (the supernet's weights, plus
@@ -321,6 +322,6 @@ def test_split(study: Study, ostudy: "optuna.Study", trials: list["FrozenTrial"]
             on_trial(trial.number)
         config = ArchConfig.from_json(trial.user_attrs[attr.CONFIG])
         result, _ = evaluator.run(config, test=True)
-        ostudy.set_user_attr(f"{attr.STUDY_TEST_SPLIT_PREFIX}{trial.number}", test_attrs(result.test))
+        ostudy.set_user_attr(f"{attr.STUDY_TEST_SPLIT_PREFIX}{trial.number}", tested_attrs(result.test))
         note_test_split(study, ostudy, trial.number)
     return len(todo)

@@ -360,10 +360,10 @@ def report_folder(study: Study) -> Path:
 def report(study: Study, out: Path | None = None, on_test: Callable[[int], None] | None = None) -> "Report":
     """The Pareto plot, the allocation chart and the CSV of the study's trials, in ``out`` (default:
     ``<study folder>/runs/<name>/report``). The front's and the reference trials' test accuracy is evaluated first
-    where their trials did not (supernet mode, :func:`nas.objective.test_split`; ``on_test(trial number)`` before
+    where their trials did not (supernet mode, :func:`nas.objective.score_test_split`; ``on_test(trial number)`` before
     each)."""
     from .disk import ensure_writable
-    from .objective import test_split
+    from .objective import score_test_split
     from .report import report as write_report
     from .report import shown_trials
     from .search import open_study
@@ -374,7 +374,7 @@ def report(study: Study, out: Path | None = None, on_test: Callable[[int], None]
     ostudy = open_study(study, create=False)
     untested = ""
     try:
-        test_split(study, ostudy, shown_trials(ostudy), on_test)
+        score_test_split(study, ostudy, shown_trials(ostudy), on_test)
     except StateError as e:  # the supernet is gone or stale: the report still shows what the trials stored
         untested = str(e)
     written = write_report(ostudy, out, f"{study.name}: {study.model.name} on {study.data.source}, "
