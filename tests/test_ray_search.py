@@ -120,26 +120,42 @@ def test_a_local_ray_starts_its_own_whatever_cluster_this_machine_points_to(sear
     assert "--ray-address: cannot join the Ray cluster at 127.0.0.1:9" in unreachable.stderr
 
 
-def _trial_workers():
+def _first_epoch_stored(study_file) -> bool:
+    """Whether the study holds a running trial's first epoch (the searcher stores each epoch as Ray receives it)."""
+    return any(t.state == TrialState.RUNNING and t.intermediate_values for t in stored_trials(study_file))
+
+
+def _trial_workers(search: subprocess.Popen) -> list[psutil.Process]:
+    """The Ray trial workers under this search's process (a Ray an earlier test shut down may leave its own behind
+    for a moment: killing one of those fails nothing)."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
+    try:
+        family = psutil.Process(search.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for p in family:
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
         if "ray::ImplicitFunc" in cmd or "ray::_Inner" in cmd or "ray::trainable" in cmd:
             found.append(p)
     return found
 
 
 def test_a_killed_trial_worker_fails_that_trial_and_the_rest_complete(searchable, tmp_path):
-    study_file = searchable(tmp_path, budget={"n_trials": 3, "epochs": 3, "steps_per_epoch": 20})
+    study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1000.0},
+                            budget={"n_trials": 3, "epochs": 4, "steps_per_epoch": 150})
     search = subprocess.Popen([sys.executable, "-m", "nas.cli", "search", str(study_file), "--backend", "ray"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
+        # The worker dies inside its trial: once the trial's first epoch is stored, three epochs (seconds) before its
+        # end (the study exists once a worker runs; one objective, so the epochs are stored as they come).
         deadline = time.monotonic() + 240
-        while not _trial_workers():
+        while not (_trial_workers(search) and _first_epoch_stored(study_file)):
             assert search.poll() is None and time.monotonic() < deadline, search.stdout.read().decode()[-3000:]
-            time.sleep(0.2)
-        time.sleep(1.0)  # inside the trial, past its start
-        victim = _trial_workers()[0]
+            time.sleep(0.1)
+        victim = _trial_workers(search)[0]
         victim.send_signal(signal.SIGKILL)
         output = search.communicate(timeout=600)[0].decode()
     finally:
