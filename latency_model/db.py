@@ -14,6 +14,10 @@ A whole model's timing carries its reference (schema 6): ``reference_ms``, the d
 batch timed in turn with it in the same process. A machine's speed drifts between launches far more than two
 models' ratio does; the composition calibration reads each model's time at its launch's speed (``ModelRow.at_speed``).
 
+A whole model's timing carries its parts timed in situ (schema 7): ``parts_ms``, each block's attention and MLP
+timed inside the running model (:func:`latency_model.timing.time_parts`; eager runtime only), from which the
+predictor learns what each choice costs as a model runs it rather than alone.
+
 An *op* is what the predictor composes a model from: a module a model runs (``module.attention``, ``module.mlp``,
 ...) or a TVM kernel (``tvm.matmul``, ``tvm.matshift``, ``tvm.matadd``); :mod:`latency_model.keys` names them. Its
 shape is a small dict of named integers (``{"M": 197, "K": 192, "N": 576}``), stored as canonical JSON
@@ -53,7 +57,7 @@ from search_spaces.errors import ResourceError
 
 from .keys import measurement_key, model_key, shape_key
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DEFAULT_URL = "sqlite:///studies/latency.db"
 
 
@@ -135,6 +139,9 @@ class ModelMeasurement(Base):
     noisy: Mapped[bool] = mapped_column(Boolean, default=False)  # schema 5
     # the dense model of the same shape and batch, timed in turn with this one (schema 6; None before)
     reference_ms: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    # "<block>.attention" / "<block>.mlp" -> ms, each part timed inside the running model (schema 7; None before,
+    # and in the compiled runtime, where a block runs as one graph)
+    parts_ms: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
     measured_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: datetime.now(timezone.utc))
 
 
@@ -187,7 +194,14 @@ def _migrate_5_to_6(connection) -> None:
         connection.execute(text("ALTER TABLE model_measurements ADD COLUMN reference_ms FLOAT"))
 
 
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5, 5: _migrate_5_to_6}
+def _migrate_6_to_7(connection) -> None:
+    """Schema 7 times each block's parts in situ with a whole model; earlier rows have none."""
+    if "parts_ms" not in {c["name"] for c in inspect(connection).get_columns("model_measurements")}:
+        connection.execute(text("ALTER TABLE model_measurements ADD COLUMN parts_ms TEXT"))
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5, 5: _migrate_5_to_6,
+              6: _migrate_6_to_7}
 
 
 def redact(url: str) -> str:
@@ -382,14 +396,17 @@ def noisy_keys(engine: Engine, device: str) -> set[tuple]:
 
 def add_model_measurement(engine: Engine, device_id: int, config_json: str, batch: int,
                           moe_routing: Mapping[int, Any], timing: Any, attempts: int = 1,
-                          noisy: bool = False, reference_ms: float | None = None) -> None:
+                          noisy: bool = False, reference_ms: float | None = None,
+                          parts_ms: Mapping[str, float] | None = None) -> None:
     """``moe_routing``: per MoE block, its routing as JSON-able data (``MoELoad.to_json()``); ``reference_ms``: the
-    dense model timed in turn with it."""
+    dense model timed in turn with it; ``parts_ms``: its parts timed in situ."""
     with Session(engine) as session, session.begin():
         session.add(ModelMeasurement(
             device_id=device_id, config=config_json, batch=batch, moe_shares=json.dumps(dict(moe_routing)),
             median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms, std_ms=timing.std_ms,
-            repeats=timing.repeats, reference_ms=reference_ms, **_quality(timing, attempts, noisy)))
+            repeats=timing.repeats, reference_ms=reference_ms,
+            parts_ms=None if parts_ms is None else json.dumps(dict(parts_ms), sort_keys=True),
+            **_quality(timing, attempts, noisy)))
 
 
 @dataclass(frozen=True)
@@ -402,13 +419,18 @@ class ModelRow:
     contention: float = 0.0
     noisy: bool = False
     reference_ms: float | None = None  # the dense model timed in turn with it (tables before schema 6: None)
+    parts_ms: dict[str, float] | None = None  # its parts timed in situ (before schema 7, and compiled: None)
 
-    def at_speed(self, reference_ms: float | None) -> float:
-        """Its time had it been taken at the speed the dense model ran ``reference_ms`` at (its own time when it or
+    def speed_factor(self, reference_ms: float | None) -> float:
+        """What scales its timings to the speed the dense model ran ``reference_ms`` at (1 when it or
         ``reference_ms`` has no reference): what makes timings of several launches comparable."""
         if not self.reference_ms or not reference_ms:
-            return self.median_ms
-        return self.median_ms * reference_ms / self.reference_ms
+            return 1.0
+        return reference_ms / self.reference_ms
+
+    def at_speed(self, reference_ms: float | None) -> float:
+        """Its time had it been taken at the speed the dense model ran ``reference_ms`` at."""
+        return self.median_ms * self.speed_factor(reference_ms)
 
 
 def add_failure(engine: Engine, device_id: int, job: str, reason: str, trials: int = 0) -> None:
@@ -431,7 +453,8 @@ def model_rows(engine: Engine, device: str) -> list[ModelRow]:
                  .where(Device.name == device).order_by(ModelMeasurement.measured_at, ModelMeasurement.id))
         newest = {(m.config, m.batch): m for m in session.scalars(query)}
         return [ModelRow(m.config, m.batch, {int(k): v for k, v in json.loads(m.moe_shares).items()}, m.median_ms,
-                         m.spread, m.contention, m.noisy, m.reference_ms)
+                         m.spread, m.contention, m.noisy, m.reference_ms,
+                         None if m.parts_ms is None else json.loads(m.parts_ms))
                 for m in newest.values()]
 
 

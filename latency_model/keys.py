@@ -106,3 +106,11 @@ def is_fitted_model_key(key: str) -> bool:
 def model_key(config_json: str, batch: int) -> tuple[str, str, int]:
     """The row key of a whole model timed at a batch size."""
     return (MODEL, config_json, batch)
+
+
+IN_SITU_PARTS = {"attention": "attn", "mlp": "mlp"}  # a block's parts timed in situ -> the sub-module that runs it
+
+
+def part_name(block: int, part: str) -> str:
+    """A block's part timed inside a whole model, as a row's ``parts_ms`` names it: ``"0.attention"``, ``"0.mlp"``."""
+    return f"{block}.{part}"

@@ -9,9 +9,9 @@ dominates), so it is read from the study's own predictor, before and after a sea
   projections, dense or shift) and ``mlp`` (dense, shift, or a mixture of experts priced as its router plus its
   experts at the split the latency-aware loss drives toward);
 - each choice is priced *alone in an otherwise dense block*: the block's attention part (for the three attention
-  slots) or MLP part, scaled as the predictor composes whole models (``a`` times the parts, plus ``b`` when the
-  choice puts the block on the TVM kernels, see :mod:`latency_model.predictor`), divided by the same part of the
-  all-dense block. Below 1.0 the choice pays at that block.
+  slots) or MLP part, at its in-situ factor and scaled as the predictor composes whole models (``a`` times the
+  parts, plus ``b`` when the choice puts the block on the TVM kernels, see :mod:`latency_model.predictor`), divided
+  by the same part of the all-dense block. Below 1.0 the choice pays at that block.
 
 Blocks with the same choices and sizes are one row (a ViT's blocks are all alike; a PVTv2's differ by stage).
 """
@@ -138,7 +138,9 @@ def _part_ms(predictor: Predictor, space: SearchSpace, index: int, block: BlockC
     parts = (OpName.ATTENTION,) if slot != "mlp" else (OpName.MLP, OpName.MOE_ROUTER)
     ms = sum(op.count * predictor.op_ms(op.op, op.variant, op.dims, op.dtype)
              for op in block_ops(ModelDims.of(space.model), batch, index, block, routing) if op.op in parts)
-    a, b, _ = predictor.calibration.get((family_for(space.model).key, batch), (1.0, 0.0, 0.0))
+    family = family_for(space.model).key
+    ms *= predictor.part_factor(family, batch, block, "mlp" if slot == "mlp" else "attention")
+    a, b, _ = predictor.calibration.get((family, batch), (1.0, 0.0, 0.0))
     return a * ms + (b if on_kernels(block) else 0.0)
 
 

@@ -7,11 +7,15 @@ For each op a model is asked in turn:
 3. a fitted per-(op, variant) model of ``log(ms)`` linear in the log of each dimension (a power law, the shape of a
    roofline within one regime), fitted by ridge least squares.
 
-The op times of a config are then composed with a calibration fitted on whole-model timings (per batch size,
-``total = a · Σ ops + b · kernel blocks + c`` with ``a >= 1``, ``b, c >= 0``): ops timed alone miss what running them
-back to back costs, and a prediction is never below the sum of what it is made of (a fit that would need it to be
-says the timings are wrong, and :func:`check` refuses it). The calibration is checked out of sample: each whole model
-is predicted by the calibration fitted without it (leave-one-out), ``"models (leave-one-out)"`` in the accuracies.
+Ops timed alone miss what running them inside a model costs, and the cost differs by choice. Where the profile timed
+each block's attention and MLP inside its whole models (eager), each part is priced at its choice's *in-situ factor*
+(median of in situ over alone, per family and batch size, keyed by :func:`in_situ_keys`: an attention variant, its
+kind, any attention; an MLP kind, any MLP). The op times of a config are then composed with a calibration fitted on
+whole-model timings (per family and batch size, ``total = a · Σ parts + b · kernel blocks + c`` with ``a >= 1``,
+``b, c >= 0``): a prediction is never below the sum of what it is made of (a fit that would need it to be says the
+timings are wrong, and :func:`check` refuses it). The factors and the calibration are checked out of
+sample: each whole model is predicted by the factors and calibration fitted without it (leave-one-out), ``"models
+(leave-one-out)"`` in the accuracies.
 
 :meth:`Predictor.fit` holds out a fraction of the shapes of every (op, variant) and reports how the fitted models
 (3, without lookup) do on them: RMSE, MAPE, and the fraction within ±5 % and ±10 % (nn-Meter's metric).
@@ -38,8 +42,8 @@ from search_spaces.families import family_for
 from search_spaces.registry import on_kernels
 
 from .db import ModelRow, Row
-from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
-from .ops import MoELoad, config_ops, latency_split, space_ops
+from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key, part_name
+from .ops import MoELoad, block_attention_variant, config_ops, latency_split, space_ops
 
 FORMAT = "shiftadd-latency-predictor/1"
 RIDGE = 1e-3
@@ -173,6 +177,61 @@ class ModelCheck:
 
 
 MIN_CALIBRATION_MODELS = 4  # a three-number fit, checked with one model left out
+MIN_IN_SITU = 3  # parts timed in situ a key needs before its own factor is used (else a coarser key's)
+
+
+def in_situ_keys(block: BlockConfig, part: str) -> tuple[str, ...]:
+    """The keys a block's part is priced in situ under, the finest first: an attention by its variant
+    (``attention:<attention>/<qkv>/<proj>``), then its kind, then any attention; an MLP by its kind (``mlp:dense``,
+    ``mlp:shift``, ``mlp:moe``: router, dispatch and experts together), then any MLP."""
+    if part == "attention":
+        return (f"attention:{block_attention_variant(block)}", f"attention:{block.attention}", "attention")
+    return (f"mlp:{block.mlp}", "mlp")
+
+
+def in_situ_factor(factors: Mapping[str, float], keys: Sequence[str]) -> float:
+    """The factor of the finest key that has one (1 where none has: priced as timed alone)."""
+    return next((factors[k] for k in keys if k in factors), 1.0)
+
+
+def part_of(name: str) -> str | None:
+    """Which in-situ part (``attention``, ``mlp``) a block's breakdown entry belongs to; None for the norms and
+    residuals, which run between the parts."""
+    if name == "attention":
+        return "attention"
+    return None if name == _PART_NAMES[OpName.BLOCK_FRAME] else "mlp"
+
+
+@dataclass(frozen=True)
+class _Calibrating:
+    """One whole-model timing, as the calibration reads it: its ops priced alone, and where its parts were timed in
+    situ, what they took there (at one speed of the machine, as its total)."""
+
+    config_id: str
+    fixed_ms: float  # the frame and the blocks' norms and residuals
+    parts: tuple[tuple[tuple[str, ...], float], ...]  # (in-situ keys, priced alone) per block part
+    in_situ_ms: tuple[float, ...] | None  # per part, aligned with parts
+    kernel_blocks: int
+    measured_ms: float
+
+    def ratios(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        for (keys, priced), ms in zip(self.parts, self.in_situ_ms or ()):
+            if priced > 0:
+                yield keys, ms / priced
+
+    def parts_ms(self, factors: Mapping[str, float]) -> float:
+        return self.fixed_ms + sum(priced * in_situ_factor(factors, keys) for keys, priced in self.parts)
+
+
+def _in_situ_factors(observed: Iterable[_Calibrating]) -> dict[str, float]:
+    """Per key, the median of in-situ time over price alone across the parts timed in situ (a key with fewer than
+    :data:`MIN_IN_SITU` is left to its coarser keys)."""
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for one in observed:
+        for keys, ratio in one.ratios():
+            for key in keys:
+                ratios[key].append(ratio)
+    return {key: float(np.median(found)) for key, found in sorted(ratios.items()) if len(found) >= MIN_IN_SITU}
 
 
 def family_key(config: ArchConfig) -> str:
@@ -181,48 +240,75 @@ def family_key(config: ArchConfig) -> str:
 
 
 def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
-                     ) -> tuple[dict[tuple[str, int], list[float]], Accuracy, list[ModelCheck]]:
-    """Per model family and batch size, the composition fitted on its whole-model timings; its in-sample accuracy;
-    and each model predicted by the fit without it (leave-one-out), where there are at least
-    :data:`MIN_CALIBRATION_MODELS`. Families compose differently (a PVTv2 crosses into TVM at four sizes, a ViT at
-    one), so each has its own.
+                     ) -> tuple[dict[tuple[str, int], list[float]], dict[tuple[str, int], dict[str, float]],
+                                Accuracy, list[ModelCheck]]:
+    """Per model family and batch size, the in-situ factors of its parts and the composition fitted on its
+    whole-model timings; their in-sample accuracy; and each model predicted by the factors and composition fitted
+    without it (leave-one-out), where there are at least :data:`MIN_CALIBRATION_MODELS`. Families compose
+    differently (a PVTv2 crosses into TVM at four sizes, a ViT at one), so each has its own.
 
     Ops timed one at a time in a loop miss what running them back to back costs: torch's and TVM's thread pools
-    handing the cores to each other, and caches that no longer hold one module's data. That cost is measured
-    here rather than assumed.
+    handing the cores to each other, and caches that no longer hold one module's data; and the cost differs by
+    choice (an MoE's router and experts pay it more than a dense MLP). Where the profile timed each block's parts
+    inside the whole models (eager), each part is priced at its choice's in-situ factor (:func:`in_situ_keys`: the
+    median of in situ over alone); the composition then fits what remains. That cost is measured here rather than
+    assumed.
 
     Each model's time is read at one speed of the machine per family and batch (:meth:`ModelRow.at_speed`: scaled
     by its reference, the dense model timed in turn with it, to the median reference), so models timed in several
     launches (a profile resumed, or re-timed with ``--remeasure``) compose as if timed in one."""
-    rows_by_batch: dict[tuple[str, int], list[tuple[float, int, ModelRow, str]]] = defaultdict(list)
+    rows_by_batch: dict[tuple[str, int], list[tuple[ArchConfig, ModelRow, Prediction]]] = defaultdict(list)
     for row in models:
         config = ArchConfig.from_json(row.config)
         routing = {block: MoELoad.parse(value) for block, value in row.moe_routing.items()}
         try:
-            parts = predictor.predict(config, row.batch, moe_loads=routing).total_ms
+            alone = predictor.predict(config, row.batch, moe_loads=routing)
         except PredictorError:
             # a model of a space whose ops this table does not hold (another study profiled into the same table,
             # under ops keyed otherwise then): it cannot calibrate this fit, and a study of that space is told to
             # profile when it predicts
             continue
-        rows_by_batch[(family_key(config), row.batch)].append((parts, kernel_blocks(config), row, config.id))
-    by_batch: dict[tuple[str, int], list[tuple[float, int, float, str]]] = {}
-    for key, group in rows_by_batch.items():
-        references = [row.reference_ms for _, _, row, _ in group if row.reference_ms]
-        speed = float(np.median(references)) if references else None
-        by_batch[key] = [(parts, blocks, row.at_speed(speed), config_id) for parts, blocks, row, config_id in group]
-    calibration, predicted, measured, checks = {}, [], [], []
-    for (family, batch), points in sorted(by_batch.items()):
-        if len(points) < MIN_CALIBRATION_MODELS:
+        rows_by_batch[(family_key(config), row.batch)].append((config, row, alone))
+    calibration, in_situ, predicted, measured, checks = {}, {}, [], [], []
+    for (family, batch), group in sorted(rows_by_batch.items()):
+        if len(group) < MIN_CALIBRATION_MODELS:
             continue
-        plain = [(p, k, m) for p, k, m, _ in points]
-        coef = calibration[(family, batch)] = _composition(plain)
-        predicted.extend(_compose(coef, p, k) for p, k, _ in plain)
-        measured.extend(m for _, _, m in plain)
-        for i, (p, k, m, config_id) in enumerate(points):
-            without = _composition(plain[:i] + plain[i + 1:])
-            checks.append(ModelCheck(config_id, batch, m, _compose(without, p, k), family))
-    return calibration, Accuracy.of(predicted, measured), checks
+        references = [row.reference_ms for _, row, _ in group if row.reference_ms]
+        speed = float(np.median(references)) if references else None
+        observed = [_calibrating(config, row, alone, row.speed_factor(speed)) for config, row, alone in group]
+        factors = in_situ[(family, batch)] = _in_situ_factors(observed)
+        coef = calibration[(family, batch)] = _composition(
+            [(o.parts_ms(factors), o.kernel_blocks, o.measured_ms) for o in observed])
+        for i, one in enumerate(observed):
+            predicted.append(_compose(coef, one.parts_ms(factors), one.kernel_blocks))
+            measured.append(one.measured_ms)
+            others = observed[:i] + observed[i + 1:]
+            without = _in_situ_factors(others)
+            composition = _composition([(o.parts_ms(without), o.kernel_blocks, o.measured_ms) for o in others])
+            checks.append(ModelCheck(one.config_id, batch, one.measured_ms,
+                                     _compose(composition, one.parts_ms(without), one.kernel_blocks), family))
+    return calibration, {k: v for k, v in in_situ.items() if v}, Accuracy.of(predicted, measured), checks
+
+
+def _calibrating(config: ArchConfig, row: ModelRow, alone: "Prediction", speed: float) -> _Calibrating:
+    """A whole-model timing read for the calibration: ``alone`` its ops priced alone, ``speed`` what scales its
+    timings to the group's speed of the machine."""
+    fixed, parts, in_situ = alone.fixed_ms, [], []
+    for i, (block, entries) in enumerate(zip(config.blocks, alone.blocks)):
+        sums: dict[str, float] = defaultdict(float)
+        for name, ms in entries.items():
+            part = part_of(name)
+            if part is None:
+                fixed += ms
+            else:
+                sums[part] += ms
+        for part, ms in sums.items():
+            parts.append((in_situ_keys(block, part), ms))
+            if row.parts_ms is not None:
+                in_situ.append(row.parts_ms.get(part_name(i, part), math.nan) * speed)
+    timed = row.parts_ms is not None and all(math.isfinite(ms) for ms in in_situ)
+    return _Calibrating(config.id, fixed, tuple(parts), tuple(in_situ) if timed else None, kernel_blocks(config),
+                        row.median_ms * speed)
 
 
 def _calibration_key(text: str) -> tuple[str, int]:
@@ -304,14 +390,16 @@ class Predictor:
     """
 
     def __init__(self, device: str, lookup: dict[str, float], models: dict[str, PowerLaw],
-                 meta: dict[str, Any] | None = None, calibration: dict[tuple[str, int], list[float]] | None = None
-                 ) -> None:
+                 meta: dict[str, Any] | None = None, calibration: dict[tuple[str, int], list[float]] | None = None,
+                 in_situ: dict[tuple[str, int], dict[str, float]] | None = None) -> None:
         self.device = device
         self.lookup = lookup
         self.models = models
         self.meta = meta or {}
         # batch -> (a, b, c): total = a · (sum of op times) + b · (blocks with a kernel-run part) + c
         self.calibration = calibration or {}
+        # (family, batch) -> in-situ key -> factor: a block part's price as the model runs it over its price alone
+        self.in_situ = in_situ or {}
         self.model_checks: list[ModelCheck] = []  # set by fit: the leave-one-out check of each whole model
         # For interpolation in M: (op, variant, other dims, dtype) -> sorted [(M, ms)]
         self._by_m: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -362,8 +450,9 @@ class Predictor:
         lookup = {lookup_key(r.op, r.variant, r.shape, r.dtype): r.median_ms for r in rows}
         predictor = cls(device, lookup, fitted, {})
         if models:
-            predictor.calibration, accuracy["calibration"], predictor.model_checks = _fit_calibration(predictor,
-                                                                                                       models)
+            (predictor.calibration, in_situ, accuracy["calibration"],
+             predictor.model_checks) = _fit_calibration(predictor, models)
+            predictor.in_situ = in_situ
             if predictor.model_checks:
                 accuracy[LOO] = Accuracy.of([c.predicted_ms for c in predictor.model_checks],
                                             [c.measured_ms for c in predictor.model_checks])
@@ -408,6 +497,11 @@ class Predictor:
             )
         return model.predict(shape)
 
+    def part_factor(self, family: str, batch: int, block: BlockConfig, part: str) -> float:
+        """What a ``part`` (``attention``, ``mlp``) of ``block`` costs as a model of ``family`` runs it, over its
+        price alone (1 where the profile timed no parts in situ)."""
+        return in_situ_factor(self.in_situ.get((family, batch), {}), in_situ_keys(block, part))
+
     def expert_latencies(self, config: ArchConfig, block: int, batch: int = 1) -> list[float]:
         """Per-expert latency of block ``block``'s MoE, each expert priced at the full token count: the ``lat``
         vector of the latency-aware balance loss."""
@@ -449,10 +543,12 @@ class Predictor:
             blocks[op.block][part] += ms
             if op.expert is not None:
                 moe_tokens[op.block][op.expert] += op.count * op.dims["M"]
-        per_block = [dict(b) for b in blocks]
+        family = family_key(config)
+        per_block = [{name: ms * self.part_factor(family, batch, config.blocks[i], part)
+                      if (part := part_of(name)) else ms for name, ms in b.items()} for i, b in enumerate(blocks)]
         parts = fixed + sum(sum(b.values()) for b in per_block)
         composition = 0.0
-        coef = self.calibration.get((family_key(config), batch))
+        coef = self.calibration.get((family, batch))
         if coef is not None:
             composition = _compose(coef, parts, kernel_blocks(config)) - parts
         return Prediction(parts + composition, fixed, per_block, moe_tokens, composition)
@@ -461,7 +557,8 @@ class Predictor:
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "device": self.device, "meta": self.meta, "lookup": self.lookup,
                 "models": {k: m.to_dict() for k, m in self.models.items()},
-                "calibration": {f"{family}/{b}": coef for (family, b), coef in self.calibration.items()}}
+                "calibration": {f"{family}/{b}": coef for (family, b), coef in self.calibration.items()},
+                "in_situ": {f"{family}/{b}": factors for (family, b), factors in self.in_situ.items()}}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -501,6 +598,8 @@ class Predictor:
             lookup = {str(k): float(v) for k, v in data["lookup"].items()}
             calibration = {_calibration_key(k): [float(x) for x in coef]
                            for k, coef in data.get("calibration", {}).items()}
+            in_situ = {_calibration_key(k): {str(key): float(f) for key, f in factors.items()}
+                       for k, factors in data.get("in_situ", {}).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise PredictorError(str(path), f"malformed predictor file ({type(e).__name__}: {e})") from None
         bad = [k for k, v in lookup.items() if not (math.isfinite(v) and v > 0)]
@@ -513,4 +612,10 @@ class Predictor:
                     str(path), f"its composition at batch {batch} ({coef}) can price a model below the sum of its parts, "
                     "down to zero or less: fitted by an earlier version on noisy timings, or edited; refit with "
                     "`nas fit-latency` (which now constrains it and checks it out of sample)")
-        return cls(data["device"], lookup, models, data.get("meta", {}), calibration)
+        bad = [(k, key, f) for k, factors in in_situ.items() for key, f in factors.items()
+               if not (math.isfinite(f) and f > 0)]
+        if bad:
+            (family, batch), key, f = bad[0]
+            raise PredictorError(str(path), f"its in-situ factor of {key} ({family}, batch {batch}) is {f}, not a "
+                                 "positive number: refit with `nas fit-latency`")
+        return cls(data["device"], lookup, models, data.get("meta", {}), calibration, in_situ)

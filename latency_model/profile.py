@@ -2,7 +2,8 @@
 
 Kernel tasks (TVM) are tuned through the cache and timed; module ops (:mod:`latency_model.ops`) are timed as the
 modules run here; a few whole models (``calibration`` per batch size, drawn with a fixed seed) are timed so the
-predictor can learn how module times compose when run back to back. Everything already in the table for this device
+predictor can learn how module times compose when run back to back, and (eager) each block's attention and MLP is
+timed inside them, so each choice is priced as a model runs it. Everything already in the table for this device
 is skipped, every measurement is committed as soon as it is taken (an interrupted profile keeps what it measured),
 and a failure on one shape is reported and skipped so the others still get measured.
 
@@ -40,7 +41,7 @@ from .keys import KERNEL_PREFIX, is_kernel_op, kernel_op, kernel_shape, measurem
 from .ops import ModelDims, Op, kernel_tasks, space_ops
 from .predictor import router_loads
 from .settings import LatencySettings
-from .timing import time_model, time_op
+from .timing import time_model, time_op, time_parts
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,11 @@ def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, 
             references[id(timing)] = (before.median_ms + after.median_ms) / 2
             return timing
 
+        def parts() -> dict[str, float] | None:  # eager only: a compiled block runs as one graph
+            return None if settings.compiled else time_parts(model, job.item.batch, img, forwards=3 * settings.repeats)
+
         return again(), again, {"moe_routing": {b: load.to_json() for b, load in router_loads(model).items()},
-                                "references": references}
+                                "references": references, "parts": parts}
     if isinstance(job.item, KernelSpec):
         kernel, timing = measure(job.item, kernels.target, settings.trials, settings.repeats, tracker, device_key,
                                  root=kernel_root)
@@ -292,7 +296,7 @@ def _measure(job: Job, space, settings, engine, device_id, kernels: KernelSet, k
     if isinstance(job.item, Calibration):
         db.add_model_measurement(engine, device_id, job.item.config.to_json(), job.item.batch, extra["moe_routing"],
                                  timing, attempts=attempts, noisy=noisy,
-                                 reference_ms=extra["references"].get(id(timing)))
+                                 reference_ms=extra["references"].get(id(timing)), parts_ms=extra["parts"]())
         return
     op, variant, shape_text, dtype = job.row_key
     db.add_measurement(engine, device_id, op, variant, json.loads(shape_text), dtype=dtype, timing=timing,

@@ -7,7 +7,9 @@ warm-up, then ``repeats`` repeats of as many calls as last ``min_repeat_ms``, th
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import defaultdict
 from collections.abc import Callable
 
 import torch
@@ -20,8 +22,9 @@ from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.config import ModelSpec
 from search_spaces.families import ModelDims, family_for
 from search_spaces.ops.moe import GridExpert
+from search_spaces.reparam import transformer_blocks
 
-from .keys import OpName, split_attention_variant
+from .keys import IN_SITU_PARTS, OpName, part_name, split_attention_variant
 from .ops import Op
 
 
@@ -143,3 +146,42 @@ def time_model(model: nn.Module, batch: int, img: int, repeats: int = 15, compil
     model = _runtime(model, compiled)
     x = torch.randn(batch, 3, img, img)
     return time_callable(lambda: model(x), repeats=repeats, min_repeat_ms=50.0, on_first_call=on_first_call)
+
+
+@torch.no_grad()
+def time_parts(model: nn.Module, batch: int, img: int, forwards: int = 45) -> dict[str, float]:
+    """Each block's attention and MLP (an MoE's router, dispatch and experts together) timed inside the running
+    model, eager: the median per call over ``forwards`` forward passes after a warm-up, keyed by :func:`part_name`.
+
+    What a part costs as the model runs it, after the parts before it have had the caches and the thread pools,
+    which the same part timed alone in a loop (:func:`time_op`) does not pay. The hooks that time them cost about a
+    microsecond a part; the whole model is timed without them (:func:`time_model`)."""
+    model.eval()
+    started: dict[str, float] = {}
+    spent: dict[str, list[float]] = defaultdict(list)
+    handles = []
+
+    def hooks(name: str) -> tuple[Callable, Callable]:
+        def before(*_):
+            started[name] = time.perf_counter()
+
+        def after(*_):
+            spent[name].append(time.perf_counter() - started[name])
+        return before, after
+
+    for i, block in enumerate(transformer_blocks(model)):
+        for part, attribute in IN_SITU_PARTS.items():
+            before, after = hooks(part_name(i, part))
+            module = getattr(block, attribute)
+            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    x = torch.randn(batch, 3, img, img)
+    try:
+        for _ in range(3):
+            model(x)
+        spent.clear()
+        for _ in range(forwards):
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: statistics.median(times) * 1e3 for name, times in spent.items()}

@@ -152,6 +152,9 @@ def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitR
     else:
         console.print("[yellow]no whole-model timings: the composition is not calibrated and the predictor is "
                       "unchecked[/] (latency.calibration: 0)")
+    for (family, batch), factors in sorted(fit.predictor.in_situ.items()):
+        shown = ", ".join(f"{key} {factor:.2f}x" for key, factor in factors.items() if ":" in key)
+        console.print(f"parts in situ ({family}, batch {batch}), over their price alone: {shown}", highlight=False)
     if gate["noisy_allowed"]:
         console.print(f"[yellow]{gate['noisy_allowed']} timing(s) marked noisy were fitted (--allow-noisy)[/]")
     console.print(f"fitted on {fit.rows} measurements of {fit.settings.device}; wrote {fit.path}")

@@ -95,20 +95,24 @@ def test_two_processes_writing_at_once_lose_nothing(database, tmp_path, request)
     assert sorted((r.variant, r.shape["M"]) for r in rows) == sorted((n, i) for n in "ab" for i in range(60))
 
 
-def test_migration_from_schema_5_gives_whole_models_a_reference(tmp_path):
+def test_migration_from_schema_5_gives_whole_models_a_reference_and_parts_in_situ(tmp_path):
     url = f"sqlite:///{tmp_path / 'five.db'}"
     engine = db.connect(url)
     device = db.get_or_create_device(engine, "dev", {})
     db.add_model_measurement(engine, device, '{"m": 1}', 1, {}, _timing(2.0))
-    with engine.begin() as c:  # back to the schema-5 layout: no reference column
+    with engine.begin() as c:  # back to the schema-5 layout: no reference column, no parts in situ
         c.execute(text("ALTER TABLE model_measurements DROP COLUMN reference_ms"))
+        c.execute(text("ALTER TABLE model_measurements DROP COLUMN parts_ms"))
         c.execute(text("UPDATE schema_version SET version = 5"))
     engine.dispose()
     engine = db.connect(url)
     with engine.connect() as c:
-        assert c.execute(text("SELECT version FROM schema_version")).scalar() == db.SCHEMA_VERSION == 6
+        assert c.execute(text("SELECT version FROM schema_version")).scalar() == db.SCHEMA_VERSION == 7
     (old,) = db.model_rows(engine, "dev")
     assert old.median_ms == 2.0 and old.reference_ms is None and old.at_speed(1.0) == 2.0  # read as timed
-    db.add_model_measurement(engine, device, '{"m": 2}', 1, {}, _timing(3.0), reference_ms=1.5)
+    assert old.parts_ms is None
+    db.add_model_measurement(engine, device, '{"m": 2}', 1, {}, _timing(3.0), reference_ms=1.5,
+                             parts_ms={"0.attention": 0.5, "0.mlp": 0.75})
     new = next(r for r in db.model_rows(engine, "dev") if r.config == '{"m": 2}')
     assert new.reference_ms == 1.5 and new.at_speed(1.0) == pytest.approx(2.0)
+    assert new.parts_ms == {"0.attention": 0.5, "0.mlp": 0.75}

@@ -111,6 +111,63 @@ def test_models_timed_in_a_slower_launch_compose_at_one_speed_through_their_refe
     assert max(c.error for c in blind.model_checks) > 0.05
 
 
+IN_SITU = {"attention:msa": 1.2, "attention:linear": 0.9, "attention:additive": 1.6, "mlp:dense": 1.3,
+           "mlp:shift": 2.0}  # what each choice's part costs inside a model, over its price alone
+
+
+IN_SITU_CONFIGS = [ArchConfig(SPEC, (BlockConfig(attention=a, mlp=m0), BlockConfig(attention=a, mlp=m1)))
+                   for a in ("msa", "linear", "additive") for m0 in ("dense", "shift") for m1 in ("dense", "shift")]
+
+
+def _in_situ_models(rows):
+    """Whole models timed with their parts in situ: each part at its choice's factor, the whole its parts plus the
+    norms and residuals and the frame (no other overhead)."""
+    from latency_model.keys import part_name
+    from latency_model.predictor import part_of
+
+    plain, _ = Predictor.fit(rows, "dev")
+    timed = []
+    for config in IN_SITU_CONFIGS:
+        prediction = plain.predict(config)
+        parts, total = {}, prediction.fixed_ms
+        for i, (block, entries) in enumerate(zip(config.blocks, prediction.blocks)):
+            for name, ms in entries.items():
+                part = part_of(name)
+                if part is None:
+                    total += ms
+                    continue
+                kind = block.attention if part == "attention" else block.mlp
+                parts[part_name(i, part)] = parts.get(part_name(i, part), 0.0) + ms * IN_SITU[f"{part}:{kind}"]
+        timed.append(ModelRow(config.to_json(), 1, {}, total + sum(parts.values()), reference_ms=1.0,
+                              parts_ms=parts))
+    return timed
+
+
+def test_parts_timed_in_situ_price_each_choice_at_its_own_factor(tmp_path):
+    rows, _ = _table()
+    timed = _in_situ_models(rows)
+    predictor, accuracy = Predictor.fit(rows, "dev", models=timed)
+    factors = predictor.in_situ[("vit", 1)]
+    assert {key: factors[key] for key in IN_SITU} == pytest.approx(IN_SITU)  # each choice's own factor
+    assert factors["attention:additive/dense/dense"] == pytest.approx(1.6)  # and each attention variant's
+    assert max(c.error for c in predictor.model_checks) < 0.01  # each model out of sample
+    for m, config in zip(timed, IN_SITU_CONFIGS):
+        assert predictor.predict(config).total_ms == pytest.approx(m.median_ms, rel=0.02)
+    # one composition over the parts priced alone cannot follow costs that differ by choice
+    alone, _ = Predictor.fit(rows, "dev", models=[ModelRow(m.config, 1, {}, m.median_ms) for m in timed])
+    assert not alone.in_situ and max(c.error for c in alone.model_checks) > 0.05
+    # the factors travel with the file
+    loaded = Predictor.load(predictor.save(tmp_path / "p.json"), device="dev")
+    assert loaded.in_situ == predictor.in_situ
+    assert [loaded.predict(c).total_ms for c in IN_SITU_CONFIGS] == \
+        [predictor.predict(c).total_ms for c in IN_SITU_CONFIGS]
+    data = json.loads((tmp_path / "p.json").read_text())
+    data["in_situ"]["vit/1"]["mlp:shift"] = -1
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(PredictorError, match="in-situ factor of mlp:shift .* not a positive number"):
+        Predictor.load(tmp_path / "bad.json")
+
+
 def test_one_whole_model_timed_during_a_hiccup_is_one_failed_check_not_a_shift_of_every_prediction():
     rows, models = _table()
     # as on a shared CI machine: one of the whole models timed 100x its true cost

@@ -109,8 +109,11 @@ def profiled(tmp_path_factory):
     models = db.model_rows(engine, settings.device)
     assert len(models) == settings.calibration  # whole models timed for the composition calibration
     assert all(m.reference_ms > 0 for m in models)  # each between two timings of the dense model
+    parts = {f"{block}.{part}" for block in range(2) for part in ("attention", "mlp")}
+    assert all(set(m.parts_ms) == parts and min(m.parts_ms.values()) > 0 for m in models)  # timed in situ
     predictor, accuracy = Predictor.fit(db.latest(engine, settings.device), settings.device, models=models)
     assert set(predictor.calibration) == {("vit", 1)} and accuracy["calibration"].count == settings.calibration
+    assert {"attention", "mlp", "mlp:dense"} <= set(predictor.in_situ[("vit", 1)])  # each part priced in situ
     return space, settings, predictor, root
 
 
