@@ -54,6 +54,16 @@ def check(spec: KernelSpec, target="cpu", trials: int = 0, seed: int = 0, root=N
         return CheckResult(spec, "FAILED", None, f"compile: {type(e).__name__}: {e}")
     if not device.exist:
         return CheckResult(spec, "compiled", None, f"no {device} here to run it")
+    return _run(spec, kernel, device, seed)
+
+
+def check_prebuilt(prebuilt, spec: KernelSpec, seed: int = 0) -> CheckResult:
+    """One task of a prebuilt library (:class:`kernels.prebuilt.PrebuiltKernels`) against its reference, on the
+    library's device: what runs where the TVM runtime alone is installed."""
+    return _run(spec, prebuilt.kernel(spec), prebuilt.device, seed)
+
+
+def _run(spec: KernelSpec, kernel, device, seed: int) -> CheckResult:
     cases = [("random inputs", spec.random_inputs(np.random.default_rng(seed)))]
     if spec.definition.extreme_inputs is not None:
         cases.append(("extreme inputs", spec.extreme_inputs(np.random.default_rng(seed))))

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import numpy as np
-from tvm import te
 
 from .spec import Definition, register
 
@@ -47,6 +46,7 @@ def _binary_real_args(M, K, N, dtype):
 
 
 def _binary_real(M: int, K: int, N: int, dtype: str = "float32"):
+    from tvm import te
     B = te.placeholder((M, K), "int8", name="B")
     V = te.placeholder((K, N), dtype, name="V")
     k = te.reduce_axis((0, K), name="k")
@@ -57,6 +57,7 @@ def _binary_real(M: int, K: int, N: int, dtype: str = "float32"):
 
 def _binary_real_batched(batch: int, M: int, K: int, N: int, dtype: str = "float32"):
     """``batch`` independent products in one call: every (image, head) of an additive attention at once."""
+    from tvm import te
     B = te.placeholder((batch, M, K), "int8", name="B")
     V = te.placeholder((batch, K, N), dtype, name="V")
     k = te.reduce_axis((0, K), name="k")
@@ -116,6 +117,7 @@ def _lut_args(M, K, N, dtype):
 
 def _lut4(M: int, K: int, N: int, dtype: str = "float32"):
     import tvm
+    from tvm import te
 
     groups = nibbles(K)
     C = te.placeholder((M, groups), "uint8", name="C")
@@ -172,6 +174,7 @@ def _packed_args(M, K, N, dtype):
 
 
 def _packed_popcount(M: int, K: int, N: int, dtype: str = "uint64"):
+    from tvm import te
     w = words(K)
     Q = te.placeholder((M, w), "uint64", name="Q")
     C = te.placeholder((N, w), "uint64", name="C")

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from tvm import te
 
 from .spec import Definition, register
 
@@ -62,6 +61,7 @@ def _args(M, K, N, dtype):
 
 def _compute(sign_form: str):
     def compute(M: int, K: int, N: int, dtype: str = "int32"):
+        from tvm import te
         X = te.placeholder((M, K), "int32", name="X")
         R = te.placeholder((N, K), "int8", name="R")
         S = te.placeholder((N, K), "int8", name="S")
@@ -86,6 +86,7 @@ def _xor_args(M, K, N, dtype):
 
 
 def _xor_compute(M: int, K: int, N: int, dtype: str = "int32"):
+    from tvm import te
     X = te.placeholder((M, K), "int32", name="X")
     R = te.placeholder((K, N), "int8", name="R")
     keep = te.placeholder((K, N), "int8", name="keep")

@@ -29,6 +29,7 @@ from search_spaces.ops.shift import ShiftLinear, from_fixed_point, to_fixed_poin
 
 from . import matshift
 from .dispatch import Dispatch
+from .prebuilt import PrebuiltKernel, PrebuiltKernels
 from . import target as targets
 from .spec import KernelSpec
 from .tuning import CompiledKernel, get_kernel
@@ -45,7 +46,8 @@ class KernelSet:
     """The compiled kernels of one target, fetched per task on first use and kept in memory.
 
     ``dispatch`` (:class:`kernels.dispatch.Dispatch`, from this device's kernel timings) picks the matshift variant
-    per shape; shapes it has no timing of run ``matshift_variant``."""
+    per shape; shapes it has no timing of run ``matshift_variant``. With ``prebuilt`` (:mod:`kernels.prebuilt`) the
+    kernels come from a library compiled elsewhere, and nothing is compiled: the TVM runtime alone serves them."""
 
     def __init__(
         self,
@@ -54,8 +56,10 @@ class KernelSet:
         root: Path | None = None,
         matshift_variant: str = matshift.DEFAULT_VARIANT,
         dispatch: Dispatch | None = None,
+        prebuilt: PrebuiltKernels | None = None,
     ) -> None:
-        self.target = targets.resolve(target)
+        self.prebuilt = prebuilt
+        self.target = None if prebuilt is not None else targets.resolve(target)
         self.trials = trials
         self.root = root
         self.matshift_variant = matshift_variant
@@ -68,14 +72,15 @@ class KernelSet:
         self.handle = _register(self)
 
     def get(self, kernel: str, variant: str, m: int, k: int, n: int, dtype: str = "", batch: int = 1
-            ) -> CompiledKernel:
+            ) -> CompiledKernel | PrebuiltKernel:
         """The kernel of a task; called on every forward, so a loaded one is a plain dict lookup (the KernelSpec is
         built and validated only the first time)."""
         key = (kernel, variant, m, k, n, dtype, batch)
         loaded = self._loaded.get(key)
         if loaded is None:
             spec = KernelSpec(kernel, variant, m, k, n, dtype, batch=batch)
-            loaded = self._loaded[key] = get_kernel(spec, self.target, self.trials, root=self.root)
+            loaded = self._loaded[key] = (self.prebuilt.kernel(spec) if self.prebuilt is not None
+                                          else get_kernel(spec, self.target, self.trials, root=self.root))
         return loaded
 
     def matshift(self, m: int, k: int, n: int) -> str:

@@ -1,7 +1,9 @@
 """KernelSpec: one kernel task, the unit that is defined, tuned, cached and measured.
 
 A task is (kernel, variant, logical shape M, K, N, value dtype). Each kernel module (``matmul``, ``matshift``,
-``matadd``) registers its variants here with the TE definition, a numpy reference and an input generator.
+``matadd``) registers its variants here with the TE definition, a numpy reference and an input generator. Those
+modules import TVM's compiler (``tvm.te``) only inside the functions that define a kernel: specs, references and
+inputs serve a machine that has the TVM runtime alone (:mod:`kernels.prebuilt`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any
 import numpy as np
 
 from search_spaces.errors import ConfigError, ResourceError
+
+
+DEFAULT_CUDA_ARCH = "sm_80"  # of target "cuda" without an architecture
 
 
 class KernelError(ConfigError):

@@ -13,9 +13,7 @@ from typing import Any
 
 import tvm
 
-from .spec import KernelError
-
-DEFAULT_CUDA_ARCH = "sm_80"
+from .spec import DEFAULT_CUDA_ARCH, KernelError
 
 
 def host_cpu() -> str:

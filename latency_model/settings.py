@@ -53,7 +53,13 @@ def check_compiler(where: str = "latency.runtime") -> None:
 
 
 def default_device_name(target: Any) -> str:
-    """A readable device name from a target: ``<kind>-<cpu or arch>-<cores>c``."""
+    """A readable device name from a target: ``<kind>-<cpu or arch>-<cores>c``; ``cuda-<arch>`` for CUDA, named
+    without TVM (a GPU machine may have its runtime alone, or none)."""
+    text = target.strip() if isinstance(target, str) else ""
+    if text == "cuda" or text.startswith("cuda:"):
+        from kernels.spec import DEFAULT_CUDA_ARCH
+
+        return f"cuda-{text.split(':', 1)[1] if ':' in text else DEFAULT_CUDA_ARCH}"
     from kernels import target as targets
 
     described = targets.describe(targets.resolve(target))

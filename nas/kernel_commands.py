@@ -1,4 +1,4 @@
-"""``nas kernels check`` and ``nas kernels tune``: the TVM kernels from the command line."""
+"""``nas kernels check``, ``tune`` and ``build``: the TVM kernels from the command line."""
 
 from __future__ import annotations
 
@@ -13,17 +13,24 @@ console = Console()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from kernels.check import AWKWARD_SHAPES, all_specs, check
+    from kernels.check import AWKWARD_SHAPES, all_specs, check, check_prebuilt
 
-    table = Table(title=f"kernels on {args.target}: each against its numpy reference", title_justify="left")
+    specs = list(all_specs(AWKWARD_SHAPES))
+    if args.prebuilt:
+        from kernels.prebuilt import PrebuiltKernels
+
+        prebuilt = PrebuiltKernels.load(args.prebuilt, require=specs)
+        where, run = f"{prebuilt.manifest.kind} ({args.prebuilt})", lambda spec: check_prebuilt(prebuilt, spec)
+    else:
+        where, run = args.target, lambda spec: check(spec, args.target, trials=args.trials, root=args.cache)
+    table = Table(title=f"kernels on {where}: each against its numpy reference", title_justify="left")
     for column in ("kernel", "variant", "dtype", "[batch x] M x K x N", "result", "max error"):
         table.add_column(column)
     failures = 0
-    specs = list(all_specs(AWKWARD_SHAPES))
     with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
         task = bar.add_task("check", total=len(specs))
         for spec in specs:
-            result = check(spec, args.target, trials=args.trials, root=args.cache)
+            result = run(spec)
             failures += not result.ok
             error = "" if result.max_error is None else f"{result.max_error:.3g}"
             status = result.status if result.ok else f"[red]{result.status}[/] {result.detail}"
@@ -80,6 +87,31 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from kernels.check import AWKWARD_SHAPES, all_specs
+    from kernels.prebuilt import build
+    from kernels.spec import KernelError
+
+    specs = list(all_specs(AWKWARD_SHAPES)) if args.checks else []
+    if args.study is not None:
+        from latency_model.ops import kernel_tasks
+
+        from .study import Study
+
+        study = Study.load(args.study)
+        batches = args.batch_sizes or list(study.latency.batch_sizes)
+        specs += kernel_tasks(study.space, batches, every_candidate=True)
+    elif not args.checks:
+        raise KernelError("study", "name a study (its space's kernels at its batch sizes) or --checks (the shapes of "
+                                   "`nas kernels check`), or both")
+    with console.status(f"compiling {len(specs)} kernels for {args.target}"):
+        manifest = build(specs, args.target, args.out)
+    console.print(f"{len(manifest.kernels)} kernels for {manifest.kind} {manifest.arch or ''} in {args.out} "
+                  f"(kernels.so + manifest.json); run them with `nas kernels check --prebuilt {args.out}` or "
+                  f"`nas latency --measure ... --prebuilt {args.out}` where the TVM runtime is installed")
+    return 0
+
+
 def _default_variant(kernel: str) -> str:
     from kernels.spec import KernelError, variants
 
@@ -117,7 +149,27 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     )
     common(check)
     check.add_argument("--trials", type=non_negative_int, default=0, help="tune each kernel first (default: 0)")
+    check.add_argument("--prebuilt", type=Path, metavar="DIR",
+                       help="check the kernels of a `nas kernels build --checks` folder on its device instead, with "
+                            "the TVM runtime alone (nothing is compiled)")
     check.set_defaults(handler=cmd_check)
+
+    build = sub.add_parser(
+        "build",
+        help="cross-compile the kernels a study needs into one library, to run elsewhere with the TVM runtime alone",
+        description="Compile every kernel task a study's space produces at its batch sizes (each candidate variant "
+        "of a dispatched kernel included), untuned, for --target, into DIR/kernels.so with DIR/manifest.json (target, "
+        "TVM version, kernel code fingerprint, checksum, tasks). No device is needed: for CUDA, TVM generates the "
+        "CUDA source and compiles it with NVRTC. Carry DIR to the machine that runs them (which needs only the TVM "
+        "runtime); a manifest that does not match the study, the kernel code or the GPU is refused there, in one "
+        "line. --checks adds the shapes of `nas kernels check`.",
+    )
+    build.add_argument("study", nargs="?", type=Path, help="the study file (optional with --checks)")
+    build.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write")
+    build.add_argument("--batch-sizes", type=positive_int, nargs="+", help="default: the study's latency.batch_sizes")
+    build.add_argument("--checks", action="store_true", help="also the tasks of `nas kernels check`")
+    common(build)
+    build.set_defaults(handler=cmd_build)
 
     tune = sub.add_parser(
         "tune",
