@@ -12,7 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# $BENCH_RESULTS redirects the records (a device run writes them under its $OUT)
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 PACKAGES = ("torch", "timm", "apache-tvm", "optuna", "ray", "numpy")
 LOAD_AT_START = os.getloadavg()  # benches import this module first: the machine's load before they ran
 
@@ -32,7 +33,13 @@ def machine() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    gpu = {}
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        torch = sys.modules["torch"]
+        props = torch.cuda.get_device_properties(0)
+        gpu = {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda}
     return {
+        **gpu,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in LOAD_AT_START],  # 1, 5, 15 min, before the bench ran
@@ -60,7 +67,8 @@ def write(name: str, rows: list[dict[str, Any]], notes: str = "", extra: dict[st
     e.g. summary figures); return the two paths."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     info = machine()
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], RESULTS.parent.parent), *sys.argv[1:]])
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], Path(__file__).resolve().parent.parent),
+                                    *sys.argv[1:]])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     payload = {"name": name, "command": command, "date": when, "machine": info, "notes": notes, **(extra or {}),
                "rows": rows}

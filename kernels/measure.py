@@ -128,11 +128,12 @@ def arguments(spec: KernelSpec, device, inputs: list[np.ndarray]) -> list:
     return [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.tensor(np.zeros(shape, dtype), device)]
 
 
-def _time(module, device, args, repeats: int, min_repeat_ms: int, local: bool = True) -> Timing:
+def _time(module, device, args, repeats: int, min_repeat_ms: int, local: bool = True, entry: str = "main"
+          ) -> Timing:
     if repeats < 1:
         raise KernelError("repeats", f"must be >= 1, got {repeats}")
-    module["main"](*args)  # warm-up: page in the code and the data
-    evaluator = module.time_evaluator("main", device, number=1, repeat=repeats, min_repeat_ms=min_repeat_ms)
+    module[entry](*args)  # warm-up: page in the code and the data
+    evaluator = module.time_evaluator(entry, device, number=1, repeat=repeats, min_repeat_ms=min_repeat_ms)
     if not local:  # this machine's CPU says nothing of a remote device's: the spread is the check there
         return Timing.from_seconds(list(evaluator(*args).results))
     with CpuContention() as contention:
@@ -148,6 +149,17 @@ def time_kernel(
     if not device.exist:
         raise KernelResourceError("target", f"{kernel.spec.key}: no {device} on this machine to time it on")
     return _time(kernel.module, device, random_arguments(kernel.spec, device)[1], repeats, min_repeat_ms)
+
+
+def time_prebuilt(prebuilt, spec: KernelSpec, repeats: int = DEFAULT_REPEATS,
+                  min_repeat_ms: int = DEFAULT_MIN_REPEAT_MS) -> Timing:
+    """Time one task of a prebuilt library (:class:`kernels.prebuilt.PrebuiltKernels`) on its device, on random
+    inputs of its shape, with the TVM runtime alone (the evaluator synchronises a GPU after each repeat)."""
+    from .prebuilt import function_name
+
+    prebuilt.kernel(spec)  # a task the library lacks is refused by name
+    return _time(prebuilt.module, prebuilt.device, random_arguments(spec, prebuilt.device)[1], repeats,
+                 min_repeat_ms, entry=function_name(spec))
 
 
 def parse_tracker(address: str) -> tuple[str, int]:

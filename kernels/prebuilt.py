@@ -213,12 +213,18 @@ class PrebuiltKernels:
             device = tvm.cuda(0)
         else:
             device = tvm.cpu(0)
-        functions = manifest.functions
-        missing = [spec.key for spec in require if function_name(spec) not in functions]
+        loaded = cls(folder, manifest, tvm.runtime.load_module(str(library)), device)
+        loaded.require(require)
+        return loaded
+
+    def require(self, specs: Iterable[KernelSpec]) -> None:
+        """Refuse, naming the first, tasks this library lacks (before a run that needs them starts)."""
+        functions = self.manifest.functions
+        missing = [spec.key for spec in specs if function_name(spec) not in functions]
         if missing:
-            raise KernelError("prebuilt", f"{folder} lacks {len(missing)} kernel(s) this run needs (first: "
-                                          f"{missing[0]}): it was built for another study or batch size; {rebuild}")
-        return cls(folder, manifest, tvm.runtime.load_module(str(library)), device)
+            raise KernelError("prebuilt", f"{self.folder} lacks {len(missing)} kernel(s) this run needs (first: "
+                                          f"{missing[0]}): it was built for another study or batch size; rebuild "
+                                          f"with `nas kernels build STUDY --target ... --out {self.folder}`")
 
     def kernel(self, spec: KernelSpec) -> "PrebuiltKernel":
         """One task, callable as ``kernel(*args)`` with TVM tensors or torch tensors (DLPack)."""

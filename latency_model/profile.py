@@ -28,7 +28,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kernels import target as targets
 from kernels.dispatch import Dispatch
-from kernels.measure import CpuContention, Timing, measure, time_kernel, time_remote
+from kernels.measure import CpuContention, Timing, measure, time_kernel, time_prebuilt, time_remote
+from kernels.prebuilt import PrebuiltKernels
 from kernels.runtime import KernelSet, to_kernels
 from kernels.spec import KernelSpec
 from kernels.tuning import task_dir
@@ -166,9 +167,12 @@ def profile(
     models, ``"all"`` every row. ``on_noisy(job, timing, attempt)`` hears of each noisy try."""
     if remeasure not in (None, *REMEASURE):
         raise ValueError(f"remeasure must be one of {REMEASURE} or None, got {remeasure!r}")
-    target = targets.resolve(settings.target)
+    kernels = kernel_set(settings, kernel_root=kernel_root)
+    described = kernels.prebuilt.manifest.target if kernels.prebuilt else targets.describe(kernels.target)
+    if described.get("kind") == "cuda":  # which GPU the rows were timed on, beside the target
+        described = {**described, "gpu": gpu_description()}
     engine = db.connect(settings.db)
-    device_id = db.get_or_create_device(engine, settings.device, targets.describe(target), **db.host_description())
+    device_id = db.get_or_create_device(engine, settings.device, described, **db.host_description())
     done = db.measured_keys(engine, settings.device) | {
         ("model", row.config, row.batch) for row in db.model_rows(engine, settings.device)}
     if remeasure == "all":
@@ -177,11 +181,12 @@ def profile(
         done = {key for key in done if key[0] != "model"} - db.noisy_keys(engine, settings.device)
     remote = tracker is not None
     jobs = plan(space, settings, modules=not remote)
+    if kernels.prebuilt is not None:
+        kernels.prebuilt.require(job.item for job in jobs if isinstance(job.item, KernelSpec))
     todo = [job for job in jobs if job.row_key not in done]
     summary = Summary(skipped=len(jobs) - len(todo))
     if todo:  # a profile with nothing to measure has no timing to worry about
         summary.start_contention, summary.load_average = competition()
-    kernels = KernelSet(target, settings.trials, kernel_root)
     torch.set_num_threads(max(1, targets.cpu_threads()))
     start = time.perf_counter()
     for index, job in enumerate(todo):
@@ -222,11 +227,46 @@ def table_dispatch(engine, device: str) -> Dispatch:
         for r in rows if is_kernel_op(r.op) and "B" not in r.shape and not r.noisy)
 
 
+def kernel_set(settings: LatencySettings, trials: int | None = None, kernel_root: Path | None = None,
+               dispatch: Dispatch | None = None) -> KernelSet:
+    """The study's kernels: from its ``latency.prebuilt`` library (the TVM runtime alone), else compiled for its
+    target, tuned with ``trials`` (default: the study's)."""
+    if settings.prebuilt:
+        return KernelSet(prebuilt=PrebuiltKernels.load(Path(settings.prebuilt)), dispatch=dispatch)
+    return KernelSet(settings.target, settings.trials if trials is None else trials, kernel_root, dispatch=dispatch)
+
+
 def table_kernels(settings: LatencySettings, trials: int | None = None, kernel_root: Path | None = None) -> KernelSet:
-    """The kernels a study's models run on: its target, tuned with ``trials`` (default: the study's), each shape on
-    the variant its measurement table found fastest (:func:`table_dispatch`): the models its predictor priced."""
-    return KernelSet(settings.target, settings.trials if trials is None else trials, kernel_root,
-                     dispatch=table_dispatch(db.connect(settings.db), settings.device))
+    """The kernels a study's models run on (:func:`kernel_set`), each shape on the variant its measurement table
+    found fastest (:func:`table_dispatch`): the models its predictor priced."""
+    return kernel_set(settings, trials, kernel_root, table_dispatch(db.connect(settings.db), settings.device))
+
+
+def torch_device(kernels: KernelSet) -> torch.device:
+    """Where the models that run on ``kernels`` run: the GPU for CUDA kernels, else the CPU."""
+    kind = kernels.prebuilt.manifest.kind if kernels.prebuilt else kernels.target.kind.name
+    return torch.device("cuda" if kind == "cuda" else "cpu")
+
+
+def gpu_description() -> dict[str, object]:
+    """The first CUDA GPU: name, memory, compute capability, driver and clocks (``nvidia-smi``, where installed)."""
+    import shutil
+    import subprocess
+
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    described: dict[str, object] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                                    "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
+    if shutil.which("nvidia-smi"):
+        query = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
+        try:
+            out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader", "-i", "0"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+            described.update(zip(query.split(","), (v.strip() for v in out.split(","))))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return described
 
 
 def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, device_key, summary: Summary):
@@ -235,26 +275,34 @@ def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, 
     def first_call(seconds: float) -> None:
         summary.first_calls_s += seconds
 
+    device = torch_device(kernels)
     if isinstance(job.item, Calibration):
-        model = to_kernels(build_model(job.item.config), kernels)
-        dense = to_kernels(build_model(ArchConfig.dense(space.model, space.depth)), kernels)
+        model = to_kernels(build_model(job.item.config), kernels).to(device)
+        dense = to_kernels(build_model(ArchConfig.dense(space.model, space.depth)), kernels).to(device)
         img = ModelDims.of(space.model).img
         references: dict[int, float] = {}  # id of a timing -> the dense model's time around it
 
         def timed(each) -> Timing:
             return time_model(each, job.item.batch, img, repeats=settings.repeats, compiled=settings.compiled,
-                              on_first_call=first_call)
+                              on_first_call=first_call, device=device)
 
         def again() -> Timing:  # the dense model before and after: the machine's speed while the model ran
             before, timing, after = timed(dense), timed(model), timed(dense)
             references[id(timing)] = (before.median_ms + after.median_ms) / 2
             return timing
 
-        def parts() -> dict[str, float] | None:  # eager only: a compiled block runs as one graph
-            return None if settings.compiled else time_parts(model, job.item.batch, img, forwards=3 * settings.repeats)
+        def parts() -> dict[str, float] | None:  # eager on the CPU only: a compiled block runs as one graph, and
+            if settings.compiled or device.type != "cpu":  # a GPU's parts run after the host's hooks return
+                return None
+            return time_parts(model, job.item.batch, img, forwards=3 * settings.repeats)
 
         return again(), again, {"moe_routing": {b: load.to_json() for b, load in router_loads(model).items()},
                                 "references": references, "parts": parts}
+    if isinstance(job.item, KernelSpec) and kernels.prebuilt is not None:
+        def again() -> Timing:
+            return time_prebuilt(kernels.prebuilt, job.item, settings.repeats)
+
+        return again(), again, {"tuned": False, "trials": 0, "tuning_record": str(kernels.prebuilt.folder)}
     if isinstance(job.item, KernelSpec):
         kernel, timing = measure(job.item, kernels.target, settings.trials, settings.repeats, tracker, device_key,
                                  root=kernel_root)
@@ -269,7 +317,7 @@ def _timed(job: Job, space, settings, kernels: KernelSet, kernel_root, tracker, 
 
     def again() -> Timing:
         return time_op(job.item, space.model, kernels, repeats=settings.repeats, compiled=settings.compiled,
-                       on_first_call=first_call)
+                       on_first_call=first_call, device=device)
 
     return again(), again, {"tuned": settings.trials > 0, "trials": settings.trials}
 

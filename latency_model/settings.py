@@ -19,6 +19,9 @@
       runtime: eager                       # eager | compiled: how models run around the kernels (torch op by op,
                                            #   or torch.compile'd); the device name says compiled, so the two
                                            #   runtimes' measurements and predictors never mix
+      prebuilt: null                       # a `nas kernels build` folder: the kernels run from its library with the
+                                           #   TVM runtime alone (nothing compiled or tuned here; relative to the
+                                           #   study's folder)
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from search_spaces.errors import ResourceError
 from .db import DEFAULT_URL, anchor_sqlite
 
 KEYS = ("target", "device", "db", "predictor", "batch_sizes", "trials", "repeats", "calibration", "max_spread",
-        "max_contention", "retimes", "max_model_error", "runtime")
+        "max_contention", "retimes", "max_model_error", "runtime", "prebuilt")
 RUNTIMES = ("eager", "compiled")
 COMPILED_SUFFIX = "+compiled"  # ends the device name of the compiled runtime's measurements
 
@@ -84,6 +87,7 @@ class LatencySettings:
     retimes: int = 2
     max_model_error: float = 0.5
     runtime: str = "eager"
+    prebuilt: str = ""
 
     @property
     def compiled(self) -> bool:
@@ -105,13 +109,14 @@ class LatencySettings:
             db = self.db if study_dir is None else anchor_sqlite(self.db, study_dir)
         else:
             db = DEFAULT_URL if study_dir is None else f"sqlite:///{folder / 'latency.db'}"
-        return replace(self, device=device, predictor=predictor, db=db)
+        prebuilt = str(folder / self.prebuilt) if self.prebuilt and study_dir is not None else self.prebuilt
+        return replace(self, device=device, predictor=predictor, db=db, prebuilt=prebuilt)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "latency") -> "LatencySettings":
         data = _check_keys(data if data is not None else {}, where, (), KEYS)
         values: dict[str, Any] = {}
-        for key in ("target", "device", "db", "predictor"):
+        for key in ("target", "device", "db", "predictor", "prebuilt"):
             if data.get(key) is not None:
                 value = data[key]
                 if key == "target" and isinstance(value, Mapping):

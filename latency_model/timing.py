@@ -35,30 +35,58 @@ class _PassThrough(nn.Module):
         return x
 
 
+class _Clock:
+    """Seconds elapsed over a stretch of calls: the host's clock on the CPU; on a CUDA device, CUDA events recorded
+    on the stream around the stretch and read after synchronising (the host returns from a launch before the GPU
+    has run it)."""
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.cuda = device is not None and device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def measure(self, stretch: Callable[[], None]) -> float:
+        if not self.cuda:
+            start = time.perf_counter()
+            stretch()
+            return time.perf_counter() - start
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        stretch()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3
+
+
 def time_callable(fn: Callable[[], object], repeats: int = 15, min_repeat_ms: float = 20.0,
-                  warmup_ms: float = 100.0, on_first_call: Callable[[float], None] | None = None) -> Timing:
+                  warmup_ms: float = 100.0, on_first_call: Callable[[float], None] | None = None,
+                  device: torch.device | None = None) -> Timing:
     """Per-call latency of ``fn``: warm up for ``warmup_ms`` (first calls load kernels and fill caches and the
     allocator; without it the first model timed in a process read 70 % slow), calibrate calls per repeat to last
     ``min_repeat_ms``, then repeat. ``on_first_call(seconds)`` hears what the first call took (in the compiled
-    runtime, mostly compiling)."""
+    runtime, mostly compiling). On a CUDA ``device`` each repeat is timed with CUDA events, synchronised."""
+    clock = _Clock(device)
     start = time.perf_counter()
     fn()
+    clock.sync()
     if on_first_call is not None:
         on_first_call(time.perf_counter() - start)
     deadline = time.perf_counter() + warmup_ms / 1e3
     while time.perf_counter() < deadline:
         fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
+    clock.sync()
+    once = max(clock.measure(fn), 1e-7)
     number = max(1, int(min_repeat_ms / 1e3 / once))
+
+    def stretch() -> None:
+        for _ in range(number):
+            fn()
     per_call = []
     with CpuContention() as contention:
         for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            per_call.append((time.perf_counter() - start) / number)
+            per_call.append(clock.measure(stretch) / number)
     return Timing.from_seconds(per_call).with_contention(contention.share)
 
 
@@ -88,8 +116,16 @@ def _block_of(op: Op, dims: ModelDims) -> int:
     return dims.find_block(**wanted)
 
 
-def build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, tuple]:
-    """The module an op times, with the arguments of one call at its shape."""
+def build_op(op: Op, spec: ModelSpec, kernels: KernelSet, device: torch.device | None = None
+             ) -> tuple[nn.Module, tuple]:
+    """The module an op times, with the arguments of one call at its shape, on ``device`` (default: the CPU)."""
+    module, args = _build_op(op, spec, kernels)
+    if device is None:
+        return module, args
+    return module.to(device), tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _build_op(op: Op, spec: ModelSpec, kernels: KernelSet) -> tuple[nn.Module, tuple]:
     d = op.dims
     family, dims = family_for(spec), ModelDims.of(spec)
     if op.op == OpName.FRAME:
@@ -132,20 +168,24 @@ def _runtime(module: nn.Module, compiled: bool) -> nn.Module:
 
 @torch.no_grad()
 def time_op(op: Op, spec: ModelSpec, kernels: KernelSet, repeats: int = 15, compiled: bool = False,
-            on_first_call: Callable[[float], None] | None = None) -> Timing:
-    """An op's latency as the model runs it: eager, or ``compiled`` (:func:`kernels.runtime.compiled`)."""
-    module, args = build_op(op, spec, kernels)
+            on_first_call: Callable[[float], None] | None = None, device: torch.device | None = None) -> Timing:
+    """An op's latency as the model runs it: eager, or ``compiled`` (:func:`kernels.runtime.compiled`), on
+    ``device`` (default: the CPU)."""
+    module, args = build_op(op, spec, kernels, device)
     module = _runtime(module, compiled)
-    return time_callable(lambda: module(*args), repeats=repeats, on_first_call=on_first_call)
+    return time_callable(lambda: module(*args), repeats=repeats, on_first_call=on_first_call, device=device)
 
 
 @torch.no_grad()
 def time_model(model: nn.Module, batch: int, img: int, repeats: int = 15, compiled: bool = False,
-               on_first_call: Callable[[float], None] | None = None) -> Timing:
-    """Forward latency of a whole (kernel-converted) model at a batch size, eager or ``compiled``."""
-    model = _runtime(model, compiled)
-    x = torch.randn(batch, 3, img, img)
-    return time_callable(lambda: model(x), repeats=repeats, min_repeat_ms=50.0, on_first_call=on_first_call)
+               on_first_call: Callable[[float], None] | None = None, device: torch.device | None = None) -> Timing:
+    """Forward latency of a whole (kernel-converted) model at a batch size, eager or ``compiled``, on ``device``
+    (default: where the model is)."""
+    device = device or next(model.parameters()).device
+    model = _runtime(model.to(device), compiled)
+    x = torch.randn(batch, 3, img, img, device=device)
+    return time_callable(lambda: model(x), repeats=repeats, min_repeat_ms=50.0, on_first_call=on_first_call,
+                         device=device)
 
 
 @torch.no_grad()

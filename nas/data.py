@@ -41,20 +41,50 @@ class Splits(NamedTuple):
 def stratified_split(labels: np.ndarray, fraction: float, seed: int, where: str = "data.search_fraction"
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(kept, carved)``: ``fraction`` of the items carved out with every class in proportion (seeded);
-    ``where`` is the study key named when the fraction leaves one part empty."""
-    from sklearn.model_selection import train_test_split
+    ``where`` is the study key named when the fraction leaves one part empty.
 
-    index = np.arange(len(labels))
+    The same indices as scikit-learn's ``train_test_split(..., stratify=labels, random_state=seed)`` (tested against
+    it), computed with numpy alone: a GPU machine that carries no scikit-learn splits a study's data as this one."""
     counts = np.bincount(labels)
     classes = int((counts > 0).sum())
     carved_count = int(np.ceil(fraction * len(labels)))
-    if len(labels) - carved_count < 1 or carved_count < 1:
+    kept_count = len(labels) - carved_count
+    if kept_count < 1 or carved_count < 1:
         raise ConfigError(where, f"{fraction} of {len(labels)} images leaves no image for one of the two parts")
+    rng = np.random.RandomState(seed)
     # stratify when every class can give an image to both parts (a class of one image cannot)
-    stratify = labels if counts[counts > 0].min() >= 2 and classes <= min(carved_count, len(labels) - carved_count) \
-        else None
-    kept, carved = train_test_split(index, test_size=carved_count, stratify=stratify, random_state=seed)
-    return np.sort(kept), np.sort(carved)
+    if counts[counts > 0].min() < 2 or classes > min(carved_count, kept_count):
+        order = rng.permutation(len(labels))
+        return np.sort(order[carved_count:]), np.sort(order[:carved_count])
+    present, inverse, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(class_counts)[:-1])
+    kept_per_class = _approximate_mode(class_counts, kept_count, rng)
+    carved_per_class = _approximate_mode(class_counts - kept_per_class, carved_count, rng)
+    kept: list[int] = []
+    carved: list[int] = []
+    for i in range(len(present)):
+        shuffled = members[i].take(rng.permutation(class_counts[i]), mode="clip")
+        kept.extend(shuffled[: kept_per_class[i]])
+        carved.extend(shuffled[kept_per_class[i]: kept_per_class[i] + carved_per_class[i]])
+    return np.sort(rng.permutation(kept)), np.sort(rng.permutation(carved))
+
+
+def _approximate_mode(class_counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of ``draws`` each class gets: its floored share, then one more for the largest remainders, ties
+    broken at random (scikit-learn's ``_approximate_mode``, draw for draw)."""
+    continuous = class_counts / class_counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            now = min(len(tied), need)
+            floored[rng.choice(tied, size=now, replace=False)] += 1
+            need -= now
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 def digits(img_size: int = 32, split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> TensorDataset:

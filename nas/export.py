@@ -244,9 +244,11 @@ def measure_latency(study: Study, model) -> float:
     the study's runtime (``latency.runtime``)."""
     from kernels.runtime import to_kernels
     from latency_model.ops import ModelDims
+    from latency_model.profile import torch_device
     from latency_model.timing import time_model
 
     settings = study.latency
-    fast = to_kernels(model, study_kernels(study))
+    kernels = study_kernels(study)
+    fast = to_kernels(model, kernels)
     return time_model(fast, settings.batch_sizes[0], ModelDims.of(study.model).img, repeats=settings.repeats,
-                      compiled=settings.compiled).median_ms
+                      compiled=settings.compiled, device=torch_device(kernels)).median_ms

@@ -107,8 +107,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     with console.status(f"compiling {len(specs)} kernels for {args.target}"):
         manifest = build(specs, args.target, args.out)
     console.print(f"{len(manifest.kernels)} kernels for {manifest.kind} {manifest.arch or ''} in {args.out} "
-                  f"(kernels.so + manifest.json); run them with `nas kernels check --prebuilt {args.out}` or "
-                  f"`nas latency --measure ... --prebuilt {args.out}` where the TVM runtime is installed")
+                  f"(kernels.so + manifest.json). Where the TVM runtime is installed: `nas kernels check --prebuilt "
+                  f"{args.out}`, or a study with `latency.prebuilt: {args.out}` (profile, latency --measure)")
     return 0
 
 

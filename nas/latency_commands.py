@@ -188,11 +188,12 @@ def cmd_latency(args: argparse.Namespace) -> int:
         from kernels.runtime import to_kernels
         from latency_model.ops import ModelDims
         from latency_model.predictor import router_loads
-        from latency_model.profile import table_kernels
+        from latency_model.profile import table_kernels, torch_device
         from latency_model.timing import time_model
         from search_spaces import build_model
 
         kernels = table_kernels(settings, kernel_root=args.cache)
+        device = torch_device(kernels)
         img = ModelDims.of(config.model).img
         model = to_kernels(build_model(config), kernels)
         # The dense model of the same shape, timed in turn with this one in the same process: this machine's speed
@@ -204,7 +205,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         for _ in range(MEASURE_ROUNDS):
             for name, each in models.items():
                 times[name].append(time_model(each, batch, img, repeats=settings.repeats,
-                                              compiled=settings.compiled).median_ms)
+                                              compiled=settings.compiled, device=device).median_ms)
         medians = {name: statistics.median(values) for name, values in times.items()}
         measured = medians["model"]
         loads = router_loads(model)  # compare like with like: MoE blocks at the split this model's routers made

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tvm
 
@@ -76,11 +77,7 @@ def _runtime_only_tvm(folder: Path) -> Path:
 
 RUNTIME_ONLY = r"""
 import sys
-class Hidden:  # Ray is not installed where the runtime alone is
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "ray":
-            raise ImportError(f"{name} is hidden in this test")
-sys.meta_path.insert(0, Hidden())
+sys.modules["ray"] = None  # not installed where the runtime alone is: `import ray` raises ImportError
 from pathlib import Path
 import torch
 from torch import nn
@@ -92,12 +89,12 @@ from nas.cli import main
 from nas.study import Study
 
 assert tvm.base._RUNTIME_ONLY and list(tvm.base._LOADED_LIBS) == ["tvm_runtime"], tvm.base._LOADED_LIBS
-folder = Path(sys.argv[1])
-assert main(["kernels", "check", "--prebuilt", str(folder)]) == 0
+checks, study = Path(sys.argv[1]), Path(sys.argv[2])
+assert main(["kernels", "check", "--prebuilt", str(checks)]) == 0
 
 torch.manual_seed(0)
 layer = ShiftLinear.from_dense(nn.Linear(40, 24))
-kernels = KernelSet(prebuilt=PrebuiltKernels.load(folder))
+kernels = KernelSet(prebuilt=PrebuiltKernels.load(checks))
 fast = to_kernels(nn.Sequential(layer), kernels)
 x = torch.randn(3, 11, 40)
 assert torch.equal(fast(x), layer.forward_int(x))
@@ -105,24 +102,67 @@ codes, values = (torch.rand(2, 3, 17, 8) < 0.5).float(), torch.randn(2, 3, 8, 5)
 torch.testing.assert_close(KernelBinaryProduct(kernels)(codes, values), codes @ values, rtol=1e-5, atol=1e-5)
 assert sorted(s.key for s in kernels.specs) == ["matadd-binary_real-float32-b6x17x8x5", "matshift-xor-int32-33x40x24"]
 
-study = Study.load(Path(sys.argv[2]))  # a GPU study's settings name their device without TVM's compiler
-assert study.latency.device == "cuda-sm_90", study.latency.device
+# the steps a GPU machine runs, on the prebuilt kernels: profile, fit, pretrain, a search, a measured trial
+for step in (["profile"], ["fit-latency"], ["pretrain"], ["search"], ["latency", "--config", sys.argv[3], "--measure"]):
+    assert main([step[0], str(study), *step[1:]]) == 0, step
+from latency_model.settings import LatencySettings
+assert LatencySettings(target="cuda:sm_90").resolved().device == "cuda-sm_90"  # named without TVM's compiler
 assert "ray" not in sys.modules and "tvm_compiler" not in tvm.base._LOADED_LIBS
 print("runtime-only: ok")
 """
 
 
-def test_the_tvm_runtime_alone_checks_prebuilt_kernels_and_runs_a_model_on_them(tmp_path):
-    folder = tmp_path / "prebuilt"
-    build(list(all_specs()) + [SHIFT, PRODUCT], "cpu", folder)
-    study = tmp_path / "gpu.yaml"
-    text = (ROOT / "studies" / "quickstart.yaml").read_text()
-    study.write_text(text.replace("  target: cpu\n", "  target: cuda:sm_90\n"))
-    assert "cuda:sm_90" in study.read_text()
+def test_the_tvm_runtime_alone_checks_prebuilt_kernels_runs_models_on_them_and_searches(tmp_path):
+    from nas.cli import main
+    from nas.study import Study
+    from search_fixtures import base_study, write_study
+
+    checks = tmp_path / "checks"
+    build(list(all_specs()) + [SHIFT, PRODUCT], "cpu", checks)
+    data = base_study(tmp_path)
+    data["latency"] = {**data["latency"], "prebuilt": "prebuilt", "device": "cpu-prebuilt"}
+    study = write_study(tmp_path / "tiny.yaml", data)
+    assert main(["kernels", "build", str(study), "--out", str(tmp_path / "prebuilt")]) == 0  # here: the compiler
+
     site = _runtime_only_tvm(tmp_path / "site")
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    run = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, str(folder), str(study)], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]),
+           "SHIFTADD_CACHE": str(tmp_path / "no-kernel-cache")}
+    config = tmp_path / "arch.json"
+    config.write_text(Study.load(study).space.sample(np.random.default_rng(0)).to_json())
+    run = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, str(checks), str(study), str(config)], env=env,
+                         cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "runtime-only: ok" in run.stdout
     assert f"all {len(list(all_specs()))} kernel checks passed" in run.stdout
+    assert not (tmp_path / "no-kernel-cache").exists() or not any((tmp_path / "no-kernel-cache").rglob("*.so"))
+
+
+
+def test_the_device_script_runs_every_step_it_can_on_the_cpu(tmp_path):
+    """bench/gpu/run.sh --dry-run: the bundle prepare.sh makes (runtime-only TVM, prebuilt kernels; CPU ones here),
+    the kernel checks, then profile, fit, pretrain, supernet, a search, kernels against torch and the predictor's
+    held-out check, all with the TVM runtime alone, written as records under $OUT."""
+    from nas.cli import main
+
+    bundle = _runtime_only_tvm(tmp_path / "bundle")
+    assert main(["kernels", "build", str(ROOT / "studies" / "quickstart.yaml"),
+                 "--out", str(bundle / "kernels" / "quickstart")]) == 0
+    assert main(["kernels", "build", "--checks", "--out", str(bundle / "kernels" / "checks")]) == 0
+    out = tmp_path / "out"
+    env = {**os.environ, "GPU_BUNDLE": str(bundle), "PYTHON": sys.executable, "OUT": str(out),
+           "GPU_BENCH_ARGS": "--studies quickstart --trials 3"}
+    run = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "run.sh"), "--dry-run"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=1200)
+    log = (out / "gpu-bench.log").read_text() if (out / "gpu-bench.log").exists() else ""
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + log[-3000:]
+    assert "runtime only True ['tvm_runtime']" in (out / "env.txt").read_text()
+    assert f"all {len(list(all_specs()))} kernel checks passed" in (out / "kernels-check.txt").read_text()
+    kernels = json.loads((out / "gpu-kernels-dry.json").read_text())["rows"]
+    assert kernels and all(r["tvm_ms"] > 0 and r["torch_fp32_ms"] > 0 for r in kernels)
+    assert {r["kernel"] for r in kernels} >= {"matshift/xor", "matshift/mul", "matadd/binary_real"}
+    summary = json.loads((out / "gpu-predictor-dry.json").read_text())["summary"][0]
+    assert summary["held_out"] == 3 and summary["paper_over_dense"] > 0
+    training = json.loads((out / "gpu-training-dry.json").read_text())["rows"][0]
+    assert training["trials"] == 3 and training["search_s"] > 0
+    assert not list(out.rglob("*.safetensors"))  # weights stay on the machine: records and tables come back

@@ -225,3 +225,29 @@ def test_the_shapes_task_is_generated_offline_seeded_balanced_and_split_three_wa
 def test_the_shapes_task_refuses_a_class_count_the_model_cannot_output():
     with pytest.raises(ConfigError, match="num_classes"):
         data.load(DataSpec("shapes", images=200), img_size=32, num_classes=4)
+
+
+def test_the_stratified_split_draws_what_scikit_learn_draws_without_it():
+    """Studies split their data as they did with scikit-learn's train_test_split (stored trials keep their meaning),
+    on a machine without scikit-learn (a GPU machine carries no scipy)."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(1)
+    stratified = 0
+    for case in range(120):
+        size, kinds = int(rng.integers(2, 300)), int(rng.integers(1, 12))
+        labels = rng.integers(0, kinds, size)
+        labels = np.sort(labels) if case % 5 == 0 else labels
+        fraction, seed = float(rng.uniform(0.02, 0.9)), int(rng.integers(0, 100))
+        carved_count = int(np.ceil(fraction * size))
+        if not 1 <= carved_count < size:
+            continue
+        counts = np.bincount(labels)
+        stratify = labels if counts[counts > 0].min() >= 2 and (counts > 0).sum() <= min(
+            carved_count, size - carved_count) else None
+        stratified += stratify is not None
+        kept, carved = train_test_split(np.arange(size), test_size=carved_count, stratify=stratify,
+                                        random_state=seed)
+        ours = data.stratified_split(labels, fraction, seed)
+        assert np.array_equal(ours[0], np.sort(kept)) and np.array_equal(ours[1], np.sort(carved)), case
+    assert stratified > 40  # both paths were compared
