@@ -57,13 +57,17 @@ def check_compiler(where: str = "latency.runtime") -> None:
 
 def default_device_name(target: Any) -> str:
     """A readable device name from a target: ``<kind>-<cpu or arch>-<cores>c``; ``cuda-<arch>`` for CUDA, named
-    without TVM (a GPU machine may have its runtime alone, or none)."""
+    without TVM (a GPU machine may have its runtime alone, or none). A CPU is named by LLVM, through TVM: where TVM
+    is not installed it stays unnamed (``""``), which training does not need; give ``latency.device`` there."""
     text = target.strip() if isinstance(target, str) else ""
     if text == "cuda" or text.startswith("cuda:"):
         from kernels.spec import DEFAULT_CUDA_ARCH
 
         return f"cuda-{text.split(':', 1)[1] if ':' in text else DEFAULT_CUDA_ARCH}"
-    from kernels import target as targets
+    try:
+        from kernels import target as targets
+    except ImportError:
+        return ""
 
     described = targets.describe(targets.resolve(target))
     if described["kind"] == "cuda":
@@ -103,7 +107,7 @@ class LatencySettings:
         device = self.device or default_device_name(self.target)
         if self.compiled and not device.endswith(COMPILED_SUFFIX):
             device += COMPILED_SUFFIX
-        predictor = self.predictor or f"latency_{device}.json"
+        predictor = self.predictor or f"latency_{device or 'unnamed'}.json"
         predictor = str(folder / predictor if study_dir is not None or not self.predictor else predictor)
         if self.db:
             db = self.db if study_dir is None else anchor_sqlite(self.db, study_dir)
