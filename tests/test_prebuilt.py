@@ -193,3 +193,17 @@ def test_training_needs_no_tvm_and_no_ray(tmp_path):
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "no TVM: ok" in run.stdout and (tmp_path / "tiny-teacher.safetensors").is_file()
+
+
+def test_the_device_script_names_a_wheel_that_did_not_travel_before_any_work(tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / "kernels" / "checks").mkdir(parents=True)
+    (bundle / "wheels").mkdir()
+    (bundle / "wheels" / "REQUIRED").write_text("optuna\nsqlalchemy\n")
+    (bundle / "wheels" / "optuna-5.1.0-py3-none-any.whl").write_bytes(b"")
+    env = {**os.environ, "GPU_BUNDLE": str(bundle), "OUT": str(tmp_path / "out")}
+    run = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "run.sh")], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1
+    assert "the wheel of sqlalchemy is missing" in run.stderr and "Traceback" not in run.stderr
+    assert not (bundle / "venv").exists()  # nothing was made

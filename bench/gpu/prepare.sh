@@ -21,12 +21,15 @@ rm -rf "$OUT"
 mkdir -p "$OUT/wheels" "$OUT/kernels"
 
 echo "1/3 wheels (cp312, manylinux x86_64, no dependencies)"
+SPECS=("optuna>=5,<6" alembic colorlog "sqlalchemy>=2" tqdm pyyaml mako markupsafe typing_extensions packaging
+       optuna-dashboard bottle rich markdown-it-py mdurl pygments safetensors psutil "apache-tvm-ffi==0.1.14.post1"
+       pytest pluggy iniconfig)
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d "$OUT/wheels" \
-  "optuna>=5,<6" alembic colorlog "sqlalchemy>=2" tqdm pyyaml mako markupsafe typing_extensions packaging \
-  optuna-dashboard bottle rich markdown-it-py mdurl pygments safetensors psutil "apache-tvm-ffi==0.1.14.post1" \
-  pytest pluggy iniconfig
+  -d "$OUT/wheels" "${SPECS[@]}"
+for spec in "${SPECS[@]}"; do  # the wheel names run.sh checks before any work (pip writes - as _)
+  name=${spec%%[<>=]*}; echo "${name//-/_}"
+done > "$OUT/wheels/REQUIRED"
 
 echo "2/3 the TVM runtime (Python package, runtime libraries only)"
 TVM=$("$PY" -c 'import pathlib, tvm; print(pathlib.Path(tvm.__file__).resolve().parent)')

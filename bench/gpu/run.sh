@@ -25,7 +25,11 @@ if [ -n "$DRY" ]; then
   PY=${PYTHON:-.venv/bin/python}
 else
   step "venv over the system packages, carried wheels"
-  ls "$B"/wheels/*.whl > /dev/null 2>&1 || { echo "run.sh: no wheels in $B/wheels: run prepare.sh" >&2; exit 1; }
+  [ -f "$B/wheels/REQUIRED" ] || { echo "run.sh: no $B/wheels/REQUIRED: run bench/gpu/prepare.sh" >&2; exit 1; }
+  while read -r name; do  # every carried wheel, before any work
+    ls "$B"/wheels/"$name"-*.whl > /dev/null 2>&1 \
+      || { echo "run.sh: the wheel of $name is missing from $B/wheels: run bench/gpu/prepare.sh again and carry build/gpu" >&2; exit 1; }
+  done < "$B/wheels/REQUIRED"
   python3 -m venv --system-site-packages "$B/venv" || exit 1
   PY="$B/venv/bin/python"
   "$PY" -m pip install --quiet --no-index --no-deps "$B"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
