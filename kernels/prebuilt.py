@@ -151,14 +151,35 @@ def build(specs: Iterable[KernelSpec], target: Any, folder: Path,
 
 
 # ---- on the machine that runs them ----------------------------------------------------------------------------------
-def _gpu_arch() -> str | None:
-    """``sm_XY`` of the first visible CUDA GPU, or None when there is none (asked through the TVM runtime)."""
+def _cuda_runtime() -> str | None:
+    """Load TVM's CUDA runtime library (the CUDA device and the module loader) beside ``libtvm_runtime``: TVM loads
+    it when it registers its CUDA backend, which needs the compiler, so the runtime alone does not. Returns why it
+    does not load (no CUDA driver: ``libcuda.so.1``), or None."""
+    import tvm.base
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    if "tvm_runtime_cuda" in tvm.base._LOADED_LIBS:
+        return None
+    folder = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        tvm.base._LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[folder], mode="RTLD_LOCAL")
+    except (OSError, RuntimeError) as e:
+        return f"TVM's CUDA runtime does not load: {str(e).splitlines()[0]}"
+    return None
+
+
+def _gpu_arch() -> tuple[str | None, str]:
+    """``sm_XY`` of the first visible CUDA GPU (asked through the TVM runtime), or None and why not."""
     import tvm
 
+    failed = _cuda_runtime()
+    if failed is not None:
+        return None, failed
     device = tvm.cuda(0)
     if not device.exist:
-        return None
-    return "sm_" + str(device.compute_version).replace(".", "")
+        return None, "CUDA_VISIBLE_DEVICES, driver"
+    return "sm_" + str(device.compute_version).replace(".", ""), ""
 
 
 @dataclass(frozen=True)
@@ -202,11 +223,10 @@ class PrebuiltKernels:
             raise KernelError("prebuilt", f"{folder} was built from other kernel code than this checkout's "
                                           f"({manifest.code} vs {code_fingerprint()}): {rebuild}")
         if manifest.kind == "cuda":
-            arch = _gpu_arch()
+            arch, why = _gpu_arch()
             if arch is None:
                 raise KernelResourceError("prebuilt", f"{folder} holds CUDA kernels and no CUDA GPU is visible here "
-                                                      "(CUDA_VISIBLE_DEVICES, driver): run them on a GPU machine, or "
-                                                      "build for --target cpu")
+                                                      f"({why}): run them on a GPU machine, or build for --target cpu")
             if manifest.arch and manifest.arch != arch:
                 raise KernelError("prebuilt", f"{folder} was built for {manifest.arch}, this GPU is {arch}: rebuild "
                                               f"with `nas kernels build STUDY --target cuda:{arch} --out {folder}`")

@@ -206,4 +206,4 @@ def test_the_device_script_names_a_wheel_that_did_not_travel_before_any_work(tmp
                          timeout=60)
     assert run.returncode == 1
     assert "the wheel of sqlalchemy is missing" in run.stderr and "Traceback" not in run.stderr
-    assert not (bundle / "venv").exists()  # nothing was made
+    assert not (bundle / "site").exists()  # nothing was installed

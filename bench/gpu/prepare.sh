@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the build machine (this repository's .venv, TVM's compiler, the package registry): everything a bare GPU
 # machine needs to run bench/gpu/run.sh, into build/gpu (git-ignored), which travels with the working tree:
-#   wheels/   cp312 wheels, no dependencies: what the project imports beyond the machine's torch, timm and numpy
+#   wheels/   cp312 wheels, no dependencies: what the project imports that the GPU image does not hold
 #   tvm/      TVM's Python package with its runtime libraries only (no compiler: ~10 MB instead of ~300 MB)
 #   kernels/  per quick-start study, its CUDA kernels cross-compiled for ARCH (`nas kernels build`), and checks/
 #             (the shapes of `nas kernels check`)
@@ -21,9 +21,9 @@ rm -rf "$OUT"
 mkdir -p "$OUT/wheels" "$OUT/kernels"
 
 echo "1/3 wheels (cp312, manylinux x86_64, no dependencies)"
-SPECS=("optuna>=5,<6" alembic colorlog "sqlalchemy>=2" tqdm pyyaml mako markupsafe typing_extensions packaging
-       optuna-dashboard bottle rich markdown-it-py mdurl pygments safetensors psutil "apache-tvm-ffi==0.1.14.post1"
-       pytest pluggy iniconfig)
+# what the GPU image lacks (its package list: the device tool's KINDS.md; it has pytest, rich, pyyaml, psutil,
+# safetensors, tqdm, markupsafe, scikit-learn, matplotlib)
+SPECS=("optuna>=5,<6" alembic colorlog "sqlalchemy>=2" mako optuna-dashboard bottle "apache-tvm-ffi==0.1.14.post1")
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$OUT/wheels" "${SPECS[@]}"

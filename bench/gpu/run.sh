@@ -2,7 +2,7 @@
 # On a bare GPU machine (Python 3.12 with its own torch, timm and numpy; no package registry; no TVM compiler), with
 # build/gpu from bench/gpu/prepare.sh carried in the working tree: the CUDA checks and benchmarks, in <= 8 minutes,
 # everything written under $OUT (records, logs, the environment).
-#   1. a venv over the system's packages + the carried wheels (no index, no dependencies), the TVM runtime alone
+#   1. the carried wheels into build/gpu/site (no index, no dependencies), the TVM runtime alone
 #   2. the CUDA tests (tests/test_device.py, tests/test_prebuilt.py's checks of refusals)
 #   3. `nas kernels check --prebuilt`: every kernel on CUDA tensors against its numpy reference (bit-exact integers)
 #   4. bench/gpu/gpu_bench.py: kernels vs torch (fp32, bf16, int8), profile + fit + the predictor's held-out check on
@@ -24,19 +24,18 @@ step() { echo "== $*" | tee -a "$OUT/steps.log"; }
 if [ -n "$DRY" ]; then
   PY=${PYTHON:-.venv/bin/python}
 else
-  step "venv over the system packages, carried wheels"
+  step "the carried wheels, into $B/site (the image's python3 is itself a venv: no venv over it)"
   [ -f "$B/wheels/REQUIRED" ] || { echo "run.sh: no $B/wheels/REQUIRED: run bench/gpu/prepare.sh" >&2; exit 1; }
   while read -r name; do  # every carried wheel, before any work
     ls "$B"/wheels/"$name"-*.whl > /dev/null 2>&1 \
       || { echo "run.sh: the wheel of $name is missing from $B/wheels: run bench/gpu/prepare.sh again and carry build/gpu" >&2; exit 1; }
   done < "$B/wheels/REQUIRED"
-  python3 -m venv --system-site-packages "$B/venv" || exit 1
-  PY="$B/venv/bin/python"
-  "$PY" -m pip install --quiet --no-index --no-deps "$B"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
+  PY=${PYTHON:-python3}
+  "$PY" -m pip install --quiet --no-index --no-deps --upgrade --target "$B/site" "$B"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
     || { echo "run.sh: installing the carried wheels failed (see $OUT/pip.log)" >&2; exit 1; }
 fi
 B=$(cd "$B" && pwd)
-export TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$B:$PWD${PYTHONPATH:+:$PYTHONPATH}" BENCH_RESULTS="$OUT"
+export TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$B:$B/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" BENCH_RESULTS="$OUT"
 export SHIFTADD_CACHE="$OUT/kernel-cache"
 "$PY" - > "$OUT/env.txt" 2>&1 <<'PYEOF'
 import platform, sys, torch, tvm.base
