@@ -11,7 +11,9 @@ For each study (a copy in ``--work``, with a copy of this machine's ``studies/la
    ``--finetune-steps`` steps of the trial recipe from there; and stand-alone, fine-tuned from the teacher with the
    per-trial recipe (``budget.epochs`` x ``steps_per_epoch``), once per ``--seeds`` (the seed-to-seed agreement is the
    ceiling any proxy can reach);
-4. Kendall's tau and Spearman's rho between each proxy and the stand-alone accuracy (seed 0);
+4. Kendall's tau and Spearman's rho between each proxy and the stand-alone accuracy (seed 0); with
+   ``--reference-epochs N``, also against each architecture fine-tuned N epochs (as long as the final fine-tune), the
+   reference a user's exported model is closer to;
 5. cost: the supernet's training time and the seconds per trial of each mode (as a search runs it: a fine-tune-mode
    trial scores the search and the test split, a supernet-mode trial the search split only), hence trials per hour
    for a 200-trial study, supernet training included, and per trial alone;
@@ -85,11 +87,12 @@ def _copy_study(name: str, work: Path, args) -> Path:
     return path
 
 
-def _scored(evaluator: Evaluator, config: ArchConfig, seed: int | None = None) -> dict:
+def _scored(evaluator: Evaluator, config: ArchConfig, seed: int | None = None, epochs: int | None = None) -> dict:
     """A trial as a search runs it, timed (a fine-tune-mode trial evaluates the test split, a supernet-mode trial
-    does not), and its test accuracy (evaluated after the timing where the trial did not)."""
+    does not), and its test accuracy (evaluated after the timing where the trial did not). ``epochs``: of the trial
+    recipe, instead of the study's budget."""
     start = time.perf_counter()
-    result, model = evaluator.run(config, seed=seed)
+    result, model = evaluator.run(config, seed=seed, epochs=epochs)
     seconds = time.perf_counter() - start
     test = result.test or evaluator.evaluate_test(model)
     return {"search": result.search.accuracy, "test": test.accuracy, "latency_ms": result.latency_ms,
@@ -111,14 +114,16 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
     cache_file = path.with_name("standalone.json")
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
 
-    def standalone(config: ArchConfig, seed: int) -> dict:
-        key = f"{config.id}:{seed}:{study.budget.epochs}x{study.budget.steps_per_epoch}"
+    def standalone(config: ArchConfig, seed: int, epochs: int | None = None) -> dict:
+        key = f"{config.id}:{seed}:{epochs or study.budget.epochs}x{study.budget.steps_per_epoch}"
         if key not in cache:
-            cache[key] = _scored(finetune, config, seed)
+            cache[key] = _scored(finetune, config, seed, epochs)
             cache_file.write_text(json.dumps(cache, indent=1))
         return cache[key]
 
     study = Study.load(path)
+    if args.standalone_from:
+        _recorded_standalone(args.standalone_from, name, study, args.seeds, cache)
     profiled = pipeline.profile(study)  # what the table lacks for this space, as `make demo` does
     if pipeline.needs_fit(study, profiled):
         fitted = pipeline.fit_latency(study, pipeline.FitOptions(max_model_error=10.0))
@@ -144,6 +149,13 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
 
     anchors = {densest(study.space).id, cheapest(study, predictor, study.latency.batch_sizes[0]).id}
     archs = _draw(study, args.archs, args.seed, anchors)
+    if args.standalone_from and archs:  # a recorded figure is used only where this machine reproduces one
+        key = f"{archs[0].id}:{args.seeds[0]}:{study.budget.epochs}x{study.budget.steps_per_epoch}"
+        recorded = cache.pop(key, None)
+        fresh = standalone(archs[0], args.seeds[0])
+        if recorded is not None and abs(recorded["test"] - fresh["test"]) > 1e-3:
+            raise SystemExit(f"--standalone-from {args.standalone_from}: {key} recorded test accuracy "
+                             f"{recorded['test']}, measured now {fresh['test']}: not the same teacher or recipe")
     rows = []
     for i, config in enumerate(archs):
         row = {"study": name, "arch": config.id, "describe": "; ".join(b.describe() for b in config.blocks)}
@@ -157,6 +169,10 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
             row[f"standalone_test_seed{seed}"] = alone["test"]
             row[f"standalone_search_seed{seed}"] = alone["search"]
             row[f"standalone_s_seed{seed}"] = round(alone["seconds"], 1)
+            if args.reference_epochs:
+                long = standalone(config, seed, args.reference_epochs)
+                row[f"long_test_seed{seed}"] = long["test"]
+                row[f"long_s_seed{seed}"] = round(long["seconds"], 1)
         rows.append(row)
         print(f"{name} {i + 1}/{len(archs)} {config.id}: inherited {zero['test']:.3f}, after steps {steps['test']:.3f}, "
               f"stand-alone {row[f'standalone_test_seed{args.seeds[0]}']:.3f}", flush=True)
@@ -174,6 +190,14 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
         other = [r[f"standalone_test_seed{args.seeds[1]}"] for r in rows]
         summary["kendall_tau_seed_to_seed"] = round(kendall_tau(other, reference), 3)
         summary["spearman_rho_seed_to_seed"] = round(spearman_rho(other, reference), 3)
+    if args.reference_epochs:  # the same architectures fine-tuned as long as the final fine-tune would
+        long = [r[f"long_test_seed{args.seeds[0]}"] for r in rows]
+        summary.update({"reference_epochs": args.reference_epochs,
+                        "kendall_tau_long": round(kendall_tau([r["inherited_test"] for r in rows], long), 3),
+                        "kendall_tau_long_vs_trial": round(kendall_tau(reference, long), 3)})
+        if len(args.seeds) > 1:
+            summary["kendall_tau_long_seed_to_seed"] = round(kendall_tau(
+                [r[f"long_test_seed{args.seeds[1]}"] for r in rows], long), 3)
     trial_supernet = float(np.mean([r["inherited_s"] for r in rows]))
     trial_finetune = float(np.mean([r[f"standalone_s_seed{args.seeds[0]}"] for r in rows]))
     trials = 200
@@ -212,6 +236,17 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
     return rows, summary
 
 
+def _recorded_standalone(path: Path, name: str, study: Study, seeds: list[int], cache: dict) -> None:
+    """Stand-alone results of a recorded run of this bench (its rows) into the cache, under the study's budget."""
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["study"] == name]
+    for row in rows:
+        for seed in seeds:
+            if f"standalone_test_seed{seed}" in row:
+                cache.setdefault(f"{row['arch']}:{seed}:{study.budget.epochs}x{study.budget.steps_per_epoch}", {
+                    "search": row[f"standalone_search_seed{seed}"], "test": row[f"standalone_test_seed{seed}"],
+                    "latency_ms": row["latency_ms"], "seconds": row[f"standalone_s_seed{seed}"]})
+
+
 def _with_steps(path: Path, steps: int) -> Study:
     data = yaml.safe_load(path.read_text())
     data["evaluation"]["finetune_steps"] = steps
@@ -238,6 +273,12 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="train the supernet again (its time is measured)")
     parser.add_argument("--kernel-trials", type=int, default=0, help="of the profile the predictor is fitted on "
                                                                       "(default 0: untuned, as `make demo`)")
+    parser.add_argument("--reference-epochs", type=int, default=0,
+                        help="also fine-tune each architecture this many epochs of the trial recipe (as long as the "
+                             "final fine-tune), per seed, and rank against that too")
+    parser.add_argument("--standalone-from", type=Path,
+                        help="the stand-alone results of a recorded run (bench/results/*.json rows) instead of "
+                             "fine-tuning again; the first is fine-tuned again and must agree")
     parser.add_argument("--name", default="supernet")
     args = parser.parse_args()
     rows, summaries = [], []
@@ -251,7 +292,10 @@ def main() -> None:
              "inherited: the supernet's weights as they are; after_K_steps: K steps of the trial recipe from them; "
              "standalone: the per-trial fine-tune from the teacher. Latency: predicted. "
              f"Quick-start: tau {first['kendall_tau']} (seed-to-seed ceiling "
-             f"{first.get('kendall_tau_seed_to_seed', 'n/a')}), trials/hour x{first['trials_per_hour_ratio']}.")
+             f"{first.get('kendall_tau_seed_to_seed', 'n/a')}), trials/hour x{first['trials_per_hour_ratio']}."
+             + (f" Against {args.reference_epochs}-epoch fine-tunes (long_*): tau {first['kendall_tau_long']} "
+                f"(seed-to-seed {first.get('kendall_tau_long_seed_to_seed', 'n/a')}; the trial-length fine-tunes "
+                f"rank them with tau {first['kendall_tau_long_vs_trial']})." if args.reference_epochs else ""))
     write(args.name, rows, notes, {"summary": {"kendall_tau": first["kendall_tau"],
                                                "spearman_rho": first["spearman_rho"],
                                                "trials_per_hour_ratio": first["trials_per_hour_ratio"]},
