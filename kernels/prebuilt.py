@@ -133,7 +133,7 @@ def build(specs: Iterable[KernelSpec], target: Any, folder: Path,
         functions[function_name(spec)] = scheduled.with_attr("global_symbol", function_name(spec))
     try:
         executable = tvm.compile(tvm.IRModule(functions), target=target)
-    except Exception as e:  # TVM raises its own error types; the first line names the cause
+    except Exception as e:  # TVM raises its own error types; the last line of its message names the cause
         raise KernelResourceError("target", f"compiling {len(specs)} kernels for {targets.describe(target)} "
                                             f"failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
                                   ) from None
