@@ -11,6 +11,9 @@ For each study (a copy in ``--work``, with a copy of this machine's ``studies/la
    ``--finetune-steps`` steps of the trial recipe from there; and stand-alone, fine-tuned from the teacher with the
    per-trial recipe (``budget.epochs`` x ``steps_per_epoch``), once per ``--seeds`` (the seed-to-seed agreement is the
    ceiling any proxy can reach);
+   with ``--split b<i>.<key>`` (few-shot splitting), also with the weights of the sub-supernet of its own option of
+   that decision: one per option, that decision fixed, each trained ``--split-steps`` more steps from the one-shot
+   supernet's weights (Zhao et al., ICML 2021);
 4. Kendall's tau and Spearman's rho between each proxy and the stand-alone accuracy (seed 0); with
    ``--reference-epochs N``, also against each architecture fine-tuned N epochs (as long as the final fine-tune), the
    reference a user's exported model is closer to;
@@ -156,6 +159,7 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
         if recorded is not None and abs(recorded["test"] - fresh["test"]) > 1e-3:
             raise SystemExit(f"--standalone-from {args.standalone_from}: {key} recorded test accuracy "
                              f"{recorded['test']}, measured now {fresh['test']}: not the same teacher or recipe")
+    split = _few_shot(study, path, args) if args.split else None
     rows = []
     for i, config in enumerate(archs):
         row = {"study": name, "arch": config.id, "describe": "; ".join(b.describe() for b in config.blocks)}
@@ -164,6 +168,9 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
         row.update({"inherited_test": zero["test"], "inherited_search": zero["search"],
                     f"after_{args.finetune_steps}_steps_test": steps["test"], "latency_ms": round(zero["latency_ms"], 4),
                     "inherited_s": round(zero["seconds"], 2), "steps_s": round(steps["seconds"], 2)})
+        if split is not None:
+            option, evaluator = split.evaluator(config)
+            row.update({"split_option": option, "few_shot_test": _scored(evaluator, config)["test"]})
         for seed in args.seeds:
             alone = standalone(config, seed)
             row[f"standalone_test_seed{seed}"] = alone["test"]
@@ -186,6 +193,12 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
                    [r[f"after_{args.finetune_steps}_steps_test"] for r in rows], reference), 3),
                f"spearman_rho_after_{args.finetune_steps}_steps": round(spearman_rho(
                    [r[f"after_{args.finetune_steps}_steps_test"] for r in rows], reference), 3)}
+    if split is not None:
+        few_shot = [r["few_shot_test"] for r in rows]
+        summary.update({"split": args.split, "split_steps": args.split_steps, "split_options": len(split.studies),
+                        "split_train_s": round(split.seconds, 1),
+                        "kendall_tau_few_shot": round(kendall_tau(few_shot, reference), 3),
+                        "spearman_rho_few_shot": round(spearman_rho(few_shot, reference), 3)})
     if len(args.seeds) > 1:
         other = [r[f"standalone_test_seed{args.seeds[1]}"] for r in rows]
         summary["kendall_tau_seed_to_seed"] = round(kendall_tau(other, reference), 3)
@@ -195,6 +208,8 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
         summary.update({"reference_epochs": args.reference_epochs,
                         "kendall_tau_long": round(kendall_tau([r["inherited_test"] for r in rows], long), 3),
                         "kendall_tau_long_vs_trial": round(kendall_tau(reference, long), 3)})
+        if split is not None:
+            summary["kendall_tau_few_shot_long"] = round(kendall_tau([r["few_shot_test"] for r in rows], long), 3)
         if len(args.seeds) > 1:
             summary["kendall_tau_long_seed_to_seed"] = round(kendall_tau(
                 [r[f"long_test_seed{args.seeds[1]}"] for r in rows], long), 3)
@@ -234,6 +249,49 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
                     "hypervolume_supernet": round(hypervolume(supernet_points, reference_ms), 5),
                     "hypervolume_reference_ms": round(reference_ms, 4)})
     return rows, summary
+
+
+class _FewShot:
+    """The sub-supernets of one decision (one per option) and an evaluator for each."""
+
+    def __init__(self, decision: str, studies: dict[str, Study], seconds: float) -> None:
+        self.block, self.key = int(decision[1:decision.index(".")]), decision.split(".", 1)[1]
+        self.studies, self.seconds = studies, seconds
+        self.evaluators = {option: Evaluator(sub) for option, sub in studies.items()}
+
+    def evaluator(self, config: ArchConfig) -> tuple[str, Evaluator]:
+        option = getattr(config.blocks[self.block], self.key)
+        return option, self.evaluators[option]
+
+
+def _few_shot(study: Study, path: Path, args) -> _FewShot:
+    """Split the trained one-shot supernet on ``args.split`` (``b<i>.<key>``): per option, a study of the space with
+    that decision fixed, its supernet trained ``args.split_steps`` steps from the one-shot weights."""
+    block, key = args.split.split(".", 1)
+    index = int(block[1:])
+    if study.space.tied or not block.startswith("b") or not 0 <= index < len(study.space.blocks):
+        raise SystemExit(f"--split {args.split}: expected b<block index>.<key> of an untied space with "
+                         f"{len(study.space.blocks)} blocks")
+    options = study.space.blocks[index].get(key)
+    data = yaml.safe_load(path.read_text())
+    studies, seconds = {}, 0.0
+    for option in options:
+        sub = dict(data, name=f"{data['name']}-{block}-{key}-{option}",
+                   model={**data["model"], "checkpoint": str(study.teacher_path)},
+                   evaluation={**data["evaluation"], "supernet_steps": args.split_steps})
+        sub["space"] = {**data["space"], "blocks": {**(data["space"].get("blocks") or {}), index: {key: [option]}}}
+        sub_path = path.with_name(f"{sub['name']}.yaml")
+        sub_path.write_text(yaml.safe_dump(sub, sort_keys=False))
+        studies[option] = Study.load(sub_path)
+        if args.retrain and studies[option].supernet_path.exists():
+            studies[option].supernet_path.unlink()
+        trained = pipeline.supernet(studies[option], start_from=study.supernet_path)
+        seconds_file = sub_path.with_name(f"{sub['name']}-seconds.json")
+        if not trained.cached:
+            seconds_file.write_text(json.dumps({"seconds": trained.seconds}))
+        seconds += float(json.loads(seconds_file.read_text())["seconds"])
+        print(f"{study.name}: sub-supernet {key}={option} of block {index}, {args.split_steps} steps", flush=True)
+    return _FewShot(args.split, studies, seconds)
 
 
 def _recorded_standalone(path: Path, name: str, study: Study, seeds: list[int], cache: dict) -> None:
@@ -279,6 +337,10 @@ def main() -> None:
     parser.add_argument("--standalone-from", type=Path,
                         help="the stand-alone results of a recorded run (bench/results/*.json rows) instead of "
                              "fine-tuning again; the first is fine-tuned again and must agree")
+    parser.add_argument("--split", help="few-shot splitting on this decision, b<block>.<key> (e.g. b0.attention): "
+                                        "one sub-supernet per option, scored beside the one-shot supernet")
+    parser.add_argument("--split-steps", type=int, default=250, help="steps of each sub-supernet from the one-shot "
+                                                                     "weights")
     parser.add_argument("--name", default="supernet")
     args = parser.parse_args()
     rows, summaries = [], []
@@ -293,6 +355,9 @@ def main() -> None:
              "standalone: the per-trial fine-tune from the teacher. Latency: predicted. "
              f"Quick-start: tau {first['kendall_tau']} (seed-to-seed ceiling "
              f"{first.get('kendall_tau_seed_to_seed', 'n/a')}), trials/hour x{first['trials_per_hour_ratio']}."
+             + (f" Few-shot ({args.split}, {first['split_options']} sub-supernets x {args.split_steps} steps from "
+                f"the one-shot weights, {first['split_train_s']} s more training): tau "
+                f"{first['kendall_tau_few_shot']}." if args.split else "")
              + (f" Against {args.reference_epochs}-epoch fine-tunes (long_*): tau {first['kendall_tau_long']} "
                 f"(seed-to-seed {first.get('kendall_tau_long_seed_to_seed', 'n/a')}; the trial-length fine-tunes "
                 f"rank them with tau {first['kendall_tau_long_vs_trial']})." if args.reference_epochs else ""))

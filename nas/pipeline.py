@@ -309,9 +309,10 @@ def needs_pretrain(study: Study) -> bool:
 # ---- supernet -------------------------------------------------------------------------------------------------------
 def supernet(study: Study, force: bool = False,
              on_step: Callable[[int, int, float], None] | None = None,
-             on_wait: Callable[[], None] | None = None) -> "SupernetResult":
+             on_wait: Callable[[], None] | None = None, start_from: Path | None = None) -> "SupernetResult":
     """Train the study's weight-sharing supernet (cached next to the study; a killed run resumes; ``force``
     retrains). Needs the teacher and the latency predictor (the cheapest subnet, the MoE expert latencies).
+    ``start_from``: another supernet file whose weights a fresh run starts from (few-shot splitting).
     ``on_step(step, steps, loss)`` after each step; ``on_wait()`` when another process is training this supernet
     (this one waits for it, then uses its file). A supernet too large for this machine's memory is refused
     before anything is loaded."""
@@ -330,7 +331,7 @@ def supernet(study: Study, force: bool = False,
             raise StateError("latency.predictor", f"{e}; run `nas fit-latency {study.path}` first") from None
         splits = load_data(study)
         return train(study, splits.train, teacher, predictor, force=force, on_step=on_step, placement=placement,
-                     on_wait=on_wait)
+                     on_wait=on_wait, start_from=start_from)
 
 
 def needs_supernet(study: Study) -> bool:

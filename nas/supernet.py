@@ -276,18 +276,22 @@ class _ExpertLatencies:
 
 def train(study: Study, train_set, teacher: nn.Module, predictor, *, force: bool = False,
           on_step: Callable[[int, int, float], None] | None = None,
-          placement: Placement | None = None, on_wait: Callable[[], None] | None = None) -> SupernetResult:
+          placement: Placement | None = None, on_wait: Callable[[], None] | None = None,
+          start_from: Path | None = None) -> SupernetResult:
     """Train (or resume, or find cached) the study's supernet. ``on_step(step, steps, loss)`` after each step. One
     process at a time: another one training this supernet is waited for (``on_wait()`` says so), then its file is
-    used (or resumed, if that process died)."""
+    used (or resumed, if that process died). ``start_from``: a finished supernet file of a larger space over the same
+    model whose weights a fresh run starts from instead of the teacher's (few-shot splitting: a sub-supernet, one
+    decision fixed, continues from the one-shot supernet)."""
     ensure_writable(study.supernet_path.parent, "evaluation")
     with lock_beside(study.supernet_path, on_wait):
         return _train(study, train_set, teacher, predictor, force, on_step,
-                      placement or resolve(study.train.device, study.train.precision))
+                      placement or resolve(study.train.device, study.train.precision), start_from)
 
 
 def _train(study: Study, train_set, teacher: nn.Module, predictor, force: bool,
-           on_step: Callable[[int, int, float], None] | None, placement: Placement) -> SupernetResult:
+           on_step: Callable[[int, int, float], None] | None, placement: Placement,
+           start_from: Path | None = None) -> SupernetResult:
     settings, recipe = study.evaluation, study.train
     path = study.supernet_path
     start = time.perf_counter()
@@ -308,6 +312,9 @@ def _train(study: Study, train_set, teacher: nn.Module, predictor, force: bool,
             if first >= steps:
                 return SupernetResult(str(path), steps, 0.0, cached=True)
             moments = tensors
+    if first == 0 and start_from is not None:
+        _, parent = read_checkpoint(start_from, {})  # its checksum is checked; what it was trained for is not
+        _load_into(supernet, parent, start_from)
     batch = study.latency.batch_sizes[0]
     anchors = [densest(study.space), cheapest(study, predictor, batch)]
     latencies = _ExpertLatencies(predictor, batch)

@@ -106,6 +106,32 @@ def test_every_choice_trains_under_the_sandwich_rule(searchable, tmp_path):
     assert pipeline.supernet(study).cached  # a second run is a cache hit
 
 
+def test_a_sub_supernet_of_one_fixed_decision_starts_from_its_parent(searchable, tmp_path):
+    """Few-shot splitting: a sub-supernet (block 0's attention fixed) continues from the one-shot supernet's
+    weights, not from the teacher's."""
+    from nas import pipeline
+    from nas.supernet import load_supernet
+    from nas.teacher import load_teacher
+
+    parent = Study.load(_study(searchable, tmp_path / "parent", supernet_steps=4))
+    pipeline.supernet(parent)
+    parent_weights = dict(load_supernet(parent, load_teacher(parent)).named_parameters())
+    sub = Study.load(searchable(tmp_path / "parent", name="tiny-b0-linear",
+                                space={**yaml.safe_load(parent.path.read_text())["space"],
+                                       "blocks": {0: {"attention": ["linear"]}}},
+                                evaluation={**SUPERNET, "supernet_steps": 1, "supernet_lr": 1e-12}))
+    assert sub.supernet_path != parent.supernet_path
+    pipeline.supernet(sub, start_from=parent.supernet_path)
+    trained = load_supernet(sub, load_teacher(sub))
+    fresh = dict(Supernet.from_dense(load_teacher(sub), sub.space).named_parameters())
+    names = [n for n, _ in trained.named_parameters()]
+    assert names and all(n in parent_weights for n in names)  # the sub-space's weights are a subset of its parent's
+    assert all(torch.allclose(p, parent_weights[n], atol=1e-6) for n, p in trained.named_parameters())
+    assert any(not torch.allclose(p, fresh[n], atol=1e-4) for n, p in trained.named_parameters())
+    with pytest.raises(Exception, match="not a readable supernet file"):
+        pipeline.supernet(Study.load(sub.path), force=True, start_from=sub.path)  # a study file is no supernet
+
+
 def test_a_killed_training_resumes_from_its_last_checkpoint(searchable, tmp_path):
     from nas.supernet import read_checkpoint, fingerprint
     from nas.teacher import load_teacher
