@@ -201,6 +201,20 @@ class KernelBinaryProduct:
         return torch.ops.shiftadd.binary_product(codes, values, self.kernels.handle)
 
 
+def _shift_on_kernels(layer: nn.Module, kernels: KernelSet) -> nn.Module:
+    return KernelShiftLinear(layer, kernels)
+
+
+def _additive_on_kernels(attention: nn.Module, kernels: KernelSet) -> nn.Module:
+    attention.binary_product = KernelBinaryProduct(kernels)
+    return attention
+
+
+# the built-in primitives' kernel execution lives here, beside the kernels (search_spaces never imports this layer)
+registry.attach_kernel_runner("linear", "shift", _shift_on_kernels)
+registry.attach_kernel_runner("attention", "additive", _additive_on_kernels)
+
+
 def _swap(module: nn.Module, kernels: KernelSet) -> None:
     """Bottom-up: a primitive's children (an attention's shift projections, an MoE's experts) first, then itself."""
     for name, child in module.named_children():

@@ -233,7 +233,7 @@ def publish_trial(study: Study, trial: optuna.Trial, state: TrialState, store=No
     artifact). What goes wrong here is said once on the trial and never fails it."""
     from optuna_dashboard import save_note
 
-    from .export import config_text, provenance
+    from .provenance import config_text, provenance
 
     attrs = trial.user_attrs
     try:
@@ -318,9 +318,9 @@ def _predictor_lines(study: Study) -> list[str]:
 
 def _pays_lines(study: Study) -> list[str]:
     """Where each choice pays, as the study's predictor prices it (:mod:`latency_model.pays`)."""
-    from . import pipeline
+    from .study_latency import where_it_pays
 
-    pays = pipeline.where_it_pays(study)
+    pays = where_it_pays(study)
     if pays is None or not pays.ratios:
         return []
     lines = ["### Where each choice pays", "",
@@ -334,7 +334,7 @@ def _pays_lines(study: Study) -> list[str]:
 
 
 def _tuning_line(study: Study) -> str:
-    from .export import profiled_trials
+    from .study_latency import profiled_trials
 
     try:
         trials = profiled_trials(study)

@@ -4,13 +4,14 @@ A driver runs trials of :class:`nas.objective.Evaluator` and stores each in the 
 attributes of :mod:`nas.attributes`, so ``nas report``, ``nas export`` and optuna-dashboard read every backend's
 trials alike. Running a driver again continues the stored study up to ``n_trials`` finished trials.
 
-Two drivers exist: ``optuna`` (:class:`nas.search.OptunaDriver`, worker processes on this machine sharing the
-storage) and ``ray`` (:class:`nas.ray_search.RayDriver`, Ray Tune trials on a local Ray or a cluster). A new one
-subclasses :class:`SearchDriver` and is named in :func:`get_driver`.
+Two drivers exist: ``optuna`` (:class:`nas.search.optuna_backend.OptunaDriver`, worker processes on this machine
+sharing the storage) and ``ray`` (:class:`nas.search.ray_backend.RayDriver`, Ray Tune trials on a local Ray or a
+cluster). A new one subclasses :class:`SearchDriver` and is named in :data:`nas.search.backends.BACKENDS`.
 
 Example::
 
-    from nas.driver import SearchOptions, get_driver
+    from nas.search.backends import get_driver
+    from nas.search.driver import SearchOptions
     from nas.study import Study
 
     study = Study.load("studies/quickstart.yaml")
@@ -26,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from search_spaces.errors import ConfigError
 
 from . import attributes as attr
 
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     import optuna
 
     from .study import Study
-
-BACKENDS = ("optuna", "ray")
 
 
 @dataclass(frozen=True)
@@ -146,14 +144,3 @@ class SearchDriver(ABC):
         """Run (or continue) the search until ``options.trials_for(study)`` trials finished, or the timeout."""
 
 
-def get_driver(name: str) -> SearchDriver:
-    """The driver called ``name`` (one of :data:`BACKENDS`). Each is imported on demand: Ray is heavy."""
-    if name == "optuna":
-        from .search import OptunaDriver
-
-        return OptunaDriver()
-    if name == "ray":
-        from .ray_search import RayDriver
-
-        return RayDriver()
-    raise ConfigError("--backend", f"unknown search backend {name!r} (choose from {', '.join(BACKENDS)})")

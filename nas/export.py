@@ -1,20 +1,13 @@
-"""From a study to files: choose trials, write their ArchConfigs, fine-tune one.
-
-An exported file is an ArchConfig file (``nas show`` and ``ArchConfig.load`` read it) with a ``provenance`` section:
-the study file, study name, trial number, its metrics and predicted latency.
+"""``nas export``: choose a study's trials (the Pareto front, the best, given numbers) and write each one's
+ArchConfig file with its provenance (:mod:`nas.provenance`), and in supernet mode the weights it inherited.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import ArchConfig
@@ -23,6 +16,7 @@ from search_spaces.errors import ConfigError, StateError
 from .disk import ensure_writable
 from . import attributes as attr
 from .study import Study
+from .provenance import provenance, write_config
 from .train import standard_error
 
 # Multi-objective "best": the fastest Pareto trial whose search accuracy is within this many standard errors of the
@@ -85,30 +79,6 @@ def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
     return [trial]
 
 
-def provenance(study: Study, trial: FrozenTrial, study_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Where an exported trial comes from and what it scored (``study_attrs``: the stored study's attributes, which
-    hold a test accuracy evaluated after the trial)."""
-    attrs = attr.with_test_split(trial.user_attrs, study_attrs or {}, trial.number)
-    copied = (attr.SEARCH_ACCURACY, attr.SEARCH_SE, attr.TEST_ACCURACY, attr.TEST_SE, attr.LATENCY_MS,
-              attr.LATENCY_BREAKDOWN, attr.ENERGY_UJ, attr.ENERGY_BREAKDOWN, attr.MOE_SPLIT, attr.REFERENCE)
-    return {
-        "study_file": str(study.path.resolve()),  # nas finetune works from any folder
-        "study": study.name, "trial": trial.number, "latency_device": study.latency.device,
-        **{key: attrs.get(key) for key in copied},
-    }
-
-
-def config_text(config: ArchConfig, origin: dict[str, Any]) -> str:
-    """An exported ArchConfig file's text: the architecture and its ``provenance``."""
-    return yaml.safe_dump({**config.to_dict(), "provenance": origin}, sort_keys=False)
-
-
-def write_config(path: Path, config: ArchConfig, origin: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config_text(config, origin))
-    return path
-
-
 def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Path]:
     """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``; a trial scored in supernet mode also gets
     the weights it inherited, ``trial-<n>.safetensors`` (named in its provenance: ``nas finetune`` starts there),
@@ -137,118 +107,3 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Pa
     return paths
 
 
-def named_study(path: str | Path) -> str | None:
-    """The study file an exported config names in its provenance, read without validating the config (whose
-    primitives may come from that study's plugins); None when it names none or cannot be read."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return None  # read_export says what is wrong with the file
-    origin = data.get("provenance") if isinstance(data, dict) else None
-    study = origin.get("study_file") if isinstance(origin, dict) else None
-    return study if isinstance(study, str) and study else None
-
-
-def read_export(path: str | Path) -> tuple[ArchConfig, dict[str, Any]]:
-    """An exported (or plain) ArchConfig file and its provenance (empty for a plain one)."""
-    config = ArchConfig.load(path)  # validates, with errors naming the file
-    origin = yaml.safe_load(Path(path).read_text()).get("provenance") or {}
-    if not isinstance(origin, dict):
-        raise ConfigError("provenance", f"expected a mapping, got {origin!r}", str(path))
-    return config, origin
-
-
-@dataclass
-class FinetuneResult:
-    config: ArchConfig
-    test_accuracy: float  # on the test split, after the last epoch: the figure to report
-    test_se: float  # its binomial standard error
-    search_accuracy: float  # on the search split (what the search saw); per epoch in history
-    history: list[float]
-    predicted_ms: float
-    measured_ms: float | None
-    weights: Path
-    seconds: float
-    energy: dict[str, Any] | None = None  # EnergyEstimate.to_dict() at the fine-tuned model's MoE loads
-
-    def to_dict(self) -> dict[str, Any]:
-        return {attr.CONFIG_ID: self.config.id, attr.TEST_ACCURACY: self.test_accuracy, attr.TEST_SE: self.test_se,
-                attr.SEARCH_ACCURACY: self.search_accuracy, attr.SEARCH_ACCURACY_HISTORY: self.history,
-                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
-                attr.ENERGY_UJ: None if self.energy is None else self.energy["energy_uj"],
-                attr.ENERGY_BREAKDOWN: self.energy, "weights": str(self.weights), "seconds": round(self.seconds, 1)}
-
-
-def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: bool = True,
-             on_epoch=None, origin: dict[str, Any] | None = None, initial: Path | None = None) -> FinetuneResult:
-    """Fine-tune ``config`` from the teacher (or from ``initial``, the weights a supernet-mode export wrote) for
-    ``epochs`` full passes over the train split (same losses as a trial), score it on the test split; save the
-    weights (safetensors) and the config into ``out``; predict and (with ``measure``) time its latency on the
-    kernels."""
-    from .checkpoints import save_weights
-    from .objective import Evaluator
-
-    if config.model != study.model:
-        raise ConfigError("model", f"the config is for {config.model.to_dict()}, the study's model is "
-                                   f"{study.model.to_dict()}")
-    ensure_writable(out, "--out")
-    start = time.perf_counter()
-    evaluator = Evaluator(study, mode="finetune")
-    history: list[float] = []
-
-    def report(epoch: int, accuracy: float) -> bool:
-        history.append(accuracy)
-        if on_epoch is not None:
-            on_epoch(epoch, accuracy)
-        return False
-
-    result, model = evaluator.run(config, epochs=epochs, full_epochs=True, report=report, initial=initial)
-    model = model.cpu()  # saved, and timed on the study's latency target, from the CPU
-    out.mkdir(parents=True, exist_ok=True)
-    weights = save_weights(model, out / "model.safetensors", {"config": config.to_json()})
-    test_se = round(result.test.standard_error, 6)
-    write_config(out / "arch.yaml", config, {**(origin or {}), "finetune_epochs": epochs,
-                                             "finetune_from": str(initial) if initial else "teacher",
-                                             "finetune_test_accuracy": result.test.accuracy,
-                                             "finetune_test_se": test_se})
-    measured = None
-    if measure:
-        measured = measure_latency(study, model)
-    finetuned = FinetuneResult(config, result.test.accuracy, test_se, result.search.accuracy, history,
-                               result.latency_ms, measured, weights, time.perf_counter() - start, result.energy)
-    (out / "result.json").write_text(json.dumps(finetuned.to_dict(), indent=1) + "\n")
-    return finetuned
-
-
-def profiled_trials(study: Study) -> int:
-    """The tuning trials the study's kernels were profiled with, so a measurement runs the kernels the predictor
-    was fitted on (and a demo profiled untuned does not start tuning here)."""
-    from latency_model import db
-    from latency_model.keys import is_kernel_op
-
-    rows = db.latest(db.connect(study.latency.db), study.latency.device)
-    tvm = [r.trials for r in rows if is_kernel_op(r.op)]
-    return max(tvm) if tvm else study.latency.trials
-
-
-def study_kernels(study: Study):
-    """The study's compiled kernels at the tuning its table was profiled with, each shape on the variant the table
-    found fastest (a :class:`kernels.runtime.KernelSet`), so a model run on them is the model the predictor priced."""
-    from latency_model.profile import table_kernels
-
-    return table_kernels(study.latency, profiled_trials(study))
-
-
-def measure_latency(study: Study, model) -> float:
-    """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size, in
-    the study's runtime (``latency.runtime``)."""
-    from kernels.runtime import to_kernels
-    from latency_model.ops import ModelDims
-    from latency_model.profile import torch_device
-    from latency_model.timing import time_model
-
-    settings = study.latency
-    kernels = study_kernels(study)
-    fast = to_kernels(model, kernels)
-    return time_model(fast, settings.batch_sizes[0], ModelDims.of(study.model).img, repeats=settings.repeats,
-                      compiled=settings.compiled, device=torch_device(kernels)).median_ms

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from search_spaces.errors import ConfigError, ShiftAddError, StateError
 
+from .study_latency import where_it_pays
 from .driver import Progress, SearchEvents, SearchOptions, SearchSummary, get_driver
 from .study import Study
 
 if TYPE_CHECKING:
     from .device import Placement
     from search_spaces import ArchConfig
-    from latency_model.pays import WhereItPays
     from latency_model.predictor import Accuracy, Predictor, PredictorRefused
     from latency_model.profile import Summary as ProfileSummary
     from latency_model.settings import LatencySettings
@@ -244,31 +244,6 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
 
         publish_stored_study(study)  # the study's note names the predictor and its accuracy
     return result
-
-
-def where_it_pays(study: Study, settings: "LatencySettings | None" = None,
-                  from_table: bool = False) -> "WhereItPays | None":
-    """Each choice of the study's space priced against dense, block by block
-    (:func:`latency_model.pays.where_it_pays`), at the study's first batch size: by its predictor file, or with
-    ``from_table`` by a predictor fitted here on the measurement table as it stands (unchecked, not written: what a
-    profile just measured). None when nothing can be priced yet."""
-    from latency_model import db
-    from latency_model.pays import where_it_pays as price
-    from latency_model.predictor import Predictor, PredictorError
-
-    settings = settings or study.latency
-    try:
-        if from_table:
-            engine = db.connect(settings.db)
-            rows = db.latest(engine, settings.device)
-            if not rows:
-                return None
-            predictor, _ = Predictor.fit(rows, settings.device, models=db.model_rows(engine, settings.device))
-        else:
-            predictor = Predictor.load(settings.predictor, device=settings.device)
-    except PredictorError:
-        return None
-    return price(study.space, predictor, settings.batch_sizes[0])
 
 
 def needs_fit(study: Study, profiled: "ProfileSummary | None" = None) -> bool:

@@ -368,7 +368,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
         parser.add_argument("--workers", type=positive_int, default=1,
                             help="optuna backend: local worker processes sharing the storage (CPU threads are split "
                                  "between them); ray backend: trials run at once (default: 1)")
-        parser.add_argument("--backend", choices=BACKENDS, default="optuna",
+        parser.add_argument("--backend", choices=list(BACKENDS), default="optuna",
                             help="optuna: local processes (default); ray: Ray Tune trials, on a local Ray or a cluster")
         parser.add_argument("--ray-address", metavar="auto|HOST:PORT",
                             help="join this Ray cluster (default: start a light local Ray for this search)")

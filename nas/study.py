@@ -70,7 +70,7 @@ Relative paths (checkpoint, data path, storage file, artifacts) are relative to 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -89,8 +89,10 @@ SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency"
             "evaluation", "sampler", "pruner", "storage", "search", "artifacts")
 METRICS = ("accuracy", "latency_ms", "energy_uj")
 BUDGETS = {"latency_ms": "latency_budget_ms", "energy_uj": "energy_budget_uj"}  # hardware metric -> its budget key
-SAMPLERS = ("tpe", "nsga2", "random")
-PRUNERS = ("none", "median", "hyperband", "asha")
+# name -> the Optuna class (in optuna.samplers, optuna.pruners), each name written here only
+SAMPLERS = {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "random": "RandomSampler"}
+PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "hyperband": "HyperbandPruner",
+           "asha": "SuccessiveHalvingPruner"}
 DATA_SOURCES = ("shapes", "digits", "imagefolder")
 MAX_SHAPES_IMAGES = 200_000  # 2.4 GB of float32 images: more than that belongs in an imagefolder
 
@@ -332,7 +334,7 @@ class Choice:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str, names: tuple[str, ...], default: str) -> "Choice":
+    def from_dict(cls, data: Any, where: str, names: Collection[str], default: str) -> "Choice":
         data = {} if data is None else data
         if not isinstance(data, Mapping):
             raise ConfigError(where, f"expected a mapping like {{name: {default}}}, got {data!r}")
@@ -552,10 +554,8 @@ def create_sampler(study: Study, stream: tuple[int, ...] = ()):
     kwargs = dict(study.sampler.kwargs)
     kwargs.pop("seed", None)
     seed = sampler_seed(study, stream)
-    classes = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
-               "random": optuna.samplers.RandomSampler}
     try:
-        return classes[study.sampler.name](seed=seed, **kwargs)
+        return getattr(optuna.samplers, SAMPLERS[study.sampler.name])(seed=seed, **kwargs)
     except TypeError as e:
         raise ConfigError("sampler", f"{study.sampler.name} does not take {kwargs}: {e}", str(study.path)) from None
 
@@ -564,13 +564,11 @@ def create_pruner(study: Study):
     """The study's Optuna pruner (epochs are the steps it sees)."""
     import optuna
 
-    classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-               "hyperband": optuna.pruners.HyperbandPruner, "asha": optuna.pruners.SuccessiveHalvingPruner}
     kwargs = dict(study.pruner.kwargs)
     if study.pruner.name == "hyperband":
         kwargs.setdefault("min_resource", 1)
         kwargs.setdefault("max_resource", study.budget.epochs)
     try:
-        return classes[study.pruner.name](**kwargs)
+        return getattr(optuna.pruners, PRUNERS[study.pruner.name])(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError("pruner", f"{study.pruner.name} does not take {kwargs}: {e}", str(study.path)) from None

@@ -26,7 +26,7 @@ A new primitive is its module plus one :func:`register` call, e.g. in a module a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -160,6 +160,13 @@ def register(primitive: Primitive) -> Primitive:
                          "runtime can find its modules")
     _REGISTRY[(primitive.slot, primitive.name)] = primitive
     return primitive
+
+
+def attach_kernel_runner(slot: str, name: str, run_on_kernels: Callable[[nn.Module, Any], nn.Module]) -> None:
+    """Give a registered primitive its ``run_on_kernels`` from the layer that owns the kernels (:mod:`kernels.runtime`
+    attaches the built-in ones when it is imported, so this package never imports it)."""
+    primitive = get(slot, name)
+    register(replace(primitive, run_on_kernels=run_on_kernels))
 
 
 def unregister(slot: str, name: str) -> None:
@@ -306,12 +313,6 @@ def _shift_linear(linear: nn.Module, block=None) -> nn.Module:
     return ShiftLinear.from_dense(linear)
 
 
-def _shift_on_kernels(layer: nn.Module, kernels) -> nn.Module:
-    from kernels.runtime import KernelShiftLinear
-
-    return KernelShiftLinear(layer, kernels)
-
-
 def _linear_attention(attn: nn.Module, block) -> nn.Module:
     from .ops.attention import LinearAttention
 
@@ -322,13 +323,6 @@ def _additive_attention(attn: nn.Module, block) -> nn.Module:
     from .ops.attention import AdditiveAttention
 
     return AdditiveAttention(attn, binarize=block.binarize)
-
-
-def _additive_on_kernels(attention: nn.Module, kernels) -> nn.Module:
-    from kernels.runtime import KernelBinaryProduct
-
-    attention.binary_product = KernelBinaryProduct(kernels)
-    return attention
 
 
 def _shift_mlp(mlp: nn.Module, block=None) -> nn.Module:
@@ -388,11 +382,11 @@ def _register_builtins() -> None:
         Primitive("attention", "linear", _linear_attention, LinearAttention,
                   kernel_tasks=products("matmul", "fp32", True), counts=_linear_attention_counts,
                   description="kernelized linear attention, elu + 1 feature map, linear in tokens"),
-        Primitive("attention", "additive", _additive_attention, AdditiveAttention, _additive_on_kernels,
+        Primitive("attention", "additive", _additive_attention, AdditiveAttention, None,
                   products("matadd", "binary_real", True, batched=True), _additive_attention_counts, on_kernels=True,
                   description="ShiftAddViT's binary linear-angular attention: its products are additions"),
         Primitive("linear", "dense", kernel_tasks=_matmul, counts=_dense_layers, description="the dense linear layer"),
-        Primitive("linear", "shift", _shift_linear, ShiftLinear, _shift_on_kernels, _matshift, _shift_layers,
+        Primitive("linear", "shift", _shift_linear, ShiftLinear, None, _matshift, _shift_layers,
                   on_kernels=True,
                   description="weights as signed powers of two: products are bit shifts"),
         Primitive("mlp", "dense", kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers), description="the dense MLP"),
