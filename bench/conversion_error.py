@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write  # noqa: E402
 
-from nas.data import digits  # noqa: E402
+from nas.training.data import digits  # noqa: E402
 from nas.study import Study  # noqa: E402
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model, create_model  # noqa: E402
 from search_spaces.families import ModelDims, family_of  # noqa: E402

@@ -33,13 +33,13 @@ from kernels.runtime import to_kernels  # noqa: E402
 from latency_model.ops import ModelDims  # noqa: E402
 from latency_model.predictor import Predictor  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402
-from nas import data  # noqa: E402
-from nas.export import study_kernels  # noqa: E402
-from nas.report import pareto_front, points  # noqa: E402
-from nas.search import open_study  # noqa: E402
+from nas.training import data  # noqa: E402
+from nas.study_latency import study_kernels  # noqa: E402
+from nas.search.report import pareto_front, points  # noqa: E402
+from nas.search.storage import open_study  # noqa: E402
 from nas.study import Study  # noqa: E402
-from nas.teacher import load_teacher  # noqa: E402
-from nas.train import evaluate  # noqa: E402
+from nas.training.teacher import load_teacher  # noqa: E402
+from nas.training.trainer import evaluate  # noqa: E402
 from search_spaces import build_model  # noqa: E402
 from search_spaces.reparam import transformer_blocks  # noqa: E402
 

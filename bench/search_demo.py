@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write  # noqa: E402
 
-from nas.export import finetune  # noqa: E402
-from nas.report import pareto_front, points  # noqa: E402
-from nas.search import open_study  # noqa: E402
+from nas.finetune import finetune  # noqa: E402
+from nas.search.report import pareto_front, points  # noqa: E402
+from nas.search.storage import open_study  # noqa: E402
 from nas.study import Study  # noqa: E402
 
 

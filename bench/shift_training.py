@@ -37,9 +37,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write  # noqa: E402
 
-from nas import data  # noqa: E402
+from nas.training import data  # noqa: E402
 from nas.study import Study  # noqa: E402
-from nas.train import LossWeights, Trainer, evaluate, standard_error  # noqa: E402
+from nas.training.trainer import LossWeights, Trainer, evaluate, standard_error  # noqa: E402
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model  # noqa: E402
 from search_spaces.ops.shift import ShiftLinear  # noqa: E402
 from search_spaces.reparam import create_model  # noqa: E402

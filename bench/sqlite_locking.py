@@ -9,7 +9,7 @@ trials stored COMPLETE (must equal workers x trials).
     python bench/sqlite_locking.py [--workers 4 8] [--trials 40] [--work-ms 0]
 
 Configurations: Optuna's RDBStorage as it comes (SQLite's 5 s busy timeout, rollback journal); a 60 s busy timeout;
-a 60 s busy timeout and WAL, which is what ``nas search`` opens (:func:`nas.search.storage_of`).
+a 60 s busy timeout and WAL, which is what ``nas search`` opens (:func:`nas.search.storage.storage_of`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CONFIGS = ("optuna defaults (5 s timeout)", "60 s busy timeout", "60 s busy time
 
 
 def _storage(config: str, url: str) -> optuna.storages.RDBStorage:
-    from nas.search import storage_of
+    from nas.search.storage import storage_of
 
     warnings.simplefilter("ignore")
     if config == CONFIGS[2]:

@@ -50,7 +50,7 @@ from ranking import kendall_tau, spearman_rho  # noqa: E402
 from record import write  # noqa: E402
 
 from nas import pipeline  # noqa: E402
-from nas.objective import Evaluator  # noqa: E402
+from nas.training.evaluator import Evaluator  # noqa: E402
 from nas.study import Study  # noqa: E402
 from search_spaces import ArchConfig  # noqa: E402
 from search_spaces.supernet import densest  # noqa: E402
@@ -148,7 +148,7 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
     from latency_model.predictor import Predictor
 
     predictor = Predictor.load(study.latency.predictor)
-    from nas.supernet import cheapest
+    from nas.training.supernet_trainer import cheapest
 
     anchors = {densest(study.space).id, cheapest(study, predictor, study.latency.batch_sizes[0]).id}
     archs = _draw(study, args.archs, args.seed, anchors)
@@ -166,7 +166,8 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
         zero = _scored(inherited, config)
         steps = _scored(tuned, config)
         row.update({"inherited_test": zero["test"], "inherited_search": zero["search"],
-                    f"after_{args.finetune_steps}_steps_test": steps["test"], "latency_ms": round(zero["latency_ms"], 4),
+                    f"after_{args.finetune_steps}_steps_test": steps["test"],
+                    "latency_ms": round(zero["latency_ms"], 4),
                     "inherited_s": round(zero["seconds"], 2), "steps_s": round(steps["seconds"], 2)})
         if split is not None:
             option, evaluator = split.evaluator(config)
@@ -181,7 +182,8 @@ def bench_study(name: str, args) -> tuple[list[dict], dict]:
                 row[f"long_test_seed{seed}"] = long["test"]
                 row[f"long_s_seed{seed}"] = round(long["seconds"], 1)
         rows.append(row)
-        print(f"{name} {i + 1}/{len(archs)} {config.id}: inherited {zero['test']:.3f}, after steps {steps['test']:.3f}, "
+        print(f"{name} {i + 1}/{len(archs)} {config.id}: inherited {zero['test']:.3f}, "
+              f"after steps {steps['test']:.3f}, "
               f"stand-alone {row[f'standalone_test_seed{args.seeds[0]}']:.3f}", flush=True)
 
     reference = [r[f"standalone_test_seed{args.seeds[0]}"] for r in rows]

@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, write  # noqa: E402
 
 from latency_model.ops import ModelDims  # noqa: E402
-from nas import data  # noqa: E402
+from nas.training import data  # noqa: E402
 from nas.study import Study  # noqa: E402
-from nas.teacher import load_teacher, pretrain  # noqa: E402
-from nas.train import LossWeights, Trainer, evaluate, standard_error  # noqa: E402
+from nas.training.teacher import load_teacher, pretrain  # noqa: E402
+from nas.training.trainer import LossWeights, Trainer, evaluate, standard_error  # noqa: E402
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model  # noqa: E402
 
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml"

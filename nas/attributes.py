@@ -7,10 +7,10 @@ skips trials without :data:`SEARCH_ACCURACY`, for example), so a rename needs a 
 
 from __future__ import annotations
 
-# ---- what a trial found (nas.objective.TrialResult.user_attrs) ----------------------------------------------------
+# ---- what a trial found (nas.training.evaluator.TrialResult.user_attrs) ------------------------------------------
 CONFIG = "config"  # the ArchConfig as JSON (ArchConfig.from_json)
 CONFIG_ID = "config_id"  # ArchConfig.id: the same architecture has the same id in every study
-RECIPE = "recipe"  # hash of the training recipe (nas.objective.training_recipe): a result is reused only under it
+RECIPE = "recipe"  # hash of the training recipe (nas.training.evaluator.training_recipe): results reused under it only
 SEARCH_ACCURACY = "search_accuracy"  # top-1 on the search split: what selects (Optuna's objective value)
 SEARCH_SE = "search_se"  # its binomial standard error
 SEARCH_IMAGES = "search_images"  # images in the search split
@@ -49,7 +49,7 @@ STUDY_LATENCY_DEVICE = "latency_device"  # the device the latencies are predicte
 STUDY_METRICS = "metrics"  # objectives.metrics: what each of the study's values is
 STUDY_ENERGY_TABLE = "energy_table"  # UnitCosts.to_dict() of the table energies are priced with
 # + a trial's number: {test_accuracy, test_se, test_images} of a supernet-mode trial, evaluated when it was first
-# reported or exported (nas.objective.score_test_split; a told trial's own attributes cannot change any more)
+# reported or exported (nas.search.objective.score_test_split; a told trial's own attributes cannot change any more)
 STUDY_TEST_SPLIT_PREFIX = "test_split:"
 
 

@@ -1,5 +1,5 @@
 """``nas export``: choose a study's trials (the Pareto front, the best, given numbers) and write each one's
-ArchConfig file with its provenance (:mod:`nas.provenance`), and in supernet mode the weights it inherited.
+ArchConfig file with its provenance (:mod:`nas.search.provenance`), and in supernet mode the weights it inherited.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from search_spaces.errors import ConfigError, StateError
 from .disk import ensure_writable
 from . import attributes as attr
 from .study import Study
-from .provenance import provenance, write_config
-from .train import standard_error
+from .search.provenance import provenance, write_config
+from .training.trainer import standard_error
 
 # Multi-objective "best": the fastest Pareto trial whose search accuracy is within this many standard errors of the
 # most accurate one's (the one-standard-error rule): closer than that, the search split cannot tell them apart.
@@ -25,9 +25,9 @@ BEST_TOLERANCE_SE = 1.0
 
 
 def pareto_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto-optimal complete trials on the study's objectives (:func:`nas.report.front_metrics`), feasible
+    """The Pareto-optimal complete trials on the study's objectives (:func:`nas.search.report.front_metrics`), feasible
     ones only when a budget applies, most accurate first; an architecture scored by several trials appears once."""
-    from .report import front_metrics, pareto_front, points
+    from .search.report import front_metrics, pareto_front, points
 
     feasible = [p for p in points(ostudy) if all(v <= 0 for v in p.trial.constraints.values())]
     return [p.trial for p in sorted(pareto_front(feasible, front_metrics(ostudy)), key=lambda p: -p.accuracy)]
@@ -38,7 +38,7 @@ def best_trial(ostudy: optuna.Study, tolerance_se: float = BEST_TOLERANCE_SE) ->
     is within ``tolerance_se`` binomial standard errors (of the most accurate one, on the search split) of the most
     accurate one, the cheapest on the study's first hardware objective (``latency_ms`` in ``[accuracy, latency_ms,
     energy_uj]``; ties broken by the next). The test accuracy plays no part in the choice."""
-    from .report import front_metrics
+    from .search.report import front_metrics
 
     if len(ostudy.directions) == 1:
         try:
@@ -82,9 +82,9 @@ def choose(ostudy: optuna.Study, which: str) -> list[FrozenTrial]:
 def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Path]:
     """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``; a trial scored in supernet mode also gets
     the weights it inherited, ``trial-<n>.safetensors`` (named in its provenance: ``nas finetune`` starts there),
-    and its test accuracy evaluated first where its trial did not (:func:`nas.objective.score_test_split`)."""
-    from .checkpoints import save_weights
-    from .objective import score_test_split
+    and its test accuracy evaluated first where its trial did not (:func:`nas.search.objective.score_test_split`)."""
+    from .training.checkpoints import save_weights
+    from .search.objective import score_test_split
 
     ensure_writable(out, "--out", need_mb=1)
     paths, supernet = [], None
@@ -96,8 +96,8 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Pa
         origin = provenance(study, trial, study_attrs)
         if trial.user_attrs.get(attr.EVALUATION) == "supernet":
             if supernet is None:
-                from .supernet import load_supernet
-                from .teacher import load_teacher
+                from .training.supernet_trainer import load_supernet
+                from .training.teacher import load_teacher
 
                 supernet = load_supernet(study, load_teacher(study))
             weights = save_weights(supernet.extract(config), out / f"trial-{trial.number}.safetensors",

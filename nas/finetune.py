@@ -16,7 +16,7 @@ from search_spaces.errors import ConfigError
 from . import attributes as attr
 from .disk import ensure_writable
 from .study_latency import measure_latency
-from .provenance import write_config
+from .search.provenance import write_config
 from .study import Study
 
 
@@ -48,8 +48,8 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
     ``epochs`` full passes over the train split (same losses as a trial), score it on the test split; save the
     weights (safetensors) and the config into ``out``; predict and (with ``measure``) time its latency on the
     kernels."""
-    from .checkpoints import save_weights
-    from .objective import Evaluator
+    from .training.checkpoints import save_weights
+    from .training.evaluator import Evaluator
 
     if config.model != study.model:
         raise ConfigError("model", f"the config is for {config.model.to_dict()}, the study's model is "

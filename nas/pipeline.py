@@ -7,6 +7,8 @@ CLI turns into progress bars. Errors are :class:`search_spaces.errors.ShiftAddEr
 
     profile -> fit_latency -> pretrain -> [supernet] -> search -> report -> export -> finetune
 
+:func:`run` runs them all in order, each skipped when done (what ``nas run`` does), telling a :class:`RunEvents`.
+
 Example::
 
     from nas import pipeline
@@ -18,12 +20,15 @@ Example::
         pipeline.fit_latency(study)
     pipeline.pretrain(study)
     summary = pipeline.search(study, "optuna", pipeline.SearchOptions(n_trials=4))
+    # or all of it at once:
+    result = pipeline.run(study, pipeline.RunOptions(search=pipeline.SearchOptions(n_trials=4)))
+    print(result.best, result.report.front)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from search_spaces.errors import ConfigError, ShiftAddError, StateError
 
 from .study_latency import where_it_pays
-from .driver import Progress, SearchEvents, SearchOptions, SearchSummary, get_driver
+from .search.driver import Progress, SearchEvents, SearchOptions, SearchSummary
+from .search.backends import get_driver
 from .study import Study
 
 if TYPE_CHECKING:
@@ -41,15 +47,16 @@ if TYPE_CHECKING:
     from latency_model.profile import Summary as ProfileSummary
     from latency_model.settings import LatencySettings
 
-    from .data import Splits
-    from .export import FinetuneResult
-    from .report import Report
-    from .supernet import SupernetResult
-    from .teacher import PretrainResult
+    from .training.data import Splits
+    from .finetune import FinetuneResult
+    from .search.report import Report
+    from .training.supernet_trainer import SupernetResult
+    from .training.teacher import PretrainResult
 
-__all__ = ["FitOptions", "FitResult", "ProfileOptions", "Progress", "SearchEvents", "SearchOptions", "SearchSummary",
-           "Validation", "FinetuneJob", "export", "finetune", "fit_latency", "in_study", "load_data", "needs_fit", "needs_pretrain", "needs_supernet",
-           "preflight", "pretrain", "profile", "report", "search", "supernet", "validate", "where_it_pays"]
+__all__ = ["FitOptions", "FitResult", "ProfileOptions", "Progress", "RunEvents", "RunOptions", "RunResult", "RunStep",
+           "SearchEvents", "SearchOptions", "SearchSummary", "Validation", "FinetuneJob", "export", "finetune",
+           "fit_latency", "in_study", "load_data", "needs_fit", "needs_pretrain", "needs_supernet", "preflight",
+           "pretrain", "profile", "report", "run", "search", "supernet", "validate", "where_it_pays"]
 
 
 @contextmanager
@@ -65,7 +72,7 @@ def load_data(study: Study) -> "Splits":
     """The study's train / search / test splits, checked against its model."""
     from latency_model.ops import ModelDims
 
-    from . import data
+    from .training import data
 
     dims = ModelDims.of(study.model)
     with in_study(study):
@@ -87,9 +94,9 @@ def validate(study: Study) -> Validation:
 
     from search_spaces.reparam import create_model
 
-    from .checkpoints import load_published
+    from .training.checkpoints import load_published
     from .study import create_pruner, create_sampler
-    from .teacher import load_teacher
+    from .training.teacher import load_teacher
 
     with in_study(study):
         create_sampler(study)  # their arguments are checked when built
@@ -240,7 +247,7 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
     predictor.meta["kernel_variants"] = table_dispatch(engine, settings.device).to_dict()
     result.path = predictor.save(out)
     if study is not None:
-        from .dashboard import publish_stored_study
+        from .search.dashboard import publish_stored_study
 
         publish_stored_study(study)  # the study's note names the predictor and its accuracy
     return result
@@ -268,7 +275,7 @@ def pretrain(study: Study, force: bool = False,
     """Train the dense teacher on the study's data (cached next to the study; ``force`` retrains).
     ``on_epoch(epoch, loss, search_accuracy)`` after each epoch; ``on_wait()`` when another process is training this
     teacher (this one waits for it, then uses its file)."""
-    from .teacher import pretrain as train_teacher
+    from .training.teacher import pretrain as train_teacher
 
     splits = load_data(study)
     return train_teacher(study, splits.train, splits.search, force=force, on_epoch=on_epoch, on_wait=on_wait)
@@ -276,7 +283,7 @@ def pretrain(study: Study, force: bool = False,
 
 def needs_pretrain(study: Study) -> bool:
     """True when the study names no checkpoint and its teacher file is missing or stale."""
-    from .teacher import is_pretrained
+    from .training.teacher import is_pretrained
 
     return study.checkpoint is None and not is_pretrained(study)
 
@@ -293,8 +300,8 @@ def supernet(study: Study, force: bool = False,
     before anything is loaded."""
     from latency_model.predictor import Predictor, PredictorError
 
-    from .supernet import check_memory, train
-    from .teacher import load_teacher
+    from .training.supernet_trainer import check_memory, train
+    from .training.teacher import load_teacher
 
     with in_study(study):
         placement = training_placement(study)
@@ -313,8 +320,8 @@ def needs_supernet(study: Study) -> bool:
     """True when the study searches in supernet mode and its supernet file is missing, unfinished or stale."""
     if not study.evaluation.supernet:
         return False
-    from .supernet import is_trained
-    from .teacher import load_teacher
+    from .training.supernet_trainer import is_trained
+    from .training.teacher import load_teacher
 
     return not is_trained(study, load_teacher(study))
 
@@ -322,7 +329,7 @@ def needs_supernet(study: Study) -> bool:
 # ---- search ---------------------------------------------------------------------------------------------------------
 def search(study: Study, backend: str = "optuna", options: SearchOptions = SearchOptions(),
            events: SearchEvents = SearchEvents()) -> SearchSummary:
-    """Run (or continue) the study's search on ``backend`` (see :mod:`nas.driver`)."""
+    """Run (or continue) the study's search on ``backend`` (see :mod:`nas.search.driver`)."""
     driver = get_driver(backend)
     driver.check(study, options)
     return driver.run(study, options, events)
@@ -336,15 +343,15 @@ def report_folder(study: Study) -> Path:
 def report(study: Study, out: Path | None = None, on_test: Callable[[int], None] | None = None) -> "Report":
     """The Pareto plot, the allocation chart and the CSV of the study's trials, in ``out`` (default:
     ``<study folder>/runs/<name>/report``). The front's and the reference trials' test accuracy is evaluated first
-    where their trials did not (supernet mode, :func:`nas.objective.score_test_split`; ``on_test(trial number)`` before
-    each)."""
+    where their trials did not (supernet mode, :func:`nas.search.objective.score_test_split`; ``on_test(trial number)``
+    before each)."""
     from .disk import ensure_writable
-    from .objective import score_test_split
-    from .report import report as write_report
-    from .report import shown_trials
-    from .search import open_study
+    from .search.objective import score_test_split
+    from .search.report import report as write_report
+    from .search.report import shown_trials
+    from .search.storage import open_study
 
-    from .dashboard import artifact_location, artifact_store, publish_study, replace_study_artifacts
+    from .search.dashboard import artifact_location, artifact_store, publish_study, replace_study_artifacts
 
     out = ensure_writable(out or report_folder(study) / "report", "--out", need_mb=1)
     ostudy = open_study(study, create=False)
@@ -364,7 +371,7 @@ def report(study: Study, out: Path | None = None, on_test: Callable[[int], None]
 def export(study: Study, which: str, out: Path) -> list[Path]:
     """Write the ArchConfig files of the chosen trials (``best``, ``pareto`` or a trial number) into ``out``."""
     from .export import export as write_configs
-    from .search import open_study
+    from .search.storage import open_study
 
     return write_configs(study, open_study(study, create=False), which, out)
 
@@ -385,7 +392,7 @@ class FinetuneJob:
         """An exported (or plain) ArchConfig file; the study is the one the export names unless ``study_file`` is
         given, ``epochs`` defaults to its ``budget.finetune_epochs``, ``device`` (``--device``) overrides its
         ``train.device``."""
-        from .export import named_study, read_export
+        from .search.provenance import named_study, read_export
 
         study_file = study_file or named_study(config_file)
         # the study first: its plugins register primitives the config may name
@@ -411,8 +418,8 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
     from latency_model.settings import check_compiler
 
     from . import attributes as attr
-    from .dashboard import note_finetune
-    from .export import finetune as train_config
+    from .search.dashboard import note_finetune
+    from .finetune import finetune as train_config
 
     if measure and job.study.latency.compiled:
         check_compiler()  # said before the training, not after it
@@ -442,8 +449,155 @@ def preflight(study: Study, out: Path) -> None:
         ensure_writable(study.teacher_path.parent, "model.checkpoint")
     if study.evaluation.supernet:  # and the supernet, which must fit in memory
         ensure_writable(study.supernet_path.parent, "evaluation.mode")
-        from .supernet import check_memory
+        from .training.supernet_trainer import check_memory
 
         check_memory(study, training_placement(study))
     ensure_database_writable(study.storage, "storage")
     ensure_writable(out, "--out")
+
+
+# ---- run: every step, in order --------------------------------------------------------------------------------------
+RUN_STEPS = ("profile", "fit-latency", "pretrain", "supernet", "search", "report", "export")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What :func:`run` takes besides the study: the search backend and its options, the profile's tuning trials per
+    kernel (None: the study's ``latency.trials``) and the folder of the report and the exported best trial (None:
+    :func:`report_folder`)."""
+
+    backend: str = "optuna"
+    search: SearchOptions = field(default_factory=SearchOptions)
+    kernel_trials: int | None = None
+    out: Path | None = None
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """A step of :func:`run` as it starts: its number of :attr:`total` (pretrain and supernet share one), its name
+    (one of :data:`RUN_STEPS`) and whether it does work (False: up to date, ``cached`` names the file it uses)."""
+
+    number: int
+    name: str
+    runs: bool
+    cached: str = ""
+    total: int = 6
+
+
+class RunEvents:
+    """What :func:`run` tells as it goes; every method is a no-op here (``nas run`` subclasses it to draw progress
+    bars and print each result). :meth:`step` returns the context a step's work runs in."""
+
+    def step(self, step: RunStep) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def result(self, step: RunStep, result: Any) -> None:
+        """A step's result value (what its own function returns)."""
+
+    def waiting(self, step: str) -> None:
+        """Another process holds what this step writes (the table, the teacher, the supernet): waiting for it."""
+
+    def profile_started(self, job: Any, index: int, total: int) -> None: ...
+
+    def profile_done(self, job: Any, seconds: float) -> None: ...
+
+    def profile_noisy(self, job: Any, timing: Any, attempt: int) -> None: ...
+
+    def pretrain_epoch(self, epoch: int, loss: float, accuracy: float) -> None: ...
+
+    def supernet_step(self, step: int, steps: int, loss: float) -> None: ...
+
+    def search_events(self) -> SearchEvents:
+        return SearchEvents()
+
+    def test_split(self, trial_number: int) -> None:
+        """A supernet-mode trial of the front has its test split evaluated (the report needs it)."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` did: each step's result (None where it did no work or the run stopped before it), the
+    report, the exported best trial's file, the seconds it took, and why it stopped early (None: it did not)."""
+
+    out: Path
+    profiled: "ProfileSummary | None" = None
+    fitted: "FitResult | None" = None
+    pretrained: "PretrainResult | None" = None
+    supernet: "SupernetResult | None" = None
+    searched: SearchSummary | None = None
+    report: "Report | None" = None
+    best: Path | None = None
+    seconds: float = 0.0
+    stopped: str | None = None
+
+
+def run(study: Study, options: RunOptions = RunOptions(), events: RunEvents = RunEvents()) -> RunResult:
+    """Every step of a search, each skipped when done: profile (what the table lacks) -> fit-latency (when the table
+    changed) -> pretrain (no teacher yet) [-> supernet, in supernet mode] -> search -> report -> export the best
+    trial. Every place a step writes to is checked before the first (:func:`preflight`). The run stops before the
+    search, with :attr:`RunResult.stopped` saying why, when the profile left noisy timings or the predictor failed
+    its check: a search priced by either optimises a number no machine produces."""
+    import time
+
+    driver = get_driver(options.backend)
+    driver.check(study, options.search)  # a flag the backend refuses: said before step 1
+    started = time.perf_counter()
+    done = RunResult(out=options.out or report_folder(study))
+    preflight(study, done.out)
+
+    def finish(stopped: str | None = None) -> RunResult:
+        done.seconds, done.stopped = time.perf_counter() - started, stopped
+        return done
+
+    # profiling what the table already holds is a quick no-op, and it catches a space with shapes the table lacks
+    # (another study's predictor file in the same folder, shapes that failed last time)
+    step = RunStep(1, "profile", True)
+    with events.step(step):
+        done.profiled = profile(study, ProfileOptions(trials=options.kernel_trials), on_start=events.profile_started,
+                                on_done=events.profile_done, on_noisy=events.profile_noisy,
+                                on_wait=lambda: events.waiting("profile"))
+    events.result(step, done.profiled)
+    if done.profiled.noisy:
+        return finish("a search priced by noisy timings optimises a number no machine produces")
+
+    step = RunStep(2, "fit-latency", needs_fit(study, done.profiled), cached=study.latency.predictor)
+    with events.step(step):
+        if step.runs:
+            done.fitted = fit_latency(study, FitOptions())
+    if done.fitted is not None:
+        events.result(step, done.fitted)
+        if done.fitted.refused is not None:
+            return finish("the predictor did not pass its check")
+
+    step = RunStep(3, "pretrain", needs_pretrain(study), cached=str(study.teacher_path))
+    with events.step(step):
+        if step.runs:
+            done.pretrained = pretrain(study, on_epoch=events.pretrain_epoch,
+                                       on_wait=lambda: events.waiting("pretrain"))
+    if done.pretrained is not None:
+        events.result(step, done.pretrained)
+
+    if study.evaluation.supernet:
+        step = RunStep(3, "supernet", needs_supernet(study), cached=str(study.supernet_path))
+        with events.step(step):
+            if step.runs:
+                done.supernet = supernet(study, on_step=events.supernet_step,
+                                         on_wait=lambda: events.waiting("supernet"))
+        if done.supernet is not None:
+            events.result(step, done.supernet)
+
+    step = RunStep(4, "search", True)
+    with events.step(step):
+        done.searched = driver.run(study, options.search, events.search_events())
+    events.result(step, done.searched)
+
+    step = RunStep(5, "report", True)
+    with events.step(step):
+        done.report = report(study, done.out / "report", on_test=events.test_split)
+    events.result(step, done.report)
+
+    step = RunStep(6, "export", True)
+    with events.step(step):
+        done.best = export(study, "best", done.out / "best")[0]
+    events.result(step, done.best)
+    return finish()

@@ -83,7 +83,6 @@ from latency_model.settings import LatencySettings
 from search_spaces.config import ConfigError, ModelSpec, _check_keys
 from search_spaces.space import SearchSpace
 
-from .shapes import DEFAULT_IMAGES
 
 SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "energy", "budget", "train",
             "evaluation", "sampler", "pruner", "storage", "search", "artifacts")
@@ -94,6 +93,7 @@ SAMPLERS = {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "random": "RandomSamp
 PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "hyperband": "HyperbandPruner",
            "asha": "SuccessiveHalvingPruner"}
 DATA_SOURCES = ("shapes", "digits", "imagefolder")
+DEFAULT_IMAGES = 8000  # the shapes task's size when a study does not give data.images
 MAX_SHAPES_IMAGES = 200_000  # 2.4 GB of float32 images: more than that belongs in an imagefolder
 
 
@@ -132,7 +132,7 @@ class DataSpec:
     test_fraction: float = 0.2
     search_fraction: float = 0.2
     seed: int = 0
-    images: int | None = None  # shapes only: the generated task's size (default nas.shapes.DEFAULT_IMAGES)
+    images: int | None = None  # shapes only: the generated task's size (default DEFAULT_IMAGES)
 
     @classmethod
     def from_dict(cls, data: Any, base: Path) -> "DataSpec":
@@ -366,7 +366,7 @@ class Study:
     evaluation: EvaluationSettings = EvaluationSettings()
     energy: EnergySettings = EnergySettings()
     plugins: tuple[str, ...] = ()
-    artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.dashboard.artifact_location: the default)
+    artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.search.dashboard.artifact_location: the default)
     pretrained: bool | Path = False  # nas pretrain starts from timm's published weights: True (the hub) or a file
     # the latency: section as written, before the defaults that depend on the target and the folder were filled in
     declared_latency: LatencySettings = field(default=LatencySettings(), repr=False, compare=False)

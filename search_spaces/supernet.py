@@ -246,7 +246,7 @@ class Supernet(nn.Module):
                 _copy_own(block.attn, attn.options[choice.attention], f"attention {choice.attention}")
             if choice.mlp == "moe":
                 _copy_own(block.mlp, mlp.moe, "moe")
-                block.mlp.expert_latency.fill_(1.0)  # set per trial from the predictor (nas.objective)
+                block.mlp.expert_latency.fill_(1.0)  # set per trial from the predictor (nas.search.objective)
         return model.eval()
 
 

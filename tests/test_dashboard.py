@@ -13,7 +13,7 @@ import yaml
 from optuna.trial import TrialState
 
 from nas.cli import main
-from nas.dashboard import architecture_table, artifact_store, trial_note
+from nas.search.dashboard import architecture_table, artifact_store, trial_note
 from nas.study import Study
 from search_fixtures import TINY_MODEL, free_port, stored_trials
 from search_spaces import ArchConfig, BlockConfig, ConfigError, MoEConfig
@@ -103,8 +103,8 @@ def test_the_dashboard_shows_notes_and_artifacts_of_a_finished_search(searchable
 def test_a_refit_updates_the_study_note_and_an_unchanged_one_is_not_rewritten(searchable, tmp_path):
     from optuna_dashboard import get_note
 
-    from nas.dashboard import publish_study
-    from nas.search import open_study
+    from nas.search.dashboard import publish_study
+    from nas.search.storage import open_study
 
     study_file = searchable(tmp_path, budget={"n_trials": 1})
     assert main(["search", str(study_file)]) == 0

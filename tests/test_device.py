@@ -9,9 +9,9 @@ from torch.utils.data import TensorDataset
 from nas import device as devices
 from nas.cli import main
 from nas.device import Placement, resolve, worker_device
-from nas.driver import SearchOptions
+from nas.search.driver import SearchOptions
 from nas.study import Study
-from nas.train import LossWeights, Trainer, evaluate
+from nas.training.trainer import LossWeights, Trainer, evaluate
 from search_fixtures import TINY_MODEL, write_study
 from search_spaces import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig, build_model
 
@@ -90,8 +90,8 @@ def test_cuda_without_a_gpu_is_one_line_at_validate_and_before_any_work(tmp_path
 
 
 def test_device_settings_are_checked_and_are_not_part_of_the_recipe(tmp_path):
-    from nas.objective import training_recipe
-    from nas.teacher import _fingerprint
+    from nas.training.evaluator import training_recipe
+    from nas.training.teacher import _fingerprint
 
     path = tmp_path / "s.yaml"
     for bad, where in (({"device": "gpu"}, "train.device"), ({"device": "cuda:x"}, "train.device"),
@@ -119,7 +119,8 @@ def test_workers_share_the_gpus_round_robin_and_ray_trials_use_the_one_ray_gives
     monkeypatch.setattr(devices, "cuda_count", lambda: 1)
     assert worker_device("auto", 1) == "auto"
 
-    ray_search = pytest.importorskip("nas.ray_search", reason="Ray is not installed (a GPU machine's carried set)")
+    ray_search = pytest.importorskip("nas.search.ray_backend",
+                                     reason="Ray is not installed (a GPU machine's carried set)")
     trial_device, RayDriver = ray_search.trial_device, ray_search.RayDriver
     assert trial_device("auto", 0) == "cpu" and trial_device("auto", 1) == "cuda" and trial_device("cpu", 1) == "cpu"
     path = tmp_path / "s.yaml"
@@ -132,7 +133,7 @@ def test_workers_share_the_gpus_round_robin_and_ray_trials_use_the_one_ray_gives
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_a_trial_trains_and_is_scored_on_the_gpu(searchable, tmp_path):
-    from nas.objective import Evaluator
+    from nas.training.evaluator import Evaluator
 
     study = Study.load(searchable(tmp_path, train={"device": "cuda", "precision": "bf16"}))
     evaluator = Evaluator(study)

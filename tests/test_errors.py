@@ -14,21 +14,22 @@ import latency_model
 import nas
 import search_spaces
 from nas.cli import main
-from nas.driver import SearchOptions, get_driver
+from nas.search.driver import SearchOptions
+from nas.search.backends import get_driver
 from nas.study import Study
 from search_fixtures import TINY_MODEL, write_study
 from search_spaces.errors import ConfigError, ResourceError, ShiftAddError, StateError
 
 KINDS = (ConfigError, ResourceError, StateError)
 # Exceptions used for control flow inside one module, never shown to a user.
-INTERNAL = {"nas.objective.Pruned"}
+INTERNAL = {"nas.training.evaluator.Pruned"}
 
 
 def _product_modules():
     for package in (search_spaces, kernels, latency_model, nas):
         yield package
         for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
-            if info.name.startswith("nas.upstream.ray") or info.name == "nas.ray_search":
+            if info.name.startswith("nas.upstream.ray") or info.name == "nas.search.ray_backend":
                 continue  # importing Ray is slow and defines no error of ours beyond the driver's (checked below)
             yield importlib.import_module(info.name)
 
@@ -39,8 +40,8 @@ def test_every_error_of_the_product_is_one_of_three_kinds():
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, BaseException) and cls.__module__ == module.__name__:
                 found[f"{cls.__module__}.{name}"] = cls
-    assert {"kernels.spec.KernelError", "latency_model.db.LatencyDBError", "nas.search.SearchError",
-            "latency_model.predictor.PredictorError", "nas.train.TrainingDiverged"} <= set(found)
+    assert {"kernels.spec.KernelError", "latency_model.db.LatencyDBError", "nas.search.storage.SearchError",
+            "latency_model.predictor.PredictorError", "nas.training.trainer.TrainingDiverged"} <= set(found)
     for qualified, cls in found.items():
         if qualified in INTERNAL or cls in (ShiftAddError, *KINDS):
             continue

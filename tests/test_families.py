@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from latency_model.ops import config_ops, kernel_tasks, space_ops
-from nas.checkpoints import load_weights
+from nas.training.checkpoints import load_weights
 from nas.cli import main
 from search_fixtures import stored_trials
 from search_spaces import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig, SearchSpace, build_model

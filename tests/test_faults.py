@@ -214,7 +214,7 @@ def test_a_shape_that_fails_to_compile_is_recorded_and_the_profile_goes_on(tmp_p
 
 
 def test_a_rerun_before_a_dead_workers_trial_expires_says_so(searchable, tmp_path, capsys):
-    from nas.search import open_study
+    from nas.search.storage import open_study
     from nas.upstream.optuna_internals import record_heartbeat
 
     study_file = searchable(tmp_path, budget={"n_trials": 2})  # heartbeat_s 60: a silent trial expires after 120 s

@@ -217,7 +217,7 @@ def test_moe_experts_are_priced_at_the_buckets_each_image_runs_them_at():
 
 
 def test_a_trials_moe_price_is_the_average_of_its_images_prices(profiled):
-    from nas.train import evaluate
+    from nas.training.trainer import evaluate
     from latency_model.predictor import router_loads
 
     space, settings, predictor, root = profiled

@@ -9,7 +9,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from nas.checkpoints import load_published
+from nas.training.checkpoints import load_published
 from nas.cli import main
 from nas.study import Study
 from search_fixtures import TINY_MODEL

@@ -13,7 +13,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from nas.checkpoints import load_model
+from nas.training.checkpoints import load_model
 from nas.cli import main
 from nas.study import Study
 from search_spaces import ArchConfig
@@ -68,8 +68,8 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     note = get_note(optuna.trial.Trial(ostudy, ostudy.trials[data["provenance"]["trial"]]._trial_id))
     assert f"after `nas finetune` (1 epoch): test {result['test_accuracy']:.4f}" in note
     # the documented one-call rebuild gives the fine-tuned model: same test accuracy
-    from nas import data as datasets
-    from nas.train import evaluate
+    from nas.training import data as datasets
+    from nas.training.trainer import evaluate
 
     model = load_model(tuned / "arch.yaml", tuned / "model.safetensors")
     test = datasets.load(Study.load(study_file).data, 16, 10).test
@@ -212,7 +212,7 @@ def test_pretrain_is_cached_and_retrains_when_the_study_changes(tmp_path, capsys
 
 
 def test_every_trial_fine_tunes_all_weights_and_leaves_the_teacher_alone(searchable, tmp_path):
-    from nas.objective import Evaluator
+    from nas.training.evaluator import Evaluator
 
     study = Study.load(searchable(tmp_path))
     evaluator = Evaluator(study)
@@ -250,18 +250,38 @@ def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
     assert all(t.user_attrs.get("duplicate_of", 6) >= 6 for t in later)
 
 
-def test_nas_run_chains_the_steps_and_reuses_what_is_done(searchable, tmp_path, capsys):
+def test_run_chains_the_steps_and_reuses_what_is_done(searchable, tmp_path):
+    from nas import pipeline
+
+    class Recorder(pipeline.RunEvents):
+        def __init__(self) -> None:
+            self.steps: list[tuple[str, bool]] = []
+            self.results: dict[str, object] = {}
+
+        def step(self, step):
+            self.steps.append((step.name, step.runs))
+            return super().step(step)
+
+        def result(self, step, result) -> None:
+            self.results[step.name] = result
+
     study_file = searchable(tmp_path, budget={"n_trials": 2})
+    study = Study.load(study_file)
     out = tmp_path / "run"
-    assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
-    said = " ".join(capsys.readouterr().out.split())
-    assert "measured 0, already in the table" in said and "(up to date)" in said  # profiled before: nothing new
-    assert "teacher:" in said and "(cached)" in said and "2 trial(s) finished in this run" in said
+    options = pipeline.RunOptions(kernel_trials=0, out=out)
+    events = Recorder()
+    result = pipeline.run(study, options, events)
+    assert result.stopped is None and result.out == out
+    # profiled before (nothing new), the predictor up to date, the teacher a checkpoint: only the search works
+    assert events.steps == [("profile", True), ("fit-latency", False), ("pretrain", False), ("search", True),
+                            ("report", True), ("export", True)]
+    assert result.profiled.measured == [] and result.fitted is None and result.pretrained is None
+    assert result.searched.ran == 2 and events.results["search"] is result.searched
     assert (out / "report" / "pareto.png").is_file() and (out / "report" / "trials.csv").is_file()
-    best = sorted((out / "best").glob("trial-*.yaml"))
-    assert len(best) == 1 and ArchConfig.load(best[0]).depth == 2
-    assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0  # all done: no new trial
-    assert "0 trial(s) finished in this run" in " ".join(capsys.readouterr().out.split())
+    assert result.best.parent == out / "best" and ArchConfig.load(result.best).depth == 2
+    assert events.results["export"] == result.best and events.results["report"] is result.report
+    again = pipeline.run(study, options)  # all done: no new trial
+    assert again.searched.ran == 0 and again.best == result.best
     assert len(stored_trials(study_file)) == 2
 
 

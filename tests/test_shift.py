@@ -111,7 +111,7 @@ def test_a_latent_step_across_a_rounding_boundary_changes_the_code_and_zero_has_
 
 
 def test_checkpoints_of_the_earlier_shift_and_sign_parameters_still_load(tmp_path):
-    from nas.checkpoints import load_weights, save_weights
+    from nas.training.checkpoints import load_weights, save_weights
 
     layer = ShiftLinear.from_dense(nn.Linear(6, 3))
     shift, sign = layer.quantized()

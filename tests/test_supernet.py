@@ -82,7 +82,7 @@ def _study(searchable, folder: Path, **evaluation) -> Path:
 
 def test_every_choice_trains_under_the_sandwich_rule(searchable, tmp_path):
     from nas import pipeline
-    from nas.teacher import load_teacher
+    from nas.training.teacher import load_teacher
 
     study = Study.load(_study(searchable, tmp_path, supernet_steps=8, random_subnets=3))
     before = Supernet.from_dense(load_teacher(study), study.space)
@@ -95,7 +95,7 @@ def test_every_choice_trains_under_the_sandwich_rule(searchable, tmp_path):
     rng = np.random.default_rng(1)
     drawn = [predictor.predict(study.space.sample(rng)).total_ms for _ in range(30)]
     assert predictor.predict(result.cheapest).total_ms <= min(drawn)  # the sandwich's cheap anchor is the cheapest
-    from nas.supernet import load_supernet
+    from nas.training.supernet_trainer import load_supernet
 
     trained = load_supernet(study, load_teacher(study))
     unmoved = [n for n, p in trained.named_parameters()
@@ -110,8 +110,8 @@ def test_a_sub_supernet_of_one_fixed_decision_starts_from_its_parent(searchable,
     """Few-shot splitting: a sub-supernet (block 0's attention fixed) continues from the one-shot supernet's
     weights, not from the teacher's."""
     from nas import pipeline
-    from nas.supernet import load_supernet
-    from nas.teacher import load_teacher
+    from nas.training.supernet_trainer import load_supernet
+    from nas.training.teacher import load_teacher
 
     parent = Study.load(_study(searchable, tmp_path / "parent", supernet_steps=4))
     pipeline.supernet(parent)
@@ -133,12 +133,12 @@ def test_a_sub_supernet_of_one_fixed_decision_starts_from_its_parent(searchable,
 
 
 def test_a_killed_training_resumes_from_its_last_checkpoint(searchable, tmp_path):
-    from nas.supernet import read_checkpoint, fingerprint
-    from nas.teacher import load_teacher
+    from nas.training.supernet_trainer import read_checkpoint, fingerprint
+    from nas.training.teacher import load_teacher
 
     study_file = _study(searchable, tmp_path, supernet_steps=400)
     study = Study.load(study_file)
-    code = ("import nas.supernet as s; s.CHECKPOINT_EVERY_S = 0.2; from nas.cli import main; "
+    code = ("import nas.training.supernet_trainer as s; s.CHECKPOINT_EVERY_S = 0.2; from nas.cli import main; "
             f"main(['supernet', {str(study_file)!r}])")
     worker = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
@@ -203,9 +203,9 @@ def test_a_file_of_another_space_truncated_or_edited_is_refused_with_one_line(se
 
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
 def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_them(backend, searchable, tmp_path):
-    from nas.checkpoints import load_weights
-    from nas.supernet import load_supernet
-    from nas.teacher import load_teacher
+    from nas.training.checkpoints import load_weights
+    from nas.training.supernet_trainer import load_supernet
+    from nas.training.teacher import load_teacher
 
     study_file = _study(searchable, tmp_path, finetune_steps=2 if backend == "ray" else 0)
     assert main(["supernet", str(study_file)]) == 0
@@ -228,7 +228,7 @@ def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_the
     # the export evaluated the test split of the trials it wrote (as the trial would have), and kept it for the
     # report; the samplers never see it
     if backend == "optuna":  # (the ray trial took finetune_steps of training: its model is not the bare subnet)
-        from nas.objective import Evaluator
+        from nas.training.evaluator import Evaluator
 
         expected = Evaluator(study).evaluate_test(supernet.extract(config)).accuracy
         assert provenance["test_accuracy"] == pytest.approx(expected)
@@ -254,7 +254,10 @@ def test_nas_run_trains_the_supernet_after_the_teacher_and_reuses_it(searchable,
     out = tmp_path / "run"
     assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
     said = " ".join(capsys.readouterr().out.split())
+    assert "1/6 profile" in said and "measured 0, already in the table" in said  # profiled before: nothing new
+    assert "2/6 latency predictor:" in said and "(up to date)" in said and "3/6 teacher:" in said
     assert "3/6 supernet" in said and "trained the supernet for 3 steps" in said
+    assert "2 trial(s) finished in this run" in said and "Pareto front" in said and "best: " in said
     assert {t.user_attrs["evaluation"] for t in stored_trials(study_file)} == {"supernet"}
     assert next((out / "best").glob("trial-*.safetensors"))  # the best trial's inherited weights
     assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nas import data
-from nas.checkpoints import load_weights, read_weights, save_weights
+from nas.training import data
+from nas.training.checkpoints import load_weights, read_weights, save_weights
 from nas.study import DataSpec
-from nas.train import LossWeights, Trainer, TrainingDiverged, distillation_loss, evaluate
+from nas.training.trainer import LossWeights, Trainer, TrainingDiverged, distillation_loss, evaluate
 from search_spaces import ArchConfig, ConfigError, build_model
 from search_spaces.reparam import create_model
 
@@ -134,7 +134,7 @@ def test_three_splits_are_disjoint_stratified_and_seeded():
 
 
 def test_parameter_groups_decay_only_the_weights_of_multiplying_layers(tiny_spec):
-    from nas.train import parameter_groups
+    from nas.training.trainer import parameter_groups
     from search_spaces.ops import ShiftLinear
     from search_spaces.ops.moe import MoEMlp
 
@@ -186,7 +186,7 @@ def test_shift_codes_move_and_accuracy_gains_under_the_trial_recipe(tiny_spec):
 def test_the_shapes_task_is_generated_offline_seeded_balanced_and_split_three_ways(monkeypatch):
     import socket
 
-    from nas import shapes
+    from nas.training import shapes_dataset as shapes
 
     def no_network(*args, **kwargs):
         raise AssertionError("the shapes task must not touch the network")

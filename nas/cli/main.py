@@ -20,8 +20,8 @@ from search_spaces import ArchConfig, build_model
 from search_spaces.errors import ShiftAddError
 from search_spaces.reparam import weight_counts
 
-from .process import quiet_optuna_logging
-from .study import Study
+from ..process import quiet_optuna_logging
+from ..study import Study
 from . import kernel_commands, latency_commands, search_commands
 
 console = Console()
@@ -63,8 +63,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     the primitives it uses)."""
     from pathlib import Path
 
-    from .export import named_study
-    from .study import Study
+    from ..search.provenance import named_study
+    from ..study import Study
 
     study_file = args.study or named_study(args.config)
     if study_file is not None and (args.study or Path(study_file).is_file()):

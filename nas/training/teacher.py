@@ -21,10 +21,10 @@ from search_spaces.errors import ConfigError, StateError
 from search_spaces.reparam import create_model
 
 from .checkpoints import load_published, load_weights, save_weights
-from .disk import ensure_writable, lock_beside
-from .study import Study
-from .device import resolve
-from .train import LossWeights, Trainer, evaluate
+from ..disk import ensure_writable, lock_beside
+from ..study import Study
+from ..device import resolve
+from .trainer import LossWeights, Trainer, evaluate
 
 
 @dataclass(frozen=True)

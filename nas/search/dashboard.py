@@ -34,9 +34,9 @@ from latency_model.energy import NOTE as ENERGY_NOTE
 from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError, ResourceError
 
-from . import attributes as attr
-from .study import Study
-from .upstream.optuna_internals import remove_study_artifact, study_artifacts
+from .. import attributes as attr
+from ..study import Study
+from ..upstream.optuna_internals import remove_study_artifact, study_artifacts
 
 # What each reference trial is, for its note and the study's.
 REFERENCES = {"dense": "the all-dense model (the teacher's architecture)",
@@ -263,7 +263,7 @@ def note_finetune(study: Study, number: int, finetuned: Mapping[str, Any]) -> bo
 
 def note_test_split(study: Study, ostudy: optuna.Study, number: int) -> None:
     """Rewrite a stored trial's note with the test accuracy evaluated after it
-    (:func:`nas.objective.score_test_split`)."""
+    (:func:`nas.search.objective.score_test_split`)."""
     from optuna_dashboard import save_note
 
     frozen = ostudy.get_trials(deepcopy=False)[number]
@@ -279,7 +279,7 @@ def _stored(study: Study) -> optuna.Study | None:
 
     from search_spaces.errors import StateError
 
-    from .search import open_study
+    from .storage import open_study
 
     url = make_url(study.storage)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
@@ -318,7 +318,7 @@ def _predictor_lines(study: Study) -> list[str]:
 
 def _pays_lines(study: Study) -> list[str]:
     """Where each choice pays, as the study's predictor prices it (:mod:`latency_model.pays`)."""
-    from .study_latency import where_it_pays
+    from ..study_latency import where_it_pays
 
     pays = where_it_pays(study)
     if pays is None or not pays.ratios:
@@ -334,7 +334,7 @@ def _pays_lines(study: Study) -> list[str]:
 
 
 def _tuning_line(study: Study) -> str:
-    from .study_latency import profiled_trials
+    from ..study_latency import profiled_trials
 
     try:
         trials = profiled_trials(study)

@@ -1,5 +1,5 @@
-"""Datasets: ``shapes`` is generated here (:mod:`nas.shapes`: 10 classes of 32x32 glyph scenes, seeded, the
-quick-start's task); ``digits`` ships offline with scikit-learn (1,797 real 8x8 handwritten digits, upsampled here);
+"""Datasets: ``shapes`` is generated here (:mod:`nas.training.shapes_dataset`: 10 classes of 32x32 glyph scenes,
+seeded, the quick-start's task); ``digits`` ships offline with scikit-learn (1,797 real 8x8 handwritten digits, upsampled here);
 ``imagefolder`` reads the user's images from ``train/<class>/`` and ``val/<class>/`` folders.
 
 Every study sees three disjoint splits (:class:`Splits`):
@@ -24,10 +24,10 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from search_spaces.config import ConfigError
 
-from .shapes import DEFAULT_IMAGES
+from ..study import DEFAULT_IMAGES
 
 if TYPE_CHECKING:
-    from .study import DataSpec
+    from ..study import DataSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -109,10 +109,10 @@ def digits(img_size: int = 32, split: str = "train", test_fraction: float = 0.2,
 
 def shapes(img_size: int = 32, images: int = DEFAULT_IMAGES, test_fraction: float = 0.2, seed: int = 0
            ) -> tuple[TensorDataset, TensorDataset]:
-    """The generated shapes task (:func:`nas.shapes.generate`) as ``(pool, test)``: ``[N, 3, img_size, img_size]``
-    images in [-1, 1] (resized from 32x32 when ``img_size`` differs) and labels; the test set is a stratified
+    """The generated shapes task (:func:`nas.training.shapes_dataset.generate`) as ``(pool, test)``:
+    ``[N, 3, img_size, img_size]`` images in [-1, 1] (resized from 32x32 when ``img_size`` differs) and labels; the test set is a stratified
     ``test_fraction``, the pool is what train and search are carved from."""
-    from .shapes import IMG_SIZE, generate
+    from .shapes_dataset import IMG_SIZE, generate
 
     pixels, labels = generate(images, seed)
     tensor = torch.from_numpy(pixels)

@@ -24,7 +24,7 @@ from latency_model.pays import SLOTS, WhereItPays
 from search_spaces import ArchConfig
 from search_spaces.space import block_options
 
-from . import attributes as attr
+from .. import attributes as attr
 
 
 METRIC_LABELS = {"latency_ms": "predicted latency (ms)",

@@ -1,4 +1,4 @@
-"""The Optuna objective around an :class:`~nas.evaluator.Evaluator` (suggest a config, reuse a repeated
+"""The Optuna objective around an :class:`~nas.training.evaluator.Evaluator` (suggest a config, reuse a repeated
 architecture's result, report per epoch for pruners, store the user attributes and constraints), and the test split
 of supernet-mode trials scored after the search, for the front a report shows and the trials an export writes.
 """
@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from search_spaces import ArchConfig
 
-from . import attributes as attr
-from .evaluator import Evaluator, Pruned, tested_attrs, training_recipe
-from .study import Study
+from .. import attributes as attr
+from ..training.evaluator import Evaluator, Pruned, tested_attrs, training_recipe
+from ..study import Study
 
 if TYPE_CHECKING:
     import optuna

@@ -7,7 +7,8 @@ PRUNED, not COMPLETE with a partial value; a trial whose worker died is FAIL eve
 Optuna trial carries the Ray trial id, the node, and the same user attributes as the Optuna backend.
 
 The trainable gets the study text, the teacher, the predictor and (supernet mode) the supernet's weights through
-Ray's object store, so a worker node needs neither the study folder nor the files in it (an ``imagefolder`` dataset must still be on a shared path).
+Ray's object store, so a worker node needs neither the study folder nor the files in it (an ``imagefolder`` dataset
+must still be on a shared path).
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.errors import ConfigError
 
-from . import attributes as attr
+from .. import attributes as attr
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
-from .device import Placement
-from .disk import ensure_database_writable, ensure_writable
-from .process import set_torch_threads, set_tvm_threads
+from ..device import Placement
+from ..disk import ensure_database_writable, ensure_writable
+from ..process import set_torch_threads, set_tvm_threads
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
-from .search import SearchError, open_study, storage_of
-from .study import Study, create_sampler, sampler_seed
-from .upstream import ray_internals
-from .upstream.optuna_internals import fail_trial
+from .storage import SearchError, open_study, storage_of
+from ..study import Study, create_sampler, sampler_seed
+from ..upstream import ray_internals
+from ..upstream.optuna_internals import fail_trial
 
 FINAL = "final"  # set in the last result of a trial that ran to the end
 NODE_KEYS = ("hostname", "node_ip", "node_id", "pid")  # where a Ray result came from (stored as ray_<key>)
@@ -68,7 +69,7 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
     from latency_model.predictor import Predictor
     from search_spaces.reparam import create_model
 
-    from .objective import Evaluator
+    from ..training.evaluator import Evaluator
 
     study = Study.parse(study_text, study_path).on_device(device)
     arch = study.space.from_params(_flatten(config))
@@ -76,7 +77,7 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
     teacher.load_state_dict(teacher_state)
     supernet = None
     if supernet_state is not None:  # supernet mode: the trained weights came through the object store
-        from .supernet import supernet_from_state
+        from ..training.supernet_trainer import supernet_from_state
 
         supernet = supernet_from_state(study, teacher.eval(), supernet_state)
     evaluator = Evaluator(study, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor), supernet=supernet)
@@ -132,7 +133,7 @@ class StudySearcher(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._sampler_seed = sampler_seed  # recorded on each trial
         self._arch_space = arch_space  # rebuilds a trial's ArchConfig from its parameters
-        self._study, self._store = study, artifacts  # each trial's note and artifact (nas.dashboard)
+        self._study, self._store = study, artifacts  # each trial's note and artifact (nas.search.dashboard)
         self._budgets = budgets or {}  # hardware metric -> budget: a constraint each (as the Optuna backend's)
         self._where: dict[str, dict[str, Any]] = {}  # Ray trial id -> the node it last reported from
         # like the Optuna backend's timeout: no new trial after it, running ones finish (Tune's time_budget_s
@@ -234,8 +235,8 @@ class RayDriver(SearchDriver):
         import ray
         from ray import tune
 
-        from .objective import Evaluator
-        from .supernet import supernet_state
+        from ..training.evaluator import Evaluator
+        from ..training.supernet_trainer import supernet_state
 
         self.check(study, options)
         n_trials, workers = options.trials_for(study), options.workers

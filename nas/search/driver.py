@@ -1,12 +1,12 @@
 """The search-driver interface: one way to run a study's trials, on this machine or on a cluster.
 
-A driver runs trials of :class:`nas.objective.Evaluator` and stores each in the study's Optuna storage with the
+A driver runs trials of :class:`nas.training.evaluator.Evaluator` and stores each in the study's Optuna storage with the
 attributes of :mod:`nas.attributes`, so ``nas report``, ``nas export`` and optuna-dashboard read every backend's
 trials alike. Running a driver again continues the stored study up to ``n_trials`` finished trials.
 
-Two drivers exist: ``optuna`` (:class:`nas.search.optuna_backend.OptunaDriver`, worker processes on this machine
-sharing the storage) and ``ray`` (:class:`nas.search.ray_backend.RayDriver`, Ray Tune trials on a local Ray or a
-cluster). A new one subclasses :class:`SearchDriver` and is named in :data:`nas.search.backends.BACKENDS`.
+Two drivers exist: ``optuna`` (:class:`nas.search.optuna_backend.OptunaDriver`, worker processes on this
+machine sharing the storage) and ``ray`` (:class:`nas.search.ray_backend.RayDriver`, Ray Tune trials on a local Ray
+or a cluster). A new one subclasses :class:`SearchDriver` and is named in :data:`nas.search.backends.BACKENDS`.
 
 Example::
 
@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 
-from . import attributes as attr
+from .. import attributes as attr
 
 if TYPE_CHECKING:
     import optuna
 
-    from .study import Study
+    from ..study import Study
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ _GLYPHS = (
 MASKS = np.array([[[c == "#" for c in row] for row in glyph] for glyph in _GLYPHS])
 CLASSES = len(MASKS)
 BACKGROUND = -0.7
-DEFAULT_IMAGES = 8000  # the task's size when a study does not give data.images
 
 
 def generate(count: int, seed: int, copies: int = 2, distractors: tuple[int, int] = (3, 5),

@@ -1,8 +1,8 @@
 """The Optuna backend: local worker processes sharing one RDB study.
 
 Each worker runs :func:`run_worker`: claim a trial (under a lock, so ``n_trials`` is exact however many workers
-race), score it with the study's :class:`~nas.objective.Evaluator`, tell the storage. The parent process watches the
-storage and draws the progress. Running the same search again continues the stored study up to ``n_trials``
+race), score it with the study's :class:`~nas.training.evaluator.Evaluator`, tell the storage. The parent process
+watches the storage and draws the progress. Running the same search again continues the stored study up to ``n_trials``
 finished (complete or pruned) trials; failed trials do not count, so they are replaced.
 """
 
@@ -20,15 +20,15 @@ from optuna.trial import TrialState
 
 from search_spaces.errors import ConfigError, ShiftAddError
 
-from . import attributes as attr
+from .. import attributes as attr
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
-from .device import Placement, resolve, resolve_device, worker_device
-from .disk import ensure_database_writable
+from ..device import Placement, resolve, resolve_device, worker_device
+from ..disk import ensure_database_writable
 from .storage import SearchError, claim_lock, open_study
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
-from .process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
-from .study import Study, create_sampler, sampler_seed
-from .upstream.optuna_internals import heartbeat
+from ..process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
+from ..study import Study, create_sampler, sampler_seed
+from ..upstream.optuna_internals import heartbeat
 
 # Trials that use up the budget: finished ones and those running now (queued ones do not, until claimed).
 STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -58,7 +58,8 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     its teacher, data and predictor, so the trials are shared from the first one, not taken by whichever process
     started first. ``device`` is where it trains (the driver's choice for this worker, see
     :func:`nas.device.worker_device`; None: the study's). Returns how many trials this worker ran."""
-    from .objective import Evaluator, optuna_objective
+    from ..training.evaluator import Evaluator
+    from .objective import optuna_objective
 
     quiet_optuna_logging()
     quiet_search_worker_warnings()
@@ -149,7 +150,7 @@ class OptunaDriver(SearchDriver):
             poll_s: float = 1.0) -> SearchSummary:
         import multiprocessing
 
-        from .objective import Evaluator
+        from ..training.evaluator import Evaluator
 
         self.check(study, options)
         n_trials, timeout_s, workers = options.trials_for(study), options.timeout_for(study), options.workers

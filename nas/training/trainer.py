@@ -21,7 +21,7 @@ from search_spaces.errors import ConfigError
 from search_spaces.ops.moe import MoELoad, MoEMlp, moe_aux_loss, router_counts
 from search_spaces.ops.shift import ShiftLinear
 
-from .device import Placement
+from ..device import Placement
 
 # Parameters that are tokens or embeddings added to the input, not weights of a product: never decayed.
 TOKEN_PARAMETERS = ("pos_embed", "cls_token", "dist_token", "reg_token")

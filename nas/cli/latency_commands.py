@@ -14,8 +14,8 @@ from rich.table import Table
 from latency_model.db import DEFAULT_URL
 from search_spaces.errors import ConfigError
 
-from . import pipeline
-from .study import Study
+from .. import pipeline
+from ..study import Study
 
 console = Console()
 MEASURE_ROUNDS = 3  # nas latency --measure: the model and the dense model timed in turn, this many times each
@@ -30,8 +30,7 @@ def _profile_options(args: argparse.Namespace) -> pipeline.ProfileOptions:
                                    remeasure=getattr(args, "remeasure", None))
 
 
-def show_profile(study: Study, options: pipeline.ProfileOptions):
-    """Profile with a progress bar and a line per noisy timing; returns the profile's summary."""
+def profile_header(study: Study, options: pipeline.ProfileOptions) -> None:
     settings = options.settings(study)
     console.print(
         f"profiling [bold]{study.path}[/] on device [bold]{settings.device}[/] ({settings.target}), "
@@ -41,31 +40,48 @@ def show_profile(study: Study, options: pipeline.ProfileOptions):
         + (f", re-timing {'every row' if options.remeasure == 'all' else 'the rows marked noisy and the whole models'}"
            if options.remeasure else "")
     )
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("left"), TimeRemainingColumn(), console=console,
-    )
-    with progress:
-        task = progress.add_task("starting", total=None)
 
-        def on_start(job, index, total):
-            progress.update(task, total=total, description=job.label[:60])
 
-        def on_noisy(job, timing, attempt):
-            final = attempt > settings.retimes
-            progress.console.print(
-                f"  [yellow]noisy[/] {job.label[:70]}: spread {timing.spread:.0%}, other processes used "
-                f"{timing.contention:.0%} of the CPU" + (" - marked" if final else f" - timing it again (try "
-                                                         f"{attempt + 1} of {settings.retimes + 1})"),
-                highlight=False)
+class ProfileView:
+    """The profile's progress bar and its lines, as a context (``nas profile``, ``nas run``)."""
 
-        def on_wait():
-            progress.console.print(f"another process is profiling into this table for {settings.device}: waiting "
-                                   "for it, then measuring what it left", highlight=False)
+    def __init__(self, study: Study, options: pipeline.ProfileOptions) -> None:
+        self.settings = options.settings(study)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("left"), TimeRemainingColumn(), console=console,
+        )
 
-        summary = pipeline.profile(study, options, on_start=on_start,
-                                   on_done=lambda job, seconds: progress.advance(task), on_noisy=on_noisy,
-                                   on_wait=on_wait)
+    def __enter__(self) -> "ProfileView":
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_start(self, job, index: int, total: int) -> None:
+        self.progress.update(self.task, total=total, description=job.label[:60])
+
+    def on_done(self, job, seconds: float) -> None:
+        self.progress.advance(self.task)
+
+    def on_noisy(self, job, timing, attempt: int) -> None:
+        final = attempt > self.settings.retimes
+        self.progress.console.print(
+            f"  [yellow]noisy[/] {job.label[:70]}: spread {timing.spread:.0%}, other processes used "
+            f"{timing.contention:.0%} of the CPU" + (" - marked" if final else f" - timing it again (try "
+                                                     f"{attempt + 1} of {self.settings.retimes + 1})"),
+            highlight=False)
+
+    def on_wait(self) -> None:
+        self.progress.console.print(f"another process is profiling into this table for {self.settings.device}: "
+                                    "waiting for it, then measuring what it left", highlight=False)
+
+
+def print_profile(study: Study, options: pipeline.ProfileOptions, summary) -> None:
+    """What a profile measured, what failed or stayed noisy, and where each choice pays."""
+    settings = options.settings(study)
     if summary.start_contention > settings.max_contention:
         console.print(f"[yellow]warning:[/] other processes used {summary.start_contention:.0%} of the CPU when the "
                       f"profile started (load average {summary.load_average:.2f}): timings taken on a busy machine "
@@ -87,6 +103,15 @@ def show_profile(study: Study, options: pipeline.ProfileOptions):
                       highlight=False)
     if options.rpc_tracker is None:  # a remote profile times kernels only: there are no module parts to price
         show_pays(pipeline.where_it_pays(study, settings, from_table=True), study)
+
+
+def show_profile(study: Study, options: pipeline.ProfileOptions):
+    """Profile with a progress bar and a line per noisy timing; returns the profile's summary."""
+    profile_header(study, options)
+    with ProfileView(study, options) as view:
+        summary = pipeline.profile(study, options, on_start=view.on_start, on_done=view.on_done,
+                                   on_noisy=view.on_noisy, on_wait=view.on_wait)
+    print_profile(study, options, summary)
     return summary
 
 
@@ -129,10 +154,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitResult:
     """Fit with the accuracy table, then say whether the predictor was written or refused."""
+    fit = pipeline.fit_latency(study, options)
+    print_fit(fit, options)
+    return fit
+
+
+def print_fit(fit: pipeline.FitResult, options: pipeline.FitOptions) -> None:
+    """The accuracy table of a fit, and whether its predictor was written or refused."""
     from latency_model.keys import is_fitted_model_key
     from latency_model.predictor import LOO
 
-    fit = pipeline.fit_latency(study, options)
     table = Table(title=f"accuracy of the fitted op models on the {options.holdout:.0%} of shapes held out, and of "
                         "the whole-model totals (in sample, and each model left out of the fit)", title_justify="left")
     for column in ("op", "held out", "RMSE ms", "MAPE", "within ±5 %", "within ±10 %"):
@@ -143,7 +174,7 @@ def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitR
     console.print(table)
     if fit.refused is not None:
         console.print(f"[red]refused:[/] {fit.refused.detail}; {fit.out} was not written", highlight=False)
-        return fit
+        return
     gate = fit.gate
     if gate["checked"]:
         console.print(f"whole models out of sample: {gate['model_within_10pct']:.0%} within ±10 %, MAPE "
@@ -158,7 +189,6 @@ def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitR
     if gate["noisy_allowed"]:
         console.print(f"[yellow]{gate['noisy_allowed']} timing(s) marked noisy were fitted (--allow-noisy)[/]")
     console.print(f"fitted on {fit.rows} measurements of {fit.settings.device}; wrote {fit.path}")
-    return fit
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

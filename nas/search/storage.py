@@ -18,8 +18,8 @@ from latency_model.db import redact
 from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError, ResourceError, StateError
 
-from . import attributes as attr
-from .study import Study, create_pruner, create_sampler
+from .. import attributes as attr
+from ..study import Study, create_pruner, create_sampler
 
 SQLITE_TIMEOUT_S = 60
 

@@ -1,5 +1,6 @@
-"""The search backends by name (``--backend``, ``nas.pipeline.search``), each a :class:`~nas.search.driver.
-SearchDriver` imported when it is asked for: Ray is heavy, and optional where a study never uses it."""
+"""The search backends by name (``--backend``, ``nas.pipeline.search``), each a
+:class:`~nas.search.driver.SearchDriver` imported when it is asked for: Ray is heavy, and optional where a study never
+uses it."""
 
 from __future__ import annotations
 

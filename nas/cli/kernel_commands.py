@@ -96,7 +96,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.study is not None:
         from latency_model.ops import kernel_tasks
 
-        from .study import Study
+        from ..study import Study
 
         study = Study.load(args.study)
         batches = args.batch_sizes or list(study.latency.batch_sizes)

@@ -31,10 +31,10 @@ from search_spaces import ArchConfig
 from search_spaces.errors import ResourceError, StateError
 from search_spaces.supernet import Supernet, densest, random_config
 
-from .device import Placement, resolve
-from .disk import ensure_writable, lock_beside
-from .study import Study
-from .train import LossWeights, TrainingDiverged, _batches, distillation_loss, parameter_groups
+from ..device import Placement, resolve
+from ..disk import ensure_writable, lock_beside
+from ..study import Study
+from .trainer import LossWeights, TrainingDiverged, _batches, distillation_loss, parameter_groups
 
 CHECKPOINT_EVERY_S = 30.0
 FORMAT = "1"

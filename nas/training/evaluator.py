@@ -2,13 +2,13 @@
 inherited from the study's supernet, predicted latency and estimated energy).
 
 The search split is what trials are scored, pruned and chosen on; the test split is never returned to the sampler
-(see :mod:`nas.data`). A fine-tune-mode evaluation scores it once at its end (``test_accuracy``): its weights are gone
-afterwards. A supernet-mode one does not: its model is the supernet's subnet, made again at will, so the test split
-is evaluated only for the trials someone reports or exports (:func:`nas.objective.score_test_split`), which keeps a
-trial's cost to the one evaluation that selects.
+(see :mod:`nas.training.data`). A fine-tune-mode evaluation scores it once at its end (``test_accuracy``): its
+weights are gone afterwards. A supernet-mode one does not: its model is the supernet's subnet, made again at will, so
+the test split is evaluated only for the trials someone reports or exports
+(:func:`nas.search.objective.score_test_split`), which keeps a trial's cost to the one evaluation that selects.
 
 :class:`Evaluator` holds what every trial of a worker shares (teacher, data, predictor) and scores one config; both
-search backends (:func:`nas.objective.optuna_objective`, the Ray trainable) and ``nas finetune`` wrap it.
+search backends (:func:`nas.search.objective.optuna_objective`, the Ray trainable) and ``nas finetune`` wrap it.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from search_spaces.errors import ConfigError
 from search_spaces.ops.moe import MoEMlp
 from search_spaces.reparam import transformer_blocks, weight_counts
 
-from . import attributes as attr
+from .. import attributes as attr
 from . import data
 from .checkpoints import load_weights
-from .device import Placement, resolve
-from .study import Study
+from ..device import Placement, resolve
+from ..study import Study
 from .teacher import load_teacher
-from .train import Evaluation, LossWeights, Trainer, evaluate
+from .trainer import Evaluation, LossWeights, Trainer, evaluate
 
 if TYPE_CHECKING:
 
@@ -131,7 +131,7 @@ class Evaluator:
         teacher = teacher if teacher is not None else load_teacher(study)
         self.supernet = None
         if (mode or study.evaluation.mode) == "supernet":
-            from .supernet import load_supernet
+            from .supernet_trainer import load_supernet
 
             self.supernet = (supernet if supernet is not None else load_supernet(study, teacher)).eval()
         self.teacher = teacher.to(self.placement.device)

@@ -13,8 +13,8 @@ from optuna.trial import FrozenTrial
 from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError
 
-from . import attributes as attr
-from .study import Study
+from .. import attributes as attr
+from ..study import Study
 
 
 def provenance(study: Study, trial: FrozenTrial, study_attrs: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,10 +1,11 @@
-"""``nas validate``, ``pretrain``, ``supernet``, ``search``, ``dashboard``, ``export``, ``finetune``, ``report`` and ``run``."""
+"""``nas validate``, ``pretrain``, ``supernet``, ``search``, ``dashboard``, ``export``, ``finetune``, ``report`` and
+``run``: each parses its arguments into a :mod:`nas.pipeline` step's options, calls it and prints the result."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -14,11 +15,11 @@ from rich.table import Table
 from latency_model.energy import NOTE as ENERGY_NOTE
 from search_spaces.errors import ConfigError
 
-from . import pipeline
-from .driver import BACKENDS, get_driver
-from .latency_commands import show_nothing_pays
-from .report import METRIC_LABELS
-from .study import Study
+from .. import pipeline
+from ..search.backends import BACKENDS, get_driver
+from .latency_commands import ProfileView, print_fit, print_profile, profile_header, show_nothing_pays
+from ..search.report import METRIC_LABELS
+from ..study import Study
 
 console = Console()
 
@@ -28,8 +29,8 @@ def _load(args: argparse.Namespace) -> Study:
 
 
 def _search_options(args: argparse.Namespace) -> pipeline.SearchOptions:
-    return pipeline.SearchOptions(n_trials=args.n_trials, workers=args.workers, timeout_s=getattr(args, "timeout", None),
-                                  ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+    return pipeline.SearchOptions(n_trials=args.n_trials, workers=args.workers,
+                                  timeout_s=getattr(args, "timeout", None), ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial,
                                   **({} if args.driver_seed is None else {"driver_seed": args.driver_seed}))
 
@@ -64,21 +65,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_pretrain(study: Study, force: bool = False) -> None:
-    """Pretrain the teacher with a progress bar, and say what was done."""
-    epochs = study.budget.pretrain_epochs
-    with Progress(TextColumn("pretraining the dense teacher"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("", total=epochs)
+class _BarView:
+    """A progress bar over a known count, as a context; ``wait_line`` is said when another process holds the file."""
 
-        def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
-            progress.update(task, advance=1, description=f"loss {loss:.3f}, search accuracy {accuracy:.3f}")
+    def __init__(self, label: str, total: int, wait_line: str) -> None:
+        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=console)
+        self.total, self.wait_line = total, wait_line
 
-        def on_wait() -> None:
-            progress.console.print(f"another process is training this teacher ({study.teacher_path}): waiting for "
-                                   "it, then using its file")
+    def __enter__(self) -> "_BarView":
+        self.progress.__enter__()
+        self.task = self.progress.add_task("", total=self.total)
+        return self
 
-        result = pipeline.pretrain(study, force=force, on_epoch=on_epoch, on_wait=on_wait)
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_wait(self) -> None:
+        self.progress.console.print(self.wait_line)
+
+
+class PretrainView(_BarView):
+    def __init__(self, study: Study) -> None:
+        super().__init__("pretraining the dense teacher", study.budget.pretrain_epochs,
+                         f"another process is training this teacher ({study.teacher_path}): waiting for it, then "
+                         "using its file")
+
+    def on_epoch(self, epoch: int, loss: float, accuracy: float) -> None:
+        self.progress.update(self.task, advance=1, description=f"loss {loss:.3f}, search accuracy {accuracy:.3f}")
+
+
+def print_pretrain(result) -> None:
     if result.cached:
         console.print(f"teacher already trained for this study: {result.path} (search accuracy "
                       f"{result.search_accuracy:.3f}); --force retrains")
@@ -87,26 +104,29 @@ def show_pretrain(study: Study, force: bool = False) -> None:
                       f"{result.search_accuracy:.3f}; wrote {result.path}")
 
 
+def show_pretrain(study: Study, force: bool = False) -> None:
+    """Pretrain the teacher with a progress bar, and say what was done."""
+    with PretrainView(study) as view:
+        result = pipeline.pretrain(study, force=force, on_epoch=view.on_epoch, on_wait=view.on_wait)
+    print_pretrain(result)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     show_pretrain(_load(args), force=args.force)
     return 0
 
 
-def show_supernet(study: Study, force: bool = False) -> None:
-    """Train the supernet with a progress bar, and say what was done."""
-    steps = study.evaluation.supernet_steps
-    with Progress(TextColumn("training the supernet"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("", total=steps)
+class SupernetView(_BarView):
+    def __init__(self, study: Study) -> None:
+        super().__init__("training the supernet", study.evaluation.supernet_steps,
+                         f"another process is training this supernet ({study.supernet_path}): waiting for it, then "
+                         "using its file")
 
-        def on_step(step: int, total: int, loss: float) -> None:
-            progress.update(task, completed=step, description=f"loss {loss:.3f}")
+    def on_step(self, step: int, total: int, loss: float) -> None:
+        self.progress.update(self.task, completed=step, description=f"loss {loss:.3f}")
 
-        def on_wait() -> None:
-            progress.console.print(f"another process is training this supernet ({study.supernet_path}): waiting "
-                                   "for it, then using its file")
 
-        result = pipeline.supernet(study, force=force, on_step=on_step, on_wait=on_wait)
+def print_supernet(result) -> None:
     if result.set_aside:
         console.print(f"[yellow]not used:[/] {result.set_aside}", highlight=False)
     if result.cached:
@@ -115,6 +135,13 @@ def show_supernet(study: Study, force: bool = False) -> None:
     resumed = f", resumed at step {result.resumed_from}" if result.resumed_from else ""
     console.print(f"trained the supernet for {result.steps} steps in {result.seconds:.0f} s{resumed}; wrote "
                   f"{result.path}")
+
+
+def show_supernet(study: Study, force: bool = False) -> None:
+    """Train the supernet with a progress bar, and say what was done."""
+    with SupernetView(study) as view:
+        result = pipeline.supernet(study, force=force, on_step=view.on_step, on_wait=view.on_wait)
+    print_supernet(result)
 
 
 def cmd_supernet(args: argparse.Namespace) -> int:
@@ -126,46 +153,67 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_search(study: Study, backend: str, options: pipeline.SearchOptions, warn_nothing_pays: bool = True
-                ) -> pipeline.SearchSummary:
-    """Run the search with a progress bar (and a line per change when the output is not a terminal), after the line
-    that says so when no choice of the space is priced below dense anywhere (unless the caller has said it)."""
-    driver = get_driver(backend)
-    driver.check(study, options)
-    total = options.trials_for(study)
-    if warn_nothing_pays:
-        show_nothing_pays(pipeline.where_it_pays(study), study)
-    console.print(f"search [bold]{study.name}[/] {driver.describe(study, options)}; driver seed "
+def search_header(study: Study, backend: str, options: pipeline.SearchOptions) -> None:
+    console.print(f"search [bold]{study.name}[/] {get_driver(backend).describe(study, options)}; driver seed "
                   f"{options.driver_seed}")
-    shown_failures: set[int] = set()
-    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("starting", total=total)
-        last_line = ""
 
-        def on_progress(p: pipeline.Progress) -> None:
-            nonlocal last_line
-            c = p.counts
-            line = (f"done {c.get('COMPLETE', 0)}, running {c.get('RUNNING', 0)}, pruned {c.get('PRUNED', 0)}, "
-                    f"failed {c.get('FAIL', 0)}  {p.best}")
-            progress.update(task, completed=min(p.finished, total), description=line)
-            if not console.is_terminal and line != last_line:  # a log file gets one line per change instead
-                progress.console.print(f"trials {min(p.finished, total)}/{total}: {line}")
-                last_line = line
-            for number, reason in p.failures:
-                if number not in shown_failures:
-                    shown_failures.add(number)
-                    progress.console.print(f"[red]trial {number} failed[/]: {reason.splitlines()[0][:200]}")
 
-        def on_trial(trial_id: str, state: str) -> None:
-            progress.console.print(f"  {backend} trial {trial_id}: {state}")
+class SearchView:
+    """The search's progress bar (and a line per change when the output is not a terminal), as a context."""
 
-        events = pipeline.SearchEvents(on_progress=on_progress, on_trial=on_trial if backend == "ray" else None)
-        summary = driver.run(study, options, events)
+    def __init__(self, study: Study, backend: str, options: pipeline.SearchOptions) -> None:
+        self.total, self.backend = options.trials_for(study), backend
+        self.progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+        self.shown_failures: set[int] = set()
+        self.last_line = ""
+
+    def __enter__(self) -> "SearchView":
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=self.total)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def events(self) -> pipeline.SearchEvents:
+        return pipeline.SearchEvents(on_progress=self.on_progress,
+                                     on_trial=self.on_trial if self.backend == "ray" else None)
+
+    def on_progress(self, p: pipeline.Progress) -> None:
+        c = p.counts
+        line = (f"done {c.get('COMPLETE', 0)}, running {c.get('RUNNING', 0)}, pruned {c.get('PRUNED', 0)}, "
+                f"failed {c.get('FAIL', 0)}  {p.best}")
+        self.progress.update(self.task, completed=min(p.finished, self.total), description=line)
+        if not console.is_terminal and line != self.last_line:  # a log file gets one line per change instead
+            self.progress.console.print(f"trials {min(p.finished, self.total)}/{self.total}: {line}")
+            self.last_line = line
+        for number, reason in p.failures:
+            if number not in self.shown_failures:
+                self.shown_failures.add(number)
+                self.progress.console.print(f"[red]trial {number} failed[/]: {reason.splitlines()[0][:200]}")
+
+    def on_trial(self, trial_id: str, state: str) -> None:
+        self.progress.console.print(f"  {self.backend} trial {trial_id}: {state}")
+
+
+def print_search(summary: pipeline.SearchSummary) -> None:
     for note in summary.notes:
         console.print(f"[yellow]{note}[/]")
     console.print(f"{summary.ran} trial(s) finished in this run ({summary.seconds:.0f} s), {summary.after.finished} "
                   f"in the study; {summary.after.best}")
+
+
+def show_search(study: Study, backend: str, options: pipeline.SearchOptions) -> pipeline.SearchSummary:
+    """Run the search with a progress bar, after the line that says so when no choice of the space is priced below
+    dense anywhere."""
+    driver = get_driver(backend)
+    driver.check(study, options)
+    show_nothing_pays(pipeline.where_it_pays(study), study)
+    search_header(study, backend, options)
+    with SearchView(study, backend, options) as view:
+        summary = driver.run(study, options, view.events())
+    print_search(summary)
     return summary
 
 
@@ -180,9 +228,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from latency_model.db import redact
 
-    from .search import storage_of
+    from ..search.storage import storage_of
 
-    from .dashboard import artifact_location, artifact_store
+    from ..search.dashboard import artifact_location, artifact_store
 
     if not (args.study or args.storage):
         raise ConfigError("study", "give a study file or --storage URL")
@@ -224,7 +272,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         line += f", measured {result.measured_ms:.3f} ms on the kernels"
     console.print(line)
     console.print(f"wrote {result.weights}, {args.out / 'arch.yaml'}, {args.out / 'result.json'}")
-    console.print(f"rebuild: nas.checkpoints.load_model('{args.out / 'arch.yaml'}', '{result.weights}')")
+    console.print(f"rebuild: nas.training.checkpoints.load_model('{args.out / 'arch.yaml'}', '{result.weights}')")
     return 0
 
 
@@ -265,62 +313,107 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class RunView(pipeline.RunEvents):
+    """``nas run``'s rendering of :func:`nas.pipeline.run`: a numbered line per step, the step's own progress bar,
+    and what the step's own command prints."""
+
+    def __init__(self, study: Study, options: pipeline.RunOptions) -> None:
+        self.study, self.options = study, options
+        self.profiling = pipeline.ProfileOptions(trials=options.kernel_trials)
+        self.view = None
+
+    def step(self, step: pipeline.RunStep):
+        study, number = self.study, f"{step.number}/{step.total}"
+        if not step.runs:
+            what = {"fit-latency": "latency predictor", "pretrain": "teacher"}.get(step.name, step.name)
+            up_to_date = "up to date" if step.name == "fit-latency" else "cached"
+            console.print(f"[dim]{number} {what}: {step.cached} ({up_to_date})[/]")
+            return nullcontext()
+        if step.name == "profile":
+            trials = self.profiling.settings(study).trials
+            console.print(f"[bold]{number} profile[/] kernels and modules of the space on {study.latency.device}, "
+                          f"{trials} tuning trials per kernel"
+                          + (" (untuned default schedules: quick, slower kernels)" if trials == 0 else ""))
+            profile_header(study, self.profiling)
+            self.view = ProfileView(study, self.profiling)
+        elif step.name == "pretrain":
+            console.print(f"[bold]{number} pretrain[/] the dense teacher")
+            self.view = PretrainView(study)
+        elif step.name == "supernet":
+            console.print(f"[bold]{number} supernet[/]: trials will inherit its weights (evaluation.mode: supernet)")
+            self.view = SupernetView(study)
+        elif step.name == "search":
+            console.print(f"[bold]{number} search[/]")
+            search_header(study, self.options.backend, self.options.search)
+            self.view = SearchView(study, self.options.backend, self.options.search)
+        else:
+            console.print(f"[bold]{number} {step.name}[/]" + (" the best trial" if step.name == "export" else ""))
+            self.view = None
+        return self.view if self.view is not None else nullcontext()
+
+    def result(self, step: pipeline.RunStep, result) -> None:
+        if step.name == "profile":
+            print_profile(self.study, self.profiling, result)
+            if result.noisy:
+                console.print("[red]stopped before the search:[/] a search priced by noisy timings optimises a "
+                              "number no machine produces", highlight=False)
+            elif result.failed:
+                console.print(f"[yellow]{len(result.failed)} shape(s) could not be measured[/]: the predictor "
+                              "prices them with its fitted model; the next `nas run` or `nas profile` tries them "
+                              "again")
+        elif step.name == "fit-latency":
+            print_fit(result, pipeline.FitOptions())
+            if result.refused is not None:
+                console.print("[red]stopped before the search:[/] the predictor did not pass its check (above)")
+        elif step.name == "pretrain":
+            print_pretrain(result)
+        elif step.name == "supernet":
+            print_supernet(result)
+        elif step.name == "search":
+            print_search(result)
+        elif step.name == "report":
+            _print_front(result)
+
+    def waiting(self, step: str) -> None:
+        if self.view is not None:
+            self.view.on_wait()
+
+    def profile_started(self, job, index: int, total: int) -> None:
+        self.view.on_start(job, index, total)
+
+    def profile_done(self, job, seconds: float) -> None:
+        self.view.on_done(job, seconds)
+
+    def profile_noisy(self, job, timing, attempt: int) -> None:
+        self.view.on_noisy(job, timing, attempt)
+
+    def pretrain_epoch(self, epoch: int, loss: float, accuracy: float) -> None:
+        self.view.on_epoch(epoch, loss, accuracy)
+
+    def supernet_step(self, step: int, steps: int, loss: float) -> None:
+        self.view.on_step(step, steps, loss)
+
+    def search_events(self) -> pipeline.SearchEvents:
+        return self.view.events()
+
+    def test_split(self, trial_number: int) -> None:
+        _on_test(trial_number)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """profile -> fit-latency -> pretrain [-> supernet] -> search -> report -> export best, each step skipped when
-    done."""
-    from .latency_commands import show_fit, show_profile
-
+    done (:func:`nas.pipeline.run`)."""
     study = _load(args)
-    options = _search_options(args)
-    get_driver(args.backend).check(study, options)  # a flag the backend refuses: said before step 1
-    started = time.perf_counter()
-    out = args.out or pipeline.report_folder(study)
-    pipeline.preflight(study, out)
-    profiling = pipeline.ProfileOptions(trials=args.kernel_trials)
-    trials = profiling.settings(study).trials
-    # Profiling what the table already holds is a quick no-op, and it catches a space with shapes the table lacks
-    # (another study's predictor file in the same folder, shapes that failed last time).
-    console.print(f"[bold]1/6 profile[/] kernels and modules of the space on {study.latency.device}, {trials} tuning "
-                  "trials per kernel" + (" (untuned default schedules: quick, slower kernels)" if trials == 0
-                                         else ""))
-    profiled = show_profile(study, profiling)
-    if profiled.noisy:
-        console.print("[red]stopped before the search:[/] a search priced by noisy timings optimises a number no "
-                      "machine produces", highlight=False)
+    options = pipeline.RunOptions(backend=args.backend, search=_search_options(args), kernel_trials=args.kernel_trials,
+                                  out=args.out)
+    result = pipeline.run(study, options, RunView(study, options))
+    if result.stopped is not None:
         return 1
-    if profiled.failed:
-        console.print(f"[yellow]{len(profiled.failed)} shape(s) could not be measured[/]: the predictor prices them "
-                      "with its fitted model; the next `nas run` or `nas profile` tries them again")
-    if pipeline.needs_fit(study, profiled):
-        console.print("[bold]2/6 fit-latency[/]")
-        if show_fit(study, pipeline.FitOptions()).refused is not None:
-            console.print("[red]stopped before the search:[/] the predictor did not pass its check (above)")
-            return 1
-    else:
-        console.print(f"[dim]2/6 latency predictor: {study.latency.predictor} (up to date)[/]")
-    if pipeline.needs_pretrain(study):
-        console.print("[bold]3/6 pretrain[/] the dense teacher")
-        show_pretrain(study)
-    else:
-        console.print(f"[dim]3/6 teacher: {study.teacher_path} (cached)[/]")
-    if study.evaluation.supernet:
-        if pipeline.needs_supernet(study):
-            console.print("[bold]3/6 supernet[/]: trials will inherit its weights (evaluation.mode: supernet)")
-            show_supernet(study)
-        else:
-            console.print(f"[dim]3/6 supernet: {study.supernet_path} (cached)[/]")
-    console.print("[bold]4/6 search[/]")
-    show_search(study, args.backend, options, warn_nothing_pays=False)  # the profile's table ended with it
-    console.print("[bold]5/6 report[/]")
-    rep = pipeline.report(study, out / "report", on_test=_on_test)
-    _print_front(rep)
-    console.print("[bold]6/6 export[/] the best trial")
-    paths = pipeline.export(study, "best", out / "best")
-    console.print(f"\ndone in {time.perf_counter() - started:.0f} s.")
-    console.print(f"  report:    {', '.join(str(f) for f in rep.files)}")
-    console.print(f"  best:      {paths[0]}")
+    console.print(f"\ndone in {result.seconds:.0f} s.")
+    console.print(f"  report:    {', '.join(str(f) for f in result.report.files)}")
+    console.print(f"  best:      {result.best}")
     console.print(f"  dashboard: nas dashboard {args.study}   (then open http://127.0.0.1:8080/)")
-    console.print(f"  finetune:  nas finetune {paths[0]} --out {out / 'finetuned'}")
+    console.print(f"  finetune:  nas finetune {result.best} --out {result.out / 'finetuned'}")
     return 0
 
 

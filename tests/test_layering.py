@@ -1,0 +1,118 @@
+"""The import layering: the four packages stack (search_spaces <- kernels <- latency_model <- nas, nothing imports
+upward), and neither the wings of ``nas/`` (cli, search, training and its top-level modules) nor its modules import
+each other in a cycle. Imports inside functions and under TYPE_CHECKING count: they are edges all the same."""
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("search_spaces", "kernels", "latency_model", "nas")  # each may import those before it only
+
+
+def imports(root: Path) -> dict[str, set[str]]:
+    """module -> the project modules it imports (``from p import x`` counts as p.x where that is a module, else p)."""
+    files = {".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): f
+             for package in LAYERS if (root / package).is_dir() for f in (root / package).rglob("*.py")}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for module, path in files.items():
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]) if node.level \
+                    else node.module or ""
+                base = base.rstrip(".")
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                if target and target != module:
+                    graph[module].add(target)
+    return graph
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    return sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                  if rank[t.split(".")[0]] > rank[m.split(".")[0]])
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph.get(node, ()):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def nas_graphs(graph: dict[str, set[str]]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(modules, wings) of ``nas``: edges into the ``nas`` package itself are left out (``from .. import x`` names
+    the module x)."""
+    def wing(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    modules = {m: {t for t in ts if t.startswith("nas.") and not t.startswith(f"{m}.")}
+               for m, ts in graph.items() if m.startswith("nas.")}
+    # a package's own __init__ re-exporting its submodules is no cycle
+    modules = {m: {t for t in ts if not m.startswith(f"{t}.")} for m, ts in modules.items()}
+    wings: dict[str, set[str]] = defaultdict(set)
+    for m, targets in modules.items():
+        wings[wing(m)] |= {wing(t) for t in targets if wing(t) != wing(m)}
+    return modules, wings
+
+
+def test_no_package_imports_upward_and_nas_has_no_cycles():
+    graph = imports(ROOT)
+    assert {m.split(".")[0] for m in graph} == set(LAYERS)
+    assert upward(graph) == []
+    modules, wings = nas_graphs(graph)
+    assert {"nas.cli", "nas.search", "nas.training"} <= set(wings)
+    assert cycles(wings) == []
+    assert cycles(modules) == []
+
+
+def test_the_check_finds_an_upward_import_and_a_cycle(tmp_path):
+    """The checks above on a tree made to break both rules: they would fail the suite."""
+    files = {"search_spaces/__init__.py": "", "search_spaces/space.py": "def f():\n    from kernels import runtime\n",
+             "kernels/__init__.py": "", "kernels/runtime.py": "import search_spaces.space\n",
+             "latency_model/__init__.py": "", "nas/__init__.py": "",
+             "nas/search/__init__.py": "", "nas/search/driver.py": "from ..training import trainer\n",
+             "nas/training/__init__.py": "",
+             "nas/training/trainer.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                        "    from ..search.driver import X\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = imports(tmp_path)
+    assert upward(graph) == ["search_spaces.space -> kernels.runtime"]
+    modules, wings = nas_graphs(graph)
+    assert cycles(wings) == [["nas.search", "nas.training"]]
+    assert cycles(modules) == [["nas.search.driver", "nas.training.trainer"]]
