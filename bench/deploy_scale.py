@@ -40,7 +40,9 @@ import torch  # noqa: E402
 from kernels.runtime import to_kernels  # noqa: E402
 from latency_model import db  # noqa: E402
 from latency_model.ops import ModelDims  # noqa: E402
-from latency_model.predictor import LOO, Predictor, family_key, router_loads  # noqa: E402
+from latency_model.prediction import LOO  # noqa: E402
+from latency_model.predictor import Predictor, router_loads  # noqa: E402
+from latency_model.calibration import family_key  # noqa: E402
 from latency_model.profile import profile, table_kernels  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402
 from nas.study import Study  # noqa: E402

@@ -47,7 +47,8 @@ from record import RESULTS, write  # noqa: E402
 from kernels.runtime import to_kernels  # noqa: E402
 from latency_model import db  # noqa: E402
 from latency_model.ops import ModelDims, MoELoad  # noqa: E402
-from latency_model.predictor import Predictor, PredictorRefused, check, router_loads  # noqa: E402
+from latency_model.predictor import Predictor, router_loads  # noqa: E402
+from latency_model.gate import PredictorRefused, check  # noqa: E402
 from latency_model.profile import profile, table_kernels  # noqa: E402
 from latency_model.settings import LatencySettings  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402

@@ -31,14 +31,14 @@ multiplications and 4 additions (a short polynomial), in both tables; a study ca
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from search_spaces import ArchConfig, BlockConfig, registry
 from search_spaces import counts as oc
-from search_spaces.config import ConfigError, _check_keys
+from search_spaces.config import ConfigError
+from search_spaces.schema import check_keys, check_number
 from search_spaces.families import ModelDims, family_for
 from search_spaces.ops.moe import MoELoad
 
@@ -107,9 +107,8 @@ TABLES: dict[str, UnitCosts] = {
 
 
 def _cost(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ConfigError(where, f"expected a cost in pJ (a number >= 0), got {value!r}")
-    return float(value)
+    """A unit cost in pJ."""
+    return check_number(value, where, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ class EnergySettings:
 
     @classmethod
     def from_dict(cls, data: Any) -> "EnergySettings":
-        data = _check_keys(data if data is not None else {}, "energy", (),
+        data = check_keys(data if data is not None else {}, "energy", (),
                            ("table", "ops", "dram_pj_per_byte", "sram_pj_per_byte"))
         name = data.get("table", DEFAULT_TABLE)
         if name not in TABLES:

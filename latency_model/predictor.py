@@ -20,6 +20,9 @@ sample: each whole model is predicted by the factors and calibration fitted with
 :meth:`Predictor.fit` holds out a fraction of the shapes of every (op, variant) and reports how the fitted models
 (3, without lookup) do on them: RMSE, MAPE, and the fraction within ±5 % and ±10 % (nn-Meter's metric).
 The predictor is saved as plain JSON with the device and versions it was fitted for; no pickle.
+
+The parts live beside it: the op models (:mod:`.op_models`), the in-situ factors and the composition
+(:mod:`.calibration`), the fit gate (:mod:`.gate`), what a prediction holds (:mod:`.prediction`).
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ import bisect
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,337 +39,16 @@ from typing import Any
 import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig, SearchSpace
-from search_spaces.errors import StateError
-from search_spaces.families import family_for
-from search_spaces.registry import on_kernels
 
+from .calibration import (PART_NAMES, ModelCheck, calibration_key, compose, family_key, fit_calibration,
+                          in_situ_factor, in_situ_keys, kernel_blocks, part_of)
 from .db import ModelRow, Row
-from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key, part_name
-from .ops import MoELoad, block_attention_variant, config_ops, latency_split, space_ops
+from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
+from .ops import MoELoad, config_ops, latency_split, space_ops
+from .op_models import PowerLaw
+from .prediction import LOO, Accuracy, Prediction, PredictorError
 
 FORMAT = "shiftadd-latency-predictor/1"
-RIDGE = 1e-3
-LOO = "models (leave-one-out)"
-
-
-class PredictorError(StateError):
-    """A predictor file is missing, malformed, for another device, or cannot price an op: refit it
-    (``nas profile`` + ``nas fit-latency``). ``where`` is the file, or the study key that names it."""
-
-
-@dataclass
-class PowerLaw:
-    """``log(ms) = coef · [1, log d_1, ..., log d_n]`` over the named dims. A dim a shape does not name is 1 (a
-    kernel's batch dim ``B`` is named only above 1, :func:`latency_model.keys.kernel_shape`)."""
-
-    dims: list[str]
-    coef: list[float]
-
-    def predict(self, shape: dict[str, int]) -> float:
-        x = [1.0] + [math.log(max(1, shape.get(d, 1))) for d in self.dims]
-        return math.exp(float(np.dot(self.coef, x)))
-
-    @classmethod
-    def fit(cls, shapes: list[dict[str, int]], ms: list[float]) -> "PowerLaw":
-        # Dims that never vary carry no information and would make the system singular; ridge handles the rest.
-        named = {d for s in shapes for d in s}
-        dims = sorted(d for d in named if len({s.get(d, 1) for s in shapes}) > 1)
-        x = np.array([[1.0] + [math.log(max(1, s.get(d, 1))) for d in dims] for s in shapes])
-        y = np.log(np.asarray(ms))
-        penalty = RIDGE * np.eye(x.shape[1])
-        penalty[0, 0] = 0.0  # the intercept is not shrunk
-        coef = np.linalg.solve(x.T @ x + penalty, x.T @ y)
-        return cls(dims, [float(c) for c in coef])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"form": "power_law", "dims": self.dims, "coef": self.coef}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PowerLaw":
-        if data.get("form") != "power_law":
-            raise PredictorError("latency.predictor", f"unknown model form {data.get('form')!r}")
-        return cls(list(data["dims"]), [float(c) for c in data["coef"]])
-
-
-@dataclass(frozen=True)
-class Accuracy:
-    """How predictions compare with measurements on shapes the fit did not see."""
-
-    count: int
-    rmse_ms: float
-    mape: float
-    within_5pct: float
-    within_10pct: float
-
-    @classmethod
-    def of(cls, predicted: Iterable[float], measured: Iterable[float]) -> "Accuracy":
-        p, m = np.asarray(list(predicted)), np.asarray(list(measured))
-        if len(m) == 0:
-            return cls(0, math.nan, math.nan, math.nan, math.nan)
-        rel = np.abs(p - m) / m
-        return cls(len(m), float(np.sqrt(np.mean((p - m) ** 2))), float(np.mean(rel)),
-                   float(np.mean(rel <= 0.05)), float(np.mean(rel <= 0.10)))
-
-    def to_dict(self) -> dict[str, float]:
-        return self.__dict__.copy()
-
-
-@dataclass
-class Prediction:
-    """A predicted latency: the total and where it goes."""
-
-    total_ms: float
-    fixed_ms: float
-    blocks: list[dict[str, float]]  # per block: part -> ms
-    moe_tokens: dict[int, list[float]] = field(default_factory=dict)  # block -> tokens per expert per pass, padded
-    composition_ms: float = 0.0  # what running the ops back to back adds (calibrated on whole models)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"total_ms": self.total_ms, "fixed_ms": self.fixed_ms, "composition_ms": self.composition_ms,
-                "blocks": self.blocks, "moe_tokens": {str(k): v for k, v in self.moe_tokens.items()}}
-
-
-def kernel_blocks(config: ArchConfig) -> int:
-    """Blocks with at least one part on the TVM kernels (:func:`search_spaces.registry.on_kernels`)."""
-    return sum(on_kernels(b) for b in config.blocks)
-
-
-def _composition(points: list[tuple[float, int, float]]) -> list[float]:
-    """``[a, b, c]`` of ``measured ≈ a · parts + b · kernel blocks + c`` with ``a >= 1``, ``b >= 0``, ``c >= 0``:
-    non-negative least squares on what the whole model costs beyond its parts, in relative error (a model of 0.5 ms
-    counts as much as one of 50 ms), made robust by Huber weights (iteratively reweighted): one whole-model timing
-    that a hiccup of the machine made 100× slow is one bad check, not a constant that prices every model 20× high."""
-    from scipy.optimize import nnls
-
-    x = np.array([[p, k, 1.0] for p, k, _ in points])
-    measured = np.array([m for _, _, m in points])
-    extra = measured - x[:, 0]
-    weights = 1.0 / measured
-    coef = nnls(x * weights[:, None], extra * weights)[0]
-    for _ in range(50):
-        residual = (x @ coef - extra) / measured
-        scale = max(1.4826 * float(np.median(np.abs(residual))), 0.01)  # MAD; at least 1 % of the model
-        huber = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(residual), 1e-12))
-        weights = np.sqrt(huber) / measured
-        refit = nnls(x * weights[:, None], extra * weights)[0]
-        if np.allclose(refit, coef, rtol=1e-6, atol=1e-9):
-            break
-        coef = refit
-    return [1.0 + float(coef[0]), float(coef[1]), float(coef[2])]
-
-
-def _compose(coef: Sequence[float], parts: float, kernel_blocks: int) -> float:
-    a, b, c = coef
-    return a * parts + b * kernel_blocks + c
-
-
-@dataclass(frozen=True)
-class ModelCheck:
-    """One whole model: measured, and predicted by the calibration fitted without it."""
-
-    config_id: str
-    batch: int
-    measured_ms: float
-    predicted_ms: float
-    family: str = "vit"
-
-    @property
-    def error(self) -> float:
-        return abs(self.predicted_ms - self.measured_ms) / self.measured_ms
-
-
-MIN_CALIBRATION_MODELS = 4  # a three-number fit, checked with one model left out
-MIN_IN_SITU = 3  # parts timed in situ a key needs before its own factor is used (else a coarser key's)
-
-
-def in_situ_keys(block: BlockConfig, part: str) -> tuple[str, ...]:
-    """The keys a block's part is priced in situ under, the finest first: an attention by its variant
-    (``attention:<attention>/<qkv>/<proj>``), then its kind, then any attention; an MLP by its kind (``mlp:dense``,
-    ``mlp:shift``, ``mlp:moe``: router, dispatch and experts together), then any MLP."""
-    if part == "attention":
-        return (f"attention:{block_attention_variant(block)}", f"attention:{block.attention}", "attention")
-    return (f"mlp:{block.mlp}", "mlp")
-
-
-def in_situ_factor(factors: Mapping[str, float], keys: Sequence[str]) -> float:
-    """The factor of the finest key that has one (1 where none has: priced as timed alone)."""
-    return next((factors[k] for k in keys if k in factors), 1.0)
-
-
-def part_of(name: str) -> str | None:
-    """Which in-situ part (``attention``, ``mlp``) a block's breakdown entry belongs to; None for the norms and
-    residuals, which run between the parts."""
-    if name == "attention":
-        return "attention"
-    return None if name == _PART_NAMES[OpName.BLOCK_FRAME] else "mlp"
-
-
-@dataclass(frozen=True)
-class _Calibrating:
-    """One whole-model timing, as the calibration reads it: its ops priced alone, and where its parts were timed in
-    situ, what they took there (at one speed of the machine, as its total)."""
-
-    config_id: str
-    fixed_ms: float  # the frame and the blocks' norms and residuals
-    parts: tuple[tuple[tuple[str, ...], float], ...]  # (in-situ keys, priced alone) per block part
-    in_situ_ms: tuple[float, ...] | None  # per part, aligned with parts
-    kernel_blocks: int
-    measured_ms: float
-
-    def ratios(self) -> Iterable[tuple[tuple[str, ...], float]]:
-        for (keys, priced), ms in zip(self.parts, self.in_situ_ms or ()):
-            if priced > 0:
-                yield keys, ms / priced
-
-    def parts_ms(self, factors: Mapping[str, float]) -> float:
-        return self.fixed_ms + sum(priced * in_situ_factor(factors, keys) for keys, priced in self.parts)
-
-
-def _in_situ_factors(observed: Iterable[_Calibrating]) -> dict[str, float]:
-    """Per key, the median of in-situ time over price alone across the parts timed in situ (a key with fewer than
-    :data:`MIN_IN_SITU` is left to its coarser keys)."""
-    ratios: dict[str, list[float]] = defaultdict(list)
-    for one in observed:
-        for keys, ratio in one.ratios():
-            for key in keys:
-                ratios[key].append(ratio)
-    return {key: float(np.median(found)) for key, found in sorted(ratios.items()) if len(found) >= MIN_IN_SITU}
-
-
-def family_key(config: ArchConfig) -> str:
-    """The model family a config's composition is calibrated within (``vit``, ``pvt_v2``)."""
-    return family_for(config.model).key
-
-
-def _fit_calibration(predictor: "Predictor", models: list[ModelRow]
-                     ) -> tuple[dict[tuple[str, int], list[float]], dict[tuple[str, int], dict[str, float]],
-                                Accuracy, list[ModelCheck]]:
-    """Per model family and batch size, the in-situ factors of its parts and the composition fitted on its
-    whole-model timings; their in-sample accuracy; and each model predicted by the factors and composition fitted
-    without it (leave-one-out), where there are at least :data:`MIN_CALIBRATION_MODELS`. Families compose
-    differently (a PVTv2 crosses into TVM at four sizes, a ViT at one), so each has its own.
-
-    Ops timed one at a time in a loop miss what running them back to back costs: torch's and TVM's thread pools
-    handing the cores to each other, and caches that no longer hold one module's data; and the cost differs by
-    choice (an MoE's router and experts pay it more than a dense MLP). Where the profile timed each block's parts
-    inside the whole models (eager), each part is priced at its choice's in-situ factor (:func:`in_situ_keys`: the
-    median of in situ over alone); the composition then fits what remains. That cost is measured here rather than
-    assumed.
-
-    Each model's time is read at one speed of the machine per family and batch (:meth:`ModelRow.at_speed`: scaled
-    by its reference, the dense model timed in turn with it, to the median reference), so models timed in several
-    launches (a profile resumed, or re-timed with ``--remeasure``) compose as if timed in one."""
-    rows_by_batch: dict[tuple[str, int], list[tuple[ArchConfig, ModelRow, Prediction]]] = defaultdict(list)
-    for row in models:
-        config = ArchConfig.from_json(row.config)
-        routing = {block: MoELoad.parse(value) for block, value in row.moe_routing.items()}
-        try:
-            alone = predictor.predict(config, row.batch, moe_loads=routing)
-        except PredictorError:
-            # a model of a space whose ops this table does not hold (another study profiled into the same table,
-            # under ops keyed otherwise then): it cannot calibrate this fit, and a study of that space is told to
-            # profile when it predicts
-            continue
-        rows_by_batch[(family_key(config), row.batch)].append((config, row, alone))
-    calibration, in_situ, predicted, measured, checks = {}, {}, [], [], []
-    for (family, batch), group in sorted(rows_by_batch.items()):
-        if len(group) < MIN_CALIBRATION_MODELS:
-            continue
-        references = [row.reference_ms for _, row, _ in group if row.reference_ms]
-        speed = float(np.median(references)) if references else None
-        observed = [_calibrating(config, row, alone, row.speed_factor(speed)) for config, row, alone in group]
-        factors = in_situ[(family, batch)] = _in_situ_factors(observed)
-        coef = calibration[(family, batch)] = _composition(
-            [(o.parts_ms(factors), o.kernel_blocks, o.measured_ms) for o in observed])
-        for i, one in enumerate(observed):
-            predicted.append(_compose(coef, one.parts_ms(factors), one.kernel_blocks))
-            measured.append(one.measured_ms)
-            others = observed[:i] + observed[i + 1:]
-            without = _in_situ_factors(others)
-            composition = _composition([(o.parts_ms(without), o.kernel_blocks, o.measured_ms) for o in others])
-            checks.append(ModelCheck(one.config_id, batch, one.measured_ms,
-                                     _compose(composition, one.parts_ms(without), one.kernel_blocks), family))
-    return calibration, {k: v for k, v in in_situ.items() if v}, Accuracy.of(predicted, measured), checks
-
-
-def _calibrating(config: ArchConfig, row: ModelRow, alone: "Prediction", speed: float) -> _Calibrating:
-    """A whole-model timing read for the calibration: ``alone`` its ops priced alone, ``speed`` what scales its
-    timings to the group's speed of the machine."""
-    fixed, parts, in_situ = alone.fixed_ms, [], []
-    for i, (block, entries) in enumerate(zip(config.blocks, alone.blocks)):
-        sums: dict[str, float] = defaultdict(float)
-        for name, ms in entries.items():
-            part = part_of(name)
-            if part is None:
-                fixed += ms
-            else:
-                sums[part] += ms
-        for part, ms in sums.items():
-            parts.append((in_situ_keys(block, part), ms))
-            if row.parts_ms is not None:
-                in_situ.append(row.parts_ms.get(part_name(i, part), math.nan) * speed)
-    timed = row.parts_ms is not None and all(math.isfinite(ms) for ms in in_situ)
-    return _Calibrating(config.id, fixed, tuple(parts), tuple(in_situ) if timed else None, kernel_blocks(config),
-                        row.median_ms * speed)
-
-
-def _calibration_key(text: str) -> tuple[str, int]:
-    """``family/batch`` of a predictor file's calibration; a bare batch (files from before families) is a ViT's."""
-    family, _, batch = str(text).rpartition("/")
-    return family or "vit", int(batch)
-
-
-class PredictorRefused(PredictorError):
-    """The measurements cannot make a predictor worth searching with (noisy, too few, or failing the
-    out-of-sample check); ``where`` is the measurement table, the message says which problem, and the fix."""
-
-
-def check(rows: list[Row], models: list[ModelRow], checks: list[ModelCheck], max_model_error: float,
-          fix: str, allow_noisy: bool = False) -> dict[str, Any]:
-    """The gate a fit must pass before its predictor is written; returns what it found (for the file's meta).
-
-    Refuses: a table whose rows are all noisy; rows marked noisy (unless ``allow_noisy``); a batch size with some but
-    too few whole-model timings to check; a whole-model error out of sample (leave-one-out MAPE) above
-    ``max_model_error``. ``fix`` is the command that re-times what is wrong, for the message.
-    """
-    noisy = [r for r in rows if r.noisy] + [m for m in models if m.noisy]
-
-    def names(items, limit: int = 4) -> str:
-        labels = [f"{r.op}[{r.variant}]" if isinstance(r, Row) else f"model {ArchConfig.from_json(r.config).id}"
-                  for r in items]
-        return ", ".join(labels[:limit]) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
-
-    if rows and all(r.noisy for r in rows):
-        raise PredictorRefused("latency.db", f"every one of the {len(rows)} measurements is marked noisy (taken while other "
-                               f"processes competed for the CPU): on a quiet machine run `{fix}`")
-    if noisy and not allow_noisy:
-        raise PredictorRefused("latency.db", f"{len(noisy)} timing(s) are marked noisy ({names(noisy)}): on a quiet machine run "
-                               f"`{fix}` (or fit anyway with --allow-noisy)")
-    counts = defaultdict(int)
-    for m in models:
-        counts[(family_key(ArchConfig.from_json(m.config)), m.batch)] += 1
-    short = {b: n for b, n in counts.items() if n < MIN_CALIBRATION_MODELS}
-    if short:
-        (family, b), n = next(iter(short.items()))
-        raise PredictorRefused("latency.db", f"{n} whole-model timing(s) of the {family} family at batch {b}: at "
-                               f"least {MIN_CALIBRATION_MODELS} are "
-                               f"needed to check the predictor out of sample (set latency.calibration >= "
-                               f"{MIN_CALIBRATION_MODELS} and run `{fix}`)")
-    found: dict[str, Any] = {"max_model_error": max_model_error, "models": len(checks), "noisy_allowed": len(noisy)}
-    if not checks:
-        return {**found, "checked": False}
-    loo = Accuracy.of([c.predicted_ms for c in checks], [c.measured_ms for c in checks])
-    found.update(checked=True, model_mape=loo.mape, model_within_5pct=loo.within_5pct,
-                 model_within_10pct=loo.within_10pct)
-    if loo.mape > max_model_error:
-        worst = sorted(checks, key=lambda c: -c.error)[:3]
-        shown = ", ".join(f"{c.config_id} measured {c.measured_ms:.3g} ms, predicted {c.predicted_ms:.3g}"
-                          for c in worst)
-        raise PredictorRefused("latency.db", f"whole-model error out of sample is {loo.mape:.0%} (leave-one-out MAPE; at most "
-                               f"{max_model_error:.0%} accepted): the timings do not agree with each other, as when "
-                               f"they were taken on a busy machine (worst: {shown}); on a quiet machine run "
-                               f"`{fix} all`")
-    return found
 
 
 def router_loads(model) -> dict[int, MoELoad]:
@@ -376,9 +57,6 @@ def router_loads(model) -> dict[int, MoELoad]:
     from search_spaces.ops.moe import router_counts
 
     return {i: MoELoad.of_pass(counts.cpu().numpy()) for i, counts in router_counts(model).items()}
-
-
-_PART_NAMES = {OpName.BLOCK_FRAME: "norms+residuals", OpName.ATTENTION: "attention", OpName.MOE_ROUTER: "router"}
 
 
 class Predictor:
@@ -451,7 +129,7 @@ class Predictor:
         predictor = cls(device, lookup, fitted, {})
         if models:
             (predictor.calibration, in_situ, accuracy["calibration"],
-             predictor.model_checks) = _fit_calibration(predictor, models)
+             predictor.model_checks) = fit_calibration(predictor, models)
             predictor.in_situ = in_situ
             if predictor.model_checks:
                 accuracy[LOO] = Accuracy.of([c.predicted_ms for c in predictor.model_checks],
@@ -538,7 +216,7 @@ class Predictor:
             if op.block is None:
                 fixed += ms
                 continue
-            part = _PART_NAMES.get(op.op) or (f"expert:{op.variant}" if config.blocks[op.block].moe is not None
+            part = PART_NAMES.get(op.op) or (f"expert:{op.variant}" if config.blocks[op.block].moe is not None
                                                else "mlp")
             blocks[op.block][part] += ms
             if op.expert is not None:
@@ -550,7 +228,7 @@ class Predictor:
         composition = 0.0
         coef = self.calibration.get((family, batch))
         if coef is not None:
-            composition = _compose(coef, parts, kernel_blocks(config)) - parts
+            composition = compose(coef, parts, kernel_blocks(config)) - parts
         return Prediction(parts + composition, fixed, per_block, moe_tokens, composition)
 
     # ---- files --------------------------------------------------------------------------------------------------
@@ -596,9 +274,9 @@ class Predictor:
         try:
             models = {k: PowerLaw.from_dict(v) for k, v in data["models"].items()}
             lookup = {str(k): float(v) for k, v in data["lookup"].items()}
-            calibration = {_calibration_key(k): [float(x) for x in coef]
+            calibration = {calibration_key(k): [float(x) for x in coef]
                            for k, coef in data.get("calibration", {}).items()}
-            in_situ = {_calibration_key(k): {str(key): float(f) for key, f in factors.items()}
+            in_situ = {calibration_key(k): {str(key): float(f) for key, f in factors.items()}
                        for k, factors in data.get("in_situ", {}).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise PredictorError(str(path), f"malformed predictor file ({type(e).__name__}: {e})") from None

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 
-from search_spaces.config import ConfigError, _check_keys
+from search_spaces.config import ConfigError
+from search_spaces.schema import check_keys, check_number
 from search_spaces.errors import ResourceError
 
 from .db import DEFAULT_URL, anchor_sqlite
@@ -118,7 +119,7 @@ class LatencySettings:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "latency") -> "LatencySettings":
-        data = _check_keys(data if data is not None else {}, where, (), KEYS)
+        data = check_keys(data if data is not None else {}, where, (), KEYS)
         values: dict[str, Any] = {}
         for key in ("target", "device", "db", "predictor", "prebuilt"):
             if data.get(key) is not None:
@@ -144,16 +145,10 @@ class LatencySettings:
             values["batch_sizes"] = tuple(sizes)
         for key in ("max_spread", "max_contention", "max_model_error"):
             if key in data:
-                value = data[key]
-                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 10:
-                    raise ConfigError(f"{where}.{key}", f"expected a number in (0, 10], got {value!r}")
-                values[key] = float(value)
+                values[key] = check_number(data[key], f"{where}.{key}", above=0, maximum=10)
         for key, minimum in (("trials", 0), ("repeats", 1), ("calibration", 0), ("retimes", 0)):
             if key in data:
-                value = data[key]
-                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                    raise ConfigError(f"{where}.{key}", f"expected an integer >= {minimum}, got {value!r}")
-                values[key] = value
+                values[key] = check_number(data[key], f"{where}.{key}", integer=True, minimum=minimum)
         if values.get("calibration") in (1, 2, 3):
             raise ConfigError(f"{where}.calibration", f"expected 0 (no whole-model calibration, no out-of-sample "
                                                       f"check) or at least 4 (the check leaves one model out of a "

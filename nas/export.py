@@ -105,5 +105,3 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Pa
             origin["weights"] = weights.name
         paths.append(write_config(out / f"trial-{trial.number}.yaml", config, origin))
     return paths
-
-

@@ -41,7 +41,6 @@ class FinetuneResult:
                 attr.ENERGY_BREAKDOWN: self.energy, "weights": str(self.weights), "seconds": round(self.seconds, 1)}
 
 
-
 def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: bool = True,
              on_epoch=None, origin: dict[str, Any] | None = None, initial: Path | None = None) -> FinetuneResult:
     """Fine-tune ``config`` from the teacher (or from ``initial``, the weights a supernet-mode export wrote) for

@@ -40,10 +40,13 @@ from .search.driver import Progress, SearchEvents, SearchOptions, SearchSummary
 from .search.backends import get_driver
 from .study import Study
 
+
 if TYPE_CHECKING:
     from .device import Placement
     from search_spaces import ArchConfig
-    from latency_model.predictor import Accuracy, Predictor, PredictorRefused
+    from latency_model.prediction import Accuracy
+    from latency_model.predictor import Predictor
+    from latency_model.gate import PredictorRefused
     from latency_model.profile import Summary as ProfileSummary
     from latency_model.settings import LatencySettings
 
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from .search.report import Report
     from .training.supernet_trainer import SupernetResult
     from .training.teacher import PretrainResult
+
 
 __all__ = ["FitOptions", "FitResult", "ProfileOptions", "Progress", "RunEvents", "RunOptions", "RunResult", "RunStep",
            "SearchEvents", "SearchOptions", "SearchSummary", "Validation", "FinetuneJob", "export", "finetune",
@@ -208,7 +212,8 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
     and the output file."""
     from latency_model import db
     from latency_model.db import DEFAULT_URL
-    from latency_model.predictor import Predictor, PredictorRefused, check
+    from latency_model.predictor import Predictor
+    from latency_model.gate import PredictorRefused, check
     from latency_model.profile import table_dispatch
     from latency_model.settings import LatencySettings
 

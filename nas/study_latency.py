@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .study import Study
 
+
 if TYPE_CHECKING:
     from latency_model.pays import WhereItPays
     from latency_model.settings import LatencySettings
@@ -24,14 +25,12 @@ def profiled_trials(study: Study) -> int:
     return max(tvm) if tvm else study.latency.trials
 
 
-
 def study_kernels(study: Study):
     """The study's compiled kernels at the tuning its table was profiled with, each shape on the variant the table
     found fastest (a :class:`kernels.runtime.KernelSet`), so a model run on them is the model the predictor priced."""
     from latency_model.profile import table_kernels
 
     return table_kernels(study.latency, profiled_trials(study))
-
 
 
 def measure_latency(study: Study, model) -> float:

@@ -29,27 +29,9 @@ import yaml
 
 from . import registry
 from .errors import ConfigError
+from .schema import check_choice, check_keys
 from .ops.attention import BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
-
-
-def _check_keys(data: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Mapping:
-    if not isinstance(data, Mapping):
-        raise ConfigError(where, f"expected a mapping, got {type(data).__name__} {data!r}")
-    unknown = sorted(set(data) - set(required) - set(optional))
-    if unknown:
-        allowed = ", ".join(required + optional)
-        raise ConfigError(where, f"unknown key(s) {', '.join(map(repr, unknown))} (allowed: {allowed})")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ConfigError(where, f"missing key(s) {', '.join(map(repr, missing))}")
-    return data
-
-
-def _check_choice(value: Any, where: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise ConfigError(where, f"unknown {what} {value!r} (choose from {', '.join(choices)})")
-    return value
 
 
 def _freeze(value: Any) -> Any:
@@ -93,7 +75,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "model") -> "ModelSpec":
-        data = _check_keys(data, where, ("name",), ("kwargs",))
+        data = check_keys(data, where, ("name",), ("kwargs",))
         try:
             return cls(data["name"], data.get("kwargs") or {})
         except ConfigError as e:
@@ -114,7 +96,7 @@ class MoEConfig:
         if len(self.experts) < 2:
             raise ConfigError(f"{where}.experts", f"need at least two experts, got {list(self.experts)}")
         for i, kind in enumerate(self.experts):
-            _check_choice(kind, f"{where}.experts[{i}]", registry.names("expert"), "expert kind")
+            check_choice(kind, f"{where}.experts[{i}]", registry.names("expert"), "expert kind")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= len(self.experts):
             raise ConfigError(
                 f"{where}.top_k",
@@ -126,7 +108,7 @@ class MoEConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "MoEConfig":
-        data = _check_keys(data, where, (), ("top_k", "experts"))
+        data = check_keys(data, where, (), ("top_k", "experts"))
         experts = data.get("experts", EXPERT_KINDS)
         if not isinstance(experts, list | tuple):
             raise ConfigError(f"{where}.experts", f"expected a list of expert kinds, got {experts!r}")
@@ -152,15 +134,15 @@ class BlockConfig:
             object.__setattr__(self, "binarize", BINARIZE_KINDS[0])
 
     def validate(self, where: str) -> None:
-        _check_choice(self.attention, f"{where}.attention", registry.names("attention"), "attention")
+        check_choice(self.attention, f"{where}.attention", registry.names("attention"), "attention")
         if self.attention == "additive":
-            _check_choice(self.binarize, f"{where}.binarize", BINARIZE_KINDS, "binarization")
+            check_choice(self.binarize, f"{where}.binarize", BINARIZE_KINDS, "binarization")
         elif self.binarize is not None:
             raise ConfigError(f"{where}.binarize", f"binarize is an option of additive attention; this block's "
                                                    f"attention is {self.attention!r}")
-        _check_choice(self.qkv, f"{where}.qkv", registry.names("linear"), "projection")
-        _check_choice(self.proj, f"{where}.proj", registry.names("linear"), "projection")
-        _check_choice(self.mlp, f"{where}.mlp", registry.names("mlp"), "mlp")
+        check_choice(self.qkv, f"{where}.qkv", registry.names("linear"), "projection")
+        check_choice(self.proj, f"{where}.proj", registry.names("linear"), "projection")
+        check_choice(self.mlp, f"{where}.mlp", registry.names("mlp"), "mlp")
         if registry.get("mlp", self.mlp).routed:
             if self.moe is None:
                 raise ConfigError(f"{where}.moe", "mlp is 'moe' but the block has no moe settings")
@@ -182,7 +164,7 @@ class BlockConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "BlockConfig":
-        data = _check_keys(data, where, ("attention", "qkv", "proj", "mlp"), ("moe", "binarize"))
+        data = check_keys(data, where, ("attention", "qkv", "proj", "mlp"), ("moe", "binarize"))
         moe = data.get("moe")
         if moe is None and data["mlp"] in registry.names("mlp") and registry.get("mlp", data["mlp"]).routed:
             moe_config: MoEConfig | None = MoEConfig()
@@ -253,7 +235,7 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> "ArchConfig":
-        data = _check_keys(data, "", ("model", "blocks"), ("provenance",))  # provenance: written by `nas export`
+        data = check_keys(data, "", ("model", "blocks"), ("provenance",))  # provenance: written by `nas export`
         model = ModelSpec.from_dict(data["model"])
         blocks = data["blocks"]
         if not isinstance(blocks, list | tuple):

@@ -36,7 +36,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import registry
-from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig, _check_keys
+from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig
+from .schema import check_keys
 from .ops.attention import BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
 
@@ -84,7 +85,7 @@ class BlockChoices:
                   family: str | None = None) -> "BlockChoices":
         """Choices from a study's mapping, the keys it omits taken from ``base``; an option that a block of the
         model's ``family`` cannot take is refused where it is named."""
-        data = _check_keys(data or {}, where, (), tuple(BLOCK_SLOTS))
+        data = check_keys(data or {}, where, (), tuple(BLOCK_SLOTS))
         values = {key: (base or cls.of_family(family)).get(key) for key in BLOCK_SLOTS}
         for key, raw in data.items():
             options = [raw] if isinstance(raw, str) else raw
@@ -163,7 +164,7 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, space: Any, model: ModelSpec, depth: int | None = None) -> "SearchSpace":
         """Build from the ``space:`` mapping of a study (``depth`` defaults to the model's)."""
-        space = _check_keys(space if space is not None else {}, "space", (),
+        space = check_keys(space if space is not None else {}, "space", (),
                             ("tied", "choices", "moe", "additive", "stages", "blocks"))
         depth = model_depth(model) if depth is None else depth
         tied = space.get("tied", False)
@@ -193,7 +194,7 @@ class SearchSpace:
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth:
                 raise ConfigError("space.blocks", f"block index {index!r} is not in 0..{depth - 1}")
             blocks[index] = BlockChoices.from_dict(choices, f"space.blocks.{index}", blocks[index], family)
-        moe = _check_keys(space.get("moe") or {}, "space.moe", (), ("top_k", "experts"))
+        moe = check_keys(space.get("moe") or {}, "space.moe", (), ("top_k", "experts"))
         top_k = moe.get("top_k", [1])
         top_k = [top_k] if isinstance(top_k, int) else top_k
         if not isinstance(top_k, list | tuple) or not top_k:
@@ -205,7 +206,7 @@ class SearchSpace:
             why = registry.refusal("expert", kind, family) if kind in registry.names("expert") else None
             if why is not None:
                 raise ConfigError(f"space.moe.experts[{j}]", f"{why}: this model is a {family}")
-        additive = _check_keys(space.get("additive") or {}, "space.additive", (), ("binarize",))
+        additive = check_keys(space.get("additive") or {}, "space.additive", (), ("binarize",))
         binarize = additive.get("binarize", BINARIZE_KINDS[0])
         if binarize not in BINARIZE_KINDS:
             raise ConfigError("space.additive.binarize", f"unknown binarization {binarize!r} (choose from "

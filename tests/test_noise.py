@@ -13,7 +13,8 @@ import pytest
 from kernels.measure import CpuContention, Timing
 from latency_model import db
 from latency_model.db import ModelRow, Row
-from latency_model.predictor import Predictor, PredictorError, PredictorRefused, check
+from latency_model.predictor import Predictor, PredictorError
+from latency_model.gate import PredictorRefused, check
 from nas.cli import main
 from search_fixtures import TINY_MODEL, write_study
 from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig
@@ -69,7 +70,7 @@ def _table(parts_ms=1.0, overhead=0.2):
     rows = [_row(op.op, op.variant, op.dims, parts_ms * (2 if "shift" in op.variant else 1))
             for op in space_ops(space, [1])]
     plain, _ = Predictor.fit(rows, "dev")
-    from latency_model.predictor import kernel_blocks
+    from latency_model.calibration import kernel_blocks
 
     models = [ModelRow(c.to_json(), 1, {}, plain.predict(c).total_ms + overhead * kernel_blocks(c)) for c in CONFIGS]
     return rows, models
@@ -123,7 +124,7 @@ def _in_situ_models(rows):
     """Whole models timed with their parts in situ: each part at its choice's factor, the whole its parts plus the
     norms and residuals and the frame (no other overhead)."""
     from latency_model.keys import part_name
-    from latency_model.predictor import part_of
+    from latency_model.calibration import part_of
 
     plain, _ = Predictor.fit(rows, "dev")
     timed = []

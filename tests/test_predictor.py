@@ -174,7 +174,7 @@ def test_expert_latencies_order_experts_like_their_measured_modules(profiled):
 
 
 def test_calibration_models_span_the_number_of_kernel_blocks(tiny_spec):
-    from latency_model.predictor import kernel_blocks
+    from latency_model.calibration import kernel_blocks
     from latency_model.profile import calibration_configs
     from search_spaces import SearchSpace
 

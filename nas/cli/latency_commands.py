@@ -162,7 +162,7 @@ def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitR
 def print_fit(fit: pipeline.FitResult, options: pipeline.FitOptions) -> None:
     """The accuracy table of a fit, and whether its predictor was written or refused."""
     from latency_model.keys import is_fitted_model_key
-    from latency_model.predictor import LOO
+    from latency_model.prediction import LOO
 
     table = Table(title=f"accuracy of the fitted op models on the {options.holdout:.0%} of shapes held out, and of "
                         "the whole-model totals (in sample, and each model left out of the fit)", title_justify="left")

@@ -292,7 +292,8 @@ def _stored(study: Study) -> optuna.Study | None:
 
 # ---- the study note -------------------------------------------------------------------------------------------------
 def _predictor_lines(study: Study) -> list[str]:
-    from latency_model.predictor import LOO, Predictor, PredictorError
+    from latency_model.prediction import LOO
+    from latency_model.predictor import Predictor, PredictorError
 
     path = Path(study.latency.predictor)
     try:

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-
 from .. import attributes as attr
+
 
 if TYPE_CHECKING:
     import optuna
@@ -142,5 +142,3 @@ class SearchDriver(ABC):
     @abstractmethod
     def run(self, study: "Study", options: SearchOptions, events: SearchEvents = SearchEvents()) -> SearchSummary:
         """Run (or continue) the search until ``options.trials_for(study)`` trials finished, or the timeout."""
-
-

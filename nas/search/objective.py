@@ -14,6 +14,7 @@ from .. import attributes as attr
 from ..training.evaluator import Evaluator, Pruned, tested_attrs, training_recipe
 from ..study import Study
 
+
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
@@ -30,13 +31,11 @@ def _scored_before(trial, config: ArchConfig, recipe: str):
     return None
 
 
-
 def set_constraints(trial, budgets: dict[str, float], metric: Callable[[str], float]) -> None:
     """A constraint per budget (hardware metric -> budget: ``metric - budget``, feasible at <= 0), keyed by the
     metric's name; both backends set them so."""
     for name, budget in budgets.items():
         trial.set_constraint(name, metric(name) - budget)
-
 
 
 def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
@@ -78,7 +77,6 @@ def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
         return result.accuracy
 
     return objective
-
 
 
 def score_test_split(study: Study, ostudy: "optuna.Study", trials: list["FrozenTrial"],

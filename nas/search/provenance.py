@@ -30,18 +30,15 @@ def provenance(study: Study, trial: FrozenTrial, study_attrs: dict[str, Any] | N
     }
 
 
-
 def config_text(config: ArchConfig, origin: dict[str, Any]) -> str:
     """An exported ArchConfig file's text: the architecture and its ``provenance``."""
     return yaml.safe_dump({**config.to_dict(), "provenance": origin}, sort_keys=False)
-
 
 
 def write_config(path: Path, config: ArchConfig, origin: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_text(config, origin))
     return path
-
 
 
 def named_study(path: str | Path) -> str | None:
@@ -54,7 +51,6 @@ def named_study(path: str | Path) -> str | None:
     origin = data.get("provenance") if isinstance(data, dict) else None
     study = origin.get("study_file") if isinstance(origin, dict) else None
     return study if isinstance(study, str) and study else None
-
 
 
 def read_export(path: str | Path) -> tuple[ArchConfig, dict[str, Any]]:

@@ -24,11 +24,9 @@ from ..study import Study, create_pruner, create_sampler
 SQLITE_TIMEOUT_S = 60
 
 
-
 class SearchError(ResourceError):
     """The search could not go on (its workers stopped, the cluster cannot be joined); ``where`` is the storage or the
     flag to look at. What is stored stays valid and a re-run continues."""
-
 
 
 def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> optuna.storages.RDBStorage:
@@ -58,7 +56,6 @@ def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> op
     return storage
 
 
-
 def reference_configs(study: Study) -> dict[str, ArchConfig]:
     """The reference points a search is judged against: the all-dense model, and the paper's hand-picked
     allocation (ShiftAddViT: additive attention in every block, MoE of a dense and a shift expert in every MLP)."""
@@ -69,7 +66,6 @@ def reference_configs(study: Study) -> dict[str, ArchConfig]:
     return {"dense": ArchConfig.dense(study.model, depth), "paper": ArchConfig(study.model, (paper,) * depth)}
 
 
-
 def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> optuna.Study:
     """The study's Optuna study on its storage (created with the reference trials queued when new); with
     ``heartbeat``, the storage watches its workers' trials (see :func:`storage_of`). Processes of this machine open
@@ -77,7 +73,6 @@ def open_study(study: Study, create: bool = True, heartbeat: bool = False) -> op
     reference trials."""
     with claim_lock(study):
         return _open_study(study, create, heartbeat)
-
 
 
 def _open_study(study: Study, create: bool, heartbeat: bool) -> optuna.Study:
@@ -113,7 +108,6 @@ def _open_study(study: Study, create: bool, heartbeat: bool) -> optuna.Study:
                 continue  # not in this space: a search cannot propose it, so the report shows no such point
             ostudy.enqueue_trial(params, user_attrs={attr.REFERENCE: name})
     return ostudy
-
 
 
 @contextmanager

@@ -39,9 +39,11 @@ from ..study import Study
 from .teacher import load_teacher
 from .trainer import Evaluation, LossWeights, Trainer, evaluate
 
+
 if TYPE_CHECKING:
 
     from search_spaces.supernet import Supernet
+
 
 # Stops a trial early: called after each epoch with (epoch, accuracy); True means "stop, this trial is pruned".
 Reporter = Callable[[int, float], bool]
@@ -237,5 +239,3 @@ def training_recipe(study: Study) -> str:
         recipe["evaluation"] = {"finetune_steps": study.evaluation.finetune_steps,
                                 **study.evaluation.supernet_recipe()}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
