@@ -5,9 +5,7 @@ import pytest
 import torch
 
 from search_spaces import ModelSpec
-
-# A DeiT small enough that a forward and backward pass takes milliseconds.
-TINY_KWARGS = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2, "num_classes": 10}
+from tiny import vit
 
 
 @pytest.fixture(autouse=True)
@@ -17,13 +15,13 @@ def _seed():
 
 @pytest.fixture
 def tiny_spec() -> ModelSpec:
-    return ModelSpec("deit_tiny_patch16_224", TINY_KWARGS)
+    return vit(img_size=32, patch_size=8)
 
 
 @pytest.fixture(scope="session")
 def searchable(tmp_path_factory):
     """A tiny study's predictor and teacher, made once; returns a function writing a study file that uses them."""
-    from search_fixtures import base_study, prepare, write_study
+    from tiny import base_study, prepare, write_study
 
     root = tmp_path_factory.mktemp("searchable")
     teacher = prepare(root)

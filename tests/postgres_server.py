@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from search_fixtures import free_port
+from tiny import free_port
 
 SERVER_USER = "postgres"  # postgres refuses to run as root; Debian's package creates this account
 

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from nas.cli import main
-from search_fixtures import TINY_MODEL, write_study
+from tiny import TINY_MODEL, write_study
 from search_spaces import ModelSpec
 from search_spaces.reparam import create_model
 

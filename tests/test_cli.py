@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from nas.cli import main
-from search_fixtures import PLUMBING_NOISE
+from tiny import PLUMBING_NOISE, model_section, vit
 from search_spaces import ArchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +62,7 @@ def test_profile_fit_and_latency_from_the_command_line(tmp_path, capsys):
     study = tmp_path / "tiny.yaml"
     study.write_text(yaml.safe_dump({
         "name": "tiny",
-        "model": {"name": "deit_tiny_patch16_224",
-                  "kwargs": {"img_size": 16, "patch_size": 8, "depth": 2, "embed_dim": 16, "num_heads": 2,
-                             "num_classes": 3}},
+        "model": model_section(vit(patch_size=8, embed_dim=16, num_classes=3)),
         "space": {"choices": {"attention": ["msa", "linear"], "qkv": ["dense", "shift"], "proj": ["dense"],
                               "mlp": ["dense", "shift"]}},
         "latency": {"db": f"sqlite:///{tmp_path / 'lat.db'}", "trials": 0, "repeats": 3, **PLUMBING_NOISE},

@@ -12,10 +12,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from nas import attributes as attr
 from nas.cli import main
 from nas.search.dashboard import architecture_table, artifact_store, trial_note
 from nas.study import Study
-from search_fixtures import TINY_MODEL, free_port, stored_trials
+from tiny import TINY_MODEL, free_port, stored_trials
 from search_spaces import ArchConfig, BlockConfig, ConfigError, MoEConfig
 
 
@@ -73,7 +74,7 @@ def test_the_dashboard_shows_notes_and_artifacts_of_a_finished_search(searchable
         assert len(detail["trials"]) == 3
         for shown, stored in zip(detail["trials"], trials):
             body, attrs = shown["note"]["body"], stored.user_attrs
-            config = ArchConfig.from_json(attrs["config"])
+            config = ArchConfig.from_json(attrs[attr.CONFIG])
             assert body.startswith(f"## Trial {stored.number}: complete")
             assert "| block | attention | qkv | proj | mlp |" in body
             for i, block in enumerate(config.blocks):  # one row per block, with its choices and a price

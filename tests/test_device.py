@@ -12,7 +12,7 @@ from nas.device import Placement, resolve, worker_device
 from nas.search.driver import SearchOptions
 from nas.study import Study
 from nas.training.trainer import LossWeights, Trainer, evaluate
-from search_fixtures import TINY_MODEL, write_study
+from tiny import TINY_MODEL, write_study
 from search_spaces import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig, build_model
 
 HAS_CUDA = torch.cuda.is_available()

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from latency_model.energy import TABLES, EnergySettings, UnitCosts, estimate, model_counts
 from nas.study import Study
-from search_fixtures import TINY_MODEL
+from tiny import TINY_MODEL, vit
 from search_spaces import ArchConfig, BlockConfig, ConfigError, ModelSpec, registry
 from search_spaces import counts as oc
 from search_spaces.config import MoEConfig
@@ -29,8 +29,7 @@ def unfused_attention():
 
 
 @pytest.mark.parametrize("spec, depth", [
-    (ModelSpec("deit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32,
-                                         "num_heads": 2, "num_classes": 10}), 2),
+    (vit(), 2),
     (ModelSpec("pvt_v2_b0", {"img_size": 64, "depths": (1, 1, 1, 1), "num_classes": 10}), 4),  # sr convs 8, 4, 2
     (ModelSpec("pvt_v2_b0", {"img_size": 64, "depths": (1, 1, 1, 1), "num_classes": 10, "linear": True}), 4),
 ], ids=["vit", "pvt_v2", "pvt_v2-linear"])

@@ -17,7 +17,7 @@ from nas.cli import main
 from nas.search.driver import SearchOptions
 from nas.search.backends import get_driver
 from nas.study import Study
-from search_fixtures import TINY_MODEL, write_study
+from tiny import TINY_MODEL, write_study
 from search_spaces.errors import ConfigError, ResourceError, ShiftAddError, StateError
 
 KINDS = (ConfigError, ResourceError, StateError)

@@ -9,9 +9,10 @@ import torch
 import yaml
 
 from latency_model.ops import config_ops, kernel_tasks, space_ops
+from nas import attributes as attr
 from nas.training.checkpoints import load_weights
 from nas.cli import main
-from search_fixtures import stored_trials
+from tiny import stored_trials
 from search_spaces import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig, SearchSpace, build_model
 from search_spaces.families import ModelDims, family_for
 from search_spaces.families.pvt_v2 import FusedProjections
@@ -185,9 +186,9 @@ def test_pvt_quickstart_runs_end_to_end(tmp_path, capsys):
     assert "6/6 export" in said
     trials = [t for t in stored_trials(study) if t.state.name == "COMPLETE"]
     assert len(trials) == 3
-    references = {t.user_attrs.get("reference") for t in trials}
+    references = {t.user_attrs.get(attr.REFERENCE) for t in trials}
     assert references >= {"dense", "paper"}  # the paper's PVT allocation is a reference trial
-    paper = next(t for t in trials if t.user_attrs.get("reference") == "paper")
-    config = ArchConfig.from_json(paper.user_attrs["config"])
+    paper = next(t for t in trials if t.user_attrs.get(attr.REFERENCE) == "paper")
+    config = ArchConfig.from_json(paper.user_attrs[attr.CONFIG])
     assert {b.attention for b in config.blocks} == {"additive"} and {b.mlp for b in config.blocks} == {"moe"}
     assert next((tmp_path / "runs" / "pvt_quickstart" / "best").glob("trial-*.yaml"))

@@ -11,6 +11,7 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from nas import attributes as attr
 from nas.cli import main
 from nas.study import Study
 
@@ -35,9 +36,9 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_the_rerun_finishes(sear
             except KeyError:  # the study is not created yet
                 running = []
             # "config" is set once the trial's architecture is sampled: the kill lands in its training
-            victim = next((t for t in running if t.number >= 1 and "config" in t.user_attrs), None)
+            victim = next((t for t in running if t.number >= 1 and attr.CONFIG in t.user_attrs), None)
             time.sleep(0.2)
-        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        os.kill(int(victim.user_attrs[attr.WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
         output = search.communicate(timeout=120)[0].decode()
     finally:
         if search.poll() is None:
@@ -64,8 +65,8 @@ def test_four_workers_on_one_study(database, searchable, tmp_path, request):
     assert main(["search", str(study_file), "--workers", "4"]) == 0
     trials = _study(study_file).get_trials()
     assert [t.number for t in trials] == list(range(8))
-    assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("fail_reason") for t in trials]
-    assert len({t.user_attrs["worker"] for t in trials}) >= 2
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get(attr.FAIL_REASON) for t in trials]
+    assert len({t.user_attrs[attr.WORKER] for t in trials}) >= 2
 
 
 def test_storage_passwords_never_reach_the_output(searchable, tmp_path, capsys):
@@ -87,7 +88,7 @@ def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_pat
     import re
 
     from latency_model import db
-    from search_fixtures import PLUMBING_NOISE, TINY_MODEL, write_study
+    from tiny import PLUMBING_NOISE, TINY_MODEL, write_study
 
     study_file = write_study(tmp_path / "p.yaml", {
         "name": "p", "model": TINY_MODEL,
@@ -184,7 +185,7 @@ def test_a_shape_that_fails_to_compile_is_recorded_and_the_profile_goes_on(tmp_p
     from latency_model import db
     from latency_model.ops import kernel_tasks
     from nas.study import Study
-    from search_fixtures import PLUMBING_NOISE, TINY_MODEL, write_study
+    from tiny import PLUMBING_NOISE, TINY_MODEL, write_study
 
     study_file = write_study(tmp_path / "p.yaml", {
         "name": "p", "model": TINY_MODEL,
@@ -232,7 +233,7 @@ def test_a_measurement_table_that_takes_no_writes_stops_the_profile_with_one_lin
     from sqlalchemy.exc import OperationalError
 
     from latency_model import db
-    from search_fixtures import PLUMBING_NOISE, TINY_MODEL, write_study
+    from tiny import PLUMBING_NOISE, TINY_MODEL, write_study
 
     study_file = write_study(tmp_path / "p.yaml", {
         "name": "p", "model": TINY_MODEL,

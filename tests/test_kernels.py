@@ -21,7 +21,7 @@ from kernels.tuning import cuda_source, get_kernel, task_dir
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
 from search_spaces.ops import ShiftLinear
 
-from search_fixtures import free_port
+from tiny import free_port
 
 TINY = KernelSpec("matmul", "fp32", 24, 20, 12)
 

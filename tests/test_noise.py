@@ -16,7 +16,7 @@ from latency_model.db import ModelRow, Row
 from latency_model.predictor import Predictor, PredictorError
 from latency_model.gate import PredictorRefused, check
 from nas.cli import main
-from search_fixtures import TINY_MODEL, write_study
+from tiny import TINY_MODEL, write_study
 from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig
 
 HOG = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"

@@ -8,7 +8,7 @@ from latency_model.pays import where_it_pays
 from latency_model.predictor import Predictor
 from nas.cli import main
 from search_spaces import ModelSpec, SearchSpace
-from search_fixtures import TINY_MODEL, TINY_SPACE
+from tiny import TINY_MODEL, TINY_SPACE
 
 SPEC = ModelSpec(TINY_MODEL["name"], TINY_MODEL["kwargs"])
 A, B = 1.5, 0.1  # the composition: a x parts + b per block on the kernels

@@ -115,7 +115,7 @@ print("runtime-only: ok")
 def test_the_tvm_runtime_alone_checks_prebuilt_kernels_runs_models_on_them_and_searches(tmp_path):
     from nas.cli import main
     from nas.study import Study
-    from search_fixtures import base_study, write_study
+    from tiny import base_study, write_study
 
     checks = tmp_path / "checks"
     build(list(all_specs()) + [SHIFT, PRODUCT], "cpu", checks)
@@ -185,7 +185,7 @@ print("no TVM: ok")
 
 
 def test_training_needs_no_tvm_and_no_ray(tmp_path):
-    from search_fixtures import base_study, write_study
+    from tiny import base_study, write_study
 
     study = write_study(tmp_path / "tiny.yaml", base_study(tmp_path))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

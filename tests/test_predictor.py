@@ -7,12 +7,16 @@ import torch
 from kernels.runtime import KernelSet, to_kernels
 from latency_model import db
 from latency_model.db import Row
+from latency_model.keys import fitted_model_key, kernel_op
 from latency_model.ops import ModelDims, Op
 from latency_model.predictor import Predictor, PredictorError
 from latency_model.profile import profile
 from latency_model.settings import LatencySettings
 from latency_model.timing import time_model, time_op
-from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig, SearchSpace, build_model
+from search_spaces import ArchConfig, BlockConfig, MoEConfig, SearchSpace, build_model
+from tiny import vit
+
+MATMUL_FP32 = fitted_model_key(kernel_op("matmul"), "fp32", "float32")  # the fp32 matmul's fitted model
 
 
 def _row(op, variant, shape, ms):
@@ -26,9 +30,9 @@ def test_fit_recovers_a_known_power_law():
         m, k, n = (int(v) for v in rng.integers(8, 2048, 3))
         rows.append(_row("tvm.matmul", "fp32", {"M": m, "K": k, "N": n}, 2e-7 * m * k ** 1.1 * n ** 0.8))
     predictor, accuracy = Predictor.fit(rows, "synthetic", holdout=0.2)
-    assert accuracy["tvm.matmul|fp32|float32"].count == 12
-    assert accuracy["tvm.matmul|fp32|float32"].mape < 1e-3 and accuracy["all"].within_5pct == 1.0
-    model = predictor.models["tvm.matmul|fp32|float32"]
+    assert accuracy[MATMUL_FP32].count == 12
+    assert accuracy[MATMUL_FP32].mape < 1e-3 and accuracy["all"].within_5pct == 1.0
+    model = predictor.models[MATMUL_FP32]
     assert model.dims == ["K", "M", "N"]
     assert model.coef[1:] == pytest.approx([1.1, 1.0, 0.8], abs=1e-3)
     # an unseen shape is predicted by the fitted law
@@ -42,7 +46,7 @@ def test_a_batched_kernel_fits_with_its_single_calls_where_the_batch_dim_is_not_
     rows = [_row("tvm.matadd", "binary_real", {"M": m, "K": 32, "N": 32, **({"B": b} if b > 1 else {})},
                  1e-4 * m * b ** 0.9) for m in (49, 196, 784, 3136) for b in (1, 2, 5, 8)]
     predictor, _ = Predictor.fit(rows, "synthetic", holdout=0.0)
-    model = predictor.models["tvm.matadd|binary_real|float32"]
+    model = predictor.models[fitted_model_key(kernel_op("matadd"), "binary_real", "float32")]
     assert model.dims == ["B", "M"]
     assert predictor.op_ms("tvm.matadd", "binary_real", {"M": 500, "K": 32, "N": 32}) == pytest.approx(
         1e-4 * 500, rel=1e-3)
@@ -89,8 +93,7 @@ def test_json_round_trip_predicts_identically_and_refuses_other_devices(tmp_path
         Predictor.load(tmp_path / "bad.json")
 
 
-TINY = ModelSpec("deit_tiny_patch16_224",
-                 {"img_size": 16, "patch_size": 8, "depth": 2, "embed_dim": 16, "num_heads": 2, "num_classes": 3})
+TINY = vit(patch_size=8, embed_dim=16, num_classes=3)
 
 
 @pytest.fixture(scope="module")

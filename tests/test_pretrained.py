@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from nas.training.checkpoints import load_published
 from nas.cli import main
 from nas.study import Study
-from search_fixtures import TINY_MODEL
+from tiny import TINY_MODEL
 from search_spaces import ModelSpec
 from search_spaces.errors import ResourceError
 from search_spaces.reparam import create_model

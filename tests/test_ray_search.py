@@ -10,9 +10,10 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
+from nas import attributes as attr
 from nas.cli import main
 
-from search_fixtures import stored_trials, trial_notes
+from tiny import stored_trials, trial_notes
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -23,15 +24,15 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
     assert main(["search", str(study_file), "--backend", "ray", "--workers", "2"]) == 0
     trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    assert [t.user_attrs.get("reference") for t in trials[:2]] == ["dense", "paper"]
+    assert [t.user_attrs.get(attr.REFERENCE) for t in trials[:2]] == ["dense", "paper"]
     for t in trials:
         attrs = t.user_attrs
-        assert attrs["ray_trial_id"] and attrs["ray_hostname"] and attrs["ray_node_ip"] and attrs["ray_node_id"]
-        assert t.values == [attrs["search_accuracy"], attrs["latency_ms"], attrs["energy_uj"]]
-        assert attrs["energy_uj"] > 0 and attrs["energy_breakdown"]["table"] == "horowitz45nm"
-        assert "test_accuracy" in attrs
+        assert attrs[attr.RAY_TRIAL_ID] and attrs["ray_hostname"] and attrs["ray_node_ip"] and attrs["ray_node_id"]
+        assert t.values == [attrs[attr.SEARCH_ACCURACY], attrs[attr.LATENCY_MS], attrs[attr.ENERGY_UJ]]
+        assert attrs[attr.ENERGY_UJ] > 0 and attrs[attr.ENERGY_BREAKDOWN]["table"] == "horowitz45nm"
+        assert attr.TEST_ACCURACY in attrs
         assert {"config", "latency_breakdown", "moe_split", "weights"} <= set(attrs)
-    assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 4
+    assert len({t.user_attrs[attr.RAY_TRIAL_ID] for t in trials}) == 4
     for number, (note, artifacts) in trial_notes(study_file).items():  # what optuna-dashboard shows of each
         assert note.startswith(f"## Trial {number}: complete") and "| block | attention |" in note
         assert artifacts == [f"trial-{number}.yaml"]
@@ -56,14 +57,14 @@ def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
     assert TrialState.PRUNED in states  # ASHA with halving stops some of 6 trials of 4 epochs
     assert TrialState.COMPLETE in states  # ... and lets the others run to their end
     for t in trials:
-        assert t.user_attrs["config"] and t.user_attrs["ray_node_id"]
+        assert t.user_attrs[attr.CONFIG] and t.user_attrs["ray_node_id"]
         if t.state == TrialState.PRUNED:
             # Optuna keeps a pruned trial's last intermediate value, as with its own pruners; no final attributes
-            assert len(t.intermediate_values) < 4 and "search_accuracy_history" not in t.user_attrs
+            assert len(t.intermediate_values) < 4 and attr.SEARCH_ACCURACY_HISTORY not in t.user_attrs
         else:
-            assert len(t.user_attrs["search_accuracy_history"]) == 4
+            assert len(t.user_attrs[attr.SEARCH_ACCURACY_HISTORY]) == 4
             assert sorted(t.intermediate_values) == [1, 2, 3, 4] and t.intermediate_values[4] == t.value
-            assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs["latency_ms"] - 1000.0)}
+            assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs[attr.LATENCY_MS] - 1000.0)}
     notes = trial_notes(study_file)
     for t in trials:
         assert notes[t.number][0].startswith(f"## Trial {t.number}: {t.state.name.lower()}")
@@ -165,4 +166,4 @@ def test_a_killed_trial_worker_fails_that_trial_and_the_rest_complete(searchable
     states = [t.state for t in stored_trials(study_file)]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 2, output[-3000:]
     failed = next(t for t in stored_trials(study_file) if t.state == TrialState.FAIL)
-    assert "died" in failed.user_attrs["fail_reason"]
+    assert "died" in failed.user_attrs[attr.FAIL_REASON]

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from nas import attributes as attr
 from nas.cli import main
 from nas.study import Study
-from search_fixtures import PLUMBING_NOISE, TINY_MODEL, stored_trials, write_study
+from tiny import PLUMBING_NOISE, TINY_MODEL, model_section, stored_trials, write_study
+from tiny import pvt as tiny_pvt
 from search_spaces import BlockConfig, build_model, registry
 from search_spaces.ops.attention import AdditiveAttention
 
@@ -71,7 +73,7 @@ def test_a_primitive_from_a_plugin_runs_through_every_stage(plugin_study, tmp_pa
     assert main(["search", str(plugin_study), "--workers", "1"]) == 0  # a worker process imports the plugin
     trials = [t for t in stored_trials(plugin_study) if t.state.name == "COMPLETE"]
     assert len(trials) == 2 and all(t.params.get("b0.attention", "pooled") == "pooled" for t in trials)
-    assert all('"attention": "pooled"' in t.user_attrs["config"] for t in trials)
+    assert all('"attention": "pooled"' in t.user_attrs[attr.CONFIG] for t in trials)
 
     # an exported config names its study, which is read first: its plugin registers the primitive again
     registry.unregister("attention", "pooled")
@@ -121,9 +123,7 @@ def test_a_primitive_declared_for_one_family_is_refused_on_another(tmp_path, cap
     from search_spaces import ArchConfig, ConfigError, ModelSpec, SearchSpace
 
     (tmp_path / f"{PLUGIN}.py").write_text(SOURCE.replace('description=', 'families=("vit",), description='))
-    pvt = {"name": "pvt_v2_b0", "kwargs": {"img_size": 32, "depths": [1, 1], "embed_dims": [16, 32],
-                                            "num_heads": [1, 2], "sr_ratios": [2, 1], "mlp_ratios": [2, 2],
-                                            "num_classes": 10}}
+    pvt = model_section(tiny_pvt())
     try:
         named = write_study(tmp_path / "named.yaml", {"name": "named", "model": pvt, "plugins": [PLUGIN],
                                                       "space": {"stages": {1: {"attention": ["msa", "pooled"]}}}})

@@ -17,6 +17,7 @@ from search_spaces import (
 )
 from search_spaces.ops import AdditiveAttention, LinearAttention, MoEMlp, ShiftLinear, moe_aux_loss
 from search_spaces.space import block_options
+from tiny import vit
 
 
 def test_dense_config_leaves_outputs_bit_identical(tiny_spec):
@@ -63,10 +64,7 @@ def test_every_op_combination_runs_forward_and_backward():
     combos = list(itertools.product(*block_options().values()))
     assert len(combos) == 36
     # one block per combination, in one model
-    spec = ModelSpec(
-        "deit_tiny_patch16_224",
-        {"img_size": 16, "patch_size": 8, "depth": len(combos), "embed_dim": 16, "num_heads": 2, "num_classes": 3},
-    )
+    spec = vit(patch_size=8, depth=len(combos), embed_dim=16, num_classes=3)
     blocks = tuple(
         BlockConfig(a, q, p, m, MoEConfig() if m == "moe" else None) for a, q, p, m in combos
     )

@@ -9,7 +9,7 @@ import yaml
 from kernels.runtime import KernelSet, compiled, to_kernels
 from latency_model import db
 from nas.cli import main
-from search_fixtures import PLUMBING_NOISE, TINY_MODEL
+from tiny import PLUMBING_NOISE, TINY_MODEL
 from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig, build_model
 
 PAPER = BlockConfig("additive", "shift", "shift", "moe", MoEConfig(1, ("dense", "shift")))

@@ -13,12 +13,13 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from nas import attributes as attr
 from nas.training.checkpoints import load_model
 from nas.cli import main
 from nas.study import Study
 from search_spaces import ArchConfig
 
-from search_fixtures import free_port, stored_trials
+from tiny import free_port, stored_trials
 
 
 def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
@@ -27,21 +28,23 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     # the two reference points are queued first, then the sampler's choices
-    assert [t.user_attrs.get("reference") for t in trials[:2]] == ["dense", "paper"]
+    assert [t.user_attrs.get(attr.REFERENCE) for t in trials[:2]] == ["dense", "paper"]
     for t in trials:
         attrs = t.user_attrs
-        config = ArchConfig.from_json(attrs["config"])
-        assert config.depth == 2 and attrs["config_id"] == config.id
-        assert t.values == [attrs["search_accuracy"], attrs["latency_ms"]] and 0 <= attrs["search_accuracy"] <= 1
+        config = ArchConfig.from_json(attrs[attr.CONFIG])
+        assert config.depth == 2 and attrs[attr.CONFIG_ID] == config.id
+        assert t.values == [attrs[attr.SEARCH_ACCURACY], attrs[attr.LATENCY_MS]]
+        assert 0 <= attrs[attr.SEARCH_ACCURACY] <= 1
         # the test accuracy is stored, with its standard error, and is not the objective
-        assert 0 <= attrs["test_accuracy"] <= 1 and attrs["test_images"] == 359
-        assert attrs["test_se"] == pytest.approx(
-            (attrs["test_accuracy"] * (1 - attrs["test_accuracy"]) / 359) ** 0.5, abs=1e-6)
-        assert len(attrs["latency_breakdown"]["blocks"]) == 2 and attrs["latency_ms"] > 0
-        assert attrs["weights"]["total"] > 0 and attrs["wall_s"] > 0 and len(attrs["search_accuracy_history"]) == 2
+        assert 0 <= attrs[attr.TEST_ACCURACY] <= 1 and attrs[attr.TEST_IMAGES] == 359
+        assert attrs[attr.TEST_SE] == pytest.approx(
+            (attrs[attr.TEST_ACCURACY] * (1 - attrs[attr.TEST_ACCURACY]) / 359) ** 0.5, abs=1e-6)
+        assert len(attrs[attr.LATENCY_BREAKDOWN]["blocks"]) == 2 and attrs[attr.LATENCY_MS] > 0
+        assert attrs[attr.WEIGHTS]["total"] > 0 and attrs[attr.WALL_S] > 0
+        assert len(attrs[attr.SEARCH_ACCURACY_HISTORY]) == 2
         moe_blocks = [str(i) for i, b in enumerate(config.blocks) if b.mlp == "moe"]
-        assert sorted(attrs["moe_split"]) == moe_blocks
-        for shares in attrs["moe_split"].values():
+        assert sorted(attrs[attr.MOE_SPLIT]) == moe_blocks
+        for shares in attrs[attr.MOE_SPLIT].values():
             assert sum(shares) == pytest.approx(1.0, abs=1e-5)
 
     out = tmp_path / "export"
@@ -50,10 +53,10 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     assert exported
     data = yaml.safe_load(exported[0].read_text())
     assert data["provenance"]["study"] == "tiny" and data["provenance"]["latency_ms"] > 0
-    assert data["provenance"]["test_accuracy"] == trials[data["provenance"]["trial"]].user_attrs["test_accuracy"]
+    assert data["provenance"]["test_accuracy"] == trials[data["provenance"]["trial"]].user_attrs[attr.TEST_ACCURACY]
     assert data["provenance"]["test_se"] > 0
     config = ArchConfig.load(exported[0])
-    assert config.to_json() == trials[data["provenance"]["trial"]].user_attrs["config"]
+    assert config.to_json() == trials[data["provenance"]["trial"]].user_attrs[attr.CONFIG]
 
     tuned = tmp_path / "finetuned"
     capsys.readouterr()
@@ -89,8 +92,8 @@ def test_search_resumes_the_stored_study(searchable, tmp_path):
         assert (old.number, old.params, old.values, old.datetime_complete) == \
                (new.number, new.params, new.values, new.datetime_complete)
     # the continued run's sampler is seeded apart from the first run's: it draws new architectures, not repeats
-    assert first[2].user_attrs["config_id"] not in {t.user_attrs["config_id"] for t in again[3:]}
-    assert not any("duplicate_of" in t.user_attrs for t in again)
+    assert first[2].user_attrs[attr.CONFIG_ID] not in {t.user_attrs[attr.CONFIG_ID] for t in again[3:]}
+    assert not any(attr.DUPLICATE_OF in t.user_attrs for t in again)
     assert main(["search", str(study_file), "--n-trials", "5"]) == 0  # nothing left to do
     assert len(stored_trials(study_file)) == 5
 
@@ -101,7 +104,7 @@ def test_two_workers_share_one_sqlite_study_exactly(searchable, tmp_path):
     trials = stored_trials(study_file)
     assert [t.number for t in trials] == list(range(5))
     assert all(t.state == TrialState.COMPLETE for t in trials)  # none lost, none extra
-    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both worked
+    assert len({t.user_attrs[attr.WORKER] for t in trials}) == 2  # both worked
 
 
 def test_diverging_trials_fail_with_their_reason_and_keep_the_study(searchable, tmp_path, capsys):
@@ -117,7 +120,7 @@ def test_diverging_trials_fail_with_their_reason_and_keep_the_study(searchable, 
     assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2  # what was stored survives
     failed = trials[2:]
     assert len(failed) == 3 and all(t.state == TrialState.FAIL for t in failed)
-    assert all("loss is" in t.user_attrs["fail_reason"] for t in failed)
+    assert all("loss is" in t.user_attrs[attr.FAIL_REASON] for t in failed)
 
 
 def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path):
@@ -131,7 +134,7 @@ def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path)
     assert all(len(t.values) == 1 for t in complete)
     # nothing is faster than 1 ns: every complete trial is infeasible, so there is no best to export
     assert complete and all(t.constraints["latency_ms"] > 0 for t in complete)
-    assert all(t.constraints["energy_uj"] == t.user_attrs["energy_uj"] - 1e9 < 0 for t in complete)
+    assert all(t.constraints["energy_uj"] == t.user_attrs[attr.ENERGY_UJ] - 1e9 < 0 for t in complete)
     assert main(["export", str(study_file), "--out", str(tmp_path / "x")]) == 2
 
 
@@ -191,7 +194,7 @@ def test_dashboard_serves_the_study_on_loopback(searchable, tmp_path):
 
 
 def test_pretrain_is_cached_and_retrains_when_the_study_changes(tmp_path, capsys):
-    from search_fixtures import TINY_MODEL, write_study
+    from tiny import TINY_MODEL, write_study
 
     study_file = write_study(tmp_path / "p.yaml", {"name": "p", "model": TINY_MODEL,
                                                   "budget": {"pretrain_epochs": 1}, "train": {"batch_size": 64}})
@@ -231,23 +234,23 @@ def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
     assert main(["search", str(study_file)]) == 0
     trials = stored_trials(study_file)
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
-    repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
+    repeats = [t for t in trials if attr.DUPLICATE_OF in t.user_attrs]
     assert len(repeats) >= 2
     for t in repeats:
-        original = trials[t.user_attrs["duplicate_of"]]
-        assert t.values == original.values and t.user_attrs["config_id"] == original.user_attrs["config_id"]
-        assert t.user_attrs["wall_s"] < original.user_attrs["wall_s"]
+        original = trials[t.user_attrs[attr.DUPLICATE_OF]]
+        assert t.values == original.values and t.user_attrs[attr.CONFIG_ID] == original.user_attrs[attr.CONFIG_ID]
+        assert t.user_attrs[attr.WALL_S] < original.user_attrs[attr.WALL_S]
     out = tmp_path / "pareto"
     assert main(["export", str(study_file), "--trial", "pareto", "--out", str(out)]) == 0
     ids = [yaml.safe_load(p.read_text())["provenance"]["trial"] for p in out.glob("*.yaml")]
-    assert len({trials[i].user_attrs["config_id"] for i in ids}) == len(ids)  # each architecture once
+    assert len({trials[i].user_attrs[attr.CONFIG_ID] for i in ids}) == len(ids)  # each architecture once
 
     # another training recipe (here the learning rate): results trained under the old one are not reused
     searchable(tmp_path, space=space, budget={"n_trials": 8}, train={"batch_size": 32, "lr": 0.01})
     assert main(["search", str(study_file)]) == 0
     later = stored_trials(study_file)[6:]
     assert len(later) == 2 and "duplicate_of" not in later[0].user_attrs and "train_s" in later[0].user_attrs
-    assert all(t.user_attrs.get("duplicate_of", 6) >= 6 for t in later)
+    assert all(t.user_attrs.get(attr.DUPLICATE_OF, 6) >= 6 for t in later)
 
 
 def test_run_chains_the_steps_and_reuses_what_is_done(searchable, tmp_path):

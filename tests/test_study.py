@@ -6,7 +6,7 @@ import yaml
 
 from nas.cli import main
 from nas.study import Study, create_pruner, create_sampler
-from search_fixtures import TINY_MODEL
+from tiny import TINY_MODEL
 from search_spaces import ConfigError
 
 

@@ -15,16 +15,16 @@ import pytest
 import torch
 import yaml
 
+from nas import attributes as attr
 from nas.cli import main
 from nas.study import Study
-from search_fixtures import stored_trials
-from search_spaces import ArchConfig, ModelSpec, build_model
+from tiny import pvt, stored_trials
+from search_spaces import ArchConfig, build_model
 from search_spaces.reparam import create_model
 from search_spaces.space import SearchSpace
 from search_spaces.supernet import Supernet
 
-PVT = ModelSpec("pvt_v2_b0", {"img_size": 32, "depths": [1, 1], "embed_dims": [16, 32], "num_heads": [1, 2],
-                              "sr_ratios": [2, 1], "mlp_ratios": [2, 2], "num_classes": 5})
+PVT = pvt(num_classes=5)
 SUPERNET = {"mode": "supernet", "supernet_steps": 6, "random_subnets": 2}
 
 
@@ -212,8 +212,8 @@ def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_the
     assert main(["search", str(study_file), "--backend", backend, "--n-trials", "3"]) == 0
     trials = [t for t in stored_trials(study_file) if t.state.name == "COMPLETE"]
     assert len(trials) == 3
-    assert {t.user_attrs["evaluation"] for t in trials} == {"supernet"}
-    assert not any("test_accuracy" in t.user_attrs for t in trials)  # a trial scores the search split only
+    assert {t.user_attrs[attr.EVALUATION] for t in trials} == {"supernet"}
+    assert not any(attr.TEST_ACCURACY in t.user_attrs for t in trials)  # a trial scores the search split only
     study = Study.load(study_file)
     supernet = load_supernet(study, load_teacher(study))
 
@@ -258,7 +258,7 @@ def test_nas_run_trains_the_supernet_after_the_teacher_and_reuses_it(searchable,
     assert "2/6 latency predictor:" in said and "(up to date)" in said and "3/6 teacher:" in said
     assert "3/6 supernet" in said and "trained the supernet for 3 steps" in said
     assert "2 trial(s) finished in this run" in said and "Pareto front" in said and "best: " in said
-    assert {t.user_attrs["evaluation"] for t in stored_trials(study_file)} == {"supernet"}
+    assert {t.user_attrs[attr.EVALUATION] for t in stored_trials(study_file)} == {"supernet"}
     assert next((out / "best").glob("trial-*.safetensors"))  # the best trial's inherited weights
     assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
     assert "(cached)" in " ".join(capsys.readouterr().out.split()).split("3/6 supernet")[1]
@@ -284,11 +284,11 @@ def test_two_drivers_started_together_train_one_teacher_and_one_supernet_and_dra
     assert seeds[0] != seeds[1]
     trials = stored_trials(study_file)
     assert len(trials) == 4
-    references = [t.user_attrs["reference"] for t in trials if "reference" in t.user_attrs]
+    references = [t.user_attrs[attr.REFERENCE] for t in trials if attr.REFERENCE in t.user_attrs]
     assert references and len(references) == len(set(references))  # the study was created once
     by_worker: dict[str, set] = {}
     for t in trials:
-        by_worker.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["sampler_seed"])
+        by_worker.setdefault(t.user_attrs[attr.WORKER], set()).add(t.user_attrs[attr.SAMPLER_SEED])
     assert all(len(s) == 1 for s in by_worker.values())  # one sampler per worker process
     if len(by_worker) == 2:  # both drivers ran trials: their samplers differ
         assert len(set.union(*by_worker.values())) == 2

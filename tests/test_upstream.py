@@ -8,6 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from nas import attributes as attr
 from nas.upstream import optuna_internals, ray_internals
 
 
@@ -38,7 +39,7 @@ def test_fail_trial_fails_a_running_trial_from_its_frozen_copy(tmp_path):
     frozen = study.get_trials(states=(TrialState.RUNNING,))[0]
     optuna_internals.fail_trial(study, frozen, "left running")
     trial = study.get_trials()[0]
-    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "left running"
+    assert trial.state == TrialState.FAIL and trial.user_attrs[attr.FAIL_REASON] == "left running"
 
 
 def test_the_ray_searchers_optuna_trials_metric_and_state(tmp_path):

@@ -1,7 +1,8 @@
-"""A tiny study ready to search: its predictor (profiled with untuned kernels) and teacher are made once per session.
-
-Each test writes its own study file (own storage) pointing at the shared predictor and teacher, so tests cannot see
-each other's trials.
+"""Tiny models and studies, written once for every test: a DeiT and a PVTv2 small enough that a forward and backward
+pass takes milliseconds (:func:`vit`, :func:`pvt`, each with the changes a test needs), a tiny study ready to search
+(its predictor, profiled with untuned kernels, and its teacher are made once per session by ``conftest.searchable``;
+each test writes its own study file with its own storage, so tests cannot see each other's trials), and helpers
+that read what a search stored.
 """
 
 from __future__ import annotations
@@ -12,9 +13,29 @@ from pathlib import Path
 
 import yaml
 
-TINY_MODEL = {"name": "deit_tiny_patch16_224",
-              "kwargs": {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2,
-                         "num_classes": 10}}
+from search_spaces import ModelSpec
+
+VIT_KWARGS = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "num_classes": 10}
+PVT_KWARGS = {"img_size": 32, "depths": [1, 1], "embed_dims": [16, 32], "num_heads": [1, 2], "sr_ratios": [2, 1],
+              "mlp_ratios": [2, 2], "num_classes": 10}
+
+
+def vit(**changes) -> ModelSpec:
+    """A two-block DeiT at 16x16 (``changes`` replace its timm kwargs)."""
+    return ModelSpec("deit_tiny_patch16_224", {**VIT_KWARGS, **changes})
+
+
+def pvt(**changes) -> ModelSpec:
+    """A two-stage, one-block-per-stage PVTv2 at 32x32 (``changes`` replace its timm kwargs)."""
+    return ModelSpec("pvt_v2_b0", {**PVT_KWARGS, **changes})
+
+
+def model_section(spec: ModelSpec) -> dict:
+    """A study file's ``model:`` section for ``spec``."""
+    return spec.to_dict()
+
+
+TINY_MODEL = model_section(vit())  # the model of the tiny studies
 TINY_SPACE = {"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["dense", "shift"],
                           "proj": ["dense"], "mlp": ["dense", "shift", "moe"]}}
 
