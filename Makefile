@@ -9,7 +9,7 @@ STUDY  ?= studies/quickstart.yaml
 DEMO_TRIALS ?= 0
 DEMO_WORKERS ?= 2
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	$(MAKE) docs
+
+# The user guide and API reference (docs/, mkdocs.yml) into .site/; --strict: a broken link or a stale API reference
+# fails the build (and so `make test`, and CI).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .site
