@@ -1,5 +1,8 @@
+"""``python -m nas.cli``: the ``nas`` command."""
+
 import sys
 
 from .main import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
