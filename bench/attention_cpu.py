@@ -25,7 +25,7 @@ from record import write  # noqa: E402
 
 from kernels.runtime import KernelSet  # noqa: E402
 from latency_model.keys import OpName, attention_variant  # noqa: E402
-from latency_model.ops import ModelDims, Op  # noqa: E402
+from latency_model.decomposition import ModelDims, Op  # noqa: E402
 from latency_model.timing import time_op  # noqa: E402
 from search_spaces import ModelSpec  # noqa: E402
 

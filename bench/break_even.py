@@ -33,7 +33,7 @@ from record import RESULTS, write  # noqa: E402
 
 from kernels.runtime import KernelSet  # noqa: E402
 from latency_model.keys import measurement_key  # noqa: E402
-from latency_model.ops import Op  # noqa: E402
+from latency_model.decomposition import Op  # noqa: E402
 from latency_model.pays import SLOTS, where_it_pays  # noqa: E402
 from latency_model.predictor import Predictor  # noqa: E402
 from latency_model.timing import time_op  # noqa: E402

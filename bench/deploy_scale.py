@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from kernels.runtime import to_kernels  # noqa: E402
 from latency_model import db  # noqa: E402
-from latency_model.ops import ModelDims  # noqa: E402
+from latency_model.decomposition import ModelDims  # noqa: E402
 from latency_model.prediction import LOO  # noqa: E402
 from latency_model.predictor import Predictor, router_loads  # noqa: E402
 from latency_model.calibration import family_key  # noqa: E402

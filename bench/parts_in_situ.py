@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write  # noqa: E402
 
 from kernels.runtime import to_kernels  # noqa: E402
-from latency_model.ops import ModelDims  # noqa: E402
+from latency_model.decomposition import ModelDims  # noqa: E402
 from latency_model.predictor import Predictor  # noqa: E402
 from latency_model.timing import time_model  # noqa: E402
 from nas.training import data  # noqa: E402

@@ -46,7 +46,7 @@ from record import RESULTS, write  # noqa: E402
 
 from kernels.runtime import to_kernels  # noqa: E402
 from latency_model import db  # noqa: E402
-from latency_model.ops import ModelDims, MoELoad  # noqa: E402
+from latency_model.decomposition import ModelDims, MoELoad  # noqa: E402
 from latency_model.predictor import Predictor, router_loads  # noqa: E402
 from latency_model.gate import PredictorRefused, check  # noqa: E402
 from latency_model.profile import profile, table_kernels  # noqa: E402

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from kernels.runtime import KernelSet, to_kernels  # noqa: E402
 from latency_model.keys import OpName  # noqa: E402
-from latency_model.ops import block_ops  # noqa: E402
+from latency_model.decomposition import block_ops  # noqa: E402
 from latency_model.pays import DENSE, slot_choices  # noqa: E402
 from latency_model.timing import time_model, time_op  # noqa: E402
 from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig, SearchSpace, build_model  # noqa: E402

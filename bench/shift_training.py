@@ -129,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     study = Study.load(STUDY)
-    from latency_model.ops import ModelDims
+    from latency_model.decomposition import ModelDims
 
     dims = ModelDims.of(study.model)
     splits = data.load(study.data, dims.img, dims.classes)

@@ -38,7 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, write  # noqa: E402
 
-from latency_model.ops import ModelDims  # noqa: E402
+from latency_model.decomposition import ModelDims  # noqa: E402
 from nas.training import data  # noqa: E402
 from nas.study import Study  # noqa: E402
 from nas.training.teacher import load_teacher, pretrain  # noqa: E402

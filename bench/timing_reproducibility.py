@@ -54,7 +54,7 @@ def worker(setting: str, seed: int, count: int, repeats: int) -> dict[str, float
     import torch
 
     from kernels.runtime import KernelSet, to_kernels
-    from latency_model.ops import ModelDims
+    from latency_model.decomposition import ModelDims
     from latency_model.timing import time_model
     from search_spaces import build_model
 

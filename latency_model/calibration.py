@@ -18,7 +18,7 @@ from search_spaces.registry import on_kernels
 
 from .db import ModelRow
 from .keys import OpName, part_name
-from .ops import MoELoad, block_attention_variant
+from .decomposition import MoELoad, block_attention_variant
 from .prediction import Accuracy, Prediction, PredictorError
 
 # the names of a block's parts in a prediction's breakdown that are not a kernel or an expert

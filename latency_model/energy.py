@@ -42,7 +42,7 @@ from search_spaces.schema import check_keys, check_number
 from search_spaces.families import ModelDims, family_for
 from search_spaces.ops.moe import MoELoad
 
-from .ops import block_shapes
+from .decomposition import block_shapes
 
 DEFAULT_TABLE = "horowitz45nm"
 NOTE = "an estimate for an accelerator datapath from operation counts, not a measurement of this machine"

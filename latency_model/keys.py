@@ -2,7 +2,7 @@
 
 A row of the measurement table is an *op* at a *shape*: ``(op, variant, shape, dtype)``.
 
-- Module ops (:class:`OpName`) are the parts a model runs, timed as torch modules (see :mod:`latency_model.ops`);
+- Module ops (:class:`OpName`) are the parts a model runs, timed as torch modules (see :mod:`latency_model.decomposition`);
   an attention op's variant is ``<attention>/<qkv>/<proj>`` (:func:`attention_variant`), an MLP's its kind.
 - Kernel ops are the TVM kernels, named ``tvm.<kernel>`` (:func:`kernel_op`), variant and dtype as in
   :class:`kernels.spec.KernelSpec`, shape ``{M, K, N}`` (:func:`kernel_shape`; ``B`` added for a batched one).

@@ -27,7 +27,7 @@ from search_spaces.families import ModelDims, family_for
 from search_spaces.registry import on_kernels
 
 from .keys import OpName
-from .ops import block_ops, latency_split
+from .decomposition import block_ops, latency_split
 from .predictor import Predictor, PredictorError
 
 SLOTS = ("attention", "qkv", "proj", "mlp")

@@ -44,7 +44,7 @@ from .calibration import (PART_NAMES, ModelCheck, calibration_key, compose, fami
                           in_situ_factor, in_situ_keys, kernel_blocks, part_of)
 from .db import ModelRow, Row
 from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
-from .ops import MoELoad, config_ops, latency_split, space_ops
+from .decomposition import MoELoad, config_ops, latency_split, space_ops
 from .op_models import PowerLaw
 from .prediction import LOO, Accuracy, Prediction, PredictorError
 
@@ -186,7 +186,7 @@ class Predictor:
         choice = config.blocks[block]
         if choice.moe is None:
             raise PredictorError(f"blocks[{block}].mlp", f"{config.id} has no MoE MLP (its mlp is {choice.mlp!r})")
-        from .ops import ModelDims, mlp_shape
+        from .decomposition import ModelDims, mlp_shape
 
         shape = dict(mlp_shape(ModelDims.of(config.model).blocks[block], batch))
         return [self.op_ms(OpName.MLP, kind, shape) for kind in choice.moe.experts]
@@ -196,9 +196,9 @@ class Predictor:
         """Total latency in ms and its breakdown per block and part.
 
         An MoE block is priced at ``moe_loads[block]``: how a trained router spread the images it saw
-        (:class:`~latency_model.ops.MoELoad`, see :func:`router_loads`), or the share of token assignments each expert
+        (:class:`~latency_model.decomposition.MoELoad`, see :func:`router_loads`), or the share of token assignments each expert
         gets from every image. Blocks without one are priced at the split the latency-aware loss drives toward
-        (shares ∝ 1/lat, :func:`latency_model.ops.latency_split`).
+        (shares ∝ 1/lat, :func:`latency_model.decomposition.latency_split`).
         """
         moe_loads = moe_loads or {}
 

@@ -1,6 +1,6 @@
 """``nas profile``: measure every op and kernel shape a study's search space can produce, once.
 
-Kernel tasks (TVM) are tuned through the cache and timed; module ops (:mod:`latency_model.ops`) are timed as the
+Kernel tasks (TVM) are tuned through the cache and timed; module ops (:mod:`latency_model.decomposition`) are timed as the
 modules run here; a few whole models (``calibration`` per batch size, drawn with a fixed seed) are timed so the
 predictor can learn how module times compose when run back to back, and (eager) each block's attention and MLP is
 timed inside them, so each choice is priced as a model runs it. Everything already in the table for this device
@@ -39,7 +39,7 @@ from search_spaces.registry import get as primitive, on_kernels
 
 from . import db
 from .keys import KERNEL_PREFIX, is_kernel_op, kernel_op, kernel_shape, measurement_key, model_key
-from .ops import ModelDims, Op, kernel_tasks, space_ops
+from .decomposition import ModelDims, Op, kernel_tasks, space_ops
 from .predictor import router_loads
 from .settings import LatencySettings
 from .timing import time_model, time_op, time_parts

@@ -1,6 +1,6 @@
 """Timing the modules a model executes (torch parts, and shift/additive parts on the TVM kernels), op by op.
 
-Each op of :mod:`latency_model.ops` is rebuilt as the module the model runs (inside the model cut down by its family
+Each op of :mod:`latency_model.decomposition` is rebuilt as the module the model runs (inside the model cut down by its family
 to one block of each size, converted with :func:`kernels.runtime.to_kernels`), fed an input of its shape and timed:
 warm-up, then ``repeats`` repeats of as many calls as last ``min_repeat_ms``, the median being the figure used.
 """
@@ -25,7 +25,7 @@ from search_spaces.ops.moe import GridExpert
 from search_spaces.reparam import transformer_blocks
 
 from .keys import IN_SITU_PARTS, OpName, part_name, split_attention_variant
-from .ops import Op
+from .decomposition import Op
 
 
 class _PassThrough(nn.Module):

@@ -74,7 +74,7 @@ def in_study(study: Study) -> Iterator[None]:
 
 def load_data(study: Study) -> "Splits":
     """The study's train / search / test splits, checked against its model."""
-    from latency_model.ops import ModelDims
+    from latency_model.decomposition import ModelDims
 
     from .training import data
 

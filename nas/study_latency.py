@@ -37,7 +37,7 @@ def measure_latency(study: Study, model) -> float:
     """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size, in
     the study's runtime (``latency.runtime``)."""
     from kernels.runtime import to_kernels
-    from latency_model.ops import ModelDims
+    from latency_model.decomposition import ModelDims
     from latency_model.profile import torch_device
     from latency_model.timing import time_model
 

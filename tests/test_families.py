@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from latency_model.ops import config_ops, kernel_tasks, space_ops
+from latency_model.decomposition import config_ops, kernel_tasks, space_ops
 from nas import attributes as attr
 from nas.training.checkpoints import load_weights
 from nas.cli import main
@@ -159,7 +159,7 @@ def test_timing_cuts_a_pvt_down_to_one_block_per_stage():
 
 def test_an_expert_is_timed_with_its_scatter_even_when_it_gets_every_token(tmp_path):
     from kernels.runtime import KernelSet
-    from latency_model.ops import Op, mlp_shape
+    from latency_model.decomposition import Op, mlp_shape
     from latency_model.timing import build_op
 
     kernels, dims = KernelSet("cpu", trials=0, root=tmp_path), ModelDims.of(SMALL).blocks[0]

@@ -183,7 +183,7 @@ def test_a_shape_that_fails_to_compile_is_recorded_and_the_profile_goes_on(tmp_p
     from kernels import target as targets
     from kernels.tuning import task_dir
     from latency_model import db
-    from latency_model.ops import kernel_tasks
+    from latency_model.decomposition import kernel_tasks
     from nas.study import Study
     from tiny import PLUMBING_NOISE, TINY_MODEL, write_study
 

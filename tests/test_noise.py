@@ -62,7 +62,7 @@ CONFIGS = [ArchConfig(SPEC, (BlockConfig(mlp=m0), BlockConfig(mlp=m1)))
 
 def _table(parts_ms=1.0, overhead=0.2):
     """Op rows for the tiny model, and whole models that cost their parts plus ``overhead`` per kernel block."""
-    from latency_model.ops import space_ops
+    from latency_model.decomposition import space_ops
     from search_spaces import SearchSpace
 
     space = SearchSpace.from_dict({"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["dense"],

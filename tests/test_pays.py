@@ -3,7 +3,7 @@
 import pytest
 
 from latency_model.keys import OpName, lookup_key, split_attention_variant
-from latency_model.ops import space_ops
+from latency_model.decomposition import space_ops
 from latency_model.pays import where_it_pays
 from latency_model.predictor import Predictor
 from nas.cli import main

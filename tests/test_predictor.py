@@ -8,7 +8,7 @@ from kernels.runtime import KernelSet, to_kernels
 from latency_model import db
 from latency_model.db import Row
 from latency_model.keys import fitted_model_key, kernel_op
-from latency_model.ops import ModelDims, Op
+from latency_model.decomposition import ModelDims, Op
 from latency_model.predictor import Predictor, PredictorError
 from latency_model.profile import profile
 from latency_model.settings import LatencySettings
@@ -192,7 +192,7 @@ def test_calibration_models_span_the_number_of_kernel_blocks(tiny_spec):
 
 
 def test_moe_experts_are_priced_at_the_buckets_each_image_runs_them_at():
-    from latency_model.ops import block_ops
+    from latency_model.decomposition import block_ops
     from search_spaces.ops.moe import MoELoad
 
     dims = ModelDims.of(TINY)  # 5 tokens: 4 patches and the class token

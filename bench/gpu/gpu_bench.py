@@ -68,7 +68,7 @@ def kernels_vs_torch(study, device: torch.device, repeats: int) -> list[dict]:
     shape in fp32, bf16 and int8."""
     from kernels.measure import time_prebuilt
     from kernels.prebuilt import PrebuiltKernels
-    from latency_model.ops import kernel_tasks
+    from latency_model.decomposition import kernel_tasks
     from latency_model.timing import time_callable
 
     prebuilt = PrebuiltKernels.load(Path(study.latency.prebuilt))
@@ -95,7 +95,7 @@ def kernels_vs_torch(study, device: torch.device, repeats: int) -> list[dict]:
 def predictor_check(study, held_out: int, seed: int) -> tuple[list[dict], dict]:
     """Held-out architectures measured in turn with the dense model (3 rounds) against the predictor."""
     from kernels.runtime import to_kernels
-    from latency_model.ops import ModelDims
+    from latency_model.decomposition import ModelDims
     from latency_model.predictor import Predictor, router_loads
     from latency_model.profile import table_kernels, torch_device
     from latency_model.timing import time_model

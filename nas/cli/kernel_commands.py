@@ -94,7 +94,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     specs = list(all_specs(AWKWARD_SHAPES)) if args.checks else []
     if args.study is not None:
-        from latency_model.ops import kernel_tasks
+        from latency_model.decomposition import kernel_tasks
 
         from ..study import Study
 

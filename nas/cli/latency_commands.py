@@ -216,7 +216,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
             check_compiler()
         from kernels.runtime import to_kernels
-        from latency_model.ops import ModelDims
+        from latency_model.decomposition import ModelDims
         from latency_model.predictor import router_loads
         from latency_model.profile import table_kernels, torch_device
         from latency_model.timing import time_model

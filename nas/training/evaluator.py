@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from latency_model.energy import estimate as estimate_energy
-from latency_model.ops import ModelDims
+from latency_model.decomposition import ModelDims
 from latency_model.predictor import Predictor
 from search_spaces import ArchConfig, build_model
 from search_spaces.errors import ConfigError

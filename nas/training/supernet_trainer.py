@@ -186,7 +186,7 @@ def memory_estimate(study: Study) -> tuple[int, str]:
     """Bytes training the supernet needs (and how they add up): the teacher, the supernet's weights, gradients and
     two AdamW moments, and one subnet's activations at the batch size. Computed on the meta device: nothing is
     allocated."""
-    from latency_model.ops import ModelDims
+    from latency_model.decomposition import ModelDims
     from search_spaces.reparam import create_model
 
     with torch.device("meta"):
