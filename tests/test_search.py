@@ -16,10 +16,12 @@ from optuna.trial import TrialState
 from nas import attributes as attr
 from nas.training.checkpoints import load_model
 from nas.cli import main
+from nas import pipeline
 from nas.study import Study
 from search_spaces import ArchConfig
+from search_spaces.errors import StateError
 
-from tiny import free_port, stored_trials
+from tiny import free_port, search, stored_trials
 
 
 def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
@@ -83,9 +85,9 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
 def test_search_resumes_the_stored_study(searchable, tmp_path):
     study_file = searchable(tmp_path)
     # one driver seed for both runs: what draws them apart is the trials stored when each started
-    assert main(["search", str(study_file), "--n-trials", "3", "--driver-seed", "7"]) == 0
+    assert search(study_file, n_trials=3, driver_seed=7).ran == 3
     first = stored_trials(study_file)
-    assert main(["search", str(study_file), "--n-trials", "5", "--driver-seed", "7"]) == 0
+    assert search(study_file, n_trials=5, driver_seed=7).ran == 2
     again = stored_trials(study_file)
     assert [t.state for t in again] == [TrialState.COMPLETE] * 5
     for old, new in zip(first, again[:3]):  # the stored trials are untouched, not re-run
@@ -94,13 +96,13 @@ def test_search_resumes_the_stored_study(searchable, tmp_path):
     # the continued run's sampler is seeded apart from the first run's: it draws new architectures, not repeats
     assert first[2].user_attrs[attr.CONFIG_ID] not in {t.user_attrs[attr.CONFIG_ID] for t in again[3:]}
     assert not any(attr.DUPLICATE_OF in t.user_attrs for t in again)
-    assert main(["search", str(study_file), "--n-trials", "5"]) == 0  # nothing left to do
+    assert search(study_file, n_trials=5).ran == 0  # nothing left to do
     assert len(stored_trials(study_file)) == 5
 
 
 def test_two_workers_share_one_sqlite_study_exactly(searchable, tmp_path):
     study_file = searchable(tmp_path, budget={"n_trials": 5})
-    assert main(["search", str(study_file), "--workers", "2"]) == 0
+    assert search(study_file, workers=2).ran == 5
     trials = stored_trials(study_file)
     assert [t.number for t in trials] == list(range(5))
     assert all(t.state == TrialState.COMPLETE for t in trials)  # none lost, none extra
@@ -127,7 +129,7 @@ def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path)
     study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1e-6,
                                                   "energy_budget_uj": 1e9},
                             pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
-    assert main(["search", str(study_file)]) == 0
+    search(study_file)
     trials = stored_trials(study_file)
     assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -135,7 +137,8 @@ def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path)
     # nothing is faster than 1 ns: every complete trial is infeasible, so there is no best to export
     assert complete and all(t.constraints["latency_ms"] > 0 for t in complete)
     assert all(t.constraints["energy_uj"] == t.user_attrs[attr.ENERGY_UJ] - 1e9 < 0 for t in complete)
-    assert main(["export", str(study_file), "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(StateError, match="feasible"):
+        pipeline.export(Study.load(study_file), "best", tmp_path / "x")
 
 
 def test_a_three_objective_search_reports_both_trade_offs(searchable, tmp_path, capsys):
@@ -193,19 +196,19 @@ def test_dashboard_serves_the_study_on_loopback(searchable, tmp_path):
         server.wait(timeout=30)
 
 
-def test_pretrain_is_cached_and_retrains_when_the_study_changes(tmp_path, capsys):
+def test_pretrain_is_cached_and_retrains_when_the_study_changes(tmp_path):
     from tiny import TINY_MODEL, write_study
 
     study_file = write_study(tmp_path / "p.yaml", {"name": "p", "model": TINY_MODEL,
                                                   "budget": {"pretrain_epochs": 1}, "train": {"batch_size": 64}})
-    assert main(["pretrain", str(study_file)]) == 0
+    assert not pipeline.pretrain(Study.load(study_file)).cached
     teacher = tmp_path / "p-teacher.safetensors"
     stamp = teacher.stat().st_mtime_ns
-    assert main(["pretrain", str(study_file)]) == 0
-    assert teacher.stat().st_mtime_ns == stamp and "already trained" in capsys.readouterr().out
+    assert pipeline.pretrain(Study.load(study_file)).cached
+    assert teacher.stat().st_mtime_ns == stamp
     write_study(study_file, {"name": "p", "model": TINY_MODEL, "budget": {"pretrain_epochs": 2},
                              "train": {"batch_size": 64}})
-    assert main(["pretrain", str(study_file)]) == 0
+    assert pipeline.pretrain(Study.load(study_file)).epochs == 2
     assert teacher.stat().st_mtime_ns != stamp
     from safetensors import safe_open
 
@@ -231,7 +234,7 @@ def test_every_trial_fine_tunes_all_weights_and_leaves_the_teacher_alone(searcha
 def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
     space = {"choices": {"attention": ["msa"], "qkv": ["dense"], "proj": ["dense"], "mlp": ["dense", "shift"]}}
     study_file = searchable(tmp_path, space=space, budget={"n_trials": 6})  # 4 architectures, 6 trials
-    assert main(["search", str(study_file)]) == 0
+    search(study_file)
     trials = stored_trials(study_file)
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     repeats = [t for t in trials if attr.DUPLICATE_OF in t.user_attrs]
@@ -241,15 +244,15 @@ def test_an_architecture_proposed_again_reuses_its_result(searchable, tmp_path):
         assert t.values == original.values and t.user_attrs[attr.CONFIG_ID] == original.user_attrs[attr.CONFIG_ID]
         assert t.user_attrs[attr.WALL_S] < original.user_attrs[attr.WALL_S]
     out = tmp_path / "pareto"
-    assert main(["export", str(study_file), "--trial", "pareto", "--out", str(out)]) == 0
-    ids = [yaml.safe_load(p.read_text())["provenance"]["trial"] for p in out.glob("*.yaml")]
+    exported = pipeline.export(Study.load(study_file), "pareto", out)
+    ids = [yaml.safe_load(p.read_text())["provenance"]["trial"] for p in exported]
     assert len({trials[i].user_attrs[attr.CONFIG_ID] for i in ids}) == len(ids)  # each architecture once
 
     # another training recipe (here the learning rate): results trained under the old one are not reused
     searchable(tmp_path, space=space, budget={"n_trials": 8}, train={"batch_size": 32, "lr": 0.01})
-    assert main(["search", str(study_file)]) == 0
+    assert search(study_file).ran == 2
     later = stored_trials(study_file)[6:]
-    assert len(later) == 2 and "duplicate_of" not in later[0].user_attrs and "train_s" in later[0].user_attrs
+    assert len(later) == 2 and attr.DUPLICATE_OF not in later[0].user_attrs and attr.TRAIN_S in later[0].user_attrs
     assert all(t.user_attrs.get(attr.DUPLICATE_OF, 6) >= 6 for t in later)
 
 

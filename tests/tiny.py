@@ -101,6 +101,15 @@ def prepare(root: Path) -> Path:
     return root / "tiny-teacher.safetensors"
 
 
+def search(study_file: Path, **options):
+    """``nas search`` on the study file through the API (the Optuna backend; ``options``: of
+    :class:`nas.pipeline.SearchOptions`); returns its summary."""
+    from nas import pipeline
+    from nas.study import Study
+
+    return pipeline.search(Study.load(study_file), "optuna", pipeline.SearchOptions(**options))
+
+
 def write_study(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
