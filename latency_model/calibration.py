@@ -17,8 +17,8 @@ from search_spaces.families import family_for
 from search_spaces.registry import on_kernels
 
 from .db import ModelRow
-from .keys import OpName, part_name
 from .decomposition import MoELoad, block_attention_variant
+from .keys import OpName, part_name
 from .prediction import Accuracy, Prediction, PredictorError
 
 # the names of a block's parts in a prediction's breakdown that are not a kernel or an expert

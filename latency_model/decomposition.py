@@ -30,13 +30,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from search_spaces import ArchConfig, BlockConfig, SearchSpace, registry
-from search_spaces.families import BlockDims, ModelDims
-from search_spaces.ops.moe import MoELoad, token_buckets
-
 from kernels.dispatch import CANDIDATES
 from kernels.matshift import DEFAULT_VARIANT
 from kernels.spec import KernelSpec
+from search_spaces import ArchConfig, BlockConfig, SearchSpace, registry
+from search_spaces.families import BlockDims, ModelDims
+from search_spaces.ops.moe import MoELoad, token_buckets
 
 from .keys import OpName, attention_variant, measurement_key
 

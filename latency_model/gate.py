@@ -8,9 +8,8 @@ from typing import Any
 
 from search_spaces import ArchConfig
 
-from .db import ModelRow, Row
-
 from .calibration import MIN_CALIBRATION_MODELS, ModelCheck, family_key
+from .db import ModelRow, Row
 from .prediction import Accuracy, PredictorError
 
 

@@ -13,9 +13,9 @@ Stored tables and predictor files hold these strings: changing one orphans what 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-import json
 
 KERNEL_PREFIX = "tvm."
 MODEL = "model"

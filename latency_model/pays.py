@@ -26,8 +26,8 @@ from search_spaces import ArchConfig, BlockConfig, MoEConfig, SearchSpace
 from search_spaces.families import ModelDims, family_for
 from search_spaces.registry import on_kernels
 
-from .keys import OpName
 from .decomposition import block_ops, latency_split
+from .keys import OpName
 from .predictor import Predictor, PredictorError
 
 SLOTS = ("attention", "qkv", "proj", "mlp")

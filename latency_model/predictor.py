@@ -40,11 +40,21 @@ import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig, SearchSpace
 
-from .calibration import (PART_NAMES, ModelCheck, calibration_key, compose, family_key, fit_calibration,
-                          in_situ_factor, in_situ_keys, kernel_blocks, part_of)
+from .calibration import (
+    PART_NAMES,
+    ModelCheck,
+    calibration_key,
+    compose,
+    family_key,
+    fit_calibration,
+    in_situ_factor,
+    in_situ_keys,
+    kernel_blocks,
+    part_of,
+)
 from .db import ModelRow, Row
-from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
 from .decomposition import MoELoad, config_ops, latency_split, space_ops
+from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
 from .op_models import PowerLaw
 from .prediction import LOO, Accuracy, Prediction, PredictorError
 

@@ -35,11 +35,12 @@ from kernels.spec import KernelSpec
 from kernels.tuning import task_dir
 from search_spaces import ArchConfig, SearchSpace, build_model
 from search_spaces.config import BlockConfig
-from search_spaces.registry import get as primitive, on_kernels
+from search_spaces.registry import get as primitive
+from search_spaces.registry import on_kernels
 
 from . import db
-from .keys import KERNEL_PREFIX, is_kernel_op, kernel_op, kernel_shape, measurement_key, model_key
 from .decomposition import ModelDims, Op, kernel_tasks, space_ops
+from .keys import KERNEL_PREFIX, is_kernel_op, kernel_op, kernel_shape, measurement_key, model_key
 from .predictor import router_loads
 from .settings import LatencySettings
 from .timing import time_model, time_op, time_parts

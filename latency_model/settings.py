@@ -33,10 +33,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-
 from search_spaces.config import ConfigError
-from search_spaces.schema import check_keys, check_number
 from search_spaces.errors import ResourceError
+from search_spaces.schema import check_keys, check_number
 
 from .db import DEFAULT_URL, anchor_sqlite
 

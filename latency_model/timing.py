@@ -24,8 +24,8 @@ from search_spaces.families import ModelDims, family_for
 from search_spaces.ops.moe import GridExpert
 from search_spaces.reparam import transformer_blocks
 
-from .keys import IN_SITU_PARTS, OpName, part_name, split_attention_variant
 from .decomposition import Op
+from .keys import IN_SITU_PARTS, OpName, part_name, split_attention_variant
 
 
 class _PassThrough(nn.Module):

@@ -13,10 +13,10 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError, StateError
 
-from .disk import ensure_writable
 from . import attributes as attr
-from .study import Study
+from .disk import ensure_writable
 from .search.provenance import provenance, write_config
+from .study import Study
 from .training.trainer import standard_error
 
 # Multi-objective "best": the fastest Pareto trial whose search accuracy is within this many standard errors of the
@@ -83,8 +83,8 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path) -> list[Pa
     """Write the chosen trials' configs into ``out`` as ``trial-<n>.yaml``; a trial scored in supernet mode also gets
     the weights it inherited, ``trial-<n>.safetensors`` (named in its provenance: ``nas finetune`` starts there),
     and its test accuracy evaluated first where its trial did not (:func:`nas.search.objective.score_test_split`)."""
-    from .training.checkpoints import save_weights
     from .search.objective import score_test_split
+    from .training.checkpoints import save_weights
 
     ensure_writable(out, "--out", need_mb=1)
     paths, supernet = [], None

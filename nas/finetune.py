@@ -15,9 +15,9 @@ from search_spaces.errors import ConfigError
 
 from . import attributes as attr
 from .disk import ensure_writable
-from .study_latency import measure_latency
 from .search.provenance import write_config
 from .study import Study
+from .study_latency import measure_latency
 
 
 @dataclass

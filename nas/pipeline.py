@@ -35,24 +35,23 @@ from typing import TYPE_CHECKING, Any
 
 from search_spaces.errors import ConfigError, ShiftAddError, StateError
 
-from .study_latency import where_it_pays
-from .search.driver import Progress, SearchEvents, SearchOptions, SearchSummary
 from .search.backends import get_driver
+from .search.driver import Progress, SearchEvents, SearchOptions, SearchSummary
 from .study import Study
-
+from .study_latency import where_it_pays
 
 if TYPE_CHECKING:
-    from .device import Placement
-    from search_spaces import ArchConfig
+    from latency_model.gate import PredictorRefused
     from latency_model.prediction import Accuracy
     from latency_model.predictor import Predictor
-    from latency_model.gate import PredictorRefused
     from latency_model.profile import Summary as ProfileSummary
     from latency_model.settings import LatencySettings
+    from search_spaces import ArchConfig
 
-    from .training.data import Splits
+    from .device import Placement
     from .finetune import FinetuneResult
     from .search.report import Report
+    from .training.data import Splits
     from .training.supernet_trainer import SupernetResult
     from .training.teacher import PretrainResult
 
@@ -95,11 +94,10 @@ def validate(study: Study) -> Validation:
     """Check what a study needs without running anything: its sampler and pruner arguments, its data, its teacher
     checkpoint or published weights file (when given) and its predictor file (when there is one)."""
     from latency_model.predictor import Predictor, PredictorError
-
     from search_spaces.reparam import create_model
 
-    from .training.checkpoints import load_published
     from .study import create_pruner, create_sampler
+    from .training.checkpoints import load_published
     from .training.teacher import load_teacher
 
     with in_study(study):
@@ -212,8 +210,8 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
     and the output file."""
     from latency_model import db
     from latency_model.db import DEFAULT_URL
-    from latency_model.predictor import Predictor
     from latency_model.gate import PredictorRefused, check
+    from latency_model.predictor import Predictor
     from latency_model.profile import table_dispatch
     from latency_model.settings import LatencySettings
 
@@ -351,12 +349,11 @@ def report(study: Study, out: Path | None = None, on_test: Callable[[int], None]
     where their trials did not (supernet mode, :func:`nas.search.objective.score_test_split`; ``on_test(trial number)``
     before each)."""
     from .disk import ensure_writable
+    from .search.dashboard import artifact_location, artifact_store, publish_study, replace_study_artifacts
     from .search.objective import score_test_split
     from .search.report import report as write_report
     from .search.report import shown_trials
     from .search.storage import open_study
-
-    from .search.dashboard import artifact_location, artifact_store, publish_study, replace_study_artifacts
 
     out = ensure_writable(out or report_folder(study) / "report", "--out", need_mb=1)
     ostudy = open_study(study, create=False)
@@ -423,8 +420,8 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
     from latency_model.settings import check_compiler
 
     from . import attributes as attr
-    from .search.dashboard import note_finetune
     from .finetune import finetune as train_config
+    from .search.dashboard import note_finetune
 
     if measure and job.study.latency.compiled:
         check_compiler()  # said before the training, not after it
@@ -440,9 +437,9 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
 # ---- run ------------------------------------------------------------------------------------------------------------
 def preflight(study: Study, out: Path) -> None:
     """Every place ``nas run``'s steps write to, checked before the first: not a full disk found at step 4."""
-    from .disk import ensure_database_writable, ensure_writable
-
     from latency_model.settings import check_compiler
+
+    from .disk import ensure_database_writable, ensure_writable
 
     training_placement(study)  # a device this machine does not have: said before step 1
     settings = study.latency

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from .study import Study
 
-
 if TYPE_CHECKING:
     from latency_model.pays import WhereItPays
     from latency_model.settings import LatencySettings

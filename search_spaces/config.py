@@ -29,9 +29,9 @@ import yaml
 
 from . import registry
 from .errors import ConfigError
-from .schema import check_choice, check_keys
 from .ops.attention import BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
+from .schema import check_choice, check_keys
 
 
 def _freeze(value: Any) -> Any:

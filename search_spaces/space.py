@@ -37,9 +37,9 @@ import numpy as np
 
 from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig
-from .schema import check_keys
 from .ops.attention import BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
+from .schema import check_keys
 
 # The keys of a block's choices and the registry slot whose primitives each offers.
 BLOCK_SLOTS = registry.BLOCK_KEYS
@@ -112,9 +112,9 @@ def model_depth(model: ModelSpec) -> int:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ConfigError("model.kwargs.depth", f"must be a positive integer, got {depth!r}")
         return depth
-    from .reparam import create_model, transformer_blocks
-
     import torch
+
+    from .reparam import create_model, transformer_blocks
 
     with torch.device("meta"):
         return len(transformer_blocks(create_model(model)))

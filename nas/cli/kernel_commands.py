@@ -46,10 +46,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from kernels import target as targets
     from kernels.measure import measure
     from kernels.spec import KernelSpec
     from kernels.tuning import task_dir
-    from kernels import target as targets
 
     spec = KernelSpec(args.kernel, args.variant or _default_variant(args.kernel), args.M, args.K, args.N, args.dtype or "",
                       batch=args.batch)

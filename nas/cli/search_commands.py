@@ -17,9 +17,9 @@ from search_spaces.errors import ConfigError
 
 from .. import pipeline
 from ..search.backends import BACKENDS, get_driver
-from .latency_commands import ProfileView, print_fit, print_profile, profile_header, show_nothing_pays
 from ..search.report import METRIC_LABELS
 from ..study import Study
+from .latency_commands import ProfileView, print_fit, print_profile, profile_header, show_nothing_pays
 
 console = Console()
 
@@ -228,9 +228,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from latency_model.db import redact
 
-    from ..search.storage import storage_of
-
     from ..search.dashboard import artifact_location, artifact_store
+    from ..search.storage import storage_of
 
     if not (args.study or args.storage):
         raise ConfigError("study", "give a study file or --storage URL")

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 from .. import attributes as attr
 
-
 if TYPE_CHECKING:
     import optuna
 

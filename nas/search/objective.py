@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 from search_spaces import ArchConfig
 
 from .. import attributes as attr
-from ..training.evaluator import Evaluator, Pruned, tested_attrs, training_recipe
 from ..study import Study
-
+from ..training.evaluator import Evaluator, Pruned, tested_attrs, training_recipe
 
 if TYPE_CHECKING:
     import optuna

@@ -21,14 +21,14 @@ from optuna.trial import TrialState
 from search_spaces.errors import ConfigError, ShiftAddError
 
 from .. import attributes as attr
-from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
 from ..device import Placement, resolve, resolve_device, worker_device
 from ..disk import ensure_database_writable
-from .storage import SearchError, claim_lock, open_study
-from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from ..process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
 from ..study import Study, create_sampler, sampler_seed
 from ..upstream.optuna_internals import heartbeat
+from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
+from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
+from .storage import SearchError, claim_lock, open_study
 
 # Trials that use up the budget: finished ones and those running now (queued ones do not, until claimed).
 STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)

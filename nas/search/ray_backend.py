@@ -26,15 +26,15 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.errors import ConfigError
 
 from .. import attributes as attr
-from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
 from ..device import Placement
 from ..disk import ensure_database_writable, ensure_writable
 from ..process import set_torch_threads, set_tvm_threads
-from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
-from .storage import SearchError, open_study, storage_of
 from ..study import Study, create_sampler, sampler_seed
 from ..upstream import ray_internals
 from ..upstream.optuna_internals import fail_trial
+from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
+from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
+from .storage import SearchError, open_study, storage_of
 
 FINAL = "final"  # set in the last result of a trial that ran to the end
 NODE_KEYS = ("hostname", "node_ip", "node_id", "pid")  # where a Ray result came from (stored as ray_<key>)

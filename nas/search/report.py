@@ -26,7 +26,6 @@ from search_spaces.space import block_options
 
 from .. import attributes as attr
 
-
 METRIC_LABELS = {"latency_ms": "predicted latency (ms)",
                  "energy_uj": "estimated energy per image (µJ, operation counts x unit costs)"}
 PLOT_FILES = {"latency_ms": "pareto.png", "energy_uj": "pareto-energy.png"}

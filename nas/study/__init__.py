@@ -69,8 +69,21 @@ Relative paths (checkpoint, data path, storage file, artifacts) are relative to 
 
 from .assembly import SECTIONS, Study, load_plugins
 from .factories import PRUNERS, SAMPLERS, create_pruner, create_sampler, sampler_seed
-from .sections import (BUDGETS, DATA_SOURCES, DEFAULT_IMAGES, EVALUATION_MODES, MAX_SHAPES_IMAGES, METRICS, Budget,
-                       Choice, DataSpec, EvaluationSettings, Objectives, SearchSettings, TrainSettings)
+from .sections import (
+                       BUDGETS,
+                       DATA_SOURCES,
+                       DEFAULT_IMAGES,
+                       EVALUATION_MODES,
+                       MAX_SHAPES_IMAGES,
+                       METRICS,
+                       Budget,
+                       Choice,
+                       DataSpec,
+                       EvaluationSettings,
+                       Objectives,
+                       SearchSettings,
+                       TrainSettings,
+)
 
 __all__ = ["BUDGETS", "Budget", "Choice", "DATA_SOURCES", "DEFAULT_IMAGES", "DataSpec", "EVALUATION_MODES",
            "EvaluationSettings", "MAX_SHAPES_IMAGES", "METRICS", "Objectives", "PRUNERS", "SAMPLERS", "SECTIONS",

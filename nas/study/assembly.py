@@ -16,8 +16,17 @@ from search_spaces.config import ConfigError, ModelSpec
 from search_spaces.schema import check_keys
 from search_spaces.space import SearchSpace
 
-from .sections import (PRUNERS, SAMPLERS, Budget, Choice, DataSpec, EvaluationSettings, Objectives, SearchSettings,
-                       TrainSettings)
+from .sections import (
+    PRUNERS,
+    SAMPLERS,
+    Budget,
+    Choice,
+    DataSpec,
+    EvaluationSettings,
+    Objectives,
+    SearchSettings,
+    TrainSettings,
+)
 
 SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "energy", "budget", "train",
             "evaluation", "sampler", "pruner", "storage", "search", "artifacts")

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from latency_model.energy import estimate as estimate_energy
 from latency_model.decomposition import ModelDims
+from latency_model.energy import estimate as estimate_energy
 from latency_model.predictor import Predictor
 from search_spaces import ArchConfig, build_model
 from search_spaces.errors import ConfigError
@@ -32,13 +32,12 @@ from search_spaces.ops.moe import MoEMlp
 from search_spaces.reparam import transformer_blocks, weight_counts
 
 from .. import attributes as attr
-from . import data
-from .checkpoints import load_weights
 from ..device import Placement, resolve
 from ..study import Study
+from . import data
+from .checkpoints import load_weights
 from .teacher import load_teacher
 from .trainer import Evaluation, LossWeights, Trainer, evaluate
-
 
 if TYPE_CHECKING:
 

@@ -20,10 +20,10 @@ from torch.utils.data import Dataset
 from search_spaces.errors import ConfigError, StateError
 from search_spaces.reparam import create_model
 
-from .checkpoints import load_published, load_weights, save_weights
+from ..device import resolve
 from ..disk import ensure_writable, lock_beside
 from ..study import Study
-from ..device import resolve
+from .checkpoints import load_published, load_weights, save_weights
 from .trainer import LossWeights, Trainer, evaluate
 
 
