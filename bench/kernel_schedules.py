@@ -51,7 +51,7 @@ def main() -> None:
         spec = KernelSpec("matshift", "xor", m, k, n)
         plain = tvm.IRModule({"main": spec.prim_func()})
         start = time.perf_counter()
-        hand = spec.definition.cpu_schedule(plain, m, k, n)
+        hand = spec.definition.cpu_schedule(plain, m, k, n, target)
         schedule_s = time.perf_counter() - start
         tuned = get_kernel(spec, "cpu", args.trials)
         times = {"tvm_default_ms": time_module(spec, plain, args.repeats),

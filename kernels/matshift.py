@@ -103,7 +103,7 @@ def _xor_compute(M: int, K: int, N: int, dtype: str = "int32"):
     return te.create_prim_func([X, R, keep, flip, C, Y])
 
 
-def _xor_cpu_schedule(mod, M: int, K: int, N: int):
+def _xor_cpu_schedule(mod, M: int, K: int, N: int, target=None):
     """A register-tiled schedule for ``xor``: a tile of ``rows x cols`` outputs accumulated in registers over all
     of ``k``, the ``cols`` outputs vectorized (one broadcast of ``X[i, k]`` against contiguous weights), tiles spread
     over the cores, the per-output constant added as the tile is written back. Used untuned; None when ``N`` has no

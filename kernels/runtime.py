@@ -3,7 +3,8 @@
 ``to_kernels(model)`` returns an inference copy of ``model`` in which every primitive that declares how it runs on the
 kernels (``run_on_kernels`` in :mod:`search_spaces.registry`) does: every :class:`ShiftLinear` runs the ``matshift``
 kernel (:class:`KernelShiftLinear`) in the variant the device's measurements found fastest at its shape
-(:mod:`kernels.dispatch`), every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its binary
+(:mod:`kernels.dispatch`), every :class:`Shift16Linear` the fused ``shiftlinear`` kernel (:class:`KernelShift16Linear`),
+every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its binary
 product, all (image, head) pairs in one call (:class:`KernelBinaryProduct`); everything else stays in torch. MoE experts get their tokens padded up
 to a fixed grid of counts (:func:`search_spaces.ops.moe.token_buckets`), so their kernels are compiled for a few
 shapes, not one per batch. Tensors cross into TVM through DLPack, without copies: the kernels read torch's buffers
@@ -25,9 +26,9 @@ import torch
 from torch import nn
 
 from search_spaces import registry
-from search_spaces.ops.shift import ShiftLinear, from_fixed_point, to_fixed_point
+from search_spaces.ops.shift import Shift16Linear, ShiftLinear, from_fixed_point, to_fixed_point
 
-from . import matshift
+from . import matshift, shiftlinear
 from .dispatch import Dispatch
 from .prebuilt import PrebuiltKernel, PrebuiltKernels
 from . import target as targets
@@ -133,6 +134,16 @@ def _(x_int: torch.Tensor, handle: torch.Tensor, out_features: int) -> torch.Ten
     return x_int.new_empty(x_int.shape[0], out_features)
 
 
+@torch.library.custom_op("shiftadd::shift_linear16", mutates_args=())
+def _shift_linear16_op(x: torch.Tensor, handle: torch.Tensor, out_features: int) -> torch.Tensor:
+    return _RUNNERS[int(handle)].run(x)
+
+
+@_shift_linear16_op.register_fake
+def _(x: torch.Tensor, handle: torch.Tensor, out_features: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], out_features)
+
+
 @torch.library.custom_op("shiftadd::binary_product", mutates_args=())
 def _binary_product_op(codes: torch.Tensor, values: torch.Tensor, handle: int) -> torch.Tensor:
     return _RUNNERS[handle].binary_product(codes, values)
@@ -189,6 +200,41 @@ class KernelShiftLinear(nn.Module):
         return from_fixed_point(y_int, self.frac_bits, self.bias, x.dtype).reshape(*lead, self.out_features)
 
 
+class KernelShift16Linear(nn.Module):
+    """Inference-only :class:`Shift16Linear` on the fused ``shiftlinear`` kernel: float32 activations in, float32
+    outputs out, nothing around the call but a reshape (the custom op ``shiftadd::shift_linear16``)."""
+
+    def __init__(self, layer: Shift16Linear, kernels: KernelSet) -> None:
+        super().__init__()
+        weights, bits = layer.quantized16()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.register_buffer("weights", _aligned(torch.from_numpy(shiftlinear.pack(weights.cpu().numpy()))
+                                                 .to(layer.weight.device)))
+        self.register_buffer("bits", torch.tensor([bits], dtype=torch.int32, device=layer.weight.device))
+        bias = torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach().float()
+        self.register_buffer("bias", _aligned(bias.clone().to(layer.weight.device)))
+        self.kernels = kernels
+        self.register_buffer("handle", torch.tensor(_register(self)), persistent=False)
+
+    def __setstate__(self, state) -> None:  # a copy (copy.deepcopy, pickle) runs its own weights
+        super().__setstate__(state)
+        self.handle = torch.tensor(_register(self))
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """``[M, in]`` float32 -> ``[M, out]`` float32 on the kernel."""
+        x = _aligned(x.to(torch.float32))
+        m = x.shape[0]
+        y = torch.empty(m, self.out_features, dtype=torch.float32, device=x.device)
+        self.kernels.get("shiftlinear", "i16", m, self.in_features, self.out_features)(
+            x, self.weights, self.bits, self.bias, y)
+        return y
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.shiftadd.shift_linear16(x.reshape(-1, self.in_features), self.handle, self.out_features)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
 class KernelBinaryProduct:
     """``codes @ values`` on the ``binary_real`` ``matadd`` kernel (:meth:`KernelSet.binary_product`), as the custom
     op ``shiftadd::binary_product``: what :class:`AdditiveAttention` runs its products with."""
@@ -205,6 +251,10 @@ def _shift_on_kernels(layer: nn.Module, kernels: KernelSet) -> nn.Module:
     return KernelShiftLinear(layer, kernels)
 
 
+def _shift16_on_kernels(layer: nn.Module, kernels: KernelSet) -> nn.Module:
+    return KernelShift16Linear(layer, kernels)
+
+
 def _additive_on_kernels(attention: nn.Module, kernels: KernelSet) -> nn.Module:
     attention.binary_product = KernelBinaryProduct(kernels)
     return attention
@@ -212,6 +262,7 @@ def _additive_on_kernels(attention: nn.Module, kernels: KernelSet) -> nn.Module:
 
 # the built-in primitives' kernel execution lives here, beside the kernels (search_spaces never imports this layer)
 registry.attach_kernel_runner("linear", "shift", _shift_on_kernels)
+registry.attach_kernel_runner("linear", "shift16", _shift16_on_kernels)
 registry.attach_kernel_runner("attention", "additive", _additive_on_kernels)
 
 
@@ -242,7 +293,7 @@ def to_kernels(model: nn.Module, kernels: KernelSet | None = None) -> nn.Module:
 RECOMPILE_LIMIT = 64  # graphs of one function: a 12-block model's experts, of two types, at each token bucket
 def compiled(module: nn.Module) -> nn.Module:
     """``module`` under ``torch.compile``: inductor on the CPU fuses what runs between the kernels, which it sees as
-    the custom ops ``shiftadd::matshift`` and ``shiftadd::binary_product``. Compiled on the first call, per input
+    the custom ops ``shiftadd::matshift``, ``shiftadd::shift_linear16`` and ``shiftadd::binary_product``. Compiled on the first call, per input
     shape (static first; a size seen to change, an MoE expert's tokens, is then compiled once as dynamic); inductor's
     cache on disk makes a later process's compile of the same graph quick."""
     # An MoE's routing is data-dependent, so its experts run between graph breaks as frames of their own: one graph

@@ -45,10 +45,13 @@ class Definition:
     doc: str = ""
     # the PrimFunc of a batch of independent products, (batch, M, K, N, dtype) -> PrimFunc; None: one product per call
     batched_compute: Callable[[int, int, int, int, str], Any] | None = None
-    # a hand-written CPU schedule used untuned, (IRModule, M, K, N) -> IRModule, or None where it does not apply
-    cpu_schedule: Callable[[Any, int, int, int], Any] | None = None
+    # a hand-written CPU schedule used untuned, (IRModule, M, K, N, target) -> IRModule, or None where it does not
+    # apply; the target says which instructions the CPU has
+    cpu_schedule: Callable[[Any, int, int, int, Any], Any] | None = None
     # inputs at the ends of the value range (saturation, wrap-around), for `nas kernels check`; None: random only
     extreme_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]] | None = None
+    # float outputs that must equal the reference bit for bit (integer outputs always must)
+    exact: bool = False
 
 
 REGISTRY: dict[tuple[str, str], Definition] = {}
@@ -60,7 +63,7 @@ def register(definition: Definition) -> Definition:
 
 
 def _load_definitions() -> None:
-    from . import matadd, matmul, matshift  # noqa: F401  (registering is importing)
+    from . import matadd, matmul, matshift, shiftlinear  # noqa: F401  (registering is importing)
 
 
 @dataclass(frozen=True)

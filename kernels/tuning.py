@@ -135,7 +135,7 @@ def _default_schedule(spec: KernelSpec, target: tvm.target.Target) -> tvm.IRModu
     (``Definition.cpu_schedule``), else TVM's defaults; on CUDA, dlight's generic GPU rules (thread binding)."""
     mod = _irmodule(spec)
     if not targets.is_cuda(target) and spec.definition.cpu_schedule is not None:
-        scheduled = spec.definition.cpu_schedule(mod, spec.M, spec.K, spec.N)
+        scheduled = spec.definition.cpu_schedule(mod, spec.M, spec.K, spec.N, target)
         if scheduled is not None:
             return scheduled
     if targets.is_cuda(target):
@@ -249,7 +249,7 @@ def _faster_of(spec: KernelSpec, target: tvm.target.Target, tuned: tvm.IRModule)
     linear shapes of ``bench/results/kernel-schedules.md``); with the name of the one taken, for ``meta.json``."""
     if targets.is_cuda(target) or spec.definition.cpu_schedule is None:
         return tuned, "metaschedule"
-    hand = spec.definition.cpu_schedule(_irmodule(spec), spec.M, spec.K, spec.N)
+    hand = spec.definition.cpu_schedule(_irmodule(spec), spec.M, spec.K, spec.N, target)
     if hand is None:
         return tuned, "metaschedule"
     from .measure import random_arguments

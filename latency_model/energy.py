@@ -50,8 +50,11 @@ NOTE = "an estimate for an accelerator datapath from operation counts, not a mea
 
 def _derived(ops: dict[str, float]) -> dict[str, float]:
     """The entries neither source gives, from the ones it does: comparisons and logic as an addition of the width,
-    a transcendental as 4 multiplications and 4 additions."""
+    a transcendental as 4 multiplications and 4 additions, a 16-bit shift between the 8- and 32-bit ones in
+    proportion to its width (a barrel shifter's cost grows about linearly in its width)."""
     out = dict(ops)
+    if "shift.int8" in ops and "shift.int32" in ops:
+        out.setdefault("shift.int16", ops["shift.int8"] + (ops["shift.int32"] - ops["shift.int8"]) * (16 - 8) / (32 - 8))
     for dtype in oc.TYPES:
         add = ops.get(f"add.{dtype}")
         if add is not None:

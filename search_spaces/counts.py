@@ -122,6 +122,18 @@ def shift_linear(m: int, k: int, n: int, weight_bits: int, bias: bool = True) ->
                     activation_bytes=(m * k + m * n) * FP32)
 
 
+def shift16_linear(m: int, k: int, n: int, weight_bits: int, bias: bool = True) -> OpCounts:
+    """A shift16 layer (:class:`~search_spaces.ops.shift.Shift16Linear`) on ``m`` rows, ``k -> n``: each row's
+    maximum (a comparison per activation) and its activations scaled to int16 mantissas (one scaling each), a shift
+    of a 16-bit mantissa and an int32 accumulating addition per term, the sums back to floats (one scaling each) plus
+    the bias. Weights are read at ``weight_bits``, activations at 16 bits, outputs written at 32."""
+    terms = m * k * n
+    return OpCounts({"shift.int16": terms, "add.int32": terms, "cmp.fp32": m * k, "mult.fp32": m * k + m * n,
+                     "add.fp32": m * n if bias else 0}, 2 * terms,
+                    weight_bytes=k * n * weight_bits / 8 + (n if bias else 0) * FP32,
+                    activation_bytes=m * k * 2 + m * n * FP32)
+
+
 def binary_product(m: int, k: int, n: int, batch: int = 1) -> OpCounts:
     """``batch`` products of 1-bit codes ``[M, K]`` with real values ``[K, N]``: each output sums the value rows its
     code selects, one fp32 addition per term and no multiplication (additive attention)."""

@@ -247,6 +247,10 @@ def _matshift(shapes: Shapes, layers) -> list[KernelTask]:
     return [("matshift", None, m, k, n) for m, k, n in layers]
 
 
+def _shiftlinear(shapes: Shapes, layers) -> list[KernelTask]:
+    return [("shiftlinear", "i16", m, k, n) for m, k, n in layers]
+
+
 def _dense_layers(shapes: Shapes, layers) -> oc.OpCounts:
     return oc.total(oc.linear(m, k, n) for m, k, n in layers)
 
@@ -255,6 +259,12 @@ def _shift_layers(shapes: Shapes, layers) -> oc.OpCounts:
     from .ops.shift import DEFAULT_WEIGHT_BITS
 
     return oc.total(oc.shift_linear(m, k, n, DEFAULT_WEIGHT_BITS) for m, k, n in layers)
+
+
+def _shift16_layers(shapes: Shapes, layers) -> oc.OpCounts:
+    from .ops.shift import DEFAULT_WEIGHT_BITS
+
+    return oc.total(oc.shift16_linear(m, k, n, DEFAULT_WEIGHT_BITS) for m, k, n in layers)
 
 
 def _mlp_counts(layer_counts):
@@ -313,6 +323,12 @@ def _shift_linear(linear: nn.Module, block=None) -> nn.Module:
     return ShiftLinear.from_dense(linear)
 
 
+def _shift16_linear(linear: nn.Module, block=None) -> nn.Module:
+    from .ops.shift import Shift16Linear
+
+    return Shift16Linear.from_dense(linear)
+
+
 def _linear_attention(attn: nn.Module, block) -> nn.Module:
     from .ops.attention import LinearAttention
 
@@ -328,6 +344,12 @@ def _additive_attention(attn: nn.Module, block) -> nn.Module:
 def _shift_mlp(mlp: nn.Module, block=None) -> nn.Module:
     mlp.fc1 = _shift_linear(mlp.fc1)
     mlp.fc2 = _shift_linear(mlp.fc2)
+    return mlp
+
+
+def _shift16_mlp(mlp: nn.Module, block=None) -> nn.Module:
+    mlp.fc1 = _shift16_linear(mlp.fc1)
+    mlp.fc2 = _shift16_linear(mlp.fc2)
     return mlp
 
 
@@ -359,10 +381,17 @@ def _shift_expert(mlp: nn.Module, block=None) -> nn.Module:
     return shift_mlp(mlp)
 
 
+def _shift16_expert(mlp: nn.Module, block=None) -> nn.Module:
+    from .ops.moe import shift_mlp
+    from .ops.shift import Shift16Linear
+
+    return shift_mlp(mlp, Shift16Linear)
+
+
 def _register_builtins() -> None:
     from .ops.attention import AdditiveAttention, LinearAttention
     from .ops.moe import MoEMlp
-    from .ops.shift import ShiftLinear
+    from .ops.shift import Shift16Linear, ShiftLinear
 
     def products(kernel: str, variant: str, linear_in_tokens: bool, batched: bool = False):
         """The two products of an attention per (image, head); ``batched``: all of them in one call."""
@@ -388,11 +417,19 @@ def _register_builtins() -> None:
         Primitive("linear", "dense", kernel_tasks=_matmul, counts=_dense_layers, description="the dense linear layer"),
         Primitive("linear", "shift", _shift_linear, ShiftLinear, None, _matshift, _shift_layers,
                   on_kernels=True,
-                  description="weights as signed powers of two: products are bit shifts"),
+                  description="weights as signed powers of two: products are bit shifts (the paper's 32-bit fixed "
+                              "point)"),
+        Primitive("linear", "shift16", _shift16_linear, Shift16Linear, None, _shiftlinear, _shift16_layers,
+                  on_kernels=True,
+                  description="shift weights on int16 activations (one power-of-two scale per token): one fused "
+                              "kernel of integer dot products"),
         Primitive("mlp", "dense", kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers), description="the dense MLP"),
         Primitive("mlp", "shift", _shift_mlp, kernel_tasks=_matshift, counts=_mlp_counts(_shift_layers),
                   on_kernels=True,
                   description="the MLP with both layers as shift layers"),
+        Primitive("mlp", "shift16", _shift16_mlp, kernel_tasks=_shiftlinear, counts=_mlp_counts(_shift16_layers),
+                  on_kernels=True,
+                  description="the MLP with both layers as shift16 layers"),
         Primitive("mlp", "moe", _moe, MoEMlp, _moe_on_kernels, counts=_router_counts, routed=True,
                   description="a mixture of experts (space.moe.experts), routed by a latency-aware balance loss"),
         Primitive("expert", "dense", _dense_expert, kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers),
@@ -400,6 +437,9 @@ def _register_builtins() -> None:
         Primitive("expert", "shift", _shift_expert, kernel_tasks=_matshift, counts=_mlp_counts(_shift_layers),
                   on_kernels=True,
                   description="a copy of the MLP with shift layers"),
+        Primitive("expert", "shift16", _shift16_expert, kernel_tasks=_shiftlinear,
+                  counts=_mlp_counts(_shift16_layers), on_kernels=True,
+                  description="a copy of the MLP with shift16 layers"),
     ):
         register(primitive)
 

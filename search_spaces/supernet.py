@@ -4,12 +4,12 @@ scored with weights it inherits instead of a fine-tune of its own (one-shot NAS:
 What is shared, block by block (the reparameterizations already derive from the dense weights):
 
 - every projection (``qkv`` or PVTv2's ``q`` and ``kv``, ``proj``) and MLP layer (``fc1``, ``fc2``) is one
-  :class:`SharedLinear`: its one latent weight is the dense layer's weight, and the shift choice quantizes it in the
-  forward pass exactly as :class:`~search_spaces.ops.shift.ShiftLinear` does;
+  :class:`SharedLinear`: its one latent weight is the dense layer's weight, and the shift choices quantize it in the
+  forward pass exactly as :class:`~search_spaces.ops.shift.ShiftLinear` (and ``Shift16Linear``) do;
 - the attention choices (:class:`ChoiceAttention`) are the registry's primitives built on the dense attention's own
   projections, adding only their own parameters (additive attention's depthwise conv);
 - the MoE choice (:class:`ChoiceMlp`) has its router and noise gate of its own; its experts are views of the dense
-  MLP's shared layers, each pinned to its kind (dense or shift).
+  MLP's shared layers, each pinned to its kind (dense, shift or shift16).
 
 :meth:`Supernet.activate` sets the active subnet; :meth:`Supernet.extract` writes an architecture out as a standalone
 model of the types :func:`~search_spaces.reparam.build_model` makes, with the inherited weights: the same function as
@@ -34,27 +34,29 @@ from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError
 from .families import Family, family_of
 from .ops.moe import MoEMlp
-from .ops.shift import DEFAULT_WEIGHT_BITS, shift_range, straight_through_shift
+from .ops.shift import (DEFAULT_WEIGHT_BITS, activation_bits, block_float_ste, int16_weights, quantize_codes,
+                        shift_range, straight_through_shift)
 from .reparam import apply, create_model
 from .space import SearchSpace
 
 # The choices whose weights the supernet knows how to share (a plugin primitive of the linear, mlp or expert slot
 # has weights of its own kind: it is searched in fine-tune mode).
-SHARED_LINEAR = ("dense", "shift")
-SHARED_MLP = ("dense", "shift", "moe")
-SHARED_EXPERTS = ("dense", "shift")
+SHARED_LINEAR = ("dense", "shift", "shift16")
+SHARED_MLP = ("dense", "shift", "shift16", "moe")
+SHARED_EXPERTS = ("dense", "shift", "shift16")
 
 
 class SharedLinear(nn.Linear):
-    """A linear layer whose one latent weight serves the dense choice (as it is) and the shift choice (quantized to
-    signed powers of two with a straight-through gradient, as :class:`ShiftLinear` computes). ``shift`` says which
-    the layer computes now. Its state dict is an ``nn.Linear``'s."""
+    """A linear layer whose one latent weight serves every linear choice the supernet shares: ``dense`` (the weight
+    as it is), ``shift`` (quantized to signed powers of two with a straight-through gradient, as :class:`ShiftLinear`
+    computes) and ``shift16`` (those weights on block-floating-point activations, as :class:`Shift16Linear`).
+    ``kind`` says which the layer computes now. Its state dict is an ``nn.Linear``'s."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_bits: int = DEFAULT_WEIGHT_BITS,
                  device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.shift_min, self.shift_max = shift_range(weight_bits)
-        self.shift = False
+        self.kind = "dense"
 
     @classmethod
     def of(cls, linear: nn.Linear) -> "SharedLinear":
@@ -63,37 +65,41 @@ class SharedLinear(nn.Linear):
         layer.load_state_dict(linear.state_dict())
         return layer
 
-    def effective_weight(self, shift: bool | None = None) -> torch.Tensor:
-        """The weight of the dense choice, or of the shift choice (``shift``; None: the layer's current one)."""
-        shift = self.shift if shift is None else shift
-        return straight_through_shift(self.weight, self.shift_min, self.shift_max) if shift else self.weight
+    def effective_weight(self, kind: str | None = None) -> torch.Tensor:
+        """The weight of the choice ``kind`` (None: the layer's current one)."""
+        kind = self.kind if kind is None else kind
+        return self.weight if kind == "dense" else straight_through_shift(self.weight, self.shift_min, self.shift_max)
 
-    def forward(self, x: torch.Tensor, shift: bool | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        kind = self.kind if kind is None else kind
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.effective_weight(shift).to(x.dtype), bias)
+        if kind == "shift16":
+            codes = quantize_codes(self.weight.detach(), self.shift_min, self.shift_max)
+            x = block_float_ste(x, activation_bits(int16_weights(*codes)))
+        return F.linear(x, self.effective_weight(kind).to(x.dtype), bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, shift={self.shift}"
+        return f"{super().extra_repr()}, kind={self.kind}"
 
 
 class PinnedLinear(nn.Module):
     """A :class:`SharedLinear` always computed as one choice: an MoE expert's layer, whatever the MLP's choice."""
 
-    def __init__(self, shared: SharedLinear, shift: bool) -> None:
+    def __init__(self, shared: SharedLinear, kind: str) -> None:
         super().__init__()
-        self.shared, self.shift = shared, shift
+        self.shared, self.kind = shared, kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shared(x, shift=self.shift)
+        return self.shared(x, kind=self.kind)
 
 
 def expert_view(mlp: nn.Module, kind: str) -> nn.Module:
     """The dense MLP as an expert of ``kind``: the same module (its forward, norms and, in PVTv2, depthwise conv), with
-    ``fc1`` and ``fc2`` pinned to the dense or the shift choice of the shared layers."""
+    ``fc1`` and ``fc2`` pinned to that choice of the shared layers."""
     view = copy.copy(mlp)  # a new module object over the same submodules and parameters
     view._parameters, view._buffers, view._modules = dict(mlp._parameters), dict(mlp._buffers), dict(mlp._modules)
-    view.fc1 = PinnedLinear(mlp.fc1, kind == "shift")
-    view.fc2 = PinnedLinear(mlp.fc2, kind == "shift")
+    view.fc1 = PinnedLinear(mlp.fc1, kind)
+    view.fc2 = PinnedLinear(mlp.fc2, kind)
     return view
 
 
@@ -200,9 +206,9 @@ class Supernet(nn.Module):
             attn.active = choice.attention
             for key in ("qkv", "proj"):
                 for name in self.family.projections(attn.dense, key):
-                    getattr(attn.dense, name).shift = getattr(choice, key) == "shift"
+                    getattr(attn.dense, name).kind = getattr(choice, key)
             mlp.active = "moe" if choice.mlp == "moe" else "dense"
-            mlp.dense.fc1.shift = mlp.dense.fc2.shift = choice.mlp == "shift"
+            mlp.dense.fc1.kind = mlp.dense.fc2.kind = "dense" if choice.mlp == "moe" else choice.mlp
             if choice.moe is not None:
                 mlp.moe.top_k = choice.moe.top_k
         self.active = config

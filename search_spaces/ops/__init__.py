@@ -3,7 +3,7 @@
 
 from .attention import AdditiveAttention, LinearAttention, ProjectedAttention, binarize_ste
 from .moe import EXPERT_KINDS, MoEMlp, RouterStats, balance_loss, cv_squared, moe_aux_loss, shift_mlp
-from .shift import ShiftLinear, shift_matmul_int, shift_range, to_fixed_point
+from .shift import Shift16Linear, ShiftLinear, shift16_matmul, shift_matmul_int, shift_range, to_fixed_point
 
 __all__ = [
     "AdditiveAttention",
@@ -12,11 +12,13 @@ __all__ = [
     "MoEMlp",
     "ProjectedAttention",
     "RouterStats",
+    "Shift16Linear",
     "ShiftLinear",
     "balance_loss",
     "binarize_ste",
     "cv_squared",
     "moe_aux_loss",
+    "shift16_matmul",
     "shift_matmul_int",
     "shift_mlp",
     "shift_range",

@@ -39,11 +39,12 @@ def balance_loss(importance: torch.Tensor, load: torch.Tensor, latency: torch.Te
     return cv_squared(importance * latency) + cv_squared(load * latency)
 
 
-def shift_mlp(mlp: nn.Module) -> nn.Module:
-    """A copy of a timm ``Mlp`` whose ``fc1`` and ``fc2`` are converted to :class:`ShiftLinear`."""
+def shift_mlp(mlp: nn.Module, layer: type[ShiftLinear] = ShiftLinear) -> nn.Module:
+    """A copy of a timm ``Mlp`` whose ``fc1`` and ``fc2`` are converted to shift layers of class ``layer``
+    (:class:`ShiftLinear`, or :class:`~search_spaces.ops.shift.Shift16Linear`)."""
     out = copy.deepcopy(mlp)
-    out.fc1 = ShiftLinear.from_dense(mlp.fc1)
-    out.fc2 = ShiftLinear.from_dense(mlp.fc2)
+    out.fc1 = layer.from_dense(mlp.fc1)
+    out.fc2 = layer.from_dense(mlp.fc2)
     return out
 
 

@@ -95,6 +95,71 @@ def shift_matmul_int(
     return out
 
 
+# ---- shift16: the same weights on int16 block-floating-point activations (integer dot products) --------------------
+WEIGHT_EXP16 = -14  # shift16's weights are int16 multiples of 2^-14 (shifts -14..0: shift weights of up to 5 bits)
+MAX_ACTIVATION_BITS = 15  # int16 mantissas: |xq| <= 2^15 - 1
+SCALE_RANGE = 60  # row maxima are clamped to [2^-60, 2^60], so every scale 2^e is a normal float32
+_INT32_MAX = 2**31 - 1
+
+
+def int16_weights(shift: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Shift codes ``[N, K]`` (shifts in ``[-14, 0]``) as the exact int16 weights ``sign · 2^(shift + 14)``."""
+    shift = shift.to(torch.int32)
+    if shift.numel() and (int(shift.min()) < WEIGHT_EXP16 or int(shift.max()) > 0):
+        raise ValueError(f"shift16 takes shifts in [{WEIGHT_EXP16}, 0] (shift weights of up to 5 bits), got "
+                         f"[{int(shift.min())}, {int(shift.max())}]")
+    return (sign.to(torch.int32) << (shift - WEIGHT_EXP16)).to(torch.int16)
+
+
+def activation_bits(weights: torch.Tensor) -> int:
+    """The activation bits of a shift16 layer with int16 weights ``[N, K]``: the largest ``b <= 15`` for which
+    ``(2^b - 1) · max_j Σ_k |w[j, k]|`` fits in int32, so no integer sum can overflow whatever the activations.
+    (ViT layers get 13-15: a DeiT-Tiny fc2, 768 inputs of typical weights, about 13.)"""
+    worst = int(weights.to(torch.int64).abs().sum(dim=1).max()) if weights.numel() else 0
+    bits = MAX_ACTIVATION_BITS
+    while bits > 1 and ((1 << bits) - 1) * worst > _INT32_MAX:
+        bits -= 1
+    if ((1 << bits) - 1) * worst > _INT32_MAX:
+        raise ValueError(f"shift16: {weights.shape[1]} inputs of these weights overflow int32 even at 1-bit "
+                         "activations")
+    return bits
+
+
+def pow2(exponent: torch.Tensor) -> torch.Tensor:
+    """``2^exponent`` as float32, built from its bits: exact, for exponents in the normal range."""
+    return ((exponent.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def block_float(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of float32 ``x`` ``[M, K]`` in block floating point: int16 mantissas (as float32 holding integers) and
+    one scale exponent ``e`` per row, ``x ≈ xq · 2^e``. ``e`` is the float exponent of the row's largest magnitude
+    (clamped to ``2^±60``) less ``bits``, so ``|x · 2^-e| < 2^bits``: a scale by a power of two (exact), then
+    rounding half to even, saturating at ``±(2^bits - 1)``."""
+    peak = x.abs().amax(dim=1).clamp(2.0**-SCALE_RANGE, 2.0**SCALE_RANGE).to(torch.float32)
+    e = ((peak.view(torch.int32) >> 23) & 255) - 126 - bits
+    limit = float((1 << bits) - 1)
+    return torch.round(x.to(torch.float32) * pow2(-e)[:, None]).clamp_(-limit, limit), e
+
+
+def shift16_matmul(x: torch.Tensor, weights: torch.Tensor, bits: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """shift16's integer arithmetic, float32 ``[M, K]`` in, float32 ``[M, N]`` out: block-floating-point
+    activations (:func:`block_float`) times the int16 ``weights`` ``[N, K]``, the exact integer sums rescaled by
+    ``2^(e - 14)`` plus the bias. The ``shiftlinear`` kernel computes exactly this (tested bit for bit). The sums
+    run in float64, where they are exact: ``bits`` keeps every one below 2^31."""
+    xq, e = block_float(x, bits)
+    acc = (xq.double() @ weights.double().T).to(torch.float32)  # exact integer, rounded once to float32 (as int->float)
+    y = acc * pow2(e + WEIGHT_EXP16)[:, None]  # exact: a power of two
+    return y if bias is None else y + bias.detach().to(torch.float32)
+
+
+def block_float_ste(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` as shift16 computes with it, ``xq · 2^e`` per row, with a straight-through gradient (training)."""
+    flat = x.detach().reshape(-1, x.shape[-1])
+    xq, e = block_float(flat, bits)
+    quantized = (xq * pow2(e)[:, None]).reshape(x.shape).to(x.dtype)
+    return x + (quantized - x).detach()
+
+
 class ShiftLinear(nn.Module):
     """A linear layer with weights ``sign * 2**shift``, trained through a latent real weight (DeepShift-Q).
 
@@ -180,6 +245,39 @@ class ShiftLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"weight_bits={self.weight_bits}, shift_range=[{self.shift_min}, {self.shift_max}]"
         )
+
+
+class Shift16Linear(ShiftLinear):
+    """:class:`ShiftLinear`'s weights on int16 activations: each token's activations in block floating point (int16
+    mantissas, one power-of-two scale per token, :func:`block_float`), so the layer runs as integer dot products
+    (AVX2 ``vpmaddwd``, AVX-512 VNNI ``vpdpwssd``) in one fused kernel, ``shiftlinear``, where :class:`ShiftLinear`
+    runs 32-bit fixed-point shifts and additions (the paper's arithmetic). Training computes with the same
+    quantized activations (straight-through), so what trains is what runs; :meth:`forward_int` is the kernel's
+    contract. Weight bits: at most 5 (int16 holds shifts -14..0)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 weight_bits: int = DEFAULT_WEIGHT_BITS, frac_bits: int = DEFAULT_FRAC_BITS) -> None:
+        super().__init__(in_features, out_features, bias, weight_bits, frac_bits)
+        if self.shift_min < WEIGHT_EXP16:
+            raise ValueError(f"shift16 holds shifts down to {WEIGHT_EXP16} (weight_bits <= 5), got weight_bits "
+                             f"{weight_bits}")
+
+    def quantized16(self) -> tuple[torch.Tensor, int]:
+        """The int16 weights ``[out, in]`` and the activation bits, as the ``shiftlinear`` kernel takes them."""
+        weights = int16_weights(*self.quantized())
+        return weights, activation_bits(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, bits = self.quantized16()
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(block_float_ste(x, bits), self.effective_weight().to(x.dtype), bias)
+
+    @torch.no_grad()
+    def forward_int(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on the ``shiftlinear`` kernel's arithmetic (bit for bit)."""
+        weights, bits = self.quantized16()
+        y = shift16_matmul(x.reshape(-1, self.in_features), weights, bits, self.bias)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
 def upgrade_legacy_state(state: dict[str, torch.Tensor], prefix: str) -> bool:
