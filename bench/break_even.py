@@ -23,6 +23,7 @@ Writes ``bench/results/break-even-cpu.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import tempfile
@@ -40,9 +41,12 @@ from latency_model.timing import time_op  # noqa: E402
 from search_spaces import ModelSpec, SearchSpace  # noqa: E402
 from search_spaces.families import ModelDims  # noqa: E402
 
-SPACE = {"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["dense", "shift"],
-                     "proj": ["dense", "shift"], "mlp": ["dense", "shift", "moe"]},
-         "moe": {"top_k": [1], "experts": ["dense", "shift"]}}
+SPACES = [{"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["dense", "shift", "shift16"],
+                       "proj": ["dense", "shift", "shift16"], "mlp": ["dense", "shift", "shift16", "moe"]},
+           "moe": {"top_k": [1], "experts": ["dense", "shift"]}},
+          # the MoE again with a shift16 expert (an MoE's experts are one list per space)
+          {"choices": {"attention": ["msa"], "qkv": ["dense"], "proj": ["dense"], "mlp": ["dense", "moe"]},
+           "moe": {"top_k": [1], "experts": ["dense", "shift16"]}}]
 TOKENS = (49, 3136)  # the range priced: blocks outside it are left out
 
 
@@ -146,15 +150,14 @@ def main() -> None:
         for case, specs in cases:
             for spec in specs:
                 dims = ModelDims.of(spec)
-                space = SearchSpace.from_dict(SPACE, spec)
                 priced.spec = spec
                 # one block per distinct size within the range (a PVTv2's stages; a ViT's blocks are alike)
                 first = {}
                 for i, own in enumerate(dims.blocks):
                     if TOKENS[0] <= own.tokens <= TOKENS[1]:
                         first.setdefault((own.tokens, own.channels), i)
-                for batch in args.batch:
-                    pays = where_it_pays(space, priced, batch, blocks=set(first.values()))
+                for batch, space in itertools.product(args.batch, SPACES):
+                    pays = where_it_pays(SearchSpace.from_dict(space, spec), priced, batch, blocks=set(first.values()))
                     for r in pays.ratios:
                         rows.append({"case": case, "stage": dims.blocks[r.blocks[0]].stage, "tokens": r.tokens,
                                      "channels": r.channels, "batch": batch, "slot": r.slot, "choice": r.choice,

@@ -7,6 +7,9 @@ does, untuned kernels unless ``--trials``), fit the predictor on it, then price 
 - the **dense** model;
 - the **paper's allocation**: additive attention, shift qkv and proj, an MoE of a dense and a shift expert (top-1) in
   every block;
+- **shift MLPs**, **shift16 MLPs** and **shift16 linears** (qkv, proj and MLP) in every block;
+- the **int8 dense** model, the CPU user's alternative: torch's dynamic int8 quantization of every linear layer
+  (``torch.ao.quantization.quantize_dynamic``), measured only (not a choice the predictor prices), run eagerly;
 - the **cheapest allocation the predictor finds**: exact, because the prediction is additive over blocks
   (``a · parts + b · blocks on kernels + c``), so each block takes the choice whose own priced time is lowest;
 - when that is the dense model, the **cheapest with a primitive**: dense but for the one block and choice priced
@@ -52,6 +55,11 @@ from search_spaces.registry import on_kernels  # noqa: E402
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 PAPER = {"attention": "additive", "qkv": "shift", "proj": "shift", "mlp": "moe", "moe_top_k": 1}
+# every block on one choice, where the study's space offers it
+UNIFORM = {"shift MLPs": {"attention": "msa", "qkv": "dense", "proj": "dense", "mlp": "shift"},
+           "shift16 MLPs": {"attention": "msa", "qkv": "dense", "proj": "dense", "mlp": "shift16"},
+           "shift16 linears": {"attention": "msa", "qkv": "shift16", "proj": "shift16", "mlp": "shift16"}}
+INT8 = "int8 dense (torch dynamic, eager)"
 
 
 def uniform(space: SearchSpace, choice: dict) -> ArchConfig:
@@ -114,25 +122,32 @@ def run(study: Study, runtime: str, args, scratch: Path) -> list[dict]:
     best, nearest = cheapest(study.space, predictor)
     configs = {"dense": ArchConfig.dense(study.space.model, study.space.depth),
                "paper's allocation": uniform(study.space, PAPER),
+               **{name: uniform(study.space, choice) for name, choice in UNIFORM.items()
+                  if choice["mlp"] in study.space.blocks[0].mlp and choice["qkv"] in study.space.blocks[0].qkv},
                "cheapest predicted": best}
     if best == configs["dense"]:  # then measure the nearest miss: is the predictor right that nothing pays?
         configs["cheapest with a primitive"] = nearest
     kernels = table_kernels(settings, args.trials, None if args.trials else scratch / "kernels")
     img = ModelDims.of(study.model).img
     models = {name: to_kernels(build_model(config), kernels) for name, config in configs.items()}
+    models[INT8] = torch.ao.quantization.quantize_dynamic(build_model(configs["dense"]).eval(), {torch.nn.Linear},
+                                                          dtype=torch.qint8)
     timings: dict[str, list] = {name: [] for name in models}
     compile_s: dict[str, float] = {}
     for _ in range(3):  # round-robin: drift of the machine spreads over all three alike
         for name, model in models.items():
-            timings[name].append(time_model(model, 1, img, args.repeats, settings.compiled,
+            timings[name].append(time_model(model, 1, img, args.repeats, settings.compiled and name != INT8,
                                             lambda s, name=name: compile_s.setdefault(name, s)))
     rows = []
-    for name, config in configs.items():
+    for name in models:
+        config = configs.get(name)
         measured = float(np.median([t.median_ms for t in timings[name]]))
-        predicted = predictor.predict(config, 1, moe_loads=router_loads(models[name])).total_ms
-        rows.append({"study": study.name, "runtime": runtime, "model": name, "blocks": describe(config),
-                     "predicted_ms": round(predicted, 3), "measured_ms": round(measured, 3),
-                     "error": round(predicted / measured - 1, 3),
+        predicted = None if config is None else predictor.predict(config, 1, moe_loads=router_loads(models[name])).total_ms
+        rows.append({"study": study.name, "runtime": runtime, "model": name,
+                     "blocks": "every linear int8" if config is None else describe(config),
+                     "predicted_ms": None if predicted is None else round(predicted, 3),
+                     "measured_ms": round(measured, 3),
+                     "error": None if predicted is None else round(predicted / measured - 1, 3),
                      "spread": round(max(t.spread for t in timings[name]), 3),
                      "contention": round(max(t.contention for t in timings[name]), 3),
                      "compile_s": round(compile_s.get(name, 0.0), 1) if settings.compiled else None,
@@ -141,7 +156,8 @@ def run(study: Study, runtime: str, args, scratch: Path) -> list[dict]:
     dense = next(r for r in rows if r["model"] == "dense")
     for row in rows:
         row["measured vs dense"] = round(row["measured_ms"] / dense["measured_ms"], 3)
-        row["predicted vs dense"] = round(row["predicted_ms"] / dense["predicted_ms"], 3)
+        row["predicted vs dense"] = (None if row["predicted_ms"] is None
+                                     else round(row["predicted_ms"] / dense["predicted_ms"], 3))
         print(row, flush=True)
     return rows
 

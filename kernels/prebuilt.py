@@ -35,7 +35,7 @@ LIBRARY = "kernels.so"
 MANIFEST = "manifest.json"
 # the files that define what a kernel computes and how it is scheduled untuned; a library built from other versions
 # of them is refused (the runtime cannot regenerate a kernel to compare)
-_CODE = ("spec.py", "matmul.py", "matshift.py", "matadd.py")
+_CODE = ("spec.py", "matmul.py", "matshift.py", "matadd.py", "shiftlinear.py")
 
 
 def function_name(spec: KernelSpec) -> str:

@@ -62,6 +62,20 @@ def test_a_space_whose_choices_all_lose_gets_the_warning():
     assert "(searched here)" in pays.nothing_pays(("accuracy", "latency_ms", "energy_uj"))
 
 
+def test_the_warning_prints_its_bracketed_metrics_as_text(capsys):
+    from types import SimpleNamespace
+
+    from nas.cli.latency_commands import show_nothing_pays
+
+    space = tiny_space()
+    pays = where_it_pays(space, hand_priced(space, {"shift": 2.0, "mlp:shift": 2.5, "linear": 3.0,
+                                                   "additive": 4.0}))
+    objectives = SimpleNamespace(metrics=("accuracy", "latency_ms"), latency_budget_ms=None)
+    show_nothing_pays(pays, SimpleNamespace(objectives=objectives))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "(objectives.metrics: [accuracy, latency_ms, energy_uj])" in printed  # not swallowed as rich markup
+
+
 def test_a_space_without_the_dense_choice_is_priced_where_it_can_be():
     space = tiny_space(attention=["linear", "additive"])  # no msa: nothing to compare the attentions against
     pays = where_it_pays(space, hand_priced(space, {"shift": 2.0}))

@@ -40,6 +40,12 @@ STUDIES = ("quickstart", "pvt_quickstart")
 PAPER = {"attention": "additive", "qkv": "shift", "proj": "shift", "mlp": "moe", "moe_top_k": 1}
 
 
+def paper_allocation(space) -> dict:
+    """The paper's allocation in the space's own shift layers (the quick-starts offer shift16, not shift)."""
+    shift = next(c for c in ("shift", "shift16") if c in space.blocks[0].qkv)
+    return {**PAPER, "qkv": shift, "proj": shift}
+
+
 def study_copy(name: str, args) -> Path:
     """The quick-start study for this run: the prebuilt kernels, the GPU (or, dry, the CPU), small budgets."""
     data = yaml.safe_load((ROOT / "studies" / f"{name}.yaml").read_text())
@@ -113,7 +119,7 @@ def predictor_check(study, held_out: int, seed: int) -> tuple[list[dict], dict]:
         configs.setdefault(config.id, config)
     dense = ArchConfig.dense(study.model, study.space.depth)
     space = study.space  # the paper's allocation: every block additive, shift qkv and proj, a dense+shift MoE
-    paper = space.from_params({f"b{i}.{k}": v for i in range(space.depth) for k, v in PAPER.items()})
+    paper = space.from_params({f"b{i}.{k}": v for i in range(space.depth) for k, v in paper_allocation(space).items()})
     models = {key: to_kernels(build_model(c), kernels).to(device) for key, c in configs.items()}
     models["dense"] = to_kernels(build_model(dense), kernels).to(device)
     models["paper"] = to_kernels(build_model(paper), kernels).to(device)

@@ -126,7 +126,7 @@ def _default_variant(kernel: str) -> str:
 
 def add_commands(add, positive_int, non_negative_int) -> None:
     """Register ``nas kernels ...`` through the CLI's ``add(name, handler, help)``."""
-    kernels = add("kernels", None, "check, tune and time the TVM kernels (matmul, matshift, matadd)")
+    kernels = add("kernels", None, "check, tune and time the TVM kernels (matmul, matshift, matadd, shiftlinear)")
     sub = kernels.add_subparsers(dest="kernels_command", metavar="KERNELS_COMMAND", required=True)
 
     def common(parser: argparse.ArgumentParser) -> None:
@@ -177,14 +177,14 @@ def add_commands(add, positive_int, non_negative_int) -> None:
         description="Tune one kernel task with MetaSchedule, store it in the cache (a second run is a cache hit) "
         "and time it, on this machine or on a remote device through TVM's RPC tracker.",
     )
-    tune.add_argument("kernel", help="matmul, matshift or matadd")
+    tune.add_argument("kernel", help="matmul, matshift, matadd or shiftlinear")
     tune.add_argument("M", type=positive_int)
     tune.add_argument("K", type=positive_int)
     tune.add_argument("N", type=positive_int)
     tune.add_argument(
         "--variant",
         help="matmul: fp32; matshift: xor (default, no multiply), mul or select; matadd: binary_real (default), "
-             "lut4 or packed_popcount",
+             "lut4 or packed_popcount; shiftlinear: i16",
     )
     tune.add_argument("--dtype", help="value dtype where a variant takes several (matadd binary_real: float32, int32)")
     tune.add_argument("--batch", type=positive_int, default=1,

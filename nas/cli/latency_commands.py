@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -141,7 +142,7 @@ def show_nothing_pays(pays, study: Study) -> None:
         return
     line = pays.nothing_pays(objectives.metrics)
     if line:
-        console.print(f"[yellow]warning:[/] {line}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)  # its [metrics] are not markup
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
