@@ -15,9 +15,9 @@ The blocks:
   at 112 and 224 pixels (each stage at its own tokens, 49 to 3,136), with its spatial reduction (ratios 8/4/2/1:
   the dense attention's keys and values from a reduced grid, which the other attentions drop) and without it.
 
-    python bench/break_even.py [--batch 1 8] [--trials 0] [--repeats 7] [--quick]
+    python bench/break_even.py [--batch 1 8] [--trials 0] [--repeats 7] [--cases DeiT-Tiny] [--name NAME] [--quick]
 
-Writes ``bench/results/break-even-cpu.{json,md,png}``.
+Writes ``bench/results/break-even-cpu.{json,md,png}`` (``--name``: ``NAME.{json,md,png}``).
 """
 
 from __future__ import annotations
@@ -141,8 +141,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="DeiT-Tiny at 49 and 196 tokens only, printed, not written "
                                                               "(a smoke run)")
+    parser.add_argument("--cases", nargs="+", choices=[name for name, _ in CASES], help="these cases only")
+    parser.add_argument("--name", default="break-even-cpu", help="results file name (default: break-even-cpu)")
     args = parser.parse_args()
-    cases = [("DeiT-Tiny", [deit_tiny(49), deit_tiny(196)])] if args.quick else CASES
+    cases = [("DeiT-Tiny", [deit_tiny(49), deit_tiny(196)])] if args.quick else [
+        (name, specs) for name, specs in CASES if not args.cases or name in args.cases]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         kernels = KernelSet("cpu", args.trials, None if args.trials else Path(scratch))
@@ -175,8 +178,8 @@ def main() -> None:
         for row in summary:
             print(row)
         return
-    write("break-even-cpu", rows, notes, {"break-even": summary})
-    plot(rows, RESULTS / "break-even-cpu.png")
+    write(args.name, rows, notes, {"break-even": summary})
+    plot(rows, RESULTS / f"{args.name}.png")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """TVM kernels vs torch fp32 and torch int8 at the paper's shapes: tuned matmul, matshift (its three sign forms),
-matadd (its forms).
+shiftlinear (shift16's fused layer), matadd (its forms).
 
 For every shape, torch fp32 (2 threads) and each TVM kernel are timed in the same run, interleaved, so the ratio
 ``torch_fp32_median_ms / median_ms`` (the speedup, > 1 is faster than torch) is measured under the same load. At the
@@ -9,7 +9,7 @@ quantized per call, int8 weights, fbgemm/oneDNN on x86), the other way a CPU use
 Each kernel's floor on this CPU is ``max(ops / peak lane rate, bytes / bandwidth)``, with the peak fp32 lane rate
 taken from a large torch GEMM and the bandwidth from a large copy, both measured here.
 
-    python bench/kernel_speed.py [--trials 64] [--only matshift]
+    python bench/kernel_speed.py [--trials 64] [--only matshift] [--name kernels-cpu]
 
 Tuning is cached (kernels.tuning), so a second run only measures.
 """
@@ -44,6 +44,7 @@ def tasks() -> list[KernelSpec]:
     for m, k, n in MLP_SHAPES + DEIT_TINY_SHAPES:
         specs += [KernelSpec("matmul", "fp32", m, k, n)]
         specs += [KernelSpec("matshift", v, m, k, n) for v in ("xor", "mul", "select")]
+        specs += [KernelSpec("shiftlinear", "i16", m, k, n)]
     for m, k, n in ATTENTION_SHAPES:
         specs += [KernelSpec("matmul", "fp32", m, k, n), KernelSpec("matadd", "binary_real", m, k, n, "float32"),
                   KernelSpec("matadd", "lut4", m, k, n, "float32")]
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--only", help="only kernels whose key contains this text")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--name", default="kernels-cpu", help="results file name (bench/results/NAME.{json,md})")
     args = parser.parse_args()
     torch.set_num_threads(2)
     specs = [s for s in tasks() if not args.only or args.only in s.key]
@@ -181,7 +183,7 @@ def main() -> None:
             best.append({key: fastest[key] for key in ("M", "K", "N", "variant", "median_ms", "speedup_vs_torch",
                                                        "speedup_vs_int8", "floor_fraction")})
     write(
-        "kernels-cpu",
+        args.name,
         rows,
         extra={"summary": {"matshift_fastest": best, "peak_fp32_lane_ops_per_s": lane_rate,
                            "peak_int32_lane_ops_per_s": int_rate, "copy_bytes_per_s": bandwidth}},
@@ -192,7 +194,8 @@ def main() -> None:
             "over 4,096 lanes in L1, 8 accumulators, TVM) for integer ones; floor_fraction = floor / kernel time "
             "(1 = at the floor); ops count 32-bit lane operations per term (matmul: 1 fused multiply-add; matshift "
             "xor: shift, and-xor (one vpternlogd on AVX-512), add; mul: shift, multiply, add; select: shift, "
-            "negate, blend, add). torch_int8 = quantize_dynamic(nn.Linear) at the "
+            "negate, blend, add; shiftlinear: one int16 dot-product instruction per 2 terms, plus its quantize and "
+            "rescale per element). torch_int8 = quantize_dynamic(nn.Linear) at the "
             "linear shapes, same run. tuning_s is the time of the run that tuned the kernel (cached since)."
         ),
     )

@@ -172,14 +172,38 @@ def _cpu_schedule(mod, M: int, K: int, N: int, target=None):
     """One parallel loop over tiles of 4 rows: each tile's maxima and mantissas, its product in register tiles of
     4 rows × up to 64 outputs accumulated over all of ``K`` with the CPU's dot-product instruction, then its rescale
     and bias. A tile's mantissas and sums stay in L1; the weights (``K · N`` int16: a few hundred KiB at ViT sizes)
-    in L2. (Built outward from the maxima, since each later stage reads what the tile computed before it.)"""
+    in L2."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(mod)
+    tiles = -(-N // LANES)
+    _schedule(sch, row_tile(M), next(v for v in (4, 2, 1) if tiles % v == 0), target)
+    return sch.mod
+
+
+def _tune_space(M: int, K: int, N: int, target):
+    """MetaSchedule's space for this kernel (its generic rules cannot schedule it): the hand-written schedule with
+    its rows per tile (1, 2 or 4) and output vectors per register tile (the divisors of ``⌈N/16⌉`` up to 4) drawn
+    per trial, so tuning measures which tile is fastest here."""
+    tiles = -(-N // LANES)
+    row_options = [r for r in (1, 2, 4) if r <= row_tile(M)]
+    vec_options = [v for v in (1, 2, 4) if tiles % v == 0]
+    _intrinsic(target)  # registered here too: a tuning record names it, and is replayed in a later process
+
+    def space(sch) -> None:
+        rows = sch.sample_categorical(row_options, [1 / len(row_options)] * len(row_options))
+        vecs = sch.sample_categorical(vec_options, [1 / len(vec_options)] * len(vec_options))
+        _schedule(sch, rows, vecs, target)
+
+    return space
+
+
+def _schedule(sch, rows, vecs, target) -> None:
+    """The schedule with ``rows`` per tile and ``vecs`` 16-output vectors per register tile (integers, or a
+    tuning trace's sampled values). Built outward from the maxima, since each later stage reads what the tile
+    computed before it."""
     peak, xq, acc, out = (sch.get_sblock(name) for name in ("peak", "xq", "acc", "Y"))
     sch.compute_inline(sch.get_sblock("e"))
-    rows, tiles = row_tile(M), -(-N // LANES)
-    vecs = next(v for v in (4, 2, 1) if tiles % v == 0)
     tile, _ = sch.split(sch.get_loops(peak)[0], [None, rows])
     for block in (xq, acc, out):
         sch.reverse_compute_at(block, tile, preserve_unit_loops=True)
@@ -203,7 +227,6 @@ def _cpu_schedule(mod, M: int, K: int, N: int, target=None):
     sch.decompose_reduction(acc, ro)
     if intrinsic is not None:
         sch.tensorize(ji, intrinsic)
-    return sch.mod
 
 
 def _layer(shift: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,6 +262,7 @@ register(
         random_inputs=random_inputs,
         extreme_inputs=extreme_inputs,
         cpu_schedule=_cpu_schedule,
+        tune_space=_tune_space,
         exact=True,
         # 32-bit lanes: a dot-product instruction does two terms per lane (the product and the sum)
         ops=lambda M, K, N: M * K * N // 2 + 4 * M * K + 2 * M * N,

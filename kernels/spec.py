@@ -52,6 +52,9 @@ class Definition:
     extreme_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]] | None = None
     # float outputs that must equal the reference bit for bit (integer outputs always must)
     exact: bool = False
+    # MetaSchedule's search space on CPU, (M, K, N, target) -> a function that schedules a tuning trial's
+    # Schedule in place (sampling its choices); None: MetaSchedule's generic rules
+    tune_space: Callable[[int, int, int, Any], Callable[[Any], None]] | None = None
 
 
 REGISTRY: dict[tuple[str, str], Definition] = {}

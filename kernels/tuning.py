@@ -153,6 +153,8 @@ def _tuned_schedule(spec: KernelSpec, target: tvm.target.Target, work_dir: Path)
     if not _database_is_well_formed(work_dir):
         return None
     import_tensor_intrinsics()
+    if spec.definition.tune_space is not None and not targets.is_cuda(target):
+        spec.definition.tune_space(spec.M, spec.K, spec.N, target)  # registers what its records replay
     try:
         database = ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=False)
         schedule = ms.tir_integration.compile_tir(database, _irmodule(spec), target)
@@ -218,9 +220,18 @@ def _tune(
     callbacks = ms.measure_callback.MeasureCallback.create("default")
     if on_trials is not None:
         callbacks = [*callbacks, _progress_callback(on_trials)]
+    space: Any = "post-order-apply"  # MetaSchedule's generic rules
+    strategy = "evolutionary"
+    if spec.definition.tune_space is not None and not targets.is_cuda(target):
+        # the kernel's own space: its sampled choices are drawn afresh each trial (no mutators apply to them)
+        space = ms.space_generator.ScheduleFn(spec.definition.tune_space(spec.M, spec.K, spec.N, target),
+                                              sch_rules=[], postprocs=[], mutator_probs={})
+        strategy = "replay-func"
     with _quiet_tvm_logs():
         ms.tune_tir(
             mod=_irmodule(spec),
+            space=space,
+            strategy=strategy,
             target=target,
             work_dir=str(work_dir),
             max_trials_global=trials,

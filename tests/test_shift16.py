@@ -13,7 +13,7 @@ from kernels import KernelSpec
 from kernels.check import check
 from kernels.runtime import KernelSet, KernelShift16Linear, compiled, to_kernels
 from kernels.shiftlinear import pack, unpack
-from kernels.tuning import compile_untuned
+from kernels.tuning import compile_untuned, get_kernel
 from kernels import target as targets
 from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig, build_model
 from search_spaces.ops import Shift16Linear, ShiftLinear
@@ -128,3 +128,10 @@ def test_a_model_with_shift16_everywhere_runs_on_the_fused_kernel(tmp_path):
     images = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(fast(images), model(images), rtol=1e-4, atol=1e-4)
     assert {s.kernel for s in kernels.specs} == {"shiftlinear"}
+
+
+def test_the_kernel_is_still_tunable_and_a_tuned_one_stays_bit_exact(tmp_path):
+    spec = KernelSpec("shiftlinear", "i16", 37, 70, 29)
+    result = check(spec, "cpu", trials=2, root=tmp_path)
+    assert result.status == "exact", result.detail
+    assert get_kernel(spec, "cpu", trials=2, root=tmp_path).tuned

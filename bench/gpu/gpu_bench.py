@@ -3,7 +3,7 @@
 For each quick-start study (copied into ``--work`` with ``latency.target: cuda:<arch>``, ``latency.prebuilt``: the
 CUDA kernels ``bench/gpu/prepare.sh`` built on the build machine, and ``train.device: cuda``):
 
-1. **kernels vs torch**: every matshift / matadd task of the space at batch 1, on the prebuilt kernels, against torch's
+1. **kernels vs torch**: every matshift / shiftlinear / matadd task of the space at batch 1, on the prebuilt kernels, against torch's
    matmul of the same product in fp32, bf16 and (where ``torch._int_mm`` takes the shape) int8;
 2. **profile + fit** on CUDA (kernels, modules, 8 calibration models), then the predictor's held-out check:
    ``--held-out`` architectures measured in turn with the dense model and predicted (Kendall tau, within 10 %);
