@@ -18,15 +18,28 @@ PACKAGES = ("torch", "timm", "apache-tvm", "optuna", "ray", "numpy")
 LOAD_AT_START = os.getloadavg()  # benches import this module first: the machine's load before they ran
 
 
+def cpu_level(flags: set[str]) -> str:
+    """The x86 feature level the kernels use, from /proc/cpuinfo's flags: the machines here are AMD Zen 3 (AVX2
+    only) or Zen 4 (AVX-512 with VNNI and VPOPCNTDQ), and the same figure differs between them."""
+    if "avx512_vnni" in flags:
+        return "AVX-512 VNNI" + (" VPOPCNTDQ" if "avx512_vpopcntdq" in flags else "")
+    if "avx512bw" in flags:
+        return "AVX-512"
+    return "AVX2" if "avx2" in flags else "no AVX2"
+
+
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    if flags:
+        cpu = f"{cpu} ({cpu_level(flags)})"
     versions = {}
     for name in PACKAGES:
         try:
