@@ -9,7 +9,7 @@ quantized per call, int8 weights, fbgemm/oneDNN on x86), the other way a CPU use
 Each kernel's floor on this CPU is ``max(ops / peak lane rate, bytes / bandwidth)``, with the peak fp32 lane rate
 taken from a large torch GEMM and the bandwidth from a large copy, both measured here.
 
-    python bench/kernel_speed.py [--trials 64] [--only matshift] [--name kernels-cpu]
+    python bench/kernel_speed.py [--trials 64] [--only matshift shiftlinear] [--name kernels-cpu]
 
 Tuning is cached (kernels.tuning), so a second run only measures.
 """
@@ -27,6 +27,12 @@ from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write  # noqa: E402
+
+
+def timer(statement: str, **names) -> benchmark.Timer:
+    """A torch timer on every thread torch has here (``benchmark.Timer`` runs on one thread unless told, which made
+    the torch baselines of runs before 2026-12-07 single-threaded against two-threaded kernels)."""
+    return benchmark.Timer(statement, globals={**names, "torch": torch}, num_threads=torch.get_num_threads())
 
 from kernels.measure import time_kernel  # noqa: E402
 from kernels.spec import KernelSpec  # noqa: E402
@@ -56,8 +62,7 @@ def tasks() -> list[KernelSpec]:
 def torch_fp32_ms(m: int, k: int, n: int) -> float:
     """The same logical product in torch fp32: X[M, K] @ W[N, K]^T."""
     x, w = torch.randn(m, k), torch.randn(n, k)
-    timer = benchmark.Timer("torch.nn.functional.linear(x, w)", globals={"x": x, "w": w, "torch": torch})
-    return timer.blocked_autorange(min_run_time=0.5).median * 1e3
+    return timer("torch.nn.functional.linear(x, w)", x=x, w=w).blocked_autorange(min_run_time=0.5).median * 1e3
 
 
 def torch_int8_ms(m: int, k: int, n: int) -> float:
@@ -70,15 +75,14 @@ def torch_int8_ms(m: int, k: int, n: int) -> float:
                                                        {torch.nn.Linear}, dtype=torch.qint8)
     x = torch.randn(m, k)
     with torch.no_grad():
-        timer = benchmark.Timer("layer(x)", globals={"x": x, "layer": layer})
-        return timer.blocked_autorange(min_run_time=0.5).median * 1e3
+        return timer("layer(x)", x=x, layer=layer).blocked_autorange(min_run_time=0.5).median * 1e3
 
 
 def peak_fp32_lane_rate() -> float:
     """fp32 multiply-adds per second of a large torch GEMM on this machine (the achievable vector-unit rate)."""
     n = 1536
     a, b = torch.randn(n, n), torch.randn(n, n)
-    seconds = benchmark.Timer("a @ b", globals={"a": a, "b": b}).blocked_autorange(min_run_time=1.0).median
+    seconds = timer("a @ b", a=a, b=b).blocked_autorange(min_run_time=1.0).median
     return n**3 / seconds
 
 
@@ -117,19 +121,19 @@ def copy_bandwidth() -> float:
     """Bytes per second read + written by a large copy."""
     src = torch.empty(64 * 2**20 // 4)
     dst = torch.empty_like(src)
-    seconds = benchmark.Timer("dst.copy_(src)", globals={"src": src, "dst": dst}).blocked_autorange(min_run_time=1.0).median
+    seconds = timer("dst.copy_(src)", src=src, dst=dst).blocked_autorange(min_run_time=1.0).median
     return 2 * src.numel() * 4 / seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=64)
-    parser.add_argument("--only", help="only kernels whose key contains this text")
+    parser.add_argument("--only", nargs="+", help="only kernels whose key contains one of these texts")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--name", default="kernels-cpu", help="results file name (bench/results/NAME.{json,md})")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    specs = [s for s in tasks() if not args.only or args.only in s.key]
+    specs = [s for s in tasks() if not args.only or any(text in s.key for text in args.only)]
 
     kernels = {}
     for i, spec in enumerate(specs):

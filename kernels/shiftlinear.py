@@ -79,16 +79,18 @@ def _compute(M: int, K: int, N: int, dtype: str = "float32"):
     def pow2(exponent):
         return tirx.reinterpret("float32", (exponent + 127) << 23)
 
+    # padding rows repeat the last row (their sums are never written out), so no loop over rows branches; only an
+    # odd K pads a column, which must be zero
     k = te.reduce_axis((0, K), name="k")
-    peak = te.compute((M,), lambda i: te.max(te.abs(X[i, k]), axis=k), name="peak")
+    peak = te.compute((rows,), lambda i: te.max(te.abs(X[tirx.min(i, M - 1), k]), axis=k), name="peak")
     lo, hi = tirx.const(2.0**-SCALE_RANGE, "float32"), tirx.const(2.0**SCALE_RANGE, "float32")
-    e = te.compute((M,), lambda i: ((tirx.reinterpret("int32", te.min(te.max(peak[i], lo), hi)) >> 23) & 255)
+    e = te.compute((rows,), lambda i: ((tirx.reinterpret("int32", te.min(te.max(peak[i], lo), hi)) >> 23) & 255)
                    - 126 - bits[0], name="e")
 
     def mantissa(i, kk):
         limit = ((tirx.const(1, "int32") << bits[0]) - 1).astype("float32")
-        value = te.min(te.max(te.round(X[i, kk] * pow2(-e[i])), -limit), limit).astype("int16")
-        return tirx.if_then_else(tirx.all(i < M, kk < K), value, tirx.const(0, "int16"))
+        value = te.min(te.max(te.round(X[tirx.min(i, M - 1), kk] * pow2(-e[i])), -limit), limit).astype("int16")
+        return value if K % PAIR == 0 else tirx.if_then_else(kk < K, value, tirx.const(0, "int16"))
 
     xq = te.compute((rows, pairs * PAIR), mantissa, name="xq")
     r = te.reduce_axis((0, pairs * PAIR), name="r")
@@ -177,7 +179,7 @@ def _cpu_schedule(mod, M: int, K: int, N: int, target=None):
 
     sch = s_tir.Schedule(mod)
     tiles = -(-N // LANES)
-    _schedule(sch, row_tile(M), next(v for v in (4, 2, 1) if tiles % v == 0), target)
+    _schedule(sch, K, row_tile(M), next(v for v in (4, 2, 1) if tiles % v == 0), target)
     return sch.mod
 
 
@@ -193,20 +195,24 @@ def _tune_space(M: int, K: int, N: int, target):
     def space(sch) -> None:
         rows = sch.sample_categorical(row_options, [1 / len(row_options)] * len(row_options))
         vecs = sch.sample_categorical(vec_options, [1 / len(vec_options)] * len(vec_options))
-        _schedule(sch, rows, vecs, target)
+        _schedule(sch, K, rows, vecs, target)
 
     return space
 
 
-def _schedule(sch, rows, vecs, target) -> None:
+def _schedule(sch, K: int, rows, vecs, target) -> None:
     """The schedule with ``rows`` per tile and ``vecs`` 16-output vectors per register tile (integers, or a
     tuning trace's sampled values). Built outward from the maxima, since each later stage reads what the tile
     computed before it."""
     peak, xq, acc, out = (sch.get_sblock(name) for name in ("peak", "xq", "acc", "Y"))
     sch.compute_inline(sch.get_sblock("e"))
-    tile, _ = sch.split(sch.get_loops(peak)[0], [None, rows])
+    tile, _, k = sch.split(sch.get_loops(peak)[0], [None, rows]) + sch.get_loops(peak)[-1:]
     for block in (xq, acc, out):
         sch.reverse_compute_at(block, tile, preserve_unit_loops=True)
+    lanes = next((v for v in (16, 8, 4, 2) if K % v == 0), None)
+    if lanes is not None:  # each row's maximum in vector lanes (partial maxima, then across them)
+        partial = sch.rfactor(sch.split(k, [None, lanes])[1], factor_axis=0)
+        sch.vectorize(sch.get_loops(partial)[-1])
     sch.vectorize(sch.get_loops(xq)[-1])
     sch.vectorize(sch.get_loops(out)[-1])
 
