@@ -52,6 +52,14 @@ def test_dense_linear_and_shift_linear_counted_by_hand():
     assert {k: v for k, v in shift.ops.items() if v} == {
         "shift.int32": 768, "add.int32": 768, "mult.fp32": 32 + 96, "add.fp32": 96}  # no fp32 product left
     assert shift.weight_bytes == 8 * 24 * 5 / 8 + 24 * 4  # 5-bit codes, fp32 bias
+    # shift16 at the width it runs: 16-bit shifts, its activations read as int16, each row's maximum and scaling
+    shift16 = registry.get("linear", "shift16").op_counts(SHAPES, layers)
+    assert {k: v for k, v in shift16.ops.items() if v} == {
+        "shift.int16": 768, "add.int32": 768, "cmp.fp32": 32, "mult.fp32": 32 + 96, "add.fp32": 96}
+    assert shift16.weight_bytes == shift.weight_bytes and shift16.activation_bytes == 32 * 2 + 96 * 4
+    for table in TABLES.values():  # a 16-bit shift between the 8- and 32-bit ones
+        assert table.ops["shift.int8"] < table.ops["shift.int16"] < table.ops["shift.int32"]
+        assert sum(table.price(shift16)) < sum(table.price(shift))
 
 
 def test_attention_and_mlp_counted_by_hand():
