@@ -34,8 +34,8 @@ from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError
 from .families import Family, family_of
 from .ops.moe import MoEMlp
-from .ops.shift import (DEFAULT_WEIGHT_BITS, activation_bits, block_float_ste, int16_weights, quantize_codes,
-                        shift_range, straight_through_shift)
+from .ops.shift import (DEFAULT_WEIGHT_BITS, block_float_ste, shift_range, straight_through_shift,
+                        weight_activation_bits)
 from .reparam import apply, create_model
 from .space import SearchSpace
 
@@ -74,8 +74,7 @@ class SharedLinear(nn.Linear):
         kind = self.kind if kind is None else kind
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if kind == "shift16":
-            codes = quantize_codes(self.weight.detach(), self.shift_min, self.shift_max)
-            x = block_float_ste(x, activation_bits(int16_weights(*codes)))
+            x = block_float_ste(x, weight_activation_bits(self.weight, self.shift_min, self.shift_max))
         return F.linear(x, self.effective_weight(kind).to(x.dtype), bias)
 
     def extra_repr(self) -> str:

@@ -12,7 +12,9 @@ Zero weights: ``sign(0) = 0``, so an exactly-zero latent weight is a zero weight
 kernel takes); its straight-through gradient lets training move it off zero like any other weight.
 
 The integer inference arithmetic lives in :func:`shift_matmul_int` and nowhere else: the TVM ``matshift`` kernel
-implements exactly this contract, and the float path is tested against it.
+implements exactly this contract, and the float path is tested against it. :class:`Shift16Linear` runs the same
+weights on int16 block-floating-point activations, :func:`shift16_matmul` (the fused ``shiftlinear`` kernel's
+contract).
 """
 
 from __future__ import annotations
@@ -123,6 +125,11 @@ def activation_bits(weights: torch.Tensor) -> int:
         raise ValueError(f"shift16: {weights.shape[1]} inputs of these weights overflow int32 even at 1-bit "
                          "activations")
     return bits
+
+
+def weight_activation_bits(weight: torch.Tensor, shift_min: int, shift_max: int) -> int:
+    """:func:`activation_bits` of a latent real weight, through its shift codes (what training computes with)."""
+    return activation_bits(int16_weights(*quantize_codes(weight.detach(), shift_min, shift_max)))
 
 
 def pow2(exponent: torch.Tensor) -> torch.Tensor:
@@ -268,7 +275,7 @@ class Shift16Linear(ShiftLinear):
         return weights, activation_bits(weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, bits = self.quantized16()
+        bits = weight_activation_bits(self.weight, self.shift_min, self.shift_max)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(block_float_ste(x, bits), self.effective_weight().to(x.dtype), bias)
 
