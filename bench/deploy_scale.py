@@ -142,7 +142,8 @@ def run(study: Study, runtime: str, args, scratch: Path) -> list[dict]:
     for name in models:
         config = configs.get(name)
         measured = float(np.median([t.median_ms for t in timings[name]]))
-        predicted = None if config is None else predictor.predict(config, 1, moe_loads=router_loads(models[name])).total_ms
+        predicted = (None if config is None
+                     else predictor.predict(config, 1, moe_loads=router_loads(models[name])).total_ms)
         rows.append({"study": study.name, "runtime": runtime, "model": name,
                      "blocks": "every linear int8" if config is None else describe(config),
                      "predicted_ms": None if predicted is None else round(predicted, 3),

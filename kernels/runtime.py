@@ -3,12 +3,12 @@
 ``to_kernels(model)`` returns an inference copy of ``model`` in which every primitive that declares how it runs on the
 kernels (``run_on_kernels`` in :mod:`search_spaces.registry`) does: every :class:`ShiftLinear` runs the ``matshift``
 kernel (:class:`KernelShiftLinear`) in the variant the device's measurements found fastest at its shape
-(:mod:`kernels.dispatch`), every :class:`Shift16Linear` the fused ``shiftlinear`` kernel (:class:`KernelShift16Linear`),
-every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its binary
-product, all (image, head) pairs in one call (:class:`KernelBinaryProduct`); everything else stays in torch. MoE experts get their tokens padded up
-to a fixed grid of counts (:func:`search_spaces.ops.moe.token_buckets`), so their kernels are compiled for a few
-shapes, not one per batch. Tensors cross into TVM through DLPack, without copies: the kernels read torch's buffers
-and write their outputs into torch tensors allocated here.
+(:mod:`kernels.dispatch`), every :class:`Shift16Linear` the fused ``shiftlinear`` kernel
+(:class:`KernelShift16Linear`), every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its
+binary product, all (image, head) pairs in one call (:class:`KernelBinaryProduct`); everything else stays in torch.
+MoE experts get their tokens padded up to a fixed grid of counts (:func:`search_spaces.ops.moe.token_buckets`), so
+their kernels are compiled for a few shapes, not one per batch. Tensors cross into TVM through DLPack, without copies:
+the kernels read torch's buffers and write their outputs into torch tensors allocated here.
 
 Kernels are fetched per shape from the tuning cache (:func:`kernels.tuning.get_kernel`): a shape seen for the first
 time is tuned (or, with ``trials=0``, compiled with the default schedule), later calls reuse it.
@@ -303,9 +303,9 @@ def to_kernels(model: nn.Module, kernels: KernelSet | None = None) -> nn.Module:
 RECOMPILE_LIMIT = 64  # graphs of one function: a 12-block model's experts, of two types, at each token bucket
 def compiled(module: nn.Module) -> nn.Module:
     """``module`` under ``torch.compile``: inductor on the CPU fuses what runs between the kernels, which it sees as
-    the custom ops ``shiftadd::matshift``, ``shiftadd::shift_linear16`` and ``shiftadd::binary_product``. Compiled on the first call, per input
-    shape (static first; a size seen to change, an MoE expert's tokens, is then compiled once as dynamic); inductor's
-    cache on disk makes a later process's compile of the same graph quick."""
+    the custom ops ``shiftadd::matshift``, ``shiftadd::shift_linear16`` and ``shiftadd::binary_product``. Compiled on
+    the first call, per input shape (static first; a size seen to change, an MoE expert's tokens, is then compiled
+    once as dynamic); inductor's cache on disk makes a later process's compile of the same graph quick."""
     # An MoE's routing is data-dependent, so its experts run between graph breaks as frames of their own: one graph
     # per expert type and token count, which in a deep model outnumber dynamo's default limit of recompiles of one
     # function (8), past which the rest would silently run eagerly.

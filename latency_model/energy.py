@@ -54,7 +54,8 @@ def _derived(ops: dict[str, float]) -> dict[str, float]:
     proportion to its width (a barrel shifter's cost grows about linearly in its width)."""
     out = dict(ops)
     if "shift.int8" in ops and "shift.int32" in ops:
-        out.setdefault("shift.int16", ops["shift.int8"] + (ops["shift.int32"] - ops["shift.int8"]) * (16 - 8) / (32 - 8))
+        per_bit = (ops["shift.int32"] - ops["shift.int8"]) / (32 - 8)
+        out.setdefault("shift.int16", ops["shift.int8"] + per_bit * (16 - 8))
     for dtype in oc.TYPES:
         add = ops.get(f"add.{dtype}")
         if add is not None:
