@@ -255,16 +255,18 @@ def _dense_layers(shapes: Shapes, layers) -> oc.OpCounts:
     return oc.total(oc.linear(m, k, n) for m, k, n in layers)
 
 
-def _shift_layers(shapes: Shapes, layers) -> oc.OpCounts:
-    from .ops.shift import DEFAULT_WEIGHT_BITS
+def _shift_counts(layer_counts):
+    """The counts of shift layers of one arithmetic (``counts.shift_linear`` or ``counts.shift16_linear``), at the
+    default weight bits."""
+    def counts(shapes: Shapes, layers) -> oc.OpCounts:
+        from .ops.shift import DEFAULT_WEIGHT_BITS
 
-    return oc.total(oc.shift_linear(m, k, n, DEFAULT_WEIGHT_BITS) for m, k, n in layers)
+        return oc.total(layer_counts(m, k, n, DEFAULT_WEIGHT_BITS) for m, k, n in layers)
+    return counts
 
 
-def _shift16_layers(shapes: Shapes, layers) -> oc.OpCounts:
-    from .ops.shift import DEFAULT_WEIGHT_BITS
-
-    return oc.total(oc.shift16_linear(m, k, n, DEFAULT_WEIGHT_BITS) for m, k, n in layers)
+_shift_layers = _shift_counts(oc.shift_linear)
+_shift16_layers = _shift_counts(oc.shift16_linear)
 
 
 def _mlp_counts(layer_counts):
@@ -341,16 +343,17 @@ def _additive_attention(attn: nn.Module, block) -> nn.Module:
     return AdditiveAttention(attn, binarize=block.binarize)
 
 
-def _shift_mlp(mlp: nn.Module, block=None) -> nn.Module:
-    mlp.fc1 = _shift_linear(mlp.fc1)
-    mlp.fc2 = _shift_linear(mlp.fc2)
-    return mlp
+def _mlp_of(convert):
+    """An MLP choice that converts both of the dense MLP's layers with ``convert`` (in place)."""
+    def build(mlp: nn.Module, block=None) -> nn.Module:
+        mlp.fc1 = convert(mlp.fc1)
+        mlp.fc2 = convert(mlp.fc2)
+        return mlp
+    return build
 
 
-def _shift16_mlp(mlp: nn.Module, block=None) -> nn.Module:
-    mlp.fc1 = _shift16_linear(mlp.fc1)
-    mlp.fc2 = _shift16_linear(mlp.fc2)
-    return mlp
+_shift_mlp = _mlp_of(_shift_linear)
+_shift16_mlp = _mlp_of(_shift16_linear)
 
 
 def _moe(mlp: nn.Module, block) -> nn.Module:

@@ -119,7 +119,8 @@ def predictor_check(study, held_out: int, seed: int) -> tuple[list[dict], dict]:
         configs.setdefault(config.id, config)
     dense = ArchConfig.dense(study.model, study.space.depth)
     space = study.space  # the paper's allocation: every block additive, shift qkv and proj, a dense+shift MoE
-    paper = space.from_params({f"b{i}.{k}": v for i in range(space.depth) for k, v in paper_allocation(space).items()})
+    paper = space.from_params({f"b{i}.{k}": v for i in range(space.depth)
+                               for k, v in paper_allocation(space).items()})
     models = {key: to_kernels(build_model(c), kernels).to(device) for key, c in configs.items()}
     models["dense"] = to_kernels(build_model(dense), kernels).to(device)
     models["paper"] = to_kernels(build_model(paper), kernels).to(device)
