@@ -41,8 +41,9 @@ from latency_model.timing import time_op  # noqa: E402
 from search_spaces import ModelSpec, SearchSpace  # noqa: E402
 from search_spaces.families import ModelDims  # noqa: E402
 
-SPACES = [{"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["dense", "shift", "shift16"],
-                       "proj": ["dense", "shift", "shift16"], "mlp": ["dense", "shift", "shift16", "moe"]},
+SPACES = [{"choices": {"attention": ["msa", "linear", "additive"], "qkv": ["dense", "shift", "shift16", "int8"],
+                       "proj": ["dense", "shift", "shift16", "int8"],
+                       "mlp": ["dense", "shift", "shift16", "int8", "moe"]},
            "moe": {"top_k": [1], "experts": ["dense", "shift"]}},
           # the MoE again with a shift16 expert (an MoE's experts are one list per space)
           {"choices": {"attention": ["msa"], "qkv": ["dense"], "proj": ["dense"], "mlp": ["dense", "moe"]},

@@ -26,7 +26,7 @@ from nas.training.data import digits  # noqa: E402
 from nas.study import Study  # noqa: E402
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model, create_model  # noqa: E402
 from search_spaces.families import ModelDims, family_of  # noqa: E402
-from search_spaces.ops import Shift16Linear, ShiftLinear  # noqa: E402
+from search_spaces.ops import Int8Linear, Shift16Linear, ShiftLinear  # noqa: E402
 
 PRIMITIVES = {
     "shift qkv": (BlockConfig(qkv="shift"), "attn"),
@@ -35,15 +35,18 @@ PRIMITIVES = {
     "shift16 qkv": (BlockConfig(qkv="shift16"), "attn"),
     "shift16 proj": (BlockConfig(proj="shift16"), "attn"),
     "shift16 mlp": (BlockConfig(mlp="shift16"), "mlp"),
+    "int8 qkv": (BlockConfig(qkv="int8"), "attn"),
+    "int8 proj": (BlockConfig(proj="int8"), "attn"),
+    "int8 mlp": (BlockConfig(mlp="int8"), "mlp"),
     "linear attention": (BlockConfig(attention="linear"), "attn"),
     "additive attention": (BlockConfig(attention="additive"), "attn"),
     "moe mlp (dense+shift, top-1)": (BlockConfig(mlp="moe", moe=MoEConfig()), "mlp"),
     "moe mlp (dense+shift16, top-1)": (BlockConfig(mlp="moe", moe=MoEConfig(1, ("dense", "shift16"))), "mlp"),
 }
 # The activation arithmetic alone: each linear layer's integer path against the float layer with the same
-# power-of-two weights, per width (the weights' own rounding, which dominates the rows above, left out).
+# power-of-two (int8: int8) weights, per width (the weights' own rounding, which dominates the rows above, left out).
 WIDTHS = {"shift (int32 fixed point, 16 fraction bits)": ShiftLinear, "shift16 (int16 block floating point)":
-          Shift16Linear}
+          Shift16Linear, "int8 (per token, float scales)": Int8Linear}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -124,7 +127,7 @@ def main() -> None:
         notes=f"Models (timm random init): {'; '.join(models)}. {args.images} digits held-out (test) images. "
         "Every block converted to the primitive; module error averaged over blocks (a PVTv2's over its stages). "
         "'activations:' rows: every linear layer's integer inference path against the float layer with the same "
-        "power-of-two weights (the activation arithmetic alone), averaged (max) over layers.",
+        "power-of-two (int8: int8) weights (the activation arithmetic alone), averaged (max) over layers.",
     )
 
 

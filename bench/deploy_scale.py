@@ -8,8 +8,10 @@ does, untuned kernels unless ``--trials``), fit the predictor on it, then price 
 - the **paper's allocation**: additive attention, shift qkv and proj, an MoE of a dense and a shift expert (top-1) in
   every block;
 - **shift MLPs**, **shift16 MLPs** and **shift16 linears** (qkv, proj and MLP) in every block;
-- the **int8 dense** model, the CPU user's alternative: torch's dynamic int8 quantization of every linear layer
-  (``torch.ao.quantization.quantize_dynamic``), measured only (not a choice the predictor prices), run eagerly;
+- **int8 linears**: the ``int8`` choice (the dense layer quantized to int8, per-token activations) in every block,
+  the CPU user's alternative to shift layers, priced and measured like the others; and, as a reference measured
+  only (eagerly), torch's dynamic int8 quantization of every linear layer (``quantize_dynamic``: per-tensor
+  activations, fbgemm);
 - the **cheapest allocation the predictor finds**: exact, because the prediction is additive over blocks
   (``a · parts + b · blocks on kernels + c``), so each block takes the choice whose own priced time is lowest;
 - when that is the dense model, the **cheapest with a primitive**: dense but for the one block and choice priced
@@ -58,8 +60,9 @@ PAPER = {"attention": "additive", "qkv": "shift", "proj": "shift", "mlp": "moe",
 # every block on one choice, where the study's space offers it
 UNIFORM = {"shift MLPs": {"attention": "msa", "qkv": "dense", "proj": "dense", "mlp": "shift"},
            "shift16 MLPs": {"attention": "msa", "qkv": "dense", "proj": "dense", "mlp": "shift16"},
-           "shift16 linears": {"attention": "msa", "qkv": "shift16", "proj": "shift16", "mlp": "shift16"}}
-INT8 = "int8 dense (torch dynamic, eager)"
+           "shift16 linears": {"attention": "msa", "qkv": "shift16", "proj": "shift16", "mlp": "shift16"},
+           "int8 linears": {"attention": "msa", "qkv": "int8", "proj": "int8", "mlp": "int8"}}
+TORCH_INT8 = "torch dynamic int8 (eager, reference)"
 
 
 def uniform(space: SearchSpace, choice: dict) -> ArchConfig:
@@ -130,13 +133,13 @@ def run(study: Study, runtime: str, args, scratch: Path) -> list[dict]:
     kernels = table_kernels(settings, args.trials, None if args.trials else scratch / "kernels")
     img = ModelDims.of(study.model).img
     models = {name: to_kernels(build_model(config), kernels) for name, config in configs.items()}
-    models[INT8] = torch.ao.quantization.quantize_dynamic(build_model(configs["dense"]).eval(), {torch.nn.Linear},
-                                                          dtype=torch.qint8)
+    models[TORCH_INT8] = torch.ao.quantization.quantize_dynamic(build_model(configs["dense"]).eval(),
+                                                                {torch.nn.Linear}, dtype=torch.qint8)
     timings: dict[str, list] = {name: [] for name in models}
     compile_s: dict[str, float] = {}
     for _ in range(3):  # round-robin: drift of the machine spreads over all three alike
         for name, model in models.items():
-            timings[name].append(time_model(model, 1, img, args.repeats, settings.compiled and name != INT8,
+            timings[name].append(time_model(model, 1, img, args.repeats, settings.compiled and name != TORCH_INT8,
                                             lambda s, name=name: compile_s.setdefault(name, s)))
     rows = []
     for name in models:

@@ -5,7 +5,9 @@ kernels (``run_on_kernels`` in :mod:`search_spaces.registry`) does: every :class
 kernel (:class:`KernelShiftLinear`) in the variant the device's measurements found fastest at its shape
 (:mod:`kernels.dispatch`), every :class:`Shift16Linear` the fused ``shiftlinear`` kernel
 (:class:`KernelShift16Linear`), every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its
-binary product, all (image, head) pairs in one call (:class:`KernelBinaryProduct`); everything else stays in torch.
+binary product, all (image, head) pairs in one call (:class:`KernelBinaryProduct`), every
+:class:`~search_spaces.ops.int8.Int8Linear` its integer inference module (torch's int8 matmul: the CPU baseline needs
+no TVM); everything else stays in torch.
 MoE experts get their tokens padded up to a fixed grid of counts (:func:`search_spaces.ops.moe.token_buckets`), so
 their kernels are compiled for a few shapes, not one per batch. Tensors cross into TVM through DLPack, without copies:
 the kernels read torch's buffers and write their outputs into torch tensors allocated here.

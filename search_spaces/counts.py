@@ -134,6 +134,18 @@ def shift16_linear(m: int, k: int, n: int, weight_bits: int, bias: bool = True) 
                     activation_bytes=m * k * 2 + m * n * FP32)
 
 
+def int8_linear(m: int, k: int, n: int, bias: bool = True) -> OpCounts:
+    """An int8 layer (:class:`~search_spaces.ops.int8.Int8Linear`) on ``m`` rows, ``k -> n``: each row's maximum (a
+    comparison per activation) and its activations scaled to int8 (one scaling each), an int8 multiplication and an
+    int32 accumulating addition per term, each sum back to floats by its two scales (two scalings) plus the bias.
+    Weights are read at 8 bits with one fp32 scale per output, activations at 8 bits, outputs written at 32."""
+    terms = m * k * n
+    return OpCounts({"mult.int8": terms, "add.int32": terms, "cmp.fp32": m * k, "mult.fp32": m * k + 2 * m * n,
+                     "add.fp32": m * n if bias else 0}, 2 * terms,
+                    weight_bytes=k * n + n * FP32 + (n if bias else 0) * FP32,
+                    activation_bytes=m * k + m * n * FP32)
+
+
 def binary_product(m: int, k: int, n: int, batch: int = 1) -> OpCounts:
     """``batch`` products of 1-bit codes ``[M, K]`` with real values ``[K, N]``: each output sums the value rows its
     code selects, one fp32 addition per term and no multiplication (additive attention)."""

@@ -3,9 +3,10 @@
 A block has four slots, each with its choices:
 
 - ``attention``: the token mixer, built from the dense timm ``Attention`` (``msa``, ``linear``, ``additive``);
-- ``linear``: a projection of the attention (``qkv``, ``proj``) or of a dense MLP (``dense``, ``shift``);
-- ``mlp``: the MLP, built from the dense timm ``Mlp`` (``dense``, ``shift``, ``moe``);
-- ``expert``: one expert of an MoE MLP, built from the dense ``Mlp`` (``dense``, ``shift``).
+- ``linear``: a projection of the attention (``qkv``, ``proj``) or of a dense MLP (``dense``, ``shift``,
+  ``shift16``, ``int8``);
+- ``mlp``: the MLP, built from the dense timm ``Mlp`` (``dense``, ``shift``, ``shift16``, ``int8``, ``moe``);
+- ``expert``: one expert of an MoE MLP, built from the dense ``Mlp`` (``dense``, ``shift``, ``shift16``, ``int8``).
 
 A :class:`Primitive` says how to build it from the dense module (``reparam.apply``), whether and how it runs on the
 compiled TVM kernels (``kernels.runtime.to_kernels``), the kernel shapes it needs (``nas profile`` tunes and times
@@ -25,6 +26,7 @@ A new primitive is its module plus one :func:`register` call, e.g. in a module a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -269,6 +271,10 @@ _shift_layers = _shift_counts(oc.shift_linear)
 _shift16_layers = _shift_counts(oc.shift16_linear)
 
 
+def _int8_layers(shapes: Shapes, layers) -> oc.OpCounts:
+    return oc.total(oc.int8_linear(m, k, n) for m, k, n in layers)
+
+
 def _mlp_counts(layer_counts):
     """An MLP: its two layers and the GELU between them (a family's extra layout, PVTv2's depthwise conv, is the
     family's to count)."""
@@ -331,6 +337,16 @@ def _shift16_linear(linear: nn.Module, block=None) -> nn.Module:
     return Shift16Linear.from_dense(linear)
 
 
+def _int8_linear(linear: nn.Module, block=None) -> nn.Module:
+    from .ops.int8 import Int8Linear
+
+    return Int8Linear.from_dense(linear)
+
+
+def _int8_inference(layer: nn.Module, kernels=None) -> nn.Module:
+    return layer.inference()
+
+
 def _linear_attention(attn: nn.Module, block) -> nn.Module:
     from .ops.attention import LinearAttention
 
@@ -354,6 +370,7 @@ def _mlp_of(convert):
 
 _shift_mlp = _mlp_of(_shift_linear)
 _shift16_mlp = _mlp_of(_shift16_linear)
+_int8_mlp = _mlp_of(_int8_linear)
 
 
 def _moe(mlp: nn.Module, block) -> nn.Module:
@@ -372,27 +389,22 @@ def _moe_on_kernels(moe: nn.Module, kernels) -> nn.Module:
     return moe
 
 
-def _dense_expert(mlp: nn.Module, block=None) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(mlp)
-
-
-def _shift_expert(mlp: nn.Module, block=None) -> nn.Module:
-    from .ops.moe import shift_mlp
-
-    return shift_mlp(mlp)
+def _expert_of(build_mlp):
+    """An expert choice: a copy of the dense MLP, converted by the MLP choice ``build_mlp``."""
+    def build(mlp: nn.Module, block=None) -> nn.Module:
+        return build_mlp(copy.deepcopy(mlp))
+    return build
 
 
-def _shift16_expert(mlp: nn.Module, block=None) -> nn.Module:
-    from .ops.moe import shift_mlp
-    from .ops.shift import Shift16Linear
-
-    return shift_mlp(mlp, Shift16Linear)
+_dense_expert = _expert_of(lambda mlp: mlp)
+_shift_expert = _expert_of(_shift_mlp)
+_shift16_expert = _expert_of(_shift16_mlp)
+_int8_expert = _expert_of(_int8_mlp)
 
 
 def _register_builtins() -> None:
     from .ops.attention import AdditiveAttention, LinearAttention
+    from .ops.int8 import Int8Linear
     from .ops.moe import MoEMlp
     from .ops.shift import Shift16Linear, ShiftLinear
 
@@ -426,6 +438,9 @@ def _register_builtins() -> None:
                   on_kernels=True,
                   description="shift weights on int16 activations (one power-of-two scale per token): one fused "
                               "kernel of integer dot products"),
+        Primitive("linear", "int8", _int8_linear, Int8Linear, _int8_inference, counts=_int8_layers,
+                  description="int8 quantization of the dense layer (weights per channel, activations per token): "
+                              "the CPU's int8 dot products, the baseline shift layers compete with"),
         Primitive("mlp", "dense", kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers), description="the dense MLP"),
         Primitive("mlp", "shift", _shift_mlp, kernel_tasks=_matshift, counts=_mlp_counts(_shift_layers),
                   on_kernels=True,
@@ -433,6 +448,8 @@ def _register_builtins() -> None:
         Primitive("mlp", "shift16", _shift16_mlp, kernel_tasks=_shiftlinear, counts=_mlp_counts(_shift16_layers),
                   on_kernels=True,
                   description="the MLP with both layers as shift16 layers"),
+        Primitive("mlp", "int8", _int8_mlp, counts=_mlp_counts(_int8_layers),
+                  description="the MLP with both layers as int8 layers"),
         Primitive("mlp", "moe", _moe, MoEMlp, _moe_on_kernels, counts=_router_counts, routed=True,
                   description="a mixture of experts (space.moe.experts), routed by a latency-aware balance loss"),
         Primitive("expert", "dense", _dense_expert, kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers),
@@ -443,6 +460,8 @@ def _register_builtins() -> None:
         Primitive("expert", "shift16", _shift16_expert, kernel_tasks=_shiftlinear,
                   counts=_mlp_counts(_shift16_layers), on_kernels=True,
                   description="a copy of the MLP with shift16 layers"),
+        Primitive("expert", "int8", _int8_expert, counts=_mlp_counts(_int8_layers),
+                  description="a copy of the MLP with int8 layers"),
     ):
         register(primitive)
 

@@ -4,12 +4,13 @@ scored with weights it inherits instead of a fine-tune of its own (one-shot NAS:
 What is shared, block by block (the reparameterizations already derive from the dense weights):
 
 - every projection (``qkv`` or PVTv2's ``q`` and ``kv``, ``proj``) and MLP layer (``fc1``, ``fc2``) is one
-  :class:`SharedLinear`: its one latent weight is the dense layer's weight, and the shift choices quantize it in the
-  forward pass exactly as :class:`~search_spaces.ops.shift.ShiftLinear` (and ``Shift16Linear``) do;
+  :class:`SharedLinear`: its one latent weight is the dense layer's weight, and the shift and int8 choices quantize
+  it in the forward pass exactly as :class:`~search_spaces.ops.shift.ShiftLinear` (``Shift16Linear``) and
+  :class:`~search_spaces.ops.int8.Int8Linear` do;
 - the attention choices (:class:`ChoiceAttention`) are the registry's primitives built on the dense attention's own
   projections, adding only their own parameters (additive attention's depthwise conv);
 - the MoE choice (:class:`ChoiceMlp`) has its router and noise gate of its own; its experts are views of the dense
-  MLP's shared layers, each pinned to its kind (dense, shift or shift16).
+  MLP's shared layers, each pinned to its kind (dense, shift, shift16 or int8).
 
 :meth:`Supernet.activate` sets the active subnet; :meth:`Supernet.extract` writes an architecture out as a standalone
 model of the types :func:`~search_spaces.reparam.build_model` makes, with the inherited weights: the same function as
@@ -33,6 +34,7 @@ from torch import nn
 from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError
 from .families import Family, family_of
+from .ops.int8 import fake_quant_ste
 from .ops.moe import MoEMlp
 from .ops.shift import (DEFAULT_WEIGHT_BITS, block_float_ste, shift_range, straight_through_shift,
                         weight_activation_bits)
@@ -41,15 +43,16 @@ from .space import SearchSpace
 
 # The choices whose weights the supernet knows how to share (a plugin primitive of the linear, mlp or expert slot
 # has weights of its own kind: it is searched in fine-tune mode).
-SHARED_LINEAR = ("dense", "shift", "shift16")
-SHARED_MLP = ("dense", "shift", "shift16", "moe")
-SHARED_EXPERTS = ("dense", "shift", "shift16")
+SHARED_LINEAR = ("dense", "shift", "shift16", "int8")
+SHARED_MLP = ("dense", "shift", "shift16", "int8", "moe")
+SHARED_EXPERTS = ("dense", "shift", "shift16", "int8")
 
 
 class SharedLinear(nn.Linear):
     """A linear layer whose one latent weight serves every linear choice the supernet shares: ``dense`` (the weight
     as it is), ``shift`` (quantized to signed powers of two with a straight-through gradient, as :class:`ShiftLinear`
-    computes) and ``shift16`` (those weights on block-floating-point activations, as :class:`Shift16Linear`).
+    computes), ``shift16`` (those weights on block-floating-point activations, as :class:`Shift16Linear`) and ``int8``
+    (weights and activations quantized to int8, as :class:`Int8Linear`).
     ``kind`` says which the layer computes now. Its state dict is an ``nn.Linear``'s."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_bits: int = DEFAULT_WEIGHT_BITS,
@@ -68,13 +71,19 @@ class SharedLinear(nn.Linear):
     def effective_weight(self, kind: str | None = None) -> torch.Tensor:
         """The weight of the choice ``kind`` (None: the layer's current one)."""
         kind = self.kind if kind is None else kind
-        return self.weight if kind == "dense" else straight_through_shift(self.weight, self.shift_min, self.shift_max)
+        if kind == "dense":
+            return self.weight
+        if kind == "int8":
+            return fake_quant_ste(self.weight)
+        return straight_through_shift(self.weight, self.shift_min, self.shift_max)
 
     def forward(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
         kind = self.kind if kind is None else kind
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if kind == "shift16":
             x = block_float_ste(x, weight_activation_bits(self.weight, self.shift_min, self.shift_max))
+        elif kind == "int8":
+            x = fake_quant_ste(x)
         return F.linear(x, self.effective_weight(kind).to(x.dtype), bias)
 
     def extra_repr(self) -> str:

@@ -42,7 +42,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     )
     assert run.returncode == 2
     assert run.stderr.strip() == (
-        f"error: {bad}: space.choices.mlp[1]: unknown mlp option 'moe2' (choose from dense, shift, shift16, moe)"
+        f"error: {bad}: space.choices.mlp[1]: unknown mlp option 'moe2' (choose from dense, shift, shift16, int8, moe)"
     )
     assert "Traceback" not in run.stderr
 

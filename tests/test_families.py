@@ -134,7 +134,7 @@ def test_stages_override_by_stage_and_blocks_override_them():
                                    "stages": {0: {"attention": ["additive"]}, 2: {"mlp": ["dense"]}},
                                    "blocks": {1: {"qkv": ["dense"]}}}, SMALL)
     assert [b.attention for b in space.blocks] == [("additive",), ("additive",), ("msa", "linear"), ("msa", "linear")]
-    assert space.blocks[1].qkv == ("dense",) and space.blocks[0].qkv == ("dense", "shift", "shift16")
+    assert space.blocks[1].qkv == ("dense",) and space.blocks[0].qkv == ("dense", "shift", "shift16", "int8")
     assert space.blocks[3].mlp == ("dense",) and space.blocks[2].mlp != ("dense",)
     with pytest.raises(ConfigError, match=r"stage index 3 is not in 0..2"):
         SearchSpace.from_dict({"stages": {3: {"attention": ["msa"]}}}, SMALL)

@@ -62,7 +62,7 @@ def test_shift_conversion_uses_the_dense_weights(tiny_spec):
 
 def test_every_op_combination_runs_forward_and_backward():
     combos = list(itertools.product(*block_options().values()))
-    assert len(combos) == 3 * 3 * 3 * 4  # attention x qkv x proj x mlp
+    assert len(combos) == 3 * 4 * 4 * 5  # attention x qkv x proj x mlp
     # one block per combination, in one model
     spec = vit(patch_size=8, depth=len(combos), embed_dim=16, num_classes=3)
     blocks = tuple(

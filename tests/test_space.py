@@ -11,12 +11,12 @@ def _space(tiny_spec, **space):
 
 
 def test_default_space_size_counts_every_architecture(tiny_spec):
-    # per block: 3 attention x 3 qkv x 3 proj x 4 mlp (moe with one top_k) = 108; two free blocks
-    assert _space(tiny_spec).size() == 108**2
-    assert _space(tiny_spec, tied=True).size() == 108
-    assert _space(tiny_spec, moe={"top_k": [1, 2]}).size() == (3 * 3 * 3 * 5) ** 2
+    # per block: 3 attention x 4 qkv x 4 proj x 5 mlp (moe with one top_k) = 240; two free blocks
+    assert _space(tiny_spec).size() == 240**2
+    assert _space(tiny_spec, tied=True).size() == 240
+    assert _space(tiny_spec, moe={"top_k": [1, 2]}).size() == (3 * 4 * 4 * 6) ** 2
     restricted = _space(tiny_spec, choices={"attention": ["msa"], "mlp": ["dense", "moe"]}, blocks={1: {"qkv": ["dense"]}})
-    assert restricted.size() == (1 * 3 * 3 * 2) * (1 * 1 * 3 * 2)
+    assert restricted.size() == (1 * 4 * 4 * 2) * (1 * 1 * 4 * 2)
 
 
 def test_sample_covers_the_space_and_respects_overrides(tiny_spec):

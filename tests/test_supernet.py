@@ -49,7 +49,7 @@ def test_a_subnet_is_build_model_of_its_architecture_with_the_inherited_weights(
     rng = np.random.default_rng(0)
     configs = [space.sample(rng) for _ in range(12)]
     assert {b.attention for c in configs for b in c.blocks} == {"msa", "linear", "additive"}
-    assert {b.mlp for c in configs for b in c.blocks} == {"dense", "shift", "shift16", "moe"}
+    assert {b.mlp for c in configs for b in c.blocks} == {"dense", "shift", "shift16", "int8", "moe"}
     for config in configs:
         subnet = supernet.extract(config)
         expected = build_model(config, teacher)

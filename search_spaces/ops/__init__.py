@@ -2,12 +2,14 @@
 :mod:`search_spaces.registry`)."""
 
 from .attention import AdditiveAttention, LinearAttention, ProjectedAttention, binarize_ste
-from .moe import EXPERT_KINDS, MoEMlp, RouterStats, balance_loss, cv_squared, moe_aux_loss, shift_mlp
+from .int8 import Int8Linear
+from .moe import EXPERT_KINDS, MoEMlp, RouterStats, balance_loss, cv_squared, moe_aux_loss
 from .shift import Shift16Linear, ShiftLinear, shift16_matmul, shift_matmul_int, shift_range, to_fixed_point
 
 __all__ = [
     "AdditiveAttention",
     "EXPERT_KINDS",
+    "Int8Linear",
     "LinearAttention",
     "MoEMlp",
     "ProjectedAttention",
@@ -20,7 +22,6 @@ __all__ = [
     "moe_aux_loss",
     "shift16_matmul",
     "shift_matmul_int",
-    "shift_mlp",
     "shift_range",
     "to_fixed_point",
 ]

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions.normal import Normal
 
-from .shift import ShiftLinear
 
 EXPERT_KINDS = ("dense", "shift")  # the default experts of an MoE: the paper's (search_spaces.registry has them all)
 
@@ -37,15 +36,6 @@ def balance_loss(importance: torch.Tensor, load: torch.Tensor, latency: torch.Te
     """The latency-aware load-balancing loss ``cv²(importance ⊙ lat) + cv²(load ⊙ lat)``."""
     latency = latency.to(importance)
     return cv_squared(importance * latency) + cv_squared(load * latency)
-
-
-def shift_mlp(mlp: nn.Module, layer: type[ShiftLinear] = ShiftLinear) -> nn.Module:
-    """A copy of a timm ``Mlp`` whose ``fc1`` and ``fc2`` are converted to shift layers of class ``layer``
-    (:class:`ShiftLinear`, or :class:`~search_spaces.ops.shift.Shift16Linear`)."""
-    out = copy.deepcopy(mlp)
-    out.fc1 = layer.from_dense(mlp.fc1)
-    out.fc2 = layer.from_dense(mlp.fc2)
-    return out
 
 
 class GridExpert(nn.Module):
