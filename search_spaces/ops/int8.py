@@ -27,7 +27,8 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale per row ``[M, 1]``: ``x ≈ xq · scale``, ``scale = max|row| / 127``. Rows of zeros get a tiny scale
     (all codes 0)."""
     x = x.detach().to(torch.float32)
-    peak = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_min_(_PEAK_FLOOR)
+    # abs then amax: two passes, but torch's vector_norm(ord=inf) over rows is ten times slower on a CPU
+    peak = x.abs().amax(dim=-1, keepdim=True).clamp_min_(_PEAK_FLOOR)
     # |x| · (127 / peak) is at most 127 times (1 + 2^-23), which rounds to 127: no clamp needed
     return (x * (INT8_MAX / peak)).round_(), peak / INT8_MAX
 
