@@ -271,6 +271,30 @@ def test_an_untuned_xor_kernel_runs_its_hand_written_schedule_and_a_tuned_one_th
     assert check(spec, "cpu", trials=2, root=tmp_path).status == "exact"
 
 
+@pytest.mark.parametrize("batch, m, k, n", [(3, 37, 70, 24), (1, 5, 9, 64)])
+def test_an_untuned_binary_product_runs_its_tiled_schedule_with_the_default_schedules_sums(batch, m, k, n):
+    import tvm
+
+    from kernels import target as targets
+    from kernels.tuning import compile_untuned
+
+    spec = KernelSpec("matadd", "binary_real", m, k, n, "float32", batch=batch)
+    tiled = compile_untuned(spec)
+    assert "parallel" in tiled.mod.inspect_source().lower()
+    serial = tvm.compile(tvm.IRModule({"main": spec.prim_func()}), target=targets.resolve("cpu"))
+    rng = np.random.default_rng(0)
+    lead = (batch,) if batch > 1 else ()
+    codes = (rng.random((*lead, m, k)) < 0.5).astype(np.int8)
+    values = rng.standard_normal((*lead, k, n)).astype(np.float32)
+    outputs = []
+    for executable in (tiled, serial):
+        out = tvm.runtime.tensor(np.zeros((*lead, m, n), np.float32))
+        executable["main"](tvm.runtime.tensor(codes), tvm.runtime.tensor(values), out)
+        outputs.append(out.numpy())
+    assert np.array_equal(*outputs)  # each output sums its terms in the same order of k
+    assert spec.definition.cpu_schedule(None, m, k, 20) is None  # no vector tile divides 20: TVM's default
+
+
 def test_a_cache_entry_built_from_other_kernel_code_is_rebuilt_not_loaded(tmp_path):
     import json
 

@@ -64,6 +64,24 @@ def test_a_token_routed_to_one_expert_gets_exactly_its_output():
         assert torch.allclose(y[rows], expert(x[rows]), atol=1e-6)
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_dispatch_equals_every_token_through_its_experts_with_and_without_gradients(top_k):
+    torch.manual_seed(0)
+    moe = _moe(kinds=("dense", "shift", "dense"), top_k=top_k).eval()
+    x = torch.randn(3, 9, 16)
+    tokens = x.reshape(-1, 16)
+    probs, experts = moe.router(tokens).softmax(-1).topk(top_k, dim=-1)
+    gates = probs / probs.sum(-1, keepdim=True)
+    expected = torch.stack([sum(g * moe.experts[int(e)](t[None])[0] for g, e in zip(gates[i], experts[i]))
+                            for i, t in enumerate(tokens)]).reshape(x.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x), expected, rtol=1e-5, atol=1e-6)
+        moe.pad_to_buckets = True  # padded experts (the kernels' shapes): the same outputs
+        torch.testing.assert_close(moe(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(moe(x), expected, rtol=1e-5, atol=1e-6)
+    assert moe.stats.per_image.sum().item() == 27 * top_k
+
+
 def test_moe_aux_loss_sums_every_layer():
     model = torch.nn.Sequential(_moe(), _moe())
     assert moe_aux_loss(model) is None  # nothing ran yet

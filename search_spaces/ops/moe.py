@@ -181,8 +181,8 @@ class MoELoad:
 class MoEMlp(nn.Module):
     """An MLP replaced by a mixture of experts, each expert a copy of the dense MLP, dense or shift.
 
-    After each forward pass, :attr:`aux_loss` holds the latency-aware balance loss (a tensor with a graph, to add to
-    the training loss) and :attr:`stats` the router statistics.
+    After each forward pass, :attr:`aux_loss` is the latency-aware balance loss (a tensor with a graph, to add to
+    the training loss) and :attr:`stats` the router statistics, both computed from that pass's routing when read.
 
     Args:
         experts: the expert modules, each mapping ``[..., C] -> [..., C]``.
@@ -214,8 +214,9 @@ class MoEMlp(nn.Module):
         nn.init.zeros_(self.router.bias)
         nn.init.zeros_(self.noise.weight)
         self.register_buffer("expert_latency", torch.ones(num))
-        self.aux_loss: torch.Tensor | None = None
-        self.stats: RouterStats | None = None
+        # The last forward pass's routing (top-k probabilities and experts, load, images): aux_loss and stats are
+        # computed from it when asked for, so inference does not pay for them.
+        self._route: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int] | None = None
         # Set by kernels.runtime: pad each expert's tokens up to token_buckets() so compiled kernels see few shapes.
         self.pad_to_buckets = False
 
@@ -238,8 +239,9 @@ class MoEMlp(nn.Module):
             )
         self.expert_latency.copy_(lat / lat.mean())
 
-    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (gates [T, E] with zeros off the top-k, top-k indices [T, k], load [E])."""
+    def _route_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Returns (the top-k probabilities [T, k], their experts [T, k], the smoothed load [E] while training with
+        noise, else None)."""
         clean = self.router(x)
         noisy_training = self.noisy_gating and self.training
         if noisy_training:
@@ -247,20 +249,18 @@ class MoEMlp(nn.Module):
             logits = clean + torch.randn_like(clean) * noise_std
         else:
             logits = clean
-        probs = logits.softmax(dim=-1)
-        top_vals, top_idx = probs.topk(self.top_k, dim=-1)
-        # Gate values are the top-k probabilities renormalized to sum to 1 (Shazeer et al.), so a token sent to one
-        # expert gets exactly that expert's output and a converted model starts close to its dense teacher. The sum
-        # is detached: with a live sum, top-1 gates would be the constant 1 and the router would get no gradient;
-        # this way top-1 gets d(log p) of its chosen expert.
-        top_vals = top_vals / top_vals.sum(dim=-1, keepdim=True).detach()
-        gates = torch.zeros_like(probs).scatter(-1, top_idx, top_vals)
-        num = len(self.experts)
-        if noisy_training and self.top_k < num:
-            load = self._prob_in_top_k(clean, logits, noise_std).sum(0)
-        else:
-            load = (gates > 0).float().sum(0)
-        return gates, top_idx, load
+        top_probs, top_idx = logits.softmax(dim=-1).topk(self.top_k, dim=-1)
+        if noisy_training and self.top_k < len(self.experts):
+            return top_probs, top_idx, self._prob_in_top_k(clean, logits, noise_std).sum(0)
+        return top_probs, top_idx, None  # the load is the count of tokens each expert got (see _routing)
+
+    @staticmethod
+    def _gate_values(top_probs: torch.Tensor) -> torch.Tensor:
+        """The gates of a token's chosen experts: their probabilities renormalized to sum to 1 (Shazeer et al.), so
+        a token sent to one expert gets exactly that expert's output and a converted model starts close to its dense
+        teacher. The sum is detached: with a live sum, top-1 gates would be the constant 1 and the router would get
+        no gradient; this way top-1 gets d(log p) of its chosen expert."""
+        return top_probs / top_probs.sum(dim=-1, keepdim=True).detach()
 
     def _prob_in_top_k(self, clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
         """Smooth estimate of P(expert in top-k) per token, differentiable in the router (Shazeer et al., 2017)."""
@@ -277,39 +277,72 @@ class MoEMlp(nn.Module):
 
     def forward(self, x: torch.Tensor, feat_size: tuple[int, int] | None = None) -> torch.Tensor:
         """``x``: ``[..., C]``; ``feat_size``: the token grid ``(H, W)`` of a pyramid family's block (PVTv2), whose
-        experts (:class:`GridExpert`) take the positions of their tokens."""
+        experts (:class:`GridExpert`) take the positions of their tokens.
+
+        Dispatch: the token assignments sorted by expert once (stable, so each expert gets its tokens in order),
+        each expert run on its slice, the outputs written back in one call. A top-1 gate is exactly 1, so without
+        gradients its multiplication is skipped (the same result)."""
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
-        gates, top_idx, load = self._gates(tokens)
-        out = torch.zeros_like(tokens)
-        for e, expert in enumerate(self.experts):
-            rows = (top_idx == e).any(dim=-1).nonzero(as_tuple=True)[0]
-            if rows.numel() == 0:
+        top_probs, top_idx, load = self._route_tokens(tokens)
+        self._route = (top_probs, top_idx, load, shape[0] if len(shape) > 2 else 1)
+        assigned = top_idx.reshape(-1)
+        order = assigned.argsort(stable=True)
+        rows_of = order // self.top_k if self.top_k > 1 else order  # the token of each sorted assignment
+        counts = torch.bincount(assigned, minlength=len(self.experts)).tolist()
+        gated = self.top_k > 1 or torch.is_grad_enabled()
+        gates = self._gate_values(top_probs).reshape(-1)[order].unsqueeze(1).to(tokens.dtype) if gated else None
+        # top-1: every token written once, by its expert; top-k: each expert's weighted output added in turn
+        out = tokens.new_empty(tokens.shape) if self.top_k == 1 else tokens.new_zeros(tokens.shape)
+        start = 0
+        for expert, n in zip(self.experts, counts):
+            if n == 0:
                 continue
-            chosen = tokens[rows]
-            if self.pad_to_buckets:
-                size = bucket_tokens(rows.numel(), top_idx.numel())
-                chosen = torch.cat([chosen, chosen.new_zeros(size - rows.numel(), chosen.shape[1])])
+            rows = rows_of[start:start + n]
+            # padded with token 0's row up to the bucket: an expert's rows are independent, the padding is cut off
+            picked = F.pad(rows, (0, bucket_tokens(n, assigned.numel()) - n)) if self.pad_to_buckets else rows
+            chosen = tokens[picked]
             if isinstance(expert, GridExpert):
                 if feat_size is None:
                     raise ValueError("experts over a token grid need the grid: call with feat_size")
                 ran = expert(chosen, rows, (tokens.shape[0] // (feat_size[0] * feat_size[1]), *feat_size))
             else:
                 ran = expert(chosen)
-            y = ran[: rows.numel()] * gates[rows, e : e + 1].to(tokens.dtype)
-            out = out.index_add(0, rows, y)
-        importance = gates.sum(0)
-        self.aux_loss = balance_loss(importance, load, self.expert_latency)
-        images = shape[0] if len(shape) > 2 else 1
-        per_image = torch.zeros(images, len(self.experts), device=x.device).scatter_add_(
-            1, top_idx.reshape(images, -1), torch.ones(top_idx.numel(), device=x.device).reshape(images, -1)
+            ran = ran[:n] if gates is None else ran[:n] * gates[start:start + n]
+            if self.top_k == 1:
+                out.index_copy_(0, rows, ran)
+            else:
+                out.index_add_(0, rows, ran)
+            start += n
+        return out.reshape(shape)
+
+    def _routing(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The last pass's (gates [T, E] with zeros off the top-k, top-k experts [T, k], load [E], images)."""
+        top_probs, top_idx, load, images = self._route
+        gates = torch.zeros(top_idx.shape[0], len(self.experts), dtype=top_probs.dtype, device=top_probs.device)
+        gates = gates.scatter(-1, top_idx, self._gate_values(top_probs))
+        return gates, top_idx, (gates > 0).float().sum(0) if load is None else load, images
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        """The latency-aware balance loss of the last forward pass (None before the first)."""
+        if self._route is None:
+            return None
+        gates, _, load, _ = self._routing()
+        return balance_loss(gates.sum(0), load, self.expert_latency)
+
+    @property
+    def stats(self) -> RouterStats | None:
+        """What the router did in the last forward pass (None before the first)."""
+        if self._route is None:
+            return None
+        gates, top_idx, load, images = self._routing()
+        per_image = torch.zeros(images, len(self.experts), device=top_idx.device).scatter_add_(
+            1, top_idx.reshape(images, -1), torch.ones(top_idx.numel(), device=top_idx.device).reshape(images, -1)
         )
         assigned = per_image.sum(0)
-        self.stats = RouterStats(
-            fraction=assigned / assigned.sum(), importance=importance.detach(), load=load.detach(),
-            per_image=per_image.long(),
-        )
-        return out.reshape(shape)
+        return RouterStats(fraction=assigned / assigned.sum(), importance=gates.sum(0).detach(), load=load.detach(),
+                           per_image=per_image.long())
 
     def extra_repr(self) -> str:
         return f"experts={list(self.kinds)}, top_k={self.top_k}, noisy_gating={self.noisy_gating}"
