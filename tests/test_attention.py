@@ -46,6 +46,20 @@ def test_additive_attention_uses_its_binarization(binarize):
     assert torch.equal(attn.last_codes[0], binarize_ste(q, binarize))
 
 
+@pytest.mark.parametrize("binarize", ["tensor", "token"])
+def test_inference_computes_the_codes_alone_and_the_same_outputs_bit_for_bit(binarize):
+    torch.manual_seed(0)
+    attn = AdditiveAttention(_timm_attention(), binarize=binarize)
+    nn.init.normal_(attn.dconv.weight)
+    x = torch.randn(2, 9, 32)
+    trained = attn(x)
+    trained_codes = attn.last_codes
+    with torch.no_grad():
+        inferred = attn(x)
+    assert torch.equal(inferred, trained)
+    assert all(torch.equal(a, b) for a, b in zip(attn.last_codes, trained_codes))
+
+
 def test_additive_codes_are_binary_outputs_finite_and_gradients_reach_qkv():
     attn = AdditiveAttention(_timm_attention())
     x = torch.randn(3, 17, 32, requires_grad=True)
