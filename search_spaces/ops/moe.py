@@ -8,7 +8,6 @@ balancing the *weighted* load sends more tokens to the faster expert.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -280,8 +279,8 @@ class MoEMlp(nn.Module):
         experts (:class:`GridExpert`) take the positions of their tokens.
 
         Dispatch: the token assignments sorted by expert once (stable, so each expert gets its tokens in order),
-        each expert run on its slice, the outputs written back in one call. A top-1 gate is exactly 1, so without
-        gradients its multiplication is skipped (the same result)."""
+        each expert run on its slice and its output written into the result in place. A top-1 gate is exactly 1, so
+        without gradients its multiplication is skipped (the same result)."""
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
         top_probs, top_idx, load = self._route_tokens(tokens)
