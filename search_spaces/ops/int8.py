@@ -8,7 +8,8 @@ others in its batch (dynamic per-tensor quantization, torch's ``quantize_dynamic
 :class:`Int8Linear` trains with the same quantized values (fake quantization with a straight-through gradient, a
 float product of the dequantized operands: equal to the integer contract up to float32 rounding);
 :meth:`Int8Linear.inference` gives the module that runs the contract on torch's int8 matrix product
-(``torch._int_mm``), which is what the kernel runtime (:func:`kernels.runtime.to_kernels`) and the latency measurements run.
+(``torch._int_mm``), which is what the kernel runtime (:func:`kernels.runtime.to_kernels`) and the latency
+measurements run.
 """
 
 from __future__ import annotations
