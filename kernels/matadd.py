@@ -46,23 +46,25 @@ def _binary_real_args(M, K, N, dtype):
 
 
 def _binary_real(M: int, K: int, N: int, dtype: str = "float32"):
+    import tvm
     from tvm import te
     B = te.placeholder((M, K), "int8", name="B")
     V = te.placeholder((K, N), dtype, name="V")
     k = te.reduce_axis((0, K), name="k")
     zero = te.const(0, dtype)
-    Y = te.compute((M, N), lambda i, j: te.sum(te.if_then_else(B[i, k] != 0, V[k, j], zero), axis=k), name="Y")
+    Y = te.compute((M, N), lambda i, j: te.sum(tvm.tirx.Select(B[i, k] != 0, V[k, j], zero), axis=k), name="Y")
     return te.create_prim_func([B, V, Y])
 
 
 def _binary_real_batched(batch: int, M: int, K: int, N: int, dtype: str = "float32"):
     """``batch`` independent products in one call: every (image, head) of an additive attention at once."""
+    import tvm
     from tvm import te
     B = te.placeholder((batch, M, K), "int8", name="B")
     V = te.placeholder((batch, K, N), dtype, name="V")
     k = te.reduce_axis((0, K), name="k")
     zero = te.const(0, dtype)
-    Y = te.compute((batch, M, N), lambda b, i, j: te.sum(te.if_then_else(B[b, i, k] != 0, V[b, k, j], zero), axis=k),
+    Y = te.compute((batch, M, N), lambda b, i, j: te.sum(tvm.tirx.Select(B[b, i, k] != 0, V[b, k, j], zero), axis=k),
                    name="Y")
     return te.create_prim_func([B, V, Y])
 
@@ -73,7 +75,8 @@ def _binary_real_cpu_schedule(mod, M: int, K: int, N: int, target=None):
     a blend mask against a contiguous row of ``V``), tiles of every product of the batch spread over the cores. Each
     output still sums its terms in order of ``k``, so the result is the default schedule's, bit for bit. Used
     untuned (TVM's default runs the loop nest serially: 2-3 ms of a DeiT-Tiny additive attention's 3.8); None when
-    ``N`` has no multiple-of-8 tile."""
+    ``N`` has no multiple-of-8 tile. The computation selects with ``Select``, not ``if_then_else``: LLVM turns the
+    latter into a branch per code, which random codes mispredict half the time (3-10x slower at large batches)."""
     from tvm import s_tir
 
     cols = next((c for c in (64, 32, 16, 8) if N % c == 0), None)
