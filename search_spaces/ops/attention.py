@@ -29,29 +29,23 @@ BINARIZE_KINDS = ("tensor", "token")
 TOKEN_CONV_TAPS = 9  # AdditiveAttention's depthwise conv over tokens: its default kernel size
 
 
-def binarize_ste(x: torch.Tensor, kind: str = "tensor") -> torch.Tensor:
-    """{0, 1} codes of ``x`` with a straight-through gradient, by ``kind`` (see the module docstring). Its value is
-    the codes exactly (``s + (c - s)`` is ``c`` in float for a code ``c`` in {0, 1} and ``s`` within ``[-1, 1]`` on
-    the code's side of its threshold), so inference computes the codes alone (:meth:`AdditiveAttention.codes`)."""
-    if kind == "tensor":
-        codes = (x > x.mean()).to(x.dtype)
-        surrogate = x.clamp(0.0, 1.0)
-    elif kind == "token":
-        centered = x - x.mean(dim=-1, keepdim=True)
-        codes = (centered > 0).to(x.dtype)
-        surrogate = centered.clamp(-1.0, 1.0)
-    else:
-        raise ValueError(f"unknown binarization {kind!r} (choose from {', '.join(BINARIZE_KINDS)})")
-    return surrogate + (codes - surrogate).detach()
-
-
 def binarize(x: torch.Tensor, kind: str = "tensor") -> torch.Tensor:
-    """The codes of :func:`binarize_ste` without its gradient (as ``x``'s dtype): what inference computes."""
+    """{0, 1} codes of ``x`` (as ``x``'s dtype) by ``kind`` (see the module docstring), without a gradient: what
+    inference computes."""
     if kind == "tensor":
         return (x > x.mean()).to(x.dtype)
     if kind == "token":
         return (x - x.mean(dim=-1, keepdim=True) > 0).to(x.dtype)
     raise ValueError(f"unknown binarization {kind!r} (choose from {', '.join(BINARIZE_KINDS)})")
+
+
+def binarize_ste(x: torch.Tensor, kind: str = "tensor") -> torch.Tensor:
+    """:func:`binarize`'s codes with a straight-through gradient (see the module docstring). Its value is the codes
+    exactly (``s + (c - s)`` is ``c`` in float for a code ``c`` in {0, 1} and ``s`` within ``[-1, 1]`` on the code's
+    side of its threshold), so inference computes the codes alone (:meth:`AdditiveAttention.codes`)."""
+    codes = binarize(x, kind)
+    surrogate = x.clamp(0.0, 1.0) if kind == "tensor" else (x - x.mean(dim=-1, keepdim=True)).clamp(-1.0, 1.0)
+    return surrogate + (codes - surrogate).detach()
 
 
 class ProjectedAttention(nn.Module):
