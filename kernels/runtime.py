@@ -4,8 +4,9 @@
 kernels (``run_on_kernels`` in :mod:`search_spaces.registry`) does: every :class:`ShiftLinear` runs the ``matshift``
 kernel (:class:`KernelShiftLinear`) in the variant the device's measurements found fastest at its shape
 (:mod:`kernels.dispatch`), every :class:`Shift16Linear` the fused ``shiftlinear`` kernel
-(:class:`KernelShift16Linear`), every :class:`AdditiveAttention` gets the ``binary_real`` ``matadd`` kernel as its
-binary product, all (image, head) pairs in one call (:class:`KernelBinaryProduct`), every
+(:class:`KernelShift16Linear`), every :class:`AdditiveAttention` runs its whole token mixing as one call of the fused
+``additive`` kernel (:class:`KernelAdditiveAttention`; one with query/key norms or another conv size keeps its torch
+mixing around the ``binary_real`` ``matadd`` products, :class:`KernelBinaryProduct`), every
 :class:`~search_spaces.ops.int8.Int8Linear` its integer inference module (torch's int8 matmul: the CPU baseline needs
 no TVM); everything else stays in torch.
 MoE experts get their tokens padded up to a fixed grid of counts (:func:`search_spaces.ops.moe.token_buckets`), so
@@ -28,9 +29,10 @@ import torch
 from torch import nn
 
 from search_spaces import registry
+from search_spaces.ops.attention import BINARIZE_KINDS, AdditiveAttention
 from search_spaces.ops.shift import Shift16Linear, ShiftLinear, from_fixed_point, to_fixed_point
 
-from . import matshift, shiftlinear
+from . import additive, matshift, shiftlinear
 from .dispatch import Dispatch
 from .prebuilt import PrebuiltKernel, PrebuiltKernels
 from . import target as targets
@@ -103,6 +105,15 @@ class KernelSet:
         kernel(b if batch > 1 else b[0], v if batch > 1 else v[0], out if batch > 1 else out[0])
         return out.reshape(*lead, m, n).to(values.dtype)
 
+    def additive_attention(self, qkv: torch.Tensor, taps: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """Additive attention's token mixing on the fused ``additive`` kernel: the qkv projection's output
+        ``[B, T, 3, H, D]``, the token conv's taps ``[H, 9]``, the binarization's index (int32 ``[1]``) ->
+        ``[B, T, H, D]`` float32."""
+        b, t, _, h, d = qkv.shape
+        out = torch.empty(b, t, h, d, dtype=torch.float32, device=qkv.device)
+        self.get("additive", "select", t, d, h, "float32", batch=b)(_aligned(qkv.to(torch.float32)), taps, kind, out)
+        return out
+
     @property
     def specs(self) -> list[KernelSpec]:
         """Every task used so far (what a model run needed)."""
@@ -160,6 +171,17 @@ def _binary_product_op(codes: torch.Tensor, values: torch.Tensor, handle: int) -
 @_binary_product_op.register_fake
 def _(codes: torch.Tensor, values: torch.Tensor, handle: int) -> torch.Tensor:
     return values.new_empty(*codes.shape[:-1], values.shape[-1])
+
+
+@torch.library.custom_op("shiftadd::additive_attention", mutates_args=())
+def _additive_attention_op(qkv: torch.Tensor, taps: torch.Tensor, kind: torch.Tensor, handle: int) -> torch.Tensor:
+    return _RUNNERS[handle].additive_attention(qkv, taps, kind)
+
+
+@_additive_attention_op.register_fake
+def _(qkv: torch.Tensor, taps: torch.Tensor, kind: torch.Tensor, handle: int) -> torch.Tensor:
+    b, t, _, h, d = qkv.shape
+    return qkv.new_empty(b, t, h, d, dtype=torch.float32)
 
 
 class KernelShiftLinear(nn.Module):
@@ -259,6 +281,42 @@ class KernelBinaryProduct:
         return self.kernels.binary_product(codes, values)
 
 
+class KernelAdditiveAttention(nn.Module):
+    """Inference-only :class:`AdditiveAttention` whose token mixing is one call of the fused ``additive`` kernel
+    (:mod:`kernels.additive`, the custom op ``shiftadd::additive_attention``) between its projections, which run as
+    their own choices do (a shift16 ``qkv`` on its kernel). Made by :func:`to_kernels` for an attention the kernel
+    takes (:func:`fusable`); any other keeps its torch mixing around the ``binary_real`` products."""
+
+    def __init__(self, attention: AdditiveAttention, kernels: KernelSet) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.attn_dim = attention.num_heads, attention.head_dim, attention.attn_dim
+        self.qkv, self.norm, self.proj, self.proj_drop = attention.qkv, attention.norm, attention.proj, attention.proj_drop
+        weight = attention.dconv.weight.detach()
+        self.register_buffer("taps", _aligned(weight[:, 0, :, 0].to(torch.float32).clone()))
+        self.register_buffer("kind", torch.tensor([BINARIZE_KINDS.index(attention.binarize)], dtype=torch.int32,
+                                                  device=weight.device))
+        self.kernels = kernels
+
+    @staticmethod
+    def fusable(attention: AdditiveAttention) -> bool:
+        """Whether the kernel computes this attention: no query/key norms (timm's ``qk_norm``) and the kernel's
+        9-tap token conv."""
+        return (isinstance(attention.q_norm, nn.Identity) and isinstance(attention.k_norm, nn.Identity)
+                and tuple(attention.dconv.weight.shape[1:]) == (1, additive.TAPS, 1))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, feat_size: tuple[int, int] | None = None, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("AdditiveAttention does not support attention masks")
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        y = (torch.ops.shiftadd.additive_attention(qkv, self.taps, self.kind, self.kernels.handle) if compiling()
+             else self.kernels.additive_attention(qkv, self.taps, self.kind))
+        y = self.norm(y.to(x.dtype).reshape(b, n, self.attn_dim))
+        return self.proj_drop(self.proj(y))
+
+
 def _shift_on_kernels(layer: nn.Module, kernels: KernelSet) -> nn.Module:
     return KernelShiftLinear(layer, kernels)
 
@@ -268,6 +326,8 @@ def _shift16_on_kernels(layer: nn.Module, kernels: KernelSet) -> nn.Module:
 
 
 def _additive_on_kernels(attention: nn.Module, kernels: KernelSet) -> nn.Module:
+    if KernelAdditiveAttention.fusable(attention):
+        return KernelAdditiveAttention(attention, kernels)
     attention.binary_product = KernelBinaryProduct(kernels)
     return attention
 
@@ -305,7 +365,8 @@ def to_kernels(model: nn.Module, kernels: KernelSet | None = None) -> nn.Module:
 RECOMPILE_LIMIT = 64  # graphs of one function: a 12-block model's experts, of two types, at each token bucket
 def compiled(module: nn.Module) -> nn.Module:
     """``module`` under ``torch.compile``: inductor on the CPU fuses what runs between the kernels, which it sees as
-    the custom ops ``shiftadd::matshift``, ``shiftadd::shift_linear16`` and ``shiftadd::binary_product``. Compiled on
+    the custom ops ``shiftadd::matshift``, ``shiftadd::shift_linear16``, ``shiftadd::additive_attention`` and
+    ``shiftadd::binary_product``. Compiled on
     the first call, per input shape (static first; a size seen to change, an MoE expert's tokens, is then compiled
     once as dynamic); inductor's cache on disk makes a later process's compile of the same graph quick."""
     # An MoE's routing is data-dependent, so its experts run between graph breaks as frames of their own: one graph

@@ -55,6 +55,10 @@ class Definition:
     # MetaSchedule's search space on CPU, (M, K, N, target) -> a function that schedules a tuning trial's
     # Schedule in place (sampling its choices); None: MetaSchedule's generic rules
     tune_space: Callable[[int, int, int, Any], Callable[[Any], None]] | None = None
+    # the batch is one problem, not independent products (its items share a statistic: additive attention's mean
+    # over every image): ``args``, ``reference`` and ``random_inputs`` take it (keyword ``batch``) and their arrays
+    # carry its axis, at batch 1 too; ``batched_compute`` builds every batch size
+    whole_batch: bool = False
 
 
 REGISTRY: dict[tuple[str, str], Definition] = {}
@@ -66,14 +70,15 @@ def register(definition: Definition) -> Definition:
 
 
 def _load_definitions() -> None:
-    from . import matadd, matmul, matshift, shiftlinear  # noqa: F401  (registering is importing)
+    from . import additive, matadd, matmul, matshift, shiftlinear  # noqa: F401  (registering is importing)
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """One kernel task: ``kernel`` in {matmul, matshift, matadd}, its ``variant``, the logical shape
-    ``Y[M, N] = X[M, K] ∘ W[K, N]``, the value dtype, and ``batch`` independent products in one call (every
-    argument then has a leading ``batch`` axis; only variants with a ``batched_compute`` take one)."""
+    """One kernel task: ``kernel`` (matmul, matshift, matadd, shiftlinear, additive), its ``variant``, the logical
+    shape ``Y[M, N] = X[M, K] ∘ W[K, N]`` (a kernel that is not one product says what its M, K, N are), the value
+    dtype, and ``batch`` independent products in one call (every argument then has a leading ``batch`` axis; only
+    variants with a ``batched_compute`` take one; a ``whole_batch`` variant's batch is one problem)."""
 
     kernel: str
     variant: str
@@ -120,22 +125,26 @@ class KernelSpec:
 
     def args(self) -> list[tuple[str, tuple[int, ...], str]]:
         """``(name, shape, dtype)`` of each argument, inputs first, the output last."""
+        if self.definition.whole_batch:
+            return self.definition.args(self.M, self.K, self.N, self.dtype, batch=self.batch)
         lead = (self.batch,) if self.batch > 1 else ()
         return [(name, lead + tuple(shape), dtype)
                 for name, shape, dtype in self.definition.args(self.M, self.K, self.N, self.dtype)]
 
     def prim_func(self):
-        if self.batch > 1:
+        if self.batch > 1 or self.definition.whole_batch:
             return self.definition.batched_compute(self.batch, self.M, self.K, self.N, self.dtype)
         return self.definition.compute(self.M, self.K, self.N, self.dtype)
 
     def reference(self, *inputs: np.ndarray) -> np.ndarray:
-        if self.batch > 1:
+        if self.batch > 1 and not self.definition.whole_batch:
             return np.stack([self.definition.reference(self.M, self.K, self.N, *(a[i] for a in inputs))
                              for i in range(self.batch)])
         return self.definition.reference(self.M, self.K, self.N, *inputs)
 
     def _inputs(self, generate, rng: np.random.Generator) -> list[np.ndarray]:
+        if self.definition.whole_batch:
+            return generate(self.M, self.K, self.N, self.dtype, rng, batch=self.batch)
         if self.batch > 1:
             draws = [generate(self.M, self.K, self.N, self.dtype, rng) for _ in range(self.batch)]
             return [np.ascontiguousarray(np.stack(parts)) for parts in zip(*draws)]

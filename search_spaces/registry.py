@@ -314,6 +314,12 @@ def _additive_attention_counts(s: Shapes, layers=()) -> oc.OpCounts:
             + oc.elementwise(heads * t * d, inputs=2, add=1))
 
 
+def _additive_mixing(s: Shapes, layers=()) -> list[KernelTask]:
+    """Additive attention's token mixing as one fused kernel over the batch (``kernels.additive``): M tokens (keys
+    and values over every token, a pyramid family's too), K the head dimension, N the heads."""
+    return [("additive", "select", s.tokens, s.head_dim, s.heads, s.batch)]
+
+
 def _router_counts(s: Shapes, layers=()) -> oc.OpCounts:
     """An MoE's router on every token (``C -> E`` logits, their softmax, the top-k by comparisons, the chosen gates
     renormalized) and each expert's output weighted by its gate and added into the result. Counted at top-1 and two
@@ -408,16 +414,13 @@ def _register_builtins() -> None:
     from .ops.moe import MoEMlp
     from .ops.shift import Shift16Linear, ShiftLinear
 
-    def products(kernel: str, variant: str, linear_in_tokens: bool, batched: bool = False):
-        """The two products of an attention per (image, head); ``batched``: all of them in one call."""
+    def products(kernel: str, variant: str, linear_in_tokens: bool):
+        """The two products of an attention per (image, head)."""
         def tasks(s: Shapes, layers) -> list[KernelTask]:
             t, kv, d = s.tokens, s.attended, s.head_dim
             if linear_in_tokens:  # K^T V then Q (K^T V): D x T x D and T x D x D
-                shapes = [(d, kv, d), (t, d, d)]
-            else:
-                shapes = [(t, d, kv), (t, kv, d)]  # softmax: Q K^T, then P V
-            batch = (s.batch * s.heads,) if batched else ()
-            return [(kernel, variant, *shape, *batch) for shape in shapes]
+                return [(kernel, variant, d, kv, d), (kernel, variant, t, d, d)]
+            return [(kernel, variant, t, d, kv), (kernel, variant, t, kv, d)]  # softmax: Q K^T, then P V
         return tasks
 
     for primitive in (
@@ -426,8 +429,8 @@ def _register_builtins() -> None:
         Primitive("attention", "linear", _linear_attention, LinearAttention,
                   kernel_tasks=products("matmul", "fp32", True), counts=_linear_attention_counts,
                   description="kernelized linear attention, elu + 1 feature map, linear in tokens"),
-        Primitive("attention", "additive", _additive_attention, AdditiveAttention, None,
-                  products("matadd", "binary_real", True, batched=True), _additive_attention_counts, on_kernels=True,
+        Primitive("attention", "additive", _additive_attention, AdditiveAttention, None, _additive_mixing,
+                  _additive_attention_counts, on_kernels=True,
                   description="ShiftAddViT's binary linear-angular attention: its products are additions"),
         Primitive("linear", "dense", kernel_tasks=_matmul, counts=_dense_layers, description="the dense linear layer"),
         Primitive("linear", "shift", _shift_linear, ShiftLinear, None, _matshift, _shift_layers,

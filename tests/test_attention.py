@@ -5,6 +5,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from search_spaces.ops import AdditiveAttention, LinearAttention, binarize_ste
+from search_spaces.ops.attention import EPS
 
 
 def _timm_attention(dim=32, heads=2):
@@ -42,7 +43,7 @@ def test_additive_attention_uses_its_binarization(binarize):
     x = torch.randn(2, 9, 32)
     attn(x)
     q = attn.qkv(x).reshape(2, 9, 3, 2, 16).permute(2, 0, 3, 1, 4)[0]
-    q = q / (q.norm(dim=-1, keepdim=True) + attn.eps)
+    q = q / (q.norm(dim=-1, keepdim=True) + EPS)
     assert torch.equal(attn.last_codes[0], binarize_ste(q, binarize))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from timm.layers import Attention
 from torch import nn
 
 from kernels import KernelError, KernelSpec
@@ -16,10 +17,10 @@ from kernels.matadd import pack_bits, pack_nibbles
 from kernels.dispatch import Dispatch
 from kernels.matshift import pack, pack_xor, unpack_xor
 from kernels.measure import measure, time_remote
-from kernels.runtime import KernelBinaryProduct, KernelSet, to_kernels
+from kernels.runtime import KernelAdditiveAttention, KernelBinaryProduct, KernelSet, to_kernels
 from kernels.tuning import cuda_source, get_kernel, task_dir
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, build_model
-from search_spaces.ops import ShiftLinear
+from search_spaces.ops import AdditiveAttention, ShiftLinear
 
 from tiny import free_port
 
@@ -200,20 +201,38 @@ def test_a_reparameterized_model_runs_on_kernels(tmp_path, tiny_spec):
     )
     model = build_model(config).eval()
     kernels = KernelSet("cpu", trials=0, root=tmp_path)
-    fast = to_kernels(model, kernels)
     x = torch.randn(2, 3, 32, 32)
+    for attention in (model.blocks[0].attn, model.blocks[1].attn):
+        nn.init.normal_(attention.dconv.weight, std=0.2)  # the token conv starts at zero: give it weights to check
     with torch.no_grad():
-        # the kernel path's attention products equal torch's within fp32 rounding
-        block = model.blocks[1].attn
+        # the fused kernel's attention equals torch's within fp32 rounding, in both binarizations
         tokens = torch.randn(2, 17, 32)
-        torch.testing.assert_close(fast.blocks[1].attn(tokens), block(tokens), rtol=1e-4, atol=1e-5)
+        for binarize in ("tensor", "token"):
+            model.blocks[1].attn.binarize = binarize
+            fast = to_kernels(model, kernels)
+            assert isinstance(fast.blocks[1].attn, KernelAdditiveAttention)
+            torch.testing.assert_close(fast.blocks[1].attn(tokens), model.blocks[1].attn(tokens), rtol=1e-4,
+                                       atol=1e-5)
         assert fast(x).shape == (2, 10) and torch.isfinite(fast(x)).all()
     kinds = {(s.kernel, s.variant) for s in kernels.specs}
-    assert kinds == {("matshift", "xor"), ("matadd", "binary_real")}
+    assert kinds == {("matshift", "xor"), ("additive", "select")}
+    # the whole mixing of every image and head in one kernel call
     heads = model.blocks[1].attn.num_heads
-    # each attention product of every (image, head) in one kernel call
-    assert {s.batch for s in kernels.specs if s.kernel == "matadd"} == {2 * heads}
+    assert {(s.batch, s.N) for s in kernels.specs if s.kernel == "additive"} == {(2, heads)}
     assert isinstance(model.blocks[0].attn.qkv, ShiftLinear)  # the original model is untouched
+
+
+@torch.no_grad()
+def test_an_additive_attention_the_fused_kernel_does_not_take_runs_its_products_on_matadd(tmp_path):
+    source = Attention(32, num_heads=2, qkv_bias=True)
+    attention = AdditiveAttention(source, res_kernel_size=5).eval()  # the fused kernel's conv has 9 taps
+    nn.init.normal_(attention.dconv.weight, std=0.2)
+    kernels = KernelSet("cpu", trials=0, root=tmp_path)
+    fast = to_kernels(nn.Sequential(attention), kernels)[0]  # to_kernels converts a model's modules, not the model
+    assert isinstance(fast.binary_product, KernelBinaryProduct)
+    tokens = torch.randn(2, 17, 32)
+    torch.testing.assert_close(fast(tokens), attention(tokens), rtol=1e-4, atol=1e-5)
+    assert {(s.kernel, s.variant) for s in kernels.specs} == {("matadd", "binary_real")}
 
 
 @pytest.mark.parametrize("kernel, variant", [("matmul", "fp32"), ("matshift", "select"), ("matshift", "mul"),

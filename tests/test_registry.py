@@ -95,8 +95,8 @@ def test_registered_primitives_declare_what_each_stage_needs():
         assert primitive.run_on_kernels is None or primitive.module is not None, primitive
     shapes = registry.Shapes(batch=2, tokens=17, channels=32, heads=2, hidden=128)
     additive = registry.get("attention", "additive")
-    # both products of every (image, head) in one call each: a batch of 2 images x 2 heads
-    assert additive.tasks(shapes) == [("matadd", "binary_real", 16, 17, 16, 4), ("matadd", "binary_real", 17, 16, 16, 4)]
+    # the whole mixing of both images in one call: 17 tokens x head dim 16 x 2 heads, a batch of 2 images
+    assert additive.tasks(shapes) == [("additive", "select", 17, 16, 2, 2)]
     assert registry.get("linear", "shift").tasks(shapes, shapes.linear_layers("qkv")) == [("matshift", None, 34, 32, 96)]
     assert registry.on_kernels(BlockConfig("msa", "dense", "dense", "shift"))
     assert not registry.on_kernels(BlockConfig("linear", "dense", "dense", "dense"))
@@ -106,15 +106,16 @@ def test_registered_primitives_declare_what_each_stage_needs():
         registry.register(registry.Primitive("attention", "fast", run_on_kernels=lambda m, k: m))
 
 
-def test_the_kernel_runtime_gives_additive_attention_its_binary_product(tmp_path, tiny_spec):
-    from kernels.runtime import KernelBinaryProduct, KernelSet, to_kernels
+def test_the_kernel_runtime_gives_additive_attention_its_fused_kernel(tmp_path, tiny_spec):
+    from kernels.runtime import KernelAdditiveAttention, KernelSet, to_kernels
     from search_spaces import ArchConfig
 
     model = build_model(ArchConfig(tiny_spec, (BlockConfig("additive"), BlockConfig()))).eval()
     fast = to_kernels(model, KernelSet("cpu", trials=0, root=tmp_path))
     attention = fast.blocks[0].attn
-    assert type(attention) is AdditiveAttention and isinstance(attention.binary_product, KernelBinaryProduct)
-    assert model.blocks[0].attn.binary_product is torch.matmul  # the original is left as it was
+    assert type(attention) is KernelAdditiveAttention and attention.qkv is not model.blocks[0].attn.qkv
+    assert type(model.blocks[0].attn) is AdditiveAttention  # the original is left as it was
+    assert model.blocks[0].attn.binary_product is torch.matmul
 
 
 def test_a_primitive_declared_for_one_family_is_refused_on_another(tmp_path, capsys):

@@ -19,7 +19,7 @@ PAPER = BlockConfig("additive", "shift", "shift", "moe", MoEConfig(1, ("dense", 
 def test_a_compiled_block_computes_what_the_eager_block_does(tmp_path):
     spec = ModelSpec(TINY_MODEL["name"], TINY_MODEL["kwargs"])
     model = to_kernels(build_model(ArchConfig(spec, (PAPER, BlockConfig()))), KernelSet("cpu", 0, tmp_path))
-    block = model.blocks[0]  # additive attention on matadd, shift projections and a shift expert on matshift
+    block = model.blocks[0]  # additive attention's fused kernel, shift projections and a shift expert on matshift
     x = torch.randn(2, 17, 32)
     eager = block(x)
     eager_routing = block.mlp.stats.per_image.clone()

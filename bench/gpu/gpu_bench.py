@@ -3,8 +3,9 @@
 For each quick-start study (copied into ``--work`` with ``latency.target: cuda:<arch>``, ``latency.prebuilt``: the
 CUDA kernels ``bench/gpu/prepare.sh`` built on the build machine, and ``train.device: cuda``):
 
-1. **kernels vs torch**: every matshift / shiftlinear / matadd task of the space at batch 1, on the prebuilt kernels, against torch's
-   matmul of the same product in fp32, bf16 and (where ``torch._int_mm`` takes the shape) int8;
+1. **kernels vs torch**: every matshift / shiftlinear / additive task of the space at batch 1, on the prebuilt kernels,
+   against torch's matmul of the same product (the attention's torch mixing for ``additive``) in fp32, bf16 and
+   (where ``torch._int_mm`` takes the shape) int8;
 2. **profile + fit** on CUDA (kernels, modules, 8 calibration models), then the predictor's held-out check:
    ``--held-out`` architectures measured in turn with the dense model and predicted (Kendall tau, within 10 %);
 3. **the paper's allocation against dense**, measured;
@@ -69,9 +70,24 @@ def study_copy(name: str, args) -> Path:
     return path
 
 
+def _in_torch(spec, device: torch.device, dtype: torch.dtype):
+    """What the task computes, in torch at ``dtype``: the product of its shape; for the fused ``additive`` kernel,
+    the attention's torch mixing (codes, the two products, the norm, the token conv)."""
+    from search_spaces.ops.attention import TOKEN_CONV_TAPS, angular_codes, angular_mix
+
+    if spec.kernel == "additive":
+        qkv = torch.randn(spec.batch, spec.M, 3, spec.N, spec.K, device=device, dtype=dtype)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        taps = torch.randn(spec.N, 1, TOKEN_CONV_TAPS, 1, device=device, dtype=dtype)
+        return torch.no_grad()(lambda: angular_mix(*angular_codes(q, k), v, taps))
+    a = torch.randn(spec.batch, spec.M, spec.K, device=device, dtype=dtype)
+    b = torch.randn(spec.batch, spec.K, spec.N, device=device, dtype=dtype)
+    return lambda: torch.bmm(a, b)
+
+
 def kernels_vs_torch(study, device: torch.device, repeats: int) -> list[dict]:
     """Each shift / additive task of the space at batch 1 on the prebuilt kernels, and torch's product of the same
-    shape in fp32, bf16 and int8."""
+    shape (the additive attention's torch mixing for the fused ``additive`` kernel) in fp32, bf16 and int8."""
     from kernels.measure import time_prebuilt
     from kernels.prebuilt import PrebuiltKernels
     from latency_model.decomposition import kernel_tasks
@@ -83,12 +99,9 @@ def kernels_vs_torch(study, device: torch.device, repeats: int) -> list[dict]:
         batch, m, k, n = spec.batch, spec.M, spec.K, spec.N
         row = {"study": study.name, "kernel": f"{spec.kernel}/{spec.variant}", "shape": f"{batch}x{m}x{k}x{n}",
                "tvm_ms": round(time_prebuilt(prebuilt, spec, repeats).median_ms, 5)}
-        a = torch.randn(batch, m, k, device=device)
-        b = torch.randn(batch, k, n, device=device)
         for dtype, name in ((torch.float32, "torch_fp32_ms"), (torch.bfloat16, "torch_bf16_ms")):
-            x, w = a.to(dtype), b.to(dtype)
-            row[name] = round(time_callable(lambda x=x, w=w: torch.bmm(x, w), repeats, device=device).median_ms, 5)
-        if device.type == "cuda" and batch == 1 and m > 16 and k % 8 == 0 and n % 8 == 0:
+            row[name] = round(time_callable(_in_torch(spec, device, dtype), repeats, device=device).median_ms, 5)
+        if device.type == "cuda" and spec.kernel != "additive" and batch == 1 and m > 16 and k % 8 == 0 and n % 8 == 0:
             x8 = torch.randint(-8, 8, (m, k), dtype=torch.int8, device=device)
             w8 = torch.randint(-8, 8, (k, n), dtype=torch.int8, device=device)
             row["torch_int8_ms"] = round(time_callable(lambda: torch._int_mm(x8, w8), repeats,

@@ -126,7 +126,7 @@ def _default_variant(kernel: str) -> str:
 
 def add_commands(add, positive_int, non_negative_int) -> None:
     """Register ``nas kernels ...`` through the CLI's ``add(name, handler, help)``."""
-    kernels = add("kernels", None, "check, tune and time the TVM kernels (matmul, matshift, matadd, shiftlinear)")
+    kernels = add("kernels", None, "check, tune and time the TVM kernels (matmul, matshift, matadd, shiftlinear, additive)")
     sub = kernels.add_subparsers(dest="kernels_command", metavar="KERNELS_COMMAND", required=True)
 
     def common(parser: argparse.ArgumentParser) -> None:
@@ -177,19 +177,20 @@ def add_commands(add, positive_int, non_negative_int) -> None:
         description="Tune one kernel task with MetaSchedule, store it in the cache (a second run is a cache hit) "
         "and time it, on this machine or on a remote device through TVM's RPC tracker.",
     )
-    tune.add_argument("kernel", help="matmul, matshift, matadd or shiftlinear")
+    tune.add_argument("kernel", help="matmul, matshift, matadd, shiftlinear or additive (additive attention's whole "
+                                     "mixing: M tokens, K head dim, N heads)")
     tune.add_argument("M", type=positive_int)
     tune.add_argument("K", type=positive_int)
     tune.add_argument("N", type=positive_int)
     tune.add_argument(
         "--variant",
         help="matmul: fp32; matshift: xor (default, no multiply), mul or select; matadd: binary_real (default), "
-             "lut4 or packed_popcount; shiftlinear: i16",
+             "lut4 or packed_popcount; shiftlinear: i16; additive: select",
     )
     tune.add_argument("--dtype", help="value dtype where a variant takes several (matadd binary_real: float32, int32)")
     tune.add_argument("--batch", type=positive_int, default=1,
                       help="independent products in one call, for a variant that takes a batch (matadd binary_real: "
-                           "additive attention runs every (image, head) at once); default: 1")
+                           "every (image, head) at once); additive: the images; default: 1")
     tune.add_argument("--trials", type=non_negative_int, default=64, help="MetaSchedule trials; 0 = untuned (default: 64)")
     tune.add_argument("--repeats", type=positive_int, default=15, help="timing repeats (default: 15)")
     tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="time on a remote device registered with this tracker")

@@ -27,6 +27,7 @@ from torch import nn
 
 BINARIZE_KINDS = ("tensor", "token")
 TOKEN_CONV_TAPS = 9  # AdditiveAttention's depthwise conv over tokens: its default kernel size
+EPS = 1e-6  # of the L2 normalizations: x / (|x| + EPS)
 
 
 def binarize(x: torch.Tensor, kind: str = "tensor") -> torch.Tensor:
@@ -113,14 +114,31 @@ def token_conv(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out.reshape(b, h, d, tokens).permute(0, 1, 3, 2)
 
 
+def angular_codes(q: torch.Tensor, k: torch.Tensor, kind: str = "tensor") -> tuple[torch.Tensor, torch.Tensor]:
+    """The binary {0, 1} codes of L2-normalized queries and keys ``[B, H, T, D]`` (binarized by ``kind``; with
+    straight-through gradients where gradients are recorded)."""
+    q = q / (q.norm(dim=-1, keepdim=True) + EPS)
+    k = k / (k.norm(dim=-1, keepdim=True) + EPS)
+    codes = binarize_ste if torch.is_grad_enabled() else binarize
+    return codes(q, kind), codes(k, kind)
+
+
+def angular_mix(q_b: torch.Tensor, k_b: torch.Tensor, v: torch.Tensor, conv_weight: torch.Tensor,
+                binary_product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.matmul) -> torch.Tensor:
+    """Additive attention's token mixing from the codes: ``normalize(0.5·v + (1/π)·Q_b (K_bᵀ V)) + dwconv(v)``,
+    on ``[B, H, T, D]`` tensors, the two products with a binary operand through ``binary_product``."""
+    kv = binary_product(k_b.transpose(-2, -1), v)  # binary x real: masked row sums
+    x = 0.5 * v + binary_product(q_b, kv) / math.pi  # binary x real again
+    x = x / (x.norm(dim=-1, keepdim=True) + EPS)
+    return x + token_conv(v, conv_weight)
+
+
 class AdditiveAttention(ProjectedAttention):
     """ShiftAddViT's additive (binary linear-angular) attention.
 
     The depthwise convolution over tokens (kernel ``res_kernel_size`` per head, as in Castling-ViT) starts at zero,
     so the converted layer begins as the pure angular-kernel attention and learns the residual during fine-tuning.
     """
-
-    eps = 1e-6
 
     def __init__(self, source: nn.Module, res_kernel_size: int = TOKEN_CONV_TAPS, binarize: str = "tensor") -> None:
         super().__init__(source)
@@ -147,15 +165,9 @@ class AdditiveAttention(ProjectedAttention):
 
     def codes(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Binary {0, 1} query and key codes (with straight-through gradients where gradients are recorded)."""
-        q = q / (q.norm(dim=-1, keepdim=True) + self.eps)
-        k = k / (k.norm(dim=-1, keepdim=True) + self.eps)
-        codes = binarize_ste if torch.is_grad_enabled() else binarize
-        return codes(q, self.binarize), codes(k, self.binarize)
+        return angular_codes(q, k, self.binarize)
 
     def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_b, k_b = self.codes(q, k)
         self.last_codes = (q_b.detach(), k_b.detach())
-        kv = self.binary_product(k_b.transpose(-2, -1), v)  # binary x real: masked row sums
-        x = 0.5 * v + self.binary_product(q_b, kv) / math.pi  # binary x real again
-        x = x / (x.norm(dim=-1, keepdim=True) + self.eps)
-        return x + token_conv(v, self.dconv.weight)
+        return angular_mix(q_b, k_b, v, self.dconv.weight, self.binary_product)
