@@ -10,9 +10,10 @@ reference). Per image ``b`` and head ``h``, with ``q, k, v`` the head's ``[T, D]
 
 ``binarize`` compares with the mean of every normalized value of all images and heads (``kind`` 0, ``tensor``) or
 with each token's own mean over its head (``kind`` 1, ``token``): ``kind`` is an input, so one compiled kernel serves
-both. The products are sums of selected rows: the code masks an add (one AVX-512 masked ``vaddps`` per 16 outputs,
-selected against ``-0.0``, the identity of addition, which lets LLVM fold the select into the add), with register
-tiles accumulating over ``T`` for ``k_bᵀ v`` and over ``D`` for ``q_b (k_bᵀ v)``.
+both. The products are sums of selected rows, computed through 4-bit lookup tables (the "four Russians" method, as
+``matadd``'s ``lut4``): for each group of four rows of the real operand, its 16 subset sums, built with additions
+only; each output row then adds one table row per group, the one its four codes pick as a nibble. ``k_bᵀ v`` takes
+``T/4`` additions per output instead of ``T`` selected ones, ``q_b (k_bᵀ v)`` ``D/4`` instead of ``D``.
 
 One call replaces what the unfused attention does in torch around two ``matadd`` kernels (two L2 norms, the
 binarization, the crossings into TVM with int8 copies of transposed codes, the scaled sum, the norm, the conv) and
@@ -65,15 +66,43 @@ def _compute(B: int, T: int, D: int, H: int, dtype: str = "float32"):
     thr = te.compute((B, T, 2, H), lambda b, t, s, h: tirx.Select(
         kind[0] == 0, total[s] / f32(float(B * T * H * D)), stats[b, t, s, h, 1] * inv[b, t, s, h] / f32(float(D))),
         name="thr")
-    code = te.compute((B, T, 2, H, D), lambda b, t, s, h, i: (
-        QKV[b, t, s, h, i] * inv[b, t, s, h] > thr[b, t, s, h]).astype("int8"), name="code")
-    skip = f32(-0.0)  # x + -0.0 is x for every x: the select folds into a masked add
-    rt2 = te.reduce_axis((0, T), name="t")
-    kv = te.compute((B, H, D, D), lambda b, h, i, j: te.sum(
-        tirx.Select(code[b, rt2, 1, h, i] != 0, QKV[b, rt2, 2, h, j], skip), axis=rt2), name="kv")
-    ri = te.reduce_axis((0, D), name="i")
-    qkv = te.compute((B, T, H, D), lambda b, t, h, j: te.sum(
-        tirx.Select(code[b, t, 0, h, ri] != 0, kv[b, h, ri, j], skip), axis=ri), name="qkv")
+
+    def code(b, t, s, h, i):
+        return (QKV[b, t, s, h, i] * inv[b, t, s, h] > thr[b, t, s, h]).astype("int32")
+
+    # the products through 4-bit lookup tables ("four Russians", as matadd's lut4): per group of four rows of the
+    # real operand, its 16 subset sums (additions only); each output row then adds one table row per group, picked
+    # by the four codes as a nibble. Rows past the end repeat the last one in the tables; their code bits are 0, so
+    # no nibble picks them.
+    def table(rows, count, b, h, g, c, j):
+        total = None
+        for bit in range(4):
+            term = tirx.Select(((c >> bit) & 1) != 0, rows(b, h, tirx.min(4 * g + bit, count - 1), j), skip)
+            total = term if total is None else total + term
+        return total
+
+    def nibble(bits, count, g):
+        out = tirx.const(0, "int32")
+        for bit in range(4):
+            at = 4 * g + bit
+            out = out | (tirx.Select(at < count, bits(tirx.min(at, count - 1)), 0) << bit)
+        return out
+
+    skip = f32(-0.0)  # x + -0.0 is x for every x: a select of it folds into the add
+    groups_t, groups_d = -(-T // 4), -(-D // 4)
+    tv = te.compute((B, H, groups_t, 16, D), lambda b, h, g, c, j: table(
+        lambda b, h, t, j: QKV[b, t, 2, h, j], T, b, h, g, c, j), name="tv")
+    nib_k = te.compute((B, H, groups_t, D), lambda b, h, g, i: nibble(lambda t: code(b, t, 1, h, i), T, g),
+                       name="nib_k")
+    g1 = te.reduce_axis((0, groups_t), name="g1")
+    kv = te.compute((B, H, D, D), lambda b, h, i, j: te.sum(tv[b, h, g1, nib_k[b, h, g1, i], j], axis=g1), name="kv")
+    tk = te.compute((B, H, groups_d, 16, D), lambda b, h, g, c, j: table(
+        lambda b, h, i, j: kv[b, h, i, j], D, b, h, g, c, j), name="tk")
+    nib_q = te.compute((B, T, H, groups_d), lambda b, t, h, g: nibble(lambda i: code(b, t, 0, h, i), D, g),
+                       name="nib_q")
+    g2 = te.reduce_axis((0, groups_d), name="g2")
+    qkv = te.compute((B, T, H, D), lambda b, t, h, j: te.sum(tk[b, h, g2, nib_q[b, t, h, g2], j], axis=g2),
+                     name="qkv")
     mixed = te.compute((B, T, H, D), lambda b, t, h, j: f32(0.5) * QKV[b, t, 2, h, j] + qkv[b, t, h, j]
                        * f32(1 / math.pi), name="mixed")
     d3 = te.reduce_axis((0, D), name="d3")
@@ -101,10 +130,12 @@ def _cols(D: int) -> int:
     return next((c for c in (64, 32, 16, 8) if D % c == 0), min(D, 64))
 
 
-def _schedule(sch, D: int, kv_rows, y_rows) -> None:
-    """Five parallel loops: per (image, token) the rows' statistics; the codes; ``k_bᵀ v`` in register tiles of
-    ``kv_rows`` × up to 64 outputs; ``q_b (k_bᵀ v)`` in tiles of ``y_rows`` tokens; per (image, token) the norm, the
-    conv and the output. ``kv_rows`` and ``y_rows`` are integers, or a tuning trial's sampled values."""
+def _schedule(sch, D: int, kv_rows) -> None:
+    """Four parallel loops: per (image, token), the rows' statistics (sums in vector lanes); per (image, head, group of
+    four tokens), the table of ``v``; ``k_bᵀ v`` in register tiles of ``kv_rows`` × up to 64 outputs, each tile
+    computing its own nibbles of the key codes; per (image, head, group of four dims), the table of ``k_bᵀ v``; per
+    (image, token): the nibbles of its query codes, its product row, the norm, the conv and the output, vectorized
+    over the head dimension. ``kv_rows`` is an integer, or a tuning trial's sampled value."""
     lanes, cols = _lanes(D), _cols(D)
 
     def row_sum_in_lanes(block) -> str:  # partial sums per vector lane (rfactor), then across them
@@ -115,48 +146,51 @@ def _schedule(sch, D: int, kv_rows, y_rows) -> None:
         sch.vectorize(sch.get_loops(partial)[-1])
         return sch.get(partial).name_hint
 
-    def tiles(block, rows) -> None:
-        *outer, i, j, k = sch.get_loops(block)
-        io, ii = sch.split(i, [None, rows])
-        jo, ji = sch.split(j, [None, cols])
-        sch.reorder(*outer, io, jo, k, ii, ji)
-        local = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(local, jo)
-        sch.vectorize(ji)
-        sch.unroll(ii)
-        sch.vectorize(sch.get_loops(local)[-1])
-        sch.parallel(sch.fuse(*outer, io, jo))
-        sch.decompose_reduction(block, k)
+    def table(name) -> None:  # 16 subset sums per group: unrolled, each a constant subset of four rows
+        b, h, g, c, j = sch.get_loops(sch.get_sblock(name))
+        sch.unroll(c)
+        sch.vectorize(j)
+        sch.parallel(sch.fuse(b, h, g))
 
-    first = row_sum_in_lanes(sch.get_sblock("stats"))
-    b, t, *_ = sch.get_loops(sch.get_sblock(first))
+    stats = row_sum_in_lanes(sch.get_sblock("stats"))
+    b, t, *_ = sch.get_loops(sch.get_sblock(stats))
     row = sch.fuse(b, t)
-    for name in ("stats", "inv")[(first == "stats"):]:
+    for name in ("stats", "inv") if stats != "stats" else ("inv",):  # after the partial sums, when there are any
         sch.reverse_compute_at(sch.get_sblock(name), row)
     sch.parallel(row)
     sch.compute_inline(sch.get_sblock("thr"))
-    loops = sch.get_loops(sch.get_sblock("code"))
-    sch.parallel(sch.fuse(loops[0], loops[1]))
-    sch.vectorize(loops[-1])
-    tiles(sch.get_sblock("kv"), kv_rows)
-    qkv = sch.get_sblock("qkv")
-    b, t, h, j, k = sch.get_loops(qkv)
-    sch.reorder(b, h, t, j, k)
-    tiles(qkv, y_rows)
+    table("tv")
+    kv = sch.get_sblock("kv")
+    *outer, i, j, k = sch.get_loops(kv)
+    io, ii = sch.split(i, [None, kv_rows])
+    jo, ji = sch.split(j, [None, cols])
+    sch.reorder(*outer, io, jo, k, ii, ji)
+    local = sch.cache_write(kv, 0, "local")
+    sch.reverse_compute_at(local, jo)
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    sch.vectorize(sch.get_loops(local)[-1])
+    tile = sch.fuse(*outer, io, jo)
+    sch.parallel(tile)
+    sch.compute_at(sch.get_sblock("nib_k"), tile)
+    sch.decompose_reduction(kv, k)
+    table("tk")
     sch.compute_inline(sch.get_sblock("mixed"))
     ysq = row_sum_in_lanes(sch.get_sblock("ysq"))
-    out = sch.get_sblock("Y")
-    b, t, h, j = sch.get_loops(out)
+    b, t, h, j = sch.get_loops(sch.get_sblock("Y"))
     token = sch.fuse(b, t)
     sch.vectorize(j)
-    for name in dict.fromkeys(("conv", "yinv", "ysq", ysq)):
+    for name in dict.fromkeys(("conv", "yinv", "ysq", ysq, "qkv", "nib_q")):
         sch.compute_at(sch.get_sblock(name), token)
-    conv = sch.get_sblock("conv")
-    h, j, r = sch.get_loops(conv)[1:]
-    sch.reorder(h, r, j)
-    sch.vectorize(j)
+    for name in ("qkv", "conv"):  # the reduction outside, the head dimension in vector lanes
+        block = sch.get_sblock(name)
+        h, j, k = sch.get_loops(block)[1:]
+        sch.reorder(h, k, j)
+        sch.vectorize(j)
     sch.parallel(token)
-    sch.decompose_reduction(conv, r)
+    for name in ("qkv", "conv"):
+        block = sch.get_sblock(name)
+        sch.decompose_reduction(block, sch.get_loops(block)[-2])
 
 
 def _kv_rows(D: int) -> int:
@@ -167,20 +201,27 @@ def _cpu_schedule(mod, M: int, K: int, N: int, target=None):
     from tvm import s_tir
 
     sch = s_tir.Schedule(mod)
-    _schedule(sch, K, _kv_rows(K), _kv_rows(K))
+    _schedule(sch, K, _kv_rows(K))
     return sch.mod
 
 
 def _tune_space(M: int, K: int, N: int, target):
     """MetaSchedule's space for this kernel (its generic rules do not schedule a multi-stage workload like this
-    well): the hand schedule with the register tiles' rows of each product drawn per trial."""
+    well): the hand schedule with the register tile's rows of ``k_bᵀ v`` drawn per trial."""
     options = sorted({r for r in (1, 2, 4, 8, 16) if r <= K} | {_kv_rows(K)})
 
     def space(sch) -> None:
-        draw = [1 / len(options)] * len(options)
-        _schedule(sch, K, sch.sample_categorical(options, draw), sch.sample_categorical(options, draw))
+        _schedule(sch, K, sch.sample_categorical(options, [1 / len(options)] * len(options)))
 
     return space
+
+
+def _ops(T: int, D: int, H: int) -> int:
+    """Per image, in 32-bit lanes: each product's tables (17 additions per 16 entries of a group, per output) and
+    one addition per group per output; norms, codes, output and the 9-tap conv per element."""
+    groups_t, groups_d = -(-T // 4), -(-D // 4)
+    products = (groups_t * 17 * D + D * groups_t * D) + (groups_d * 17 * D + T * groups_d * D)
+    return H * products + (12 + 2 * TAPS) * H * T * D
 
 
 def reference(M, K, N, qkv: np.ndarray, taps: np.ndarray, kind: np.ndarray) -> np.ndarray:
@@ -201,7 +242,7 @@ def random_inputs(M, K, N, dtype, rng, batch=1):
 register(
     Definition(
         kernel="additive",
-        variant="select",
+        variant="lut4",
         dtypes=("float32",),
         args=_args,
         compute=lambda M, K, N, dtype="float32": _compute(1, M, K, N, dtype),
@@ -211,8 +252,8 @@ register(
         random_inputs=random_inputs,
         cpu_schedule=_cpu_schedule,
         tune_space=_tune_space,
-        # per image: two products of one masked add per term; norms, codes, output and a 9-tap conv per element
-        ops=lambda M, K, N: 2 * N * M * K * K + (12 + 2 * TAPS) * N * M * K,
-        doc="additive attention's whole token mixing, qkv in, heads out: codes, two masked-add products, norm, conv",
+        ops=_ops,
+        doc="additive attention's whole token mixing, qkv in, heads out: codes, two products through 4-bit tables, "
+            "norm, conv",
     )
 )

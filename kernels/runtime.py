@@ -111,7 +111,8 @@ class KernelSet:
         ``[B, T, H, D]`` float32."""
         b, t, _, h, d = qkv.shape
         out = torch.empty(b, t, h, d, dtype=torch.float32, device=qkv.device)
-        self.get("additive", "select", t, d, h, "float32", batch=b)(_aligned(qkv.to(torch.float32)), taps, kind, out)
+        kernel = self.get("additive", "lut4", t, d, h, "float32", batch=b)
+        kernel(_aligned(qkv.to(torch.float32)), _aligned(taps), _aligned(kind), out)
         return out
 
     @property

@@ -317,7 +317,7 @@ def _additive_attention_counts(s: Shapes, layers=()) -> oc.OpCounts:
 def _additive_mixing(s: Shapes, layers=()) -> list[KernelTask]:
     """Additive attention's token mixing as one fused kernel over the batch (``kernels.additive``): M tokens (keys
     and values over every token, a pyramid family's too), K the head dimension, N the heads."""
-    return [("additive", "select", s.tokens, s.head_dim, s.heads, s.batch)]
+    return [("additive", "lut4", s.tokens, s.head_dim, s.heads, s.batch)]
 
 
 def _router_counts(s: Shapes, layers=()) -> oc.OpCounts:

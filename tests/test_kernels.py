@@ -187,8 +187,8 @@ def test_batched_binary_products_run_in_one_call_and_only_where_a_variant_takes_
 
 
 def test_tuned_kernels_pass_the_check_too(tmp_path):
-    for spec in (KernelSpec("matshift", "xor", 37, 70, 29), KernelSpec("matadd", "binary_real", 13, 64, 20,
-                                                                          batch=3)):
+    for spec in (KernelSpec("matshift", "xor", 37, 70, 29), KernelSpec("matadd", "binary_real", 13, 64, 20, batch=3),
+                 KernelSpec("additive", "lut4", 13, 32, 2, batch=2)):  # additive: its own space (hand schedule)
         result = check(spec, "cpu", trials=2, root=tmp_path)
         assert result.ok, result.detail
         assert get_kernel(spec, "cpu", trials=2, root=tmp_path).tuned
@@ -215,7 +215,7 @@ def test_a_reparameterized_model_runs_on_kernels(tmp_path, tiny_spec):
                                        atol=1e-5)
         assert fast(x).shape == (2, 10) and torch.isfinite(fast(x)).all()
     kinds = {(s.kernel, s.variant) for s in kernels.specs}
-    assert kinds == {("matshift", "xor"), ("additive", "select")}
+    assert kinds == {("matshift", "xor"), ("additive", "lut4")}
     # the whole mixing of every image and head in one kernel call
     heads = model.blocks[1].attn.num_heads
     assert {(s.batch, s.N) for s in kernels.specs if s.kernel == "additive"} == {(2, heads)}

@@ -96,7 +96,7 @@ def test_registered_primitives_declare_what_each_stage_needs():
     shapes = registry.Shapes(batch=2, tokens=17, channels=32, heads=2, hidden=128)
     additive = registry.get("attention", "additive")
     # the whole mixing of both images in one call: 17 tokens x head dim 16 x 2 heads, a batch of 2 images
-    assert additive.tasks(shapes) == [("additive", "select", 17, 16, 2, 2)]
+    assert additive.tasks(shapes) == [("additive", "lut4", 17, 16, 2, 2)]
     assert registry.get("linear", "shift").tasks(shapes, shapes.linear_layers("qkv")) == [("matshift", None, 34, 32, 96)]
     assert registry.on_kernels(BlockConfig("msa", "dense", "dense", "shift"))
     assert not registry.on_kernels(BlockConfig("linear", "dense", "dense", "dense"))

@@ -185,7 +185,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     tune.add_argument(
         "--variant",
         help="matmul: fp32; matshift: xor (default, no multiply), mul or select; matadd: binary_real (default), "
-             "lut4 or packed_popcount; shiftlinear: i16; additive: select",
+             "lut4 or packed_popcount; shiftlinear: i16; additive: lut4",
     )
     tune.add_argument("--dtype", help="value dtype where a variant takes several (matadd binary_real: float32, int32)")
     tune.add_argument("--batch", type=positive_int, default=1,
