@@ -6,7 +6,7 @@ does, untuned kernels unless ``--trials``), fit the predictor on it, then price 
 
 - the **dense** model;
 - the **paper's allocation**: additive attention, shift qkv and proj, an MoE of a dense and a shift expert (top-1) in
-  every block;
+  every block; and the same on int16 activations (**paper's allocation, shift16**: shift16 qkv, proj and expert);
 - **shift MLPs**, **shift16 MLPs** and **shift16 linears** (qkv, proj and MLP) in every block;
 - **int8 linears**: the ``int8`` choice (the dense layer quantized to int8, per-token activations) in every block,
   the CPU user's alternative to shift layers, priced and measured like the others; and, as a reference measured
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from dataclasses import replace
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ from search_spaces.registry import on_kernels  # noqa: E402
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 PAPER = {"attention": "additive", "qkv": "shift", "proj": "shift", "mlp": "moe", "moe_top_k": 1}
+PAPER16 = {**PAPER, "qkv": "shift16", "proj": "shift16"}  # and its MoE's shift expert shift16 (paper16 below)
 # every block on one choice, where the study's space offers it
 UNIFORM = {"shift MLPs": {"attention": "msa", "qkv": "dense", "proj": "dense", "mlp": "shift"},
            "shift16 MLPs": {"attention": "msa", "qkv": "dense", "proj": "dense", "mlp": "shift16"},
@@ -99,14 +101,23 @@ def cheapest(space: SearchSpace, predictor: Predictor, batch: int = 1) -> tuple[
     return ArchConfig(space.model, tuple(best)), ArchConfig(space.model, tuple(nearest))
 
 
+def paper16(space: SearchSpace) -> ArchConfig:
+    """The paper's allocation with every shift layer a shift16 one, its MoE's experts dense and shift16 (a space's
+    MoE experts are one fixed pair, so this is built here rather than drawn from the space)."""
+    config = uniform(space, PAPER16)
+    return ArchConfig(config.model, tuple(replace(b, moe=replace(b.moe, experts=("dense", "shift16")))
+                                          for b in config.blocks))
+
+
 def describe(config: ArchConfig) -> str:
-    """Runs of equal blocks: ``0-5 additive/shift/shift/moe, 6-11 msa/dense/dense/dense``."""
+    """Runs of equal blocks: ``0-5 additive/shift/shift/moe(dense+shift), 6-11 msa/dense/dense/dense``."""
     out, start = [], 0
     for i in range(1, len(config.blocks) + 1):
         if i == len(config.blocks) or config.blocks[i] != config.blocks[start]:
             b = config.blocks[start]
-            out.append(f"{start}-{i - 1} {b.attention}/{b.qkv}/{b.proj}/{b.mlp}" if i - 1 > start
-                       else f"{start} {b.attention}/{b.qkv}/{b.proj}/{b.mlp}")
+            mlp = f"moe({'+'.join(b.moe.experts)})" if b.moe is not None else b.mlp
+            out.append(f"{start}-{i - 1} {b.attention}/{b.qkv}/{b.proj}/{mlp}" if i - 1 > start
+                       else f"{start} {b.attention}/{b.qkv}/{b.proj}/{mlp}")
             start = i
     return ", ".join(out)
 
@@ -125,6 +136,8 @@ def run(study: Study, runtime: str, args, scratch: Path) -> list[dict]:
     best, nearest = cheapest(study.space, predictor)
     configs = {"dense": ArchConfig.dense(study.space.model, study.space.depth),
                "paper's allocation": uniform(study.space, PAPER),
+               **({"paper's allocation, shift16": paper16(study.space)} if "shift16" in study.space.blocks[0].qkv
+                  else {}),
                **{name: uniform(study.space, choice) for name, choice in UNIFORM.items()
                   if choice["mlp"] in study.space.blocks[0].mlp and choice["qkv"] in study.space.blocks[0].qkv},
                "cheapest predicted": best}

@@ -181,10 +181,10 @@ def _schedule(sch, D: int, kv_rows) -> None:
     token = sch.fuse(b, t)
     sch.vectorize(j)
     for name in dict.fromkeys(("conv", "yinv", "ysq", ysq, "qkv", "nib_q")):
-        sch.compute_at(sch.get_sblock(name), token)
+        sch.compute_at(sch.get_sblock(name), token, preserve_unit_loops=True)
     for name in ("qkv", "conv"):  # the reduction outside, the head dimension in vector lanes
         block = sch.get_sblock(name)
-        h, j, k = sch.get_loops(block)[1:]
+        h, j, k = sch.get_loops(block)[-3:]
         sch.reorder(h, k, j)
         sch.vectorize(j)
     sch.parallel(token)

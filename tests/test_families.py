@@ -126,7 +126,7 @@ def test_space_ops_cover_every_sampled_configs_ops_at_each_stage():
     tasks = {(s.kernel, s.M, s.K, s.N) for s in kernel_tasks(space, [1])}
     assert ("matshift", 64, 16, 16) in tasks and ("matshift", 4, 16, 32) in tasks  # msa's q, and kv at 2x2 tokens
     assert ("matshift", 64, 16, 48) in tasks  # the fused qkv of additive/linear attention
-    assert ("matadd", 16, 64, 16) in tasks  # additive's K^T V over every token of stage 0: D x T x D
+    assert ("additive", 64, 16, 1) in tasks  # additive's mixing over every token of stage 0: T x D x heads
 
 
 def test_stages_override_by_stage_and_blocks_override_them():

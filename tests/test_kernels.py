@@ -35,6 +35,15 @@ def test_every_kernel_matches_its_reference_at_awkward_shapes(spec):
         assert result.status == "exact"
 
 
+@pytest.mark.parametrize("tokens, dim, heads, images", [(64, 32, 1, 2), (7, 3, 2, 1), (1, 1, 1, 1)])
+def test_the_fused_additive_kernel_takes_one_head_and_tiny_dims(tokens, dim, heads, images):
+    # unit loops (one head, one image) and dims below a vector or a table group are where a schedule breaks
+    spec = KernelSpec("additive", "lut4", tokens, dim, heads, batch=images)
+    for seed in range(3):  # the binarization is drawn per seed: both kinds
+        result = check(spec, "cpu", seed=seed)
+        assert result.ok, result.detail
+
+
 def test_pack_bits_layout():
     codes = np.zeros((2, 70), dtype=np.uint8)
     codes[0, [0, 63]] = 1
