@@ -1,5 +1,5 @@
 """Where additive attention starts to pay on this CPU: one attention module of each choice, run as the kernel runtime
-runs it (additive attention's products on the ``matadd`` kernels), against ``msa`` (timm's softmax attention, torch /
+runs it (additive attention's mixing on the fused ``additive`` kernel), against ``msa`` (timm's softmax attention, torch /
 oneDNN) at the same tokens, channels, heads and batch, timed in the same run.
 
 The sizes are DeiT-Tiny's (197 tokens, 192 channels, 3 heads) and the four stages of PVTv2-b0 at 224 x 224 (3136, 784,

@@ -286,7 +286,7 @@ class KernelAdditiveAttention(nn.Module):
     """Inference-only :class:`AdditiveAttention` whose token mixing is one call of the fused ``additive`` kernel
     (:mod:`kernels.additive`, the custom op ``shiftadd::additive_attention``) between its projections, which run as
     their own choices do (a shift16 ``qkv`` on its kernel). Made by :func:`to_kernels` for an attention the kernel
-    takes (:func:`fusable`); any other keeps its torch mixing around the ``binary_real`` products."""
+    takes (:meth:`fusable`); any other keeps its torch mixing around the ``binary_real`` products."""
 
     def __init__(self, attention: AdditiveAttention, kernels: KernelSet) -> None:
         super().__init__()
@@ -367,9 +367,9 @@ RECOMPILE_LIMIT = 64  # graphs of one function: a 12-block model's experts, of t
 def compiled(module: nn.Module) -> nn.Module:
     """``module`` under ``torch.compile``: inductor on the CPU fuses what runs between the kernels, which it sees as
     the custom ops ``shiftadd::matshift``, ``shiftadd::shift_linear16``, ``shiftadd::additive_attention`` and
-    ``shiftadd::binary_product``. Compiled on
-    the first call, per input shape (static first; a size seen to change, an MoE expert's tokens, is then compiled
-    once as dynamic); inductor's cache on disk makes a later process's compile of the same graph quick."""
+    ``shiftadd::binary_product``. Compiled on the first call, per input shape (static first; a size seen to change,
+    an MoE expert's tokens, is then compiled once as dynamic); inductor's cache on disk makes a later process's
+    compile of the same graph quick."""
     # An MoE's routing is data-dependent, so its experts run between graph breaks as frames of their own: one graph
     # per expert type and token count, which in a deep model outnumber dynamo's default limit of recompiles of one
     # function (8), past which the rest would silently run eagerly.

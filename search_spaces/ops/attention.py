@@ -5,7 +5,8 @@
 - :class:`AdditiveAttention`: ShiftAddViT's binary linear-angular attention. Queries and keys are L2-normalized per
   head and binarized to {0, 1} codes, then ``out = normalize(0.5·v + (1/π)·Q_b (K_bᵀ V)) + dwconv(v)``. The two
   products with a binary operand are sums of selected rows: no multiplications. They run through the module's
-  ``binary_product`` (torch's matmul by default; :mod:`kernels.runtime` gives it the ``matadd`` kernel).
+  ``binary_product`` (torch's matmul by default); on the kernel runtime (:mod:`kernels.runtime`) the whole mixing
+  (:func:`angular_codes`, :func:`angular_mix`) is one fused kernel.
 
 Binarization (:data:`BINARIZE_KINDS`, the ``binarize`` option of an additive block):
 
