@@ -74,12 +74,14 @@ def _compute(B: int, T: int, D: int, H: int, dtype: str = "float32"):
     # real operand, its 16 subset sums (additions only); each output row then adds one table row per group, picked
     # by the four codes as a nibble. Rows past the end repeat the last one in the tables; their code bits are 0, so
     # no nibble picks them.
+    skip = f32(-0.0)  # x + -0.0 is x for every x: a select of it folds into the add
+
     def table(rows, count, b, h, g, c, j):
-        total = None
+        subset_sum = None
         for bit in range(4):
             term = tirx.Select(((c >> bit) & 1) != 0, rows(b, h, tirx.min(4 * g + bit, count - 1), j), skip)
-            total = term if total is None else total + term
-        return total
+            subset_sum = term if subset_sum is None else subset_sum + term
+        return subset_sum
 
     def nibble(bits, count, g):
         out = tirx.const(0, "int32")
@@ -88,7 +90,6 @@ def _compute(B: int, T: int, D: int, H: int, dtype: str = "float32"):
             out = out | (tirx.Select(at < count, bits(tirx.min(at, count - 1)), 0) << bit)
         return out
 
-    skip = f32(-0.0)  # x + -0.0 is x for every x: a select of it folds into the add
     groups_t, groups_d = -(-T // 4), -(-D // 4)
     tv = te.compute((B, H, groups_t, 16, D), lambda b, h, g, c, j: table(
         lambda b, h, t, j: QKV[b, t, 2, h, j], T, b, h, g, c, j), name="tv")
