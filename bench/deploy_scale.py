@@ -111,19 +111,6 @@ def paper16(space: SearchSpace) -> ArchConfig:
                                           for b in config.blocks))
 
 
-def describe(config: ArchConfig) -> str:
-    """Runs of equal blocks: ``0-5 additive/shift/shift/moe(dense+shift), 6-11 msa/dense/dense/dense``."""
-    out, start = [], 0
-    for i in range(1, len(config.blocks) + 1):
-        if i == len(config.blocks) or config.blocks[i] != config.blocks[start]:
-            b = config.blocks[start]
-            mlp = f"moe({'+'.join(b.moe.experts)})" if b.moe is not None else b.mlp
-            out.append(f"{start}-{i - 1} {b.attention}/{b.qkv}/{b.proj}/{mlp}" if i - 1 > start
-                       else f"{start} {b.attention}/{b.qkv}/{b.proj}/{mlp}")
-            start = i
-    return ", ".join(out)
-
-
 def run(study: Study, runtime: str, args, scratch: Path) -> list[dict]:
     settings = study.latency_with(db=f"sqlite:///{scratch / f'{study.name}-{runtime}.db'}", trials=args.trials,
                                   repeats=args.repeats, calibration=args.calibration, runtime=runtime, batch_sizes=(1,))
@@ -168,7 +155,7 @@ def run(study: Study, runtime: str, args, scratch: Path) -> list[dict]:
                 raise
             predicted = None
         rows.append({"study": study.name, "runtime": runtime, "model": name,
-                     "blocks": "every linear int8" if config is None else describe(config),
+                     "blocks": "every linear int8" if config is None else config.compact(),
                      "predicted_ms": None if predicted is None else round(predicted, 3),
                      "measured_ms": round(measured, 3),
                      "error": None if predicted is None else round(predicted / measured - 1, 3),

@@ -42,6 +42,16 @@ DASHBOARD_ERROR = "dashboard_error"  # why the trial's note or artifact could no
 # A trial that reuses an earlier trial's result copies every attribute but these (they describe one run).
 RUN_ONLY = frozenset({WORKER, SAMPLER_SEED, WALL_S, REFERENCE, TRAIN_S, DASHBOARD_ERROR})
 
+# ---- a refine job (a trial of the companion study <name>:refine, nas.search.refine) ------------------------------
+REFINE_JOB = "refine_job"  # the job's identity: "<config_id>/seed-<seed>/epochs-<epochs>"
+SEED = "seed"  # the fine-tune's seed (data order, the init of the new parts)
+SEARCH_TRIAL = "search_trial"  # the number of the search trial whose architecture it trains
+LABEL = "label"  # "dense" or "trial N"
+EPOCHS = "epochs"  # full passes over the train split
+WEIGHTS_FILE = "weights_file"  # where the worker saved the fine-tuned weights (on its own machine)
+# + a config id, on the companion study: the architecture's latency measured on this device (ms)
+MEASURED_PREFIX = "measured_ms:"
+
 # ---- the study's own attributes ------------------------------------------------------------------------------------
 STUDY_FILE = "study_file"  # path of the study file that created the study
 STUDY_MODEL = "model"  # ModelSpec.to_dict()

@@ -5,7 +5,7 @@ idempotent: profiling what the table holds, fitting a predictor that is up to da
 searching a study that has its trials is a quick no-op. Progress is reported through optional callbacks, which the
 CLI turns into progress bars. Errors are :class:`search_spaces.errors.ShiftAddError` with a ``where`` to act on.
 
-    profile -> fit_latency -> pretrain -> [supernet] -> search -> report -> export -> finetune
+    profile -> fit_latency -> pretrain -> [supernet] -> search -> refine -> report -> export -> finetune
 
 :func:`run` runs them all in order, each skipped when done (what ``nas run`` does), telling a :class:`RunEvents`.
 
@@ -37,6 +37,7 @@ from search_spaces.errors import ConfigError, ShiftAddError, StateError
 
 from .search.backends import get_driver
 from .search.driver import Progress, SearchEvents, SearchOptions, SearchSummary
+from .search.report import front_metrics
 from .study import Study
 from .study_latency import where_it_pays
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 
     from .device import Placement
     from .finetune import FinetuneResult
+    from .search.refine import JobCounts
+    from .search.refined import Refined, Trust
     from .search.report import Report
     from .training.data import Splits
     from .training.supernet_trainer import SupernetResult
@@ -59,7 +62,8 @@ if TYPE_CHECKING:
 __all__ = ["FitOptions", "FitResult", "ProfileOptions", "Progress", "RunEvents", "RunOptions", "RunResult", "RunStep",
            "SearchEvents", "SearchOptions", "SearchSummary", "Validation", "FinetuneJob", "export", "finetune",
            "fit_latency", "in_study", "load_data", "needs_fit", "needs_pretrain", "needs_supernet", "preflight",
-           "pretrain", "profile", "report", "run", "search", "supernet", "validate", "where_it_pays"]
+           "pretrain", "profile", "refine", "RefineOptions", "RefineResult", "report", "run", "search", "supernet",
+           "validate", "where_it_pays"]
 
 
 @contextmanager
@@ -338,6 +342,143 @@ def search(study: Study, backend: str = "optuna", options: SearchOptions = Searc
     return driver.run(study, options, events)
 
 
+# ---- refine ---------------------------------------------------------------------------------------------------------
+REFINE_BACKENDS = ("optuna", "ray")  # the search's backend names: worker processes here, or Ray tasks
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Overrides of the study's ``refine:`` section (None: the study's) and where the jobs run: ``workers`` processes
+    on this machine (backend ``optuna``, as the search's) or Ray tasks (``ray``, on a local Ray or the cluster at
+    ``ray_address``, ``cpus_per_job`` and ``gpus_per_job`` each). ``measure``: time each refined architecture on
+    this device once its jobs are done."""
+
+    top: int | None = None
+    seeds: int | None = None
+    epochs: int | None = None
+    workers: int = 1
+    backend: str = "optuna"
+    ray_address: str | None = None
+    cpus_per_job: float = 1.0
+    gpus_per_job: float = 0.0
+    measure: bool = True
+
+    def settings(self, study: Study) -> dict[str, int]:
+        """``{top, seeds, epochs}``: these options over the study's ``refine:`` section."""
+        r = study.refine
+        values = {"top": self.top if self.top is not None else r.top,
+                  "seeds": self.seeds if self.seeds is not None else r.seeds,
+                  "epochs": self.epochs or r.epochs or study.budget.finetune_epochs}
+        for key, value in values.items():
+            if not isinstance(value, int) or value < (0 if key == "top" else 1):
+                raise ConfigError(f"--{key}", f"expected a {'non-negative' if key == 'top' else 'positive'} "
+                                              f"integer, got {value!r}")
+        if self.backend not in REFINE_BACKENDS:
+            raise ConfigError("--backend", f"expected one of {', '.join(REFINE_BACKENDS)}, got {self.backend!r}")
+        if self.ray_address and self.backend != "ray":
+            raise ConfigError("--ray-address", "only with --backend ray")
+        if self.workers < 1:
+            raise ConfigError("--workers", f"expected a positive integer, got {self.workers}")
+        return values
+
+
+@dataclass
+class RefineResult:
+    """A refine: its settings, its jobs (planned, and finished by this run), the refined points and front, and how
+    well the search's proxy ordered them."""
+
+    settings: dict[str, int]
+    jobs: int
+    ran: int
+    points: list["Refined"]
+    front: list["Refined"]
+    trust: "Trust"
+    seconds: float
+
+
+def refine(study: Study, options: RefineOptions = RefineOptions(),
+           on_progress: Callable[["JobCounts"], None] | None = None,
+           on_measure: Callable[[str], None] | None = None) -> RefineResult:
+    """Fine-tune the search front's ``top`` candidates and the dense reference for real, ``seeds`` seeds each (see
+    :mod:`nas.search.refine`): the jobs no earlier run finished, on ``options.workers`` workers; then time each
+    refined architecture on this device (``on_measure(label)`` before each). ``on_progress(counts)`` as jobs end."""
+    import time
+
+    from latency_model.settings import check_compiler
+
+    from .search import refine as jobs_of
+    from .search.refined import SETTINGS, refined_front, refined_points, trust
+    from .search.storage import open_study
+
+    settings = options.settings(study)
+    if options.measure and study.latency.compiled:
+        check_compiler()  # said before the training, not after it
+    started = time.perf_counter()
+    with in_study(study):
+        ostudy = open_study(study, create=False)
+        jobs = jobs_of.plan(study, ostudy, **settings)
+        if not jobs:
+            raise StateError("name", f"study {study.name!r} has no complete trial to refine; run the search first")
+        rstudy = jobs_of.open_refine_study(study, heartbeat=True)  # heartbeats: dead workers' jobs queued again
+        assert rstudy is not None
+        rstudy.set_user_attr(SETTINGS, settings)
+        jobs_of.enqueue(study, rstudy, jobs)
+        before = jobs_of.job_counts(rstudy, jobs).done
+        if before < len(jobs):
+            if options.backend == "ray":
+                jobs_of.run_ray(study, jobs, options.workers, options.ray_address, options.cpus_per_job,
+                                options.gpus_per_job, on_progress)
+            else:
+                training_placement(study)  # a device this machine lacks: said before any worker starts
+                jobs_of.run_local(study, jobs, options.workers, on_progress)
+        counts = jobs_of.job_counts(rstudy, jobs)
+        if counts.done < len(jobs):
+            failed = f"; {counts.failed[0][0]}: {counts.failed[0][1]}" if counts.failed else ""
+            raise StateError("refine", f"{len(jobs) - counts.done} of {len(jobs)} refine jobs did not finish"
+                                       f"{failed}. Run the same command again to train the rest (a job whose "
+                                       f"worker died is queued again once its heartbeat is "
+                                       f"{2 * study.search.heartbeat_s} s old)")
+        points = refined_points(ostudy, rstudy)
+        if options.measure:
+            _measure_refined(study, rstudy, points, on_measure)
+            points = refined_points(ostudy, rstudy)
+    from .search.dashboard import publish_study
+
+    publish_study(study, ostudy)  # the note shows the refined front
+    return RefineResult(settings, len(jobs), counts.done - before, points,
+                        refined_front(points, front_metrics(ostudy)), trust(points), time.perf_counter() - started)
+
+
+def _measure_refined(study: Study, rstudy, points: list["Refined"],
+                     on_measure: Callable[[str], None] | None) -> None:
+    """Each refined architecture timed on this device with its first seed's weights (when they are on this
+    machine), once: stored on the refine's study."""
+    from search_spaces import build_model
+
+    from . import attributes as attr
+    from .study_latency import measure_latency
+    from .training.checkpoints import load_weights
+    from .training.teacher import load_teacher
+
+    teacher = None
+    for p in points:
+        if p.measured_ms is not None or not p.weights or not Path(p.weights[0]).is_file():
+            continue
+        if on_measure is not None:
+            on_measure(p.label)
+        teacher = teacher if teacher is not None else load_teacher(study)
+        model = load_weights(build_model(p.config, teacher), p.weights[0], "weights").eval()
+        rstudy.set_user_attr(f"{attr.MEASURED_PREFIX}{p.config.id}", round(measure_latency(study, model), 4))
+
+
+def stored_refinement(study: Study, ostudy) -> list["Refined"]:
+    """The study's refined points, empty where it has not been refined."""
+    from .search.refine import open_refine_study
+    from .search.refined import refined_points
+
+    return refined_points(ostudy, open_refine_study(study, create=False))
+
+
 # ---- report, export, finetune ---------------------------------------------------------------------------------------
 def report_folder(study: Study) -> Path:
     return study.folder / "runs" / study.name
@@ -362,20 +503,29 @@ def report(study: Study, out: Path | None = None, on_test: Callable[[int], None]
         score_test_split(study, ostudy, shown_trials(ostudy), on_test)
     except StateError as e:  # the supernet is gone or stale: the report still shows what the trials stored
         untested = str(e)
-    written = write_report(ostudy, out, f"{study.name}: {study.model.name} on {study.data.source}, "
-                                        f"{study.latency.device}", where_it_pays(study))
+    title = f"{study.name}: {study.model.name} on {study.data.source}, {study.latency.device}"
+    written = write_report(ostudy, out, title, where_it_pays(study))
     written.untested = untested
+    refined = stored_refinement(study, ostudy)
+    if refined:
+        from .search.refined import refined_front, trust, write_refined
+
+        written.refined, written.refined_front = refined, refined_front(refined, written.metrics)
+        written.trust = trust(refined)
+        written.files += write_refined(refined, written.refined_front, out, title)
     replace_study_artifacts(ostudy, artifact_store(artifact_location(study)), written.files)
     publish_study(study, ostudy)
     return written
 
 
 def export(study: Study, which: str, out: Path) -> list[Path]:
-    """Write the ArchConfig files of the chosen trials (``best``, ``pareto`` or a trial number) into ``out``."""
+    """Write the ArchConfig files of the chosen trials (``best``, ``pareto`` or a trial number) into ``out``;
+    ``best`` and ``pareto`` from the refined front when the study was refined."""
     from .export import export as write_configs
     from .search.storage import open_study
 
-    return write_configs(study, open_study(study, create=False), which, out)
+    ostudy = open_study(study, create=False)
+    return write_configs(study, ostudy, which, out, stored_refinement(study, ostudy))
 
 
 @dataclass(frozen=True)
@@ -459,19 +609,27 @@ def preflight(study: Study, out: Path) -> None:
 
 
 # ---- run: every step, in order --------------------------------------------------------------------------------------
-RUN_STEPS = ("profile", "fit-latency", "pretrain", "supernet", "search", "report", "export")
+RUN_STEPS = ("profile", "fit-latency", "pretrain", "supernet", "search", "refine", "report", "export")
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """What :func:`run` takes besides the study: the search backend and its options, the profile's tuning trials per
-    kernel (None: the study's ``latency.trials``) and the folder of the report and the exported best trial (None:
-    :func:`report_folder`)."""
+    kernel (None: the study's ``latency.trials``), the folder of the report and the exported best trial (None:
+    :func:`report_folder`) and whether to refine the front (the study's ``refine:`` section, on the search's
+    backend and workers; ``refine.top: 0`` in the study skips it too)."""
 
     backend: str = "optuna"
     search: SearchOptions = field(default_factory=SearchOptions)
     kernel_trials: int | None = None
     out: Path | None = None
+    refine: bool = True
+
+    def refine_options(self) -> RefineOptions:
+        """The refine's options: the search's backend, workers, cluster and resources per job."""
+        s = self.search
+        return RefineOptions(workers=s.workers, backend=self.backend, ray_address=s.ray_address,
+                             cpus_per_job=s.cpus_per_trial, gpus_per_job=s.gpus_per_trial)
 
 
 @dataclass(frozen=True)
@@ -483,7 +641,7 @@ class RunStep:
     name: str
     runs: bool
     cached: str = ""
-    total: int = 6
+    total: int = 7
 
 
 class RunEvents:
@@ -509,6 +667,12 @@ class RunEvents:
 
     def supernet_step(self, step: int, steps: int, loss: float) -> None: ...
 
+    def refine_progress(self, counts: "JobCounts") -> None:
+        """The refine's jobs by state, as they end."""
+
+    def refine_measure(self, label: str) -> None:
+        """A refined architecture is being timed on this device."""
+
     def search_events(self) -> SearchEvents:
         return SearchEvents()
 
@@ -527,6 +691,7 @@ class RunResult:
     pretrained: "PretrainResult | None" = None
     supernet: "SupernetResult | None" = None
     searched: SearchSummary | None = None
+    refined: RefineResult | None = None
     report: "Report | None" = None
     best: Path | None = None
     seconds: float = 0.0
@@ -535,8 +700,8 @@ class RunResult:
 
 def run(study: Study, options: RunOptions = RunOptions(), events: RunEvents = RunEvents()) -> RunResult:
     """Every step of a search, each skipped when done: profile (what the table lacks) -> fit-latency (when the table
-    changed) -> pretrain (no teacher yet) [-> supernet, in supernet mode] -> search -> report -> export the best
-    trial. Every place a step writes to is checked before the first (:func:`preflight`). The run stops before the
+    changed) -> pretrain (no teacher yet) [-> supernet, in supernet mode] -> search -> refine (the jobs not yet
+    trained) -> report -> export the best trial (of the refined front when refined). Every place a step writes to is checked before the first (:func:`preflight`). The run stops before the
     search, with :attr:`RunResult.stopped` saying why, when the profile left noisy timings or the predictor failed
     its check: a search priced by either optimises a number no machine produces."""
     import time
@@ -593,12 +758,21 @@ def run(study: Study, options: RunOptions = RunOptions(), events: RunEvents = Ru
         done.searched = driver.run(study, options.search, events.search_events())
     events.result(step, done.searched)
 
-    step = RunStep(5, "report", True)
+    step = RunStep(5, "refine", options.refine and study.refine.top > 0,
+                   cached="" if options.refine else "--no-refine")
+    with events.step(step):
+        if step.runs:
+            done.refined = refine(study, options.refine_options(), on_progress=events.refine_progress,
+                                  on_measure=events.refine_measure)
+    if done.refined is not None:
+        events.result(step, done.refined)
+
+    step = RunStep(6, "report", True)
     with events.step(step):
         done.report = report(study, done.out / "report", on_test=events.test_split)
     events.result(step, done.report)
 
-    step = RunStep(6, "export", True)
+    step = RunStep(7, "export", True)
     with events.step(step):
         done.best = export(study, "best", done.out / "best")[0]
     events.result(step, done.best)

@@ -282,3 +282,21 @@ class ArchConfig:
 
     def describe(self) -> list[str]:
         return [f"block {i}: {b.describe()}" for i, b in enumerate(self.blocks)]
+
+    def compact(self) -> str:
+        """One line, runs of equal blocks as attention/qkv/proj/mlp: ``0-5 additive/shift/shift/moe(dense+shift),
+        6-11 msa/dense/dense/dense`` (an MoE's top-k when it is not 1, a binarization when not the default)."""
+        def block(b: BlockConfig) -> str:
+            mlp = b.mlp
+            if b.moe is not None:
+                mlp = f"moe({'+'.join(b.moe.experts)}{'' if b.moe.top_k == 1 else f', top{b.moe.top_k}'})"
+            attention = b.attention if b.binarize in (None, BINARIZE_KINDS[0]) else f"{b.attention}({b.binarize})"
+            return f"{attention}/{b.qkv}/{b.proj}/{mlp}"
+
+        out, start = [], 0
+        for i in range(1, len(self.blocks) + 1):
+            if i == len(self.blocks) or self.blocks[i] != self.blocks[start]:
+                span = f"{start}-{i - 1}" if i - 1 > start else f"{start}"
+                out.append(f"{span} {block(self.blocks[start])}")
+                start = i
+        return ", ".join(out)

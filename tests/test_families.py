@@ -176,6 +176,7 @@ def test_pvt_quickstart_runs_end_to_end(tmp_path, capsys):
     data["budget"] = {"n_trials": 3, "epochs": 1, "steps_per_epoch": 2, "pretrain_epochs": 1, "finetune_epochs": 1}
     data["data"]["images"] = 600
     data["evaluation"]["supernet_steps"] = 3  # the quick-start searches in supernet mode
+    data["refine"] = {"top": 1, "seeds": 1, "epochs": 1}  # and refines its front
     # plumbing, not timing: a shared CI machine's noise must not stop the run (the gate has tests of its own)
     data["latency"].update(trials=0, repeats=3, calibration=4, max_spread=10.0, max_contention=1.0,
                            max_model_error=10.0)
@@ -183,7 +184,7 @@ def test_pvt_quickstart_runs_end_to_end(tmp_path, capsys):
     study.write_text(yaml.safe_dump(data))
     assert main(["run", str(study), "--kernel-trials", "0"]) == 0
     said = capsys.readouterr().out
-    assert "6/6 export" in said
+    assert "7/7 export" in said
     trials = [t for t in stored_trials(study) if t.state.name == "COMPLETE"]
     assert len(trials) == 3
     references = {t.user_attrs.get(attr.REFERENCE) for t in trials}

@@ -276,7 +276,7 @@ def test_nas_run_stops_before_searching_on_a_refused_predictor(searchable, tmp_p
     capsys.readouterr()
     assert main(["run", str(study)]) == 1
     out = capsys.readouterr().out
-    assert "stopped before the search" in out and "4/6 search" not in out
+    assert "stopped before the search" in out and "4/7 search" not in out
 
 
 def test_whole_models_of_a_space_the_table_does_not_hold_are_left_out_of_the_calibration():

@@ -280,14 +280,17 @@ def test_run_chains_the_steps_and_reuses_what_is_done(searchable, tmp_path):
     assert result.stopped is None and result.out == out
     # profiled before (nothing new), the predictor up to date, the teacher a checkpoint: only the search works
     assert events.steps == [("profile", True), ("fit-latency", False), ("pretrain", False), ("search", True),
-                            ("report", True), ("export", True)]
+                            ("refine", True), ("report", True), ("export", True)]
     assert result.profiled.measured == [] and result.fitted is None and result.pretrained is None
     assert result.searched.ran == 2 and events.results["search"] is result.searched
     assert (out / "report" / "pareto.png").is_file() and (out / "report" / "trials.csv").is_file()
     assert result.best.parent == out / "best" and ArchConfig.load(result.best).depth == 2
     assert events.results["export"] == result.best and events.results["report"] is result.report
-    again = pipeline.run(study, options)  # all done: no new trial
-    assert again.searched.ran == 0 and again.best == result.best
+    # the front and the dense model refined (the study's refine: defaults), the best exported from that front
+    assert result.refined.ran == result.refined.jobs > 0 and events.results["refine"] is result.refined
+    assert yaml.safe_load(result.best.read_text())["provenance"]["chosen_from"] == "refined front"
+    again = pipeline.run(study, options)  # all done: no new trial, no job trained again
+    assert again.searched.ran == 0 and again.refined.ran == 0 and again.best == result.best
     assert len(stored_trials(study_file)) == 2
 
 

@@ -254,14 +254,14 @@ def test_nas_run_trains_the_supernet_after_the_teacher_and_reuses_it(searchable,
     out = tmp_path / "run"
     assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
     said = " ".join(capsys.readouterr().out.split())
-    assert "1/6 profile" in said and "measured 0, already in the table" in said  # profiled before: nothing new
-    assert "2/6 latency predictor:" in said and "(up to date)" in said and "3/6 teacher:" in said
-    assert "3/6 supernet" in said and "trained the supernet for 3 steps" in said
+    assert "1/7 profile" in said and "measured 0, already in the table" in said  # profiled before: nothing new
+    assert "2/7 latency predictor:" in said and "(up to date)" in said and "3/7 teacher:" in said
+    assert "3/7 supernet" in said and "trained the supernet for 3 steps" in said
     assert "2 trial(s) finished in this run" in said and "Pareto front" in said and "best: " in said
     assert {t.user_attrs[attr.EVALUATION] for t in stored_trials(study_file)} == {"supernet"}
     assert next((out / "best").glob("trial-*.safetensors"))  # the best trial's inherited weights
     assert main(["run", str(study_file), "--kernel-trials", "0", "--out", str(out)]) == 0
-    assert "(cached)" in " ".join(capsys.readouterr().out.split()).split("3/6 supernet")[1]
+    assert "(cached)" in " ".join(capsys.readouterr().out.split()).split("3/7 supernet")[1]
 
 
 def test_two_drivers_started_together_train_one_teacher_and_one_supernet_and_draw_apart(searchable, tmp_path):

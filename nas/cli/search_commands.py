@@ -1,5 +1,5 @@
-"""``nas validate``, ``pretrain``, ``supernet``, ``search``, ``dashboard``, ``export``, ``finetune``, ``report`` and
-``run``: each parses its arguments into a :mod:`nas.pipeline` step's options, calls it and prints the result."""
+"""``nas validate``, ``pretrain``, ``supernet``, ``search``, ``refine``, ``dashboard``, ``export``, ``finetune``,
+``report`` and ``run``: each parses its arguments into a :mod:`nas.pipeline` step's options, calls it and prints the result."""
 
 from __future__ import annotations
 
@@ -223,6 +223,88 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+class RefineView:
+    """The refine's progress bar over its jobs (a line per change when the output is not a terminal)."""
+
+    def __init__(self, study: Study, options: pipeline.RefineOptions) -> None:
+        self.settings = options.settings(study)
+        self.progress = Progress(TextColumn("refine jobs"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+        self.last_line = ""
+        self.shown_failures: set[str] = set()
+
+    def __enter__(self) -> "RefineView":
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_wait(self) -> None: ...
+
+    def on_progress(self, counts) -> None:
+        line = f"running {counts.running}, waiting {counts.waiting}, failed {len(counts.failed)}"
+        self.progress.update(self.task, total=counts.total, completed=counts.done, description=line)
+        if not console.is_terminal and line != self.last_line:
+            self.progress.console.print(f"refine jobs {counts.done}/{counts.total}: {line}")
+            self.last_line = line
+        for label, reason in counts.failed:
+            if label not in self.shown_failures:
+                self.shown_failures.add(label)
+                self.progress.console.print(f"[red]refine job {label} failed[/]: {reason.splitlines()[0][:200]}")
+
+    def on_measure(self, label: str) -> None:
+        self.progress.console.print(f"  timing {label} on this device", highlight=False)
+
+
+def refine_header(study: Study, options: pipeline.RefineOptions) -> None:
+    s = options.settings(study)
+    where = (f"as Ray tasks on {options.ray_address or 'a local Ray'}" if options.backend == "ray" else
+             f"on {options.workers} worker process(es) here")
+    console.print(f"refine [bold]{study.name}[/]: the front's top {s['top']} and the dense reference, {s['seeds']} "
+                  f"seed(s) x {s['epochs']} epochs each, {where}; finished jobs are kept, a rerun trains the rest",
+                  highlight=False)
+
+
+def print_refine(result: pipeline.RefineResult) -> None:
+    table = Table(title="Refined: each architecture fine-tuned for real; search accuracy selects, test accuracy ± 1 SE "
+                        "(images and seeds) is what to report", title_justify="left")
+    energy = any(not math.isnan(p.energy_uj) for p in result.points)
+    for column in ("trial", "inherited", "search acc", "test acc ± SE", "latency ms (predicted / measured)",
+                   *(("energy µJ",) if energy else ()), "front", "architecture"):
+        table.add_column(column)
+    front = {id(p) for p in result.front}
+    for p in sorted(result.points, key=lambda p: -p.accuracy):
+        measured = "-" if p.measured_ms is None else f"{p.measured_ms:.3f}"
+        table.add_row(p.label, f"{p.inherited:.4f}", f"{p.accuracy:.4f}", p.test_text,
+                      f"{p.latency_ms:.3f} / {measured}", *((f"{p.energy_uj:.1f}",) if energy else ()),
+                      "*" if id(p) in front else "", p.config.compact())
+    console.print(table)
+    console.print(f"{result.ran} job(s) trained in this run of {result.jobs} ({result.seconds:.0f} s); proxy trust: "
+                  f"{result.trust.text}", highlight=False)
+    if result.trust.disagreement:
+        console.print(f"[yellow]{result.trust.disagreement}[/]", highlight=False)
+
+
+def _refine_options(args: argparse.Namespace) -> pipeline.RefineOptions:
+    return pipeline.RefineOptions(top=args.top, seeds=args.seeds, epochs=args.epochs, workers=args.workers,
+                                  backend=args.backend, ray_address=args.ray_address,
+                                  cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+                                  measure=not args.no_measure)
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    study = _load(args)
+    options = _refine_options(args)
+    refine_header(study, options)
+    with RefineView(study, options) as view:
+        result = pipeline.refine(study, options, on_progress=view.on_progress, on_measure=view.on_measure)
+    print_refine(result)
+    console.print(f"next: nas report {args.study}   |   nas export {args.study} --trial best --out OUT")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
@@ -345,6 +427,10 @@ class RunView(pipeline.RunEvents):
             console.print(f"[bold]{number} search[/]")
             search_header(study, self.options.backend, self.options.search)
             self.view = SearchView(study, self.options.backend, self.options.search)
+        elif step.name == "refine":
+            console.print(f"[bold]{number} refine[/] the front: its candidates trained for real")
+            refine_header(study, self.options.refine_options())
+            self.view = RefineView(study, self.options.refine_options())
         else:
             console.print(f"[bold]{number} {step.name}[/]" + (" the best trial" if step.name == "export" else ""))
             self.view = None
@@ -370,6 +456,8 @@ class RunView(pipeline.RunEvents):
             print_supernet(result)
         elif step.name == "search":
             print_search(result)
+        elif step.name == "refine":
+            print_refine(result)
         elif step.name == "report":
             _print_front(result)
 
@@ -395,16 +483,22 @@ class RunView(pipeline.RunEvents):
     def search_events(self) -> pipeline.SearchEvents:
         return self.view.events()
 
+    def refine_progress(self, counts) -> None:
+        self.view.on_progress(counts)
+
+    def refine_measure(self, label: str) -> None:
+        self.view.on_measure(label)
+
     def test_split(self, trial_number: int) -> None:
         _on_test(trial_number)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """profile -> fit-latency -> pretrain [-> supernet] -> search -> report -> export best, each step skipped when
-    done (:func:`nas.pipeline.run`)."""
+    """profile -> fit-latency -> pretrain [-> supernet] -> search -> refine -> report -> export best, each step
+    skipped when done (:func:`nas.pipeline.run`)."""
     study = _load(args)
     options = pipeline.RunOptions(backend=args.backend, search=_search_options(args), kernel_trials=args.kernel_trials,
-                                  out=args.out)
+                                  out=args.out, refine=not args.no_refine)
     result = pipeline.run(study, options, RunView(study, options))
     if result.stopped is not None:
         return 1
@@ -479,6 +573,27 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     device_arg(search)
     search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
 
+    refine = add("refine", cmd_refine, "fine-tune the search front's best candidates and the dense reference for "
+                                       "real, on local workers or Ray tasks (resumable: finished jobs are kept)")
+    study_arg(refine)
+    refine.add_argument("--top", type=non_negative_int, help="candidates of the front, spread along it (default: the "
+                                                             "study's refine.top, else 3)")
+    refine.add_argument("--seeds", type=positive_int, help="fine-tunes per candidate, seeds train.seed, +1, ... "
+                                                           "(default: the study's refine.seeds, else 1)")
+    refine.add_argument("--epochs", type=positive_int, help="full passes over the train split per fine-tune "
+                                                            "(default: refine.epochs, else budget.finetune_epochs)")
+    refine.add_argument("--workers", type=positive_int, default=1,
+                        help="jobs at once: local worker processes (optuna backend) or Ray tasks (default: 1)")
+    refine.add_argument("--backend", choices=list(pipeline.REFINE_BACKENDS), default="optuna",
+                        help="optuna: local processes (default); ray: Ray tasks on a local Ray or a cluster")
+    refine.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                        help="join this Ray cluster (default: a light local Ray); its nodes must reach the storage")
+    refine.add_argument("--cpus-per-job", type=float, default=1.0, help="ray: CPUs per job (default: 1)")
+    refine.add_argument("--gpus-per-job", type=float, default=0.0, help="ray: GPUs per job (default: 0)")
+    refine.add_argument("--no-measure", action="store_true",
+                        help="skip timing the refined architectures on this device")
+    device_arg(refine)
+
     dashboard = add("dashboard", cmd_dashboard, "serve optuna-dashboard for a study's storage")
     dashboard.add_argument("study", type=Path, nargs="?", help="study file whose storage to show")
     dashboard.add_argument("--storage", help="storage URL instead of a study file")
@@ -509,8 +624,8 @@ def add_commands(add, positive_int, non_negative_int) -> None:
     study_arg(report)
     report.add_argument("--out", type=Path, help="folder (default: <study folder>/runs/<name>/report)")
 
-    run = add("run", cmd_run, "everything a study still needs: profile, fit-latency, pretrain, search, report, "
-                              "export best (each step skipped when already done)")
+    run = add("run", cmd_run, "everything a study still needs: profile, fit-latency, pretrain, search, refine, "
+                              "report, export best (each step skipped when already done)")
     study_arg(run)
     search_options(run)
     device_arg(run)
@@ -518,3 +633,5 @@ def add_commands(add, positive_int, non_negative_int) -> None:
                      help="MetaSchedule trials per kernel when profiling (default: the study's latency.trials; "
                           "0: untuned default schedules)")
     run.add_argument("--out", type=Path, help="folder for the report and export (default: <study folder>/runs/<name>)")
+    run.add_argument("--no-refine", action="store_true",
+                     help="skip the refine step (the study's refine: section; `nas refine` runs it later)")

@@ -399,10 +399,38 @@ def study_note(study: Study, ostudy: optuna.Study) -> str:
                          + (f", {a[attr.ENERGY_UJ]:.4g} µJ estimated" if a.get(attr.ENERGY_UJ) is not None else ""))
             lines.append(f"- trial {number}, {REFERENCES.get(name, name)} ({trial.state.name.lower()}){found}")
         lines.append("")
+    lines += _refined_lines(study, ostudy)
     lines += ["### Reproduce", "", "```", f"nas run {study.path}", f"nas report {study.path}", "```", "",
               "Artifacts: each complete trial's ArchConfig file, and the report's charts and CSV on the study "
               f"(`{artifact_location(study)}`).", ""]
     return "\n".join(lines)
+
+
+def _refined_lines(study: Study, ostudy: optuna.Study) -> list[str]:
+    """The refined front, when the study was refined: which front ``nas export`` picks from, and the proxy's trust."""
+    from .refine import open_refine_study, refine_study_name
+    from .refined import refined_front, refined_points, trust
+    from .report import front_metrics
+
+    points = refined_points(ostudy, open_refine_study(study, create=False))
+    if not points:
+        return ["### Refined front", "", "Not refined: the front's accuracies are the search's "
+                f"({'inherited from the supernet' if study.evaluation.supernet else 'short fine-tunes'}); "
+                f"`nas refine {study.path}` trains its candidates for real.", ""]
+    front = {id(p) for p in refined_front(points, front_metrics(ostudy))}
+    told = trust(points)
+    lines = ["### Refined front", "",
+             f"`nas export --trial best|pareto` picks from the **refined** front: {len(points)} architectures "
+             f"fine-tuned for real ({points[0].epochs} epochs, {points[0].seeds} seed(s); jobs in study "
+             f"`{refine_study_name(study)}`). Proxy trust: {told.text}.", ""]
+    if told.disagreement:
+        lines += [f"- {told.disagreement}", ""]
+    lines += ["| | inherited | refined search | refined test ± SE | predicted ms | measured ms | front |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for p in sorted(points, key=lambda p: -p.accuracy):
+        lines.append(f"| {p.label} | {p.inherited:.4f} | {p.accuracy:.4f} | {p.test_text} | {p.latency_ms:.3g} | "
+                     f"{_ms(p.measured_ms)} | {'yes' if id(p) in front else ''} |")
+    return lines + [""]
 
 
 def _redacted(url: str) -> str:

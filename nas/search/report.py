@@ -86,6 +86,13 @@ def shown_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
     return [shown[n] for n in sorted(shown)]
 
 
+def pareto_trials(ostudy: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto-optimal complete trials on the study's objectives (:func:`front_metrics`), feasible ones only when a
+    budget applies, most accurate first; an architecture scored by several trials appears once."""
+    feasible = [p for p in points(ostudy) if all(v <= 0 for v in p.trial.constraints.values())]
+    return [p.trial for p in sorted(pareto_front(feasible, front_metrics(ostudy)), key=lambda p: -p.accuracy)]
+
+
 def front_metrics(ostudy: optuna.Study) -> tuple[str, ...]:
     """What the study's Pareto front is chosen on: its objectives (stored when it was created; a study created
     before that optimizes accuracy and latency), and accuracy and latency for a single-objective study."""
@@ -254,6 +261,10 @@ class Report:
     files: list[Path]
     metrics: tuple[str, ...] = ("accuracy", "latency_ms")  # what the front is chosen on
     untested: str = ""  # why the front's test accuracy could not be evaluated (supernet mode without its supernet)
+    # a refined study's refined points and front (nas.search.refined.Refined), and its proxy's Trust (else None)
+    refined: list = field(default_factory=list)
+    refined_front: list = field(default_factory=list)
+    trust: object = None
 
 
 def report(ostudy: optuna.Study, out: Path, title: str, pays: "WhereItPays | None" = None) -> Report:

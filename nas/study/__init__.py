@@ -81,11 +81,12 @@ from .sections import (
                        DataSpec,
                        EvaluationSettings,
                        Objectives,
+                       RefineSettings,
                        SearchSettings,
                        TrainSettings,
 )
 
 __all__ = ["BUDGETS", "Budget", "Choice", "DATA_SOURCES", "DEFAULT_IMAGES", "DataSpec", "EVALUATION_MODES",
-           "EvaluationSettings", "MAX_SHAPES_IMAGES", "METRICS", "Objectives", "PRUNERS", "SAMPLERS", "SECTIONS",
-           "SearchSettings", "Study", "TrainSettings", "create_pruner", "create_sampler", "load_plugins",
+           "EvaluationSettings", "MAX_SHAPES_IMAGES", "METRICS", "Objectives", "PRUNERS", "RefineSettings", "SAMPLERS",
+           "SECTIONS", "SearchSettings", "Study", "TrainSettings", "create_pruner", "create_sampler", "load_plugins",
            "sampler_seed"]

@@ -24,12 +24,13 @@ from .sections import (
     DataSpec,
     EvaluationSettings,
     Objectives,
+    RefineSettings,
     SearchSettings,
     TrainSettings,
 )
 
 SECTIONS = ("name", "model", "plugins", "data", "space", "objectives", "latency", "energy", "budget", "train",
-            "evaluation", "sampler", "pruner", "storage", "search", "artifacts")
+            "evaluation", "refine", "sampler", "pruner", "storage", "search", "artifacts")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Study:
     storage: str
     search: SearchSettings = SearchSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    refine: RefineSettings = RefineSettings()
     energy: EnergySettings = EnergySettings()
     plugins: tuple[str, ...] = ()
     artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.search.dashboard.artifact_location: the default)
@@ -177,7 +179,7 @@ class Study:
             train=TrainSettings.from_dict(data.get("train")),
             sampler=Choice.from_dict(data.get("sampler"), "sampler", SAMPLERS, "tpe"), pruner=pruner,
             storage=storage, search=SearchSettings.from_dict(data.get("search")), plugins=plugins,
-            evaluation=evaluation, energy=energy,
+            evaluation=evaluation, energy=energy, refine=RefineSettings.from_dict(data.get("refine")),
             artifacts=artifacts or "", declared_latency=declared_latency, pretrained=pretrained,
         )
 

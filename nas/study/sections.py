@@ -226,6 +226,23 @@ class EvaluationSettings:
 
 
 @dataclass(frozen=True)
+class RefineSettings:
+    """What ``nas refine`` (and ``nas run`` after its search) trains for real: the ``top`` candidates of the front
+    and the dense reference, each fine-tuned for ``seeds`` seeds of ``epochs`` full epochs (None: the budget's
+    ``finetune_epochs``). ``top: 0`` turns the refine off."""
+
+    top: int = 3
+    seeds: int = 1
+    epochs: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RefineSettings":
+        return _section(cls, data, "refine", {"top": {"integer": True, "minimum": 0},
+                                              "seeds": {"integer": True, "minimum": 1},
+                                              "epochs": {"integer": True, "minimum": 1, "optional": True}})
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     heartbeat_s: int = 60
     retries: int = 1
@@ -256,4 +273,4 @@ class Choice:
 
 
 __all__ = ["PRUNERS", "SAMPLERS", "BUDGETS", "Budget", "Choice", "DATA_SOURCES", "DEFAULT_IMAGES", "DataSpec", "EVALUATION_MODES", "EvaluationSettings",
-           "MAX_SHAPES_IMAGES", "METRICS", "Objectives", "SearchSettings", "TrainSettings"]
+           "MAX_SHAPES_IMAGES", "METRICS", "Objectives", "RefineSettings", "SearchSettings", "TrainSettings"]

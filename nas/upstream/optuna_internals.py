@@ -20,6 +20,16 @@ def record_heartbeat(study: optuna.Study, trial: Trial | FrozenTrial) -> None:
     study._storage.record_heartbeat(trial._trial_id)
 
 
+def claim_waiting(study: optuna.Study) -> Trial | None:
+    """A queued (WAITING) trial of ``study``, now RUNNING for this process, or None when none waits: what
+    ``Study.ask`` does first, without its fallback of creating a new trial. The storage's state update is
+    conditional on the trial still waiting, so two processes never claim the same one."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+            return Trial(study, t._trial_id)
+    return None
+
+
 def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
     """Mark a trial that no process will finish as failed, with ``fail_reason`` (``tell`` would need the live
     trial's process; this works from any process on the storage)."""
