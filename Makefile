@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 STUDY  ?= studies/quickstart.yaml
-# The demo profiles with untuned kernels (--kernel-trials 0) so it finishes in 8-25 minutes on 2 cores;
+# The demo profiles with untuned kernels (--kernel-trials 0) so it finishes in minutes (README says how many);
 # `nas profile` / `nas run` without it tune every kernel (latency.trials in the study).
 DEMO_TRIALS ?= 0
 DEMO_WORKERS ?= 2

@@ -408,7 +408,7 @@ def refine(study: Study, options: RefineOptions = RefineOptions(),
 
     from .search import refine as jobs_of
     from .search.refined import SETTINGS, refined_front, refined_points, trust
-    from .search.storage import open_study
+    from .search.storage import open_refine_study, open_study
 
     settings = options.settings(study)
     if options.measure and study.latency.compiled:
@@ -419,7 +419,7 @@ def refine(study: Study, options: RefineOptions = RefineOptions(),
         jobs = jobs_of.plan(study, ostudy, **settings)
         if not jobs:
             raise StateError("name", f"study {study.name!r} has no complete trial to refine; run the search first")
-        rstudy = jobs_of.open_refine_study(study, heartbeat=True)  # heartbeats: dead workers' jobs queued again
+        rstudy = open_refine_study(study, heartbeat=True)  # heartbeats: dead workers' jobs queued again
         assert rstudy is not None
         rstudy.set_user_attr(SETTINGS, settings)
         jobs_of.enqueue(study, rstudy, jobs)
@@ -473,7 +473,7 @@ def _measure_refined(study: Study, rstudy, points: list["Refined"],
 
 def stored_refinement(study: Study, ostudy) -> list["Refined"]:
     """The study's refined points, empty where it has not been refined."""
-    from .search.refine import open_refine_study
+    from .search.storage import open_refine_study
     from .search.refined import refined_points
 
     return refined_points(ostudy, open_refine_study(study, create=False))
@@ -635,7 +635,8 @@ class RunOptions:
 @dataclass(frozen=True)
 class RunStep:
     """A step of :func:`run` as it starts: its number of :attr:`total` (pretrain and supernet share one), its name
-    (one of :data:`RUN_STEPS`) and whether it does work (False: up to date, ``cached`` names the file it uses)."""
+    (one of :data:`RUN_STEPS`) and whether it does work (False: up to date, ``cached`` names the file it uses or
+    says why it is skipped)."""
 
     number: int
     name: str
@@ -759,7 +760,7 @@ def run(study: Study, options: RunOptions = RunOptions(), events: RunEvents = Ru
     events.result(step, done.searched)
 
     step = RunStep(5, "refine", options.refine and study.refine.top > 0,
-                   cached="" if options.refine else "--no-refine")
+                   cached="skipped: " + ("refine.top is 0" if options.refine else "--no-refine"))
     with events.step(step):
         if step.runs:
             done.refined = refine(study, options.refine_options(), on_progress=events.refine_progress,

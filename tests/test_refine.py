@@ -19,6 +19,7 @@ from nas import attributes as attr
 from nas import pipeline
 from nas.search import refine as jobs_of
 from nas.search.refined import combine, kendall_tau
+from nas.search.storage import open_refine_study
 from nas.study import Study
 
 REFINE = {"top": 2, "seeds": 2, "epochs": 1}
@@ -32,7 +33,7 @@ def _searched(searchable, folder, n_trials: int = 4, **changes) -> Study:
 
 
 def _jobs(study: Study) -> list[optuna.trial.FrozenTrial]:
-    return jobs_of.open_refine_study(study, create=False).get_trials(deepcopy=False)
+    return open_refine_study(study, create=False).get_trials(deepcopy=False)
 
 
 def _finished_once(study: Study) -> dict[str, float]:
@@ -132,9 +133,9 @@ def test_a_killed_worker_loses_only_its_job_and_the_rerun_matches_an_uninterrupt
     changes = {"search": {"heartbeat_s": 1, "retries": 0}}
     study = _searched(searchable, tmp_path / "killed", n_trials=3, **changes)
     ostudy = optuna.load_study(study_name=study.name, storage=study.storage)
-    settings = {**REFINE, "epochs": 3}  # jobs long enough to be caught mid-way
+    settings = {**REFINE, "seeds": 1, "epochs": 3}  # jobs long enough to be caught mid-way
     jobs = jobs_of.plan(study, ostudy, **settings)
-    rstudy = jobs_of.open_refine_study(study)
+    rstudy = open_refine_study(study)
     rstudy.set_user_attr("settings", settings)
     jobs_of.enqueue(study, rstudy, jobs)
     _kill_a_worker_mid_job(study)
@@ -143,7 +144,7 @@ def test_a_killed_worker_loses_only_its_job_and_the_rerun_matches_an_uninterrupt
     assert finished_before and len(killed) == 1
 
     time.sleep(2.5)  # the killed worker's heartbeat goes stale (2 x heartbeat_s)
-    result = pipeline.refine(study, pipeline.RefineOptions(epochs=3, measure=False))
+    result = pipeline.refine(study, pipeline.RefineOptions(seeds=1, epochs=3, measure=False))
     assert result.ran == len(jobs) - len(finished_before)
     trials = _jobs(study)
     assert [t.user_attrs[attr.REFINE_JOB] for t in trials if t.state == TrialState.FAIL] == killed
@@ -153,7 +154,7 @@ def test_a_killed_worker_loses_only_its_job_and_the_rerun_matches_an_uninterrupt
 
     # the same study, searched the same way and refined without a kill, gives the same numbers
     fresh = _searched(searchable, tmp_path / "fresh", n_trials=3, **changes)
-    pipeline.refine(fresh, pipeline.RefineOptions(epochs=3, measure=False))
+    pipeline.refine(fresh, pipeline.RefineOptions(seeds=1, epochs=3, measure=False))
     assert _finished_once(fresh) == resumed
 
 

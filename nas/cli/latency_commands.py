@@ -17,6 +17,7 @@ from search_spaces.errors import ConfigError
 
 from .. import pipeline
 from ..study import Study
+from .paced import PacedLines
 
 console = Console()
 MEASURE_ROUNDS = 3  # nas latency --measure: the model and the dense model timed in turn, this many times each
@@ -52,6 +53,9 @@ class ProfileView:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("left"), TimeRemainingColumn(), console=console,
         )
+        self.lines = PacedLines(self.progress.console, "profiled")
+        self.total: int | None = None
+        self.done = 0
 
     def __enter__(self) -> "ProfileView":
         self.progress.__enter__()
@@ -63,9 +67,12 @@ class ProfileView:
 
     def on_start(self, job, index: int, total: int) -> None:
         self.progress.update(self.task, total=total, description=job.label[:60])
+        self.total = total
 
     def on_done(self, job, seconds: float) -> None:
         self.progress.advance(self.task)
+        self.done += 1
+        self.lines.update(self.done, self.total, job.label[:60])
 
     def on_noisy(self, job, timing, attempt: int) -> None:
         final = attempt > self.settings.retimes

@@ -20,6 +20,7 @@ from ..search.backends import BACKENDS, get_driver
 from ..search.report import METRIC_LABELS
 from ..study import Study
 from .latency_commands import ProfileView, print_fit, print_profile, profile_header, show_nothing_pays
+from .paced import PacedLines
 
 console = Console()
 
@@ -72,6 +73,7 @@ class _BarView:
         self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                                  TimeElapsedColumn(), console=console)
         self.total, self.wait_line = total, wait_line
+        self.lines = PacedLines(self.progress.console, label)
 
     def __enter__(self) -> "_BarView":
         self.progress.__enter__()
@@ -92,7 +94,9 @@ class PretrainView(_BarView):
                          "using its file")
 
     def on_epoch(self, epoch: int, loss: float, accuracy: float) -> None:
-        self.progress.update(self.task, advance=1, description=f"loss {loss:.3f}, search accuracy {accuracy:.3f}")
+        text = f"loss {loss:.3f}, search accuracy {accuracy:.3f}"
+        self.progress.update(self.task, advance=1, description=text)
+        self.lines.update(epoch + 1, self.total, text)
 
 
 def print_pretrain(result) -> None:
@@ -124,6 +128,7 @@ class SupernetView(_BarView):
 
     def on_step(self, step: int, total: int, loss: float) -> None:
         self.progress.update(self.task, completed=step, description=f"loss {loss:.3f}")
+        self.lines.update(step, total, f"loss {loss:.3f}")
 
 
 def print_supernet(result) -> None:
@@ -272,7 +277,7 @@ def print_refine(result: pipeline.RefineResult) -> None:
                         "(images and seeds) is what to report", title_justify="left")
     energy = any(not math.isnan(p.energy_uj) for p in result.points)
     for column in ("trial", "inherited", "search acc", "test acc ± SE", "latency ms (predicted / measured)",
-                   *(("energy µJ",) if energy else ()), "front", "architecture"):
+                   *(("energy µJ",) if energy else ()), "front", "blocks: attention/qkv/proj/mlp"):
         table.add_column(column)
     front = {id(p) for p in result.front}
     for p in sorted(result.points, key=lambda p: -p.accuracy):
@@ -363,12 +368,11 @@ def _print_front(rep) -> None:
                   title_justify="left")
     energy = any(not math.isnan(p.energy_uj) for p in rep.points)
     for column in ("trial", "search acc", "test acc ± SE", "latency ms", *(("energy µJ",) if energy else ()),
-                   "architecture"):
+                   "blocks: attention/qkv/proj/mlp"):
         table.add_column(column)
     for p in rep.front:
         table.add_row(p.label, f"{p.accuracy:.4f}", p.test_text, f"{p.latency_ms:.3f}",
-                      *((f"{p.energy_uj:.3f}",) if energy else ()),
-                      "; ".join(f"{i}:{b.describe()}" for i, b in enumerate(p.config.blocks)))
+                      *((f"{p.energy_uj:.3f}",) if energy else ()), p.config.compact())
     console.print(table)
     if rep.untested:
         console.print(f"[yellow]test accuracy not evaluated[/] for the supernet-mode trials shown: {rep.untested}",
@@ -380,6 +384,12 @@ def _print_front(rep) -> None:
                           + " (not on the front)")
     if energy:
         console.print(f"energy: {ENERGY_NOTE}")
+    if rep.refined:
+        console.print(f"refined: {len(rep.refined)} architectures fine-tuned for real, {len(rep.refined_front)} on "
+                      f"the refined front, which `nas export` picks from; proxy trust: {rep.trust.text}",
+                      highlight=False)
+        if rep.trust.disagreement:
+            console.print(f"[yellow]{rep.trust.disagreement}[/]", highlight=False)
 
 
 def _on_test(number: int) -> None:
@@ -407,8 +417,8 @@ class RunView(pipeline.RunEvents):
         study, number = self.study, f"{step.number}/{step.total}"
         if not step.runs:
             what = {"fit-latency": "latency predictor", "pretrain": "teacher"}.get(step.name, step.name)
-            up_to_date = "up to date" if step.name == "fit-latency" else "cached"
-            console.print(f"[dim]{number} {what}: {step.cached} ({up_to_date})[/]")
+            up_to_date = {"fit-latency": " (up to date)", "refine": ""}.get(step.name, " (cached)")
+            console.print(f"[dim]{number} {what}: {step.cached}{up_to_date}[/]")
             return nullcontext()
         if step.name == "profile":
             trials = self.profiling.settings(study).trials

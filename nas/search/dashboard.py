@@ -408,9 +408,9 @@ def study_note(study: Study, ostudy: optuna.Study) -> str:
 
 def _refined_lines(study: Study, ostudy: optuna.Study) -> list[str]:
     """The refined front, when the study was refined: which front ``nas export`` picks from, and the proxy's trust."""
-    from .refine import open_refine_study, refine_study_name
     from .refined import refined_front, refined_points, trust
     from .report import front_metrics
+    from .storage import open_refine_study, refine_study_name
 
     points = refined_points(ostudy, open_refine_study(study, create=False))
     if not points:

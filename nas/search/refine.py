@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +32,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import ArchConfig
-from search_spaces.errors import ConfigError, ShiftAddError
+from search_spaces.errors import ShiftAddError
 
 from .. import attributes as attr
 from ..process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads, set_tvm_threads
 from ..study import Study
 from ..upstream.optuna_internals import claim_waiting, fail_trial, heartbeat
 from .report import pareto_trials
-from .storage import SearchError, claim_lock, storage_of
+from .storage import SearchError, claim_lock, open_refine_study, refine_study_name
 
-SUFFIX = ":refine"  # the companion study's name: <study name>:refine
 # A worker whose jobs fail this many times in a row stops: the cause is the setup, not one architecture.
 MAX_CONSECUTIVE_FAILURES = 2
 
@@ -102,24 +102,6 @@ def plan(study: Study, ostudy: optuna.Study, top: int, seeds: int, epochs: int) 
             for t, label in candidates(ostudy, top) for seed in seeds_of(study, seeds)]
 
 
-def refine_study_name(study: Study) -> str:
-    return f"{study.name}{SUFFIX}"
-
-
-def open_refine_study(study: Study, create: bool = True, heartbeat: bool = False) -> optuna.Study | None:
-    """The companion study that holds the refine jobs (None when it does not exist and ``create`` is False); with
-    ``heartbeat``, its storage watches the workers' heartbeats (:func:`nas.search.storage.storage_of`)."""
-    settings = study.search
-    storage = storage_of(study.storage, settings.heartbeat_s, settings.retries) if heartbeat else \
-        storage_of(study.storage)
-    name = refine_study_name(study)
-    if not create:
-        names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-        return optuna.load_study(study_name=name, storage=storage) if name in names else None
-    with claim_lock(study):  # two drivers starting together would both create it
-        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
-
-
 def enqueue(study: Study, rstudy: optuna.Study, jobs: list[Job]) -> list[Job]:
     """Queue the jobs no trial has finished, is running or is waiting for; returns them. Stale trials of dead
     workers are marked FAIL first, so their jobs are queued again."""
@@ -134,8 +116,6 @@ def enqueue(study: Study, rstudy: optuna.Study, jobs: list[Job]) -> list[Job]:
 
 
 def _fail_stale(rstudy: optuna.Study) -> None:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(rstudy)
@@ -151,15 +131,18 @@ def claim(study: Study, rstudy: optuna.Study) -> optuna.Trial | None:
         if trial is None:
             return None
         key = trial.user_attrs.get(attr.REFINE_JOB)
+        mine = (trial.datetime_start, trial.number)
         rivals = [t for t in rstudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
                   if t.user_attrs.get(attr.REFINE_JOB) == key and t.number != trial.number]
-        if key is not None and not any(t.state == TrialState.COMPLETE or t.number < trial.number for t in rivals):
+        # claims of one job in the same instant all see each other: the first claimed (then the lowest number) wins
+        if key is not None and not any(t.state == TrialState.COMPLETE or (t.datetime_start, t.number) < mine
+                                       for t in rivals):
             return trial
-        rstudy.tell(trial, state=TrialState.PRUNED)  # the lower-numbered claim trains it
+        rstudy.tell(trial, state=TrialState.PRUNED)
 
 
-def run_worker(study: Study, threads: int = 0, evaluator=None, stop: Callable[[], bool] | None = None) -> int:
-    """Claim, train and tell refine jobs until none waits (or ``stop()``); returns how many it ran. ``evaluator``:
+def run_worker(study: Study, threads: int = 0, evaluator=None) -> int:
+    """Claim, train and tell refine jobs until none waits; returns how many it ran. ``evaluator``:
     a fine-tune-mode :class:`~nas.training.evaluator.Evaluator` of the study (default: made here from its files)."""
     from ..training.checkpoints import save_weights
     from ..training.evaluator import Evaluator, tested_attrs
@@ -173,7 +156,7 @@ def run_worker(study: Study, threads: int = 0, evaluator=None, stop: Callable[[]
     assert rstudy is not None
     evaluator = evaluator or Evaluator(study, mode="finetune")
     ran, failed_in_a_row = 0, 0
-    while failed_in_a_row < MAX_CONSECUTIVE_FAILURES and not (stop is not None and stop()):
+    while failed_in_a_row < MAX_CONSECUTIVE_FAILURES:
         trial = claim(study, rstudy)
         if trial is None:
             break
@@ -360,11 +343,5 @@ def run_ray(study: Study, jobs: list[Job], workers: int, ray_address: str | None
         raise SearchError("--backend", f"refine tasks stopped: {errors[0]}; run the same command again to continue")
 
 
-def check_settings(top: int, seeds: int, epochs: int) -> None:
-    for name, value in (("--top", top), ("--seeds", seeds), ("--epochs", epochs)):
-        if value < 1:
-            raise ConfigError(name, f"expected a positive integer, got {value}")
-
-
-__all__ = ["Job", "JobCounts", "candidates", "claim", "enqueue", "job_counts", "open_refine_study", "plan",
+__all__ = ["Job", "JobCounts", "candidates", "claim", "enqueue", "job_counts", "plan",
            "run_local", "run_ray", "run_worker", "weights_path"]

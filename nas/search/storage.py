@@ -22,6 +22,7 @@ from .. import attributes as attr
 from ..study import Study, create_pruner, create_sampler
 
 SQLITE_TIMEOUT_S = 60
+REFINE_SUFFIX = ":refine"  # the refine's companion study (nas.search.refine): <study name>:refine
 
 
 class SearchError(ResourceError):
@@ -108,6 +109,25 @@ def _open_study(study: Study, create: bool, heartbeat: bool) -> optuna.Study:
                 continue  # not in this space: a search cannot propose it, so the report shows no such point
             ostudy.enqueue_trial(params, user_attrs={attr.REFERENCE: name})
     return ostudy
+
+
+def refine_study_name(study: Study) -> str:
+    """The name of the study that holds a study's refine jobs, on the same storage."""
+    return f"{study.name}{REFINE_SUFFIX}"
+
+
+def open_refine_study(study: Study, create: bool = True, heartbeat: bool = False) -> optuna.Study | None:
+    """The companion study that holds the refine jobs (None when it does not exist and ``create`` is False); with
+    ``heartbeat``, its storage watches the workers' heartbeats (:func:`nas.search.storage.storage_of`)."""
+    settings = study.search
+    storage = storage_of(study.storage, settings.heartbeat_s, settings.retries) if heartbeat else \
+        storage_of(study.storage)
+    name = refine_study_name(study)
+    if not create:
+        names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        return optuna.load_study(study_name=name, storage=storage) if name in names else None
+    with claim_lock(study):  # two drivers starting together would both create it
+        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
 
 
 @contextmanager
