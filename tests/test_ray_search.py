@@ -12,6 +12,8 @@ from optuna.trial import TrialState
 
 from nas import attributes as attr
 from nas.cli import main
+from nas.search.storage import open_refine_study
+from nas.study import Study
 
 from tiny import stored_trials, trial_notes
 
@@ -97,11 +99,20 @@ def test_the_cluster_recipe_as_written_runs_trials_on_both_nodes(searchable, tmp
                                  "--ray-address", f"127.0.0.1:{port}", "--workers", "2"],
                                 env={**clean, "HOME": str(node_home)}, capture_output=True, text=True)
         assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
+        # the refine's jobs as Ray tasks on the same cluster: one task per node, both training
+        refined = subprocess.run([sys.executable, "-m", "nas.cli", "refine", str(study_file), "--backend", "ray",
+                                  "--ray-address", f"127.0.0.1:{port}", "--workers", "2", "--top", "2", "--seeds",
+                                  "2", "--epochs", "1", "--no-measure"],
+                                 env={**clean, "HOME": str(node_home)}, capture_output=True, text=True)
+        assert refined.returncode == 0, refined.stdout[-2000:] + refined.stderr[-2000:]
     finally:
         subprocess.run([ray, "stop", "--force"], env={**clean, "HOME": str(head_home)}, capture_output=True)
     trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert len({t.user_attrs["ray_node_id"] for t in trials}) == 2  # one CPU per node: both ran trials
+    jobs = [t for t in open_refine_study(Study.load(study_file), create=False).get_trials()
+            if t.state == TrialState.COMPLETE]
+    assert len(jobs) >= 2 and len({t.user_attrs["ray_node_id"] for t in jobs}) == 2  # both nodes trained jobs
 
 
 def test_a_local_ray_starts_its_own_whatever_cluster_this_machine_points_to(searchable, tmp_path):

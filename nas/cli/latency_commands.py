@@ -7,7 +7,6 @@ import json
 import statistics
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -17,9 +16,8 @@ from search_spaces.errors import ConfigError
 
 from .. import pipeline
 from ..study import Study
-from .paced import PacedLines
+from .output import PacedLines, console
 
-console = Console()
 MEASURE_ROUNDS = 3  # nas latency --measure: the model and the dense model timed in turn, this many times each
 
 

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from search_spaces import ArchConfig, build_model
@@ -23,8 +22,8 @@ from search_spaces.reparam import weight_counts
 from ..process import quiet_optuna_logging
 from ..study import Study
 from . import kernel_commands, latency_commands, search_commands
+from .output import console
 
-console = Console()
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ import math
 from contextlib import nullcontext
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,9 +19,8 @@ from ..search.backends import BACKENDS, get_driver
 from ..search.report import METRIC_LABELS
 from ..study import Study
 from .latency_commands import ProfileView, print_fit, print_profile, profile_header, show_nothing_pays
-from .paced import PacedLines
+from .output import PacedLines, console
 
-console = Console()
 
 
 def _load(args: argparse.Namespace) -> Study:

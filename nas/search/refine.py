@@ -43,6 +43,8 @@ from .storage import SearchError, claim_lock, open_refine_study, refine_study_na
 
 # A worker whose jobs fail this many times in a row stops: the cause is the setup, not one architecture.
 MAX_CONSECUTIVE_FAILURES = 2
+# How long a Ray task waits for the others to be ready before it claims a job anyway (a cluster short of slots).
+READY_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,8 @@ def seeds_of(study: Study, seeds: int) -> list[int]:
 
 
 def candidates(ostudy: optuna.Study, top: int) -> list[tuple[FrozenTrial, str]]:
-    """The search trials to refine: ``top`` of its Pareto front, spread along it (its most accurate and its cheapest
-    end always among them), and the dense reference trial; each with its label."""
+    """The search trials to refine: ``top`` of its Pareto front, spread along it by accuracy (its most and its
+    least accurate end always among them), and the dense reference trial; each with its label."""
     front = pareto_trials(ostudy)  # most accurate first
     if len(front) > top:
         picks = sorted({round(i * (len(front) - 1) / max(top - 1, 1)) for i in range(top)}) if top > 1 else [0]
@@ -141,9 +143,10 @@ def claim(study: Study, rstudy: optuna.Study) -> optuna.Trial | None:
         rstudy.tell(trial, state=TrialState.PRUNED)
 
 
-def run_worker(study: Study, threads: int = 0, evaluator=None) -> int:
+def run_worker(study: Study, threads: int = 0, evaluator=None, where: dict[str, str] | None = None) -> int:
     """Claim, train and tell refine jobs until none waits; returns how many it ran. ``evaluator``:
-    a fine-tune-mode :class:`~nas.training.evaluator.Evaluator` of the study (default: made here from its files)."""
+    a fine-tune-mode :class:`~nas.training.evaluator.Evaluator` of the study (default: made here from its files);
+    ``where``: attributes that say where it runs, set on each job it claims (a Ray node's id)."""
     from ..training.checkpoints import save_weights
     from ..training.evaluator import Evaluator, tested_attrs
 
@@ -162,6 +165,8 @@ def run_worker(study: Study, threads: int = 0, evaluator=None) -> int:
             break
         job = Job.of(trial.user_attrs)
         trial.set_user_attr(attr.WORKER, f"{os.uname().nodename}:{os.getpid()}")
+        for key, value in (where or {}).items():
+            trial.set_user_attr(key, value)
         start = time.perf_counter()
         try:
             with heartbeat(rstudy, trial):
@@ -291,9 +296,26 @@ def _fail_jobs_of(rstudy: optuna.Study, pid: int, reason: str) -> None:
             fail_trial(rstudy, t, reason)
 
 
+class _Gate:
+    """A Ray actor the refine's tasks check in with, so that none claims a job before all are ready (else the task
+    that loaded first could take every short job while the others are still loading)."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+
+    def arrive(self) -> int:
+        self.arrived += 1
+        return self.arrived
+
+    def count(self) -> int:
+        return self.arrived
+
+
 def _ray_task(study_text: str, study_path: str, teacher_state: dict, predictor: dict, threads: int,
-              device: str) -> int:
+              device: str, gate, tasks: int) -> int:
     """One Ray task: a refine worker on whichever node Ray put it (the teacher and predictor came with it)."""
+    import ray
+
     from latency_model.predictor import Predictor
     from search_spaces.reparam import create_model
 
@@ -303,7 +325,12 @@ def _ray_task(study_text: str, study_path: str, teacher_state: dict, predictor: 
     teacher = create_model(study.model)
     teacher.load_state_dict(teacher_state)
     evaluator = Evaluator(study, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor), mode="finetune")
-    return run_worker(study, threads, evaluator)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    ray.get(gate.arrive.remote())
+    while ray.get(gate.count.remote()) < tasks and time.monotonic() < deadline:
+        time.sleep(0.2)
+    node = {f"{attr.RAY_NODE_PREFIX}node_id": ray.get_runtime_context().get_node_id()}
+    return run_worker(study, threads, evaluator, node)
 
 
 def run_ray(study: Study, jobs: list[Job], workers: int, ray_address: str | None, cpus_per_job: float = 1.0,
@@ -323,9 +350,11 @@ def run_ray(study: Study, jobs: list[Job], workers: int, ray_address: str | None
     _init_ray(ray_address, cpus_per_job, workers)
     try:
         task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_ray_task)
+        gate = ray.remote(num_cpus=0)(_Gate).remote()
         teacher = ray.put(evaluator.teacher.state_dict())
         pending = [task.remote(study.path.read_text(), str(study.path), teacher, evaluator.predictor.to_dict(),
-                               max(1, int(cpus_per_job)), trial_device(study.train.device, gpus_per_job))
+                               max(1, int(cpus_per_job)), trial_device(study.train.device, gpus_per_job), gate,
+                               workers)
                    for _ in range(workers)]
         errors = []
         while pending:

@@ -1,13 +1,27 @@
-"""Progress for a log file or a CI log: where the output is not a terminal, rich draws no bar, so a long step says how
-far it is in a line at a steady pace instead (and once when it is done)."""
+"""Where the ``nas`` command writes: one console for every command, and progress a log file can follow.
+
+Written to a log file or a CI log (no terminal), rich draws no progress bar and wraps tables at 80 columns; so the
+console is wider there (``LOG_WIDTH``, unless ``COLUMNS`` says otherwise), and a long step says how far it is in a
+line at a steady pace instead (:class:`PacedLines`).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
 from rich.console import Console
 
 LINE_EVERY_S = 30.0
+LOG_WIDTH = 160
+
+
+def _console() -> Console:
+    terminal = Console()
+    return terminal if terminal.is_terminal or "COLUMNS" in os.environ else Console(width=LOG_WIDTH)
+
+
+console = _console()
 
 
 class PacedLines:
