@@ -27,12 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write  # noqa: E402
 
 from nas import attributes as attr  # noqa: E402
 from nas import pipeline  # noqa: E402
-from nas.search.storage import open_refine_study  # noqa: E402
+from nas.search.storage import open_refine_study, refine_study_name  # noqa: E402
 from nas.study import Study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +59,8 @@ def refine_copy(study: Study, scratch: Path, args) -> tuple[pipeline.RefineResul
     copy = scratch / f"{study.name}.db"
     shutil.copyfile(url.removeprefix("sqlite:///"), copy)
     study = Study.load(study.path, storage=f"sqlite:///{copy}")
+    if open_refine_study(study, create=False) is not None:  # the study's own refine: every job trained afresh here
+        optuna.delete_study(study_name=refine_study_name(study), storage=study.storage)
     started = time.perf_counter()
     result = pipeline.refine(study, pipeline.RefineOptions(top=args.top, seeds=args.seeds, epochs=args.epochs,
                                                            workers=args.workers))

@@ -54,6 +54,10 @@ def check(spec: KernelSpec, target="cpu", trials: int = 0, seed: int = 0, root=N
         return CheckResult(spec, "FAILED", None, f"compile: {type(e).__name__}: {e}")
     if not device.exist:
         return CheckResult(spec, "compiled", None, f"no {device} here to run it")
+    lacking = targets.missing_features(target)
+    if lacking:
+        return CheckResult(spec, "compiled", None, f"this CPU lacks {', '.join(lacking[:4])}"
+                                                   f"{' ...' if len(lacking) > 4 else ''} to run it")
     return _run(spec, kernel, device, seed)
 
 

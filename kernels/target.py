@@ -36,6 +36,15 @@ def cpu_target(num_cores: int | None = None, mcpu: str | None = None) -> tvm.tar
     return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or host_cpu(), "num-cores": num_cores or cpu_threads()})
 
 
+def missing_features(target: tvm.target.Target) -> list[str]:
+    """The CPU features an LLVM ``target`` compiles for that this machine's CPU lacks (an AVX-512 kernel on a Zen 3):
+    code built for them stops the process with an illegal instruction. Empty for this CPU and for other kinds."""
+    if target.kind.name != "llvm":
+        return []
+    host = set(tvm.target.codegen.llvm_get_cpu_features(cpu_target()))
+    return sorted(set(tvm.target.codegen.llvm_get_cpu_features(target)) - host)
+
+
 def cuda_target(arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
     return tvm.target.Target({"kind": "cuda", "arch": arch}, host=cpu_target())
 

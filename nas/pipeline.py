@@ -473,8 +473,8 @@ def _measure_refined(study: Study, rstudy, points: list["Refined"],
 
 def stored_refinement(study: Study, ostudy) -> list["Refined"]:
     """The study's refined points, empty where it has not been refined."""
-    from .search.storage import open_refine_study
     from .search.refined import refined_points
+    from .search.storage import open_refine_study
 
     return refined_points(ostudy, open_refine_study(study, create=False))
 
