@@ -432,6 +432,8 @@ def refine(study: Study, options: RefineOptions = RefineOptions(),
                 training_placement(study)  # a device this machine lacks: said before any worker starts
                 jobs_of.run_local(study, jobs, options.workers, on_progress)
         counts = jobs_of.job_counts(rstudy, jobs)
+        if on_progress is not None:
+            on_progress(counts)  # also when every job was done before: the caller's view shows it
         if counts.done < len(jobs):
             failed = f"; {counts.failed[0][0]}: {counts.failed[0][1]}" if counts.failed else ""
             raise StateError("refine", f"{len(jobs) - counts.done} of {len(jobs)} refine jobs did not finish"
