@@ -1,4 +1,12 @@
-"""Energy from operation counts: the estimate an accelerator datapath would spend on one image, not a measurement.
+"""Energy per forward pass, by one of two models (the study's ``energy.model``):
+
+- ``op_counts`` (the default, this module): operation counts priced per op, weights read once from DRAM,
+  activations on chip: the lower bound of an accelerator's traffic;
+- ``accelerator``: ShiftAddNAS / ShiftAddViT's released accelerator model, each layer priced under the loop tiling a
+  search picks (:mod:`latency_model.accelerator`): the model the paper's energy figures come from.
+
+Both are estimates for an accelerator datapath, not measurements. The rest of this docstring is the ``op_counts``
+model.
 
 A model's counts (:func:`model_counts`) are its frame's (``Family.frame_counts``), and per block the two norms and
 residual additions, the attention's token mixing (plus the family's layout a dense attention keeps: PVTv2's spatial
@@ -42,9 +50,15 @@ from search_spaces.families import ModelDims, family_for
 from search_spaces.ops.moe import MoELoad
 from search_spaces.schema import check_keys, check_number
 
+from search_spaces import accelerator_layers as al
+from search_spaces.accelerator_layers import Layer
+
+from . import accelerator
 from .decomposition import block_shapes
 
 DEFAULT_TABLE = "horowitz45nm"
+MODELS = ("op_counts", "accelerator")
+DEFAULT_MODEL = "op_counts"
 NOTE = "an estimate for an accelerator datapath from operation counts, not a measurement of this machine"
 
 
@@ -117,9 +131,11 @@ def _cost(value: Any, where: str) -> float:
 
 @dataclass(frozen=True)
 class EnergySettings:
-    """The study's ``energy:`` section: a built-in table by name, and any entries of it overridden::
+    """The study's ``energy:`` section: the model, and for ``op_counts`` a built-in table by name with any entries of
+    it overridden::
 
         energy:
+          model: op_counts           # op_counts | accelerator (ShiftAddViT's released model, its own unit costs)
           table: horowitz45nm        # horowitz45nm | shiftaddnas
           ops: {shift.int32: 0.05}   # pJ per operation, "<operation>.<type>" (overrides or adds)
           dram_pj_per_byte: 100      # weights, read once per inference
@@ -127,11 +143,22 @@ class EnergySettings:
     """
 
     table: UnitCosts = field(default_factory=lambda: TABLES[DEFAULT_TABLE])
+    model: str = DEFAULT_MODEL
 
     @classmethod
     def from_dict(cls, data: Any) -> "EnergySettings":
         data = check_keys(data if data is not None else {}, "energy", (),
-                           ("table", "ops", "dram_pj_per_byte", "sram_pj_per_byte"))
+                           ("model", "table", "ops", "dram_pj_per_byte", "sram_pj_per_byte"))
+        model = data.get("model", DEFAULT_MODEL)
+        if model not in MODELS:
+            raise ConfigError("energy.model", f"unknown energy model {model!r} (choose from {', '.join(MODELS)})")
+        if model == accelerator.NAME:
+            given = [k for k in ("table", "ops", "dram_pj_per_byte", "sram_pj_per_byte") if k in data]
+            if given:
+                raise ConfigError(f"energy.{given[0]}", "the accelerator model has its own unit costs (the released "
+                                                         "model's); table, ops and the per-byte costs are the "
+                                                         "op_counts model's: remove them or set model: op_counts")
+            return cls(model=model)
         name = data.get("table", DEFAULT_TABLE)
         if name not in TABLES:
             raise ConfigError("energy.table", f"unknown unit-cost table {name!r} (built in: {', '.join(TABLES)}; or "
@@ -153,8 +180,23 @@ class EnergySettings:
                             source=f"{table.source}; entries overridden by the study")
         return cls(table)
 
+    @property
+    def name(self) -> str:
+        """What priced an estimate: the unit-cost table's name, or ``accelerator``."""
+        return accelerator.NAME if self.model == accelerator.NAME else self.table.name
+
+    @property
+    def source(self) -> str:
+        return accelerator.SOURCE if self.model == accelerator.NAME else self.table.source
+
+    @property
+    def note(self) -> str:
+        return accelerator.NOTE if self.model == accelerator.NAME else NOTE
+
     def to_dict(self) -> dict[str, Any]:
-        return self.table.to_dict()
+        if self.model == accelerator.NAME:
+            return {"model": self.model, "name": self.name, "source": self.source}
+        return {"model": self.model, **self.table.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -213,16 +255,24 @@ def model_counts(config: ArchConfig, batch: int = 1,
     return ModelCounts(family.frame_counts(dims, batch), tuple(blocks))
 
 
-def _moe_counts(block: BlockConfig, index: int, shapes: registry.Shapes, layout: oc.OpCounts,
-                routing: MoELoad | Sequence[float] | None) -> dict[str, oc.OpCounts]:
+def _moe_load(block: BlockConfig, index: int, shapes: registry.Shapes,
+              routing: MoELoad | Sequence[float] | None) -> MoELoad:
+    """The load an MoE block's experts are priced at: measured, given as shares, or equal shares."""
     assert block.moe is not None
-    kinds, top_k = block.moe.experts, block.moe.top_k
-    per_image = top_k * shapes.tokens
+    kinds = block.moe.experts
     if routing is None:
         routing = [1.0 / len(kinds)] * len(kinds)
-    load = routing if isinstance(routing, MoELoad) else MoELoad.at_shares(routing, per_image)
+    load = (routing if isinstance(routing, MoELoad)
+            else MoELoad.at_shares(routing, block.moe.top_k * shapes.tokens))
     if len(load.histograms) != len(kinds):
         raise ValueError(f"block {index}: an MoE load of {len(load.histograms)} experts for experts {list(kinds)}")
+    return load
+
+
+def _moe_counts(block: BlockConfig, index: int, shapes: registry.Shapes, layout: oc.OpCounts,
+                routing: MoELoad | Sequence[float] | None) -> dict[str, oc.OpCounts]:
+    load = _moe_load(block, index, shapes, routing)
+    kinds, top_k = block.moe.experts, block.moe.top_k
     router = registry.get("mlp", block.mlp).op_counts(shapes, ((shapes.rows, len(kinds), top_k),))
     parts = {"router": router}
     for e, kind in enumerate(kinds):
@@ -238,34 +288,58 @@ def _moe_counts(block: BlockConfig, index: int, shapes: registry.Shapes, layout:
 
 @dataclass(frozen=True)
 class EnergyEstimate:
-    """Energy of one forward pass (µJ), split into compute and memory, per block, with the counts it comes from."""
+    """Energy of one forward pass (µJ), split into compute and memory, per block, with the counts it comes from;
+    under the accelerator model also its latency (ms) and every layer it priced."""
 
-    table: str
+    table: str  # the unit-cost table, or "accelerator"
     compute_uj: float
     memory_uj: float
     frame_uj: tuple[float, float]  # (compute, memory)
     blocks_uj: tuple[tuple[float, float], ...]  # per block (compute, memory)
     counts: oc.OpCounts
     batch: int = 1
+    model: str = DEFAULT_MODEL
+    latency_ms: float | None = None  # the accelerator model's latency
+    layers: tuple[tuple[str, str, Layer], ...] = ()  # the accelerator model's: (block index or "frame", part, layer)
 
     @property
     def total_uj(self) -> float:
         return self.compute_uj + self.memory_uj
 
+    @property
+    def note(self) -> str:
+        return accelerator.NOTE if self.model == accelerator.NAME else NOTE
+
     def to_dict(self) -> dict[str, Any]:
-        """What a trial stores (``energy_breakdown``): the table, the totals and per block."""
-        return {"table": self.table, "batch": self.batch, "energy_uj": round(self.total_uj, 6),
-                "compute_uj": round(self.compute_uj, 6), "memory_uj": round(self.memory_uj, 6),
-                "frame": {"compute_uj": round(self.frame_uj[0], 6), "memory_uj": round(self.frame_uj[1], 6)},
-                "blocks": [{"compute_uj": round(c, 6), "memory_uj": round(m, 6)} for c, m in self.blocks_uj],
-                "note": NOTE}
+        """What a trial stores (``energy_breakdown``): the model and table, the totals and per block."""
+        out = {"model": self.model, "table": self.table, "batch": self.batch, "energy_uj": round(self.total_uj, 6),
+               "compute_uj": round(self.compute_uj, 6), "memory_uj": round(self.memory_uj, 6),
+               "frame": {"compute_uj": round(self.frame_uj[0], 6), "memory_uj": round(self.frame_uj[1], 6)},
+               "blocks": [{"compute_uj": round(c, 6), "memory_uj": round(m, 6)} for c, m in self.blocks_uj],
+               "note": self.note}
+        if self.latency_ms is not None:
+            out["accelerator_latency_ms"] = round(self.latency_ms, 6)
+        return out
+
+    def layer_rows(self) -> list[dict[str, Any]]:
+        """The accelerator model's layers, one dict each: where, the layer, how often it runs and its price."""
+        rows = []
+        for where, part, layer in self.layers:
+            price = accelerator.price_layer(layer.shape)
+            rows.append({"block": where, "part": part, "layer": layer.describe(), "times": round(layer.times, 6),
+                         **({"priced_as": price.priced_as.describe()} if price.priced_as != layer.shape else {}),
+                         **{k: round(v, 6) if isinstance(v, float) else v for k, v in price.to_dict().items()}})
+        return rows
 
 
 def estimate(config: ArchConfig, table: UnitCosts | EnergySettings | None = None, batch: int = 1,
              routing: Mapping[int, MoELoad | Sequence[float]] | None = None) -> EnergyEstimate:
-    """The energy of one forward pass of ``batch`` images of ``config`` under a unit-cost table (default
-    :data:`DEFAULT_TABLE`), MoE experts at ``routing`` (see :func:`model_counts`)."""
+    """The energy of one forward pass of ``batch`` images of ``config`` under the study's energy settings (or a
+    unit-cost table; default: the op-count model with :data:`DEFAULT_TABLE`), MoE experts at ``routing`` (see
+    :func:`model_counts`)."""
     if isinstance(table, EnergySettings):
+        if table.model == accelerator.NAME:
+            return accelerator_estimate(config, batch, routing)
         table = table.table
     table = table or TABLES[DEFAULT_TABLE]
     counts = model_counts(config, batch, routing)
@@ -277,27 +351,102 @@ def estimate(config: ArchConfig, table: UnitCosts | EnergySettings | None = None
                           tuple((c / 1e6, m / 1e6) for c, m in blocks), counts.total, batch)
 
 
-def check_priceable(space, where: str = "space") -> None:
-    """Refuse (one ConfigError) a space that offers a primitive declaring no operation counts, or a model family
-    that does not count its frame: energy_uj could not price every architecture of it."""
+def model_layers(config: ArchConfig, batch: int = 1,
+                 routing: Mapping[int, MoELoad | Sequence[float]] | None = None
+                 ) -> tuple[list[Layer], list[dict[str, list[Layer]]]]:
+    """The layers the accelerator model prices in one forward pass of ``batch`` images: the frame's, and per block
+    each part's. An MoE expert's layers run at the token count its batch sends it when it runs (the expectation over
+    ``routing``, rounded), ``times`` the share of passes it runs in."""
+    dims = ModelDims.of(config.model)
+    family = family_for(config.model)
+    routing = routing or {}
+    blocks = []
+    for i, (block, own) in enumerate(zip(config.blocks, dims.blocks)):
+        attention = registry.get("attention", block.attention)
+        shapes = block_shapes(own, batch, block.attention)
+        full = replace(shapes, kv_tokens=None)
+        parts = {"attention": attention.accelerator_layers(shapes) + (
+                     family.attention_layout_layers(own, batch) if attention.keeps_dense else []),
+                 "qkv": registry.get("linear", block.qkv).accelerator_layers(shapes, shapes.linear_layers("qkv")),
+                 "proj": registry.get("linear", block.proj).accelerator_layers(full, full.linear_layers("proj"))}
+        mlp = registry.get("mlp", block.mlp)
+        layout = family.mlp_layout_layers(own, batch)
+        if not mlp.routed:
+            parts["mlp"] = mlp.accelerator_layers(full, full.linear_layers("mlp")) + layout
+        else:
+            parts.update(_moe_layers(block, i, full, layout, routing.get(i)))
+        blocks.append(parts)
+    return family.frame_layers(dims, batch), blocks
+
+
+def _moe_layers(block: BlockConfig, index: int, shapes: registry.Shapes, layout: list[Layer],
+                routing: MoELoad | Sequence[float] | None) -> dict[str, list[Layer]]:
+    load = _moe_load(block, index, shapes, routing)
+    kinds, top_k = block.moe.experts, block.moe.top_k
+    parts = {"router": registry.get("mlp", block.mlp).accelerator_layers(shapes, ((shapes.rows, len(kinds), top_k),))}
+    for e, kind in enumerate(kinds):
+        dist = load.batch_counts(e, shapes.batch)
+        runs = float(1.0 - dist[0])
+        if runs <= 0:
+            parts[f"expert{e}:{kind}"] = []
+            continue
+        rows = max(1, int(float(sum(c * p for c, p in enumerate(dist))) / runs + 0.5))
+        at = replace(shapes, batch=1, tokens=rows)
+        expert = registry.get("expert", kind).accelerator_layers(at, at.linear_layers("mlp"))
+        parts[f"expert{e}:{kind}"] = al.times(expert + layout, runs)
+    return parts
+
+
+def accelerator_estimate(config: ArchConfig, batch: int = 1,
+                         routing: Mapping[int, MoELoad | Sequence[float]] | None = None) -> EnergyEstimate:
+    """The energy of one forward pass under the accelerator model (:mod:`latency_model.accelerator`): compute is the
+    layers' arithmetic, memory every access of their tilings (DRAM, buffer, network on chip, register files)."""
+    frame, blocks = model_layers(config, batch, routing)
+
+    def priced(layers: list[Layer]) -> tuple[float, float, float]:
+        energy, compute, latency = accelerator.total(layers)
+        return compute, energy - compute, latency
+
+    frame_cost = priced(frame)
+    block_costs = [priced([layer for part in parts.values() for layer in part]) for parts in blocks]
+    compute = frame_cost[0] + sum(b[0] for b in block_costs)
+    memory = frame_cost[1] + sum(b[1] for b in block_costs)
+    latency = frame_cost[2] + sum(b[2] for b in block_costs)
+    layers = tuple(("frame", "frame", layer) for layer in frame) + tuple(
+        (str(i), part, layer) for i, parts in enumerate(blocks) for part, part_layers in parts.items()
+        for layer in part_layers)
+    return EnergyEstimate(accelerator.NAME, compute, memory, frame_cost[:2], tuple(b[:2] for b in block_costs),
+                          model_counts(config, batch, routing).total, batch, accelerator.NAME, latency, layers)
+
+
+def check_priceable(space, where: str = "space", model: str = DEFAULT_MODEL) -> None:
+    """Refuse (one ConfigError) a space that offers a primitive the energy ``model`` cannot price (it declares no
+    operation counts, or no accelerator layers), or a model family that does not count (list) its frame: energy_uj
+    could not price every architecture of it."""
+    layers = model == accelerator.NAME
+    what, field_name = (("accelerator layers", "Primitive.accelerator") if layers
+                        else ("operation counts", "Primitive.counts"))
+
+    def priceable(primitive) -> bool:
+        return (primitive.accelerator if layers else primitive.counts) is not None
+
     for choices in space.blocks:
         for key, slot in registry.BLOCK_KEYS.items():
             for name in getattr(choices, key):
-                if registry.get(slot, name).counts is None:
-                    raise ConfigError(f"{where}.{key}", f"{slot} {name!r} declares no operation counts "
-                                                        "(Primitive.counts), so energy_uj cannot price it: remove "
-                                                        "energy_uj from objectives.metrics or the choice from "
-                                                        "the space")
+                if not priceable(registry.get(slot, name)):
+                    raise ConfigError(f"{where}.{key}", f"{slot} {name!r} declares no {what} ({field_name}), so "
+                                                        f"energy model {model!r} cannot price it: remove energy_uj "
+                                                        "from objectives.metrics or the choice from the space")
     for name in set(space.moe_experts):
-        if registry.get("expert", name).counts is None:
-            raise ConfigError(f"{where}.moe.experts", f"expert {name!r} declares no operation counts "
-                                                      "(Primitive.counts), so energy_uj cannot price it")
+        if not priceable(registry.get("expert", name)):
+            raise ConfigError(f"{where}.moe.experts", f"expert {name!r} declares no {what} ({field_name}), so "
+                                                      f"energy model {model!r} cannot price it")
     family = family_for(space.model)
     try:
-        family.frame_counts(ModelDims.of(space.model), 1)
+        (family.frame_layers if layers else family.frame_counts)(ModelDims.of(space.model), 1)
     except NotImplementedError as e:
         raise ConfigError("model.name", f"{e}, so energy_uj cannot price it") from None
 
 
-__all__ = ["DEFAULT_TABLE", "EnergyEstimate", "EnergySettings", "ModelCounts", "NOTE", "TABLES", "UnitCosts",
-           "check_priceable", "estimate", "model_counts"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_TABLE", "EnergyEstimate", "EnergySettings", "MODELS", "ModelCounts", "NOTE",
+           "TABLES", "UnitCosts", "accelerator_estimate", "check_priceable", "estimate", "model_counts", "model_layers"]

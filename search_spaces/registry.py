@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from . import accelerator_layers as al
 from . import counts as oc
+from .accelerator_layers import Layer
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -111,6 +113,9 @@ class Primitive:
         families: the model families (``Family.key``: ``vit``, ``pvt_v2``) whose blocks it can take; None: every
             family. A search space leaves it out of the others' default choices and refuses it where named, and
             ``reparam.apply`` refuses a config that puts it on a block of another family.
+        accelerator: ``accelerator(shapes, layers) -> [Layer]``: the layers the accelerator energy model prices
+            (:mod:`search_spaces.accelerator_layers`), with the same scope as ``counts`` (an MoE: its router). None:
+            a study with ``energy: {model: accelerator}`` refuses a space that offers it.
         description: one line for ``--help`` and the docs.
     """
 
@@ -124,6 +129,7 @@ class Primitive:
     on_kernels: bool = False
     routed: bool = False
     families: tuple[str, ...] | None = None
+    accelerator: Callable[[Shapes, tuple[tuple[int, int, int], ...]], list[Layer]] | None = None
     description: str = ""
 
     @property
@@ -145,6 +151,13 @@ class Primitive:
             raise ConfigError(f"{self.slot} {self.name!r}", "declares no operation counts (Primitive.counts), so "
                                                             "energy_uj cannot price it")
         return self.counts(shapes, layers)
+
+    def accelerator_layers(self, shapes: Shapes, layers: tuple[tuple[int, int, int], ...] = ()) -> list[Layer]:
+        """The layers the accelerator energy model prices; a primitive that declares none is a ConfigError."""
+        if self.accelerator is None:
+            raise ConfigError(f"{self.slot} {self.name!r}", "declares no accelerator layers (Primitive.accelerator), "
+                                                            "so energy model 'accelerator' cannot price it")
+        return self.accelerator(shapes, layers)
 
 
 _REGISTRY: dict[tuple[str, str], Primitive] = {}
@@ -331,6 +344,42 @@ def _router_counts(s: Shapes, layers=()) -> oc.OpCounts:
             + oc.elementwise(assignments * s.channels, inputs=2, mult=1, add=1))
 
 
+def _layers_of(kind: str, bits: int = 32):
+    """A linear or MLP choice's accelerator layers: each of its linear layers as one ``kind`` layer (an MLP's
+    activation is not priced)."""
+    def layers(shapes: Shapes, linear_layers) -> list[Layer]:
+        return al.linears(linear_layers, kind, bits)
+    return layers
+
+
+def _msa_layers(s: Shapes, layers=()) -> list[Layer]:
+    """``Q Kᵀ`` and ``P V``, each an FC layer over every (image, head, query) row."""
+    rows, kv, d = s.batch * s.heads * s.tokens, s.attended, s.head_dim
+    return [al.fc(rows, d, kv), al.fc(rows, kv, d)]
+
+
+def _linear_attention_layers(s: Shapes, layers=()) -> list[Layer]:
+    """``Kᵀ V`` (rows: the heads' dimensions), the normalizer ``Q · Σ K`` and ``Q (Kᵀ V)`` as FC layers."""
+    heads, t, kv, d = s.batch * s.heads, s.tokens, s.attended, s.head_dim
+    return [al.fc(heads * d, kv, d), al.fc(heads * t, d, 1), al.fc(heads * t, d, d)]
+
+
+def _additive_attention_layers(s: Shapes, layers=()) -> list[Layer]:
+    """``K_bᵀ V`` and ``Q_b (K_bᵀ V)`` as Add layers (the released hook's ``MatAdd``), and the depthwise token conv
+    (``taps x 1`` over the tokens of each head's ``[T, D]``) as a conv."""
+    from .ops.attention import TOKEN_CONV_TAPS as taps
+
+    heads, t, d = s.batch * s.heads, s.tokens, s.head_dim
+    return [al.fc(heads * d, t, d, "Add"), al.fc(heads * t, d, d, "Add"),
+            al.conv(s.batch, s.heads, s.heads, (taps, 1), 1, (t, d), (t, d), groups=s.heads)]
+
+
+def _router_layers(s: Shapes, layers=()) -> list[Layer]:
+    """An MoE's router: one FC layer ``C -> E`` over every token (``layers``: ``((rows, experts, top_k),)``)."""
+    rows, experts, _ = layers[0] if layers else (s.rows, 2, 1)
+    return [al.fc(rows, s.channels, experts)]
+
+
 def _shift_linear(linear: nn.Module, block=None) -> nn.Module:
     from .ops.shift import ShiftLinear
 
@@ -425,45 +474,52 @@ def _register_builtins() -> None:
 
     for primitive in (
         Primitive("attention", "msa", kernel_tasks=products("matmul", "fp32", False), counts=_msa_counts,
+                  accelerator=_msa_layers,
                   description="timm's softmax attention (its projections may still be shift layers)"),
         Primitive("attention", "linear", _linear_attention, LinearAttention,
                   kernel_tasks=products("matmul", "fp32", True), counts=_linear_attention_counts,
+                  accelerator=_linear_attention_layers,
                   description="kernelized linear attention, elu + 1 feature map, linear in tokens"),
         Primitive("attention", "additive", _additive_attention, AdditiveAttention, None, _additive_mixing,
-                  _additive_attention_counts, on_kernels=True,
+                  _additive_attention_counts, on_kernels=True, accelerator=_additive_attention_layers,
                   description="ShiftAddViT's binary linear-angular attention: its products are additions"),
-        Primitive("linear", "dense", kernel_tasks=_matmul, counts=_dense_layers, description="the dense linear layer"),
+        Primitive("linear", "dense", kernel_tasks=_matmul, counts=_dense_layers, accelerator=_layers_of("FC"),
+                  description="the dense linear layer"),
         Primitive("linear", "shift", _shift_linear, ShiftLinear, None, _matshift, _shift_layers,
-                  on_kernels=True,
+                  on_kernels=True, accelerator=_layers_of("Shift"),
                   description="weights as signed powers of two: products are bit shifts (the paper's 32-bit fixed "
                               "point)"),
         Primitive("linear", "shift16", _shift16_linear, Shift16Linear, None, _shiftlinear, _shift16_layers,
-                  on_kernels=True,
+                  on_kernels=True, accelerator=_layers_of("Shift"),
                   description="shift weights on int16 activations (one power-of-two scale per token): one fused "
                               "kernel of integer dot products"),
         Primitive("linear", "int8", _int8_linear, Int8Linear, _int8_inference, counts=_int8_layers,
+                  accelerator=_layers_of("FC", 8),
                   description="int8 quantization of the dense layer (weights per channel, activations per token): "
                               "the CPU's int8 dot products, the baseline shift layers compete with"),
-        Primitive("mlp", "dense", kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers), description="the dense MLP"),
+        Primitive("mlp", "dense", kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers), accelerator=_layers_of("FC"),
+                  description="the dense MLP"),
         Primitive("mlp", "shift", _shift_mlp, kernel_tasks=_matshift, counts=_mlp_counts(_shift_layers),
-                  on_kernels=True,
+                  on_kernels=True, accelerator=_layers_of("Shift"),
                   description="the MLP with both layers as shift layers"),
         Primitive("mlp", "shift16", _shift16_mlp, kernel_tasks=_shiftlinear, counts=_mlp_counts(_shift16_layers),
-                  on_kernels=True,
+                  on_kernels=True, accelerator=_layers_of("Shift"),
                   description="the MLP with both layers as shift16 layers"),
-        Primitive("mlp", "int8", _int8_mlp, counts=_mlp_counts(_int8_layers),
+        Primitive("mlp", "int8", _int8_mlp, counts=_mlp_counts(_int8_layers), accelerator=_layers_of("FC", 8),
                   description="the MLP with both layers as int8 layers"),
         Primitive("mlp", "moe", _moe, MoEMlp, _moe_on_kernels, counts=_router_counts, routed=True,
+                  accelerator=_router_layers,
                   description="a mixture of experts (space.moe.experts), routed by a latency-aware balance loss"),
         Primitive("expert", "dense", _dense_expert, kernel_tasks=_matmul, counts=_mlp_counts(_dense_layers),
+                  accelerator=_layers_of("FC"),
                   description="a copy of the dense MLP"),
         Primitive("expert", "shift", _shift_expert, kernel_tasks=_matshift, counts=_mlp_counts(_shift_layers),
-                  on_kernels=True,
+                  on_kernels=True, accelerator=_layers_of("Shift"),
                   description="a copy of the MLP with shift layers"),
         Primitive("expert", "shift16", _shift16_expert, kernel_tasks=_shiftlinear,
-                  counts=_mlp_counts(_shift16_layers), on_kernels=True,
+                  counts=_mlp_counts(_shift16_layers), on_kernels=True, accelerator=_layers_of("Shift"),
                   description="a copy of the MLP with shift16 layers"),
-        Primitive("expert", "int8", _int8_expert, counts=_mlp_counts(_int8_layers),
+        Primitive("expert", "int8", _int8_expert, counts=_mlp_counts(_int8_layers), accelerator=_layers_of("FC", 8),
                   description="a copy of the MLP with int8 layers"),
     ):
         register(primitive)

@@ -165,7 +165,7 @@ class Study:
         space = SearchSpace.from_dict(data.get("space"), model)
         energy = EnergySettings.from_dict(data.get("energy"))
         if objectives.uses_energy:
-            check_priceable(space)
+            check_priceable(space, model=energy.model)
         evaluation = EvaluationSettings.from_dict(data.get("evaluation"))
         if evaluation.supernet:
             from search_spaces.supernet import check_shareable

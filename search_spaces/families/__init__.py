@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from .. import counts as oc
+from ..accelerator_layers import Layer
 from ..config import ModelSpec
 from ..errors import ConfigError
 
@@ -154,6 +155,19 @@ class Family(ABC):
         """What each run of a block's MLP (or of one MoE expert) executes besides its two layers and activation,
         over the batch's whole token grid (PVTv2: the depthwise conv)."""
         return oc.NONE
+
+    def frame_layers(self, dims: ModelDims, batch: int) -> list[Layer]:
+        """The layers outside the blocks the accelerator energy model prices (:mod:`search_spaces.accelerator_layers`):
+        the patch embedding and downsampling convs, the head. A family without it cannot be priced by that model."""
+        raise NotImplementedError(f"the {self.key} family does not list its frame's layers (Family.frame_layers)")
+
+    def attention_layout_layers(self, dims: BlockDims, batch: int) -> list[Layer]:
+        """The layers of :meth:`attention_layout_counts` (PVTv2: the spatial-reduction conv)."""
+        return []
+
+    def mlp_layout_layers(self, dims: BlockDims, batch: int) -> list[Layer]:
+        """The layers of :meth:`mlp_layout_counts` (PVTv2: the depthwise conv), per run of the MLP."""
+        return []
 
     def timing_index(self, dims: ModelDims, block: int) -> int:
         """Which block of the :meth:`timing_spec` model runs at the sizes of block ``block`` of the full model."""

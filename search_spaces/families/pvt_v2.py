@@ -27,7 +27,9 @@ import torch
 from timm.models.pvt_v2 import Attention, MlpWithDepthwiseConv, PyramidVisionTransformerV2
 from torch import nn
 
+from .. import accelerator_layers as al
 from .. import counts as oc
+from ..accelerator_layers import Layer
 from ..config import ModelSpec
 from . import BlockDims, Family, ModelDims, UnsupportedModelError, register
 
@@ -171,6 +173,33 @@ class PvtV2(Family):
         cells, hidden = batch * dims.tokens, dims.hidden
         relu = oc.elementwise(cells * hidden, cmp=1) if "P" in dict(dims.attention_dims) else oc.NONE
         return relu + oc.conv(cells, hidden, hidden, 9, inputs=cells, groups=hidden)
+
+    def frame_layers(self, dims: ModelDims, batch: int) -> list[Layer]:
+        """The 7x7 stride-4 patch embedding, each later stage's 3x3 stride-2 downsampling, the head."""
+        stages = {b.stage: b for b in dims.blocks}
+        out, grid, width = [], (dims.img, dims.img), 3
+        for s in sorted(stages):
+            own = stages[s]
+            kernel, stride = ((7, 7), 4) if s == 0 else ((3, 3), 2)
+            out.append(al.conv(batch, width, own.channels, kernel, stride, grid, own.grid))
+            grid, width = own.grid, own.channels
+        return [*out, al.fc(batch, width, dims.classes)]
+
+    def attention_layout_layers(self, dims: BlockDims, batch: int) -> list[Layer]:
+        """The spatial reduction's ``R x R`` stride-``R`` conv, or with ``linear=True`` the 1x1 conv on the pooled
+        7x7 grid (the pool, norm and GELU are not priced)."""
+        extra, c = dict(dims.attention_dims), dims.channels
+        if "P" in extra:
+            return [al.conv(batch, c, c, (1, 1), 1, (POOLED, POOLED), (POOLED, POOLED))]
+        ratio = extra.get("R", 1)
+        if ratio == 1:
+            return []
+        reduced = tuple(side // ratio for side in dims.grid)
+        return [al.conv(batch, c, c, (ratio, ratio), ratio, dims.grid, reduced)]
+
+    def mlp_layout_layers(self, dims: BlockDims, batch: int) -> list[Layer]:
+        """The 3x3 depthwise conv over the grid."""
+        return [al.conv(batch, dims.hidden, dims.hidden, (3, 3), 1, dims.grid, dims.grid, groups=dims.hidden)]
 
     def frame(self, model: nn.Module) -> nn.Module:
         for stage in model.stages:

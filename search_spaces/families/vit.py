@@ -7,7 +7,9 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .. import accelerator_layers as al
 from .. import counts as oc
+from ..accelerator_layers import Layer
 from ..config import ModelSpec
 from . import BlockDims, Family, ModelDims, UnsupportedModelError, register
 
@@ -55,6 +57,13 @@ class ViT(Family):
                 + oc.weights_read((tokens - patches + tokens) * c)  # prefix tokens and position embedding
                 + oc.elementwise(batch * tokens * c, inputs=2, add=1) + oc.layer_norm(batch * tokens, c)
                 + oc.linear(batch, c, classes))
+
+    def frame_layers(self, dims: ModelDims, batch: int) -> list[Layer]:
+        """The patch embedding (a conv) and the head on one pooled token per image."""
+        frame = dict(dims.frame)
+        img, patch, c, classes = frame["img"], frame["patch"], frame["C"], frame["classes"]
+        side = img // patch
+        return [al.conv(batch, 3, c, (patch, patch), patch, (img, img), (side, side)), al.fc(batch, c, classes)]
 
     def frame(self, model: nn.Module) -> nn.Module:
         model.blocks = nn.Sequential()
