@@ -117,6 +117,18 @@ def tilings(n: int, parts: int) -> tuple[tuple[int, ...], ...]:
     return tuple((d, *rest) for d in _divisors(n) for rest in tilings(n // d, parts - 1))
 
 
+def _released_m_prefilter(candidates: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...]]:
+    """The released search drops ``M0 > 16`` candidates by removing them from the list it iterates over, which skips
+    the candidate after each one removed: at 32 bits the register-file check drops the rest anyway; at 8 bits
+    (``M0 <= 32`` fits) the survivors are candidates, so the same skipping is reproduced here."""
+    out, i = list(candidates), 0
+    while i < len(out):
+        if out[i][0] > PSUM_RF:
+            del out[i]
+        i += 1
+    return out
+
+
 # ---- one layer ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayerPrice:
@@ -159,7 +171,8 @@ def _search(layer: Layer) -> LayerPrice | None:
     u = _units(layer.kind, bits)
 
     n_t = np.array(tilings(n, 2), dtype=np.float64).reshape(-1, 2)
-    m_t = np.array([t for t in tilings(m, 4) if t[0] <= PSUM_RF * mem], dtype=np.float64).reshape(-1, 4)
+    m_t = np.array([t for t in _released_m_prefilter(tilings(m, 4)) if t[0] <= PSUM_RF * mem],
+                   dtype=np.float64).reshape(-1, 4)
     c_t = np.array([t for t in tilings(c, 4) if t[3] == 1], dtype=np.float64).reshape(-1, 4)
     e_t = np.array([t for t in tilings(e, 2) if fc or t[0] != 1], dtype=np.float64).reshape(-1, 2)
     if not (len(n_t) and len(m_t) and len(c_t) and len(e_t)):

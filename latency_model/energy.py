@@ -60,6 +60,7 @@ DEFAULT_TABLE = "horowitz45nm"
 MODELS = ("op_counts", "accelerator")
 DEFAULT_MODEL = "op_counts"
 NOTE = "an estimate for an accelerator datapath from operation counts, not a measurement of this machine"
+NOTES = {"op_counts": NOTE, "accelerator": accelerator.NOTE}  # what an energy figure is, by its model
 
 
 def _derived(ops: dict[str, float]) -> dict[str, float]:
@@ -191,7 +192,7 @@ class EnergySettings:
 
     @property
     def note(self) -> str:
-        return accelerator.NOTE if self.model == accelerator.NAME else NOTE
+        return NOTES[self.model]
 
     def to_dict(self) -> dict[str, Any]:
         if self.model == accelerator.NAME:
@@ -308,7 +309,7 @@ class EnergyEstimate:
 
     @property
     def note(self) -> str:
-        return accelerator.NOTE if self.model == accelerator.NAME else NOTE
+        return NOTES[self.model]
 
     def to_dict(self) -> dict[str, Any]:
         """What a trial stores (``energy_breakdown``): the model and table, the totals and per block."""
@@ -448,5 +449,5 @@ def check_priceable(space, where: str = "space", model: str = DEFAULT_MODEL) -> 
         raise ConfigError("model.name", f"{e}, so energy_uj cannot price it") from None
 
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_TABLE", "EnergyEstimate", "EnergySettings", "MODELS", "ModelCounts", "NOTE",
+__all__ = ["DEFAULT_MODEL", "DEFAULT_TABLE", "EnergyEstimate", "EnergySettings", "MODELS", "ModelCounts", "NOTE", "NOTES",
            "TABLES", "UnitCosts", "accelerator_estimate", "check_priceable", "estimate", "model_counts", "model_layers"]

@@ -11,7 +11,6 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from latency_model.energy import NOTE as ENERGY_NOTE
 from search_spaces.errors import ConfigError
 
 from .. import pipeline
@@ -49,8 +48,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     console.print(f"  objectives {list(study.objectives.metrics)}"
                   + "".join(f", {m.split('_')[0]} budget {b} {units[m]}" for m, b in study.objectives.budgets.items()))
     if study.objectives.uses_energy:
-        table = study.energy.table
-        console.print(f"  energy: unit costs {table.name} ({ENERGY_NOTE})")
+        console.print(f"  energy: model {study.energy.model}, {study.energy.name} ({study.energy.note})")
     console.print(f"  training on {checked.placement.describe()} (train.device {study.train.device})")
     console.print(f"  budget {study.budget.n_trials} trials x {study.budget.epochs} epochs "
                   f"({study.budget.steps_per_epoch or 'full'} steps each); sampler {study.sampler.name}, "
@@ -381,7 +379,7 @@ def _print_front(rep) -> None:
                           f"{p.latency_ms:.3f} ms" + (f", {p.energy_uj:.3f} µJ" if energy else "")
                           + " (not on the front)")
     if energy:
-        console.print(f"energy: {ENERGY_NOTE}")
+        console.print(f"energy: {rep.energy_note}")
     if rep.refined:
         console.print(f"refined: {len(rep.refined)} architectures fine-tuned for real, {len(rep.refined_front)} on "
                       f"the refined front, which `nas export` picks from; proxy trust: {rep.trust.text}",

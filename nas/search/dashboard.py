@@ -167,6 +167,19 @@ def architecture_table(config: ArchConfig, breakdown: Mapping[str, Any] | None =
     return lines
 
 
+def energy_sentence(energy: Mapping[str, Any]) -> str:
+    """One trial's energy estimate (:meth:`EnergyEstimate.to_dict`) in a sentence that names its model."""
+    frame = energy["frame"]["compute_uj"] + energy["frame"]["memory_uj"]
+    if energy.get("model") == "accelerator":
+        how = (f"energy model `accelerator` (ShiftAddViT's: each layer's accesses under its searched tiling; "
+               f"accelerator latency {energy.get('accelerator_latency_ms', float('nan')):.3g} ms)")
+    else:
+        how = f"unit costs `{energy['table']}` (weights read once from DRAM, activations on chip)"
+    return (f"Estimated energy per image, {how}: **{energy['energy_uj']:.4g} µJ** = compute "
+            f"{energy['compute_uj']:.4g} + memory {energy['memory_uj']:.4g} µJ, {frame:.3g} µJ of it outside the "
+            f"blocks: {energy.get('note', ENERGY_NOTE)}.")
+
+
 def _uj(energy: Mapping[str, float] | None) -> str:
     if not energy:
         return ""
@@ -197,10 +210,7 @@ def trial_note(number: int, state: TrialState, attrs: Mapping[str, Any], device:
                       f"{breakdown.get('composition_ms', 0.0):.3g} ms for running them back to back (calibrated on "
                       "whole models).", ""]
         if energy:
-            lines += [f"Estimated energy per image (unit costs `{energy['table']}`): **{energy['energy_uj']:.4g} µJ** "
-                      f"= compute {energy['compute_uj']:.4g} + memory {energy['memory_uj']:.4g} µJ (weights read "
-                      f"once from DRAM, activations on chip), {energy['frame']['compute_uj'] + energy['frame']['memory_uj']:.3g} "
-                      f"µJ of it outside the blocks: {energy.get('note', ENERGY_NOTE)}.", ""]
+            lines += [energy_sentence(energy), ""]
         artifact = (f"; its ArchConfig file is this trial's artifact (`trial-{number}.yaml`, ready for "
                     "`nas finetune`)") if state == TrialState.COMPLETE else ""
         lines += [f"Architecture id `{config.id}`{artifact}.", ""]
@@ -354,15 +364,20 @@ def _tuning_line(study: Study) -> str:
 
 
 def _energy_lines(study: Study) -> list[str]:
-    table = study.energy.table
+    settings = study.energy
     searched = "an objective" if "energy_uj" in study.objectives.metrics else (
         "a budget" if study.objectives.energy_budget_uj is not None else "recorded, not searched on")
-    return ["### Energy", "",
-            f"- {searched}: {ENERGY_NOTE}",
-            f"- unit costs `{table.name}`: {table.source}",
-            "- per op: " + ", ".join(f"{k} {v:g}" for k, v in sorted(table.ops.items())) + " pJ; memory: weights "
-            f"{table.dram_pj_per_byte:g} pJ/byte (DRAM, read once per image), activations {table.sram_pj_per_byte:g} "
-            "pJ/byte (on-chip buffer, read and written by every op)", ""]
+    lines = ["### Energy", "", f"- {searched}: {settings.note}"]
+    if settings.model == "accelerator":
+        lines += [f"- energy model `accelerator`: {settings.source}; norms, softmax and GELU unpriced "
+                  "(`docs/energy.md`)"]
+    else:
+        table = settings.table
+        lines += [f"- energy model `op_counts`, unit costs `{table.name}`: {table.source}",
+                  "- per op: " + ", ".join(f"{k} {v:g}" for k, v in sorted(table.ops.items())) + " pJ; memory: "
+                  f"weights {table.dram_pj_per_byte:g} pJ/byte (DRAM, read once per image), activations "
+                  f"{table.sram_pj_per_byte:g} pJ/byte (on-chip buffer, read and written by every op)"]
+    return [*lines, ""]
 
 
 def file_hash(path: Path) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from latency_model.energy import DEFAULT_MODEL as DEFAULT_ENERGY_MODEL
+from latency_model.energy import NOTES as ENERGY_NOTES
 from latency_model.pays import SLOTS, WhereItPays
 from search_spaces import ArchConfig
 from search_spaces.space import block_options
@@ -265,6 +267,7 @@ class Report:
     refined: list = field(default_factory=list)
     refined_front: list = field(default_factory=list)
     trust: object = None
+    energy_note: str = ENERGY_NOTES[DEFAULT_ENERGY_MODEL]  # what the energy figures are, by the study's energy model
 
 
 def report(ostudy: optuna.Study, out: Path, title: str, pays: "WhereItPays | None" = None) -> Report:
@@ -283,4 +286,5 @@ def report(ostudy: optuna.Study, out: Path, title: str, pays: "WhereItPays | Non
             files.append(plot_allocation(front, out / "allocation.png"))
     if pays is not None and pays.ratios:
         files.append(plot_pays(pays, title, out / "pays.png"))
-    return Report(pts, front, files, metrics)
+    model = (ostudy.user_attrs.get(attr.STUDY_ENERGY_TABLE) or {}).get("model", DEFAULT_ENERGY_MODEL)
+    return Report(pts, front, files, metrics, energy_note=ENERGY_NOTES.get(model, ENERGY_NOTES[DEFAULT_ENERGY_MODEL]))
