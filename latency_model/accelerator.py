@@ -40,9 +40,8 @@ What differs from running the released script, on purpose (``docs/energy.md``):
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -154,50 +153,26 @@ class LayerPrice:
 
 
 _TILING_KEYS = ("N0", "N3", "M0", "M1", "M2", "M3", "C0", "C1", "C2", "E1", "E3")
+_CHUNK = 1 << 16  # candidates evaluated at once (a large layer's are split along N: bounded memory)
 
 
-def _search(layer: Layer) -> LayerPrice | None:
-    """The released search over every candidate tiling of ``layer``, vectorized (one array entry per candidate, in
-    the released loop order N, M, C, E); None when no tiling fits."""
+def _costs(layer: Layer, n0, n3, m0, m1, m2, m3, c0, c1, c2, e1, e3) -> tuple[np.ndarray, ...]:
+    """Whether each candidate tiling fits, its energy (mJ), latency (s) and energy per level, over arrays of the
+    factors that broadcast together (the released ``valid_tiling``, ``get_energy`` and ``get_latency``)."""
     bits = layer.bits
-    if bits not in _COMPUTE_PJ:
-        raise ValueError(f"the accelerator model prices 32- and 8-bit layers, not {bits}-bit ({layer.describe()})")
-    mem, cmp_ = (1, 1) if bits == 32 else (2, 4)
+    mem, pes = (1, 1) if bits == 32 else (2, 4)  # an 8-bit layer: twice the words, four times the PEs
     n, c, m = layer.batch, layer.in_channels, layer.out_channels
     (h, w), (e, f) = layer.in_size, layer.out_size
     r = s = float(layer.kernel)
     stride = layer.stride
-    fc = layer.kind == "FC" or (h == w == e == f == 1)
     u = _units(layer.kind, bits)
-
-    n_t = np.array(tilings(n, 2), dtype=np.float64).reshape(-1, 2)
-    m_t = np.array([t for t in _released_m_prefilter(tilings(m, 4)) if t[0] <= PSUM_RF * mem],
-                   dtype=np.float64).reshape(-1, 4)
-    c_t = np.array([t for t in tilings(c, 4) if t[3] == 1], dtype=np.float64).reshape(-1, 4)
-    e_t = np.array([t for t in tilings(e, 2) if fc or t[0] != 1], dtype=np.float64).reshape(-1, 2)
-    if not (len(n_t) and len(m_t) and len(c_t) and len(e_t)):
-        return None
-    def along(table: np.ndarray, axis: int) -> list[np.ndarray]:  # each factor's column on its own grid axis
-        shape = [1, 1, 1, 1]
-        shape[axis] = -1
-        return [column.reshape(shape) for column in table.T]
-
-    n0, n3 = along(n_t, 0)
-    m0, m1, m2, m3 = along(m_t, 1)
-    c0, c1, c2, c3 = along(c_t, 2)
-    e1, e3 = along(e_t, 3)
-
-    valid = ((m1 * c1 * e1 * r < PES * cmp_) & (c0 * s < INPUT_RF * mem) & (m0 * c0 * s < WEIGHT_RF * mem)
+    c3 = 1
+    valid = ((m1 * c1 * e1 * r < PES * pes) & (c0 * s < INPUT_RF * mem) & (m0 * c0 * s < WEIGHT_RF * mem)
              & (n0 * c1 * c0 * ((e1 - 1) * stride + r) * ((f - 1) * stride + s) + n0 * m2 * m1 * m0 * e1 * f
                 < BUFFER * mem))
-    valid = np.broadcast_to(valid, (len(n_t), len(m_t), len(c_t), len(e_t)))
-    count = int(valid.sum())
-    if not count:
-        return None
-
     ifmap, weight, ofmap = n * h * w * c, r * s * c * m, n * e * f * m
     macs = n * e * f * m * r * s * c
-    dram_i, dram_w, dram_o = m3 * ifmap, n3 * e3 * weight, np.maximum(2 * c3 - 1, 1) * ofmap
+    dram_i, dram_w, dram_o = m3 * ifmap, n3 * e3 * weight, max(2 * c3 - 1, 1) * ofmap
     gb_i, gb_o = m3 * m2 * ifmap, np.maximum(2 * c3 * (c2 - 1), 1) * ofmap
     noc_i = m3 * m2 * m1 * r * e / h * ifmap
     noc_w = n3 * e3 * e1 * weight
@@ -205,29 +180,58 @@ def _search(layer: Layer) -> LayerPrice | None:
     rf_i = m3 * m2 * m1 * r * e / h * m0 * s * f / w * ifmap
     rf_w = n3 * e3 * e1 * f * n0 * weight
     rf_o = np.maximum(c3 * c2 * c1 * r * (c0 * s - 1) * 2, 1) * ofmap
-    levels = {"compute": macs * u["comp"],
-              "dram": (dram_i + dram_w + dram_o) * u["dram"],  # the DRAM -> buffer hop costs 0 in the released model
-              "gb": (gb_i + gb_o) * u["gb"],
-              "noc": (noc_i + noc_w) * u["noc"] + noc_o * u["noc_psum"],
-              "rf": (rf_i + rf_o) * u["rf"] + rf_w * u["rf_weight"]}
-    energy = (levels["compute"] + (dram_i + dram_w + dram_o) * u["dram"] + (gb_i + gb_o) * u["gb"]
+    # summed in the released order: ties between candidates are broken on these exact values
+    energy = (macs * u["comp"] + (dram_i + dram_w + dram_o) * u["dram"] + (gb_i + gb_o) * u["gb"]
               + (noc_i + noc_w) * u["noc"] + noc_o * u["noc_psum"] + (rf_i + rf_o) * u["rf"] + rf_w * u["rf_weight"])
     latency = n3 * n0 * m3 * m2 * m0 * c3 * c2 * c0 * e3 * f * s * u["cycle"]
-    energy, latency = np.broadcast_arrays(energy, latency)
+    levels = (macs * u["comp"], (dram_i + dram_w + dram_o) * u["dram"],  # the DRAM -> buffer hop costs 0
+              (gb_i + gb_o) * u["gb"], (noc_i + noc_w) * u["noc"] + noc_o * u["noc_psum"],
+              (rf_i + rf_o) * u["rf"] + rf_w * u["rf_weight"])
+    return valid, energy, latency, levels
 
-    e_valid, l_valid = energy[valid], latency[valid]
-    score = (e_valid - e_valid.min()) / e_valid.max() + (l_valid - l_valid.min()) / l_valid.max()
-    best = np.flatnonzero(valid.ravel())[int(np.argmin(score))]
-    i, j, k, q = np.unravel_index(best, valid.shape)
-    at = (i, j, k, q)
 
-    def pick(value) -> float:
-        return float(np.broadcast_to(value, valid.shape)[at])
+def _search(layer: Layer) -> LayerPrice | None:
+    """The released search over every candidate tiling of ``layer``, vectorized (one array entry per candidate, in
+    the released loop order N, M, C, E; a large layer's in chunks along N); None when no tiling fits."""
+    if layer.bits not in _COMPUTE_PJ:
+        raise ValueError(f"the accelerator model prices 32- and 8-bit layers, not {layer.bits}-bit "
+                         f"({layer.describe()})")
+    fc = layer.kind == "FC" or layer.in_size == layer.out_size == (1, 1)
+    psum_words = PSUM_RF * (1 if layer.bits == 32 else 2)
+    n_t = np.array(tilings(layer.batch, 2), dtype=np.float64).reshape(-1, 2)
+    m_t = np.array([t for t in _released_m_prefilter(tilings(layer.out_channels, 4)) if t[0] <= psum_words],
+                   dtype=np.float64).reshape(-1, 4)
+    c_t = np.array([t[:3] for t in tilings(layer.in_channels, 4) if t[3] == 1], dtype=np.float64).reshape(-1, 3)
+    e_t = np.array([t for t in tilings(layer.out_size[0], 2) if fc or t[0] != 1], dtype=np.float64).reshape(-1, 2)
+    if not (len(n_t) and len(m_t) and len(c_t) and len(e_t)):
+        return None
 
-    tiling = (*n_t[i], *m_t[j], *c_t[k][:3], *e_t[q])
-    return LayerPrice(pick(energy), pick(latency), pick(levels["compute"]), pick(levels["dram"]), pick(levels["gb"]),
-                      pick(levels["noc"]), pick(levels["rf"]), tuple(zip(_TILING_KEYS, map(int, tiling))), count,
-                      layer)
+    def along(table: np.ndarray, axis: int) -> list[np.ndarray]:  # each factor's column on its own grid axis
+        shape = [1, 1, 1, 1]
+        shape[axis] = -1
+        return [column.reshape(shape) for column in table.T]
+
+    rest = (*along(m_t, 1), *along(c_t, 2), *along(e_t, 3))
+    per_n = len(m_t) * len(c_t) * len(e_t)
+    step = max(1, _CHUNK // per_n)
+    energies, latencies, where = [], [], []
+    for first in range(0, len(n_t), step):
+        valid, energy, latency, _ = _costs(layer, *along(n_t[first:first + step], 0), *rest)
+        valid = np.broadcast_to(valid, (min(step, len(n_t) - first), len(m_t), len(c_t), len(e_t)))
+        energies.append(np.broadcast_to(energy, valid.shape)[valid])
+        latencies.append(np.broadcast_to(latency, valid.shape)[valid])
+        where.append(np.flatnonzero(valid.ravel()) + first * per_n)
+    energy, latency, where = (np.concatenate(x) for x in (energies, latencies, where))
+    if not len(energy):
+        return None
+    score = (energy - energy.min()) / energy.max() + (latency - latency.min()) / latency.max()
+    best = int(np.argmin(score))  # the first minimum, as the released strict < keeps it
+    i, j, k, q = np.unravel_index(where[best], (len(n_t), len(m_t), len(c_t), len(e_t)))
+    tiling = (*n_t[i], *m_t[j], *c_t[k], *e_t[q])
+    _, chosen_energy, chosen_latency, levels = _costs(layer, *tiling)
+    assert chosen_energy == energy[best] and chosen_latency == latency[best]
+    return LayerPrice(float(chosen_energy), float(chosen_latency), *map(float, levels),
+                      tuple(zip(_TILING_KEYS, map(int, tiling))), len(energy), layer)
 
 
 def patches_fc(layer: Layer) -> Layer:
@@ -261,9 +265,4 @@ def total(layers: Iterable[Layer]) -> tuple[float, float, float]:
     return energy * 1e3, compute * 1e3, latency * 1e3
 
 
-def round_rows(layer: Layer, rows: float) -> Layer:
-    """``layer`` on ``rows`` rows (rounded, at least one): an MoE expert's layer at its expected token count."""
-    return replace(layer, batch=max(1, int(math.floor(rows + 0.5))))
-
-
-__all__ = ["LayerPrice", "NAME", "NOTE", "SOURCE", "patches_fc", "price_layer", "round_rows", "tilings", "total"]
+__all__ = ["LayerPrice", "NAME", "NOTE", "SOURCE", "patches_fc", "price_layer", "tilings", "total"]

@@ -88,6 +88,19 @@ def test_profile_fit_and_latency_from_the_command_line(tmp_path, capsys):
     expected = estimate(ArchConfig.load(arch))  # one image, the study's (default) table: the same figure anywhere
     assert last["energy_uj"] == pytest.approx(expected.total_uj) and last["energy_breakdown"]["table"] == "horowitz45nm"
     assert last["op_counts"]["mult.fp32"] == expected.counts.ops["mult.fp32"] > 0 and last["bytes"]["weights"] > 0
+    # the other energy model's figure beside it; under energy.model accelerator, every layer it priced
+    from latency_model.energy import EnergySettings
+
+    accelerator = estimate(ArchConfig.load(arch), EnergySettings.from_dict({"model": "accelerator"}))
+    assert last["energy_models"] == pytest.approx({"op_counts": expected.total_uj, "accelerator": accelerator.total_uj})
+    study.write_text(yaml.safe_dump({**yaml.safe_load(study.read_text()), "energy": {"model": "accelerator"}}))
+    assert main(["latency", str(study), "--config", str(arch), "--json"]) == 0
+    under = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert under["energy_breakdown"]["model"] == "accelerator" and under["energy_uj"] == pytest.approx(
+        accelerator.total_uj) and under["energy_models"]["op_counts"] == pytest.approx(expected.total_uj)
+    layers = under["energy_layers"]
+    assert layers[0]["block"] == "frame" and {r["block"] for r in layers} >= {"0", "1"}
+    assert sum(r["energy_uj"] * r["times"] for r in layers) == pytest.approx(under["energy_uj"], rel=1e-6)
     # a predictor for another device is refused with one clear line
     assert main(["latency", str(study), "--config", str(arch), "--device", "elsewhere",
                  "--predictor", str(predictors[0])]) == 2

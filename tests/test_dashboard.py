@@ -143,7 +143,11 @@ def test_a_trial_note_says_what_a_person_needs(tiny_spec):
     assert rows[2].endswith("| 0.97 | 4 (1.5 + 2.5) |") and rows[3].endswith("| 0.23 | 2 (0.5 + 1.5) |")
     note = trial_note(5, TrialState.COMPLETE, {"config": config.to_json(), "latency_breakdown": breakdown,
                                                "energy_breakdown": energy}, "cpu-x")
-    assert "(unit costs `horowitz45nm`): **9 µJ** = compute 3 + memory 6 µJ" in note and "not a measurement" in note
+    assert "unit costs `horowitz45nm` (weights read once from DRAM, activations on chip): **9 µJ** = compute 3 + " \
+           "memory 6 µJ" in note and "not a measurement" in note
+    accelerator = {**energy, "model": "accelerator", "table": "accelerator", "accelerator_latency_ms": 0.25}
+    note = trial_note(5, TrialState.COMPLETE, {"config": config.to_json(), "energy_breakdown": accelerator}, "cpu-x")
+    assert "energy model `accelerator`" in note and "accelerator latency 0.25 ms): **9 µJ**" in note
 
     duplicate = trial_note(7, TrialState.COMPLETE, {"config": config.to_json(), "duplicate_of": 3,
                                                     "latency_breakdown": breakdown}, "cpu-x")

@@ -127,7 +127,7 @@ def test_diverging_trials_fail_with_their_reason_and_keep_the_study(searchable, 
 
 def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path):
     study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1e-6,
-                                                  "energy_budget_uj": 1e9},
+                                                  "energy_budget_uj": 1e9}, energy={"model": "accelerator"},
                             pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
     search(study_file)
     trials = stored_trials(study_file)
@@ -137,6 +137,7 @@ def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path)
     # nothing is faster than 1 ns: every complete trial is infeasible, so there is no best to export
     assert complete and all(t.constraints["latency_ms"] > 0 for t in complete)
     assert all(t.constraints["energy_uj"] == t.user_attrs[attr.ENERGY_UJ] - 1e9 < 0 for t in complete)
+    assert all(t.user_attrs[attr.ENERGY_BREAKDOWN]["model"] == "accelerator" for t in complete)  # the study's model
     with pytest.raises(StateError, match="feasible"):
         pipeline.export(Study.load(study_file), "best", tmp_path / "x")
 

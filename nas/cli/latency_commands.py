@@ -281,9 +281,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _energy(study: Study, config) -> dict:
-    """Print the architecture's energy estimate (one image, MoE experts at equal shares) and return its JSON keys:
-    ``energy_uj``, ``energy_breakdown``, ``op_counts`` and ``bytes`` (``{}`` where a primitive declares no counts)."""
-    from latency_model.energy import NOTE, estimate
+    """Print the architecture's energy estimate (one image, MoE experts at equal shares) under the study's energy
+    model, and the other model's figure beside it; return the JSON keys: ``energy_uj``, ``energy_breakdown`` (with
+    the model named), ``energy_models`` (both models' totals), ``energy_layers`` (the accelerator model's layers,
+    under it), ``op_counts`` and ``bytes`` (``{}`` where a primitive cannot be priced)."""
+    from latency_model.energy import MODELS, EnergySettings, estimate
 
     try:
         energy = estimate(config, study.energy)
@@ -291,9 +293,17 @@ def _energy(study: Study, config) -> dict:
         console.print(f"[yellow]no energy estimate[/]: {e}")
         return {}
     console.print(f"estimated energy {energy.total_uj:.4g} µJ per image (compute {energy.compute_uj:.4g} + memory "
-                  f"{energy.memory_uj:.4g}; unit costs {energy.table}): {NOTE}")
+                  f"{energy.memory_uj:.4g}; energy model {energy.model}, {energy.table}): {energy.note}")
+    both = {energy.model: energy.total_uj}
+    for other in (m for m in MODELS if m != energy.model):
+        try:
+            both[other] = estimate(config, EnergySettings.from_dict({"model": other})).total_uj
+        except (ConfigError, NotImplementedError):
+            continue
+        console.print(f"  under energy model {other}: {both[other]:.4g} µJ (docs/energy.md: what each assumes)")
     counts = energy.counts.to_dict()
-    return {"energy_uj": energy.total_uj, "energy_breakdown": energy.to_dict(), "op_counts": counts["ops"],
+    return {"energy_uj": energy.total_uj, "energy_breakdown": energy.to_dict(), "energy_models": both,
+            **({"energy_layers": energy.layer_rows()} if energy.layers else {}), "op_counts": counts["ops"],
             "bytes": {"weights": counts["weight_bytes"], "activations": counts["activation_bytes"]}}
 
 

@@ -25,8 +25,9 @@
       latency_budget_ms: null             # configs predicted slower are infeasible (latency_ms not an objective)
       energy_budget_uj: null              # configs estimated to spend more are infeasible (energy_uj not one)
     latency: {...}                        # see latency_model.settings
-    energy:                               # the unit-cost table energy_uj is priced with (latency_model.energy)
-      table: horowitz45nm                 # horowitz45nm | shiftaddnas; ops: {shift.int32: 0.13, ...},
+    energy:                               # how energy_uj is priced (latency_model.energy)
+      model: op_counts                    # op_counts | accelerator (the released accelerator model, its own costs)
+      table: horowitz45nm                 # op_counts: horowitz45nm | shiftaddnas; ops: {shift.int32: 0.13, ...},
                                           #   dram_pj_per_byte, sram_pj_per_byte override its entries
     budget:
       n_trials: 20                        # trials that finish (complete or pruned); a re-run continues up to it
