@@ -6,11 +6,13 @@ import json
 import math
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
 from latency_model import accelerator
 from latency_model.energy import EnergySettings, estimate, model_layers
+from nas.search.dashboard import study_note
 from nas.study import Study
 from search_spaces import ArchConfig, BlockConfig, ConfigError, ModelSpec, registry
 from search_spaces.accelerator_layers import Layer, conv, fc
@@ -148,6 +150,8 @@ def test_the_study_picks_the_model(tmp_path):
     study = Study.load(_study(tmp_path, energy={"model": "accelerator"},
                               objectives={"metrics": ["accuracy", "energy_uj"]}))
     assert study.energy.model == "accelerator" and study.energy.to_dict()["model"] == "accelerator"
+    note = study_note(study, optuna.create_study())  # the study's note names the model searched on
+    assert "- an objective: an estimate for an Eyeriss-like accelerator" in note and "energy model `accelerator`" in note
     assert Study.load(_study(tmp_path)).energy.model == "op_counts"
     with pytest.raises(ConfigError, match="energy.model.*'eyeriss'.*op_counts, accelerator"):
         Study.load(_study(tmp_path, energy={"model": "eyeriss"}))
