@@ -17,9 +17,10 @@ from nas import attributes as attr
 from nas.training.checkpoints import load_model
 from nas.cli import main
 from nas import pipeline
+from nas.search.storage import open_study
 from nas.study import Study
 from search_spaces import ArchConfig
-from search_spaces.errors import StateError
+from search_spaces.errors import ConfigError, StateError
 
 from tiny import free_port, search, stored_trials
 
@@ -138,6 +139,13 @@ def test_single_objective_with_a_latency_budget_and_pruner(searchable, tmp_path)
     assert complete and all(t.constraints["latency_ms"] > 0 for t in complete)
     assert all(t.constraints["energy_uj"] == t.user_attrs[attr.ENERGY_UJ] - 1e9 < 0 for t in complete)
     assert all(t.user_attrs[attr.ENERGY_BREAKDOWN]["model"] == "accelerator" for t in complete)  # the study's model
+    # going on under another energy model is refused: the stored trials' energy would not compare
+    data = yaml.safe_load(study_file.read_text())
+    study_file.write_text(yaml.safe_dump({**data, "energy": {"model": "op_counts"}}))
+    with pytest.raises(ConfigError, match=r"energy.model.*priced its trials' energy with model accelerator"):
+        open_study(Study.load(study_file))
+    assert len(stored_trials(study_file)) == 3
+    study_file.write_text(yaml.safe_dump(data))
     with pytest.raises(StateError, match="feasible"):
         pipeline.export(Study.load(study_file), "best", tmp_path / "x")
 

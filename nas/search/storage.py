@@ -15,6 +15,7 @@ import optuna
 
 from kernels.cache import file_lock, lock_dir
 from latency_model.db import redact
+from latency_model.energy import DEFAULT_MODEL as DEFAULT_ENERGY_MODEL
 from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError, ResourceError, StateError
 
@@ -88,8 +89,10 @@ def _open_study(study: Study, create: bool, heartbeat: bool) -> optuna.Study:
             raise ConfigError("objectives.metrics", f"study {study.name!r} in {redact(study.storage)} optimizes "
                                                     f"{stored}, but the file asks for {directions}; give the study "
                                                     "another name to start afresh", str(study.path))
-        return optuna.load_study(study_name=study.name, storage=storage, sampler=create_sampler(study),
-                                 pruner=create_pruner(study))
+        ostudy = optuna.load_study(study_name=study.name, storage=storage, sampler=create_sampler(study),
+                                   pruner=create_pruner(study))
+        _check_energy(study, ostudy)
+        return ostudy
     if not create:
         known = ", ".join(sorted(existing)) or "none"
         raise StateError("name", f"no study {study.name!r} in {redact(study.storage)} (studies there: {known}); "
@@ -109,6 +112,20 @@ def _open_study(study: Study, create: bool, heartbeat: bool) -> optuna.Study:
                 continue  # not in this space: a search cannot propose it, so the report shows no such point
             ostudy.enqueue_trial(params, user_attrs={attr.REFERENCE: name})
     return ostudy
+
+
+def _check_energy(study: Study, ostudy: optuna.Study) -> None:
+    """Refuse to go on with a study that searches on energy under another energy model or table than its stored
+    trials were priced with: their ``energy_uj`` would not compare."""
+    stored = ostudy.user_attrs.get(attr.STUDY_ENERGY_TABLE)
+    if not stored or not study.objectives.uses_energy:
+        return
+    was, now = (stored.get("model", DEFAULT_ENERGY_MODEL), stored.get("name")), (study.energy.model, study.energy.name)
+    if was != now:
+        raise ConfigError("energy.model" if was[0] != now[0] else "energy.table",
+                          f"study {study.name!r} in {redact(study.storage)} priced its trials' energy with model {was[0]} ({was[1]}), but the file asks for {now[0]} "
+                          f"({now[1]}); their energy_uj would not compare: set the energy section back, or give the "
+                          "study another name to start afresh", str(study.path))
 
 
 def refine_study_name(study: Study) -> str:
