@@ -44,14 +44,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from search_spaces import ArchConfig, BlockConfig, registry
+from search_spaces import accelerator_layers as al
 from search_spaces import counts as oc
+from search_spaces.accelerator_layers import Layer
 from search_spaces.config import ConfigError
 from search_spaces.families import ModelDims, family_for
 from search_spaces.ops.moe import MoELoad
 from search_spaces.schema import check_keys, check_number
-
-from search_spaces import accelerator_layers as al
-from search_spaces.accelerator_layers import Layer
 
 from . import accelerator
 from .decomposition import block_shapes

@@ -120,12 +120,14 @@ def _check_energy(study: Study, ostudy: optuna.Study) -> None:
     stored = ostudy.user_attrs.get(attr.STUDY_ENERGY_TABLE)
     if not stored or not study.objectives.uses_energy:
         return
-    was, now = (stored.get("model", DEFAULT_ENERGY_MODEL), stored.get("name")), (study.energy.model, study.energy.name)
+    was = (stored.get("model", DEFAULT_ENERGY_MODEL), stored.get("name"))
+    now = (study.energy.model, study.energy.name)
     if was != now:
         raise ConfigError("energy.model" if was[0] != now[0] else "energy.table",
-                          f"study {study.name!r} in {redact(study.storage)} priced its trials' energy with model {was[0]} ({was[1]}), but the file asks for {now[0]} "
-                          f"({now[1]}); their energy_uj would not compare: set the energy section back, or give the "
-                          "study another name to start afresh", str(study.path))
+                          f"study {study.name!r} in {redact(study.storage)} priced its trials' energy with model "
+                          f"{was[0]} ({was[1]}), but the file asks for {now[0]} ({now[1]}); their energy_uj would "
+                          "not compare: set the energy section back, or give the study another name to start afresh",
+                          str(study.path))
 
 
 def refine_study_name(study: Study) -> str:
