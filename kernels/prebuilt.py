@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache import file_sha256
 from .spec import KernelError, KernelResourceError, KernelSpec
 
 FORMAT = "1"
@@ -50,14 +51,6 @@ def code_fingerprint() -> str:
         digest.update(name.encode())
         digest.update((Path(__file__).parent / name).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _spec_dict(spec: KernelSpec) -> dict[str, Any]:
@@ -116,7 +109,7 @@ def build(specs: Iterable[KernelSpec], target: Any, folder: Path,
     import tvm
 
     from . import target as targets
-    from .tuning import _default_schedule
+    from .tuning import default_schedule
 
     target = targets.resolve(target)
     if targets.is_cuda(target):  # the launch code runs on the other machine's CPU: generic x86-64, not this one's
@@ -129,7 +122,7 @@ def build(specs: Iterable[KernelSpec], target: Any, folder: Path,
     for i, spec in enumerate(specs):
         if on_kernel is not None:
             on_kernel(i, len(specs), spec)
-        scheduled = _default_schedule(spec, target)["main"]
+        scheduled = default_schedule(spec, target)["main"]
         functions[function_name(spec)] = scheduled.with_attr("global_symbol", function_name(spec))
     try:
         executable = tvm.compile(tvm.IRModule(functions), target=target)
@@ -142,7 +135,7 @@ def build(specs: Iterable[KernelSpec], target: Any, folder: Path,
     tmp = folder / f".{LIBRARY}.{os.getpid()}.tmp.so"
     executable.export_library(str(tmp))
     os.replace(tmp, library)
-    manifest = Manifest(targets.describe(target), tvm.__version__, code_fingerprint(), _sha256(library),
+    manifest = Manifest(targets.describe(target), tvm.__version__, code_fingerprint(), file_sha256(library),
                         tuple(_spec_dict(spec) for spec in specs))
     tmp_manifest = folder / f".{MANIFEST}.{os.getpid()}.tmp"
     tmp_manifest.write_text(manifest.to_json())
@@ -216,7 +209,7 @@ class PrebuiltKernels:
         manifest = Manifest.read(folder)
         rebuild = f"rebuild with `nas kernels build STUDY --target ... --out {folder}`"
         library = folder / LIBRARY
-        if not library.is_file() or _sha256(library) != manifest.library_sha256:
+        if not library.is_file() or file_sha256(library) != manifest.library_sha256:
             raise KernelError("prebuilt", f"{library} is missing or is not the library its manifest describes "
                                           f"(interrupted copy or build): {rebuild}")
         if manifest.code != code_fingerprint():

@@ -32,7 +32,7 @@ from typing import Any
 import tvm
 
 from . import target as targets
-from .cache import cache_dir, file_lock
+from .cache import cache_dir, file_lock, file_sha256
 from .spec import KernelError, KernelResourceError, KernelSpec
 from .tvm_import import import_tensor_intrinsics
 
@@ -83,14 +83,6 @@ class _Meta:
             return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -127,10 +119,10 @@ def _source_hash(spec: KernelSpec, target: tvm.target.Target) -> str:
     """A fingerprint of the task's code: its computation and its untuned schedule (a hand-written one included).
     A cache entry built from other code (an earlier version of the definition or the schedule) does not match and
     is rebuilt; a tuning database of the same computation still serves that rebuild."""
-    return hashlib.sha256(_default_schedule(spec, target).script().encode()).hexdigest()[:16]
+    return hashlib.sha256(default_schedule(spec, target).script().encode()).hexdigest()[:16]
 
 
-def _default_schedule(spec: KernelSpec, target: tvm.target.Target) -> tvm.IRModule:
+def default_schedule(spec: KernelSpec, target: tvm.target.Target) -> tvm.IRModule:
     """The untuned schedule: on CPU the variant's hand-written schedule where it has one for this shape
     (``Definition.cpu_schedule``), else TVM's defaults; on CUDA, dlight's generic GPU rules (thread binding)."""
     mod = _irmodule(spec)
@@ -310,7 +302,7 @@ def get_kernel(
         source = _source_hash(spec, target)
         satisfied = (meta is not None and (meta.tuned or trials == 0) and meta.trials >= trials
                      and meta.source == source)
-        if satisfied and library.exists() and meta.library_sha256 == _sha256(library):
+        if satisfied and library.exists() and meta.library_sha256 == file_sha256(library):
             return _load(spec, target, library, meta, cache_hit=True)
 
         # Not cached, or cached but interrupted/corrupted: rebuild from the tuning database if it still serves.
@@ -332,11 +324,11 @@ def get_kernel(
         tuned = mod is not None
         schedule = "metaschedule"
         if mod is None:
-            mod, schedule = _default_schedule(spec, target), "default"
+            mod, schedule = default_schedule(spec, target), "default"
         else:
             mod, schedule = _faster_of(spec, target, mod)
         _export(mod, target, library)
-        meta = _Meta(known if tuned else 0, tuned, tuning_seconds, _sha256(library), source)
+        meta = _Meta(known if tuned else 0, tuned, tuning_seconds, file_sha256(library), source)
         record = {**meta.__dict__, "schedule": schedule, "spec": spec.to_dict(), "target": targets.describe(target),
                   "tvm": tvm.__version__}
         _write_atomic(meta_path, json.dumps(record, indent=2) + "\n")
@@ -351,7 +343,7 @@ def _load(spec: KernelSpec, target: tvm.target.Target, library: Path, meta: _Met
 def compile_untuned(spec: KernelSpec, target: str | dict | tvm.target.Target = "cpu"):
     """Compile a task with the default schedule, in memory, without the cache (for checks and CUDA source)."""
     target = targets.resolve(target)
-    return tvm.compile(_default_schedule(spec, target), target=target)
+    return tvm.compile(default_schedule(spec, target), target=target)
 
 
 def cuda_source(spec: KernelSpec, arch: str = targets.DEFAULT_CUDA_ARCH) -> str:

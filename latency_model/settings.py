@@ -97,6 +97,11 @@ class LatencySettings:
     def compiled(self) -> bool:
         return self.runtime == "compiled"
 
+    def check_runtime(self) -> None:
+        """Refuse, before any work, a runtime this machine cannot run (the compiled one without a C++ compiler)."""
+        if self.compiled:
+            check_compiler()
+
     def is_noisy(self, timing: Any) -> bool:
         """Whether a timing is too noisy to fit: its repeats spread too wide, or other processes competed."""
         return timing.spread > self.max_spread or timing.contention > self.max_contention

@@ -8,6 +8,7 @@ CLI turns into progress bars. Errors are :class:`search_spaces.errors.ShiftAddEr
     profile -> fit_latency -> pretrain -> [supernet] -> search -> refine -> report -> export -> finetune
 
 :func:`run` runs them all in order, each skipped when done (what ``nas run`` does), telling a :class:`RunEvents`.
+:func:`latency` prices (and measures) one architecture, as ``nas latency`` does.
 
 Example::
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError, ShiftAddError, StateError
 
 from .search.backends import get_driver
@@ -42,12 +44,12 @@ from .study import Study
 from .study_latency import where_it_pays
 
 if TYPE_CHECKING:
+    from latency_model.energy import EnergyEstimate
     from latency_model.gate import PredictorRefused
-    from latency_model.prediction import Accuracy
+    from latency_model.prediction import Accuracy, Prediction
     from latency_model.predictor import Predictor
     from latency_model.profile import Summary as ProfileSummary
     from latency_model.settings import LatencySettings
-    from search_spaces import ArchConfig
 
     from .device import Placement
     from .finetune import FinetuneResult
@@ -59,9 +61,9 @@ if TYPE_CHECKING:
     from .training.teacher import PretrainResult
 
 
-__all__ = ["FitOptions", "FitResult", "ProfileOptions", "Progress", "RunEvents", "RunOptions", "RunResult", "RunStep",
+__all__ = ["FitOptions", "FitResult", "LatencyOptions", "LatencyReport", "ProfileOptions", "Progress", "RunEvents", "RunOptions", "RunResult", "RunStep",
            "SearchEvents", "SearchOptions", "SearchSummary", "Validation", "FinetuneJob", "export", "finetune",
-           "fit_latency", "in_study", "load_data", "needs_fit", "needs_pretrain", "needs_supernet", "preflight",
+           "fit_latency", "in_study", "latency", "load_data", "needs_fit", "needs_pretrain", "needs_supernet", "preflight",
            "pretrain", "profile", "refine", "RefineOptions", "RefineResult", "report", "run", "search", "supernet",
            "validate", "where_it_pays"]
 
@@ -162,13 +164,10 @@ def profile(study: Study, options: ProfileOptions = ProfileOptions(), *,
 
     from kernels.cache import cache_dir, file_lock, lock_dir
     from latency_model.profile import profile as measure_missing
-    from latency_model.settings import check_compiler
-
     from .disk import ensure_database_writable, ensure_writable
 
     settings = options.settings(study)
-    if settings.compiled:
-        check_compiler()
+    settings.check_runtime()
     ensure_database_writable(settings.db, "latency.db")  # a full disk or read-only folder: said before any work
     ensure_writable(options.kernel_cache or cache_dir(), "kernel cache (--cache, $SHIFTADD_CACHE)")
     key = hashlib.sha256(f"{settings.db}\0{settings.device}".encode()).hexdigest()[:16]
@@ -273,6 +272,114 @@ def needs_fit(study: Study, profiled: "ProfileSummary | None" = None) -> bool:
     except PredictorError:
         return True
     return not predictor.covers(study.space, study.latency.batch_sizes)
+
+
+# ---- latency --------------------------------------------------------------------------------------------------------
+MEASURE_ROUNDS = 3  # a measured latency: the model and the dense model timed in turn, this many times each
+
+
+@dataclass(frozen=True)
+class LatencyOptions:
+    """What ``latency`` prices and measures: the study's latency settings with ``profile``'s overrides, a predictor
+    file (default: the study's), and whether to time the model on the kernels too."""
+
+    profile: ProfileOptions = ProfileOptions()
+    predictor: str | None = None
+    allow_other_device: bool = False
+    measure: bool = False
+
+
+@dataclass
+class LatencyReport:
+    """One architecture priced: its predicted latency (per block), measured too when asked (with the dense model of
+    its shape timed in turn with it), and its energy under the study's energy model and the other."""
+
+    config: ArchConfig
+    batch: int
+    device: str
+    runtime: str
+    prediction: "Prediction"
+    measured_ms: float | None = None
+    dense_ms: float | None = None  # the dense model timed in turn with it (None: not measured, or it is dense)
+    predicted_dense_ms: float | None = None
+    energy: "EnergyEstimate | None" = None
+    energy_error: str | None = None  # why there is no energy estimate (a primitive that cannot be priced)
+    energy_models: dict[str, float] = field(default_factory=dict)  # the total under each energy model that prices it
+
+    @property
+    def measured_vs_dense(self) -> float | None:
+        return None if self.dense_ms is None else self.measured_ms / self.dense_ms
+
+    @property
+    def predicted_vs_dense(self) -> float | None:
+        return None if self.predicted_dense_ms is None else self.prediction.total_ms / self.predicted_dense_ms
+
+
+def latency(study: Study, config: ArchConfig, options: LatencyOptions = LatencyOptions()) -> LatencyReport:
+    """Price ``config`` with the study's predictor at the first batch size; with ``options.measure``, also time it on
+    the kernels the predictor was fitted on (each shape on its table's fastest variant, at the tuning the table was
+    profiled with), in turn with the dense model of its shape, and price both at the routing its routers made."""
+    from latency_model.energy import MODELS, EnergySettings, estimate
+    from latency_model.predictor import Predictor
+
+    settings = options.profile.settings(study)
+    predictor = Predictor.load(options.predictor or settings.predictor, device=settings.device,
+                               allow_other_device=options.allow_other_device)
+    batch = settings.batch_sizes[0]
+    report = LatencyReport(config, batch, predictor.device, settings.runtime, predictor.predict(config, batch))
+    if options.measure:
+        settings.check_runtime()
+        loads, medians = _measure_with_dense(config, settings, batch, options.profile.trials,
+                                             options.profile.kernel_cache)
+        report.measured_ms = medians["model"]
+        report.prediction = predictor.predict(config, batch, moe_loads=loads)  # at the split its routers made
+        if "dense" in medians:
+            report.dense_ms = medians["dense"]
+            report.predicted_dense_ms = predictor.predict(ArchConfig.dense(config.model, config.depth), batch).total_ms
+    try:
+        report.energy = estimate(config, study.energy)
+    except (ConfigError, NotImplementedError) as e:
+        report.energy_error = str(e)
+        return report
+    report.energy_models[study.energy.model] = report.energy.total_uj
+    for other in (m for m in MODELS if m != study.energy.model):
+        try:
+            report.energy_models[other] = estimate(config, EnergySettings.from_dict({"model": other})).total_uj
+        except (ConfigError, NotImplementedError):
+            pass
+    return report
+
+
+def _measure_with_dense(config: ArchConfig, settings: "LatencySettings", batch: int, trials: int | None,
+                        kernel_cache: Path | None) -> tuple[dict, dict[str, float]]:
+    """Median latency (ms) of ``config`` and of the dense model of its shape (``"model"``, ``"dense"``), timed in turn
+    :data:`MEASURE_ROUNDS` times in one process (this machine's speed drifts between launches far more than the two
+    models' ratio does), on kernels tuned with ``trials`` (default: as the table was profiled), and the MoE loads
+    ``config``'s routers made."""
+    import statistics
+
+    from kernels.runtime import to_kernels
+    from latency_model.predictor import router_loads
+    from latency_model.profile import table_kernels, torch_device
+    from latency_model.timing import time_model
+    from search_spaces import build_model
+    from search_spaces.families import ModelDims
+
+    from .study_latency import profiled_trials
+
+    trials = profiled_trials(settings) if trials is None else trials
+    kernels = table_kernels(settings, trials, kernel_root=kernel_cache)
+    device = torch_device(kernels)
+    img = ModelDims.of(config.model).img
+    model = to_kernels(build_model(config), kernels)
+    dense = ArchConfig.dense(config.model, config.depth)
+    models = {"model": model} if config == dense else {"model": model, "dense": to_kernels(build_model(dense), kernels)}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(MEASURE_ROUNDS):
+        for name, each in models.items():
+            times[name].append(time_model(each, batch, img, repeats=settings.repeats, compiled=settings.compiled,
+                                          device=device).median_ms)
+    return router_loads(model), {name: statistics.median(values) for name, values in times.items()}
 
 
 # ---- pretrain -------------------------------------------------------------------------------------------------------
@@ -404,15 +511,13 @@ def refine(study: Study, options: RefineOptions = RefineOptions(),
     refined architecture on this device (``on_measure(label)`` before each). ``on_progress(counts)`` as jobs end."""
     import time
 
-    from latency_model.settings import check_compiler
-
     from .search import refine as jobs_of
     from .search.refined import SETTINGS, refined_front, refined_points, trust
     from .search.storage import open_refine_study, open_study
 
     settings = options.settings(study)
-    if options.measure and study.latency.compiled:
-        check_compiler()  # said before the training, not after it
+    if options.measure:
+        study.latency.check_runtime()  # said before the training, not after it
     started = time.perf_counter()
     with in_study(study):
         ostudy = open_study(study, create=False)
@@ -569,14 +674,12 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
              on_epoch: Callable[[int, float], None] | None = None) -> "FinetuneResult":
     """Fine-tune the job's architecture from the teacher and score it on the test split, writing the weights, the
     config and ``result.json`` into ``out``; with ``measure``, time it on the kernels."""
-    from latency_model.settings import check_compiler
-
     from . import attributes as attr
     from .finetune import finetune as train_config
     from .search.dashboard import note_finetune
 
-    if measure and job.study.latency.compiled:
-        check_compiler()  # said before the training, not after it
+    if measure:
+        job.study.latency.check_runtime()  # said before the training, not after it
     result = train_config(job.study, job.config, job.epochs, out, measure=measure, origin=job.origin,
                           on_epoch=on_epoch, initial=job.initial)
     trial = job.origin.get("trial")
@@ -589,14 +692,11 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
 # ---- run ------------------------------------------------------------------------------------------------------------
 def preflight(study: Study, out: Path) -> None:
     """Every place ``nas run``'s steps write to, checked before the first: not a full disk found at step 4."""
-    from latency_model.settings import check_compiler
-
     from .disk import ensure_database_writable, ensure_writable
 
     training_placement(study)  # a device this machine does not have: said before step 1
     settings = study.latency
-    if settings.compiled:
-        check_compiler()
+    settings.check_runtime()
     ensure_database_writable(settings.db, "latency.db")
     ensure_writable(Path(settings.predictor).parent, "latency.predictor", need_mb=1)
     if study.checkpoint is None:  # pretrain writes the teacher next to the study

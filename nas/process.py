@@ -32,3 +32,14 @@ def quiet_optuna_logging() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def start_worker(threads: int, tvm: bool = False) -> None:
+    """What a search or refine worker process does first: Optuna's per-trial logging and warnings quiet, and, given
+    ``threads``, torch's threads (and with ``tvm`` TVM's: a worker that times kernels) set to its share of the cores."""
+    quiet_optuna_logging()
+    quiet_search_worker_warnings()
+    if threads:
+        set_torch_threads(threads)
+        if tvm:
+            set_tvm_threads(threads)

@@ -13,15 +13,16 @@ if TYPE_CHECKING:
     from latency_model.settings import LatencySettings
 
 
-def profiled_trials(study: Study) -> int:
-    """The tuning trials the study's kernels were profiled with, so a measurement runs the kernels the predictor
-    was fitted on (and a demo profiled untuned does not start tuning here)."""
+def profiled_trials(settings: "LatencySettings") -> int:
+    """The tuning trials the kernels of a latency table (``settings.db``, ``settings.device``) were profiled with,
+    so a measurement runs the kernels the predictor was fitted on (and a demo profiled untuned does not start
+    tuning here)."""
     from latency_model import db
     from latency_model.keys import is_kernel_op
 
-    rows = db.latest(db.connect(study.latency.db), study.latency.device)
+    rows = db.latest(db.connect(settings.db), settings.device)
     tvm = [r.trials for r in rows if is_kernel_op(r.op)]
-    return max(tvm) if tvm else study.latency.trials
+    return max(tvm) if tvm else settings.trials
 
 
 def study_kernels(study: Study):
@@ -29,7 +30,7 @@ def study_kernels(study: Study):
     found fastest (a :class:`kernels.runtime.KernelSet`), so a model run on them is the model the predictor priced."""
     from latency_model.profile import table_kernels
 
-    return table_kernels(study.latency, profiled_trials(study))
+    return table_kernels(study.latency, profiled_trials(study.latency))
 
 
 def measure_latency(study: Study, model) -> float:

@@ -101,6 +101,14 @@ def test_profile_fit_and_latency_from_the_command_line(tmp_path, capsys):
     layers = under["energy_layers"]
     assert layers[0]["block"] == "frame" and {r["block"] for r in layers} >= {"0", "1"}
     assert sum(r["energy_uj"] * r["times"] for r in layers) == pytest.approx(under["energy_uj"], rel=1e-6)
+    # what the command printed is the pipeline's step
+    from nas import pipeline
+    from nas.study import Study
+
+    rep = pipeline.latency(Study.load(study), ArchConfig.load(arch))
+    assert rep.prediction.total_ms == under["predicted_ms"] and rep.measured_ms is None and rep.dense_ms is None
+    assert rep.energy.total_uj == pytest.approx(under["energy_uj"]) and rep.energy_models == pytest.approx(
+        under["energy_models"])
     # a predictor for another device is refused with one clear line
     assert main(["latency", str(study), "--config", str(arch), "--device", "elsewhere",
                  "--predictor", str(predictors[0])]) == 2

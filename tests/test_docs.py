@@ -33,3 +33,10 @@ def test_every_page_is_in_the_navigation():
 
     on_disk = {p.name for p in (ROOT / "docs").glob("*.md")}
     assert pages(config["nav"]) == on_disk
+
+
+def test_the_command_reference_is_written_from_the_parsers():
+    from nas.cli.reference import markdown
+
+    assert (ROOT / "docs" / "cli.md").read_text() == markdown(), (
+        "docs/cli.md is stale: regenerate it with `python -m nas.cli.reference > docs/cli.md`")

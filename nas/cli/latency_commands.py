@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from rich.markup import escape
@@ -12,13 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from latency_model.db import DEFAULT_URL
-from search_spaces.errors import ConfigError
 
 from .. import pipeline
 from ..study import Study
 from .output import PacedLines, console
 
-MEASURE_ROUNDS = 3  # nas latency --measure: the model and the dense model timed in turn, this many times each
 
 
 def _profile_options(args: argparse.Namespace) -> pipeline.ProfileOptions:
@@ -206,103 +203,56 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from latency_model.predictor import Predictor
     from search_spaces import ArchConfig
 
-    study = Study.load(args.study)
-    settings = _profile_options(args).settings(study)
-    config = ArchConfig.load(args.config)
-    predictor = Predictor.load(args.predictor or settings.predictor, device=settings.device,
-                               allow_other_device=args.allow_other_device)
-    batch = args.batch[0] if args.batch else settings.batch_sizes[0]
-    measured, loads, relative = None, None, None
-    if args.measure:
-        if settings.compiled:
-            from latency_model.settings import check_compiler
-
-            check_compiler()
-        from kernels.runtime import to_kernels
-        from latency_model.decomposition import ModelDims
-        from latency_model.predictor import router_loads
-        from latency_model.profile import table_kernels, torch_device
-        from latency_model.timing import time_model
-        from search_spaces import build_model
-
-        kernels = table_kernels(settings, kernel_root=args.cache)
-        device = torch_device(kernels)
-        img = ModelDims.of(config.model).img
-        model = to_kernels(build_model(config), kernels)
-        # The dense model of the same shape, timed in turn with this one in the same process: this machine's speed
-        # drifts between launches far more than the two models' ratio does
-        dense = ArchConfig.dense(config.model, config.depth)
-        models = {"model": model} if config == dense else {"model": model, "dense": to_kernels(build_model(dense),
-                                                                                                 kernels)}
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for _ in range(MEASURE_ROUNDS):
-            for name, each in models.items():
-                times[name].append(time_model(each, batch, img, repeats=settings.repeats,
-                                              compiled=settings.compiled, device=device).median_ms)
-        medians = {name: statistics.median(values) for name, values in times.items()}
-        measured = medians["model"]
-        loads = router_loads(model)  # compare like with like: MoE blocks at the split this model's routers made
-        if "dense" in medians:
-            relative = (medians["model"] / medians["dense"],
-                        predictor.predict(config, batch, moe_loads=loads).total_ms
-                        / predictor.predict(dense, batch).total_ms, medians["dense"])
-    prediction = predictor.predict(config, batch, moe_loads=loads)
-    table = Table(title=f"architecture {config.id}, batch {batch}, device {predictor.device}", title_justify="left")
+    options = pipeline.LatencyOptions(_profile_options(args), args.predictor, args.allow_other_device, args.measure)
+    rep = pipeline.latency(Study.load(args.study), ArchConfig.load(args.config), options)
+    prediction = rep.prediction
+    table = Table(title=f"architecture {rep.config.id}, batch {rep.batch}, device {rep.device}", title_justify="left")
     table.add_column("block")
     table.add_column("choices")
     table.add_column("predicted ms", justify="right")
     table.add_column("breakdown")
-    for i, (block, parts) in enumerate(zip(config.blocks, prediction.blocks)):
+    for i, (block, parts) in enumerate(zip(rep.config.blocks, prediction.blocks)):
         detail = ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
         table.add_row(str(i), block.describe(), f"{sum(parts.values()):.3f}", detail)
     table.add_row("-", "patch embed, tokens, final norm, head", f"{prediction.fixed_ms:.3f}", "")
     console.print(table)
     line = f"predicted {prediction.total_ms:.3f} ms"
-    if measured is not None:
-        line += (f", measured {measured:.3f} ms in the {settings.runtime} runtime (predicted / measured "
-                 f"{prediction.total_ms / measured:.2f})")
+    if rep.measured_ms is not None:
+        line += (f", measured {rep.measured_ms:.3f} ms in the {rep.runtime} runtime (predicted / measured "
+                 f"{prediction.total_ms / rep.measured_ms:.2f})")
     console.print(line)
-    if relative is not None:
-        measured_rel, predicted_rel, dense_ms = relative
-        console.print(f"relative to the dense model timed in turn with it ({dense_ms:.3f} ms): measured "
+    if rep.dense_ms is not None:
+        measured_rel, predicted_rel = rep.measured_vs_dense, rep.predicted_vs_dense
+        console.print(f"relative to the dense model timed in turn with it ({rep.dense_ms:.3f} ms): measured "
                       f"{measured_rel:.3f}x, predicted {predicted_rel:.3f}x (predicted / measured "
                       f"{predicted_rel / measured_rel:.2f})")
-    energy = _energy(study, config)
+    energy = _energy(rep)
     if args.json:
-        print(json.dumps({"config_id": config.id, "batch": batch, "device": predictor.device,
-                          "predicted_ms": prediction.total_ms, "measured_ms": measured,
-                          "measured_vs_dense": relative[0] if relative else None,
-                          "predicted_vs_dense": relative[1] if relative else None,
+        print(json.dumps({"config_id": rep.config.id, "batch": rep.batch, "device": rep.device,
+                          "predicted_ms": prediction.total_ms, "measured_ms": rep.measured_ms,
+                          "measured_vs_dense": rep.measured_vs_dense, "predicted_vs_dense": rep.predicted_vs_dense,
                           "breakdown": prediction.to_dict(), **energy}))
     return 0
 
 
-def _energy(study: Study, config) -> dict:
+def _energy(rep: pipeline.LatencyReport) -> dict:
     """Print the architecture's energy estimate (one image, MoE experts at equal shares) under the study's energy
     model, and the other model's figure beside it; return the JSON keys: ``energy_uj``, ``energy_breakdown`` (with
     the model named), ``energy_models`` (both models' totals), ``energy_layers`` (the accelerator model's layers,
     under it), ``op_counts`` and ``bytes`` (``{}`` where a primitive cannot be priced)."""
-    from latency_model.energy import MODELS, EnergySettings, estimate
-
-    try:
-        energy = estimate(config, study.energy)
-    except (ConfigError, NotImplementedError) as e:
-        console.print(f"[yellow]no energy estimate[/]: {e}")
+    energy = rep.energy
+    if energy is None:
+        console.print(f"[yellow]no energy estimate[/]: {rep.energy_error}")
         return {}
     console.print(f"estimated energy {energy.total_uj:.4g} µJ per image (compute {energy.compute_uj:.4g} + memory "
                   f"{energy.memory_uj:.4g}; energy model {energy.model}, {energy.table}): {energy.note}")
-    both = {energy.model: energy.total_uj}
-    for other in (m for m in MODELS if m != energy.model):
-        try:
-            both[other] = estimate(config, EnergySettings.from_dict({"model": other})).total_uj
-        except (ConfigError, NotImplementedError):
-            continue
-        console.print(f"  under energy model {other}: {both[other]:.4g} µJ (docs/energy.md: what each assumes)")
+    for other, total in rep.energy_models.items():
+        if other != energy.model:
+            console.print(f"  under energy model {other}: {total:.4g} µJ (docs/energy.md: what each assumes)")
     counts = energy.counts.to_dict()
-    return {"energy_uj": energy.total_uj, "energy_breakdown": energy.to_dict(), "energy_models": both,
+    return {"energy_uj": energy.total_uj, "energy_breakdown": energy.to_dict(), "energy_models": rep.energy_models,
             **({"energy_layers": energy.layer_rows()} if energy.layers else {}), "op_counts": counts["ops"],
             "bytes": {"weights": counts["weight_bytes"], "activations": counts["activation_bytes"]}}
 
@@ -350,6 +300,7 @@ def add_commands(add, positive_int, non_negative_int) -> None:
                          help="also run the model on the kernels here and measure its forward latency, in turn "
                               "with the dense model of the same shape (the ratio of the two is what a drifting "
                               "machine keeps)")
-    latency.add_argument("--trials", type=non_negative_int, help="tuning trials for kernels run with --measure")
+    latency.add_argument("--trials", type=non_negative_int,
+                         help="tuning trials for kernels run with --measure (default: as the table was profiled)")
     latency.add_argument("--json", action="store_true", help="end with one JSON line: predicted_ms, measured_ms, "
                                                              "energy_uj, op_counts (batch 1, by '<op>.<type>'), ...")

@@ -348,7 +348,7 @@ def _tuning_line(study: Study) -> str:
     from ..study_latency import profiled_trials
 
     try:
-        trials = profiled_trials(study)
+        trials = profiled_trials(study.latency)
     except Exception:  # noqa: BLE001 - a table that cannot be read yet is said as such
         return "- kernels: not profiled yet"
     if trials == 0:

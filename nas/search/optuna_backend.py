@@ -12,7 +12,6 @@ import os
 import threading
 import time
 import traceback
-import warnings
 from typing import Any
 
 import optuna
@@ -23,9 +22,9 @@ from search_spaces.errors import ConfigError, ShiftAddError
 from .. import attributes as attr
 from ..device import Placement, resolve, resolve_device, worker_device
 from ..disk import ensure_database_writable
-from ..process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads
+from ..process import start_worker
 from ..study import Study, create_sampler, sampler_seed
-from ..upstream.optuna_internals import heartbeat
+from ..upstream.optuna_internals import fail_stale, heartbeat
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .storage import SearchError, claim_lock, open_study
@@ -40,9 +39,7 @@ READY_TIMEOUT_S = 300
 
 def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | None:
     with claim_lock(study):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(ostudy)  # trials of dead workers -> FAIL, and queued again
+        fail_stale(ostudy)  # trials of dead workers -> FAIL, and queued again
         if len(ostudy.get_trials(deepcopy=False, states=STARTED)) >= n_trials:
             return None
         return ostudy.ask()
@@ -61,10 +58,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     from ..training.evaluator import Evaluator
     from .objective import optuna_objective
 
-    quiet_optuna_logging()
-    quiet_search_worker_warnings()
-    if threads:
-        set_torch_threads(threads)
+    start_worker(threads)
     study = Study.load(study_path, storage=storage).on_device(device)
     ostudy = open_study(study, heartbeat=True)
     stream = (driver_seed, stored_at_start, worker)

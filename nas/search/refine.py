@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +34,9 @@ from search_spaces import ArchConfig
 from search_spaces.errors import ShiftAddError
 
 from .. import attributes as attr
-from ..process import quiet_optuna_logging, quiet_search_worker_warnings, set_torch_threads, set_tvm_threads
+from ..process import start_worker
 from ..study import Study
-from ..upstream.optuna_internals import claim_waiting, fail_trial, heartbeat
+from ..upstream.optuna_internals import claim_waiting, fail_stale, fail_trial, heartbeat
 from .report import pareto_trials
 from .storage import SearchError, claim_lock, open_refine_study, refine_study_name
 
@@ -108,7 +107,7 @@ def enqueue(study: Study, rstudy: optuna.Study, jobs: list[Job]) -> list[Job]:
     """Queue the jobs no trial has finished, is running or is waiting for; returns them. Stale trials of dead
     workers are marked FAIL first, so their jobs are queued again."""
     with claim_lock(study):
-        _fail_stale(rstudy)
+        fail_stale(rstudy)
         taken = {t.user_attrs.get(attr.REFINE_JOB) for t in rstudy.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))}
         queued = [job for job in jobs if job.key not in taken]
@@ -117,18 +116,12 @@ def enqueue(study: Study, rstudy: optuna.Study, jobs: list[Job]) -> list[Job]:
     return queued
 
 
-def _fail_stale(rstudy: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(rstudy)
-
-
 def claim(study: Study, rstudy: optuna.Study) -> optuna.Trial | None:
     """The next waiting job, now RUNNING for this process; None when none waits. A job some other trial already
     finished or runs (two drivers queued it at once on two machines) is dropped here, marked PRUNED."""
     while True:
         with claim_lock(study):
-            _fail_stale(rstudy)
+            fail_stale(rstudy)
             trial = claim_waiting(rstudy)
         if trial is None:
             return None
@@ -150,11 +143,7 @@ def run_worker(study: Study, threads: int = 0, evaluator=None, where: dict[str, 
     from ..training.checkpoints import save_weights
     from ..training.evaluator import Evaluator, tested_attrs
 
-    quiet_optuna_logging()
-    quiet_search_worker_warnings()
-    if threads:
-        set_torch_threads(threads)
-        set_tvm_threads(threads)
+    start_worker(threads, tvm=True)  # a fine-tune may run kernels: TVM gets the same share of the cores
     rstudy = open_refine_study(study, heartbeat=True)
     assert rstudy is not None
     evaluator = evaluator or Evaluator(study, mode="finetune")

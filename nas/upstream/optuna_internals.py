@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import AbstractContextManager
 
 import optuna
@@ -28,6 +29,14 @@ def claim_waiting(study: optuna.Study) -> Trial | None:
         if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
             return Trial(study, t._trial_id)
     return None
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the RUNNING trials whose heartbeat stopped (their worker died), so that they can be queued again:
+    Optuna's ``fail_stale_trials``, whose experimental-API warning is silenced here, once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
