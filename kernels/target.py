@@ -8,28 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any
 
 import tvm
 
+from .host import cpu_threads
 from .spec import DEFAULT_CUDA_ARCH, KernelError
 
 
 def host_cpu() -> str:
     """LLVM's name for this machine's CPU, e.g. ``rocketlake``."""
     return str(tvm.target.codegen.llvm_get_system_cpu())
-
-
-def cpu_threads() -> int:
-    """Threads TVM's runtime uses: ``TVM_NUM_THREADS`` if set, else the cores this process may run on."""
-    env = os.environ.get("TVM_NUM_THREADS")
-    if env:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def cpu_target(num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:

@@ -64,6 +64,13 @@ def default_device_name(target: Any) -> str:
         from kernels.spec import DEFAULT_CUDA_ARCH
 
         return f"cuda-{text.split(':', 1)[1] if ':' in text else DEFAULT_CUDA_ARCH}"
+    if text == "cpu":  # named without importing TVM where this machine was named before
+        from kernels.host import cpu_name, cpu_threads
+
+        try:
+            return f"cpu-{cpu_name()}-{cpu_threads()}c"
+        except ImportError:
+            return ""
     try:
         from kernels import target as targets
     except ImportError:

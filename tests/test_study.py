@@ -91,3 +91,28 @@ def test_validate_command(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "num_classes" in err and "10 classes" in err and "Traceback" not in err
+
+
+def test_loading_a_study_and_building_its_model_loads_no_heavy_optional_library(tmp_path, monkeypatch):
+    """TVM, Ray, optuna-dashboard and matplotlib load where they are used, not when a study is read (every command,
+    every search worker) or a model built (training): the CPU's device name is remembered once TVM named it."""
+    import json
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SHIFTADD_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "model": TINY_MODEL}))
+    named = Study.load(path).latency.device  # the first naming asks TVM, and remembers
+    code = f"""
+import json, sys
+import numpy as np
+from nas.study import Study
+from search_spaces import build_model
+study = Study.load({str(path)!r})
+build_model(study.space.sample(np.random.default_rng(0)))
+print(json.dumps([study.latency.device, [m for m in ("tvm", "ray", "optuna_dashboard", "matplotlib") if m in sys.modules]]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    device, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert device == named and named.startswith("cpu-") and loaded == []
