@@ -61,11 +61,11 @@ if TYPE_CHECKING:
     from .training.teacher import PretrainResult
 
 
-__all__ = ["FitOptions", "FitResult", "LatencyOptions", "LatencyReport", "ProfileOptions", "Progress", "RunEvents", "RunOptions", "RunResult", "RunStep",
-           "SearchEvents", "SearchOptions", "SearchSummary", "Validation", "FinetuneJob", "export", "finetune",
-           "fit_latency", "in_study", "latency", "load_data", "needs_fit", "needs_pretrain", "needs_supernet", "preflight",
-           "pretrain", "profile", "refine", "RefineOptions", "RefineResult", "report", "run", "search", "supernet",
-           "validate", "where_it_pays"]
+__all__ = ["FitOptions", "FitResult", "LatencyOptions", "LatencyReport", "ProfileOptions", "Progress", "RunEvents",
+           "RunOptions", "RunResult", "RunStep", "SearchEvents", "SearchOptions", "SearchSummary", "Validation",
+           "FinetuneJob", "export", "finetune", "fit_latency", "in_study", "latency", "load_data", "needs_fit",
+           "needs_pretrain", "needs_supernet", "preflight", "pretrain", "profile", "refine", "RefineOptions",
+           "RefineResult", "report", "run", "search", "supernet", "validate", "where_it_pays"]
 
 
 @contextmanager
@@ -164,6 +164,7 @@ def profile(study: Study, options: ProfileOptions = ProfileOptions(), *,
 
     from kernels.cache import cache_dir, file_lock, lock_dir
     from latency_model.profile import profile as measure_missing
+
     from .disk import ensure_database_writable, ensure_writable
 
     settings = options.settings(study)

@@ -111,7 +111,8 @@ from nas.study import Study
 from search_spaces import build_model
 study = Study.load({str(path)!r})
 build_model(study.space.sample(np.random.default_rng(0)))
-print(json.dumps([study.latency.device, [m for m in ("tvm", "ray", "optuna_dashboard", "matplotlib") if m in sys.modules]]))
+heavy = [m for m in ("tvm", "ray", "optuna_dashboard", "matplotlib") if m in sys.modules]
+print(json.dumps([study.latency.device, heavy]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     device, loaded = json.loads(out.stdout.strip().splitlines()[-1])
