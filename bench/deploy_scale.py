@@ -55,7 +55,6 @@ from latency_model.timing import time_model  # noqa: E402
 from nas.study import Study  # noqa: E402
 from search_spaces import ArchConfig, BlockConfig, SearchSpace, build_model  # noqa: E402
 from search_spaces.space import BLOCK_SLOTS  # noqa: E402
-from search_spaces.registry import on_kernels  # noqa: E402
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 PAPER = {"attention": "additive", "qkv": "shift", "proj": "shift", "mlp": "moe", "moe_top_k": 1}
@@ -91,7 +90,7 @@ def cheapest(space: SearchSpace, predictor: Predictor, batch: int = 1) -> tuple[
     candidates = [uniform(space, c) for c in block_candidates(space)]
     a, b, _ = predictor.calibration.get((family_key(candidates[0]), batch), (1.0, 0.0, 0.0))
     priced = [predictor.predict(config, batch).blocks for config in candidates]
-    costs = np.array([[a * sum(blocks[i].values()) + b * on_kernels(config.blocks[i]) for i in range(space.depth)]
+    costs = np.array([[a * sum(blocks[i].values()) + b * config.blocks[i].on_kernels for i in range(space.depth)]
                       for config, blocks in zip(candidates, priced)])  # [candidate, block]
     best = [candidates[int(np.argmin(costs[:, i]))].blocks[i] for i in range(space.depth)]
     dense = next(j for j, c in enumerate(candidates) if c.blocks[0] == BlockConfig())

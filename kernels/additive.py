@@ -34,7 +34,7 @@ import torch
 
 from search_spaces.ops.attention import BINARIZE_KINDS, EPS, TOKEN_CONV_TAPS, angular_codes, angular_mix
 
-from .spec import Definition, register
+from .definition import Definition, register
 
 TAPS = TOKEN_CONV_TAPS  # the depthwise conv's taps the kernel takes (other sizes run unfused)
 

@@ -9,7 +9,7 @@ import numpy as np
 import tvm
 
 from . import target as targets
-from .measure import arguments
+from .arguments import arguments
 from .spec import KernelSpec, variants
 from .tuning import compile_untuned, get_kernel
 

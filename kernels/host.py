@@ -31,6 +31,13 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU, e.g. ``znver4``, asked of TVM (imported here: the one heavy step)."""
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
 def _machine_key() -> str:
     """What LLVM's host CPU name depends on: the CPU's model and feature flags (``/proc/cpuinfo``), the architecture,
     and the TVM (LLVM) that names it."""
@@ -60,8 +67,6 @@ def cpu_name() -> str:
         known = {}
     if isinstance(known, dict) and isinstance(known.get(key), str):
         return known[key]
-    from .target import host_cpu  # imports TVM
-
     name = host_cpu()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,4 +78,4 @@ def cpu_name() -> str:
     return name
 
 
-__all__ = ["cpu_name", "cpu_threads"]
+__all__ = ["cpu_name", "cpu_threads", "host_cpu"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import Definition, register
+from .definition import Definition, register
 
 WORD_BITS = 64
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import Definition, register
+from .definition import Definition, register
 
 
 def _args(M, K, N, dtype):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .spec import Definition, register
+from .definition import Definition, register
 
 # The form compiled models use unless a measurement picks another per shape (bench/results/kernels-cpu.md).
 DEFAULT_VARIANT = "xor"

@@ -14,10 +14,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import tvm
 
 from . import target as targets
+from .arguments import arguments, random_arguments
 from .spec import KernelError, KernelResourceError, KernelSpec
 from .tuning import DEFAULT_TRIALS, CompiledKernel, get_kernel
 
@@ -116,18 +116,6 @@ def _device(target: tvm.target.Target, session=None):
     return getattr(session, kind)(0) if session is not None else getattr(tvm, kind)(0)
 
 
-def random_arguments(spec: KernelSpec, device, seed: int = 0) -> tuple[list[np.ndarray], list]:
-    """Random inputs of a task (numpy) and the kernel's arguments on ``device``: those inputs plus a zero output."""
-    inputs = spec.random_inputs(np.random.default_rng(seed))
-    return inputs, arguments(spec, device, inputs)
-
-
-def arguments(spec: KernelSpec, device, inputs: list[np.ndarray]) -> list:
-    """The kernel's arguments on ``device``: ``inputs`` plus a zero output."""
-    _, shape, dtype = spec.args()[-1]
-    return [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.tensor(np.zeros(shape, dtype), device)]
-
-
 def _time(module, device, args, repeats: int, min_repeat_ms: int, local: bool = True, entry: str = "main"
           ) -> Timing:
     if repeats < 1:
@@ -155,11 +143,9 @@ def time_prebuilt(prebuilt, spec: KernelSpec, repeats: int = DEFAULT_REPEATS,
                   min_repeat_ms: int = DEFAULT_MIN_REPEAT_MS) -> Timing:
     """Time one task of a prebuilt library (:class:`kernels.prebuilt.PrebuiltKernels`) on its device, on random
     inputs of its shape, with the TVM runtime alone (the evaluator synchronises a GPU after each repeat)."""
-    from .prebuilt import function_name
-
     prebuilt.kernel(spec)  # a task the library lacks is refused by name
     return _time(prebuilt.module, prebuilt.device, random_arguments(spec, prebuilt.device)[1], repeats,
-                 min_repeat_ms, entry=function_name(spec))
+                 min_repeat_ms, entry=spec.symbol)
 
 
 def parse_tracker(address: str) -> tuple[str, int]:

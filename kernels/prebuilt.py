@@ -36,12 +36,12 @@ LIBRARY = "kernels.so"
 MANIFEST = "manifest.json"
 # the files that define what a kernel computes and how it is scheduled untuned; a library built from other versions
 # of them is refused (the runtime cannot regenerate a kernel to compare)
-_CODE = ("spec.py", "matmul.py", "matshift.py", "matadd.py", "shiftlinear.py")
+_CODE = ("definition.py", "spec.py", "matmul.py", "matshift.py", "matadd.py", "shiftlinear.py", "additive.py")
 
 
 def function_name(spec: KernelSpec) -> str:
-    """The library symbol of a task: its key with C-safe characters (``matshift_xor_int32_197x64x192``)."""
-    return spec.key.replace("-", "_")
+    """The library symbol of a task (:attr:`KernelSpec.symbol`: its key with C-safe characters)."""
+    return spec.symbol
 
 
 def code_fingerprint() -> str:

@@ -29,7 +29,7 @@ import torch
 
 from search_spaces.ops.shift import SCALE_RANGE, WEIGHT_EXP16, activation_bits, int16_weights, shift16_matmul
 
-from .spec import Definition, register
+from .definition import Definition, register
 
 LANES = 16  # outputs per weight tile: one 512-bit vector of int32 (two 256-bit ones on AVX2)
 PAIR = 2  # terms per int32 lane of one dot-product instruction

@@ -1,7 +1,8 @@
 """KernelSpec: one kernel task, the unit that is defined, tuned, cached and measured.
 
 A task is (kernel, variant, logical shape M, K, N, value dtype). Each kernel module (``matmul``, ``matshift``,
-``matadd``) registers its variants here with the TE definition, a numpy reference and an input generator. Those
+``matadd``, ``shiftlinear``, ``additive``) registers its variants (:mod:`kernels.definition`) with the TE definition,
+a numpy reference and an input generator; this module imports them all. Those
 modules import TVM's compiler (``tvm.te``) only inside the functions that define a kernel: specs, references and
 inputs serve a machine that has the TVM runtime alone (:mod:`kernels.prebuilt`).
 """
@@ -16,6 +17,8 @@ import numpy as np
 
 from search_spaces.errors import ConfigError, ResourceError
 
+from .definition import REGISTRY, Definition
+
 
 DEFAULT_CUDA_ARCH = "sm_80"  # of target "cuda" without an architecture
 
@@ -28,49 +31,6 @@ class KernelError(ConfigError):
 
 class KernelResourceError(ResourceError):
     """This machine cannot build or time a kernel: no such device here, an RPC tracker that does not answer."""
-
-
-@dataclass(frozen=True)
-class Definition:
-    """One variant of a kernel: how to build it and what it must compute."""
-
-    kernel: str
-    variant: str
-    dtypes: tuple[str, ...]  # value dtypes it accepts; the first is the default
-    args: Callable[[int, int, int, str], list[tuple[str, tuple[int, ...], str]]]  # inputs then output
-    compute: Callable[[int, int, int, str], Any]  # -> tvm PrimFunc
-    reference: Callable[..., np.ndarray]  # numpy: (M, K, N, *inputs) -> output
-    random_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]]
-    ops: Callable[[int, int, int], int]  # elementary operations in 32-bit vector lanes, for the compute floor
-    doc: str = ""
-    # the PrimFunc of a batch of independent products, (batch, M, K, N, dtype) -> PrimFunc; None: one product per call
-    batched_compute: Callable[[int, int, int, int, str], Any] | None = None
-    # a hand-written CPU schedule used untuned, (IRModule, M, K, N, target) -> IRModule, or None where it does not
-    # apply; the target says which instructions the CPU has
-    cpu_schedule: Callable[[Any, int, int, int, Any], Any] | None = None
-    # inputs at the ends of the value range (saturation, wrap-around), for `nas kernels check`; None: random only
-    extreme_inputs: Callable[[int, int, int, str, np.random.Generator], list[np.ndarray]] | None = None
-    # float outputs that must equal the reference bit for bit (integer outputs always must)
-    exact: bool = False
-    # MetaSchedule's search space on CPU, (M, K, N, target) -> a function that schedules a tuning trial's
-    # Schedule in place (sampling its choices); None: MetaSchedule's generic rules
-    tune_space: Callable[[int, int, int, Any], Callable[[Any], None]] | None = None
-    # the batch is one problem, not independent products (its items share a statistic: additive attention's mean
-    # over every image): ``args``, ``reference`` and ``random_inputs`` take it (keyword ``batch``) and their arrays
-    # carry its axis, at batch 1 too; ``batched_compute`` builds every batch size
-    whole_batch: bool = False
-
-
-REGISTRY: dict[tuple[str, str], Definition] = {}
-
-
-def register(definition: Definition) -> Definition:
-    REGISTRY[(definition.kernel, definition.variant)] = definition
-    return definition
-
-
-def _load_definitions() -> None:
-    from . import additive, matadd, matmul, matshift, shiftlinear  # noqa: F401  (registering is importing)
 
 
 @dataclass(frozen=True)
@@ -90,7 +50,6 @@ class KernelSpec:
     definition: Definition = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        _load_definitions()
         key = (self.kernel, self.variant)
         if key not in REGISTRY:
             kernels = sorted({k for k, _ in REGISTRY})
@@ -122,6 +81,12 @@ class KernelSpec:
         ``matadd-binary_real-float32-b24x64x197x64``."""
         batch = f"b{self.batch}x" if self.batch > 1 else ""
         return f"{self.kernel}-{self.variant}-{self.dtype}-{batch}{self.M}x{self.K}x{self.N}"
+
+    @property
+    def symbol(self) -> str:
+        """The task's function name in a compiled library: its key with C-safe characters
+        (``matshift_xor_int32_197x64x192``)."""
+        return self.key.replace("-", "_")
 
     def args(self) -> list[tuple[str, tuple[int, ...], str]]:
         """``(name, shape, dtype)`` of each argument, inputs first, the output last."""
@@ -170,5 +135,8 @@ class KernelSpec:
 
 
 def variants(kernel: str | None = None) -> list[tuple[str, str]]:
-    _load_definitions()
     return sorted(k for k in REGISTRY if kernel is None or k[0] == kernel)
+
+
+# The kernel modules register their variants when imported (they import .definition, not this module).
+from . import additive, matadd, matmul, matshift, shiftlinear  # noqa: E402, F401, I001

@@ -12,13 +12,8 @@ from typing import Any
 
 import tvm
 
-from .host import cpu_threads
+from .host import cpu_threads, host_cpu
 from .spec import DEFAULT_CUDA_ARCH, KernelError
-
-
-def host_cpu() -> str:
-    """LLVM's name for this machine's CPU, e.g. ``rocketlake``."""
-    return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
 def cpu_target(num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:

@@ -32,6 +32,7 @@ from typing import Any
 import tvm
 
 from . import target as targets
+from .arguments import random_arguments
 from .cache import cache_dir, file_lock, file_sha256
 from .spec import KernelError, KernelResourceError, KernelSpec
 from .tvm_import import import_tensor_intrinsics
@@ -255,8 +256,6 @@ def _faster_of(spec: KernelSpec, target: tvm.target.Target, tuned: tvm.IRModule)
     hand = spec.definition.cpu_schedule(_irmodule(spec), spec.M, spec.K, spec.N, target)
     if hand is None:
         return tuned, "metaschedule"
-    from .measure import random_arguments
-
     device = tvm.cpu(0)
     _, args = random_arguments(spec, device)
     times = []

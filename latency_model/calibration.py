@@ -14,7 +14,6 @@ import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig
 from search_spaces.families import family_for
-from search_spaces.registry import on_kernels
 
 from .db import ModelRow
 from .decomposition import MoELoad, block_attention_variant
@@ -26,8 +25,8 @@ PART_NAMES = {OpName.BLOCK_FRAME: "norms+residuals", OpName.ATTENTION: "attentio
 
 
 def kernel_blocks(config: ArchConfig) -> int:
-    """Blocks with at least one part on the TVM kernels (:func:`search_spaces.registry.on_kernels`)."""
-    return sum(on_kernels(b) for b in config.blocks)
+    """Blocks with at least one part on the TVM kernels (``BlockConfig.on_kernels``)."""
+    return sum(b.on_kernels for b in config.blocks)
 
 
 def _composition(points: list[tuple[float, int, float]]) -> list[float]:

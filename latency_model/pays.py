@@ -24,7 +24,6 @@ from typing import Any
 
 from search_spaces import ArchConfig, BlockConfig, MoEConfig, SearchSpace
 from search_spaces.families import ModelDims, family_for
-from search_spaces.registry import on_kernels
 
 from .decomposition import block_ops, latency_split
 from .keys import OpName
@@ -141,7 +140,7 @@ def _part_ms(predictor: Predictor, space: SearchSpace, index: int, block: BlockC
     family = family_for(space.model).key
     ms *= predictor.part_factor(family, batch, block, "mlp" if slot == "mlp" else "attention")
     a, b, _ = predictor.calibration.get((family, batch), (1.0, 0.0, 0.0))
-    return a * ms + (b if on_kernels(block) else 0.0)
+    return a * ms + (b if block.on_kernels else 0.0)
 
 
 def where_it_pays(space: SearchSpace, predictor: Predictor, batch: int = 1,

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import ArchConfig, BlockConfig, SearchSpace
+from search_spaces.reparam import router_counts
 
 from .calibration import (
     PART_NAMES,
@@ -64,8 +65,6 @@ FORMAT = "shiftadd-latency-predictor/1"
 def router_loads(model) -> dict[int, MoELoad]:
     """Per MoE block of a model that has run a forward pass: exactly what its router sent each expert in that pass
     (:meth:`MoELoad.of_pass`), to price that pass's batch size as it ran, e.g. next to its timing."""
-    from search_spaces.ops.moe import router_counts
-
     return {i: MoELoad.of_pass(counts.cpu().numpy()) for i, counts in router_counts(model).items()}
 
 

@@ -36,7 +36,6 @@ from kernels.tuning import task_dir
 from search_spaces import ArchConfig, SearchSpace, build_model
 from search_spaces.config import BlockConfig
 from search_spaces.registry import get as primitive
-from search_spaces.registry import on_kernels
 
 from . import db
 from .decomposition import ModelDims, Op, kernel_tasks, space_ops
@@ -133,9 +132,9 @@ def calibration_configs(space: SearchSpace, count: int, seed: int = 0) -> list[A
         target = len(configs) % (space.depth + 1)  # blocks to leave on the kernels
         blocks = list(config.blocks)
         for j in rng.permutation(space.depth):
-            if sum(on_kernels(b) for b in blocks) <= target:
+            if sum(b.on_kernels for b in blocks) <= target:
                 break
-            if on_kernels(blocks[j]):
+            if blocks[j].on_kernels:
                 choices, block = space.blocks[j], blocks[j]
                 mlp = _in_torch("mlp", choices.mlp, block.mlp)
                 attention = _in_torch("attention", choices.attention, block.attention)

@@ -150,6 +150,30 @@ class BlockConfig:
         elif self.moe is not None:
             raise ConfigError(f"{where}.moe", f"moe options given but mlp is {self.mlp!r}, not 'moe'")
 
+    def primitives(self) -> list[registry.Primitive]:
+        """Every primitive the block's choices use: attention, qkv, proj, MLP and, for a routed MLP, its experts."""
+        used = [registry.get("attention", self.attention), registry.get("linear", self.qkv),
+                registry.get("linear", self.proj), registry.get("mlp", self.mlp)]
+        if self.moe is not None:
+            used += [registry.get("expert", kind) for kind in self.moe.experts]
+        return used
+
+    @property
+    def on_kernels(self) -> bool:
+        """Whether the block runs part of its work on the TVM kernels."""
+        return any(p.on_kernels for p in self.primitives())
+
+    def check_family(self, family: str, where: str) -> None:
+        """Refuse (:class:`ConfigError` at ``where.<key>``) a choice that the model's family cannot take."""
+        for key, slot in registry.BLOCK_KEYS.items():
+            why = registry.refusal(slot, getattr(self, key), family)
+            if why is not None:
+                raise ConfigError(f"{where}.{key}", why)
+        for i, kind in enumerate(self.moe.experts if self.moe is not None else ()):
+            why = registry.refusal("expert", kind, family)
+            if why is not None:
+                raise ConfigError(f"{where}.moe.experts[{i}]", why)
+
     @property
     def is_dense(self) -> bool:
         return (self.attention, self.qkv, self.proj, self.mlp) == ("msa", "dense", "dense", "dense")

@@ -14,52 +14,26 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import timm
+import torch
 from torch import nn
 
 from . import registry
-from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, _thaw
-from .errors import ResourceError
-from .families import Family, UnsupportedModelError, family_named, family_of  # noqa: F401 - re-exported
+from .config import ArchConfig, BlockConfig, ConfigError
+from .families import Family, UnsupportedModelError, create_model, family_named, family_of  # noqa: F401 - re-exported
 from .ops.moe import MoEMlp
 from .ops.shift import ShiftLinear
-
-
-def create_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
-    """The timm model a spec names, randomly initialized (never downloads weights), or with ``pretrained`` timm's
-    published weights for it (downloaded by timm, or read from where ``kwargs.pretrained_cfg_overlay`` points; the
-    head is new when ``num_classes`` differs from theirs)."""
-    if not timm.is_model(spec.name):
-        raise ConfigError("model.name", f"unknown timm model {spec.name!r} (see timm.list_models())")
-    kwargs = _thaw(spec.kwargs)
-    family = family_named(spec.name)
-    if family is not None:
-        kwargs = family.create_kwargs(kwargs)
-    if pretrained:
-        return _published(spec.name, kwargs)
-    try:
-        return timm.create_model(spec.name, pretrained=False, **kwargs)
-    except TypeError as e:
-        raise ConfigError("model.kwargs", f"timm rejected the arguments of {spec.name!r}: {e}") from None
-    except (AssertionError, ValueError, RuntimeError) as e:
-        raise ConfigError("model.kwargs", f"timm cannot build {spec.name!r} with {kwargs}: {e}") from None
-
-
-def _published(name: str, kwargs: dict) -> nn.Module:
-    try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except (TypeError, AssertionError, ValueError) as e:
-        raise ConfigError("model.kwargs", f"timm cannot build {name!r} with {kwargs}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - the hub's many network and cache errors: one line naming the way out
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ResourceError("model.pretrained", f"cannot get timm's published weights for {name!r} ({reason}): on a "
-                                                f"machine that cannot reach the Hugging Face hub, download them "
-                                                f"elsewhere (timm's model.safetensors for it) and give model.pretrained: <that file>") from None
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The searchable blocks of a supported model, in order (its family says where they are)."""
     return family_of(model).blocks(model)
+
+
+def router_counts(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Per MoE block of a model that has run a forward pass: the tokens each image sent each expert in that pass
+    (``[images, experts]``, the router's statistics)."""
+    return {i: block.mlp.stats.per_image for i, block in enumerate(transformer_blocks(model))
+            if isinstance(block.mlp, MoEMlp) and block.mlp.stats is not None}
 
 
 def apply_block(family: Family, block: nn.Module, choice: BlockConfig) -> None:
@@ -94,7 +68,7 @@ def apply(model: nn.Module, config: ArchConfig) -> nn.Module:
         raise ConfigError("blocks", f"the config has {config.depth} blocks but the model has {len(blocks)}")
     # Check every block first so a failure leaves the model untouched.
     for i, (block, choice) in enumerate(zip(blocks, config.blocks)):
-        registry.check_family(choice, family.key, f"blocks[{i}]")
+        choice.check_family(family.key, f"blocks[{i}]")
         if not choice.is_dense:
             family.check_block(block, f"blocks[{i}]")
     for block, choice in zip(blocks, config.blocks):

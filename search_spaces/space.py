@@ -37,8 +37,10 @@ import numpy as np
 
 from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig
+from .families import ModelDims, family_for
 from .ops.attention import BINARIZE_KINDS
 from .ops.moe import EXPERT_KINDS
+from .reparam import create_model, transformer_blocks
 from .schema import check_keys
 
 # The keys of a block's choices and the registry slot whose primitives each offers.
@@ -114,8 +116,6 @@ def model_depth(model: ModelSpec) -> int:
         return depth
     import torch
 
-    from .reparam import create_model, transformer_blocks
-
     with torch.device("meta"):
         return len(transformer_blocks(create_model(model)))
 
@@ -125,8 +125,6 @@ def _family_if_restricted(model: ModelSpec) -> str | None:
     every option fits every family, and the model need not be built to know it)."""
     if all(p.families is None for p in registry.primitives()):
         return None
-    from .families import family_for
-
     return family_for(model).key
 
 
@@ -177,8 +175,6 @@ class SearchSpace:
         if not isinstance(stages, Mapping):
             raise ConfigError("space.stages", f"expected a mapping of stage index to choices, got {stages!r}")
         if stages:
-            from .families import ModelDims
-
             of_block = [b.stage for b in ModelDims.of(model).blocks]
             count = max(of_block) + 1
             for index, choices in stages.items():

@@ -1,6 +1,7 @@
 """The import layering: the four packages stack (search_spaces <- kernels <- latency_model <- nas, nothing imports
-upward), and neither the wings of ``nas/`` (cli, search, training and its top-level modules) nor its modules import
-each other in a cycle. Imports inside functions and under TYPE_CHECKING count: they are edges all the same."""
+upward), no two modules of any package import each other in a cycle, and neither do the wings of ``nas/`` (cli,
+search, training and its top-level modules). Imports inside functions and under TYPE_CHECKING count: they are edges
+all the same."""
 
 import ast
 from collections import defaultdict
@@ -89,6 +90,18 @@ def nas_graphs(graph: dict[str, set[str]]) -> tuple[dict[str, set[str]], dict[st
     return modules, wings
 
 
+def package_graph(graph: dict[str, set[str]], package: str) -> dict[str, set[str]]:
+    """The imports between the modules of one package (a package's ``__init__`` re-exporting its own submodules, and
+    a submodule importing its package's ``__init__``, are both edges: a cycle through an ``__init__`` is one too)."""
+    return {m: {t for t in ts if t.split(".")[0] == package} for m, ts in graph.items() if m.split(".")[0] == package}
+
+
+def test_no_package_has_a_cycle_between_its_modules():
+    graph = imports(ROOT)
+    found = {package: cycles(package_graph(graph, package)) for package in LAYERS}
+    assert found == {package: [] for package in LAYERS}
+
+
 def test_no_package_imports_upward_and_nas_has_no_cycles():
     graph = imports(ROOT)
     assert {m.split(".")[0] for m in graph} == set(LAYERS)
@@ -116,3 +129,19 @@ def test_the_check_finds_an_upward_import_and_a_cycle(tmp_path):
     modules, wings = nas_graphs(graph)
     assert cycles(wings) == [["nas.search", "nas.training"]]
     assert cycles(modules) == [["nas.search.driver", "nas.training.trainer"]]
+
+
+def test_the_check_finds_a_cycle_inside_a_package_hidden_in_a_function(tmp_path):
+    """A package's modules importing each other, one of the imports inside a function, or through the package's
+    ``__init__``: both are cycles the check above reports."""
+    files = {"search_spaces/__init__.py": "", "search_spaces/config.py": "from . import registry\n",
+             "search_spaces/registry.py": "def f():\n    from .config import BlockConfig\n",
+             "search_spaces/families/__init__.py": "from . import vit\n",
+             "search_spaces/families/vit.py": "from . import Family\n",
+             "kernels/__init__.py": "", "latency_model/__init__.py": "", "nas/__init__.py": ""}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    found = cycles(package_graph(imports(tmp_path), "search_spaces"))
+    assert sorted(found) == [["search_spaces.config", "search_spaces.registry"],
+                             ["search_spaces.families", "search_spaces.families.vit"]]

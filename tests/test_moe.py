@@ -5,11 +5,12 @@ import pytest
 import torch
 from timm.layers import Mlp
 
+from search_spaces.builtins import moe_from_dense
 from search_spaces.ops import MoEMlp, ShiftLinear, cv_squared, moe_aux_loss
 
 
 def _moe(dim=16, top_k=1, kinds=("dense", "shift")):
-    return MoEMlp.from_dense(Mlp(dim, 4 * dim), kinds, top_k)
+    return moe_from_dense(Mlp(dim, 4 * dim), kinds, top_k)
 
 
 def test_cv_squared():
@@ -32,7 +33,7 @@ def test_unit_latency_gives_the_standard_balance_loss():
 
 def test_experts_start_as_copies_of_the_dense_mlp():
     mlp = Mlp(16, 64)
-    moe = MoEMlp.from_dense(mlp)
+    moe = moe_from_dense(mlp)
     x = torch.randn(5, 16)
     assert torch.equal(moe.experts[0](x), mlp(x))
     assert isinstance(moe.experts[1].fc1, ShiftLinear) and isinstance(moe.experts[1].fc2, ShiftLinear)

@@ -98,8 +98,8 @@ def test_registered_primitives_declare_what_each_stage_needs():
     # the whole mixing of both images in one call: 17 tokens x head dim 16 x 2 heads, a batch of 2 images
     assert additive.tasks(shapes) == [("additive", "lut4", 17, 16, 2, 2)]
     assert registry.get("linear", "shift").tasks(shapes, shapes.linear_layers("qkv")) == [("matshift", None, 34, 32, 96)]
-    assert registry.on_kernels(BlockConfig("msa", "dense", "dense", "shift"))
-    assert not registry.on_kernels(BlockConfig("linear", "dense", "dense", "dense"))
+    assert BlockConfig("msa", "dense", "dense", "shift").on_kernels
+    assert not BlockConfig("linear", "dense", "dense", "dense").on_kernels
     with pytest.raises(ValueError, match="unknown slot"):
         registry.register(registry.Primitive("norm", "rms"))
     with pytest.raises(ValueError, match="module class"):

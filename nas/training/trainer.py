@@ -18,8 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from search_spaces.errors import ConfigError
-from search_spaces.ops.moe import MoELoad, MoEMlp, moe_aux_loss, router_counts
+from search_spaces.ops.moe import MoELoad, MoEMlp, moe_aux_loss
 from search_spaces.ops.shift import ShiftLinear
+from search_spaces.reparam import router_counts
 
 from ..device import Placement
 

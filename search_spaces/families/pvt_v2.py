@@ -31,7 +31,8 @@ from .. import accelerator_layers as al
 from .. import counts as oc
 from ..accelerator_layers import Layer
 from ..config import ModelSpec
-from . import BlockDims, Family, ModelDims, UnsupportedModelError, register
+from ..ops.moe import GridExpert, MoEMlp
+from .base import BlockDims, Family, ModelDims, UnsupportedModelError, register
 
 POOLED = 7  # linear=True: keys and values come from the grid average-pooled to 7x7 (timm's AdaptiveAvgPool2d(7))
 
@@ -218,8 +219,6 @@ class PvtV2(Family):
         return (key,)
 
     def adapt_mlp(self, mlp: nn.Module) -> nn.Module:
-        from ..ops.moe import GridExpert, MoEMlp
-
         if isinstance(mlp, MoEMlp):
             mlp.experts = nn.ModuleList(GridExpert(expert) for expert in mlp.experts)
         return mlp

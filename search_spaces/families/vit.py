@@ -11,7 +11,7 @@ from .. import accelerator_layers as al
 from .. import counts as oc
 from ..accelerator_layers import Layer
 from ..config import ModelSpec
-from . import BlockDims, Family, ModelDims, UnsupportedModelError, register
+from .base import BlockDims, Family, ModelDims, UnsupportedModelError, register
 
 
 def _first(value) -> int:

@@ -219,15 +219,6 @@ class MoEMlp(nn.Module):
         # Set by kernels.runtime: pad each expert's tokens up to token_buckets() so compiled kernels see few shapes.
         self.pad_to_buckets = False
 
-    @classmethod
-    def from_dense(cls, mlp: nn.Module, kinds: tuple[str, ...] = EXPERT_KINDS, top_k: int = 1) -> "MoEMlp":
-        """Experts initialized from the dense timm ``Mlp`` being replaced, each by its ``expert`` primitive
-        (:mod:`search_spaces.registry`: a dense copy, or a copy converted to shift layers)."""
-        from ..registry import experts_of
-
-        moe = cls(experts_of(mlp, kinds), list(kinds), mlp.fc1.in_features, top_k=top_k)
-        return moe.to(mlp.fc1.weight.device)
-
     @torch.no_grad()
     def set_expert_latency(self, latency) -> None:
         """Set the per-expert latency vector ``lat`` of the balance loss (any positive scale; it is normalized)."""
@@ -345,15 +336,6 @@ class MoEMlp(nn.Module):
 
     def extra_repr(self) -> str:
         return f"experts={list(self.kinds)}, top_k={self.top_k}, noisy_gating={self.noisy_gating}"
-
-
-def router_counts(model) -> dict[int, torch.Tensor]:
-    """Per MoE block of a model that has run a forward pass: the tokens each image sent each expert in that pass
-    (``[images, experts]``, the router's statistics)."""
-    from search_spaces.reparam import transformer_blocks
-
-    return {i: block.mlp.stats.per_image for i, block in enumerate(transformer_blocks(model))
-            if isinstance(block.mlp, MoEMlp) and block.mlp.stats is not None}
 
 
 def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
