@@ -6,7 +6,7 @@ import torch
 from timm.layers import Mlp
 
 from search_spaces.builtins import moe_from_dense
-from search_spaces.ops import MoEMlp, ShiftLinear, cv_squared, moe_aux_loss
+from search_spaces.ops import ShiftLinear, cv_squared, moe_aux_loss
 
 
 def _moe(dim=16, top_k=1, kinds=("dense", "shift")):
