@@ -17,9 +17,11 @@ from search_spaces.errors import ConfigError, StateError
 
 from . import attributes as attr
 from .disk import ensure_writable
+from .search.objective import score_test_split
 from .search.provenance import provenance, write_config
 from .search.report import front_metrics, pareto_front, pareto_trials
 from .study import Study
+from .training.checkpoints import save_weights
 from .training.trainer import standard_error
 
 if TYPE_CHECKING:
@@ -96,9 +98,6 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path,
     the refined accuracies; a trial's own test accuracy is evaluated first where its trial did not
     (:func:`nas.search.objective.score_test_split`)."""
     import shutil
-
-    from .search.objective import score_test_split
-    from .training.checkpoints import save_weights
 
     ensure_writable(out, "--out", need_mb=1)
     paths, supernet = [], None

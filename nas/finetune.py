@@ -18,6 +18,8 @@ from .disk import ensure_writable
 from .search.provenance import write_config
 from .study import Study
 from .study_latency import measure_latency
+from .training.checkpoints import save_weights
+from .training.evaluator import Evaluator
 
 
 @dataclass
@@ -47,9 +49,6 @@ def finetune(study: Study, config: ArchConfig, epochs: int, out: Path, measure: 
     ``epochs`` full passes over the train split (same losses as a trial), score it on the test split; save the
     weights (safetensors) and the config into ``out``; predict and (with ``measure``) time its latency on the
     kernels."""
-    from .training.checkpoints import save_weights
-    from .training.evaluator import Evaluator
-
     if config.model != study.model:
         raise ConfigError("model", f"the config is for {config.model.to_dict()}, the study's model is "
                                    f"{study.model.to_dict()}")

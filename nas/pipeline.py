@@ -34,22 +34,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search_spaces import ArchConfig
+from kernels.cache import cache_dir, file_lock, lock_dir
+from latency_model import db
+from latency_model.db import DEFAULT_URL
+from latency_model.decomposition import ModelDims
+from latency_model.energy import MODELS, EnergySettings, estimate
+from latency_model.gate import PredictorRefused, check
+from latency_model.predictor import Predictor, PredictorError, router_loads
+from latency_model.settings import LatencySettings
+from search_spaces import ArchConfig, build_model
 from search_spaces.errors import ConfigError, ShiftAddError, StateError
+from search_spaces.reparam import create_model
 
+from . import attributes as attr
+from .device import resolve
+from .disk import ensure_database_writable, ensure_writable
+from .export import export as write_configs
+from .finetune import finetune as train_config
+from .search import refine as jobs_of
 from .search.backends import get_driver
+from .search.dashboard import artifact_location, artifact_store, note_finetune, publish_study, replace_study_artifacts
 from .search.driver import Progress, SearchEvents, SearchOptions, SearchSummary
-from .search.report import front_metrics
-from .study import Study
-from .study_latency import where_it_pays
+from .search.objective import score_test_split
+from .search.provenance import named_study, read_export
+from .search.refined import SETTINGS, refined_front, refined_points, trust
+from .search.report import front_metrics, shown_trials
+from .search.report import report as write_report
+from .search.storage import open_refine_study, open_study
+from .study import Study, create_pruner, create_sampler
+from .study_latency import measure_latency, profiled_trials, where_it_pays
+from .training import data
+from .training.checkpoints import load_published, load_weights
+from .training.supernet_trainer import check_memory, is_trained, train
+from .training.teacher import is_pretrained, load_teacher
+from .training.teacher import pretrain as train_teacher
 
 if TYPE_CHECKING:
     from latency_model.energy import EnergyEstimate
-    from latency_model.gate import PredictorRefused
     from latency_model.prediction import Accuracy, Prediction
-    from latency_model.predictor import Predictor
     from latency_model.profile import Summary as ProfileSummary
-    from latency_model.settings import LatencySettings
 
     from .device import Placement
     from .finetune import FinetuneResult
@@ -79,10 +102,6 @@ def in_study(study: Study) -> Iterator[None]:
 
 def load_data(study: Study) -> "Splits":
     """The study's train / search / test splits, checked against its model."""
-    from latency_model.decomposition import ModelDims
-
-    from .training import data
-
     dims = ModelDims.of(study.model)
     with in_study(study):
         return data.load(study.data, dims.img, dims.classes)
@@ -99,13 +118,6 @@ class Validation:
 def validate(study: Study) -> Validation:
     """Check what a study needs without running anything: its sampler and pruner arguments, its data, its teacher
     checkpoint or published weights file (when given) and its predictor file (when there is one)."""
-    from latency_model.predictor import Predictor, PredictorError
-    from search_spaces.reparam import create_model
-
-    from .study import create_pruner, create_sampler
-    from .training.checkpoints import load_published
-    from .training.teacher import load_teacher
-
     with in_study(study):
         create_sampler(study)  # their arguments are checked when built
         create_pruner(study)
@@ -126,8 +138,6 @@ def validate(study: Study) -> Validation:
 def training_placement(study: Study) -> "Placement":
     """Where the study trains on this machine: ``train.device`` and ``train.precision`` resolved; ``cuda`` on a
     machine without one is a :class:`ConfigError` here, before any work."""
-    from .device import resolve
-
     with in_study(study):
         return resolve(study.train.device, study.train.precision)
 
@@ -162,10 +172,7 @@ def profile(study: Study, options: ProfileOptions = ProfileOptions(), *,
     is waited for (``on_wait()`` says so), then this one measures what that one left."""
     import hashlib
 
-    from kernels.cache import cache_dir, file_lock, lock_dir
     from latency_model.profile import profile as measure_missing
-
-    from .disk import ensure_database_writable, ensure_writable
 
     settings = options.settings(study)
     settings.check_runtime()
@@ -212,14 +219,7 @@ def fit_latency(study: Study | None, options: FitOptions = FitOptions()) -> FitR
     """Fit the predictor on the latest measurements, check it out of sample, and only then write it. A check that
     fails writes nothing (``refused``); the previous file stays. Without a study, ``options`` must give the device
     and the output file."""
-    from latency_model import db
-    from latency_model.db import DEFAULT_URL
-    from latency_model.gate import PredictorRefused, check
-    from latency_model.predictor import Predictor
     from latency_model.profile import table_dispatch
-    from latency_model.settings import LatencySettings
-
-    from .disk import ensure_writable
 
     if study is not None:
         settings = study.latency_with(db=options.db, device=options.device)
@@ -264,8 +264,6 @@ def needs_fit(study: Study, profiled: "ProfileSummary | None" = None) -> bool:
     """True when the study's predictor file is missing, unreadable, fitted for another device, older than
     measurements ``profiled`` just added, or cannot price some op of the study's space (a file fitted on another
     space's rows, while the table already holds this one's: the file is local state, the table is shared)."""
-    from latency_model.predictor import Predictor, PredictorError
-
     if profiled is not None and profiled.measured:
         return True
     try:
@@ -320,9 +318,6 @@ def latency(study: Study, config: ArchConfig, options: LatencyOptions = LatencyO
     """Price ``config`` with the study's predictor at the first batch size; with ``options.measure``, also time it on
     the kernels the predictor was fitted on (each shape on its table's fastest variant, at the tuning the table was
     profiled with), in turn with the dense model of its shape, and price both at the routing its routers made."""
-    from latency_model.energy import MODELS, EnergySettings, estimate
-    from latency_model.predictor import Predictor
-
     settings = options.profile.settings(study)
     predictor = Predictor.load(options.predictor or settings.predictor, device=settings.device,
                                allow_other_device=options.allow_other_device)
@@ -360,13 +355,9 @@ def _measure_with_dense(config: ArchConfig, settings: "LatencySettings", batch: 
     import statistics
 
     from kernels.runtime import to_kernels
-    from latency_model.predictor import router_loads
     from latency_model.profile import table_kernels, torch_device
     from latency_model.timing import time_model
-    from search_spaces import build_model
     from search_spaces.families import ModelDims
-
-    from .study_latency import profiled_trials
 
     trials = profiled_trials(settings) if trials is None else trials
     kernels = table_kernels(settings, trials, kernel_root=kernel_cache)
@@ -390,16 +381,12 @@ def pretrain(study: Study, force: bool = False,
     """Train the dense teacher on the study's data (cached next to the study; ``force`` retrains).
     ``on_epoch(epoch, loss, search_accuracy)`` after each epoch; ``on_wait()`` when another process is training this
     teacher (this one waits for it, then uses its file)."""
-    from .training.teacher import pretrain as train_teacher
-
     splits = load_data(study)
     return train_teacher(study, splits.train, splits.search, force=force, on_epoch=on_epoch, on_wait=on_wait)
 
 
 def needs_pretrain(study: Study) -> bool:
     """True when the study names no checkpoint and its teacher file is missing or stale."""
-    from .training.teacher import is_pretrained
-
     return study.checkpoint is None and not is_pretrained(study)
 
 
@@ -413,11 +400,6 @@ def supernet(study: Study, force: bool = False,
     ``on_step(step, steps, loss)`` after each step; ``on_wait()`` when another process is training this supernet
     (this one waits for it, then uses its file). A supernet too large for this machine's memory is refused
     before anything is loaded."""
-    from latency_model.predictor import Predictor, PredictorError
-
-    from .training.supernet_trainer import check_memory, train
-    from .training.teacher import load_teacher
-
     with in_study(study):
         placement = training_placement(study)
         check_memory(study, placement)
@@ -435,8 +417,6 @@ def needs_supernet(study: Study) -> bool:
     """True when the study searches in supernet mode and its supernet file is missing, unfinished or stale."""
     if not study.evaluation.supernet:
         return False
-    from .training.supernet_trainer import is_trained
-    from .training.teacher import load_teacher
 
     return not is_trained(study, load_teacher(study))
 
@@ -512,10 +492,6 @@ def refine(study: Study, options: RefineOptions = RefineOptions(),
     refined architecture on this device (``on_measure(label)`` before each). ``on_progress(counts)`` as jobs end."""
     import time
 
-    from .search import refine as jobs_of
-    from .search.refined import SETTINGS, refined_front, refined_points, trust
-    from .search.storage import open_refine_study, open_study
-
     settings = options.settings(study)
     if options.measure:
         study.latency.check_runtime()  # said before the training, not after it
@@ -550,7 +526,6 @@ def refine(study: Study, options: RefineOptions = RefineOptions(),
         if options.measure:
             _measure_refined(study, rstudy, points, on_measure)
             points = refined_points(ostudy, rstudy)
-    from .search.dashboard import publish_study
 
     publish_study(study, ostudy)  # the note shows the refined front
     return RefineResult(settings, len(jobs), counts.done - before, points,
@@ -561,13 +536,6 @@ def _measure_refined(study: Study, rstudy, points: list["Refined"],
                      on_measure: Callable[[str], None] | None) -> None:
     """Each refined architecture timed on this device with its first seed's weights (when they are on this
     machine), once: stored on the refine's study."""
-    from search_spaces import build_model
-
-    from . import attributes as attr
-    from .study_latency import measure_latency
-    from .training.checkpoints import load_weights
-    from .training.teacher import load_teacher
-
     teacher = None
     for p in points:
         if p.measured_ms is not None or not p.weights or not Path(p.weights[0]).is_file():
@@ -581,9 +549,6 @@ def _measure_refined(study: Study, rstudy, points: list["Refined"],
 
 def stored_refinement(study: Study, ostudy) -> list["Refined"]:
     """The study's refined points, empty where it has not been refined."""
-    from .search.refined import refined_points
-    from .search.storage import open_refine_study
-
     return refined_points(ostudy, open_refine_study(study, create=False))
 
 
@@ -597,13 +562,6 @@ def report(study: Study, out: Path | None = None, on_test: Callable[[int], None]
     ``<study folder>/runs/<name>/report``). The front's and the reference trials' test accuracy is evaluated first
     where their trials did not (supernet mode, :func:`nas.search.objective.score_test_split`; ``on_test(trial number)``
     before each)."""
-    from .disk import ensure_writable
-    from .search.dashboard import artifact_location, artifact_store, publish_study, replace_study_artifacts
-    from .search.objective import score_test_split
-    from .search.report import report as write_report
-    from .search.report import shown_trials
-    from .search.storage import open_study
-
     out = ensure_writable(out or report_folder(study) / "report", "--out", need_mb=1)
     ostudy = open_study(study, create=False)
     untested = ""
@@ -629,9 +587,6 @@ def report(study: Study, out: Path | None = None, on_test: Callable[[int], None]
 def export(study: Study, which: str, out: Path) -> list[Path]:
     """Write the ArchConfig files of the chosen trials (``best``, ``pareto`` or a trial number) into ``out``;
     ``best`` and ``pareto`` from the refined front when the study was refined."""
-    from .export import export as write_configs
-    from .search.storage import open_study
-
     ostudy = open_study(study, create=False)
     return write_configs(study, ostudy, which, out, stored_refinement(study, ostudy))
 
@@ -652,8 +607,6 @@ class FinetuneJob:
         """An exported (or plain) ArchConfig file; the study is the one the export names unless ``study_file`` is
         given, ``epochs`` defaults to its ``budget.finetune_epochs``, ``device`` (``--device``) overrides its
         ``train.device``."""
-        from .search.provenance import named_study, read_export
-
         study_file = study_file or named_study(config_file)
         # the study first: its plugins register primitives the config may name
         study = Study.load(study_file).on_device(device) if study_file else None
@@ -675,10 +628,6 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
              on_epoch: Callable[[int, float], None] | None = None) -> "FinetuneResult":
     """Fine-tune the job's architecture from the teacher and score it on the test split, writing the weights, the
     config and ``result.json`` into ``out``; with ``measure``, time it on the kernels."""
-    from . import attributes as attr
-    from .finetune import finetune as train_config
-    from .search.dashboard import note_finetune
-
     if measure:
         job.study.latency.check_runtime()  # said before the training, not after it
     result = train_config(job.study, job.config, job.epochs, out, measure=measure, origin=job.origin,
@@ -693,8 +642,6 @@ def finetune(job: FinetuneJob, out: Path, measure: bool = True,
 # ---- run ------------------------------------------------------------------------------------------------------------
 def preflight(study: Study, out: Path) -> None:
     """Every place ``nas run``'s steps write to, checked before the first: not a full disk found at step 4."""
-    from .disk import ensure_database_writable, ensure_writable
-
     training_placement(study)  # a device this machine does not have: said before step 1
     settings = study.latency
     settings.check_runtime()

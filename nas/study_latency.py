@@ -6,6 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from latency_model import db
+from latency_model.decomposition import ModelDims
+from latency_model.keys import is_kernel_op
+from latency_model.pays import where_it_pays as price
+from latency_model.predictor import Predictor, PredictorError
+
 from .study import Study
 
 if TYPE_CHECKING:
@@ -17,9 +23,6 @@ def profiled_trials(settings: "LatencySettings") -> int:
     """The tuning trials the kernels of a latency table (``settings.db``, ``settings.device``) were profiled with,
     so a measurement runs the kernels the predictor was fitted on (and a demo profiled untuned does not start
     tuning here)."""
-    from latency_model import db
-    from latency_model.keys import is_kernel_op
-
     rows = db.latest(db.connect(settings.db), settings.device)
     tvm = [r.trials for r in rows if is_kernel_op(r.op)]
     return max(tvm) if tvm else settings.trials
@@ -37,7 +40,6 @@ def measure_latency(study: Study, model) -> float:
     """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size, in
     the study's runtime (``latency.runtime``)."""
     from kernels.runtime import to_kernels
-    from latency_model.decomposition import ModelDims
     from latency_model.profile import torch_device
     from latency_model.timing import time_model
 
@@ -54,10 +56,6 @@ def where_it_pays(study: Study, settings: "LatencySettings | None" = None,
     (:func:`latency_model.pays.where_it_pays`), at the study's first batch size: by its predictor file, or with
     ``from_table`` by a predictor fitted here on the measurement table as it stands (unchecked, not written: what a
     profile just measured). None when nothing can be priced yet."""
-    from latency_model import db
-    from latency_model.pays import where_it_pays as price
-    from latency_model.predictor import Predictor, PredictorError
-
     settings = settings or study.latency
     try:
         if from_table:

@@ -94,8 +94,9 @@ def test_validate_command(tmp_path, capsys):
 
 
 def test_loading_a_study_and_building_its_model_loads_no_heavy_optional_library(tmp_path, monkeypatch):
-    """TVM, Ray, optuna-dashboard and matplotlib load where they are used, not when a study is read (every command,
-    every search worker) or a model built (training): the CPU's device name is remembered once TVM named it."""
+    """TVM, Ray, optuna-dashboard and matplotlib load where they are used, not when the command and its pipeline are
+    imported, a study read (every command, every search worker) or a model built (training): the CPU's device name is
+    remembered once TVM named it."""
     import json
     import subprocess
     import sys
@@ -107,6 +108,7 @@ def test_loading_a_study_and_building_its_model_loads_no_heavy_optional_library(
     code = f"""
 import json, sys
 import numpy as np
+import nas.cli.main, nas.pipeline  # the command and its steps
 from nas.study import Study
 from search_spaces import build_model
 study = Study.load({str(path)!r})

@@ -8,6 +8,10 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kernels.matshift import DEFAULT_VARIANT
+from kernels.prebuilt import build
+from kernels.spec import KernelError, KernelSpec, variants
+
 from .output import console
 
 
@@ -47,7 +51,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from kernels import target as targets
     from kernels.measure import measure
-    from kernels.spec import KernelSpec
     from kernels.tuning import task_dir
 
     spec = KernelSpec(args.kernel, args.variant or _default_variant(args.kernel), args.M, args.K, args.N, args.dtype or "",
@@ -88,8 +91,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from kernels.check import AWKWARD_SHAPES, all_specs
-    from kernels.prebuilt import build
-    from kernels.spec import KernelError
 
     specs = list(all_specs(AWKWARD_SHAPES)) if args.checks else []
     if args.study is not None:
@@ -112,14 +113,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _default_variant(kernel: str) -> str:
-    from kernels.spec import KernelError, variants
-
     options = [v for k, v in variants(kernel)]
     if not options:
         known = sorted({k for k, _ in variants()})
         raise KernelError("kernel", f"unknown kernel {kernel!r} (choose from {', '.join(known)})")
-    from kernels.matshift import DEFAULT_VARIANT
-
     return {"matmul": "fp32", "matshift": DEFAULT_VARIANT, "matadd": "binary_real"}.get(kernel, options[0])
 
 

@@ -11,11 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from latency_model.db import DEFAULT_URL
+from latency_model.keys import is_fitted_model_key
+from latency_model.prediction import LOO
+from search_spaces import ArchConfig
 
 from .. import pipeline
 from ..study import Study
 from .output import PacedLines, console
-
 
 
 def _profile_options(args: argparse.Namespace) -> pipeline.ProfileOptions:
@@ -164,9 +166,6 @@ def show_fit(study: Study | None, options: pipeline.FitOptions) -> pipeline.FitR
 
 def print_fit(fit: pipeline.FitResult, options: pipeline.FitOptions) -> None:
     """The accuracy table of a fit, and whether its predictor was written or refused."""
-    from latency_model.keys import is_fitted_model_key
-    from latency_model.prediction import LOO
-
     table = Table(title=f"accuracy of the fitted op models on the {options.holdout:.0%} of shapes held out, and of "
                         "the whole-model totals (in sample, and each model left out of the fit)", title_justify="left")
     for column in ("op", "held out", "RMSE ms", "MAPE", "within ±5 %", "within ±10 %"):
@@ -203,8 +202,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from search_spaces import ArchConfig
-
     options = pipeline.LatencyOptions(_profile_options(args), args.predictor, args.allow_other_device, args.measure)
     rep = pipeline.latency(Study.load(args.study), ArchConfig.load(args.config), options)
     prediction = rep.prediction

@@ -20,10 +20,10 @@ from search_spaces.errors import ShiftAddError
 from search_spaces.reparam import weight_counts
 
 from ..process import quiet_optuna_logging
+from ..search.provenance import named_study
 from ..study import Study
 from . import kernel_commands, latency_commands, search_commands
 from .output import console
-
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -61,9 +61,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Validate an ArchConfig file and print it (after the study it names, or --study, whose plugins may register
     the primitives it uses)."""
     from pathlib import Path
-
-    from ..search.provenance import named_study
-    from ..study import Study
 
     study_file = args.study or named_study(args.config)
     if study_file is not None and (args.study or Path(study_file).is_file()):

@@ -11,15 +11,17 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from latency_model.db import redact
 from search_spaces.errors import ConfigError
 
 from .. import pipeline
 from ..search.backends import BACKENDS, get_driver
+from ..search.dashboard import artifact_location, artifact_store
 from ..search.report import METRIC_LABELS
+from ..search.storage import storage_of
 from ..study import Study
 from .latency_commands import ProfileView, print_fit, print_profile, profile_header, show_nothing_pays
 from .output import PacedLines, console
-
 
 
 def _load(args: argparse.Namespace) -> Study:
@@ -35,8 +37,6 @@ def _search_options(args: argparse.Namespace) -> pipeline.SearchOptions:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file without running it: every section, the model, the data and the space."""
-    from latency_model.db import redact
-
     study = _load(args)
     checked = pipeline.validate(study)
     splits = checked.splits
@@ -308,11 +308,6 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
-
-    from latency_model.db import redact
-
-    from ..search.dashboard import artifact_location, artifact_store
-    from ..search.storage import storage_of
 
     if not (args.study or args.storage):
         raise ConfigError("study", "give a study file or --storage URL")

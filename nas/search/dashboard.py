@@ -30,13 +30,22 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from latency_model import db
+from latency_model.db import redact
 from latency_model.energy import NOTE as ENERGY_NOTE
+from latency_model.prediction import LOO
+from latency_model.predictor import Predictor, PredictorError
 from search_spaces import ArchConfig
-from search_spaces.errors import ConfigError, ResourceError
+from search_spaces.errors import ConfigError, ResourceError, StateError
 
 from .. import attributes as attr
 from ..study import Study
+from ..study_latency import profiled_trials, where_it_pays
 from ..upstream.optuna_internals import remove_study_artifact, study_artifacts
+from .provenance import config_text, provenance
+from .refined import refined_front, refined_points, trust
+from .report import front_metrics
+from .storage import open_refine_study, open_study, refine_study_name
 
 # What each reference trial is, for its note and the study's.
 REFERENCES = {"dense": "the all-dense model (the teacher's architecture)",
@@ -243,8 +252,6 @@ def publish_trial(study: Study, trial: optuna.Trial, state: TrialState, store=No
     artifact). What goes wrong here is said once on the trial and never fails it."""
     from optuna_dashboard import save_note
 
-    from .provenance import config_text, provenance
-
     attrs = trial.user_attrs
     try:
         save_note(trial, trial_note(trial.number, state, attrs, study.latency.device))
@@ -287,10 +294,6 @@ def _stored(study: Study) -> optuna.Study | None:
     out)."""
     from sqlalchemy.engine import make_url
 
-    from search_spaces.errors import StateError
-
-    from .storage import open_study
-
     url = make_url(study.storage)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
         return None
@@ -302,9 +305,6 @@ def _stored(study: Study) -> optuna.Study | None:
 
 # ---- the study note -------------------------------------------------------------------------------------------------
 def _predictor_lines(study: Study) -> list[str]:
-    from latency_model.prediction import LOO
-    from latency_model.predictor import Predictor, PredictorError
-
     path = Path(study.latency.predictor)
     try:
         predictor = Predictor.load(path)
@@ -329,8 +329,6 @@ def _predictor_lines(study: Study) -> list[str]:
 
 def _pays_lines(study: Study) -> list[str]:
     """Where each choice pays, as the study's predictor prices it (:mod:`latency_model.pays`)."""
-    from ..study_latency import where_it_pays
-
     pays = where_it_pays(study)
     if pays is None or not pays.ratios:
         return []
@@ -345,8 +343,6 @@ def _pays_lines(study: Study) -> list[str]:
 
 
 def _tuning_line(study: Study) -> str:
-    from ..study_latency import profiled_trials
-
     try:
         trials = profiled_trials(study.latency)
     except Exception:  # noqa: BLE001 - a table that cannot be read yet is said as such
@@ -356,7 +352,6 @@ def _tuning_line(study: Study) -> str:
                 "slower than they would tuned")
     else:
         line = f"- kernels: tuned, {trials} MetaSchedule trials per kernel"
-    from latency_model import db
     from latency_model.profile import table_dispatch
 
     dispatch = table_dispatch(db.connect(study.latency.db), study.latency.device)
@@ -423,10 +418,6 @@ def study_note(study: Study, ostudy: optuna.Study) -> str:
 
 def _refined_lines(study: Study, ostudy: optuna.Study) -> list[str]:
     """The refined front, when the study was refined: which front ``nas export`` picks from, and the proxy's trust."""
-    from .refined import refined_front, refined_points, trust
-    from .report import front_metrics
-    from .storage import open_refine_study, refine_study_name
-
     points = refined_points(ostudy, open_refine_study(study, create=False))
     if not points:
         return ["### Refined front", "", "Not refined: the front's accuracies are the search's "
@@ -449,8 +440,6 @@ def _refined_lines(study: Study, ostudy: optuna.Study) -> list[str]:
 
 
 def _redacted(url: str) -> str:
-    from latency_model.db import redact
-
     return redact(url)
 
 

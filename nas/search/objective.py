@@ -13,6 +13,7 @@ from search_spaces import ArchConfig
 from .. import attributes as attr
 from ..study import Study
 from ..training.evaluator import Evaluator, Pruned, tested_attrs, training_recipe
+from .dashboard import note_test_split
 
 if TYPE_CHECKING:
     import optuna
@@ -86,8 +87,6 @@ def score_test_split(study: Study, ostudy: "optuna.Study", trials: list["FrozenT
     (:data:`attributes.STUDY_TEST_SPLIT_PREFIX`; a told trial's own attributes are final), read back through
     :func:`attributes.with_test_split`. The samplers never see it. ``on_trial(number)`` before each. Returns how many
     were evaluated."""
-    from .dashboard import note_test_split
-
     stored = ostudy.user_attrs
     todo = [t for t in trials if t.user_attrs.get(attr.EVALUATION) == "supernet"
             and attr.TEST_ACCURACY not in attr.with_test_split(t.user_attrs, stored, t.number)]

@@ -24,9 +24,11 @@ from ..device import Placement, resolve, resolve_device, worker_device
 from ..disk import ensure_database_writable
 from ..process import start_worker
 from ..study import Study, create_sampler, sampler_seed
+from ..training.evaluator import Evaluator
 from ..upstream.optuna_internals import fail_stale, heartbeat
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
+from .objective import optuna_objective
 from .storage import SearchError, claim_lock, open_study
 
 # Trials that use up the budget: finished ones and those running now (queued ones do not, until claimed).
@@ -55,9 +57,6 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     its teacher, data and predictor, so the trials are shared from the first one, not taken by whichever process
     started first. ``device`` is where it trains (the driver's choice for this worker, see
     :func:`nas.device.worker_device`; None: the study's). Returns how many trials this worker ran."""
-    from ..training.evaluator import Evaluator
-    from .objective import optuna_objective
-
     start_worker(threads)
     study = Study.load(study_path, storage=storage).on_device(device)
     ostudy = open_study(study, heartbeat=True)
@@ -143,8 +142,6 @@ class OptunaDriver(SearchDriver):
     def run(self, study: Study, options: SearchOptions, events: SearchEvents = SearchEvents(),
             poll_s: float = 1.0) -> SearchSummary:
         import multiprocessing
-
-        from ..training.evaluator import Evaluator
 
         self.check(study, options)
         n_trials, timeout_s, workers = options.trials_for(study), options.timeout_for(study), options.workers

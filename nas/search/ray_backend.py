@@ -23,13 +23,17 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from latency_model.predictor import Predictor
 from search_spaces.errors import ConfigError
+from search_spaces.reparam import create_model
 
 from .. import attributes as attr
 from ..device import Placement
 from ..disk import ensure_database_writable, ensure_writable
 from ..process import set_torch_threads, set_tvm_threads
 from ..study import Study, create_sampler, sampler_seed
+from ..training.evaluator import Evaluator
+from ..training.supernet_trainer import supernet_state
 from ..upstream import ray_internals
 from ..upstream.optuna_internals import fail_trial
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
@@ -66,10 +70,6 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
 
     set_tvm_threads(threads)
     set_torch_threads(threads)
-    from latency_model.predictor import Predictor
-    from search_spaces.reparam import create_model
-
-    from ..training.evaluator import Evaluator
 
     study = Study.parse(study_text, study_path).on_device(device)
     arch = study.space.from_params(_flatten(config))
@@ -234,9 +234,6 @@ class RayDriver(SearchDriver):
         after the timeout."""
         import ray
         from ray import tune
-
-        from ..training.evaluator import Evaluator
-        from ..training.supernet_trainer import supernet_state
 
         self.check(study, options)
         n_trials, workers = options.trials_for(study), options.workers

@@ -30,12 +30,17 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from latency_model.predictor import Predictor
 from search_spaces import ArchConfig
 from search_spaces.errors import ShiftAddError
+from search_spaces.reparam import create_model
 
 from .. import attributes as attr
+from ..device import Placement, resolve_device, worker_device
 from ..process import start_worker
 from ..study import Study
+from ..training.checkpoints import save_weights
+from ..training.evaluator import Evaluator, tested_attrs
 from ..upstream.optuna_internals import claim_waiting, fail_stale, fail_trial, heartbeat
 from .report import pareto_trials
 from .storage import SearchError, claim_lock, open_refine_study, refine_study_name
@@ -140,9 +145,6 @@ def run_worker(study: Study, threads: int = 0, evaluator=None, where: dict[str, 
     """Claim, train and tell refine jobs until none waits; returns how many it ran. ``evaluator``:
     a fine-tune-mode :class:`~nas.training.evaluator.Evaluator` of the study (default: made here from its files);
     ``where``: attributes that say where it runs, set on each job it claims (a Ray node's id)."""
-    from ..training.checkpoints import save_weights
-    from ..training.evaluator import Evaluator, tested_attrs
-
     start_worker(threads, tvm=True)  # a fine-tune may run kernels: TVM gets the same share of the cores
     rstudy = open_refine_study(study, heartbeat=True)
     assert rstudy is not None
@@ -235,8 +237,6 @@ def run_local(study: Study, jobs: list[Job], workers: int, on_progress: Callable
     memory) fails its running job at once and a new worker takes its place, up to ``workers`` replacements."""
     import multiprocessing
 
-    from ..device import resolve_device, worker_device
-
     rstudy = open_refine_study(study)
     assert rstudy is not None
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -305,11 +305,6 @@ def _ray_task(study_text: str, study_path: str, teacher_state: dict, predictor: 
     """One Ray task: a refine worker on whichever node Ray put it (the teacher and predictor came with it)."""
     import ray
 
-    from latency_model.predictor import Predictor
-    from search_spaces.reparam import create_model
-
-    from ..training.evaluator import Evaluator
-
     study = Study.parse(study_text, study_path).on_device(device)
     teacher = create_model(study.model)
     teacher.load_state_dict(teacher_state)
@@ -329,8 +324,6 @@ def run_ray(study: Study, jobs: list[Job], workers: int, ray_address: str | None
     The storage must be one every node reaches (PostgreSQL for a cluster of several machines)."""
     import ray
 
-    from ..device import Placement
-    from ..training.evaluator import Evaluator
     from .ray_backend import _init_ray, trial_device
 
     evaluator = Evaluator(study, placement=Placement(), mode="finetune")  # the teacher and predictor that travel

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from search_spaces import ArchConfig
 
 from .. import attributes as attr
-from .report import Point, pareto_front
+from .report import METRIC_LABELS, Point, pareto_front
 
 SETTINGS = "settings"  # on the companion study: the refine's {top, seeds, epochs} as last run
 
@@ -167,8 +167,6 @@ def plot_refined(points: list[Refined], front: list[Refined], title: str, path: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .report import METRIC_LABELS
 
     on_front = {id(p) for p in front}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))

@@ -17,6 +17,7 @@ from kernels.cache import file_lock, lock_dir
 from latency_model.db import redact
 from latency_model.energy import DEFAULT_MODEL as DEFAULT_ENERGY_MODEL
 from search_spaces import ArchConfig
+from search_spaces.config import BlockConfig, MoEConfig
 from search_spaces.errors import ConfigError, ResourceError, StateError
 
 from .. import attributes as attr
@@ -61,8 +62,6 @@ def storage_of(url: str, heartbeat_s: int | None = None, retries: int = 0) -> op
 def reference_configs(study: Study) -> dict[str, ArchConfig]:
     """The reference points a search is judged against: the all-dense model, and the paper's hand-picked
     allocation (ShiftAddViT: additive attention in every block, MoE of a dense and a shift expert in every MLP)."""
-    from search_spaces.config import BlockConfig, MoEConfig
-
     depth = study.space.depth
     paper = BlockConfig("additive", "dense", "dense", "moe", MoEConfig(1, ("dense", "shift")))
     return {"dense": ArchConfig.dense(study.model, depth), "paper": ArchConfig(study.model, (paper,) * depth)}

@@ -16,6 +16,7 @@ from search_spaces.config import ConfigError, ModelSpec
 from search_spaces.schema import check_keys
 from search_spaces.space import SearchSpace
 
+from ..device import check_device
 from .sections import (
     PRUNERS,
     SAMPLERS,
@@ -74,7 +75,6 @@ class Study:
         """The study with ``train.device`` set from the command line (``--device``; None: as it is)."""
         if device is None:
             return self
-        from ..device import check_device
 
         return replace(self, train=replace(self.train, device=check_device(device, "--device")))
 

@@ -11,6 +11,8 @@ from typing import Any
 from search_spaces.config import ConfigError
 from search_spaces.schema import check_keys, check_number
 
+from ..device import check_device, check_precision
+
 METRICS = ("accuracy", "latency_ms", "energy_uj")
 BUDGETS = {"latency_ms": "latency_budget_ms", "energy_uj": "energy_budget_uj"}  # hardware metric -> its budget key
 DATA_SOURCES = ("shapes", "digits", "imagefolder")
@@ -170,8 +172,6 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, data: Any) -> "TrainSettings":
-        from ..device import check_device, check_precision
-
         settings = _section(cls, data, "train", {
             "batch_size": {"integer": True, "minimum": 1}, "lr": {"above": 0}, "pretrain_lr": {"above": 0}, "weight_decay": {"minimum": 0},
             "distill_alpha": {"minimum": 0, "maximum": 1}, "distill_temperature": {"above": 0},

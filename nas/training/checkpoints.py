@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from search_spaces import build_model
 from search_spaces.config import ArchConfig, ConfigError
+from search_spaces.ops.shift import ShiftLinear, upgrade_legacy_state
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
@@ -83,8 +85,6 @@ def load_published(model: nn.Module, path: str | Path, where: str = "model.pretr
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, where: str) -> nn.Module:
-    from search_spaces.ops.shift import ShiftLinear, upgrade_legacy_state
-
     for name, module in model.named_modules():
         if isinstance(module, ShiftLinear):  # a file from before shift layers kept a latent weight
             upgrade_legacy_state(state, f"{name}." if name else "")
@@ -113,7 +113,5 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pa
 
 def load_model(config: str | Path | ArchConfig, weights: str | Path) -> nn.Module:
     """The model an exported ArchConfig describes, with its fine-tuned weights (from ``nas finetune``)."""
-    from search_spaces import build_model
-
     config = config if isinstance(config, ArchConfig) else ArchConfig.load(config)
     return load_weights(build_model(config), weights, "weights").eval()

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from search_spaces.config import ConfigError
 
 from ..study import DEFAULT_IMAGES
+from .shapes_dataset import IMG_SIZE, generate
 
 if TYPE_CHECKING:
     from ..study import DataSpec
@@ -112,8 +113,6 @@ def shapes(img_size: int = 32, images: int = DEFAULT_IMAGES, test_fraction: floa
     """The generated shapes task (:func:`nas.training.shapes_dataset.generate`) as ``(pool, test)``:
     ``[N, 3, img_size, img_size]`` images in [-1, 1] (resized from 32x32 when ``img_size`` differs) and labels; the test set is a stratified
     ``test_fraction``, the pool is what train and search are carved from."""
-    from .shapes_dataset import IMG_SIZE, generate
-
     pixels, labels = generate(images, seed)
     tensor = torch.from_numpy(pixels)
     if img_size != IMG_SIZE:

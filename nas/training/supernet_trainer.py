@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from latency_model.decomposition import ModelDims
 from search_spaces import ArchConfig
 from search_spaces.errors import ResourceError, StateError
+from search_spaces.reparam import create_model
 from search_spaces.supernet import Supernet, densest, random_config
 
 from ..device import Placement, resolve
@@ -186,9 +188,6 @@ def memory_estimate(study: Study) -> tuple[int, str]:
     """Bytes training the supernet needs (and how they add up): the teacher, the supernet's weights, gradients and
     two AdamW moments, and one subnet's activations at the batch size. Computed on the meta device: nothing is
     allocated."""
-    from latency_model.decomposition import ModelDims
-    from search_spaces.reparam import create_model
-
     with torch.device("meta"):
         params = sum(p.numel() for p in create_model(study.model).parameters())
     dims = ModelDims.of(study.model)
