@@ -130,7 +130,8 @@ def _kill_a_worker_mid_job(study: Study) -> None:
 
 
 def test_a_killed_worker_loses_only_its_job_and_the_rerun_matches_an_uninterrupted_one(searchable, tmp_path):
-    changes = {"search": {"heartbeat_s": 1, "retries": 0}}
+    # a heartbeat every 2 s: stale after 4 s, which a loaded 2-core machine's live workers do not miss
+    changes = {"search": {"heartbeat_s": 2, "retries": 0}}
     study = _searched(searchable, tmp_path / "killed", n_trials=3, **changes)
     ostudy = optuna.load_study(study_name=study.name, storage=study.storage)
     settings = {**REFINE, "seeds": 1, "epochs": 3}  # jobs long enough to be caught mid-way
@@ -143,7 +144,10 @@ def test_a_killed_worker_loses_only_its_job_and_the_rerun_matches_an_uninterrupt
     killed = [t.user_attrs[attr.REFINE_JOB] for t in _jobs(study) if t.state == TrialState.RUNNING]
     assert finished_before and len(killed) == 1
 
-    time.sleep(2.5)  # the killed worker's heartbeat goes stale (2 x heartbeat_s)
+    time.sleep(4.5)  # the killed worker's heartbeat goes stale (2 x heartbeat_s)
+    # what the next claim of any worker does (on the storage that watches heartbeats): the killed job is queued again
+    jobs_of._requeue_stale(open_refine_study(study, heartbeat=True))
+    assert killed[0] in [t.user_attrs[attr.REFINE_JOB] for t in _jobs(study) if t.state == TrialState.WAITING]
     result = pipeline.refine(study, pipeline.RefineOptions(seeds=1, epochs=3, measure=False))
     assert result.ran == len(jobs) - len(finished_before)
     trials = _jobs(study)

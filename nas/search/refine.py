@@ -121,12 +121,30 @@ def enqueue(study: Study, rstudy: optuna.Study, jobs: list[Job]) -> list[Job]:
     return queued
 
 
+def _requeue_stale(rstudy: optuna.Study) -> None:
+    """Mark FAIL the running jobs whose worker's heartbeat went stale (the worker died, here or on another machine),
+    and queue each again unless another trial of it finished, runs or waits: the workers still claiming take it."""
+    running = {t.number for t in rstudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    fail_stale(rstudy)
+    if not running:
+        return
+    trials = rstudy.get_trials(deepcopy=False)
+    live = {t.user_attrs.get(attr.REFINE_JOB) for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+    for t in trials:
+        key = t.user_attrs.get(attr.REFINE_JOB)
+        if t.number in running and t.state == TrialState.FAIL and key is not None and key not in live:
+            rstudy.enqueue_trial({}, user_attrs=Job.of(t.user_attrs).attrs(), skip_if_exists=False)
+            live.add(key)
+
+
 def claim(study: Study, rstudy: optuna.Study) -> optuna.Trial | None:
-    """The next waiting job, now RUNNING for this process; None when none waits. A job some other trial already
-    finished or runs (two drivers queued it at once on two machines) is dropped here, marked PRUNED."""
+    """The next waiting job, now RUNNING for this process; None when none waits. A job whose worker went silent is
+    queued again first (:func:`_requeue_stale`). A job some other trial already finished or runs (two drivers queued
+    it at once on two machines) is dropped here, marked PRUNED."""
     while True:
         with claim_lock(study):
-            fail_stale(rstudy)
+            _requeue_stale(rstudy)
             trial = claim_waiting(rstudy)
         if trial is None:
             return None
