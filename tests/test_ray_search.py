@@ -99,10 +99,11 @@ def test_the_cluster_recipe_as_written_runs_trials_on_both_nodes(searchable, tmp
                                  "--ray-address", f"127.0.0.1:{port}", "--workers", "2"],
                                 env={**clean, "HOME": str(node_home)}, capture_output=True, text=True)
         assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
-        # the refine's jobs as Ray tasks on the same cluster: one task per node, both training
+        # the refine's jobs as Ray tasks on the same cluster: one task per node, both training (three seeds: enough
+        # jobs that a task reaching its first claim a little late still finds one)
         refined = subprocess.run([sys.executable, "-m", "nas.cli", "refine", str(study_file), "--backend", "ray",
                                   "--ray-address", f"127.0.0.1:{port}", "--workers", "2", "--top", "2", "--seeds",
-                                  "2", "--epochs", "1", "--no-measure"],
+                                  "3", "--epochs", "1", "--no-measure"],
                                  env={**clean, "HOME": str(node_home)}, capture_output=True, text=True)
         assert refined.returncode == 0, refined.stdout[-2000:] + refined.stderr[-2000:]
     finally:
