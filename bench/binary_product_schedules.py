@@ -24,7 +24,7 @@ from record import write  # noqa: E402
 import tvm  # noqa: E402
 
 from kernels import target as targets  # noqa: E402
-from kernels.measure import arguments  # noqa: E402
+from kernels.arguments import arguments  # noqa: E402
 from kernels.spec import KernelSpec  # noqa: E402
 
 # (name, head dim, tokens, heads): DeiT-Tiny at 224 and PVTv2-b0's first stage (no spatial reduction)

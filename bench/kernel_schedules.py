@@ -24,7 +24,8 @@ from record import write  # noqa: E402
 import tvm  # noqa: E402
 
 from kernels import target as targets  # noqa: E402
-from kernels.measure import arguments, time_kernel  # noqa: E402
+from kernels.arguments import arguments  # noqa: E402
+from kernels.measure import time_kernel  # noqa: E402
 from kernels.spec import KernelSpec  # noqa: E402
 from kernels.tuning import get_kernel  # noqa: E402
 
@@ -47,6 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     rows = []
+    target = targets.cpu_target()
     for m, k, n in MLP_SHAPES + DEIT_TINY_SHAPES:
         spec = KernelSpec("matshift", "xor", m, k, n)
         plain = tvm.IRModule({"main": spec.prim_func()})

@@ -3,7 +3,6 @@
 The ``additive`` attention primitive (:class:`search_spaces.ops.attention.AdditiveAttention`, whose torch code,
 :func:`~search_spaces.ops.attention.angular_codes` and :func:`~search_spaces.ops.attention.angular_mix`, is the
 reference). Per image ``b`` and head ``h``, with ``q, k, v`` the head's ``[T, D]`` slices of ``QKV[b, :, 0|1|2, h]``:
-
     q_b = binarize(q / (|q| + eps)),  k_b = binarize(k / (|k| + eps))       codes in {0, 1}
     y   = 0.5 · v + (1/π) · q_b (k_bᵀ v)                                    two binary × real products
     out = y / (|y| + eps) + dwconv(v)                                       9 taps per head, over tokens
@@ -35,6 +34,11 @@ import torch
 from search_spaces.ops.attention import BINARIZE_KINDS, EPS, TOKEN_CONV_TAPS, angular_codes, angular_mix
 
 from .definition import Definition, register
+from .lazy import lazy_import
+
+te = lazy_import("tvm.te")
+tirx = lazy_import("tvm.tirx")
+s_tir = lazy_import("tvm.s_tir")
 
 TAPS = TOKEN_CONV_TAPS  # the depthwise conv's taps the kernel takes (other sizes run unfused)
 
@@ -45,8 +49,6 @@ def _args(M, K, N, dtype, batch=1):
 
 
 def _compute(B: int, T: int, D: int, H: int, dtype: str = "float32"):
-    from tvm import te, tirx
-
     QKV = te.placeholder((B, T, 3, H, D), "float32", name="QKV")
     W = te.placeholder((H, TAPS), "float32", name="taps")
     kind = te.placeholder((1,), "int32", name="kind")
@@ -199,8 +201,6 @@ def _kv_rows(D: int) -> int:
 
 
 def _cpu_schedule(mod, M: int, K: int, N: int, target=None):
-    from tvm import s_tir
-
     sch = s_tir.Schedule(mod)
     _schedule(sch, K, _kv_rows(K))
     return sch.mod

@@ -4,9 +4,11 @@ tuning, timing and checking a kernel all call it with."""
 from __future__ import annotations
 
 import numpy as np
-import tvm
 
+from .lazy import lazy_import
 from .spec import KernelSpec
+
+tvm = lazy_import("tvm")
 
 
 def random_arguments(spec: KernelSpec, device, seed: int = 0) -> tuple[list[np.ndarray], list]:

@@ -6,12 +6,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 
 from . import target as targets
 from .arguments import arguments
+from .lazy import lazy_import
 from .spec import KernelSpec, variants
 from .tuning import compile_untuned, get_kernel
+
+tvm = lazy_import("tvm")
 
 # the last one has a vectorizable N and an M that is not a multiple of any tile: hand-written schedules run there
 AWKWARD_SHAPES = ((37, 70, 29), (1, 129, 65), (13, 64, 200), (37, 70, 48))

@@ -16,6 +16,9 @@ from importlib import metadata
 from pathlib import Path
 
 from .cache import cache_dir
+from .lazy import lazy_import
+
+tvm = lazy_import("tvm")
 
 MEMO = "host-cpu.json"
 
@@ -33,7 +36,6 @@ def cpu_threads() -> int:
 
 def host_cpu() -> str:
     """LLVM's name for this machine's CPU, e.g. ``znver4``, asked of TVM (imported here: the one heavy step)."""
-    import tvm
 
     return str(tvm.target.codegen.llvm_get_system_cpu())
 

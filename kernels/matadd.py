@@ -16,6 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from .definition import Definition, register
+from .lazy import lazy_import
+
+tvm = lazy_import("tvm")
+te = lazy_import("tvm.te")
+s_tir = lazy_import("tvm.s_tir")
 
 WORD_BITS = 64
 
@@ -46,8 +51,6 @@ def _binary_real_args(M, K, N, dtype):
 
 
 def _binary_real(M: int, K: int, N: int, dtype: str = "float32"):
-    import tvm
-    from tvm import te
     B = te.placeholder((M, K), "int8", name="B")
     V = te.placeholder((K, N), dtype, name="V")
     k = te.reduce_axis((0, K), name="k")
@@ -58,8 +61,6 @@ def _binary_real(M: int, K: int, N: int, dtype: str = "float32"):
 
 def _binary_real_batched(batch: int, M: int, K: int, N: int, dtype: str = "float32"):
     """``batch`` independent products in one call: every (image, head) of an additive attention at once."""
-    import tvm
-    from tvm import te
     B = te.placeholder((batch, M, K), "int8", name="B")
     V = te.placeholder((batch, K, N), dtype, name="V")
     k = te.reduce_axis((0, K), name="k")
@@ -77,7 +78,6 @@ def _binary_real_cpu_schedule(mod, M: int, K: int, N: int, target=None):
     untuned (TVM's default runs the loop nest serially: 2-3 ms of a DeiT-Tiny additive attention's 3.8); None when
     ``N`` has no multiple-of-8 tile. The computation selects with ``Select``, not ``if_then_else``: LLVM turns the
     latter into a branch per code, which random codes mispredict half the time (3-10x slower at large batches)."""
-    from tvm import s_tir
 
     cols = next((c for c in (64, 32, 16, 8) if N % c == 0), None)
     if cols is None:
@@ -149,9 +149,6 @@ def _lut_args(M, K, N, dtype):
 
 
 def _lut4(M: int, K: int, N: int, dtype: str = "float32"):
-    import tvm
-    from tvm import te
-
     groups = nibbles(K)
     C = te.placeholder((M, groups), "uint8", name="C")
     V = te.placeholder((K, N), dtype, name="V")
@@ -207,7 +204,6 @@ def _packed_args(M, K, N, dtype):
 
 
 def _packed_popcount(M: int, K: int, N: int, dtype: str = "uint64"):
-    from tvm import te
     w = words(K)
     Q = te.placeholder((M, w), "uint64", name="Q")
     C = te.placeholder((N, w), "uint64", name="C")

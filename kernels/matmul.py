@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .definition import Definition, register
+from .lazy import lazy_import
+
+te = lazy_import("tvm.te")
 
 
 def _args(M, K, N, dtype):
@@ -12,7 +15,6 @@ def _args(M, K, N, dtype):
 
 
 def compute(M: int, K: int, N: int, dtype: str = "float32"):
-    from tvm import te
     X = te.placeholder((M, K), dtype, name="X")
     W = te.placeholder((N, K), dtype, name="W")
     k = te.reduce_axis((0, K), name="k")

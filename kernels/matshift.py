@@ -23,6 +23,10 @@ from collections.abc import Callable
 import numpy as np
 
 from .definition import Definition, register
+from .lazy import lazy_import
+
+te = lazy_import("tvm.te")
+s_tir = lazy_import("tvm.s_tir")
 
 # The form compiled models use unless a measurement picks another per shape (bench/results/kernels-cpu.md).
 DEFAULT_VARIANT = "xor"
@@ -61,7 +65,6 @@ def _args(M, K, N, dtype):
 
 def _compute(sign_form: str):
     def compute(M: int, K: int, N: int, dtype: str = "int32"):
-        from tvm import te
         X = te.placeholder((M, K), "int32", name="X")
         R = te.placeholder((N, K), "int8", name="R")
         S = te.placeholder((N, K), "int8", name="S")
@@ -86,7 +89,6 @@ def _xor_args(M, K, N, dtype):
 
 
 def _xor_compute(M: int, K: int, N: int, dtype: str = "int32"):
-    from tvm import te
     X = te.placeholder((M, K), "int32", name="X")
     R = te.placeholder((K, N), "int8", name="R")
     keep = te.placeholder((K, N), "int8", name="keep")
@@ -109,7 +111,6 @@ def _xor_cpu_schedule(mod, M: int, K: int, N: int, target=None):
     over the cores, the per-output constant added as the tile is written back. Used untuned; None when ``N`` has no
     multiple-of-16 tile (TVM's default schedule then). Untuned, it runs 15-40x faster than TVM's default schedule
     and within about 0.7-1.6x of MetaSchedule's best after 32 trials (``bench/results/kernel-schedules.md``)."""
-    from tvm import s_tir
 
     cols = next((c for c in (64, 32, 16) if N % c == 0), None)
     if cols is None:

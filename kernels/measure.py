@@ -14,12 +14,16 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import tvm
+import psutil
 
 from . import target as targets
-from .arguments import arguments, random_arguments
+from .arguments import random_arguments
+from .lazy import lazy_import
 from .spec import KernelError, KernelResourceError, KernelSpec
 from .tuning import DEFAULT_TRIALS, CompiledKernel, get_kernel
+
+tvm = lazy_import("tvm")
+rpc = lazy_import("tvm.rpc")
 
 DEFAULT_REPEATS = 15
 DEFAULT_MIN_REPEAT_MS = 40
@@ -84,16 +88,12 @@ class CpuContention:
 
     @staticmethod
     def _busy() -> float:
-        import psutil
-
         t = psutil.cpu_times()
         # guest time is already inside user time on Linux: not added again
         return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
 
     @staticmethod
     def _own() -> float:
-        import psutil
-
         t = psutil.Process().cpu_times()
         return t.user + t.system
 
@@ -102,8 +102,6 @@ class CpuContention:
         return self
 
     def __exit__(self, *exc) -> None:
-        import psutil
-
         wall0, busy0, own0 = self._start
         wall = time.perf_counter() - wall0
         others = (self._busy() - busy0) - (self._own() - own0)
@@ -169,7 +167,6 @@ def time_remote(
     The kernel must have been compiled for that device's target. Its library is uploaded, loaded remotely and timed
     there; inputs are created on the remote device.
     """
-    from tvm import rpc
 
     host, port = parse_tracker(tracker)
     try:

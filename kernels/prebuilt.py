@@ -3,7 +3,6 @@ where only the TVM runtime is installed (a GPU machine without TVM's compiler: `
 
 :func:`build` (needs TVM's compiler; no GPU, even for CUDA: TVM generates the CUDA source and compiles it with NVRTC)
 writes into one folder::
-
     kernels.so      every task as one function, named by its key (:func:`function_name`); untuned schedules: the
                     variant's hand-written CPU schedule where it has one, dlight's GPU rules on CUDA
     manifest.json   written last: the target, the TVM version, the fingerprint of the kernels' code, the library's
@@ -28,8 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import target as targets
 from .cache import file_sha256
+from .lazy import lazy_import
 from .spec import KernelError, KernelResourceError, KernelSpec
+from .tuning import default_schedule
+
+tvm = lazy_import("tvm")
+libinfo = lazy_import("tvm_ffi.libinfo")
 
 FORMAT = "1"
 LIBRARY = "kernels.so"
@@ -106,10 +111,7 @@ def build(specs: Iterable[KernelSpec], target: Any, folder: Path,
     ``folder``; ``on_kernel(i, n, spec)`` as each is scheduled. No device is needed. The manifest is written last,
     atomically: a folder whose build was interrupted has none, or the previous one, whose checksum then refuses the
     library."""
-    import tvm
 
-    from . import target as targets
-    from .tuning import default_schedule
 
     target = targets.resolve(target)
     if targets.is_cuda(target):  # the launch code runs on the other machine's CPU: generic x86-64, not this one's
@@ -148,14 +150,12 @@ def _cuda_runtime() -> str | None:
     """Load TVM's CUDA runtime library (the CUDA device and the module loader) beside ``libtvm_runtime``: TVM loads
     it when it registers its CUDA backend, which needs the compiler, so the runtime alone does not. Returns why it
     does not load (no CUDA driver: ``libcuda.so.1``), or None."""
-    import tvm.base
-    from tvm_ffi.libinfo import load_lib_ctypes
 
     if "tvm_runtime_cuda" in tvm.base._LOADED_LIBS:
         return None
     folder = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
     try:
-        tvm.base._LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+        tvm.base._LOADED_LIBS["tvm_runtime_cuda"] = libinfo.load_lib_ctypes(
             package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[folder], mode="RTLD_LOCAL")
     except (OSError, RuntimeError) as e:
         return f"TVM's CUDA runtime does not load: {str(e).splitlines()[0]}"
@@ -164,7 +164,6 @@ def _cuda_runtime() -> str | None:
 
 def _gpu_arch() -> tuple[str | None, str]:
     """``sm_XY`` of the first visible CUDA GPU (asked through the TVM runtime), or None and why not."""
-    import tvm
 
     failed = _cuda_runtime()
     if failed is not None:
@@ -203,7 +202,6 @@ class PrebuiltKernels:
     def load(cls, folder: Path, require: Iterable[KernelSpec] = ()) -> "PrebuiltKernels":
         """Check the folder (manifest, checksum, kernel code, the GPU's architecture, every task of ``require``
         present), then load its library."""
-        import tvm
 
         folder = Path(folder)
         manifest = Manifest.read(folder)

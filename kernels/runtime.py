@@ -33,9 +33,9 @@ from search_spaces.ops.attention import BINARIZE_KINDS, AdditiveAttention
 from search_spaces.ops.shift import Shift16Linear, ShiftLinear, from_fixed_point, to_fixed_point
 
 from . import additive, matshift, shiftlinear
+from . import target as targets
 from .dispatch import Dispatch
 from .prebuilt import PrebuiltKernel, PrebuiltKernels
-from . import target as targets
 from .spec import KernelSpec
 from .tuning import CompiledKernel, get_kernel
 

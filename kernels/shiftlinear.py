@@ -30,6 +30,13 @@ import torch
 from search_spaces.ops.shift import SCALE_RANGE, WEIGHT_EXP16, activation_bits, int16_weights, shift16_matmul
 
 from .definition import Definition, register
+from .lazy import lazy_import
+
+te = lazy_import("tvm.te")
+tirx = lazy_import("tvm.tirx")
+codegen = lazy_import("tvm.target.codegen")
+s_tir = lazy_import("tvm.s_tir")
+T = lazy_import("tvm.script.tirx")
 
 LANES = 16  # outputs per weight tile: one 512-bit vector of int32 (two 256-bit ones on AVX2)
 PAIR = 2  # terms per int32 lane of one dot-product instruction
@@ -67,8 +74,6 @@ def row_tile(M: int) -> int:
 
 
 def _compute(M: int, K: int, N: int, dtype: str = "float32"):
-    from tvm import te, tirx
-
     tiles, pairs = -(-N // LANES), -(-K // PAIR)
     rows = -(-M // row_tile(M)) * row_tile(M)
     X = te.placeholder((M, K), "float32", name="X")
@@ -104,7 +109,6 @@ def _compute(M: int, K: int, N: int, dtype: str = "float32"):
 def _intrinsic(target) -> str | None:
     """The tensor intrinsic of one 16-output × 2-term dot product for this CPU (registered on first use), or None
     where it has neither AVX2 nor AVX-512BW (TVM's vectorizer then does what it can)."""
-    from tvm.target import codegen
 
     if target is None or target.kind.name != "llvm":
         return None
@@ -121,8 +125,6 @@ _INTRINSICS: dict[str, str] = {}
 def _register_intrinsic(isa: str) -> str:
     if isa in _INTRINSICS:
         return _INTRINSICS[isa]
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((PAIR,), "int16", offset_factor=1), B: T.Buffer((LANES, PAIR), "int16", offset_factor=1),
@@ -165,7 +167,7 @@ def _register_intrinsic(isa: str) -> str:
                     B.vload([8, 0], dtype="int16x16"), dtype="int32x8")
 
     name = f"shiftadd_dot_{LANES}x{PAIR}_i16_{isa}"
-    TensorIntrin.register(name, desc, impl, override=True)
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
     _INTRINSICS[isa] = name
     return name
 
@@ -175,7 +177,6 @@ def _cpu_schedule(mod, M: int, K: int, N: int, target=None):
     4 rows × up to 64 outputs accumulated over all of ``K`` with the CPU's dot-product instruction, then its rescale
     and bias. A tile's mantissas and sums stay in L1; the weights (``K · N`` int16: a few hundred KiB at ViT sizes)
     in L2."""
-    from tvm import s_tir
 
     sch = s_tir.Schedule(mod)
     tiles = -(-N // LANES)

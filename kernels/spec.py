@@ -9,7 +9,6 @@ inputs serve a machine that has the TVM runtime alone (:mod:`kernels.prebuilt`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,6 @@ import numpy as np
 from search_spaces.errors import ConfigError, ResourceError
 
 from .definition import REGISTRY, Definition
-
 
 DEFAULT_CUDA_ARCH = "sm_80"  # of target "cuda" without an architecture
 

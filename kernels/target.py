@@ -10,10 +10,11 @@ import hashlib
 import json
 from typing import Any
 
-import tvm
-
 from .host import cpu_threads, host_cpu
+from .lazy import lazy_import
 from .spec import DEFAULT_CUDA_ARCH, KernelError
+
+tvm = lazy_import("tvm")
 
 
 def cpu_target(num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:

@@ -1,7 +1,6 @@
 """Tune once, cache forever: MetaSchedule tuning of one kernel task per (kernel, variant, shape, dtype, target).
 
 Cache layout, under ``cache_dir()`` (``$SHIFTADD_CACHE`` or ``~/.cache/shiftadd-nas/tvm``)::
-
     <target fingerprint>/target.json            the target these kernels were compiled for
     <target fingerprint>/<task key>/tuning/     MetaSchedule's JSON database (workloads + tuning records) and logs
     <target fingerprint>/<task key>/kernel.so   the compiled library
@@ -29,13 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tvm
-
 from . import target as targets
 from .arguments import random_arguments
 from .cache import cache_dir, file_lock, file_sha256
+from .lazy import lazy_import
 from .spec import KernelError, KernelResourceError, KernelSpec
 from .tvm_import import import_tensor_intrinsics
+
+tvm = lazy_import("tvm")
+ms = lazy_import("tvm.s_tir.meta_schedule")
+dlight = lazy_import("tvm.s_tir.dlight")
+ir_utils = lazy_import("tvm.ir.utils")
 
 DEFAULT_TRIALS = 64
 log = logging.getLogger(__name__)
@@ -132,8 +135,6 @@ def default_schedule(spec: KernelSpec, target: tvm.target.Target) -> tvm.IRModul
         if scheduled is not None:
             return scheduled
     if targets.is_cuda(target):
-        from tvm.s_tir import dlight
-
         with target:
             mod = dlight.ApplyDefaultSchedule(dlight.gpu.Fallback())(mod)
     return mod
@@ -141,7 +142,6 @@ def default_schedule(spec: KernelSpec, target: tvm.target.Target) -> tvm.IRModul
 
 def _tuned_schedule(spec: KernelSpec, target: tvm.target.Target, work_dir: Path) -> tvm.IRModule | None:
     """The best schedule recorded in the task's tuning database, or None when it has none or does not load."""
-    from tvm.s_tir import meta_schedule as ms
 
     if not _database_is_well_formed(work_dir):
         return None
@@ -186,10 +186,7 @@ def _recorded_trials(work_dir: Path) -> int:
 
 
 def _progress_callback(on_trials: Callable[[int], None]):
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.ir.utils import derived_object
-
-    @derived_object
+    @ir_utils.derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
             on_trials(len(measure_candidates))
@@ -205,8 +202,6 @@ def _tune(
     seed: int,
     on_trials: Callable[[int], None] | None,
 ) -> None:
-    from tvm.s_tir import meta_schedule as ms
-
     import_tensor_intrinsics()
     work_dir.mkdir(parents=True, exist_ok=True)
     cores = max(1, targets.cpu_threads())

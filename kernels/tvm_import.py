@@ -47,4 +47,4 @@ def import_tensor_intrinsics() -> None:
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return
     with _fast_inspect_stack():
-        import tvm.s_tir.tensor_intrin  # noqa: F401
+        import tvm.s_tir.tensor_intrin  # noqa: F401  (here, not lazy_import: inside the fast stack it must run)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels.lazy import lazy_import
 from search_spaces import ArchConfig, BlockConfig
 from search_spaces.families import family_for
 
@@ -19,6 +20,8 @@ from .db import ModelRow
 from .decomposition import MoELoad, block_attention_variant
 from .keys import OpName, part_name
 from .prediction import Accuracy, Prediction, PredictorError
+
+optimize = lazy_import("scipy.optimize")
 
 # the names of a block's parts in a prediction's breakdown that are not a kernel or an expert
 PART_NAMES = {OpName.BLOCK_FRAME: "norms+residuals", OpName.ATTENTION: "attention", OpName.MOE_ROUTER: "router"}
@@ -34,19 +37,17 @@ def _composition(points: list[tuple[float, int, float]]) -> list[float]:
     non-negative least squares on what the whole model costs beyond its parts, in relative error (a model of 0.5 ms
     counts as much as one of 50 ms), made robust by Huber weights (iteratively reweighted): one whole-model timing
     that a hiccup of the machine made 100× slow is one bad check, not a constant that prices every model 20× high."""
-    from scipy.optimize import nnls
-
     x = np.array([[p, k, 1.0] for p, k, _ in points])
     measured = np.array([m for _, _, m in points])
     extra = measured - x[:, 0]
     weights = 1.0 / measured
-    coef = nnls(x * weights[:, None], extra * weights)[0]
+    coef = optimize.nnls(x * weights[:, None], extra * weights)[0]
     for _ in range(50):
         residual = (x @ coef - extra) / measured
         scale = max(1.4826 * float(np.median(np.abs(residual))), 0.01)  # MAD; at least 1 % of the model
         huber = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(residual), 1e-12))
         weights = np.sqrt(huber) / measured
-        refit = nnls(x * weights[:, None], extra * weights)[0]
+        refit = optimize.nnls(x * weights[:, None], extra * weights)[0]
         if np.allclose(refit, coef, rtol=1e-6, atol=1e-9):
             break
         coef = refit

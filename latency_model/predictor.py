@@ -54,7 +54,7 @@ from .calibration import (
     part_of,
 )
 from .db import ModelRow, Row
-from .decomposition import MoELoad, config_ops, latency_split, space_ops
+from .decomposition import ModelDims, MoELoad, config_ops, latency_split, mlp_shape, space_ops
 from .keys import OpName, fitted_model_key, lookup_key, parse_lookup_key
 from .op_models import PowerLaw
 from .prediction import LOO, Accuracy, Prediction, PredictorError
@@ -195,7 +195,6 @@ class Predictor:
         choice = config.blocks[block]
         if choice.moe is None:
             raise PredictorError(f"blocks[{block}].mlp", f"{config.id} has no MoE MLP (its mlp is {choice.mlp!r})")
-        from .decomposition import ModelDims, mlp_shape
 
         shape = dict(mlp_shape(ModelDims.of(config.model).blocks[block], batch))
         return [self.op_ms(OpName.MLP, kind, shape) for kind in choice.moe.experts]

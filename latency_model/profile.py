@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -250,8 +252,6 @@ def torch_device(kernels: KernelSet) -> torch.device:
 
 def gpu_description() -> dict[str, object]:
     """The first CUDA GPU: name, memory, compute capability, driver and clocks (``nvidia-smi``, where installed)."""
-    import shutil
-    import subprocess
 
     if not torch.cuda.is_available():
         return {}

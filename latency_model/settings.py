@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -33,6 +34,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kernels import target as targets
+from kernels.host import cpu_name, cpu_threads
+from kernels.spec import DEFAULT_CUDA_ARCH
 from search_spaces.config import ConfigError
 from search_spaces.errors import ResourceError
 from search_spaces.schema import check_keys, check_number
@@ -61,22 +65,13 @@ def default_device_name(target: Any) -> str:
     is not installed it stays unnamed (``""``), which training does not need; give ``latency.device`` there."""
     text = target.strip() if isinstance(target, str) else ""
     if text == "cuda" or text.startswith("cuda:"):
-        from kernels.spec import DEFAULT_CUDA_ARCH
-
         return f"cuda-{text.split(':', 1)[1] if ':' in text else DEFAULT_CUDA_ARCH}"
-    if text == "cpu":  # named without importing TVM where this machine was named before
-        from kernels.host import cpu_name, cpu_threads
-
-        try:
-            return f"cpu-{cpu_name()}-{cpu_threads()}c"
-        except ImportError:
-            return ""
     try:
-        from kernels import target as targets
-    except ImportError:
+        if text == "cpu":  # named without importing TVM where this machine was named before
+            return f"cpu-{cpu_name()}-{cpu_threads()}c"
+        described = targets.describe(targets.resolve(target))
+    except ImportError:  # no TVM here
         return ""
-
-    described = targets.describe(targets.resolve(target))
     if described["kind"] == "cuda":
         return f"cuda-{described.get('arch', 'gpu')}"
     kind = "cpu" if described["kind"] == "llvm" else described["kind"]
@@ -136,8 +131,6 @@ class LatencySettings:
             if data.get(key) is not None:
                 value = data[key]
                 if key == "target" and isinstance(value, Mapping):
-                    import json
-
                     value = json.dumps(dict(value))
                 if not isinstance(value, str) or not value:
                     raise ConfigError(f"{where}.{key}", f"expected a non-empty string, got {value!r}")

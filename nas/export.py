@@ -5,6 +5,7 @@ ArchConfig file with its provenance (:mod:`nas.search.provenance`), and in super
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ from .search.provenance import provenance, write_config
 from .search.report import front_metrics, pareto_front, pareto_trials
 from .study import Study
 from .training.checkpoints import save_weights
+from .training.supernet_trainer import load_supernet
+from .training.teacher import load_teacher
 from .training.trainer import standard_error
 
 if TYPE_CHECKING:
@@ -97,7 +100,6 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path,
     and ``pareto`` choose from the refined front when ``refined`` is given, and the provenance says so and carries
     the refined accuracies; a trial's own test accuracy is evaluated first where its trial did not
     (:func:`nas.search.objective.score_test_split`)."""
-    import shutil
 
     ensure_writable(out, "--out", need_mb=1)
     paths, supernet = [], None
@@ -122,9 +124,6 @@ def export(study: Study, ostudy: optuna.Study, which: str, out: Path,
                 origin["weights_from"] = f"refine, seed {study.train.seed}"
         if "weights" not in origin and trial.user_attrs.get(attr.EVALUATION) == "supernet":
             if supernet is None:
-                from .training.supernet_trainer import load_supernet
-                from .training.teacher import load_teacher
-
                 supernet = load_supernet(study, load_teacher(study))
             weights = save_weights(supernet.extract(config), out / f"trial-{trial.number}.safetensors",
                                    {"config": config.to_json()})

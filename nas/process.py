@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import warnings
 
+import optuna
+import torch
+
 
 def set_torch_threads(threads: int) -> None:
     """torch's intra-op threads for this process."""
-    import torch
 
     torch.set_num_threads(threads)
 
@@ -29,7 +31,6 @@ def quiet_search_worker_warnings() -> None:
 
 def quiet_optuna_logging() -> None:
     """Optuna logs every trial at INFO; the commands' progress displays say what matters."""
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

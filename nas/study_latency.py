@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kernels.runtime import to_kernels
 from latency_model import db
 from latency_model.decomposition import ModelDims
 from latency_model.keys import is_kernel_op
 from latency_model.pays import where_it_pays as price
 from latency_model.predictor import Predictor, PredictorError
+from latency_model.profile import table_kernels, torch_device
+from latency_model.timing import time_model
 
 from .study import Study
 
@@ -31,7 +34,6 @@ def profiled_trials(settings: "LatencySettings") -> int:
 def study_kernels(study: Study):
     """The study's compiled kernels at the tuning its table was profiled with, each shape on the variant the table
     found fastest (a :class:`kernels.runtime.KernelSet`), so a model run on them is the model the predictor priced."""
-    from latency_model.profile import table_kernels
 
     return table_kernels(study.latency, profiled_trials(study.latency))
 
@@ -39,9 +41,6 @@ def study_kernels(study: Study):
 def measure_latency(study: Study, model) -> float:
     """Forward latency (ms, median) of a trained model run on the compiled kernels, at the study's batch size, in
     the study's runtime (``latency.runtime``)."""
-    from kernels.runtime import to_kernels
-    from latency_model.profile import torch_device
-    from latency_model.timing import time_model
 
     settings = study.latency
     kernels = study_kernels(study)

@@ -1,7 +1,6 @@
 """SearchSpace: which choices each block may take. One definition serves Optuna, Ray Tune and random sampling.
 
 It is read from the ``model:`` and ``space:`` sections of a study file::
-
     model:
       name: deit_tiny_patch16_224
       kwargs: {img_size: 32, patch_size: 4, depth: 4, embed_dim: 64, num_heads: 2, num_classes: 10}
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from . import registry
 from .config import ArchConfig, BlockConfig, ConfigError, ModelSpec, MoEConfig
@@ -114,7 +114,6 @@ def model_depth(model: ModelSpec) -> int:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ConfigError("model.kwargs.depth", f"must be a positive integer, got {depth!r}")
         return depth
-    import torch
 
     with torch.device("meta"):
         return len(transformer_blocks(create_model(model)))

@@ -16,7 +16,7 @@ from nas import attributes as attr
 from nas.cli import main
 from nas.search.dashboard import architecture_table, artifact_store, trial_note
 from nas.study import Study
-from tiny import TINY_MODEL, free_port, stored_trials
+from tiny import TINY_MODEL, free_port, search, stored_trials
 from search_spaces import ArchConfig, BlockConfig, ConfigError, MoEConfig
 
 
@@ -42,7 +42,7 @@ def _serve(study_file, port):
 
 def test_the_dashboard_shows_notes_and_artifacts_of_a_finished_search(searchable, tmp_path):
     study_file = searchable(tmp_path)
-    assert main(["search", str(study_file)]) == 0
+    search(study_file)
     assert main(["report", str(study_file)]) == 0
     for _ in range(2):  # a report written again replaces the charts, it does not add more
         assert main(["report", str(study_file)]) == 0
@@ -108,7 +108,7 @@ def test_a_refit_updates_the_study_note_and_an_unchanged_one_is_not_rewritten(se
     from nas.search.storage import open_study
 
     study_file = searchable(tmp_path, budget={"n_trials": 1})
-    assert main(["search", str(study_file)]) == 0
+    search(study_file)
     study = Study.load(study_file)
     ostudy = open_study(study, create=False)
     before = get_note(ostudy)

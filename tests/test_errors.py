@@ -40,7 +40,7 @@ def test_every_error_of_the_product_is_one_of_three_kinds():
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, BaseException) and cls.__module__ == module.__name__:
                 found[f"{cls.__module__}.{name}"] = cls
-    assert {"kernels.spec.KernelError", "latency_model.db.LatencyDBError", "nas.search.storage.SearchError",
+    assert {"kernels.spec.KernelError", "latency_model.db.schema.LatencyDBError", "nas.search.storage.SearchError",
             "latency_model.prediction.PredictorError", "nas.training.trainer.TrainingDiverged"} <= set(found)
     for qualified, cls in found.items():
         if qualified in INTERNAL or cls in (ShiftAddError, *KINDS):

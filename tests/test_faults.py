@@ -12,8 +12,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from nas import attributes as attr
+from nas import pipeline
 from nas.cli import main
 from nas.study import Study
+from tiny import search
 
 
 def _study(study_file):
@@ -24,13 +26,13 @@ def _study(study_file):
 def test_a_worker_killed_mid_trial_is_failed_retried_and_the_rerun_finishes(searchable, tmp_path):
     study_file = searchable(tmp_path, budget={"n_trials": 3, "epochs": 3, "steps_per_epoch": 15},
                             search={"heartbeat_s": 1, "retries": 1})
-    search = subprocess.Popen([sys.executable, "-m", "nas.cli", "search", str(study_file)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    searching = subprocess.Popen([sys.executable, "-m", "nas.cli", "search", str(study_file)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         victim = None
         while victim is None:
-            assert search.poll() is None and time.monotonic() < deadline, search.stdout.read().decode()[-3000:]
+            assert searching.poll() is None and time.monotonic() < deadline, searching.stdout.read().decode()[-3000:]
             try:
                 running = _study(study_file).get_trials(states=(TrialState.RUNNING,))
             except KeyError:  # the study is not created yet
@@ -39,16 +41,16 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_the_rerun_finishes(sear
             victim = next((t for t in running if t.number >= 1 and attr.CONFIG in t.user_attrs), None)
             time.sleep(0.2)
         os.kill(int(victim.user_attrs[attr.WORKER].rsplit(":", 1)[1]), signal.SIGKILL)
-        output = search.communicate(timeout=120)[0].decode()
+        output = searching.communicate(timeout=120)[0].decode()
     finally:
-        if search.poll() is None:
-            search.kill()
-    assert search.returncode == 2 and "stopped early" in output and "Traceback" not in output
+        if searching.poll() is None:
+            searching.kill()
+    assert searching.returncode == 2 and "stopped early" in output and "Traceback" not in output
     before = {t.number: t for t in _study(study_file).get_trials() if t.state == TrialState.COMPLETE}
     assert _study(study_file).trials[victim.number].state == TrialState.RUNNING  # nobody has noticed yet
 
     time.sleep(2.5)  # past the grace period of two missed beats
-    assert main(["search", str(study_file)]) == 0
+    search(study_file)
     trials = _study(study_file).get_trials()
     assert trials[victim.number].state == TrialState.FAIL  # not RUNNING forever
     retry = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number]
@@ -62,7 +64,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_the_rerun_finishes(sear
 def test_four_workers_on_one_study(database, searchable, tmp_path, request):
     storage = {"storage": request.getfixturevalue("postgres_url")} if database == "postgresql" else {}
     study_file = searchable(tmp_path, budget={"n_trials": 8, "epochs": 1, "steps_per_epoch": 1}, **storage)
-    assert main(["search", str(study_file), "--workers", "4"]) == 0
+    search(study_file, workers=4)
     trials = _study(study_file).get_trials()
     assert [t.number for t in trials] == list(range(8))
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get(attr.FAIL_REASON) for t in trials]
@@ -84,8 +86,7 @@ def test_storage_passwords_never_reach_the_output(searchable, tmp_path, capsys):
     assert "storage" in err and "not a URL" in err and "s3cret-pw" not in err
 
 
-def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_path, capsys, monkeypatch):
-    import re
+def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_path, monkeypatch):
 
     from latency_model import db
     from tiny import PLUMBING_NOISE, TINY_MODEL, write_study
@@ -123,10 +124,9 @@ def test_profile_killed_midway_keeps_its_rows_and_measures_only_the_rest(tmp_pat
     assert len(kept) >= 5
 
     monkeypatch.setenv("SHIFTADD_CACHE", env["SHIFTADD_CACHE"])
-    assert main(["profile", str(study_file)]) == 0
-    out = capsys.readouterr().out
-    measured, skipped = map(int, re.search(r"measured (\d+), already in the table (\d+)", out).groups())
-    assert skipped >= len(kept) and measured > 0  # only what was missing
+    summary = pipeline.profile(Study.load(study_file))
+    assert not summary.failed and not summary.noisy
+    assert summary.skipped >= len(kept) and summary.measured  # only what was missing
     rows = db.latest(engine, device)
     assert kept <= {(r.op, r.variant, str(r.shape)) for r in rows}  # nothing measured before was lost
 
@@ -210,7 +210,8 @@ def test_a_shape_that_fails_to_compile_is_recorded_and_the_profile_goes_on(tmp_p
     assert len(measured) > len(recorded)  # the other shapes were measured
 
     blocker.unlink()
-    assert main(["profile", str(study_file), "--cache", str(cache)]) == 0  # fixed: only the missing ones now
+    fixed = pipeline.profile(study, pipeline.ProfileOptions(kernel_cache=cache))  # only the missing ones now
+    assert not fixed.failed and fixed.measured
     assert len(db.latest(engine, study.latency.device)) > len(measured)
 
 

@@ -145,3 +145,82 @@ def test_the_check_finds_a_cycle_inside_a_package_hidden_in_a_function(tmp_path)
     found = cycles(package_graph(imports(tmp_path), "search_spaces"))
     assert sorted(found) == [["search_spaces.config", "search_spaces.registry"],
                              ["search_spaces.families", "search_spaces.families.vit"]]
+
+
+HEAVY = ("tvm", "tvm_ffi", "ray", "optuna_dashboard", "matplotlib", "sklearn", "scipy")
+# where a heavy library is imported by an import statement, and why (everywhere else: kernels.lazy.lazy_import)
+HEAVY_IMPORTS_ALLOWED = {
+    "nas/search/ray_backend.py": "its classes extend Ray's; loaded only when the ray backend is chosen",
+    "kernels/tvm_import.py": "the tensor intrinsics, imported inside the fast inspect.stack it installs",
+}
+
+
+def import_rule_breaches(root: Path) -> list[str]:
+    """``path:line what``, for each import of a project module inside a function (project modules are imported at
+    the top of a module) and each import statement of a heavy optional library outside :data:`HEAVY_IMPORTS_ALLOWED`
+    (those go through ``kernels.lazy.lazy_import``)."""
+    found = []
+    for package in LAYERS:
+        for path in sorted((root / package).rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            tree = ast.parse(path.read_text(), relative)
+            in_functions = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                            for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = ["." if node.level else node.module or ""]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if id(node) in in_functions and (name == "." or top in LAYERS):
+                        found.append(f"{relative}:{node.lineno} {name} inside a function")
+                    elif top in HEAVY and relative not in HEAVY_IMPORTS_ALLOWED:
+                        found.append(f"{relative}:{node.lineno} {name} imported, not through lazy_import")
+    return found
+
+
+def test_project_modules_at_module_top_and_heavy_libraries_through_the_lazy_helper():
+    assert import_rule_breaches(ROOT) == []
+    assert all((ROOT / path).is_file() for path in HEAVY_IMPORTS_ALLOWED)
+
+
+def test_the_import_rule_check_finds_both_breaches(tmp_path):
+    files = {"search_spaces/__init__.py": "", "kernels/__init__.py": "", "latency_model/__init__.py": "",
+             "nas/__init__.py": "def f():\n    from . import pipeline\n    import json\n",
+             "nas/pipeline.py": "import tvm\nfrom kernels.lazy import lazy_import\nplt = lazy_import('matplotlib')\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert import_rule_breaches(tmp_path) == ["nas/__init__.py:2 . inside a function",
+                                              "nas/pipeline.py:1 tvm imported, not through lazy_import"]
+
+
+def test_a_lazy_module_imports_on_first_use_and_names_what_is_missing():
+    """In a fresh interpreter: binding costs nothing, the first attribute read imports, and a library that cannot be
+    imported is one ImportError saying how to install it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from kernels.lazy import lazy_import
+optimize = lazy_import("scipy.optimize")
+assert "scipy" not in sys.modules, "bound, not imported"
+assert optimize.nnls([[1.0]], [2.0])[0][0] == 2.0 and "scipy.optimize" in sys.modules
+try:
+    lazy_import("matplotlib.no_such_module").anything
+except ImportError as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "cannot import matplotlib.no_such_module" in out.stdout and "make install" in out.stdout
+    from kernels.lazy import lazy_import
+    try:
+        lazy_import("json")
+    except ValueError as e:
+        assert "heavy optional libraries" in str(e)
+    else:
+        raise AssertionError("lazy_import accepted a library outside its list")

@@ -11,11 +11,11 @@ import pytest
 from optuna.trial import TrialState
 
 from nas import attributes as attr
-from nas.cli import main
+from nas import pipeline
 from nas.search.storage import open_refine_study
 from nas.study import Study
 
-from tiny import stored_trials, trial_notes
+from tiny import search, stored_trials, trial_notes
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(900)
 def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_path):
     study_file = searchable(tmp_path, budget={"n_trials": 4},
                             objectives={"metrics": ["accuracy", "latency_ms", "energy_uj"]})
-    assert main(["search", str(study_file), "--backend", "ray", "--workers", "2"]) == 0
+    search(study_file, "ray", workers=2)
     trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert [t.user_attrs.get(attr.REFERENCE) for t in trials[:2]] == ["dense", "paper"]
@@ -38,13 +38,13 @@ def test_two_concurrent_ray_trials_land_in_the_study_and_export(searchable, tmp_
     for number, (note, artifacts) in trial_notes(study_file).items():  # what optuna-dashboard shows of each
         assert note.startswith(f"## Trial {number}: complete") and "| block | attention |" in note
         assert artifacts == [f"trial-{number}.yaml"]
-    assert main(["export", str(study_file), "--trial", "best", "--out", str(tmp_path / "best")]) == 0
+    assert all(path.is_file() for path in pipeline.export(Study.load(study_file), "best", tmp_path / "best"))
     # resuming: the same command with a larger budget runs only the missing trials
-    assert main(["search", str(study_file), "--backend", "ray", "--n-trials", "5"]) == 0
+    search(study_file, "ray", n_trials=5)
     again = stored_trials(study_file)
     assert len(again) == 5 and [t.datetime_complete for t in again[:4]] == [t.datetime_complete for t in trials]
     # past the timeout no trial starts (the Optuna backend's meaning of budget.timeout_s / --timeout)
-    assert main(["search", str(study_file), "--backend", "ray", "--n-trials", "8", "--timeout", "0.001"]) == 0
+    search(study_file, "ray", n_trials=8, timeout_s=0.001)
     assert len(stored_trials(study_file)) == 5
 
 
@@ -52,7 +52,7 @@ def test_asha_stopped_trials_are_pruned_not_complete(searchable, tmp_path):
     study_file = searchable(tmp_path, objectives={"metrics": ["accuracy"], "latency_budget_ms": 1000.0},
                             pruner={"name": "asha"},
                             budget={"n_trials": 6, "epochs": 4, "steps_per_epoch": 2})
-    assert main(["search", str(study_file), "--backend", "ray", "--workers", "2"]) == 0
+    search(study_file, "ray", workers=2)
     trials = stored_trials(study_file)
     states = [t.state for t in trials]
     assert len(trials) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}

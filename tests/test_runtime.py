@@ -8,7 +8,9 @@ import yaml
 
 from kernels.runtime import KernelSet, compiled, to_kernels
 from latency_model import db
+from nas import pipeline
 from nas.cli import main
+from nas.study import Study
 from tiny import PLUMBING_NOISE, TINY_MODEL
 from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig, build_model
 
@@ -60,14 +62,15 @@ def test_eager_and_compiled_profiles_keep_their_own_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("SHIFTADD_CACHE", str(tmp_path / "kernels"))
     url = f"sqlite:///{tmp_path / 'latency.db'}"
     eager, fast = _study(tmp_path, "eager", url), _study(tmp_path, "compiled", url)
-    assert main(["profile", eager]) == 0
-    assert main(["profile", fast]) == 0
+    for path in (eager, fast):
+        profiled = pipeline.profile(Study.load(path))
+        assert profiled.measured and not profiled.failed and not profiled.noisy
     engine = db.connect(url)
     names = db.devices(engine)
     assert len(names) == 2 and names[1] == names[0] + "+compiled"
     rows = {name: {(r.op, r.variant, str(r.shape)) for r in db.latest(engine, name)} for name in names}
     assert rows[names[0]] == rows[names[1]]  # the same ops, each runtime's own timing of them
-    assert main(["fit-latency", fast]) == 0
+    assert pipeline.fit_latency(Study.load(fast)).refused is None
     assert (tmp_path / f"latency_{names[1]}.json").exists() and not (tmp_path / f"latency_{names[0]}.json").exists()
 
 

@@ -94,9 +94,10 @@ def test_validate_command(tmp_path, capsys):
 
 
 def test_loading_a_study_and_building_its_model_loads_no_heavy_optional_library(tmp_path, monkeypatch):
-    """TVM, Ray, optuna-dashboard and matplotlib load where they are used, not when the command and its pipeline are
-    imported, a study read (every command, every search worker) or a model built (training): the CPU's device name is
-    remembered once TVM named it."""
+    """TVM, Ray, optuna-dashboard and matplotlib (and scikit-learn, scipy) load where they are used, not when any
+    module of the project is imported (the Ray backend's own module aside: its classes extend Ray's), a study read
+    (every command, every search worker) or a model built (training): the CPU's device name is remembered once TVM
+    named it."""
     import json
     import subprocess
     import sys
@@ -108,12 +109,17 @@ def test_loading_a_study_and_building_its_model_loads_no_heavy_optional_library(
     code = f"""
 import json, sys
 import numpy as np
+import importlib, pkgutil
 import nas.cli.main, nas.pipeline  # the command and its steps
+for package in ("search_spaces", "kernels", "latency_model", "nas"):  # and every other module
+    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        if info.name != "nas.search.ray_backend":
+            importlib.import_module(info.name)
 from nas.study import Study
 from search_spaces import build_model
 study = Study.load({str(path)!r})
 build_model(study.space.sample(np.random.default_rng(0)))
-heavy = [m for m in ("tvm", "ray", "optuna_dashboard", "matplotlib") if m in sys.modules]
+heavy = [m for m in ("tvm", "ray", "optuna_dashboard", "matplotlib", "sklearn", "scipy") if m in sys.modules]
 print(json.dumps([study.latency.device, heavy]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

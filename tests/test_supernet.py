@@ -16,9 +16,10 @@ import torch
 import yaml
 
 from nas import attributes as attr
+from nas import pipeline
 from nas.cli import main
 from nas.study import Study
-from tiny import pvt, stored_trials
+from tiny import pvt, search, stored_trials
 from search_spaces import ArchConfig, build_model
 from search_spaces.reparam import create_model
 from search_spaces.space import SearchSpace
@@ -208,8 +209,8 @@ def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_the
     from nas.training.teacher import load_teacher
 
     study_file = _study(searchable, tmp_path, finetune_steps=2 if backend == "ray" else 0)
-    assert main(["supernet", str(study_file)]) == 0
-    assert main(["search", str(study_file), "--backend", backend, "--n-trials", "3"]) == 0
+    pipeline.supernet(Study.load(study_file))
+    search(study_file, backend, n_trials=3)
     trials = [t for t in stored_trials(study_file) if t.state.name == "COMPLETE"]
     assert len(trials) == 3
     assert {t.user_attrs[attr.EVALUATION] for t in trials} == {"supernet"}

@@ -90,24 +90,26 @@ def base_study(root: Path) -> dict:
 
 
 def prepare(root: Path) -> Path:
-    """Profile, fit and pretrain the tiny study in ``root``; returns the teacher checkpoint."""
-    from nas.cli import main
-
-    os.environ.setdefault("SHIFTADD_CACHE", str(root / "kernels"))
-    study = write_study(root / "base.yaml", base_study(root))
-    assert main(["profile", str(study)]) == 0
-    assert main(["fit-latency", str(study)]) == 0
-    assert main(["pretrain", str(study)]) == 0
-    return root / "tiny-teacher.safetensors"
-
-
-def search(study_file: Path, **options):
-    """``nas search`` on the study file through the API (the Optuna backend; ``options``: of
-    :class:`nas.pipeline.SearchOptions`); returns its summary."""
+    """Profile, fit and pretrain the tiny study in ``root`` through the pipeline; returns the teacher checkpoint."""
     from nas import pipeline
     from nas.study import Study
 
-    return pipeline.search(Study.load(study_file), "optuna", pipeline.SearchOptions(**options))
+    os.environ.setdefault("SHIFTADD_CACHE", str(root / "kernels"))
+    study = Study.load(write_study(root / "base.yaml", base_study(root)))
+    profiled = pipeline.profile(study)
+    assert not profiled.failed and not profiled.noisy, (profiled.failed, profiled.noisy)
+    fitted = pipeline.fit_latency(study)
+    assert fitted.refused is None, fitted.refused
+    return Path(pipeline.pretrain(study).path)
+
+
+def search(study_file: Path, backend: str = "optuna", **options):
+    """``nas search`` on the study file through the API (``options``: of :class:`nas.pipeline.SearchOptions`);
+    returns its summary."""
+    from nas import pipeline
+    from nas.study import Study
+
+    return pipeline.search(Study.load(study_file), backend, pipeline.SearchOptions(**options))
 
 
 def write_study(path: Path, data: dict) -> Path:

@@ -8,20 +8,22 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kernels import target as targets
+from kernels.check import AWKWARD_SHAPES, all_specs, check, check_prebuilt
 from kernels.matshift import DEFAULT_VARIANT
-from kernels.prebuilt import build
+from kernels.measure import measure
+from kernels.prebuilt import PrebuiltKernels, build
 from kernels.spec import KernelError, KernelSpec, variants
+from kernels.tuning import task_dir
+from latency_model.decomposition import kernel_tasks
 
+from ..study import Study
 from .output import console
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from kernels.check import AWKWARD_SHAPES, all_specs, check, check_prebuilt
-
     specs = list(all_specs(AWKWARD_SHAPES))
     if args.prebuilt:
-        from kernels.prebuilt import PrebuiltKernels
-
         prebuilt = PrebuiltKernels.load(args.prebuilt, require=specs)
         where, run = f"{prebuilt.manifest.kind} ({args.prebuilt})", lambda spec: check_prebuilt(prebuilt, spec)
     else:
@@ -49,10 +51,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from kernels import target as targets
-    from kernels.measure import measure
-    from kernels.tuning import task_dir
-
     spec = KernelSpec(args.kernel, args.variant or _default_variant(args.kernel), args.M, args.K, args.N, args.dtype or "",
                       batch=args.batch)
     progress = Progress(
@@ -90,13 +88,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from kernels.check import AWKWARD_SHAPES, all_specs
-
     specs = list(all_specs(AWKWARD_SHAPES)) if args.checks else []
     if args.study is not None:
-        from latency_model.decomposition import kernel_tasks
 
-        from ..study import Study
 
         study = Study.load(args.study)
         batches = args.batch_sizes or list(study.latency.batch_sizes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from rich.table import Table
@@ -22,7 +23,7 @@ from search_spaces.reparam import weight_counts
 from ..process import quiet_optuna_logging
 from ..search.provenance import named_study
 from ..study import Study
-from . import kernel_commands, latency_commands, search_commands
+from . import kernel_commands, latency_commands, run_commands, search_commands, training_commands
 from .output import console
 
 
@@ -60,7 +61,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """Validate an ArchConfig file and print it (after the study it names, or --study, whose plugins may register
     the primitives it uses)."""
-    from pathlib import Path
 
     study_file = args.study or named_study(args.config)
     if study_file is not None and (args.study or Path(study_file).is_file()):
@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     kernel_commands.add_commands(add, positive_int, non_negative_int)
     latency_commands.add_commands(add, positive_int, non_negative_int)
+    training_commands.add_commands(add, positive_int, non_negative_int)
     search_commands.add_commands(add, positive_int, non_negative_int)
+    run_commands.add_commands(add, positive_int, non_negative_int)
     return parser
 
 

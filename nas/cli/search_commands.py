@@ -1,11 +1,10 @@
-"""``nas validate``, ``pretrain``, ``supernet``, ``search``, ``refine``, ``dashboard``, ``export``, ``finetune``,
-``report`` and ``run``: each parses its arguments into a :mod:`nas.pipeline` step's options, calls it and prints the result."""
+"""``nas validate``, ``search``, ``refine``, ``dashboard``, ``export`` and ``report``: each parses its arguments into a
+:mod:`nas.pipeline` step's options, calls it and prints the result."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from contextlib import nullcontext
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,19 +15,16 @@ from search_spaces.errors import ConfigError
 
 from .. import pipeline
 from ..search.backends import BACKENDS, get_driver
-from ..search.dashboard import artifact_location, artifact_store
+from ..search.dashboard import artifact_location, artifact_store, serve
 from ..search.report import METRIC_LABELS
 from ..search.storage import storage_of
 from ..study import Study
-from .latency_commands import ProfileView, print_fit, print_profile, profile_header, show_nothing_pays
-from .output import PacedLines, console
+from .common import device_arg, load_study, study_arg
+from .latency_commands import show_nothing_pays
+from .output import console
 
 
-def _load(args: argparse.Namespace) -> Study:
-    return Study.load(args.study, storage=getattr(args, "storage", None)).on_device(getattr(args, "device", None))
-
-
-def _search_options(args: argparse.Namespace) -> pipeline.SearchOptions:
+def search_options(args: argparse.Namespace) -> pipeline.SearchOptions:
     return pipeline.SearchOptions(n_trials=args.n_trials, workers=args.workers,
                                   timeout_s=getattr(args, "timeout", None), ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial,
@@ -37,7 +33,7 @@ def _search_options(args: argparse.Namespace) -> pipeline.SearchOptions:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a study file without running it: every section, the model, the data and the space."""
-    study = _load(args)
+    study = load_study(args)
     checked = pipeline.validate(study)
     splits = checked.splits
     console.print(f"[green]ok[/] {study.path}: study {study.name!r}")
@@ -59,98 +55,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         console.print(f"  evaluation: supernet mode, trials inherit from {study.supernet_path} (+"
                       f"{study.evaluation.finetune_steps} steps); `nas supernet` trains it in "
                       f"{study.evaluation.supernet_steps} steps")
-    return 0
-
-
-class _BarView:
-    """A progress bar over a known count, as a context; ``wait_line`` is said when another process holds the file."""
-
-    def __init__(self, label: str, total: int, wait_line: str) -> None:
-        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                                 TimeElapsedColumn(), console=console)
-        self.total, self.wait_line = total, wait_line
-        self.lines = PacedLines(self.progress.console, label)
-
-    def __enter__(self) -> "_BarView":
-        self.progress.__enter__()
-        self.task = self.progress.add_task("", total=self.total)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
-
-    def on_wait(self) -> None:
-        self.progress.console.print(self.wait_line)
-
-
-class PretrainView(_BarView):
-    def __init__(self, study: Study) -> None:
-        super().__init__("pretraining the dense teacher", study.budget.pretrain_epochs,
-                         f"another process is training this teacher ({study.teacher_path}): waiting for it, then "
-                         "using its file")
-
-    def on_epoch(self, epoch: int, loss: float, accuracy: float) -> None:
-        text = f"loss {loss:.3f}, search accuracy {accuracy:.3f}"
-        self.progress.update(self.task, advance=1, description=text)
-        self.lines.update(epoch + 1, self.total, text)
-
-
-def print_pretrain(result) -> None:
-    if result.cached:
-        console.print(f"teacher already trained for this study: {result.path} (search accuracy "
-                      f"{result.search_accuracy:.3f}); --force retrains")
-    else:
-        console.print(f"trained the teacher for {result.epochs} epochs in {result.seconds:.0f} s: search accuracy "
-                      f"{result.search_accuracy:.3f}; wrote {result.path}")
-
-
-def show_pretrain(study: Study, force: bool = False) -> None:
-    """Pretrain the teacher with a progress bar, and say what was done."""
-    with PretrainView(study) as view:
-        result = pipeline.pretrain(study, force=force, on_epoch=view.on_epoch, on_wait=view.on_wait)
-    print_pretrain(result)
-
-
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    show_pretrain(_load(args), force=args.force)
-    return 0
-
-
-class SupernetView(_BarView):
-    def __init__(self, study: Study) -> None:
-        super().__init__("training the supernet", study.evaluation.supernet_steps,
-                         f"another process is training this supernet ({study.supernet_path}): waiting for it, then "
-                         "using its file")
-
-    def on_step(self, step: int, total: int, loss: float) -> None:
-        self.progress.update(self.task, completed=step, description=f"loss {loss:.3f}")
-        self.lines.update(step, total, f"loss {loss:.3f}")
-
-
-def print_supernet(result) -> None:
-    if result.set_aside:
-        console.print(f"[yellow]not used:[/] {result.set_aside}", highlight=False)
-    if result.cached:
-        console.print(f"supernet already trained for this study: {result.path}; --force retrains")
-        return
-    resumed = f", resumed at step {result.resumed_from}" if result.resumed_from else ""
-    console.print(f"trained the supernet for {result.steps} steps in {result.seconds:.0f} s{resumed}; wrote "
-                  f"{result.path}")
-
-
-def show_supernet(study: Study, force: bool = False) -> None:
-    """Train the supernet with a progress bar, and say what was done."""
-    with SupernetView(study) as view:
-        result = pipeline.supernet(study, force=force, on_step=view.on_step, on_wait=view.on_wait)
-    print_supernet(result)
-
-
-def cmd_supernet(args: argparse.Namespace) -> int:
-    study = _load(args)
-    if not study.evaluation.supernet:
-        console.print(f"[yellow]note:[/] {study.path} scores trials in {study.evaluation.mode} mode; set "
-                      "evaluation.mode: supernet for its trials to use this supernet", highlight=False)
-    show_supernet(study, force=args.force)
     return 0
 
 
@@ -219,7 +123,7 @@ def show_search(study: Study, backend: str, options: pipeline.SearchOptions) -> 
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    show_search(_load(args), args.backend, _search_options(args))
+    show_search(load_study(args), args.backend, search_options(args))
     console.print(f"next: nas report {args.study}   |   nas dashboard {args.study}")
     return 0
 
@@ -296,7 +200,7 @@ def _refine_options(args: argparse.Namespace) -> pipeline.RefineOptions:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    study = _load(args)
+    study = load_study(args)
     options = _refine_options(args)
     refine_header(study, options)
     with RefineView(study, options) as view:
@@ -307,8 +211,6 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import optuna_dashboard
-
     if not (args.study or args.storage):
         raise ConfigError("study", "give a study file or --storage URL")
     study = Study.load(args.study) if args.study else None
@@ -323,37 +225,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                   highlight=False)
     console.print(f"  artifacts: {location}" if location else "  artifacts: none (give --artifacts FOLDER or a study file)",
                   highlight=False)
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    serve(storage, args.host, args.port, store)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    paths = pipeline.export(_load(args), args.trial, args.out)
+    paths = pipeline.export(load_study(args), args.trial, args.out)
     for path in paths:
         console.print(f"wrote {path}")
     console.print(f"next: nas finetune {paths[0]} --out {args.out / 'finetuned'}")
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    job = pipeline.FinetuneJob.of(args.config, args.study, args.epochs, args.device)
-    with Progress(TextColumn(f"fine-tuning {job.config.id}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("", total=job.epochs)
-        result = pipeline.finetune(job, args.out, measure=not args.no_measure,
-                                   on_epoch=lambda e, acc: progress.update(task, advance=1,
-                                                                           description=f"search acc {acc:.3f}"))
-    line = (f"test accuracy {result.test_accuracy:.4f} ± {result.test_se:.4f} (1 SE), search accuracy "
-            f"{result.search_accuracy:.4f}, predicted latency {result.predicted_ms:.3f} ms")
-    if result.measured_ms is not None:
-        line += f", measured {result.measured_ms:.3f} ms on the kernels"
-    console.print(line)
-    console.print(f"wrote {result.weights}, {args.out / 'arch.yaml'}, {args.out / 'result.json'}")
-    console.print(f"rebuild: nas.training.checkpoints.load_model('{args.out / 'arch.yaml'}', '{result.weights}')")
-    return 0
-
-
-def _print_front(rep) -> None:
+def print_front(rep) -> None:
     chosen = "search accuracy vs " + " and ".join(METRIC_LABELS[m].split(" (")[0] for m in rep.metrics[1:])
     table = Table(title=f"Pareto front, chosen on {chosen}; test accuracy ± 1 SE is what to report",
                   title_justify="left")
@@ -383,131 +267,15 @@ def _print_front(rep) -> None:
             console.print(f"[yellow]{rep.trust.disagreement}[/]", highlight=False)
 
 
-def _on_test(number: int) -> None:
+def on_test(number: int) -> None:
     console.print(f"  trial {number}: evaluating its test split (supernet mode scores trials on the search split "
                   "only)", highlight=False)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    rep = pipeline.report(_load(args), args.out, on_test=_on_test)
-    _print_front(rep)
+    rep = pipeline.report(load_study(args), args.out, on_test=on_test)
+    print_front(rep)
     console.print("wrote " + ", ".join(str(f) for f in rep.files))
-    return 0
-
-
-class RunView(pipeline.RunEvents):
-    """``nas run``'s rendering of :func:`nas.pipeline.run`: a numbered line per step, the step's own progress bar,
-    and what the step's own command prints."""
-
-    def __init__(self, study: Study, options: pipeline.RunOptions) -> None:
-        self.study, self.options = study, options
-        self.profiling = pipeline.ProfileOptions(trials=options.kernel_trials)
-        self.view = None
-
-    def step(self, step: pipeline.RunStep):
-        study, number = self.study, f"{step.number}/{step.total}"
-        if not step.runs:
-            what = {"fit-latency": "latency predictor", "pretrain": "teacher"}.get(step.name, step.name)
-            up_to_date = {"fit-latency": " (up to date)", "refine": ""}.get(step.name, " (cached)")
-            console.print(f"[dim]{number} {what}: {step.cached}{up_to_date}[/]")
-            return nullcontext()
-        if step.name == "profile":
-            trials = self.profiling.settings(study).trials
-            console.print(f"[bold]{number} profile[/] kernels and modules of the space on {study.latency.device}, "
-                          f"{trials} tuning trials per kernel"
-                          + (" (untuned default schedules: quick, slower kernels)" if trials == 0 else ""))
-            profile_header(study, self.profiling)
-            self.view = ProfileView(study, self.profiling)
-        elif step.name == "pretrain":
-            console.print(f"[bold]{number} pretrain[/] the dense teacher")
-            self.view = PretrainView(study)
-        elif step.name == "supernet":
-            console.print(f"[bold]{number} supernet[/]: trials will inherit its weights (evaluation.mode: supernet)")
-            self.view = SupernetView(study)
-        elif step.name == "search":
-            console.print(f"[bold]{number} search[/]")
-            search_header(study, self.options.backend, self.options.search)
-            self.view = SearchView(study, self.options.backend, self.options.search)
-        elif step.name == "refine":
-            console.print(f"[bold]{number} refine[/] the front: its candidates trained for real")
-            refine_header(study, self.options.refine_options())
-            self.view = RefineView(study, self.options.refine_options())
-        else:
-            console.print(f"[bold]{number} {step.name}[/]" + (" the best trial" if step.name == "export" else ""))
-            self.view = None
-        return self.view if self.view is not None else nullcontext()
-
-    def result(self, step: pipeline.RunStep, result) -> None:
-        if step.name == "profile":
-            print_profile(self.study, self.profiling, result)
-            if result.noisy:
-                console.print("[red]stopped before the search:[/] a search priced by noisy timings optimises a "
-                              "number no machine produces", highlight=False)
-            elif result.failed:
-                console.print(f"[yellow]{len(result.failed)} shape(s) could not be measured[/]: the predictor "
-                              "prices them with its fitted model; the next `nas run` or `nas profile` tries them "
-                              "again")
-        elif step.name == "fit-latency":
-            print_fit(result, pipeline.FitOptions())
-            if result.refused is not None:
-                console.print("[red]stopped before the search:[/] the predictor did not pass its check (above)")
-        elif step.name == "pretrain":
-            print_pretrain(result)
-        elif step.name == "supernet":
-            print_supernet(result)
-        elif step.name == "search":
-            print_search(result)
-        elif step.name == "refine":
-            print_refine(result)
-        elif step.name == "report":
-            _print_front(result)
-
-    def waiting(self, step: str) -> None:
-        if self.view is not None:
-            self.view.on_wait()
-
-    def profile_started(self, job, index: int, total: int) -> None:
-        self.view.on_start(job, index, total)
-
-    def profile_done(self, job, seconds: float) -> None:
-        self.view.on_done(job, seconds)
-
-    def profile_noisy(self, job, timing, attempt: int) -> None:
-        self.view.on_noisy(job, timing, attempt)
-
-    def pretrain_epoch(self, epoch: int, loss: float, accuracy: float) -> None:
-        self.view.on_epoch(epoch, loss, accuracy)
-
-    def supernet_step(self, step: int, steps: int, loss: float) -> None:
-        self.view.on_step(step, steps, loss)
-
-    def search_events(self) -> pipeline.SearchEvents:
-        return self.view.events()
-
-    def refine_progress(self, counts) -> None:
-        self.view.on_progress(counts)
-
-    def refine_measure(self, label: str) -> None:
-        self.view.on_measure(label)
-
-    def test_split(self, trial_number: int) -> None:
-        _on_test(trial_number)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """profile -> fit-latency -> pretrain [-> supernet] -> search -> refine -> report -> export best, each step
-    skipped when done (:func:`nas.pipeline.run`)."""
-    study = _load(args)
-    options = pipeline.RunOptions(backend=args.backend, search=_search_options(args), kernel_trials=args.kernel_trials,
-                                  out=args.out, refine=not args.no_refine)
-    result = pipeline.run(study, options, RunView(study, options))
-    if result.stopped is not None:
-        return 1
-    console.print(f"\ndone in {result.seconds:.0f} s.")
-    console.print(f"  report:    {', '.join(str(f) for f in result.report.files)}")
-    console.print(f"  best:      {result.best}")
-    console.print(f"  dashboard: nas dashboard {args.study}   (then open http://127.0.0.1:8080/)")
-    console.print(f"  finetune:  nas finetune {result.best} --out {result.out / 'finetuned'}")
     return 0
 
 
@@ -521,56 +289,37 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def search_args(parser: argparse.ArgumentParser, positive_int) -> None:
+    """The options of a search, shared by ``nas search`` and ``nas run``."""
+    parser.add_argument("--n-trials", type=positive_int, help="finished trials to reach (default: the study's "
+                                                              "budget.n_trials); a re-run continues up to it")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="optuna backend: local worker processes sharing the storage (CPU threads are split "
+                             "between them); ray backend: trials run at once (default: 1)")
+    parser.add_argument("--backend", choices=list(BACKENDS), default="optuna",
+                        help="optuna: local processes (default); ray: Ray Tune trials, on a local Ray or a cluster")
+    parser.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                        help="join this Ray cluster (default: start a light local Ray for this search)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0,
+                        help="ray: CPUs reserved per trial; torch and TVM threads are capped to it (default: 1)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray: GPUs per trial (default: 0)")
+    parser.add_argument("--driver-seed", type=int, metavar="N",
+                        help="seed this run's samplers with N and the study's sampler.seed (default: drawn at "
+                             "random and printed, so that searches started together on one study propose "
+                             "different architectures; each trial records its sampler's seed)")
+
+
+
 def add_commands(add, positive_int, non_negative_int) -> None:
-    def study_arg(parser: argparse.ArgumentParser, storage: bool = True) -> None:
-        parser.add_argument("study", type=Path, help="study file (YAML), e.g. studies/quickstart.yaml")
-        if storage:
-            parser.add_argument("--storage", help="Optuna storage URL (default: the study's, "
-                                                  "else sqlite:///<study folder>/<name>.db)")
-
-    def device_arg(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--device", metavar="auto|cpu|cuda|cuda:N",
-                            help="where to train (default: the study's train.device, auto: CUDA when there is one)")
-
     validate = add("validate", cmd_validate, "check a study file (every section, the model, the data) without "
                                              "running anything")
     study_arg(validate, storage=False)
     device_arg(validate)
 
-    pretrain = add("pretrain", cmd_pretrain, "train the dense teacher on the study's data (cached next to the study)")
-    study_arg(pretrain, storage=False)
-    device_arg(pretrain)
-    pretrain.add_argument("--force", action="store_true", help="retrain even if the teacher file is up to date")
-
-    supernet = add("supernet", cmd_supernet, "train the study's weight-sharing supernet, from which trials inherit "
-                                             "their weights in evaluation.mode: supernet (cached next to the study; "
-                                             "a killed run resumes)")
-    study_arg(supernet, storage=False)
-    device_arg(supernet)
-    supernet.add_argument("--force", action="store_true", help="retrain even if the supernet file is up to date")
-
-    def search_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--n-trials", type=positive_int, help="finished trials to reach (default: the study's "
-                                                                  "budget.n_trials); a re-run continues up to it")
-        parser.add_argument("--workers", type=positive_int, default=1,
-                            help="optuna backend: local worker processes sharing the storage (CPU threads are split "
-                                 "between them); ray backend: trials run at once (default: 1)")
-        parser.add_argument("--backend", choices=list(BACKENDS), default="optuna",
-                            help="optuna: local processes (default); ray: Ray Tune trials, on a local Ray or a cluster")
-        parser.add_argument("--ray-address", metavar="auto|HOST:PORT",
-                            help="join this Ray cluster (default: start a light local Ray for this search)")
-        parser.add_argument("--cpus-per-trial", type=float, default=1.0,
-                            help="ray: CPUs reserved per trial; torch and TVM threads are capped to it (default: 1)")
-        parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray: GPUs per trial (default: 0)")
-        parser.add_argument("--driver-seed", type=int, metavar="N",
-                            help="seed this run's samplers with N and the study's sampler.seed (default: drawn at "
-                                 "random and printed, so that searches started together on one study propose "
-                                 "different architectures; each trial records its sampler's seed)")
-
     search = add("search", cmd_search, "run or continue the study's search (local worker processes, or Ray Tune "
                                         "with --backend ray)")
     study_arg(search)
-    search_options(search)
+    search_args(search, positive_int)
     device_arg(search)
     search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
 
@@ -611,28 +360,6 @@ def add_commands(add, positive_int, non_negative_int) -> None:
                                                         "pareto, or a number")
     export.add_argument("--out", type=Path, required=True, help="folder to write trial-<n>.yaml into")
 
-    finetune = add("finetune", cmd_finetune, "fine-tune an exported architecture from the teacher and save it")
-    finetune.add_argument("config", type=Path, help="ArchConfig file written by nas export")
-    finetune.add_argument("--study", type=Path, help="study file (default: the one the export names)")
-    finetune.add_argument("--epochs", type=positive_int, help="full passes over the data (default: the study's "
-                                                              "budget.finetune_epochs)")
-    finetune.add_argument("--out", type=Path, required=True, help="folder for model.safetensors, arch.yaml, "
-                                                                   "result.json")
-    finetune.add_argument("--no-measure", action="store_true", help="skip timing the model on the kernels")
-    device_arg(finetune)
-
     report = add("report", cmd_report, "Pareto plot, per-block allocation chart and CSV of a study")
     study_arg(report)
     report.add_argument("--out", type=Path, help="folder (default: <study folder>/runs/<name>/report)")
-
-    run = add("run", cmd_run, "everything a study still needs: profile, fit-latency, pretrain, search, refine, "
-                              "report, export best (each step skipped when already done)")
-    study_arg(run)
-    search_options(run)
-    device_arg(run)
-    run.add_argument("--kernel-trials", type=non_negative_int,
-                     help="MetaSchedule trials per kernel when profiling (default: the study's latency.trials; "
-                          "0: untuned default schedules)")
-    run.add_argument("--out", type=Path, help="folder for the report and export (default: <study folder>/runs/<name>)")
-    run.add_argument("--no-refine", action="store_true",
-                     help="skip the refine step (the study's refine: section; `nas refine` runs it later)")

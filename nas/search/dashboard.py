@@ -23,18 +23,22 @@ import hashlib
 import json
 import math
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
+from kernels.lazy import lazy_import
 from latency_model import db
 from latency_model.db import redact
 from latency_model.energy import NOTE as ENERGY_NOTE
 from latency_model.prediction import LOO
 from latency_model.predictor import Predictor, PredictorError
+from latency_model.profile import table_dispatch
 from search_spaces import ArchConfig
 from search_spaces.errors import ConfigError, ResourceError, StateError
 
@@ -46,6 +50,8 @@ from .provenance import config_text, provenance
 from .refined import refined_front, refined_points, trust
 from .report import front_metrics
 from .storage import open_refine_study, open_study, refine_study_name
+
+optuna_dashboard = lazy_import("optuna_dashboard")
 
 # What each reference trial is, for its note and the study's.
 REFERENCES = {"dense": "the all-dense model (the teacher's architecture)",
@@ -250,11 +256,9 @@ def trial_note(number: int, state: TrialState, attrs: Mapping[str, Any], device:
 def publish_trial(study: Study, trial: optuna.Trial, state: TrialState, store=None) -> None:
     """Write a live trial's note and upload its ArchConfig file, before it is told (a finished trial takes no new
     artifact). What goes wrong here is said once on the trial and never fails it."""
-    from optuna_dashboard import save_note
-
     attrs = trial.user_attrs
     try:
-        save_note(trial, trial_note(trial.number, state, attrs, study.latency.device))
+        optuna_dashboard.save_note(trial, trial_note(trial.number, state, attrs, study.latency.device))
         if store is not None and attrs.get(attr.CONFIG) and state == TrialState.COMPLETE:
             config = ArchConfig.from_json(attrs[attr.CONFIG])
             upload(store, trial, f"trial-{trial.number}.yaml", config_text(config, provenance(study, trial)))
@@ -265,14 +269,12 @@ def publish_trial(study: Study, trial: optuna.Trial, state: TrialState, store=No
 def note_finetune(study: Study, number: int, finetuned: Mapping[str, Any]) -> bool:
     """Add what ``nas finetune`` found to the note of the stored trial it fine-tuned (the trial's attributes are
     final once it is told: the note is where a later result goes). False when there is no such stored trial."""
-    from optuna_dashboard import save_note
-
     ostudy = _stored(study)
     trials = ostudy.get_trials(deepcopy=False) if ostudy is not None else []
     if not 0 <= number < len(trials):
         return False
     frozen = trials[number]
-    save_note(optuna.trial.Trial(ostudy, frozen._trial_id),
+    optuna_dashboard.save_note(optuna.trial.Trial(ostudy, frozen._trial_id),
               trial_note(number, frozen.state, attr.with_test_split(frozen.user_attrs, ostudy.user_attrs, number),
                          study.latency.device, finetuned))
     return True
@@ -281,10 +283,8 @@ def note_finetune(study: Study, number: int, finetuned: Mapping[str, Any]) -> bo
 def note_test_split(study: Study, ostudy: optuna.Study, number: int) -> None:
     """Rewrite a stored trial's note with the test accuracy evaluated after it
     (:func:`nas.search.objective.score_test_split`)."""
-    from optuna_dashboard import save_note
-
     frozen = ostudy.get_trials(deepcopy=False)[number]
-    save_note(optuna.trial.Trial(ostudy, frozen._trial_id),
+    optuna_dashboard.save_note(optuna.trial.Trial(ostudy, frozen._trial_id),
               trial_note(number, frozen.state, attr.with_test_split(frozen.user_attrs, ostudy.user_attrs, number),
                          study.latency.device))
 
@@ -292,7 +292,6 @@ def note_test_split(study: Study, ostudy: optuna.Study, number: int) -> None:
 def _stored(study: Study) -> optuna.Study | None:
     """The study's Optuna study when its storage holds it; None otherwise (and no SQLite file is created to find
     out)."""
-    from sqlalchemy.engine import make_url
 
     url = make_url(study.storage)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
@@ -352,7 +351,6 @@ def _tuning_line(study: Study) -> str:
                 "slower than they would tuned")
     else:
         line = f"- kernels: tuned, {trials} MetaSchedule trials per kernel"
-    from latency_model.profile import table_dispatch
 
     dispatch = table_dispatch(db.connect(study.latency.db), study.latency.device)
     return line + (f"; variants run (fastest measured per shape): {dispatch.describe()}" if dispatch else "")
@@ -447,17 +445,13 @@ def publish_study(study: Study, ostudy: optuna.Study) -> bool:
     """Write the study note and the dashboard's objective names when they changed; True if the note was written."""
     names = [OBJECTIVE_NAMES.get(m, m) for m in study.objectives.metrics]
     if ostudy.metric_names != names:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             ostudy.set_metric_names(names)
-    from optuna_dashboard import get_note, save_note
-
     body = study_note(study, ostudy)
-    if get_note(ostudy) == body:
+    if optuna_dashboard.get_note(ostudy) == body:
         return False
-    save_note(ostudy, body)
+    optuna_dashboard.save_note(ostudy, body)
     return True
 
 
@@ -470,3 +464,9 @@ def publish_stored_study(study: Study) -> bool:
 __all__ = ["OBJECTIVE_NAMES", "REFERENCES", "architecture_table", "artifact_location", "artifact_store",
            "publish_stored_study", "publish_study", "publish_trial", "replace_study_artifacts", "study_note",
            "note_finetune", "trial_note", "upload"]
+
+
+def serve(storage: Any, host: str, port: int, artifacts: Any = None) -> None:
+    """Serve optuna-dashboard on ``storage`` (a URL or Optuna storage) at ``host:port`` until interrupted, with the
+    trials' architecture files from ``artifacts`` (an artifact store, or None)."""
+    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=artifacts)

@@ -9,7 +9,6 @@ machine sharing the storage) and ``ray`` (:class:`nas.search.ray_backend.RayDriv
 or a cluster). A new one subclasses :class:`SearchDriver` and is named in :data:`nas.search.backends.BACKENDS`.
 
 Example::
-
     from nas.search.backends import get_driver
     from nas.search.driver import SearchOptions
     from nas.study import Study
@@ -26,6 +25,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
+
+from optuna.trial import TrialState
 
 from .. import attributes as attr
 
@@ -72,8 +73,6 @@ class Progress:
 
 
 def progress_of(ostudy: "optuna.Study") -> Progress:
-    from optuna.trial import TrialState
-
     trials = ostudy.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:

@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import optuna
+from optuna.trial import TrialState
+
 from search_spaces import ArchConfig
 
 from .. import attributes as attr
@@ -23,7 +26,6 @@ if TYPE_CHECKING:
 def _scored_before(trial, config: ArchConfig, recipe: str):
     """A complete trial of the same study that already scored this architecture with the same recipe (samplers do
     propose repeats)."""
-    from optuna.trial import TrialState
 
     for earlier in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if earlier.user_attrs.get(attr.CONFIG_ID) == config.id and earlier.user_attrs.get(attr.RECIPE) == recipe:
@@ -40,7 +42,6 @@ def set_constraints(trial, budgets: dict[str, float], metric: Callable[[str], fl
 
 def optuna_objective(evaluator: Evaluator) -> Callable[[Any], Any]:
     """The Optuna objective: suggest a config from the study's space, score it, store what it found."""
-    import optuna
 
     study = evaluator.study
     recipe = training_recipe(study)

@@ -8,7 +8,9 @@ finished (complete or pruned) trials; failed trials do not count, so they are re
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 import threading
 import time
 import traceback
@@ -109,8 +111,6 @@ def _worker_devices(study: Study, workers: int) -> list[str]:
 
 
 def _worker_main(*args: Any) -> None:
-    import sys
-
     try:
         run_worker(*args)
     except ShiftAddError as e:
@@ -141,7 +141,6 @@ class OptunaDriver(SearchDriver):
 
     def run(self, study: Study, options: SearchOptions, events: SearchEvents = SearchEvents(),
             poll_s: float = 1.0) -> SearchSummary:
-        import multiprocessing
 
         self.check(study, options)
         n_trials, timeout_s, workers = options.trials_for(study), options.timeout_for(study), options.workers

@@ -9,18 +9,24 @@ Optuna trial carries the Ray trial id, the node, and the same user attributes as
 The trainable gets the study text, the teacher, the predictor and (supernet mode) the supernet's weights through
 Ray's object store, so a worker node needs neither the study folder nor the files in it (an ``imagefolder`` dataset
 must still be on a shared path).
+
+This module imports Ray at its top (its classes extend Ray's): it is loaded only when the ``ray`` backend is chosen
+(:data:`nas.search.backends.BACKENDS` names it).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import ray
 from optuna.trial import TrialState
+from ray import tune
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from latency_model.predictor import Predictor
@@ -33,12 +39,14 @@ from ..disk import ensure_database_writable, ensure_writable
 from ..process import set_torch_threads, set_tvm_threads
 from ..study import Study, create_sampler, sampler_seed
 from ..training.evaluator import Evaluator
-from ..training.supernet_trainer import supernet_state
+from ..training.supernet_trainer import supernet_from_state, supernet_state
 from ..upstream import ray_internals
 from ..upstream.optuna_internals import fail_trial
 from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
-from .storage import SearchError, open_study, storage_of
+from .objective import set_constraints
+from .ray_cluster import join_ray, trial_device
+from .storage import open_study, storage_of
 
 FINAL = "final"  # set in the last result of a trial that ran to the end
 NODE_KEYS = ("hostname", "node_ip", "node_id", "pid")  # where a Ray result came from (stored as ray_<key>)
@@ -56,18 +64,9 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def trial_device(device: str, gpus_per_trial: float) -> str:
-    """Where a Ray trial trains: on the GPU Ray gave it (Ray sets ``CUDA_VISIBLE_DEVICES``, so it is ``cuda`` in
-    the trial) when it has one and the study does not say ``cpu``; on the CPU otherwise, whatever the node has."""
-    return "cpu" if device == "cpu" or gpus_per_trial <= 0 else "cuda"
-
-
 def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_state: dict, predictor: dict,
               threads: int, device: str = "cpu", supernet_state: dict | None = None) -> None:
     """One Ray Tune trial: rebuild the architecture from the searcher's parameters and score it."""
-    import ray
-    from ray import tune
-
     set_tvm_threads(threads)
     set_torch_threads(threads)
 
@@ -77,7 +76,6 @@ def trainable(config: dict[str, Any], study_text: str, study_path: str, teacher_
     teacher.load_state_dict(teacher_state)
     supernet = None
     if supernet_state is not None:  # supernet mode: the trained weights came through the object store
-        from ..training.supernet_trainer import supernet_from_state
 
         supernet = supernet_from_state(study, teacher.eval(), supernet_state)
     evaluator = Evaluator(study, teacher=teacher.eval(), predictor=Predictor.from_dict(predictor), supernet=supernet)
@@ -119,8 +117,6 @@ class StudySearcher(OptunaSearch):
         return {**ray_internals.picklable_state(self), "_arch_space": None, "_study": None, "_store": None}
 
     def save(self, checkpoint_path: str) -> None:
-        import pickle
-
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__getstate__(), f)
 
@@ -181,7 +177,6 @@ class StudySearcher(OptunaSearch):
             else:  # the last epoch's accuracy, held back from the intermediate reports (see trainable)
                 values = result[metric]
                 trial.report(values, result["training_iteration"])
-            from .objective import set_constraints
 
             set_constraints(trial, self._budgets, result.__getitem__)
             state = TrialState.COMPLETE
@@ -232,9 +227,6 @@ class RayDriver(SearchDriver):
     def run(self, study: Study, options: SearchOptions, events: SearchEvents = SearchEvents()) -> SearchSummary:
         """Run (or continue) the study's search as Ray Tune trials, ``options.workers`` at a time; no trial starts
         after the timeout."""
-        import ray
-        from ray import tune
-
         self.check(study, options)
         n_trials, workers = options.trials_for(study), options.workers
         cpus_per_trial, gpus_per_trial = options.cpus_per_trial, options.gpus_per_trial
@@ -251,7 +243,7 @@ class RayDriver(SearchDriver):
         remaining = n_trials - before.finished
         if remaining <= 0:
             return SearchSummary(self.name, before, before, 0.0, notes)
-        _init_ray(options.ray_address, cpus_per_trial, workers)
+        join_ray(options.ray_address, cpus_per_trial, workers)
         try:
             multi = study.objectives.multi
             metric = list(study.objectives.metrics) if multi else "accuracy"
@@ -268,8 +260,6 @@ class RayDriver(SearchDriver):
                                      timeout_s=options.timeout_for(study), study=study, artifacts=store)
             scheduler = None
             if study.pruner.name == "asha":
-                from ray.tune.schedulers import ASHAScheduler
-
                 kwargs = {"max_t": study.budget.epochs, "grace_period": 1, "reduction_factor": 2,
                           **study.pruner.kwargs}
                 try:
@@ -303,49 +293,6 @@ class RayDriver(SearchDriver):
         events.progress(after)
         publish_study(study, ostudy)
         return SearchSummary(self.name, before, after, seconds, notes)
-
-
-def _init_ray(ray_address: str | None, cpus_per_trial: float, workers: int) -> None:
-    """Join the cluster at ``ray_address``, or start a light local Ray sized for ``workers`` trials, whatever
-    cluster another process started (or left behind) on this machine."""
-    import ray
-
-    if not ray_address:
-        # "local": a new Ray of its own; without it ray.init joins the cluster named by RAY_ADDRESS or by the last
-        # one started here (/tmp/ray/ray_current_cluster), even a dead one, and refuses num_cpus for it
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_per_trial * workers)),
-                 include_dashboard=False, object_store_memory=256 * 1024**2, logging_level="warning",
-                 log_to_driver=False)
-        return
-    _check_reachable(ray_address)
-    if ray_internals.cluster_token() and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-        # `ray start` turns token authentication on; a driver presents the token it finds only in token mode
-        ray_internals.use_token_authentication()
-    try:
-        ray.init(address=ray_address, logging_level="warning", log_to_driver=False)
-    except (ConnectionError, RuntimeError) as e:
-        hint = ""
-        if not ray_internals.cluster_token():
-            hint = (" (if the cluster uses token authentication, the default of `ray start`: copy the head's "
-                    "~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN)")
-        raise SearchError("--ray-address", f"cannot join the Ray cluster at {ray_address}: "
-                                           f"{str(e).splitlines()[0]}{hint}") from None
-
-
-def _check_reachable(ray_address: str, timeout_s: float = 10.0) -> None:
-    """A HOST:PORT where nothing answers is one line at once (Ray itself retries for minutes); ``auto`` and other
-    forms are Ray's to resolve."""
-    import socket
-
-    host, _, port = ray_address.rpartition(":")
-    if not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise SearchError("--ray-address", f"cannot join the Ray cluster at {ray_address}: nothing answers there "
-                                           f"({e.strerror or e}); is its head running (`ray start --head --port "
-                                           f"{port}`)?") from None
 
 
 class _Progress(Callback):

@@ -19,7 +19,9 @@ each one loops claim → train → tell until no job is left.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -42,6 +44,7 @@ from ..study import Study
 from ..training.checkpoints import save_weights
 from ..training.evaluator import Evaluator, tested_attrs
 from ..upstream.optuna_internals import claim_waiting, fail_stale, fail_trial, heartbeat
+from .ray_cluster import join_ray, ray, trial_device
 from .report import pareto_trials
 from .storage import SearchError, claim_lock, open_refine_study, refine_study_name
 
@@ -240,8 +243,6 @@ def job_counts(rstudy: optuna.Study, jobs: list[Job]) -> JobCounts:
 
 
 def _local_worker(study_path: str, storage: str | None, threads: int, device: str | None) -> None:
-    import sys
-
     try:
         run_worker(Study.load(study_path, storage=storage).on_device(device), threads)
     except ShiftAddError as e:
@@ -253,7 +254,6 @@ def run_local(study: Study, jobs: list[Job], workers: int, on_progress: Callable
               poll_s: float = 1.0) -> None:
     """``workers`` processes on this machine claim the jobs until none waits. A worker that dies (killed, out of
     memory) fails its running job at once and a new worker takes its place, up to ``workers`` replacements."""
-    import multiprocessing
 
     rstudy = open_refine_study(study)
     assert rstudy is not None
@@ -321,8 +321,6 @@ class _Gate:
 def _ray_task(study_text: str, study_path: str, teacher_state: dict, predictor: dict, threads: int,
               device: str, gate, tasks: int) -> int:
     """One Ray task: a refine worker on whichever node Ray put it (the teacher and predictor came with it)."""
-    import ray
-
     study = Study.parse(study_text, study_path).on_device(device)
     teacher = create_model(study.model)
     teacher.load_state_dict(teacher_state)
@@ -340,14 +338,11 @@ def run_ray(study: Study, jobs: list[Job], workers: int, ray_address: str | None
             poll_s: float = 1.0) -> None:
     """``workers`` Ray tasks (on a local Ray, or the cluster at ``ray_address``) claim the jobs until none waits.
     The storage must be one every node reaches (PostgreSQL for a cluster of several machines)."""
-    import ray
-
-    from .ray_backend import _init_ray, trial_device
 
     evaluator = Evaluator(study, placement=Placement(), mode="finetune")  # the teacher and predictor that travel
     rstudy = open_refine_study(study)
     assert rstudy is not None
-    _init_ray(ray_address, cpus_per_job, workers)
+    join_ray(ray_address, cpus_per_job, workers)
     try:
         task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_ray_task)
         gate = ray.remote(num_cpus=0)(_Gate).remote()

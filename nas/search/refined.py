@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from search_spaces import ArchConfig
 
 from .. import attributes as attr
-from .report import METRIC_LABELS, Point, pareto_front
+from .report import METRIC_LABELS, Point, pareto_front, plt
 
 SETTINGS = "settings"  # on the companion study: the refine's {top, seeds, epochs} as last run
 
@@ -163,11 +163,6 @@ def plot_refined(points: list[Refined], front: list[Refined], title: str, path: 
                  metric: str = "latency_ms") -> Path:
     """``refined.png``: each refined architecture's inherited accuracy (hollow) and its refined test accuracy ± 1 SE
     (filled, the refined front in red), joined by a line, against ``metric``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     on_front = {id(p) for p in front}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for p in points:

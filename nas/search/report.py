@@ -17,9 +17,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kernels.lazy import lazy_import
 from latency_model.energy import DEFAULT_MODEL as DEFAULT_ENERGY_MODEL
 from latency_model.energy import NOTES as ENERGY_NOTES
 from latency_model.pays import SLOTS, WhereItPays
@@ -27,6 +29,9 @@ from search_spaces import ArchConfig
 from search_spaces.space import block_options
 
 from .. import attributes as attr
+
+matplotlib = lazy_import("matplotlib")
+plt = lazy_import("matplotlib.pyplot", before=lambda: matplotlib.use("Agg"))  # files only, never a display
 
 METRIC_LABELS = {"latency_ms": "predicted latency (ms)",
                  "energy_uj": "estimated energy per image (µJ, operation counts x unit costs)"}
@@ -150,11 +155,6 @@ def plot_pareto(pts: list[Point], front: list[Point], title: str, path: Path, me
                 metrics: tuple[str, ...] = ("accuracy", "latency_ms")) -> Path:
     """Accuracy against one hardware ``metric``; ``front`` (chosen on ``metrics``) marked, as a line where it is
     this metric's own two-objective front, as points where it is a front of more objectives projected here."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = [p for p in pts if not math.isnan(p.value(metric))]
     front = sorted((p for p in front if not math.isnan(p.value(metric))), key=lambda p: p.value(metric))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -189,12 +189,6 @@ def _energy_text(p: Point) -> str:
 
 def plot_allocation(front: list[Point], path: Path) -> Path:
     """One row per Pareto config (fastest at the top), one column per block, a panel per decision."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     depth = front[0].config.depth
     keys = block_options()
     fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 0.9 + 0.35 * len(front)),
@@ -220,11 +214,6 @@ def plot_allocation(front: list[Point], path: Path) -> Path:
 def plot_pays(pays: "WhereItPays", title: str, path: Path) -> Path:
     """Where each choice pays: one panel per slot, a group of bars per set of alike blocks, one bar per choice at
     its priced time over dense's (log scale; the line at 1.0 is dense)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     slots = [s for s in SLOTS if any(r.slot == s for r in pays.ratios)]
     wheres = list(dict.fromkeys(r.where for r in pays.ratios))
     fig, axes = plt.subplots(1, len(slots), figsize=(3.2 * len(slots), 3.6), squeeze=False, sharey=True)

@@ -3,11 +3,16 @@ the paths it implies (teacher, supernet, storage); the plugins it names imported
 
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import timm
 import yaml
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from latency_model.db import anchor_sqlite
 from latency_model.energy import EnergySettings, check_priceable
@@ -15,6 +20,7 @@ from latency_model.settings import LatencySettings
 from search_spaces.config import ConfigError, ModelSpec
 from search_spaces.schema import check_keys
 from search_spaces.space import SearchSpace
+from search_spaces.supernet import check_shareable
 
 from ..device import check_device
 from .sections import (
@@ -135,7 +141,6 @@ class Study:
             raise ConfigError("model.pretrained", "give pretrained (nas pretrain fine-tunes published weights) or a "
                                                   "checkpoint (the teacher as it is), not both")
         model = ModelSpec.from_dict({k: v for k, v in model_data.items() if k not in ("checkpoint", "pretrained")})
-        import timm
 
         if not timm.is_model(model.name):
             raise ConfigError("model.name", f"unknown timm model {model.name!r} (see timm.list_models())")
@@ -168,8 +173,6 @@ class Study:
             check_priceable(space, model=energy.model)
         evaluation = EvaluationSettings.from_dict(data.get("evaluation"))
         if evaluation.supernet:
-            from search_spaces.supernet import check_shareable
-
             check_shareable(space)
         return cls(
             path=path, name=name, model=model, checkpoint=folder / checkpoint if checkpoint else None,
@@ -187,8 +190,6 @@ class Study:
 def load_plugins(names: Any, folder: Path) -> tuple[str, ...]:
     """Import the modules a study names under ``plugins:`` (importable from the study's folder too), so the
     primitives they register exist before the space is read. Importing one twice is harmless."""
-    import importlib
-    import sys
 
     if names is None:
         return ()
@@ -206,8 +207,6 @@ def load_plugins(names: Any, folder: Path) -> tuple[str, ...]:
 
 def _check_database_url(url: str) -> None:
     """A URL SQLAlchemy can parse, of a database kind it knows (its driver may still need installing)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
         parsed = make_url(url)

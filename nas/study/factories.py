@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+import optuna
+
 from search_spaces.config import ConfigError
 
 from .sections import PRUNERS, SAMPLERS
@@ -16,7 +19,6 @@ def sampler_seed(study: Study, stream: tuple[int, ...] = ()) -> int:
     """The seed of a sampler: the study's ``sampler.seed``, or one derived from it and ``stream`` (a search run's
     driver seed, the trials stored when it started, its worker), so that drivers started together, workers of one
     driver and a resumed search each draw their own architectures, and each run is reproducible from its stream."""
-    import numpy as np
 
     seed = study.sampler.kwargs.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -26,7 +28,6 @@ def sampler_seed(study: Study, stream: tuple[int, ...] = ()) -> int:
 
 def create_sampler(study: Study, stream: tuple[int, ...] = ()):
     """The study's Optuna sampler, seeded with :func:`sampler_seed` of ``stream``."""
-    import optuna
 
     kwargs = dict(study.sampler.kwargs)
     kwargs.pop("seed", None)
@@ -39,7 +40,6 @@ def create_sampler(study: Study, stream: tuple[int, ...] = ()):
 
 def create_pruner(study: Study):
     """The study's Optuna pruner (epochs are the steps it sees)."""
-    import optuna
 
     kwargs = dict(study.pruner.kwargs)
     if study.pruner.name == "hyperband":

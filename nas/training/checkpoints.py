@@ -2,7 +2,6 @@
 loading a checkpoint never executes code from it.
 
 An exported architecture and its fine-tuned weights rebuild the model with one call::
-
     from nas.training.checkpoints import load_model
     model = load_model("runs/best/arch.yaml", "runs/best/model.safetensors")
 """
@@ -14,16 +13,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from search_spaces import build_model
 from search_spaces.config import ArchConfig, ConfigError
+from search_spaces.families import UnsupportedModelError, family_of
 from search_spaces.ops.shift import ShiftLinear, upgrade_legacy_state
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``model``'s state dict as safetensors, atomically (a crash leaves the old file or none)."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,9 +42,6 @@ def read_weights(path: str | Path, where: str = "checkpoint") -> dict[str, torch
     if not path.is_file():
         raise ConfigError(where, f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
@@ -98,7 +96,6 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pa
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", shapes)):
             if items:
                 parts.append(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})")
-        from search_spaces.families import UnsupportedModelError, family_of
 
         try:
             hint = family_of(model).mismatch_hint(model, state)

@@ -21,11 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
+from torchvision import datasets, transforms
 
+from kernels.lazy import lazy_import
 from search_spaces.config import ConfigError
 
 from ..study import DEFAULT_IMAGES
 from .shapes_dataset import IMG_SIZE, generate
+
+sklearn_datasets = lazy_import("sklearn.datasets")
 
 if TYPE_CHECKING:
     from ..study import DataSpec
@@ -93,11 +97,9 @@ def digits(img_size: int = 32, split: str = "train", test_fraction: float = 0.2,
 
     ``train`` / ``test`` are deterministic: a fixed permutation by ``seed``, the last ``test_fraction`` is test.
     """
-    from sklearn.datasets import load_digits
-
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    data = load_digits()
+    data = sklearn_datasets.load_digits()
     images = torch.from_numpy(data.images.astype(np.float32) / 16.0)[:, None]  # [N, 1, 8, 8] in [0, 1]
     images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
     images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
@@ -132,7 +134,6 @@ def image_folder(root: str | Path, split: str, img_size: int) -> Dataset:
     Raises:
         ConfigError: the folder is missing, has fewer than two classes, or a class has no images.
     """
-    from torchvision import datasets, transforms
 
     folder = Path(root) / split
     if not folder.is_dir():

@@ -36,11 +36,11 @@ from ..device import Placement, resolve
 from ..study import Study
 from . import data
 from .checkpoints import load_weights
+from .supernet_trainer import load_supernet
 from .teacher import load_teacher
 from .trainer import Evaluation, LossWeights, Trainer, evaluate
 
 if TYPE_CHECKING:
-
     from search_spaces.supernet import Supernet
 
 
@@ -132,8 +132,6 @@ class Evaluator:
         teacher = teacher if teacher is not None else load_teacher(study)
         self.supernet = None
         if (mode or study.evaluation.mode) == "supernet":
-            from .supernet_trainer import load_supernet
-
             self.supernet = (supernet if supernet is not None else load_supernet(study, teacher)).eval()
         self.teacher = teacher.to(self.placement.device)
         dims = ModelDims.of(study.model)

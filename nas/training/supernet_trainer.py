@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from latency_model.decomposition import ModelDims
@@ -99,7 +101,6 @@ def _state(supernet: Supernet, optimizer: torch.optim.Optimizer | None = None) -
 def save_checkpoint(path: Path, supernet: Supernet, optimizer: torch.optim.Optimizer | None, step: int, steps: int,
                     fp: Mapping[str, str]) -> Path:
     """Write atomically (a crash leaves the previous checkpoint): the weights, the optimizer moments, the step."""
-    from safetensors.torch import save_file
 
     tensors = _state(supernet, optimizer)
     meta = {**fp, "format": FORMAT, "step": str(step), "steps": str(steps), "sha256": _digest(tensors)}
@@ -112,8 +113,6 @@ def save_checkpoint(path: Path, supernet: Supernet, optimizer: torch.optim.Optim
 def read_checkpoint(path: Path, fp: Mapping[str, str]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """The metadata and tensors of a supernet file made for ``fp``. Raises :class:`SupernetRefused` (one line: what
     differs) for a file trained for another model, space, data, teacher or recipe, a truncated or edited one."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(str(path), "pt") as f:

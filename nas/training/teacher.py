@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -55,7 +56,6 @@ def _pretrained_metadata(study: Study) -> dict[str, str] | None:
     path = study.teacher_path
     if not path.is_file():
         return None
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:

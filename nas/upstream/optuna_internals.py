@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from contextlib import AbstractContextManager
 
 import optuna
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -49,9 +51,7 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
 def study_artifacts(study: optuna.Study) -> dict[str, str]:
     """The artifacts of a study, id -> file name, without the removed ones (whose record optuna-dashboard leaves as
     null, which ``optuna.artifacts.get_all_artifact_meta`` cannot read)."""
-    import json
 
-    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 
     found = {}
     for key, value in study._storage.get_study_system_attrs(study._study_id).items():
@@ -64,9 +64,7 @@ def study_artifacts(study: optuna.Study) -> dict[str, str]:
 def remove_study_artifact(study: optuna.Study, store, artifact_id: str) -> None:
     """Remove an artifact of a study: its file from the store and its record from the study (as optuna-dashboard's
     delete button does; Optuna has no public call for it)."""
-    import json
 
-    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 
     store.remove(artifact_id)
     study._storage.set_study_system_attr(study._study_id, ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(None))

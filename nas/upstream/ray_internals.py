@@ -7,9 +7,15 @@ the set of trials already told, which ``OptunaSearch`` keeps in private attribut
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import optuna
+
+from kernels.lazy import lazy_import
+
+raylet = lazy_import("ray._raylet")
 
 # OptunaSearch attributes that hold a storage connection, sampler or search space: not picklable, and not needed by
 # a searcher restored from Ray's experiment state (the project resumes through the Optuna study instead).
@@ -42,8 +48,6 @@ def picklable_state(searcher: Any) -> dict[str, Any]:
 def cluster_token() -> str | None:
     """The Ray cluster token this process would present: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``
     names, or ``~/.ray/auth_token`` (where `ray start` writes it), in Ray's order; None when there is none."""
-    import os
-    from pathlib import Path
 
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"]
@@ -57,10 +61,7 @@ def cluster_token() -> str | None:
 def use_token_authentication() -> None:
     """Present the cluster token from now on in this process: ``RAY_AUTH_MODE=token``, and Ray's config re-read
     (it reads the variable once, when ``ray`` is imported)."""
-    import os
-
-    from ray._raylet import AuthenticationTokenLoader, Config
 
     os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    raylet.Config.initialize("")
+    raylet.AuthenticationTokenLoader.instance().reset_cache()
