@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from kernels.host import cpu_name
+
 # $BENCH_RESULTS redirects the records (a device run writes them under its $OUT)
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 PACKAGES = ("torch", "timm", "apache-tvm", "optuna", "ray", "numpy")
@@ -20,7 +22,7 @@ LOAD_AT_START = os.getloadavg()  # benches import this module first: the machine
 
 def cpu_level(flags: set[str]) -> str:
     """The x86 feature level the kernels use, from /proc/cpuinfo's flags: the machines here are AMD Zen 3 (AVX2
-    only) or Zen 4 (AVX-512 with VNNI and VPOPCNTDQ), and the same figure differs between them."""
+    only), Zen 4 or Zen 5 (AVX-512 with VNNI and VPOPCNTDQ), and the same figure differs between them."""
     if "avx512_vnni" in flags:
         return "AVX-512 VNNI" + (" VPOPCNTDQ" if "avx512_vpopcntdq" in flags else "")
     if "avx512bw" in flags:
@@ -38,8 +40,12 @@ def machine() -> dict[str, Any]:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    if flags:
-        cpu = f"{cpu} ({cpu_level(flags)})"
+    try:  # LLVM's name for it (znver3, znver4, znver5): the generation, which the feature level alone does not say
+        llvm = cpu_name()
+    except ImportError:  # no TVM to ask, on a machine it never named
+        llvm = ""
+    if flags or llvm:
+        cpu = f"{cpu} ({', '.join(x for x in (llvm, cpu_level(flags) if flags else '') if x)})"
     versions = {}
     for name in PACKAGES:
         try:

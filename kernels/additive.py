@@ -3,6 +3,7 @@
 The ``additive`` attention primitive (:class:`search_spaces.ops.attention.AdditiveAttention`, whose torch code,
 :func:`~search_spaces.ops.attention.angular_codes` and :func:`~search_spaces.ops.attention.angular_mix`, is the
 reference). Per image ``b`` and head ``h``, with ``q, k, v`` the head's ``[T, D]`` slices of ``QKV[b, :, 0|1|2, h]``:
+
     q_b = binarize(q / (|q| + eps)),  k_b = binarize(k / (|k| + eps))       codes in {0, 1}
     y   = 0.5 · v + (1/π) · q_b (k_bᵀ v)                                    two binary × real products
     out = y / (|y| + eps) + dwconv(v)                                       9 taps per head, over tokens

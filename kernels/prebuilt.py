@@ -3,6 +3,7 @@ where only the TVM runtime is installed (a GPU machine without TVM's compiler: `
 
 :func:`build` (needs TVM's compiler; no GPU, even for CUDA: TVM generates the CUDA source and compiles it with NVRTC)
 writes into one folder::
+
     kernels.so      every task as one function, named by its key (:func:`function_name`); untuned schedules: the
                     variant's hand-written CPU schedule where it has one, dlight's GPU rules on CUDA
     manifest.json   written last: the target, the TVM version, the fingerprint of the kernels' code, the library's

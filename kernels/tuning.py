@@ -1,6 +1,7 @@
 """Tune once, cache forever: MetaSchedule tuning of one kernel task per (kernel, variant, shape, dtype, target).
 
 Cache layout, under ``cache_dir()`` (``$SHIFTADD_CACHE`` or ``~/.cache/shiftadd-nas/tvm``)::
+
     <target fingerprint>/target.json            the target these kernels were compiled for
     <target fingerprint>/<task key>/tuning/     MetaSchedule's JSON database (workloads + tuning records) and logs
     <target fingerprint>/<task key>/kernel.so   the compiled library

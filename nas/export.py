@@ -23,7 +23,7 @@ from .search.provenance import provenance, write_config
 from .search.report import front_metrics, pareto_front, pareto_trials
 from .study import Study
 from .training.checkpoints import save_weights
-from .training.supernet_trainer import load_supernet
+from .training.supernet_file import load_supernet
 from .training.teacher import load_teacher
 from .training.trainer import standard_error
 

@@ -1,6 +1,7 @@
 """SearchSpace: which choices each block may take. One definition serves Optuna, Ray Tune and random sampling.
 
 It is read from the ``model:`` and ``space:`` sections of a study file::
+
     model:
       name: deit_tiny_patch16_224
       kwargs: {img_size: 32, patch_size: 4, depth: 4, embed_dim: 64, num_heads: 2, num_classes: 10}

@@ -12,7 +12,7 @@ import yaml
 
 from latency_model import accelerator
 from latency_model.energy import EnergySettings, estimate, model_layers
-from nas.search.dashboard import study_note
+from nas.search.notes import study_note
 from nas.study import Study
 from search_spaces import ArchConfig, BlockConfig, ConfigError, ModelSpec, registry
 from search_spaces.accelerator_layers import Layer, conv, fc

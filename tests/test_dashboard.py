@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 
 from nas import attributes as attr
 from nas.cli import main
-from nas.search.dashboard import architecture_table, artifact_store, trial_note
+from nas.search.dashboard import artifact_store
+from nas.search.notes import architecture_table, trial_note
 from nas.study import Study
 from tiny import TINY_MODEL, free_port, search, stored_trials
 from search_spaces import ArchConfig, BlockConfig, ConfigError, MoEConfig

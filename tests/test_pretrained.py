@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nas.training.checkpoints import load_published
+from nas import pipeline
 from nas.cli import main
 from nas.study import Study
 from tiny import TINY_MODEL
@@ -56,8 +57,8 @@ def test_pretrained_file_gives_the_teacher_its_start(tmp_path, capsys):
         if not name.startswith("head."):
             assert torch.equal(model.state_dict()[name], weight), name
     assert model.head.weight.shape == (10, 32) and not torch.equal(model.head.weight, published.head.weight[:10])
-    assert main(["validate", str(study_file)]) == 0
-    assert main(["pretrain", str(study_file)]) == 0
+    pipeline.validate(study)
+    assert pipeline.pretrain(study).path == str(tmp_path / "pre-teacher.safetensors")
     with safe_open(str(tmp_path / "pre-teacher.safetensors"), "pt") as f:
         assert f.metadata()["pretrained"] == str(study.pretrained)  # a teacher from other weights is stale
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from nas import attributes as attr
+from nas import pipeline
 from nas.cli import main
 from nas.study import Study
-from tiny import PLUMBING_NOISE, TINY_MODEL, model_section, stored_trials, write_study
+from tiny import PLUMBING_NOISE, TINY_MODEL, model_section, search, stored_trials, write_study
 from tiny import pvt as tiny_pvt
 from search_spaces import BlockConfig, build_model, registry
 from search_spaces.ops.attention import AdditiveAttention
@@ -62,15 +63,15 @@ def test_a_primitive_from_a_plugin_runs_through_every_stage(plugin_study, tmp_pa
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
     capsys.readouterr()
 
-    assert main(["profile", str(plugin_study)]) == 0
-    assert main(["fit-latency", str(plugin_study)]) == 0
+    assert not pipeline.profile(study).failed
+    assert pipeline.fit_latency(study).refused is None
     config.save(tmp_path / "arch.yaml")
     assert main(["latency", str(plugin_study), "--config", str(tmp_path / "arch.yaml")]) == 0
     said = capsys.readouterr().out
     assert "pooled qkv=" in said and "predicted" in said  # priced from its own measured module op
 
-    assert main(["pretrain", str(plugin_study)]) == 0
-    assert main(["search", str(plugin_study), "--workers", "1"]) == 0  # a worker process imports the plugin
+    pipeline.pretrain(study)
+    search(plugin_study, workers=1)  # a worker process imports the plugin
     trials = [t for t in stored_trials(plugin_study) if t.state.name == "COMPLETE"]
     assert len(trials) == 2 and all(t.params.get("b0.attention", "pooled") == "pooled" for t in trials)
     assert all('"attention": "pooled"' in t.user_attrs[attr.CONFIG] for t in trials)
@@ -78,11 +79,10 @@ def test_a_primitive_from_a_plugin_runs_through_every_stage(plugin_study, tmp_pa
     # an exported config names its study, which is read first: its plugin registers the primitive again
     registry.unregister("attention", "pooled")
     sys.modules.pop(PLUGIN, None)
-    assert main(["export", str(plugin_study), "--trial", "best", "--out", str(tmp_path / "best")]) == 0
-    exported = next((tmp_path / "best").glob("trial-*.yaml"))
+    exported = pipeline.export(Study.load(plugin_study), "best", tmp_path / "best")[0]
     registry.unregister("attention", "pooled")
     sys.modules.pop(PLUGIN, None)
-    assert main(["finetune", str(exported), "--out", str(tmp_path / "tuned"), "--epochs", "1", "--no-measure"]) == 0
+    pipeline.finetune(pipeline.FinetuneJob.of(exported, epochs=1), tmp_path / "tuned", measure=False)
     assert (tmp_path / "tuned" / "model.safetensors").is_file()
     registry.unregister("attention", "pooled")
     sys.modules.pop(PLUGIN, None)

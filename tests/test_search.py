@@ -25,9 +25,9 @@ from search_spaces.errors import ConfigError, StateError
 from tiny import free_port, search, stored_trials
 
 
-def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
+def test_search_export_finetune_and_rebuild(searchable, tmp_path):
     study_file = searchable(tmp_path)
-    assert main(["search", str(study_file)]) == 0
+    search(study_file)
     trials = stored_trials(study_file)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     # the two reference points are queued first, then the sampler's choices
@@ -51,9 +51,8 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
             assert sum(shares) == pytest.approx(1.0, abs=1e-5)
 
     out = tmp_path / "export"
-    assert main(["export", str(study_file), "--trial", "pareto", "--out", str(out)]) == 0
-    exported = sorted(out.glob("trial-*.yaml"))
-    assert exported
+    exported = sorted(pipeline.export(Study.load(study_file), "pareto", out))
+    assert exported and exported == sorted(out.glob("trial-*.yaml"))
     data = yaml.safe_load(exported[0].read_text())
     assert data["provenance"]["study"] == "tiny" and data["provenance"]["latency_ms"] > 0
     assert data["provenance"]["test_accuracy"] == trials[data["provenance"]["trial"]].user_attrs[attr.TEST_ACCURACY]
@@ -62,9 +61,9 @@ def test_search_export_finetune_and_rebuild(searchable, tmp_path, capsys):
     assert config.to_json() == trials[data["provenance"]["trial"]].user_attrs[attr.CONFIG]
 
     tuned = tmp_path / "finetuned"
-    capsys.readouterr()
-    assert main(["finetune", str(exported[0]), "--epochs", "1", "--out", str(tuned)]) == 0
+    finetuned = pipeline.finetune(pipeline.FinetuneJob.of(exported[0], epochs=1), tuned)
     result = json.loads((tuned / "result.json").read_text())
+    assert result["test_accuracy"] == finetuned.test_accuracy and result["measured_ms"] == finetuned.measured_ms
     assert result["measured_ms"] > 0 and result["predicted_ms"] > 0
     assert result["energy_uj"] == result["energy_breakdown"]["energy_uj"] > 0  # at the fine-tuned routers' split
     # the trial it came from says so in its note on the dashboard

@@ -96,7 +96,7 @@ def test_every_choice_trains_under_the_sandwich_rule(searchable, tmp_path):
     rng = np.random.default_rng(1)
     drawn = [predictor.predict(study.space.sample(rng)).total_ms for _ in range(30)]
     assert predictor.predict(result.cheapest).total_ms <= min(drawn)  # the sandwich's cheap anchor is the cheapest
-    from nas.training.supernet_trainer import load_supernet
+    from nas.training.supernet_file import load_supernet
 
     trained = load_supernet(study, load_teacher(study))
     unmoved = [n for n, p in trained.named_parameters()
@@ -111,7 +111,7 @@ def test_a_sub_supernet_of_one_fixed_decision_starts_from_its_parent(searchable,
     """Few-shot splitting: a sub-supernet (block 0's attention fixed) continues from the one-shot supernet's
     weights, not from the teacher's."""
     from nas import pipeline
-    from nas.training.supernet_trainer import load_supernet
+    from nas.training.supernet_file import load_supernet
     from nas.training.teacher import load_teacher
 
     parent = Study.load(_study(searchable, tmp_path / "parent", supernet_steps=4))
@@ -134,7 +134,7 @@ def test_a_sub_supernet_of_one_fixed_decision_starts_from_its_parent(searchable,
 
 
 def test_a_killed_training_resumes_from_its_last_checkpoint(searchable, tmp_path):
-    from nas.training.supernet_trainer import read_checkpoint, fingerprint
+    from nas.training.supernet_file import fingerprint, read_checkpoint
     from nas.training.teacher import load_teacher
 
     study_file = _study(searchable, tmp_path, supernet_steps=400)
@@ -205,7 +205,7 @@ def test_a_file_of_another_space_truncated_or_edited_is_refused_with_one_line(se
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
 def test_a_supernet_mode_search_exports_inherited_weights_and_finetunes_from_them(backend, searchable, tmp_path):
     from nas.training.checkpoints import load_weights
-    from nas.training.supernet_trainer import load_supernet
+    from nas.training.supernet_file import load_supernet
     from nas.training.teacher import load_teacher
 
     study_file = _study(searchable, tmp_path, finetune_steps=2 if backend == "ray" else 0)

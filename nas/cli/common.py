@@ -29,9 +29,10 @@ def device_arg(parser: argparse.ArgumentParser) -> None:
 
 
 class BarView:
-    """A progress bar over a known count, as a context; ``wait_line`` is said when another process holds the file."""
+    """A progress bar over a known count, as a context, with :class:`PacedLines` when the output is not a terminal;
+    ``wait_line`` is said when another process holds the file the step would write."""
 
-    def __init__(self, label: str, total: int, wait_line: str) -> None:
+    def __init__(self, label: str, total: int, wait_line: str = "") -> None:
         self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                                  TimeElapsedColumn(), console=console)
         self.total, self.wait_line = total, wait_line

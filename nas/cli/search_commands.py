@@ -15,7 +15,7 @@ from search_spaces.errors import ConfigError
 
 from .. import pipeline
 from ..search.backends import BACKENDS, get_driver
-from ..search.dashboard import artifact_location, artifact_store, serve
+from ..search.dashboard import artifact_store, serve
 from ..search.report import METRIC_LABELS
 from ..search.storage import storage_of
 from ..study import Study
@@ -216,7 +216,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     study = Study.load(args.study) if args.study else None
     url = args.storage or study.storage
     storage = storage_of(url)
-    location = args.artifacts or (artifact_location(study) if study is not None else None)
+    location = args.artifacts or (study.artifact_location if study is not None else None)
     store = artifact_store(location, "--artifacts" if args.artifacts else "artifacts") if location else None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/] serving on {args.host}: anyone who can reach this machine can read and "

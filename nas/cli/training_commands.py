@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from .. import pipeline
 from ..study import Study
 from .common import BarView, device_arg, load_study, study_arg
@@ -85,14 +83,20 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     return 0
 
 
+class FinetuneView(BarView):
+    def __init__(self, job: pipeline.FinetuneJob) -> None:
+        super().__init__(f"fine-tuning {job.config.id}", job.epochs)
+
+    def on_epoch(self, epoch: int, accuracy: float) -> None:
+        text = f"search acc {accuracy:.3f}"
+        self.progress.update(self.task, advance=1, description=text)
+        self.lines.update(epoch + 1, self.total, text)
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     job = pipeline.FinetuneJob.of(args.config, args.study, args.epochs, args.device)
-    with Progress(TextColumn(f"fine-tuning {job.config.id}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("", total=job.epochs)
-        result = pipeline.finetune(job, args.out, measure=not args.no_measure,
-                                   on_epoch=lambda e, acc: progress.update(task, advance=1,
-                                                                           description=f"search acc {acc:.3f}"))
+    with FinetuneView(job) as view:
+        result = pipeline.finetune(job, args.out, measure=not args.no_measure, on_epoch=view.on_epoch)
     line = (f"test accuracy {result.test_accuracy:.4f} ± {result.test_se:.4f} (1 SE), search accuracy "
             f"{result.search_accuracy:.4f}, predicted latency {result.predicted_ms:.3f} ms")
     if result.measured_ms is not None:

@@ -15,6 +15,7 @@ supernet, finetune), :mod:`.search_steps` (search, refine), :mod:`.output_steps`
 :func:`latency` prices (and measures) one architecture, as ``nas latency`` does.
 
 Example::
+
     from nas import pipeline
     from nas.study import Study
 

@@ -11,7 +11,7 @@ from search_spaces.errors import StateError
 
 from ..disk import ensure_writable
 from ..export import export as write_configs
-from ..search.dashboard import artifact_location, artifact_store, publish_study, replace_study_artifacts
+from ..search.dashboard import artifact_store, publish_study, replace_study_artifacts
 from ..search.objective import score_test_split
 from ..search.refined import refined_front, trust, write_refined
 from ..search.report import report as write_report
@@ -47,7 +47,7 @@ def report(study: Study, out: Path | None = None, on_test: Callable[[int], None]
         written.refined, written.refined_front = refined, refined_front(refined, written.metrics)
         written.trust = trust(refined)
         written.files += write_refined(refined, written.refined_front, out, title)
-    replace_study_artifacts(ostudy, artifact_store(artifact_location(study)), written.files)
+    replace_study_artifacts(ostudy, artifact_store(study.artifact_location), written.files)
     publish_study(study, ostudy)
     return written
 

@@ -13,7 +13,7 @@ from ..disk import ensure_database_writable, ensure_writable
 from ..search.backends import get_driver
 from ..search.driver import SearchEvents, SearchOptions, SearchSummary
 from ..study import Study
-from ..training.supernet_trainer import check_memory
+from ..training.memory import check_memory
 from .base import report_folder, training_placement
 from .latency_steps import FitOptions, FitResult, ProfileOptions, fit_latency, needs_fit, profile
 from .output_steps import export, report

@@ -16,7 +16,9 @@ from ..finetune import finetune as train_config
 from ..search.dashboard import note_finetune
 from ..search.provenance import named_study, read_export
 from ..study import Study
-from ..training.supernet_trainer import check_memory, is_trained, train
+from ..training.memory import check_memory
+from ..training.supernet_file import is_trained
+from ..training.supernet_trainer import train
 from ..training.teacher import is_pretrained, load_teacher
 from ..training.teacher import pretrain as train_teacher
 from .base import in_study, load_data, training_placement

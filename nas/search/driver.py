@@ -9,6 +9,7 @@ machine sharing the storage) and ``ray`` (:class:`nas.search.ray_backend.RayDriv
 or a cluster). A new one subclasses :class:`SearchDriver` and is named in :data:`nas.search.backends.BACKENDS`.
 
 Example::
+
     from nas.search.backends import get_driver
     from nas.search.driver import SearchOptions
     from nas.study import Study

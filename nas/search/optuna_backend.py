@@ -28,7 +28,7 @@ from ..process import start_worker
 from ..study import Study, create_sampler, sampler_seed
 from ..training.evaluator import Evaluator
 from ..upstream.optuna_internals import fail_stale, heartbeat
-from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
+from .dashboard import artifact_store, publish_study, publish_trial
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .objective import optuna_objective
 from .storage import SearchError, claim_lock, open_study
@@ -65,7 +65,7 @@ def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: f
     stream = (driver_seed, stored_at_start, worker)
     ostudy.sampler, seed = create_sampler(study, stream), sampler_seed(study, stream)
     objective = optuna_objective(Evaluator(study))
-    store = artifact_store(artifact_location(study))
+    store = artifact_store(study.artifact_location)
     if ready is not None:
         try:
             ready.wait(timeout=READY_TIMEOUT_S)
@@ -149,7 +149,7 @@ class OptunaDriver(SearchDriver):
         # fail here, once and clearly, if the teacher, data or predictor is missing (loaded on the CPU: the workers
         # train, this process only watches)
         Evaluator(study, placement=Placement())
-        artifact_store(artifact_location(study))  # and if the artifact store cannot be used
+        artifact_store(study.artifact_location)  # and if the artifact store cannot be used
         ostudy = open_study(study)
         publish_study(study, ostudy)
         before = progress_of(ostudy)

@@ -39,10 +39,10 @@ from ..disk import ensure_database_writable, ensure_writable
 from ..process import set_torch_threads, set_tvm_threads
 from ..study import Study, create_sampler, sampler_seed
 from ..training.evaluator import Evaluator
-from ..training.supernet_trainer import supernet_from_state, supernet_state
+from ..training.supernet_file import supernet_from_state, supernet_state
 from ..upstream import ray_internals
 from ..upstream.optuna_internals import fail_trial
-from .dashboard import artifact_location, artifact_store, publish_study, publish_trial
+from .dashboard import artifact_store, publish_study, publish_trial
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .objective import set_constraints
 from .ray_cluster import join_ray, trial_device
@@ -234,7 +234,7 @@ class RayDriver(SearchDriver):
         ensure_writable(study.folder / "runs" / study.name / "ray", "Ray's results folder")
         # the teacher and predictor that travel with every trial (on the CPU: the trials train); fails early, clearly
         evaluator = Evaluator(study, placement=Placement())
-        store = artifact_store(artifact_location(study))
+        store = artifact_store(study.artifact_location)
         ostudy = open_study(study)
         publish_study(study, ostudy)
         stale = _fail_stale(ostudy)

@@ -62,7 +62,7 @@ class Study:
     refine: RefineSettings = RefineSettings()
     energy: EnergySettings = EnergySettings()
     plugins: tuple[str, ...] = ()
-    artifacts: str = ""  # where optuna-dashboard's artifacts go (nas.search.dashboard.artifact_location: the default)
+    artifacts: str = ""  # where optuna-dashboard's artifacts go (Study.artifact_location: the default)
     pretrained: bool | Path = False  # nas pretrain starts from timm's published weights: True (the hub) or a file
     # the latency: section as written, before the defaults that depend on the target and the folder were filled in
     declared_latency: LatencySettings = field(default=LatencySettings(), repr=False, compare=False)
@@ -88,6 +88,12 @@ class Study:
     def teacher_path(self) -> Path:
         """The dense weights: the study's checkpoint, else where ``nas pretrain`` writes them."""
         return self.checkpoint or self.folder / f"{self.name}-teacher.safetensors"
+
+    @property
+    def artifact_location(self) -> str:
+        """Where optuna-dashboard's artifacts go: the ``artifacts:`` setting, or ``runs/<name>/artifacts`` next to the
+        file."""
+        return self.artifacts or str(self.folder / "runs" / self.name / "artifacts")
 
     @property
     def supernet_path(self) -> Path:

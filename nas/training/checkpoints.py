@@ -2,6 +2,7 @@
 loading a checkpoint never executes code from it.
 
 An exported architecture and its fine-tuned weights rebuild the model with one call::
+
     from nas.training.checkpoints import load_model
     model = load_model("runs/best/arch.yaml", "runs/best/model.safetensors")
 """

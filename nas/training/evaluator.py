@@ -36,7 +36,7 @@ from ..device import Placement, resolve
 from ..study import Study
 from . import data
 from .checkpoints import load_weights
-from .supernet_trainer import load_supernet
+from .supernet_file import load_supernet
 from .teacher import load_teacher
 from .trainer import Evaluation, LossWeights, Trainer, evaluate
 
