@@ -35,9 +35,12 @@ def cpu_threads() -> int:
 
 
 def host_cpu() -> str:
-    """LLVM's name for this machine's CPU, e.g. ``znver4``, asked of TVM (imported here: the one heavy step)."""
-
-    return str(tvm.target.codegen.llvm_get_system_cpu())
+    """LLVM's name for this machine's CPU, e.g. ``znver4``, asked of TVM (which loads here: the one heavy step);
+    ImportError where TVM is missing or is the runtime alone."""
+    try:
+        return str(tvm.target.codegen.llvm_get_system_cpu())
+    except AttributeError as e:  # the TVM runtime alone (a prebuilt-kernels machine): no LLVM to ask
+        raise ImportError(f"this TVM has no LLVM to name the CPU with ({e})") from e
 
 
 def _machine_key() -> str:
