@@ -179,6 +179,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per kernel (default: untuned)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--calibration", type=int, default=4, help="whole models the profile times to calibrate")
+    parser.add_argument("--name", default="deploy-scale", help="results file name (default: deploy-scale; e.g. "
+                                                               "deploy-scale-znver5 to keep another CPU's record)")
     args = parser.parse_args()
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -194,7 +196,7 @@ def main() -> None:
              "the split the untrained routers made; measured: median of three round-robin medians of "
              f"{args.repeats} repeats. compile_s: the compiled model's first call. Whole bench: "
              f"{time.perf_counter() - started:.0f} s.")
-    write("deploy-scale", rows, notes)
+    write(args.name, rows, notes)
 
 
 if __name__ == "__main__":
