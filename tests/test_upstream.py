@@ -33,6 +33,29 @@ def test_a_trial_run_under_heartbeat_is_failed_once_its_worker_goes_silent(tmp_p
     assert study.trials[silent.number].state == TrialState.FAIL
 
 
+def test_a_worker_killed_right_after_its_claim_leaves_a_trial_that_goes_stale(tmp_path):
+    """The claims of the refine (a queued trial) and of the search (a new one) beat at once: a worker killed before
+    its heartbeat thread's first beat (the claims here start none) does not leave a trial RUNNING for ever."""
+    study = _study(tmp_path, heartbeat_interval=1, grace_period=1)
+    study.enqueue_trial({})
+    claimed = optuna_internals.claim_waiting(study)
+    asked = optuna_internals.ask_beating(study)
+    assert claimed is not None and optuna_internals.claim_waiting(study) is None  # nothing else waits
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    assert {t.number: t.state for t in study.get_trials()} == {claimed.number: TrialState.FAIL,
+                                                               asked.number: TrialState.FAIL}
+
+
+def test_claims_on_a_storage_without_heartbeats_only_claim(tmp_path):
+    study = _study(tmp_path)
+    study.enqueue_trial({"x": 1})
+    claimed = optuna_internals.claim_waiting(study)
+    asked = optuna_internals.ask_beating(study)
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
+    assert (claimed.number, asked.number) == (0, 1)
+
+
 def test_fail_trial_fails_a_running_trial_from_its_frozen_copy(tmp_path):
     study = _study(tmp_path)
     study.ask()

@@ -27,7 +27,7 @@ from ..disk import ensure_database_writable
 from ..process import start_worker
 from ..study import Study, create_sampler, sampler_seed
 from ..training.evaluator import Evaluator
-from ..upstream.optuna_internals import fail_stale, heartbeat
+from ..upstream.optuna_internals import ask_beating, fail_stale, heartbeat
 from .dashboard import artifact_store, publish_study, publish_trial
 from .driver import SearchDriver, SearchEvents, SearchOptions, SearchSummary, progress_of
 from .objective import optuna_objective
@@ -46,7 +46,7 @@ def _claim(study: Study, ostudy: optuna.Study, n_trials: int) -> optuna.Trial | 
         fail_stale(ostudy)  # trials of dead workers -> FAIL, and queued again
         if len(ostudy.get_trials(deepcopy=False, states=STARTED)) >= n_trials:
             return None
-        return ostudy.ask()
+        return ask_beating(ostudy)
 
 
 def run_worker(study_path: str, storage: str | None, n_trials: int, timeout_s: float | None, threads: int,

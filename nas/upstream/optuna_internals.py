@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 
 import optuna
 from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
-from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 
@@ -23,14 +23,35 @@ def record_heartbeat(study: optuna.Study, trial: Trial | FrozenTrial) -> None:
     study._storage.record_heartbeat(trial._trial_id)
 
 
+def _beats(study: optuna.Study) -> bool:
+    return is_heartbeat_enabled(study._storage)
+
+
 def claim_waiting(study: optuna.Study) -> Trial | None:
     """A queued (WAITING) trial of ``study``, now RUNNING for this process, or None when none waits: what
     ``Study.ask`` does first, without its fallback of creating a new trial. The storage's state update is
-    conditional on the trial still waiting, so two processes never claim the same one."""
+    conditional on the trial still waiting, so two processes never claim the same one.
+
+    On a storage that watches heartbeats, the trial beats once *before* it is claimed: a trial that never beat
+    cannot go stale, so a worker killed between its claim and its heartbeat thread's first beat would otherwise
+    leave it RUNNING for ever (a beat on a trial another process then claims, or that stays waiting, is harmless:
+    only RUNNING trials are checked, and their claimer beats again)."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if _beats(study):
+            study._storage.record_heartbeat(t._trial_id)
         if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
             return Trial(study, t._trial_id)
     return None
+
+
+def ask_beating(study: optuna.Study) -> Trial:
+    """``study.ask()``, with the new trial's first heartbeat recorded at once on a storage that watches them (a
+    trial that never beat cannot go stale: a worker killed before its heartbeat thread started would leave it
+    RUNNING for ever). A trial is created RUNNING, so one statement's window remains, as in ``Study.optimize``."""
+    trial = study.ask()
+    if _beats(study):
+        record_heartbeat(study, trial)
+    return trial
 
 
 def fail_stale(study: optuna.Study) -> None:
