@@ -11,9 +11,10 @@ from torch import nn
 
 from kernels import KernelSpec
 from kernels.check import check
-from kernels.runtime import KernelSet, KernelShift16Linear, compiled, to_kernels
+from kernels.runtime import KernelSet, KernelShift16Linear, _aligned, compiled, to_kernels
+from kernels import shiftlinear
 from kernels.shiftlinear import pack, unpack
-from kernels.tuning import compile_untuned, get_kernel
+from kernels.tuning import _irmodule, compile_untuned, get_kernel
 from kernels import target as targets
 from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig, build_model
 from search_spaces.ops import Shift16Linear, ShiftLinear
@@ -135,3 +136,23 @@ def test_the_kernel_is_still_tunable_and_a_tuned_one_stays_bit_exact(tmp_path):
     result = check(spec, "cpu", trials=2, root=tmp_path)
     assert result.status == "exact", result.detail
     assert get_kernel(spec, "cpu", trials=2, root=tmp_path).tuned
+
+
+def test_every_register_tile_tuning_can_draw_is_bit_exact():
+    """The tune space's register tiles (rows × 16-output vectors), the 24-accumulator ones included, at a shape
+    where 3 and 6 vectors divide the outputs (96: six vectors) and K is odd (a padded column)."""
+    import tvm
+    from tvm import s_tir
+
+    m, k, n = 37, 71, 96
+    target = targets.resolve("cpu")
+    inputs = shiftlinear.random_inputs(m, k, n, "float32", np.random.default_rng(3))
+    expected = shiftlinear.reference(m, k, n, *inputs)
+    args = [_aligned(torch.from_numpy(a)) for a in inputs]
+    for rows in (1, 2, 4):
+        for vecs in (3, 6):
+            sch = s_tir.Schedule(_irmodule(KernelSpec("shiftlinear", "i16", m, k, n)))
+            shiftlinear._schedule(sch, k, rows, vecs, target)
+            out = _aligned(torch.empty(m, n))
+            tvm.compile(sch.mod, target=target)(*args, out)
+            assert np.array_equal(out.numpy(), expected), (rows, vecs)
