@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import KernelSpec
+from kernels import KernelSpec, shiftlinear
+from kernels import target as targets
 from kernels.check import check
 from kernels.runtime import KernelSet, KernelShift16Linear, _aligned, compiled, to_kernels
-from kernels import shiftlinear
 from kernels.shiftlinear import pack, unpack
 from kernels.tuning import _irmodule, compile_untuned, get_kernel
-from kernels import target as targets
 from search_spaces import ArchConfig, BlockConfig, ModelSpec, MoEConfig, build_model
 from search_spaces.ops import Shift16Linear, ShiftLinear
 from search_spaces.ops.shift import activation_bits, block_float, int16_weights, shift16_matmul
