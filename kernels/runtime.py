@@ -376,5 +376,5 @@ def compiled(module: nn.Module) -> nn.Module:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     # Freezing (under no_grad: inference; with gradients it does nothing) folds the weights into the graph as
     # constants, so oneDNN runs the convolutions and linears on weights packed once: PVTv2-b0's compiled dense model
-    # took 15.4 ms with it and 26.3 ms without (slower than eager) on an Intel Xeon (see docs/benchmarks.md)
+    # took 24.4 ms with it and 33.3 ms without (slower than eager) on an Intel Xeon (bench/results/compile-freezing.md)
     return torch.compile(module, backend="inductor", options={"freezing": True})
